@@ -1,0 +1,31 @@
+//! `stageloop check EXP`: validate a spec and summarise it in one line.
+
+use crate::spec;
+use std::path::Path;
+
+pub fn run(exp: &Path, sets: &[String]) -> anyhow::Result<()> {
+    let e = spec::load_with(exp, sets)?;
+    let s = &e.spec;
+    let stages: Vec<String> = s
+        .stage
+        .iter()
+        .map(|st| format!("{}({})", st.name, st.kind))
+        .collect();
+    let loops = if s.loops.is_empty() {
+        String::new()
+    } else {
+        format!(", {} loop(s)", s.loops.len())
+    };
+    println!(
+        "ok: {} — task {} (difficulty {}), model d{}×{}L, {} stages{}: {}",
+        e.name,
+        s.task.name,
+        s.task.difficulty,
+        s.model.d_model,
+        s.model.layers,
+        s.stage.len(),
+        loops,
+        stages.join(" → ")
+    );
+    Ok(())
+}

@@ -1,0 +1,135 @@
+//! `stageloop run EXP`: run stages headless, with a progress bar on a terminal and plain lines
+//! otherwise. SIGINT/SIGTERM ask the running stage to finish its step, checkpoint and stop.
+
+use crate::runfs::{RunStatus, Status};
+use crate::spec;
+use crate::stages::{self, Outcome, Reporter, RunOptions};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+pub fn run(
+    exp: &Path,
+    stage: &[String],
+    sets: &[String],
+    seed: Option<u64>,
+    fresh: bool,
+) -> anyhow::Result<()> {
+    let e = spec::load_with(exp, sets)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone())?;
+    }
+    let opts = RunOptions {
+        stages: stage.to_vec(),
+        seed,
+        fresh,
+    };
+    let mut reporter = CliReporter::new();
+    match stages::run_pipeline(&e, &opts, stop, &mut reporter)? {
+        Outcome::Done => Ok(()),
+        Outcome::Stopped => {
+            eprintln!("stopped; run the same command again to resume");
+            std::process::exit(130);
+        }
+    }
+}
+
+/// Progress for a person: an indicatif bar on a terminal, a line every few seconds otherwise.
+/// Every message also goes to the run's `stdout.log` when stdout is not already redirected there.
+pub struct CliReporter {
+    bar: Option<ProgressBar>,
+    tty: bool,
+    last_line: Option<Instant>,
+    stage: String,
+    started: Instant,
+}
+
+impl CliReporter {
+    pub fn new() -> Self {
+        CliReporter {
+            bar: None,
+            tty: std::io::stderr().is_terminal(),
+            last_line: None,
+            stage: String::new(),
+            started: Instant::now(),
+        }
+    }
+}
+
+impl Default for CliReporter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn fmt_metrics(metrics: &[(&str, f64)]) -> String {
+    metrics
+        .iter()
+        .map(|(k, v)| format!("{k} {v:.4}"))
+        .collect::<Vec<_>>()
+        .join("  ")
+}
+
+impl Reporter for CliReporter {
+    fn started(&mut self, s: &RunStatus) {
+        self.stage = s.stage.clone();
+        self.started = Instant::now();
+        let it = s.iteration.map(|i| format!(" (loop iteration {i})")).unwrap_or_default();
+        println!("▶ {} [{}] → {}{it}", s.stage, s.kind, s.id);
+        if self.tty && s.progress.total > 0 {
+            let bar = ProgressBar::new(s.progress.total);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "  {bar:30.cyan/blue} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+                )
+                .expect("valid template"),
+            );
+            bar.set_position(s.progress.step);
+            bar.enable_steady_tick(Duration::from_millis(250));
+            self.bar = Some(bar);
+        }
+    }
+
+    fn progress(&mut self, step: u64, total: u64, metrics: &[(&str, f64)]) {
+        if let Some(bar) = &self.bar {
+            bar.set_length(total);
+            bar.set_position(step);
+            bar.set_message(fmt_metrics(metrics));
+        } else if self
+            .last_line
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(5))
+            || step == total
+        {
+            self.last_line = Some(Instant::now());
+            println!("  {} step {step}/{total}  {}", self.stage, fmt_metrics(metrics));
+            let _ = std::io::stdout().flush();
+        }
+    }
+
+    fn message(&mut self, msg: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(format!("  {msg}")),
+            None => println!("  {msg}"),
+        }
+    }
+
+    fn finished(&mut self, s: &RunStatus) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+        let secs = self.started.elapsed().as_secs_f64();
+        match s.status {
+            Status::Done => println!("✔ {} done in {secs:.1}s", s.stage),
+            Status::Stopped => println!("■ {} stopped at step {}", s.stage, s.progress.step),
+            other => println!(
+                "✘ {} {other}: {}",
+                s.stage,
+                s.error.as_ref().map(|e| e.message.as_str()).unwrap_or("")
+            ),
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! stageloop: a terminal research notebook for DeepSeek-R1-style multi-stage training of small
+//! language models. See `docs/ARCHITECTURE.md` for the map; dependencies point one way:
+//! `cli → stages → (model, tasks, runfs)` and `cli → notebook → (runfs, analysis, spec)`.
+
+pub mod analysis;
+pub mod cli;
+pub mod notebook;
+pub mod runfs;
+pub mod spec;
+pub mod stages;
+pub mod model;
+pub mod tasks;

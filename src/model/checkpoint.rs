@@ -1,0 +1,165 @@
+//! What a checkpoint folder holds: `model.safetensors` (weights, readable by any safetensors
+//! tool), `config.json` (the shape), `tokenizer.json`, `optimizer.bpk` (burn's optimizer state,
+//! training stages only) and `state.json` (step, data cursor, RNG). Loading checks each file and
+//! says which one is wrong.
+
+use super::config::ModelConfig;
+use super::tokenizer::Tokenizer;
+use super::transformer::Gpt;
+use anyhow::{Context, Result, bail};
+use burn::store::{ModuleSnapshot, SafetensorsStore};
+use burn::tensor::Device;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+pub const WEIGHTS: &str = "model.safetensors";
+pub const CONFIG: &str = "config.json";
+pub const TOKENIZER: &str = "tokenizer.json";
+pub const OPTIMIZER: &str = "optimizer.bpk";
+pub const STATE: &str = "state.json";
+
+/// A serialisable position of a ChaCha RNG.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RngState {
+    pub seed: [u8; 32],
+    pub word_pos: u128,
+    pub stream: u64,
+}
+
+impl RngState {
+    pub fn of(rng: &rand_chacha::ChaCha8Rng) -> Self {
+        RngState {
+            seed: rng.get_seed(),
+            word_pos: rng.get_word_pos(),
+            stream: rng.get_stream(),
+        }
+    }
+    pub fn restore(&self) -> rand_chacha::ChaCha8Rng {
+        use rand::SeedableRng;
+        let mut r = rand_chacha::ChaCha8Rng::from_seed(self.seed);
+        r.set_stream(self.stream);
+        r.set_word_pos(self.word_pos);
+        r
+    }
+}
+
+/// Where training stood when the checkpoint was written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Optimizer steps completed.
+    pub step: u64,
+    /// Index of the next example in the data stream.
+    pub cursor: u64,
+    pub rng: RngState,
+    /// Stage kind that wrote it.
+    pub kind: String,
+    /// Task name of the data.
+    pub task: String,
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read (is this a checkpoint folder?)", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| {
+        anyhow::anyhow!("{}:{}:{}: {e}", path.display(), e.line(), e.column())
+    })
+}
+
+/// Write model files (weights, config, tokenizer) into `dir`.
+pub fn save_model(dir: &Path, model: &Gpt, cfg: &ModelConfig, tok: &Tokenizer) -> Result<()> {
+    let mut store = SafetensorsStore::from_file(dir.join(WEIGHTS));
+    model
+        .save_into(&mut store)
+        .map_err(|e| anyhow::anyhow!("{}: cannot write weights: {e}", dir.display()))?;
+    crate::runfs::atomic::write_json(&dir.join(CONFIG), cfg)?;
+    crate::runfs::atomic::write_json(&dir.join(TOKENIZER), tok)?;
+    Ok(())
+}
+
+/// Write the training state into `dir`.
+pub fn save_state(dir: &Path, state: &TrainState) -> Result<()> {
+    crate::runfs::atomic::write_json(&dir.join(STATE), state)?;
+    Ok(())
+}
+
+/// Read a checkpoint's shape and tokenizer without loading weights.
+pub fn read_meta(dir: &Path) -> Result<(ModelConfig, Tokenizer)> {
+    if !dir.is_dir() {
+        bail!("{}: no such checkpoint folder", dir.display());
+    }
+    Ok((read_json(&dir.join(CONFIG))?, read_json(&dir.join(TOKENIZER))?))
+}
+
+/// Read a checkpoint's training state.
+pub fn read_state(dir: &Path) -> Result<TrainState> {
+    read_json(&dir.join(STATE))
+}
+
+/// Load a model from `dir` onto `device`.
+pub fn load_model(dir: &Path, device: &Device) -> Result<(Gpt, ModelConfig, Tokenizer)> {
+    let (cfg, tok) = read_meta(dir)?;
+    if cfg.vocab != tok.vocab_size() {
+        bail!(
+            "{}: config says vocab {} but the tokenizer has {} tokens",
+            dir.display(),
+            cfg.vocab,
+            tok.vocab_size()
+        );
+    }
+    let weights = dir.join(WEIGHTS);
+    if !weights.is_file() {
+        bail!("{}: missing", weights.display());
+    }
+    let mut model = Gpt::new(&cfg, device);
+    let mut store = SafetensorsStore::from_file(&weights);
+    let result = model
+        .load_from(&mut store)
+        .map_err(|e| anyhow::anyhow!("{}: corrupt or unreadable weights: {e}", weights.display()))?;
+    if !result.errors.is_empty() || !result.missing.is_empty() {
+        bail!(
+            "{}: weights do not match config.json ({} errors, {} missing tensors{})",
+            weights.display(),
+            result.errors.len(),
+            result.missing.len(),
+            result
+                .errors
+                .first()
+                .map(|e| format!(": {e:?}"))
+                .unwrap_or_default()
+        );
+    }
+    Ok((model, cfg, tok))
+}
+
+/// Load a model and check that it has the expected shape and tokenizer.
+pub fn load_expecting(
+    dir: &Path,
+    want_cfg: &ModelConfig,
+    want_tok: &Tokenizer,
+    device: &Device,
+) -> Result<Gpt> {
+    let (cfg, tok) = read_meta(dir)?;
+    if &tok != want_tok {
+        bail!(
+            "{}: checkpoint tokenizer differs from the task's (another task's checkpoint?)",
+            dir.join(TOKENIZER).display()
+        );
+    }
+    if &cfg != want_cfg {
+        bail!(
+            "{}: checkpoint is a different model shape (d_model {}, layers {}, heads {}, mlp {}, ctx {}) than the spec asks (d_model {}, layers {}, heads {}, mlp {}, ctx {})",
+            dir.join(CONFIG).display(),
+            cfg.d_model,
+            cfg.layers,
+            cfg.heads,
+            cfg.mlp,
+            cfg.ctx,
+            want_cfg.d_model,
+            want_cfg.layers,
+            want_cfg.heads,
+            want_cfg.mlp,
+            want_cfg.ctx
+        );
+    }
+    Ok(load_model(dir, device)?.0)
+}

@@ -1,0 +1,231 @@
+//! Batched sampling: left-padded prompts, temperature / top-k / top-p, stop at EOS or a token
+//! budget, per-token log-probabilities. With the KV cache only the new position is computed each
+//! step and finished sequences leave the batch; without it every step re-runs the whole prefix
+//! (the reference the cache is tested against).
+
+use super::tokenizer::{EOS, PAD};
+use super::transformer::{Gpt, KvCache};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+
+/// How to sample.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SampleOptions {
+    /// 0 = greedy.
+    pub temperature: f64,
+    /// 0 = no top-k cut.
+    pub top_k: usize,
+    /// 1.0 = no nucleus cut.
+    pub top_p: f64,
+    /// Budget of new tokens (capped by the context); 0 = up to the context.
+    pub max_new_tokens: usize,
+    pub use_cache: bool,
+}
+
+impl Default for SampleOptions {
+    fn default() -> Self {
+        SampleOptions {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            max_new_tokens: 0,
+            use_cache: true,
+        }
+    }
+}
+
+/// One sampled continuation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    /// New tokens, without the EOS.
+    pub tokens: Vec<u32>,
+    /// Log-probability of each new token (and of the EOS, last, when `finished`) under the
+    /// temperature-scaled distribution before top-k/top-p truncation (as TRL computes them).
+    pub logprobs: Vec<f32>,
+    /// Ended with EOS (otherwise it ran out of budget: truncated).
+    pub finished: bool,
+}
+
+fn log_softmax(x: &[f32]) -> Vec<f32> {
+    let m = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let lse = x.iter().map(|v| (v - m).exp()).sum::<f32>().ln() + m;
+    x.iter().map(|v| v - lse).collect()
+}
+
+/// Pick a token from one row of logits; returns (token, its log-probability).
+pub fn pick(logits: &[f32], opts: &SampleOptions, rng: &mut ChaCha8Rng) -> (u32, f32) {
+    if opts.temperature <= 0.0 {
+        let lp = log_softmax(logits);
+        let (i, _) = logits
+            .iter()
+            .enumerate()
+            .fold((0, f32::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best });
+        return (i as u32, lp[i]);
+    }
+    let scaled: Vec<f32> = logits.iter().map(|v| v / opts.temperature as f32).collect();
+    let lp = log_softmax(&scaled);
+    let mut order: Vec<usize> = (0..lp.len()).collect();
+    order.sort_by(|&a, &b| lp[b].total_cmp(&lp[a]));
+    if opts.top_k > 0 {
+        order.truncate(opts.top_k);
+    }
+    if opts.top_p < 1.0 {
+        let mut mass = 0.0;
+        let mut keep = 0;
+        for &i in &order {
+            mass += lp[i].exp() as f64;
+            keep += 1;
+            if mass >= opts.top_p {
+                break;
+            }
+        }
+        order.truncate(keep.max(1));
+    }
+    let total: f64 = order.iter().map(|&i| lp[i].exp() as f64).sum();
+    let mut u = rng.random::<f64>() * total;
+    for &i in &order {
+        u -= lp[i].exp() as f64;
+        if u <= 0.0 {
+            return (i as u32, lp[i]);
+        }
+    }
+    let last = *order.last().expect("at least one candidate");
+    (last as u32, lp[last])
+}
+
+fn int_tensor(rows: &[Vec<u32>], device: &Device) -> Tensor<2, Int> {
+    let t = rows[0].len();
+    let flat: Vec<i64> = rows.iter().flat_map(|r| r.iter().map(|&x| x as i64)).collect();
+    Tensor::from_data(TensorData::new(flat, [rows.len(), t]), device)
+}
+
+/// Last-position logits of `[b, t, v]` as one Vec per row.
+fn last_logits(logits: Tensor<3>) -> Vec<Vec<f32>> {
+    let [b, t, v] = logits.dims();
+    let data = logits.slice([0..b, t - 1..t, 0..v]).reshape([b, v]).into_data();
+    let flat: Vec<f32> = data.iter::<f32>().collect();
+    flat.chunks(v).map(|c| c.to_vec()).collect()
+}
+
+/// Sample a continuation for every prompt (token ids, BOS included). `ctx` caps prompt + new.
+pub fn generate(
+    model: &Gpt,
+    prompts: &[Vec<u32>],
+    ctx: usize,
+    opts: &SampleOptions,
+    rng: &mut ChaCha8Rng,
+    device: &Device,
+) -> Vec<Completion> {
+    let mut out: Vec<Completion> = prompts
+        .iter()
+        .map(|_| Completion {
+            tokens: Vec::new(),
+            logprobs: Vec::new(),
+            finished: false,
+        })
+        .collect();
+    if prompts.is_empty() {
+        return out;
+    }
+    let plen = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let budget = if opts.max_new_tokens == 0 {
+        ctx.saturating_sub(plen)
+    } else {
+        opts.max_new_tokens.min(ctx.saturating_sub(plen))
+    };
+    // Left-pad so every prompt ends at the same position (RoPE is relative, so the padding
+    // changes nothing once it is masked out).
+    let mut rows: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| {
+            let mut r = vec![PAD; plen - p.len()];
+            r.extend_from_slice(p);
+            r
+        })
+        .collect();
+    let mut pad: Vec<Vec<bool>> = prompts
+        .iter()
+        .map(|p| (0..plen).map(|i| i < plen - p.len()).collect())
+        .collect();
+    let mut active: Vec<usize> = (0..prompts.len()).collect();
+    let mut cache = KvCache::new(model.layers());
+    let mut logits = last_logits(model.forward_cached(int_tensor(&rows, device), &mut cache, Some(&pad)));
+    for step in 0..budget {
+        let mut still = Vec::new();
+        let mut next = Vec::new();
+        for (slot, &row) in active.iter().enumerate() {
+            let (tok, lp) = pick(&logits[slot], opts, rng);
+            out[row].logprobs.push(lp);
+            if tok == EOS {
+                out[row].finished = true;
+            } else {
+                out[row].tokens.push(tok);
+                still.push(slot);
+                next.push(tok);
+            }
+        }
+        if still.is_empty() || step + 1 == budget {
+            break;
+        }
+        let kept: Vec<usize> = still.iter().map(|&s| active[s]).collect();
+        if opts.use_cache {
+            if still.len() < active.len() {
+                cache.retain_rows(&still, device);
+            }
+            pad = still.iter().map(|&s| pad[s].clone()).collect();
+            for p in pad.iter_mut() {
+                p.push(false);
+            }
+            let toks: Vec<Vec<u32>> = next.iter().map(|&t| vec![t]).collect();
+            logits = last_logits(model.forward_cached(int_tensor(&toks, device), &mut cache, Some(&pad)));
+        } else {
+            rows = still.iter().map(|&s| rows[s].clone()).collect();
+            pad = still.iter().map(|&s| pad[s].clone()).collect();
+            for ((r, p), &t) in rows.iter_mut().zip(pad.iter_mut()).zip(&next) {
+                r.push(t);
+                p.push(false);
+            }
+            let mut fresh = KvCache::new(model.layers());
+            logits = last_logits(model.forward_cached(int_tensor(&rows, device), &mut fresh, Some(&pad)));
+        }
+        active = kept;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn greedy_picks_the_max_and_top_k_one_is_greedy() {
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        let logits = [0.1, 2.0, -1.0, 1.9];
+        let greedy = SampleOptions { temperature: 0.0, ..Default::default() };
+        assert_eq!(pick(&logits, &greedy, &mut rng).0, 1);
+        let k1 = SampleOptions { top_k: 1, ..Default::default() };
+        for _ in 0..20 {
+            assert_eq!(pick(&logits, &k1, &mut rng).0, 1);
+        }
+        // top-p small enough keeps only the best token.
+        let p = SampleOptions { top_p: 0.01, ..Default::default() };
+        assert_eq!(pick(&logits, &p, &mut rng).0, 1);
+        // log-probabilities are of the untruncated distribution.
+        let (_, lp) = pick(&logits, &k1, &mut rng);
+        let lse = logits.iter().map(|v: &f32| v.exp()).sum::<f32>().ln();
+        assert!((lp - (2.0 - lse)).abs() < 1e-5);
+    }
+
+    #[test]
+    fn sampling_follows_the_distribution() {
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let logits = [0.0f32, (3.0f32).ln()]; // p = 0.25, 0.75
+        let o = SampleOptions::default();
+        let n = 20_000;
+        let ones = (0..n).filter(|_| pick(&logits, &o, &mut rng).0 == 1).count();
+        let share = ones as f64 / n as f64;
+        assert!((share - 0.75).abs() < 0.015, "{share}");
+    }
+}

@@ -1,0 +1,242 @@
+//! The decoder-only transformer: token embedding, RoPE, RMSNorm, SwiGLU MLP and causal
+//! multi-head attention, from burn's `nn` modules, plus an incremental forward over a
+//! [`KvCache`] for decoding.
+
+use super::config::ModelConfig;
+use burn::module::Module;
+use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig};
+use burn::tensor::activation::silu;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+
+/// One transformer block (pre-norm).
+#[derive(Module, Debug)]
+pub struct Block {
+    attn_norm: RmsNorm,
+    qkv: Linear,
+    out: Linear,
+    mlp_norm: RmsNorm,
+    gate_up: Linear,
+    down: Linear,
+    heads: usize,
+    mlp: usize,
+}
+
+/// The whole model.
+#[derive(Module, Debug)]
+pub struct Gpt {
+    embed: Embedding,
+    blocks: Vec<Block>,
+    norm: RmsNorm,
+    head: Linear,
+    heads: usize,
+    rope_theta: f64,
+}
+
+/// Keys and values of every layer for the positions seen so far, `[batch, heads, t, head_dim]`.
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
+    /// Positions already in the cache.
+    pub len: usize,
+}
+
+impl KvCache {
+    pub fn new(layers: usize) -> Self {
+        KvCache {
+            layers: vec![None; layers],
+            len: 0,
+        }
+    }
+
+    /// Keep only the batch rows in `rows` (sequences that are still generating).
+    pub fn retain_rows(&mut self, rows: &[usize], device: &Device) {
+        let idx = Tensor::<1, Int>::from_data(
+            TensorData::new(rows.iter().map(|&r| r as i64).collect::<Vec<_>>(), [rows.len()]),
+            device,
+        );
+        for layer in self.layers.iter_mut().flatten() {
+            layer.0 = layer.0.clone().select(0, idx.clone());
+            layer.1 = layer.1.clone().select(0, idx.clone());
+        }
+    }
+}
+
+fn linear(d_in: usize, d_out: usize, device: &Device) -> Linear {
+    LinearConfig::new(d_in, d_out).with_bias(false).init(device)
+}
+
+/// cos and sin tables for `len` positions from `start`, shaped `[1, 1, len, head_dim / 2]`.
+fn rope_tables(start: usize, len: usize, head_dim: usize, theta: f64, device: &Device) -> (Tensor<4>, Tensor<4>) {
+    let half = head_dim / 2;
+    let mut cos = Vec::with_capacity(len * half);
+    let mut sin = Vec::with_capacity(len * half);
+    for p in start..start + len {
+        for i in 0..half {
+            let freq = 1.0 / theta.powf(2.0 * i as f64 / head_dim as f64);
+            let a = p as f64 * freq;
+            cos.push(a.cos() as f32);
+            sin.push(a.sin() as f32);
+        }
+    }
+    let t = |v: Vec<f32>| Tensor::<4>::from_data(TensorData::new(v, [1, 1, len, half]), device);
+    (t(cos), t(sin))
+}
+
+/// Rotate pairs (i, i + half) of the last axis by the position's angle.
+fn rope(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
+    let [b, h, t, d] = x.dims();
+    let half = d / 2;
+    let x1 = x.clone().slice([0..b, 0..h, 0..t, 0..half]);
+    let x2 = x.slice([0..b, 0..h, 0..t, half..d]);
+    Tensor::cat(
+        vec![
+            x1.clone() * cos.clone() - x2.clone() * sin.clone(),
+            x1 * sin.clone() + x2 * cos.clone(),
+        ],
+        3,
+    )
+}
+
+impl Block {
+    fn new(cfg: &ModelConfig, device: &Device) -> Self {
+        let d = cfg.d_model;
+        Block {
+            attn_norm: RmsNormConfig::new(d).init(device),
+            qkv: linear(d, 3 * d, device),
+            out: linear(d, d, device),
+            mlp_norm: RmsNormConfig::new(d).init(device),
+            gate_up: linear(d, 2 * cfg.mlp, device),
+            down: linear(cfg.mlp, d, device),
+            heads: cfg.heads,
+            mlp: cfg.mlp,
+        }
+    }
+
+    /// `x`: `[b, t, d]`. With a cache, keys/values of earlier positions are reused and the new
+    /// ones appended. `mask` (true = hidden) is `[b, heads, t, t_total]`; without one, attention
+    /// is causal over `t` (only valid with an empty cache).
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        rope_cs: &(Tensor<4>, Tensor<4>),
+        cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
+        mask: Option<Tensor<4, Bool>>,
+    ) -> Tensor<3> {
+        let [b, t, d] = x.dims();
+        let (h, hd) = (self.heads, d / self.heads);
+        let qkv = self
+            .qkv
+            .forward(self.attn_norm.forward(x.clone()))
+            .reshape([b, t, 3, h, hd]);
+        let part = |i: usize| {
+            qkv.clone()
+                .slice([0..b, 0..t, i..i + 1, 0..h, 0..hd])
+                .reshape([b, t, h, hd])
+                .swap_dims(1, 2)
+        };
+        let q = rope(part(0), &rope_cs.0, &rope_cs.1);
+        let mut k = rope(part(1), &rope_cs.0, &rope_cs.1);
+        let mut v = part(2);
+        if let Some(slot) = cache {
+            if let Some((pk, pv)) = slot.take() {
+                k = Tensor::cat(vec![pk, k], 2);
+                v = Tensor::cat(vec![pv, v], 2);
+            }
+            *slot = Some((k.clone(), v.clone()));
+        }
+        let opts = AttentionModuleOptions {
+            is_causal: mask.is_none(),
+            ..Default::default()
+        };
+        let a = attention(q, k, v, mask, None, opts)
+            .swap_dims(1, 2)
+            .reshape([b, t, d]);
+        let x = x + self.out.forward(a);
+        let gu = self.gate_up.forward(self.mlp_norm.forward(x.clone()));
+        let m = self.mlp;
+        let gate = gu.clone().slice([0..b, 0..t, 0..m]);
+        let up = gu.slice([0..b, 0..t, m..2 * m]);
+        x + self.down.forward(silu(gate) * up)
+    }
+}
+
+impl Gpt {
+    pub fn new(cfg: &ModelConfig, device: &Device) -> Self {
+        Gpt {
+            embed: EmbeddingConfig::new(cfg.vocab, cfg.d_model).init(device),
+            blocks: (0..cfg.layers).map(|_| Block::new(cfg, device)).collect(),
+            norm: RmsNormConfig::new(cfg.d_model).init(device),
+            head: linear(cfg.d_model, cfg.vocab, device),
+            heads: cfg.heads,
+            rope_theta: cfg.rope_theta,
+        }
+    }
+
+    fn head_dim(&self, d: usize) -> usize {
+        d / self.heads
+    }
+
+    /// Logits `[b, t, vocab]` for a batch of right-padded sequences (causal attention; padding
+    /// at the end never influences earlier positions).
+    pub fn forward(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
+        let device = tokens.device();
+        let [_, t] = tokens.dims();
+        let mut x = self.embed.forward(tokens);
+        let d = x.dims()[2];
+        let cs = rope_tables(0, t, self.head_dim(d), self.rope_theta, &device);
+        for block in &self.blocks {
+            x = block.forward(x, &cs, None, None);
+        }
+        self.head.forward(self.norm.forward(x))
+    }
+
+    /// Logits for `tokens` (`[b, t]`) at positions `cache.len..`, reusing and extending the
+    /// cache. `key_pad` marks, per row, key positions (over the whole cached length plus `t`)
+    /// that are padding and must not be attended to.
+    pub fn forward_cached(
+        &self,
+        tokens: Tensor<2, Int>,
+        cache: &mut KvCache,
+        key_pad: Option<&[Vec<bool>]>,
+    ) -> Tensor<3> {
+        let device = tokens.device();
+        let [b, t] = tokens.dims();
+        let start = cache.len;
+        let total = start + t;
+        let mut x = self.embed.forward(tokens);
+        let d = x.dims()[2];
+        let cs = rope_tables(start, t, self.head_dim(d), self.rope_theta, &device);
+        // Always an explicit mask here: causal by absolute position, plus padding.
+        let mut m = Vec::with_capacity(b * t * total);
+        for row in 0..b {
+            for qi in 0..t {
+                let qpos = start + qi;
+                for kpos in 0..total {
+                    let pad = key_pad
+                        .and_then(|p| p.get(row))
+                        .and_then(|r| r.get(kpos))
+                        .copied()
+                        .unwrap_or(false);
+                    m.push(kpos > qpos || pad);
+                }
+            }
+        }
+        let mask = Some(
+            Tensor::<3, Bool>::from_data(TensorData::new(m, [b, t, total]), &device)
+                .unsqueeze_dim::<4>(1)
+                .expand([b, self.heads, t, total]),
+        );
+        let layers = cache.layers.iter_mut();
+        for (block, slot) in self.blocks.iter().zip(layers) {
+            x = block.forward(x, &cs, Some(slot), mask.clone());
+        }
+        cache.len = total;
+        self.head.forward(self.norm.forward(x))
+    }
+
+    pub fn layers(&self) -> usize {
+        self.blocks.len()
+    }
+}

@@ -1,0 +1,191 @@
+//! `run.json`: what a run is and where it stands (DESIGN §3, a contract). Rewritten atomically
+//! on every change; readers may see an older version but never a torn one.
+
+use super::atomic;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// Lifecycle of a run. `crashed` is never written by a stage: readers derive it from a
+/// `running` status whose process is gone (see [`RunStatus::effective_status`]).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Queued,
+    Running,
+    Done,
+    Failed,
+    Stopped,
+    Crashed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Queued => "queued",
+            Status::Running => "running",
+            Status::Done => "done",
+            Status::Failed => "failed",
+            Status::Stopped => "stopped",
+            Status::Crashed => "crashed",
+        }
+    }
+
+    /// Whether the run is finished for good (nothing will append to it without a resume).
+    pub fn is_final(self) -> bool {
+        !matches!(self, Status::Queued | Status::Running)
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Step counter of a run.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub struct Progress {
+    pub step: u64,
+    pub total: u64,
+}
+
+/// Error details of a failed run.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RunError {
+    pub message: String,
+}
+
+/// The contents of `run.json`. Unknown keys written by other tools are ignored; optional keys
+/// may be absent.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RunStatus {
+    pub id: String,
+    pub experiment: String,
+    pub stage: String,
+    pub kind: String,
+    pub status: Status,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// Unix time in seconds.
+    #[serde(default)]
+    pub started: Option<f64>,
+    #[serde(default)]
+    pub ended: Option<f64>,
+    #[serde(default)]
+    pub progress: Progress,
+    /// The stage's resolved configuration.
+    #[serde(default)]
+    pub config: serde_json::Value,
+    /// Checkpoint folder this run started from.
+    #[serde(default)]
+    pub init: Option<String>,
+    /// Loop iteration (1-based) when the stage runs inside a `[[loop]]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iteration: Option<u32>,
+    #[serde(default)]
+    pub error: Option<RunError>,
+}
+
+impl RunStatus {
+    /// Write atomically to `dir/run.json`.
+    pub fn save(&self, dir: &Path) -> std::io::Result<()> {
+        atomic::write_json(&dir.join(super::RUN_JSON), self)
+    }
+
+    /// Read `dir/run.json`; the error names the file and what is wrong with it.
+    pub fn load(dir: &Path) -> Result<RunStatus, String> {
+        let path = dir.join(super::RUN_JSON);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+        serde_json::from_str(&text).map_err(|e| {
+            format!(
+                "{}:{}:{}: invalid run.json: {e}",
+                path.display(),
+                e.line(),
+                e.column()
+            )
+        })
+    }
+
+    /// The status a reader should show: `running` with a dead pid is `crashed`.
+    pub fn effective_status(&self) -> Status {
+        match (self.status, self.pid) {
+            (Status::Running, Some(pid)) if !pid_alive(pid) => Status::Crashed,
+            (s, _) => s,
+        }
+    }
+}
+
+/// Whether a process with this pid exists (on Unix; elsewhere assumed alive).
+pub fn pid_alive(pid: u32) -> bool {
+    #[cfg(unix)]
+    {
+        // Signal 0 checks for existence without sending anything. A zombie (exited child not
+        // yet reaped) still counts as alive until reaped; /proc tells them apart on Linux.
+        let rc = unsafe { libc::kill(pid as libc::pid_t, 0) };
+        let exists = rc == 0
+            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+        if !exists {
+            return false;
+        }
+        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            if let Some(rest) = stat.rsplit(')').next() {
+                return rest.trim_start().chars().next() != Some('Z');
+            }
+        }
+        true
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = pid;
+        true
+    }
+}
+
+/// Seconds since the Unix epoch, now.
+pub fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_detects_a_dead_pid() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = RunStatus {
+            id: "20261130-010203-pre".into(),
+            experiment: "e".into(),
+            stage: "pre".into(),
+            kind: "pretrain".into(),
+            status: Status::Running,
+            pid: Some(std::process::id()),
+            started: Some(1.0),
+            ended: None,
+            progress: Progress { step: 3, total: 10 },
+            config: serde_json::json!({"lr": 0.1}),
+            init: None,
+            iteration: None,
+            error: None,
+        };
+        s.save(d.path()).unwrap();
+        let back = RunStatus::load(d.path()).unwrap();
+        assert_eq!(back, s);
+        assert_eq!(back.effective_status(), Status::Running);
+        // A pid beyond the kernel's maximum is never alive.
+        s.pid = Some(4_194_305 + 7);
+        assert_eq!(s.effective_status(), Status::Crashed);
+    }
+
+    #[test]
+    fn half_written_run_json_is_a_clear_error() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("run.json"), "{\"id\": \"x\", \"sta").unwrap();
+        let e = RunStatus::load(d.path()).unwrap_err();
+        assert!(e.contains("run.json:1:"), "{e}");
+    }
+}

@@ -1,0 +1,349 @@
+//! The typed `experiment.toml` (DESIGN §2, a contract): what a file may say, with serde doing the
+//! parsing and `deny_unknown_fields` catching typos. Defaults live in [`super::resolve`].
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// A whole experiment file.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentSpec {
+    /// Display name; defaults to the folder name.
+    pub name: Option<String>,
+    /// Free text shown in `runs` and the notebook.
+    pub description: Option<String>,
+    /// Global seed: model init, data order and sampling derive from it (`--seed` overrides).
+    #[serde(default)]
+    pub seed: u64,
+    /// The transformer's shape.
+    #[serde(default)]
+    pub model: ModelSpec,
+    /// The verifiable task that makes data and rewards.
+    pub task: TaskSpec,
+    /// Stages, run in this order.
+    #[serde(default)]
+    pub stage: Vec<StageSpec>,
+    /// Spans of stages to repeat.
+    #[serde(default, rename = "loop")]
+    pub loops: Vec<LoopSpec>,
+}
+
+/// `[model]`: decoder-only transformer shape. The vocabulary comes from the task.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    /// Width of the residual stream.
+    #[serde(default = "d_model")]
+    pub d_model: usize,
+    /// Number of transformer blocks.
+    #[serde(default = "layers")]
+    pub layers: usize,
+    /// Attention heads; must divide `d_model` into an even head size (RoPE).
+    #[serde(default = "heads")]
+    pub heads: usize,
+    /// Hidden width of the SwiGLU MLP; default `4 * d_model`.
+    pub mlp: Option<usize>,
+    /// Context length in tokens (prompt + completion).
+    #[serde(default = "ctx")]
+    pub ctx: usize,
+    /// RoPE base.
+    #[serde(default = "rope_theta")]
+    pub rope_theta: f64,
+}
+
+fn d_model() -> usize {
+    128
+}
+fn layers() -> usize {
+    4
+}
+fn heads() -> usize {
+    4
+}
+fn ctx() -> usize {
+    64
+}
+fn rope_theta() -> f64 {
+    10_000.0
+}
+
+impl Default for ModelSpec {
+    fn default() -> Self {
+        ModelSpec {
+            d_model: d_model(),
+            layers: layers(),
+            heads: heads(),
+            mlp: None,
+            ctx: ctx(),
+            rope_theta: rope_theta(),
+        }
+    }
+}
+
+impl ModelSpec {
+    /// The MLP hidden width, with its default applied.
+    pub fn mlp_width(&self) -> usize {
+        self.mlp.unwrap_or(4 * self.d_model)
+    }
+}
+
+/// A partial `[model]`, for a distillation student that differs from the teacher in a few keys.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelOverride {
+    pub d_model: Option<usize>,
+    pub layers: Option<usize>,
+    pub heads: Option<usize>,
+    pub mlp: Option<usize>,
+    pub ctx: Option<usize>,
+}
+
+impl ModelOverride {
+    /// `base` with the keys this override sets replaced.
+    pub fn apply(&self, base: &ModelSpec) -> ModelSpec {
+        let mut m = base.clone();
+        if let Some(v) = self.d_model {
+            m.d_model = v;
+            if self.mlp.is_none() {
+                m.mlp = None;
+            }
+        }
+        if let Some(v) = self.layers {
+            m.layers = v;
+        }
+        if let Some(v) = self.heads {
+            m.heads = v;
+        }
+        if let Some(v) = self.mlp {
+            m.mlp = Some(v);
+        }
+        if let Some(v) = self.ctx {
+            m.ctx = v;
+        }
+        m
+    }
+}
+
+/// `[task]`: which generator, how hard, and how its data is mixed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSpec {
+    /// Generator name: `arith`, `countdown`, `parity` or `sort`.
+    pub name: String,
+    /// Difficulty knob, 1 (easy) to 5 (hard); each task documents what it scales.
+    #[serde(default = "difficulty")]
+    pub difficulty: u32,
+    /// Seed of the task's data stream (independent of the model seed).
+    #[serde(default = "task_seed")]
+    pub seed: u64,
+    /// Held-out prompts, never seen in training.
+    #[serde(default = "heldout")]
+    pub heldout: usize,
+    /// Whether worked traces (`<think>` scratchpads) are written step by step.
+    #[serde(default = "yes")]
+    pub trace: bool,
+    /// How the pretraining corpus is mixed.
+    #[serde(default)]
+    pub corpus: CorpusMix,
+}
+
+fn difficulty() -> u32 {
+    1
+}
+fn task_seed() -> u64 {
+    1234
+}
+fn heldout() -> usize {
+    500
+}
+fn yes() -> bool {
+    true
+}
+
+/// `[task.corpus]`: shares of the pretraining corpus. What is neither bare nor wrong is a clean,
+/// traced example.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CorpusMix {
+    /// Share of examples with a bare `<answer>` and no `<think>` block.
+    #[serde(default = "bare")]
+    pub bare: f64,
+    /// Share of examples whose final answer is deliberately wrong.
+    #[serde(default = "wrong")]
+    pub wrong: f64,
+    /// Share of examples whose trace contains a deliberate slip (answer follows the trace).
+    #[serde(default = "wrong_trace")]
+    pub wrong_trace: f64,
+}
+
+fn bare() -> f64 {
+    0.15
+}
+fn wrong() -> f64 {
+    0.15
+}
+fn wrong_trace() -> f64 {
+    0.10
+}
+
+impl Default for CorpusMix {
+    fn default() -> Self {
+        CorpusMix {
+            bare: bare(),
+            wrong: wrong(),
+            wrong_trace: wrong_trace(),
+        }
+    }
+}
+
+/// The kinds of stage (DESIGN §2).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum StageKind {
+    Pretrain,
+    Sft,
+    Grpo,
+    Rejection,
+    Distill,
+    Eval,
+}
+
+impl StageKind {
+    /// All kinds, in the order the pipeline usually runs them.
+    pub const ALL: [StageKind; 6] = [
+        StageKind::Pretrain,
+        StageKind::Sft,
+        StageKind::Grpo,
+        StageKind::Rejection,
+        StageKind::Distill,
+        StageKind::Eval,
+    ];
+
+    /// The name used in TOML and run folders.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StageKind::Pretrain => "pretrain",
+            StageKind::Sft => "sft",
+            StageKind::Grpo => "grpo",
+            StageKind::Rejection => "rejection",
+            StageKind::Distill => "distill",
+            StageKind::Eval => "eval",
+        }
+    }
+
+    /// Whether this kind updates weights (and so writes checkpoints others can `init` from).
+    pub fn trains(self) -> bool {
+        !matches!(self, StageKind::Eval)
+    }
+}
+
+impl std::fmt::Display for StageKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `[[stage]]`: one stage. Keys that do not apply to the stage's kind are rejected by validation
+/// (see [`super::validate::allowed_keys`]); defaults per kind are in [`super::resolve`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StageSpec {
+    pub name: String,
+    pub kind: StageKind,
+    /// Earlier stage whose latest checkpoint this one starts from; absent = from scratch.
+    pub init: Option<String>,
+
+    // --- optimisation (training kinds)
+    pub steps: Option<u64>,
+    pub batch: Option<usize>,
+    pub lr: Option<f64>,
+    pub warmup: Option<u64>,
+    pub min_lr_ratio: Option<f64>,
+    pub weight_decay: Option<f64>,
+    pub grad_clip: Option<f64>,
+    pub log_every: Option<u64>,
+    pub sample_every: Option<u64>,
+    pub checkpoint_every: Option<u64>,
+
+    // --- data
+    /// SFT: how many task-generated prompt/completion pairs to train on.
+    pub examples: Option<usize>,
+    /// SFT: a JSONL or Parquet file of `{prompt, completion}` instead of task pairs.
+    pub dataset: Option<String>,
+
+    // --- sampling (eval, grpo, rejection, distill)
+    pub prompts: Option<usize>,
+    pub k: Option<usize>,
+    pub temperature: Option<f64>,
+    pub top_k: Option<usize>,
+    pub top_p: Option<f64>,
+    pub max_new_tokens: Option<usize>,
+
+    // --- grpo
+    pub group_size: Option<usize>,
+    pub beta: Option<f64>,
+    pub epsilon: Option<f64>,
+    pub epsilon_high: Option<f64>,
+    pub num_iterations: Option<usize>,
+    pub loss_type: Option<LossType>,
+    pub scale_rewards: Option<ScaleRewards>,
+    pub dynamic_sampling: Option<bool>,
+    pub mask_truncated: Option<bool>,
+    pub overlong_buffer: Option<usize>,
+    pub overlong_penalty: Option<f64>,
+    /// Reward function weights, e.g. `{ accuracy = 1.0, format = 0.2 }`.
+    pub rewards: Option<BTreeMap<String, f64>>,
+
+    // --- rejection / distill
+    /// Keep only the shortest accepted completion per prompt.
+    pub shortest: Option<bool>,
+    /// Rejection: the stage whose checkpoint the SFT on accepted samples starts from
+    /// (default: the sampling checkpoint itself).
+    pub sft_init: Option<String>,
+    /// Distill: the teacher stage.
+    pub teacher: Option<String>,
+    /// Distill: the student's shape, as changes to `[model]`.
+    pub model: Option<ModelOverride>,
+}
+
+/// The GRPO loss normaliser (TRL's `loss_type`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LossType {
+    /// Per-sequence mean, then mean over sequences (DeepSeekMath).
+    Grpo,
+    /// Sum over tokens divided by a constant (batch × max completion length).
+    DrGrpo,
+    /// Token-level mean over the whole batch.
+    Dapo,
+}
+
+/// How rewards are scaled into advantages (TRL's `scale_rewards`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ScaleRewards {
+    /// Divide by the group's standard deviation.
+    Group,
+    /// Divide by the whole batch's standard deviation.
+    Batch,
+    /// Only subtract the group mean.
+    None,
+}
+
+/// `[[loop]]`: repeat the stages from `start` to `end` (inclusive).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LoopSpec {
+    pub start: String,
+    pub end: String,
+    /// How many times the span runs in all (≥ 1).
+    #[serde(default = "one")]
+    pub times: u32,
+    /// Stop early once this eval metric (e.g. `pass@1`) of the span's last eval reaches `until_at_least`.
+    pub until_metric: Option<String>,
+    pub until_at_least: Option<f64>,
+}
+
+fn one() -> u32 {
+    1
+}

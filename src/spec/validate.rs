@@ -1,0 +1,378 @@
+//! Checks that serde cannot make: cross-references between stages and loops, keys that do not
+//! apply to a stage's kind, and values out of range. Reports every problem with its position.
+
+use super::overrides::Applied;
+use super::resolve::{StageConfig, allowed_keys};
+use super::span::{Seg, SpanIndex};
+use super::types::{ExperimentSpec, StageKind};
+use super::{Origin, SpecError};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Task generators known to this build (`crate::tasks` implements them).
+pub const TASKS: &[&str] = &["arith", "countdown", "parity", "sort"];
+/// Reward functions a GRPO stage may weight.
+pub const REWARDS: &[&str] = &["accuracy", "format", "partial", "length"];
+/// Eval metrics a loop may stop on.
+pub const EVAL_METRICS: &[&str] = &[
+    "pass@1",
+    "greedy",
+    "pass@k",
+    "maj@k",
+    "format_rate",
+    "mean_length",
+];
+
+/// Turns a path in the document into an [`Origin`]: the `--set` argument that changed it, or
+/// its place in the file (falling back to the nearest enclosing key that exists).
+pub struct Locator<'a> {
+    file: &'a Path,
+    index: &'a SpanIndex<'a>,
+    applied: &'a Applied,
+}
+
+impl<'a> Locator<'a> {
+    pub fn new(file: &'a Path, index: &'a SpanIndex<'a>, applied: &'a Applied) -> Self {
+        Locator {
+            file,
+            index,
+            applied,
+        }
+    }
+
+    fn origin(&self, path: &[Seg<'_>], want_key: bool) -> Origin {
+        let canonical = path
+            .iter()
+            .map(|s| match s {
+                Seg::Key(k) => k.to_string(),
+                Seg::Index(i) => i.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(".");
+        if let Some(set) = self.applied.get(&canonical) {
+            return Origin::Override(set.clone());
+        }
+        for n in (0..=path.len()).rev() {
+            let span = if want_key || n < path.len() {
+                self.index.key_span(&path[..n])
+            } else {
+                self.index.value_span(&path[..n])
+            };
+            if let Some(span) = span {
+                let (line, col) = self.index.line_col(span.start);
+                return Origin::File {
+                    file: self.file.to_path_buf(),
+                    line,
+                    col,
+                };
+            }
+        }
+        Origin::File {
+            file: self.file.to_path_buf(),
+            line: 1,
+            col: 1,
+        }
+    }
+
+    /// An error about the value at `path`.
+    pub fn value(&self, path: &[Seg<'_>], message: impl Into<String>) -> SpecError {
+        SpecError {
+            origin: self.origin(path, false),
+            message: message.into(),
+        }
+    }
+
+    /// An error about the key at `path`.
+    pub fn key(&self, path: &[Seg<'_>], message: impl Into<String>) -> SpecError {
+        SpecError {
+            origin: self.origin(path, true),
+            message: message.into(),
+        }
+    }
+}
+
+fn stage_path(i: usize, key: &str) -> [Seg<'_>; 3] {
+    [Seg::Key("stage"), Seg::Index(i), Seg::Key(key)]
+}
+
+/// Every problem in `spec`; empty when it is valid. `dir` is the experiment folder (for
+/// relative dataset paths).
+pub fn validate(spec: &ExperimentSpec, at: &Locator<'_>, dir: &Path) -> Vec<SpecError> {
+    let mut errs = Vec::new();
+    let mut check = |ok: bool, path: &[Seg<'_>], msg: &str| {
+        if !ok {
+            errs.push(at.value(path, msg));
+        }
+    };
+
+    // [model]
+    let m = &spec.model;
+    let mk = |k| [Seg::Key("model"), Seg::Key(k)];
+    check(m.d_model >= 4, &mk("d_model"), "d_model must be at least 4");
+    check(m.layers >= 1, &mk("layers"), "layers must be at least 1");
+    check(m.heads >= 1, &mk("heads"), "heads must be at least 1");
+    check(
+        m.heads >= 1 && m.d_model % m.heads == 0 && (m.d_model / m.heads.max(1)) % 2 == 0,
+        &mk("heads"),
+        "heads must divide d_model into an even head size (RoPE rotates pairs)",
+    );
+    check(
+        (8..=4096).contains(&m.ctx),
+        &mk("ctx"),
+        "ctx must be between 8 and 4096",
+    );
+    check(m.mlp.is_none_or(|v| v >= 1), &mk("mlp"), "mlp must be at least 1");
+    check(
+        m.rope_theta.is_finite() && m.rope_theta > 1.0,
+        &mk("rope_theta"),
+        "rope_theta must be greater than 1",
+    );
+
+    // [task]
+    let t = &spec.task;
+    let tk = |k| [Seg::Key("task"), Seg::Key(k)];
+    check(
+        TASKS.contains(&t.name.as_str()),
+        &tk("name"),
+        &format!("unknown task `{}` (known: {})", t.name, TASKS.join(", ")),
+    );
+    check(
+        (1..=5).contains(&t.difficulty),
+        &tk("difficulty"),
+        "difficulty must be between 1 and 5",
+    );
+    check(t.heldout >= 1, &tk("heldout"), "heldout must be at least 1");
+    let ck = |k| [Seg::Key("task"), Seg::Key("corpus"), Seg::Key(k)];
+    for (k, v) in [
+        ("bare", t.corpus.bare),
+        ("wrong", t.corpus.wrong),
+        ("wrong_trace", t.corpus.wrong_trace),
+    ] {
+        check(
+            (0.0..=1.0).contains(&v),
+            &ck(k),
+            &format!("{k} is a share and must be between 0 and 1"),
+        );
+    }
+    check(
+        t.corpus.bare + t.corpus.wrong + t.corpus.wrong_trace <= 1.0 + 1e-9,
+        &[Seg::Key("task"), Seg::Key("corpus")],
+        "bare + wrong + wrong_trace must not exceed 1",
+    );
+
+    // [[stage]]
+    if spec.stage.is_empty() {
+        errs.push(at.key(&[], "the experiment has no [[stage]] tables"));
+    }
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for (i, s) in spec.stage.iter().enumerate() {
+        if s.name.is_empty()
+            || !s
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            errs.push(at.value(
+                &stage_path(i, "name"),
+                "stage names use letters, digits, `-` and `_` only (they name run folders)",
+            ));
+        }
+        if let Some(first) = seen.insert(&s.name, i) {
+            errs.push(at.value(
+                &stage_path(i, "name"),
+                format!(
+                    "duplicate stage name `{}` (stage {} has it already)",
+                    s.name,
+                    first + 1
+                ),
+            ));
+            seen.insert(&s.name, first);
+        }
+        let allowed = allowed_keys(s.kind);
+        for (key, _) in at.index.keys(&[Seg::Key("stage"), Seg::Index(i)]) {
+            if !allowed.contains(&key.as_str()) {
+                errs.push(at.key(
+                    &stage_path(i, &key),
+                    format!("`{key}` does not apply to a {} stage", s.kind),
+                ));
+            }
+        }
+        let earlier = |name: &str| -> Result<(), String> {
+            match spec.stage.iter().position(|o| o.name == name) {
+                None => Err(format!("no stage named `{name}`")),
+                Some(j) if j >= i => Err(format!(
+                    "`{name}` does not come before `{}` in the pipeline",
+                    s.name
+                )),
+                Some(j) if !spec.stage[j].kind.trains() => {
+                    Err(format!("`{name}` is an eval stage and writes no checkpoint"))
+                }
+                Some(_) => Ok(()),
+            }
+        };
+        for (key, val) in [
+            ("init", &s.init),
+            ("sft_init", &s.sft_init),
+            ("teacher", &s.teacher),
+        ] {
+            if let Some(Err(msg)) = val.as_deref().map(earlier) {
+                errs.push(at.value(&stage_path(i, key), msg));
+            }
+        }
+        let needs_init = matches!(
+            s.kind,
+            StageKind::Grpo | StageKind::Rejection | StageKind::Eval
+        );
+        if needs_init && s.init.is_none() {
+            errs.push(at.key(
+                &[Seg::Key("stage"), Seg::Index(i), Seg::Key("name")],
+                format!("a {} stage needs `init` (the stage it starts from)", s.kind),
+            ));
+        }
+        if s.kind == StageKind::Distill && s.teacher.is_none() {
+            errs.push(at.key(&stage_path(i, "name"), "a distill stage needs `teacher`"));
+        }
+        if let Some(d) = &s.dataset {
+            if !dir.join(d).is_file() {
+                errs.push(at.value(&stage_path(i, "dataset"), format!("dataset file `{d}` not found")));
+            }
+        }
+        let c = StageConfig::resolve(s, &spec.model, spec.task.heldout);
+        let mut range = |key: &str, ok: bool, msg: &str| {
+            if !ok && allowed.contains(&key) {
+                errs.push(at.value(&stage_path(i, key), format!("{key} {msg}")));
+            }
+        };
+        let trains = s.kind.trains();
+        range("steps", !trains || c.steps >= 1, "must be at least 1");
+        range(
+            "batch",
+            !trains || s.kind == StageKind::Grpo || c.batch >= 1,
+            "must be at least 1",
+        );
+        range(
+            "lr",
+            !trains || (c.lr > 0.0 && c.lr < 1.0),
+            "must be in (0, 1)",
+        );
+        range("warmup", c.warmup <= c.steps, "must not exceed steps");
+        range(
+            "min_lr_ratio",
+            (0.0..=1.0).contains(&c.min_lr_ratio),
+            "must be between 0 and 1",
+        );
+        range("weight_decay", c.weight_decay >= 0.0, "must be at least 0");
+        range("grad_clip", c.grad_clip >= 0.0, "must be at least 0 (0 = off)");
+        range("log_every", c.log_every >= 1, "must be at least 1");
+        range(
+            "checkpoint_every",
+            c.checkpoint_every >= 1,
+            "must be at least 1",
+        );
+        range("examples", c.examples >= 1, "must be at least 1");
+        range("prompts", c.prompts >= 1, "must be at least 1");
+        range("k", c.k >= 1, "must be at least 1");
+        range(
+            "temperature",
+            c.temperature >= 0.0 && c.temperature.is_finite(),
+            "must be at least 0 (0 = greedy)",
+        );
+        range(
+            "top_p",
+            c.top_p > 0.0 && c.top_p <= 1.0,
+            "must be in (0, 1]",
+        );
+        range(
+            "max_new_tokens",
+            c.max_new_tokens < spec.model.ctx,
+            "must be below the model's ctx (0 = up to the context)",
+        );
+        range("group_size", c.group_size >= 2, "must be at least 2");
+        range("beta", c.beta >= 0.0, "must be at least 0");
+        range(
+            "epsilon",
+            c.epsilon > 0.0 && c.epsilon < 1.0,
+            "must be in (0, 1)",
+        );
+        range(
+            "epsilon_high",
+            c.epsilon_high >= c.epsilon,
+            "must be at least epsilon",
+        );
+        range("num_iterations", c.num_iterations >= 1, "must be at least 1");
+        for (name, w) in s.rewards.iter().flatten() {
+            if !REWARDS.contains(&name.as_str()) {
+                errs.push(at.key(
+                    &[
+                        Seg::Key("stage"),
+                        Seg::Index(i),
+                        Seg::Key("rewards"),
+                        Seg::Key(name),
+                    ],
+                    format!(
+                        "unknown reward function `{name}` (known: {})",
+                        REWARDS.join(", ")
+                    ),
+                ));
+            } else if !w.is_finite() {
+                errs.push(at.value(
+                    &[
+                        Seg::Key("stage"),
+                        Seg::Index(i),
+                        Seg::Key("rewards"),
+                        Seg::Key(name),
+                    ],
+                    "reward weights must be finite",
+                ));
+            }
+        }
+    }
+
+    // [[loop]]
+    let mut spans: Vec<(usize, usize)> = Vec::new();
+    for (i, l) in spec.loops.iter().enumerate() {
+        let lp = |k| [Seg::Key("loop"), Seg::Index(i), Seg::Key(k)];
+        let pos = |name: &str| spec.stage.iter().position(|s| s.name == name);
+        let (a, b) = (pos(&l.start), pos(&l.end));
+        if a.is_none() {
+            errs.push(at.value(&lp("start"), format!("no stage named `{}`", l.start)));
+        }
+        if b.is_none() {
+            errs.push(at.value(&lp("end"), format!("no stage named `{}`", l.end)));
+        }
+        if let (Some(a), Some(b)) = (a, b) {
+            if a > b {
+                errs.push(at.value(
+                    &lp("end"),
+                    format!("`{}` comes before `{}`", l.end, l.start),
+                ));
+            } else if spans.iter().any(|&(x, y)| a <= y && x <= b) {
+                errs.push(at.value(&lp("start"), "loops must not overlap"));
+            } else {
+                spans.push((a, b));
+            }
+        }
+        if l.times < 1 {
+            errs.push(at.value(&lp("times"), "times must be at least 1"));
+        }
+        match (&l.until_metric, l.until_at_least) {
+            (Some(m), Some(_)) if !EVAL_METRICS.contains(&m.as_str()) => errs.push(at.value(
+                &lp("until_metric"),
+                format!(
+                    "unknown eval metric `{m}` (known: {})",
+                    EVAL_METRICS.join(", ")
+                ),
+            )),
+            (Some(_), None) => errs.push(at.key(
+                &lp("until_metric"),
+                "until_metric needs until_at_least",
+            )),
+            (None, Some(_)) => errs.push(at.key(
+                &lp("until_at_least"),
+                "until_at_least needs until_metric",
+            )),
+            _ => {}
+        }
+    }
+    errs
+}

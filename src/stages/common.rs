@@ -1,0 +1,210 @@
+//! Pieces every stage shares: the task and tokenizer for the experiment, example encoding with a
+//! loss mask, the masked language-model loss, the learning-rate schedule, gradient-norm clipping,
+//! and writing metrics and samples to the run folder.
+
+use crate::model::tokenizer::{BOS, EOS, PAD, Tokenizer};
+use crate::model::{Gpt, ModelConfig};
+use crate::runfs::jsonl::JsonlWriter;
+use crate::spec::{Experiment, StageConfig};
+use crate::tasks::TaskSet;
+use anyhow::{Result, bail};
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::optim::GradientsParams;
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use serde_json::{Map, Value, json};
+
+/// The experiment's task, tokenizer and model shape.
+pub struct Setup {
+    pub task: TaskSet,
+    pub tok: Tokenizer,
+    pub model_cfg: ModelConfig,
+}
+
+impl Setup {
+    pub fn new(exp: &Experiment) -> Result<Setup> {
+        let task = TaskSet::new(&exp.spec.task)?;
+        let tok = Tokenizer::new(task.task.alphabet());
+        let model_cfg = ModelConfig::from_spec(&exp.spec.model, tok.vocab_size());
+        Ok(Setup {
+            task,
+            tok,
+            model_cfg,
+        })
+    }
+
+    /// Prompt ids as the model sees them: BOS + prompt.
+    pub fn prompt_ids(&self, prompt: &str) -> Result<Vec<u32>> {
+        let mut ids = vec![BOS];
+        ids.extend(self.tok.encode(prompt).map_err(anyhow::Error::msg)?);
+        Ok(ids)
+    }
+}
+
+/// One training sequence: `BOS prompt completion EOS`, and per target position whether it
+/// counts in the loss.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Example {
+    pub tokens: Vec<u32>,
+    /// `loss[j]` is for predicting `tokens[j + 1]`.
+    pub loss: Vec<bool>,
+}
+
+/// Encode an example; with `prompt_loss` false only completion tokens (and EOS) are learned.
+pub fn encode_example(
+    tok: &Tokenizer,
+    prompt: &str,
+    completion: &str,
+    ctx: usize,
+    prompt_loss: bool,
+) -> Result<Example> {
+    let p = tok.encode(prompt).map_err(anyhow::Error::msg)?;
+    let c = tok.encode(completion).map_err(anyhow::Error::msg)?;
+    let mut tokens = Vec::with_capacity(p.len() + c.len() + 2);
+    tokens.push(BOS);
+    tokens.extend(&p);
+    tokens.extend(&c);
+    tokens.push(EOS);
+    if tokens.len() > ctx + 1 {
+        bail!(
+            "example of {} tokens does not fit the model's ctx {} (prompt {prompt:?}); raise [model] ctx or lower the task difficulty",
+            tokens.len(),
+            ctx
+        );
+    }
+    let first_completion_target = p.len(); // target j predicts tokens[j+1]; tokens[1+p.len()] starts the completion
+    let loss = (0..tokens.len() - 1)
+        .map(|j| prompt_loss || j >= first_completion_target)
+        .collect();
+    Ok(Example { tokens, loss })
+}
+
+/// A padded batch on a device: inputs, targets and a float mask, all `[b, t]`.
+pub struct Batch {
+    pub inputs: Tensor<2, Int>,
+    pub targets: Tensor<2, Int>,
+    pub mask: Tensor<2>,
+    /// Target tokens that count.
+    pub tokens: usize,
+}
+
+pub fn make_batch(examples: &[Example], device: &Device) -> Batch {
+    let t = examples.iter().map(|e| e.tokens.len() - 1).max().unwrap_or(1);
+    let b = examples.len();
+    let mut inputs = Vec::with_capacity(b * t);
+    let mut targets = Vec::with_capacity(b * t);
+    let mut mask = Vec::with_capacity(b * t);
+    let mut count = 0;
+    for e in examples {
+        let n = e.tokens.len() - 1;
+        for j in 0..t {
+            if j < n {
+                inputs.push(e.tokens[j] as i64);
+                targets.push(e.tokens[j + 1] as i64);
+                mask.push(if e.loss[j] { 1.0f32 } else { 0.0 });
+                count += e.loss[j] as usize;
+            } else {
+                inputs.push(PAD as i64);
+                targets.push(PAD as i64);
+                mask.push(0.0);
+            }
+        }
+    }
+    Batch {
+        inputs: Tensor::from_data(TensorData::new(inputs, [b, t]), device),
+        targets: Tensor::from_data(TensorData::new(targets, [b, t]), device),
+        mask: Tensor::from_data(TensorData::new(mask, [b, t]), device),
+        tokens: count,
+    }
+}
+
+/// Per-position log-probabilities of the targets, `[b, t]`.
+pub fn target_logprobs(model: &Gpt, inputs: Tensor<2, Int>, targets: Tensor<2, Int>) -> Tensor<2> {
+    let logp = log_softmax(model.forward(inputs), 2);
+    logp.gather(2, targets.unsqueeze_dim::<3>(2)).squeeze_dim::<2>(2)
+}
+
+/// Mean negative log-likelihood over the masked positions.
+pub fn lm_loss(model: &Gpt, batch: &Batch) -> Tensor<1> {
+    let lp = target_logprobs(model, batch.inputs.clone(), batch.targets.clone());
+    (lp * batch.mask.clone()).sum().neg().div_scalar(batch.tokens.max(1) as f64)
+}
+
+/// Linear warm-up, then cosine decay to `min_lr_ratio × lr` at the last step.
+pub fn lr_at(step: u64, cfg: &StageConfig) -> f64 {
+    let (lr, warm, total) = (cfg.lr, cfg.warmup, cfg.steps.max(1));
+    if warm > 0 && step < warm {
+        return lr * (step + 1) as f64 / warm as f64;
+    }
+    let span = total.saturating_sub(warm).max(1) as f64;
+    let progress = ((step - warm.min(step)) as f64 / span).min(1.0);
+    let min = lr * cfg.min_lr_ratio;
+    min + 0.5 * (lr - min) * (1.0 + (std::f64::consts::PI * progress).cos())
+}
+
+struct GradNorm<'a> {
+    grads: &'a GradientsParams,
+    sum: Option<Tensor<1>>,
+}
+
+impl ModuleVisitor for GradNorm<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if let Some(g) = self.grads.get::<D>(param.id) {
+            let s = g.square().sum();
+            self.sum = Some(match self.sum.take() {
+                Some(acc) => acc + s,
+                None => s,
+            });
+        }
+    }
+}
+
+struct GradScale<'a> {
+    grads: &'a mut GradientsParams,
+    factor: f64,
+}
+
+impl ModuleVisitor for GradScale<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if let Some(g) = self.grads.remove::<D>(param.id) {
+            self.grads.register(param.id, g.mul_scalar(self.factor));
+        }
+    }
+}
+
+/// Global L2 norm of the gradients; scales them down to `max_norm` when above it (0 = never).
+pub fn clip_grad_norm(model: &Gpt, grads: &mut GradientsParams, max_norm: f64) -> f64 {
+    let mut v = GradNorm { grads, sum: None };
+    model.visit(&mut v);
+    let norm = v
+        .sum
+        .map(|s| (s.into_scalar::<f32>() as f64).sqrt())
+        .unwrap_or(0.0);
+    if max_norm > 0.0 && norm > max_norm && norm.is_finite() {
+        let mut s = GradScale {
+            grads,
+            factor: max_norm / (norm + 1e-6),
+        };
+        model.visit(&mut s);
+    }
+    norm
+}
+
+/// A metrics line: `step`, `time` and the given values.
+pub fn metrics_line(step: u64, values: &[(&str, f64)]) -> Value {
+    let mut m = Map::new();
+    m.insert("step".into(), json!(step));
+    m.insert("time".into(), json!(crate::runfs::status::now()));
+    for (k, v) in values {
+        m.insert((*k).to_string(), if v.is_finite() { json!(v) } else { Value::Null });
+    }
+    Value::Object(m)
+}
+
+/// Open the run's metrics and samples logs for appending.
+pub fn open_logs(run: &crate::runfs::RunDir) -> Result<(JsonlWriter, JsonlWriter)> {
+    Ok((
+        JsonlWriter::append(&run.metrics())?,
+        JsonlWriter::append(&run.samples())?,
+    ))
+}

@@ -1,0 +1,209 @@
+//! `eval`: score a checkpoint on the held-out set. pass@1 as DeepSeek-R1 defines it (mean
+//! accuracy over k samples per prompt at the stage's temperature and top-p), greedy accuracy,
+//! pass@k (Chen et al.'s unbiased estimator over the k samples), maj@k, format rate and mean
+//! completion length. Writes `eval.json`, `eval/*` metrics and every completion as a sample.
+
+use super::common::{Setup, metrics_line, open_logs};
+use super::context::{Outcome, StageCtx};
+use crate::model::sample::{SampleOptions, generate};
+use crate::model::{self, Gpt, checkpoint};
+use crate::runfs::atomic;
+use anyhow::{Context, Result};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::collections::HashMap;
+
+/// The contents of `eval.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalReport {
+    pub task: String,
+    pub n: usize,
+    #[serde(rename = "pass@1")]
+    pub pass_at_1: f64,
+    pub greedy: f64,
+    #[serde(rename = "pass@k")]
+    pub pass_at_k: f64,
+    pub k: usize,
+    #[serde(rename = "maj@k")]
+    pub maj_at_k: f64,
+    pub format_rate: f64,
+    pub mean_length: f64,
+}
+
+/// Chen et al. (2021): 1 − C(n−c, k) / C(n, k), computed as a stable product.
+pub fn pass_at_k(n: usize, c: usize, k: usize) -> f64 {
+    if n < k || n - c < k {
+        return if c > 0 { 1.0 } else { 0.0 };
+    }
+    let mut prod = 1.0;
+    for i in (n - c + 1)..=n {
+        prod *= 1.0 - k as f64 / i as f64;
+    }
+    1.0 - prod
+}
+
+/// The most common answer (first seen wins a tie); `None` when no sample had one.
+pub fn majority<'a>(answers: impl IntoIterator<Item = Option<&'a str>>) -> Option<&'a str> {
+    let mut counts: HashMap<&str, (usize, usize)> = HashMap::new();
+    for (i, a) in answers.into_iter().enumerate() {
+        if let Some(a) = a {
+            counts.entry(a).or_insert((0, i)).0 += 1;
+        }
+    }
+    counts
+        .into_iter()
+        .max_by(|a, b| a.1.0.cmp(&b.1.0).then(b.1.1.cmp(&a.1.1)))
+        .map(|(a, _)| a)
+}
+
+/// Evaluate `model` on the first `prompts` held-out problems.
+pub fn evaluate(
+    setup: &Setup,
+    model: &Gpt,
+    cfg: &crate::spec::StageConfig,
+    device: &burn::tensor::Device,
+    seed: u64,
+    mut on_sample: impl FnMut(serde_json::Value) -> Result<()>,
+    mut on_progress: impl FnMut(usize, usize),
+) -> Result<EvalReport> {
+    let probs: Vec<_> = setup.task.heldout().iter().take(cfg.prompts).collect();
+    let k = cfg.k.max(1);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xE7A1);
+    let sampled = SampleOptions {
+        temperature: cfg.temperature,
+        top_k: cfg.top_k,
+        top_p: cfg.top_p,
+        max_new_tokens: cfg.max_new_tokens,
+        use_cache: true,
+    };
+    let greedy_opts = SampleOptions {
+        temperature: 0.0,
+        ..sampled
+    };
+    let (mut acc_sum, mut greedy_sum, mut passk_sum, mut maj_sum) = (0.0, 0.0, 0.0, 0.0);
+    let (mut fmt_sum, mut len_sum, mut count) = (0.0, 0.0, 0usize);
+    let chunk = (256 / (k + 1)).max(1);
+    for (ci, group) in probs.chunks(chunk).enumerate() {
+        let mut ids = Vec::new();
+        for p in group {
+            let pid = setup.prompt_ids(&p.prompt)?;
+            for _ in 0..=k {
+                ids.push(pid.clone());
+            }
+        }
+        // Row 0 of each prompt is greedy; rows 1..=k are sampled. Greedy rows are generated
+        // separately so the temperature applies per row.
+        let greedy_ids: Vec<_> = ids.iter().step_by(k + 1).cloned().collect();
+        let sample_ids: Vec<_> = ids
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % (k + 1) != 0)
+            .map(|(_, v)| v.clone())
+            .collect();
+        let g = generate(model, &greedy_ids, setup.model_cfg.ctx, &greedy_opts, &mut rng, device);
+        let s = generate(model, &sample_ids, setup.model_cfg.ctx, &sampled, &mut rng, device);
+        for (pi, p) in group.iter().enumerate() {
+            let gtext = setup.tok.decode(&g[pi].tokens);
+            let gr = setup.task.rewards(&p.prompt, &gtext);
+            greedy_sum += gr.accuracy;
+            on_sample(json!({"step": 0, "prompt": p.prompt, "completion": gtext, "answer": p.answer,
+                "rewards": gr.as_map(), "reward": gr.accuracy, "group": ci * chunk + pi, "greedy": true}))?;
+            let mut correct = 0;
+            let mut answers = Vec::new();
+            for j in 0..k {
+                let c = &s[pi * k + j];
+                let text = setup.tok.decode(&c.tokens);
+                let r = setup.task.rewards(&p.prompt, &text);
+                correct += (r.accuracy >= 1.0) as usize;
+                fmt_sum += r.format;
+                len_sum += c.tokens.len() as f64;
+                count += 1;
+                answers.push(crate::tasks::rewards::parse(&text).answer);
+                on_sample(json!({"step": 0, "prompt": p.prompt, "completion": text, "answer": p.answer,
+                    "rewards": r.as_map(), "reward": r.accuracy, "group": ci * chunk + pi, "truncated": !c.finished}))?;
+            }
+            acc_sum += correct as f64 / k as f64;
+            passk_sum += pass_at_k(k, correct, k);
+            let maj = majority(answers.iter().map(|a| a.as_deref()));
+            maj_sum += maj.map(|a| setup.task.task.accuracy(&p.prompt, a)).unwrap_or(0.0);
+        }
+        on_progress(((ci + 1) * chunk).min(probs.len()), probs.len());
+    }
+    let n = probs.len().max(1) as f64;
+    Ok(EvalReport {
+        task: setup.task.spec.name.clone(),
+        n: probs.len(),
+        pass_at_1: acc_sum / n,
+        greedy: greedy_sum / n,
+        pass_at_k: passk_sum / n,
+        k,
+        maj_at_k: maj_sum / n,
+        format_rate: fmt_sum / count.max(1) as f64,
+        mean_length: len_sum / count.max(1) as f64,
+    })
+}
+
+pub fn run(ctx: &mut StageCtx<'_>) -> Result<Outcome> {
+    let setup = Setup::new(ctx.exp)?;
+    let device = model::device()?;
+    let dir = ctx.init.clone().context("an eval stage needs `init`")?;
+    let model = checkpoint::load_expecting(&dir, &setup.model_cfg, &setup.tok, &device)?;
+    let evaluated_step = checkpoint::read_state(&dir).map(|s| s.step).unwrap_or(0);
+    let (mut metrics, mut samples) = open_logs(&ctx.run)?;
+    let total = ctx.cfg.prompts.min(setup.task.heldout().len()) as u64;
+    ctx.status.progress.total = total;
+    let cfg = ctx.cfg.clone();
+    let seed = ctx.seed;
+    let report = evaluate(
+        &setup,
+        &model,
+        &cfg,
+        &device,
+        seed,
+        |v| Ok(samples.write(&v)?),
+        |done, all| ctx.progress(done as u64, all as u64, &[]),
+    )?;
+    atomic::write_json(&ctx.run.eval_json(), &report)?;
+    metrics.write(&metrics_line(
+        evaluated_step,
+        &[
+            ("eval/pass@1", report.pass_at_1),
+            ("eval/greedy", report.greedy),
+            ("eval/pass@k", report.pass_at_k),
+            ("eval/maj@k", report.maj_at_k),
+            ("eval/format_rate", report.format_rate),
+            ("eval/mean_length", report.mean_length),
+        ],
+    ))?;
+    ctx.reporter.message(&format!(
+        "pass@1 {:.3}  greedy {:.3}  pass@{} {:.3}  maj@{} {:.3}  format {:.3}  len {:.1}  (n={})",
+        report.pass_at_1, report.greedy, report.k, report.pass_at_k, report.k, report.maj_at_k,
+        report.format_rate, report.mean_length, report.n
+    ));
+    Ok(Outcome::Done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pass_at_k_matches_the_closed_form() {
+        // n = k: any correct sample passes.
+        assert_eq!(pass_at_k(4, 0, 4), 0.0);
+        assert_eq!(pass_at_k(4, 1, 4), 1.0);
+        // n=5, c=2, k=2: 1 - C(3,2)/C(5,2) = 1 - 3/10.
+        assert!((pass_at_k(5, 2, 2) - 0.7).abs() < 1e-12);
+        // k=1 is the plain accuracy c/n.
+        assert!((pass_at_k(10, 3, 1) - 0.3).abs() < 1e-12);
+    }
+
+    #[test]
+    fn majority_vote_ignores_missing_answers_and_breaks_ties_by_first_seen() {
+        assert_eq!(majority([Some("3"), None, Some("4"), Some("3")]), Some("3"));
+        assert_eq!(majority([Some("4"), Some("3")]), Some("4"));
+        assert_eq!(majority([None, None]), None);
+    }
+}

@@ -1,0 +1,31 @@
+//! Stage runners and the pipeline that sequences them. A stage is a function of (spec, init
+//! checkpoint) → run folder; it reports through the run folder and a [`Reporter`] (the CLI's
+//! progress bar), never through a screen.
+
+pub mod common;
+pub mod context;
+pub mod eval;
+pub mod pipeline;
+pub mod pretrain;
+pub mod sft;
+pub mod supervised;
+
+pub use context::{Outcome, Quiet, Reporter, StageCtx};
+pub use pipeline::{RunOptions, run_pipeline};
+
+use crate::spec::StageKind;
+
+/// Whether this build can run a stage of `kind`.
+pub fn implemented(kind: StageKind) -> bool {
+    matches!(kind, StageKind::Pretrain | StageKind::Sft | StageKind::Eval)
+}
+
+/// Run one stage to completion (or until stopped).
+pub fn run_stage(ctx: &mut StageCtx<'_>) -> anyhow::Result<Outcome> {
+    match ctx.cfg.kind {
+        StageKind::Pretrain => pretrain::run(ctx),
+        StageKind::Sft => sft::run(ctx),
+        StageKind::Eval => eval::run(ctx),
+        other => anyhow::bail!("stage kind `{other}` is not implemented in this build"),
+    }
+}

@@ -1,0 +1,265 @@
+//! The pipeline: which stages run, in which order (loops included), where each starts from,
+//! and the bookkeeping of its run folder (`run.json` status, resume of an unfinished run).
+
+use super::context::{Outcome, Reporter, StageCtx};
+use crate::runfs::{self, RunDir, RunError, RunStatus, Status, checkpoint, status::now};
+use crate::spec::{Experiment, StageConfig, StageKind};
+use anyhow::{Context, Result, bail};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+/// What `stageloop run` was asked to do.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Stages to run; empty = the whole pipeline with its loops.
+    pub stages: Vec<String>,
+    /// Override of the experiment seed.
+    pub seed: Option<u64>,
+    /// Never resume; always start new runs.
+    pub fresh: bool,
+}
+
+/// One planned stage execution.
+#[derive(Debug, Clone, PartialEq)]
+struct Step {
+    stage: usize,
+    iteration: Option<u32>,
+}
+
+/// Run the selected stages in order. Stops early (returning `Stopped`) when a stage was stopped
+/// by a signal; fails on the first stage that fails.
+pub fn run_pipeline(
+    exp: &Experiment,
+    opts: &RunOptions,
+    stop: Arc<AtomicBool>,
+    reporter: &mut dyn Reporter,
+) -> Result<Outcome> {
+    let selected: Vec<usize> = if opts.stages.is_empty() {
+        (0..exp.spec.stage.len()).collect()
+    } else {
+        let mut idx = Vec::new();
+        for name in &opts.stages {
+            match exp.stage_index(name) {
+                Some(i) => idx.push(i),
+                None => {
+                    let known: Vec<&str> = exp.spec.stage.iter().map(|s| s.name.as_str()).collect();
+                    bail!("no stage named `{name}` in {} (stages: {})", exp.file.display(), known.join(", "));
+                }
+            }
+        }
+        idx.sort_unstable();
+        idx.dedup();
+        idx
+    };
+    let missing: Vec<String> = selected
+        .iter()
+        .map(|&i| &exp.spec.stage[i])
+        .filter(|s| !super::implemented(s.kind))
+        .map(|s| format!("`{}` ({})", s.name, s.kind))
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "not implemented in this build yet: stage kind(s) of {}; nothing was run",
+            missing.join(", ")
+        );
+    }
+
+    let whole = opts.stages.is_empty();
+    let mut pos = 0;
+    let mut iterations = vec![1u32; exp.spec.loops.len()];
+    while pos < selected.len() {
+        let i = selected[pos];
+        let in_loop = exp
+            .spec
+            .loops
+            .iter()
+            .position(|l| whole && span(exp, l).is_some_and(|(a, b)| a <= i && i <= b));
+        let step = Step {
+            stage: i,
+            iteration: in_loop.map(|l| iterations[l]),
+        };
+        match run_one(exp, opts, &step, stop.clone(), reporter)? {
+            Outcome::Stopped => return Ok(Outcome::Stopped),
+            Outcome::Done => {}
+        }
+        // At the end of a loop span: go round again unless done.
+        if let Some(l) = in_loop {
+            let spec = &exp.spec.loops[l];
+            let (a, b) = span(exp, spec).expect("validated");
+            if i == b && iterations[l] < spec.times && !until_met(exp, spec, a, b) {
+                iterations[l] += 1;
+                pos = a;
+                continue;
+            }
+        }
+        pos += 1;
+    }
+    Ok(Outcome::Done)
+}
+
+fn span(exp: &Experiment, l: &crate::spec::LoopSpec) -> Option<(usize, usize)> {
+    Some((exp.stage_index(&l.start)?, exp.stage_index(&l.end)?))
+}
+
+/// Whether the loop's stop condition holds on the span's most recent eval.
+fn until_met(exp: &Experiment, l: &crate::spec::LoopSpec, a: usize, b: usize) -> bool {
+    let (Some(metric), Some(threshold)) = (&l.until_metric, l.until_at_least) else {
+        return false;
+    };
+    exp.spec.stage[a..=b]
+        .iter()
+        .rev()
+        .filter(|s| s.kind == StageKind::Eval)
+        .find_map(|s| runfs::latest_run_of(&exp.runs_dir(), &s.name))
+        .and_then(|(run, _)| std::fs::read_to_string(run.eval_json()).ok())
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v.get(metric).and_then(|m| m.as_f64()))
+        .is_some_and(|v| v >= threshold)
+}
+
+/// The checkpoint a stage starts from: inside a loop's later iterations the span's first stage
+/// starts from the span's last training stage; otherwise from its `init` stage's latest
+/// finished run.
+fn init_checkpoint(exp: &Experiment, cfg: &StageConfig, step: &Step) -> Result<Option<PathBuf>> {
+    let mut from = cfg.init.clone();
+    if let Some(it) = step.iteration.filter(|&it| it > 1) {
+        for l in &exp.spec.loops {
+            if let Some((a, b)) = span(exp, l) {
+                if a == step.stage {
+                    from = exp.spec.stage[a..=b]
+                        .iter()
+                        .rev()
+                        .find(|s| s.kind.trains())
+                        .map(|s| s.name.clone())
+                        .or(from);
+                    let _ = it;
+                }
+            }
+        }
+    }
+    let Some(name) = from else { return Ok(None) };
+    checkpoint_of_stage(exp, &name, &cfg.name).map(Some)
+}
+
+/// The latest checkpoint of the most recent finished run of stage `name`.
+pub fn checkpoint_of_stage(exp: &Experiment, name: &str, needed_by: &str) -> Result<PathBuf> {
+    let runs = runfs::list_runs(&exp.runs_dir());
+    let done = runs.iter().rev().find_map(|r| {
+        let s = RunStatus::load(&r.path).ok()?;
+        (s.stage == name && s.status == Status::Done).then_some(r.clone())
+    });
+    let Some(run) = done else {
+        bail!(
+            "stage `{needed_by}` starts from `{name}`, which has no finished run in {}; run it first (stageloop run {} --stage {name})",
+            exp.runs_dir().display(),
+            exp.dir.display()
+        );
+    };
+    checkpoint::latest(&run.path).with_context(|| {
+        format!(
+            "{}: finished run of `{name}` has no checkpoint",
+            run.path.display()
+        )
+    })
+}
+
+fn run_one(
+    exp: &Experiment,
+    opts: &RunOptions,
+    step: &Step,
+    stop: Arc<AtomicBool>,
+    reporter: &mut dyn Reporter,
+) -> Result<Outcome> {
+    let spec_stage = &exp.spec.stage[step.stage];
+    let cfg = exp.resolved(&spec_stage.name).expect("stage exists");
+    let init = init_checkpoint(exp, &cfg, step)?;
+
+    // Resume the latest run of this stage when it was interrupted and has a checkpoint.
+    let resumable = if opts.fresh {
+        None
+    } else {
+        runfs::latest_run_of(&exp.runs_dir(), &cfg.name).filter(|(run, s)| {
+            matches!(
+                s.effective_status(),
+                Status::Stopped | Status::Failed | Status::Crashed
+            ) && s.iteration == step.iteration
+                && checkpoint::latest(&run.path).is_some()
+        })
+    };
+    let (run, status, resume) = match resumable {
+        Some((run, mut s)) => {
+            let ck = checkpoint::latest(&run.path);
+            s.status = Status::Running;
+            s.pid = Some(std::process::id());
+            s.ended = None;
+            s.error = None;
+            reporter.message(&format!(
+                "resuming {} from {}",
+                run.id(),
+                ck.as_ref().map(|p| p.display().to_string()).unwrap_or_default()
+            ));
+            (run, s, ck)
+        }
+        None => {
+            let run = runfs::create_run_dir(&exp.runs_dir(), &cfg.name)
+                .with_context(|| format!("cannot create a run folder in {}", exp.runs_dir().display()))?;
+            let s = RunStatus {
+                id: run.id(),
+                experiment: exp.name.clone(),
+                stage: cfg.name.clone(),
+                kind: cfg.kind.to_string(),
+                status: Status::Running,
+                pid: Some(std::process::id()),
+                started: Some(now()),
+                ended: None,
+                progress: runfs::Progress {
+                    step: 0,
+                    total: cfg.steps,
+                },
+                config: cfg.to_json(),
+                init: init.as_ref().map(|p| p.display().to_string()),
+                iteration: step.iteration,
+                error: None,
+            };
+            (run, s, None)
+        }
+    };
+    status.save(&run.path)?;
+    reporter.started(&status);
+    let seed = opts.seed.unwrap_or(exp.spec.seed);
+    let mut ctx = StageCtx::new(
+        exp,
+        cfg,
+        RunDir::new(run.path.clone()),
+        status,
+        seed,
+        init,
+        resume,
+        stop,
+        reporter,
+    );
+    let result = super::run_stage(&mut ctx);
+    let mut status = ctx.status.clone();
+    status.ended = Some(now());
+    let outcome = match &result {
+        Ok(Outcome::Done) => {
+            status.status = Status::Done;
+            Ok(Outcome::Done)
+        }
+        Ok(Outcome::Stopped) => {
+            status.status = Status::Stopped;
+            Ok(Outcome::Stopped)
+        }
+        Err(e) => {
+            status.status = Status::Failed;
+            status.error = Some(RunError {
+                message: format!("{e:#}"),
+            });
+            Err(anyhow::anyhow!("stage `{}` failed: {e:#}", status.stage))
+        }
+    };
+    status.save(&run.path)?;
+    ctx.reporter.finished(&status);
+    outcome
+}

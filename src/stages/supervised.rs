@@ -1,0 +1,195 @@
+//! The supervised training loop shared by pretrain, SFT, rejection-sampling SFT and distill:
+//! next-token loss on `(prompt, completion)` pairs from an indexed source, AdamW with warm-up +
+//! cosine, gradient clipping, metrics every step, samples and checkpoints every N steps, and a
+//! clean stop on signal. Resuming restores model, optimizer, RNG and data cursor.
+
+use super::common::{
+    Setup, clip_grad_norm, encode_example, lm_loss, lr_at, make_batch, metrics_line, open_logs,
+};
+use super::context::{Outcome, StageCtx};
+use crate::model::checkpoint::{self, RngState, TrainState};
+use crate::model::sample::{SampleOptions, generate};
+use crate::model::{self, Gpt};
+use crate::runfs;
+use anyhow::{Context, Result};
+use burn::module::Module;
+use burn::optim::{AdamWConfig, GradientsParams};
+use burn::tensor::Device;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde_json::json;
+use std::time::Instant;
+
+/// Where a training loop starts: a fresh model, an `init` checkpoint, or its own checkpoint.
+pub struct Start {
+    pub model: Gpt,
+    pub optim: burn::optim::ModuleOptimizer,
+    pub state: TrainState,
+}
+
+/// Build or load the model and optimizer for a training stage on `device` (autodiff).
+pub fn start(ctx: &StageCtx<'_>, setup: &Setup, device: &Device, kind: &str) -> Result<Start> {
+    let optim_cfg = AdamWConfig::new()
+        .with_beta_2(0.95)
+        .with_epsilon(1e-8)
+        .with_weight_decay(ctx.cfg.weight_decay as f32);
+    let optim = optim_cfg.init();
+    if let Some(dir) = &ctx.resume {
+        let model = checkpoint::load_expecting(dir, &setup.model_cfg, &setup.tok, device)?;
+        let opt_path = dir.join(checkpoint::OPTIMIZER);
+        let optim = optim
+            .load(&opt_path)
+            .map_err(|e| anyhow::anyhow!("{}: corrupt optimizer state: {e}", opt_path.display()))?;
+        let state = checkpoint::read_state(dir)?;
+        return Ok(Start { model, optim, state });
+    }
+    let rng = ChaCha8Rng::seed_from_u64(ctx.seed ^ 0x5EED);
+    let state = TrainState {
+        step: 0,
+        cursor: 0,
+        rng: RngState::of(&rng),
+        kind: kind.to_string(),
+        task: setup.task.spec.name.clone(),
+    };
+    let model = match &ctx.init {
+        Some(dir) => checkpoint::load_expecting(dir, &setup.model_cfg, &setup.tok, device)?,
+        None => {
+            device.seed(ctx.seed);
+            Gpt::new(&setup.model_cfg, device)
+        }
+    };
+    Ok(Start { model, optim, state })
+}
+
+/// Write a checkpoint of a training stage.
+pub fn save(
+    ctx: &StageCtx<'_>,
+    setup: &Setup,
+    model: &Gpt,
+    optim: &burn::optim::ModuleOptimizer,
+    state: &TrainState,
+) -> Result<()> {
+    runfs::checkpoint::save(&ctx.run.checkpoints(), state.step, 2, |dir| {
+        checkpoint::save_model(dir, model, &setup.model_cfg, &setup.tok)?;
+        optim
+            .save(dir.join(checkpoint::OPTIMIZER))
+            .map_err(|e| anyhow::anyhow!("cannot write optimizer state: {e}"))?;
+        checkpoint::save_state(dir, state)
+    })
+    .with_context(|| format!("checkpoint at step {}", state.step))?;
+    Ok(())
+}
+
+/// A few greedy and sampled completions on held-out prompts, scored, appended to samples.jsonl.
+pub fn write_samples(
+    w: &mut runfs::jsonl::JsonlWriter,
+    setup: &Setup,
+    model: &Gpt,
+    step: u64,
+    n: usize,
+    device: &Device,
+    rng: &mut ChaCha8Rng,
+) -> Result<f64> {
+    let probs: Vec<_> = setup.task.heldout().iter().take(n).collect();
+    let prompts = probs
+        .iter()
+        .map(|p| setup.prompt_ids(&p.prompt))
+        .collect::<Result<Vec<_>>>()?;
+    let opts = SampleOptions {
+        temperature: 0.0,
+        ..Default::default()
+    };
+    let outs = generate(model, &prompts, setup.model_cfg.ctx, &opts, rng, device);
+    let mut correct = 0.0;
+    for (p, c) in probs.iter().zip(outs) {
+        let text = setup.tok.decode(&c.tokens);
+        let r = setup.task.rewards(&p.prompt, &text);
+        correct += r.accuracy;
+        w.write(&json!({
+            "step": step, "prompt": p.prompt, "completion": text, "answer": p.answer,
+            "rewards": r.as_map(), "reward": r.accuracy, "truncated": !c.finished,
+        }))?;
+    }
+    Ok(correct / n.max(1) as f64)
+}
+
+/// Run a supervised stage. `source(i)` gives example `i` of the stream as (prompt, completion);
+/// `prompt_loss` also trains on prompt tokens (pretraining).
+pub fn train(
+    ctx: &mut StageCtx<'_>,
+    setup: &Setup,
+    kind: &str,
+    prompt_loss: bool,
+    source: &dyn Fn(u64) -> Result<(String, String)>,
+) -> Result<Outcome> {
+    let infer_device = model::device()?;
+    let device = infer_device.clone().autodiff();
+    let Start {
+        mut model,
+        mut optim,
+        mut state,
+    } = start(ctx, setup, &device, kind)?;
+    let (mut metrics, mut samples) = open_logs(&ctx.run)?;
+    let mut rng = state.rng.restore();
+    let cfg = ctx.cfg.clone();
+    let mut num_tokens = 0u64;
+    ctx.reporter.message(&format!(
+        "{} params, {} steps × {} sequences",
+        setup.model_cfg.params(),
+        cfg.steps,
+        cfg.batch
+    ));
+    while state.step < cfg.steps {
+        let t0 = Instant::now();
+        let examples = (0..cfg.batch as u64)
+            .map(|i| {
+                let (p, c) = source(state.cursor + i)?;
+                encode_example(&setup.tok, &p, &c, setup.model_cfg.ctx, prompt_loss)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let batch = make_batch(&examples, &device);
+        let loss = lm_loss(&model, &batch);
+        let loss_val = loss.clone().into_scalar::<f32>() as f64;
+        if !loss_val.is_finite() {
+            anyhow::bail!("loss became {loss_val} at step {}; lower lr", state.step + 1);
+        }
+        let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+        let grad_norm = clip_grad_norm(&model, &mut grads, cfg.grad_clip);
+        let lr = lr_at(state.step, &cfg);
+        model = optim.step(lr, model, grads);
+        state.step += 1;
+        state.cursor += cfg.batch as u64;
+        let dt = t0.elapsed().as_secs_f64();
+        let toks: u64 = examples.iter().map(|e| e.tokens.len() as u64 - 1).sum();
+        num_tokens += toks;
+        let values = [
+            ("loss", loss_val),
+            ("learning_rate", lr),
+            ("grad_norm", grad_norm),
+            ("tokens_per_sec", toks as f64 / dt),
+            ("step_time", dt),
+            ("num_tokens", num_tokens as f64),
+        ];
+        if state.step % cfg.log_every == 0 || state.step == cfg.steps {
+            metrics.write(&metrics_line(state.step, &values))?;
+        }
+        let stopping = ctx.should_stop();
+        let last = state.step == cfg.steps;
+        if cfg.sample_every > 0 && (state.step % cfg.sample_every == 0 || last) {
+            let acc = write_samples(&mut samples, setup, &model.valid(), state.step, 8, &infer_device, &mut rng)?;
+            metrics.write(&metrics_line(state.step, &[("samples/accuracy", acc)]))?;
+        }
+        ctx.progress(state.step, cfg.steps, &[("loss", loss_val), ("lr", lr)]);
+        if state.step % cfg.checkpoint_every == 0 || last || stopping {
+            state.rng = RngState::of(&rng);
+            save(ctx, setup, &model, &optim, &state)?;
+        }
+        if stopping && !last {
+            return Ok(Outcome::Stopped);
+        }
+    }
+    if state.step == cfg.steps && runfs::checkpoint::latest(&ctx.run.path).is_none() {
+        save(ctx, setup, &model, &optim, &state)?;
+    }
+    Ok(Outcome::Done)
+}

@@ -1,0 +1,140 @@
+//! The real binary on good and bad inputs: exit codes and one clear line on stderr.
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+use std::path::Path;
+
+fn bin() -> Command {
+    Command::cargo_bin("stageloop").unwrap()
+}
+
+fn bundled() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments/r1-arith")
+}
+
+#[test]
+fn check_accepts_the_bundled_experiment() {
+    bin()
+        .args(["check"])
+        .arg(bundled())
+        .assert()
+        .success()
+        .stdout(predicate::str::starts_with("ok: r1-arith"));
+}
+
+#[test]
+fn check_rejects_a_broken_copy_with_file_line_col() {
+    let d = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(bundled().join("experiment.toml")).unwrap();
+    let broken = text.replacen("steps = 600", "steps = 600\nstepz = 1", 1);
+    std::fs::write(d.path().join("experiment.toml"), &broken).unwrap();
+    let line = broken.lines().position(|l| l.starts_with("stepz")).unwrap() + 1;
+    bin()
+        .arg("check")
+        .arg(d.path())
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(format!("experiment.toml:{line}:1:")))
+        .stderr(predicate::str::contains("stepz"))
+        .stderr(predicate::str::contains("panicked").not());
+}
+
+#[test]
+fn missing_experiment_is_one_clear_line() {
+    let out = bin().args(["check", "/no/such/exp"]).assert().code(1);
+    let err = String::from_utf8(out.get_output().stderr.clone()).unwrap();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("/no/such/exp"));
+}
+
+#[test]
+fn run_refuses_unimplemented_kinds_without_running_anything() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(
+        d.path().join("experiment.toml"),
+        "[task]\nname = \"arith\"\n[[stage]]\nname = \"pre\"\nkind = \"pretrain\"\nsteps = 1\n[[stage]]\nname = \"d\"\nkind = \"distill\"\nteacher = \"pre\"\n",
+    )
+    .unwrap();
+    bin()
+        .arg("run")
+        .arg(d.path())
+        .args(["--stage", "d"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("not implemented"))
+        .stderr(predicate::str::contains("`d` (distill)"));
+    assert!(!d.path().join("runs").exists());
+}
+
+#[test]
+fn run_with_an_unknown_stage_lists_the_known_ones() {
+    bin()
+        .arg("run")
+        .arg(bundled())
+        .args(["--stage", "nope"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("no stage named `nope`"))
+        .stderr(predicate::str::contains("pretrain"));
+}
+
+#[test]
+fn new_scaffolds_from_a_template_and_refuses_to_overwrite() {
+    let d = tempfile::tempdir().unwrap();
+    bin()
+        .args(["new", "mine", "--dir"])
+        .arg(d.path())
+        .assert()
+        .success();
+    let file = d.path().join("mine/experiment.toml");
+    assert!(std::fs::read_to_string(&file).unwrap().contains("name = \"mine\""));
+    bin().arg("check").arg(d.path().join("mine")).assert().success();
+    bin()
+        .args(["new", "mine", "--dir"])
+        .arg(d.path())
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("already exists"));
+    bin()
+        .args(["new", "x", "--template", "nope", "--dir"])
+        .arg(d.path())
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("unknown template"));
+}
+
+#[test]
+fn runs_lists_runs_as_json() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(
+        d.path().join("experiment.toml"),
+        "[task]\nname = \"arith\"\n[[stage]]\nname = \"pre\"\nkind = \"pretrain\"\n",
+    )
+    .unwrap();
+    let run = d.path().join("runs/20261130-000000-pre");
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(run.join("metrics.jsonl"), "{\"step\":1,\"loss\":2.5}\n{\"step\":2,\"loss\":2.0}\n").unwrap();
+    std::fs::write(
+        run.join("run.json"),
+        r#"{"id":"20261130-000000-pre","experiment":"e","stage":"pre","kind":"pretrain","status":"done","progress":{"step":2,"total":2}}"#,
+    )
+    .unwrap();
+    let out = bin().arg("runs").arg(d.path()).arg("--json").assert().success();
+    let v: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert_eq!(v[0]["id"], "20261130-000000-pre");
+    assert_eq!(v[0]["status"], "done");
+    assert_eq!(v[0]["last"]["loss"], 2.0);
+    bin()
+        .arg("runs")
+        .arg(d.path())
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("20261130-000000-pre"));
+}
+
+#[test]
+fn help_works_for_every_verb() {
+    for verb in ["tui", "check", "new", "run", "runs"] {
+        bin().args([verb, "--help"]).assert().success();
+    }
+}

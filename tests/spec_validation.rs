@@ -1,0 +1,180 @@
+//! The experiment spec: every validation error names file:line:col, and the bundled experiments
+//! are valid.
+
+use stageloop::spec::{self, Origin, SpecErrors};
+use std::path::Path;
+
+const BASE: &str = r#"name = "t"
+
+[model]
+d_model = 32
+layers = 1
+heads = 2
+ctx = 48
+
+[task]
+name = "arith"
+
+[[stage]]
+name = "pre"
+kind = "pretrain"
+steps = 5
+
+[[stage]]
+name = "ev"
+kind = "eval"
+init = "pre"
+"#;
+
+fn load_text(text: &str) -> Result<spec::Experiment, SpecErrors> {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("experiment.toml"), text).unwrap();
+    spec::load(d.path())
+}
+
+/// The single error of `text`, with its (line, col) and message.
+fn one_error(text: &str) -> ((usize, usize), String) {
+    let errs = load_text(text).expect_err("should be invalid").0;
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    let e = &errs[0];
+    assert!(e.to_string().contains("experiment.toml:"), "{e}");
+    (e.line_col().expect("points into the file"), e.message.clone())
+}
+
+#[test]
+fn base_spec_is_valid_and_resolves_defaults() {
+    let e = load_text(BASE).unwrap();
+    assert_eq!(e.spec.stage.len(), 2);
+    let ev = e.resolved("ev").unwrap();
+    assert_eq!(ev.k, 8);
+    assert_eq!(ev.temperature, 0.6);
+    assert_eq!(ev.top_p, 0.95);
+    assert_eq!(ev.prompts, 500);
+    let pre = e.resolved("pre").unwrap();
+    assert_eq!(pre.steps, 5);
+    assert_eq!(pre.batch, 64);
+}
+
+#[test]
+fn broken_toml_names_the_line() {
+    let text = BASE.replace("steps = 5", "steps = = 5");
+    let ((line, col), msg) = one_error(&text);
+    assert_eq!(line, 15);
+    assert!(col >= 7, "{col}");
+    assert!(msg.contains("invalid TOML"), "{msg}");
+}
+
+#[test]
+fn unknown_top_level_and_table_keys() {
+    let ((line, col), msg) = one_error(&BASE.replace("[task]\n", "[task]\ncolour = 3\n"));
+    assert_eq!((line, col), (10, 1));
+    assert!(msg.contains("colour"), "{msg}");
+
+    let ((line, _), msg) = one_error(&BASE.replace("steps = 5", "steps = 5\nlearning_rate = 1"));
+    assert_eq!(line, 16);
+    assert!(msg.contains("learning_rate"), "{msg}");
+}
+
+#[test]
+fn unknown_stage_kind() {
+    let ((line, col), msg) = one_error(&BASE.replace("kind = \"pretrain\"", "kind = \"ppo\""));
+    assert_eq!((line, col), (14, 8));
+    assert!(msg.contains("ppo"), "{msg}");
+}
+
+#[test]
+fn key_that_does_not_apply_to_the_kind() {
+    let ((line, col), msg) = one_error(&BASE.replace("init = \"pre\"", "init = \"pre\"\nlr = 0.1"));
+    assert_eq!((line, col), (21, 1));
+    assert!(msg.contains("`lr` does not apply to a eval stage"), "{msg}");
+}
+
+#[test]
+fn duplicate_names_are_reported_at_the_second() {
+    let text = format!("{BASE}\n[[stage]]\nname = \"pre\"\nkind = \"sft\"\n");
+    let ((line, col), msg) = one_error(&text);
+    assert_eq!((line, col), (23, 8));
+    assert!(msg.contains("duplicate stage name `pre`"), "{msg}");
+}
+
+#[test]
+fn init_naming_a_later_or_missing_stage() {
+    let text = BASE.replace("init = \"pre\"", "init = \"post\"");
+    let ((line, col), msg) = one_error(&text);
+    assert_eq!((line, col), (20, 8));
+    assert!(msg.contains("no stage named `post`"), "{msg}");
+
+    let text = format!("{BASE}\n[[stage]]\nname = \"late\"\nkind = \"sft\"\n").replace(
+        "name = \"pre\"\nkind = \"pretrain\"\nsteps = 5",
+        "name = \"pre\"\nkind = \"pretrain\"\nsteps = 5\ninit = \"late\"",
+    );
+    let ((line, col), msg) = one_error(&text);
+    assert_eq!((line, col), (16, 8));
+    assert!(msg.contains("does not come before"), "{msg}");
+}
+
+#[test]
+fn loops_over_missing_stages() {
+    let text = format!("{BASE}\n[[loop]]\nstart = \"pre\"\nend = \"nowhere\"\ntimes = 2\n");
+    let ((line, col), msg) = one_error(&text);
+    assert_eq!((line, col), (24, 7));
+    assert!(msg.contains("nowhere"), "{msg}");
+}
+
+#[test]
+fn values_out_of_range() {
+    let cases = [
+        ("steps = 5", "steps = 5\nlr = 2.0", (16, 6), "lr must be in (0, 1)"),
+        ("steps = 5", "steps = 0", (15, 9), "steps must be at least 1"),
+        ("init = \"pre\"", "init = \"pre\"\ntop_p = 0.0", (21, 9), "top_p"),
+        ("heads = 2", "heads = 3", (6, 9), "heads must divide"),
+        ("[task]\nname = \"arith\"", "[task]\nname = \"arith\"\ndifficulty = 9", (11, 14), "difficulty"),
+    ];
+    for (from, to, at, needle) in cases {
+        let ((line, col), msg) = one_error(&BASE.replace(from, to));
+        assert_eq!((line, col), at, "{to}: {msg}");
+        assert!(msg.contains(needle), "{msg}");
+    }
+}
+
+#[test]
+fn unknown_task_is_reported_at_its_value() {
+    let ((line, col), msg) = one_error(&BASE.replace("name = \"arith\"", "name = \"chess\""));
+    assert_eq!((line, col), (10, 8));
+    assert!(msg.contains("unknown task `chess`"), "{msg}");
+}
+
+#[test]
+fn set_overrides_change_values_and_errors_name_the_argument() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("experiment.toml"), BASE).unwrap();
+    let e = spec::load_with(d.path(), &["stage.pre.steps=7".into(), "model.d_model=64".into()]).unwrap();
+    assert_eq!(e.resolved("pre").unwrap().steps, 7);
+    assert_eq!(e.spec.model.d_model, 64);
+    let err = spec::load_with(d.path(), &["stage.pre.lr=5".into()]).unwrap_err();
+    assert_eq!(err.0[0].origin, Origin::Override("stage.pre.lr=5".into()));
+    let err = spec::load_with(d.path(), &["stage.nope.lr=5".into()]).unwrap_err();
+    assert!(err.to_string().contains("no stage named `nope`"), "{err}");
+    let err = spec::load_with(d.path(), &["stage.pre.wat=5".into()]).unwrap_err();
+    assert!(err.to_string().contains("wat"), "{err}");
+}
+
+#[test]
+fn missing_file_is_named() {
+    let err = spec::load(Path::new("/nonexistent/exp")).unwrap_err();
+    assert!(err.to_string().contains("/nonexistent/exp"), "{err}");
+}
+
+#[test]
+fn bundled_experiments_are_valid() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments");
+    let mut n = 0;
+    for entry in std::fs::read_dir(root).unwrap() {
+        let dir = entry.unwrap().path();
+        if dir.join("experiment.toml").is_file() {
+            spec::load(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+            n += 1;
+        }
+    }
+    assert!(n >= 1);
+}
