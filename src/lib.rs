@@ -4,9 +4,9 @@
 
 pub mod analysis;
 pub mod cli;
+pub mod model;
 pub mod notebook;
 pub mod runfs;
 pub mod spec;
 pub mod stages;
-pub mod model;
 pub mod tasks;

@@ -16,7 +16,11 @@ fn loads_two_runs_with_different_metrics_into_one_frame() {
     )
     .unwrap();
     // A log written by another tool, as CSV, with a metric of its own.
-    std::fs::write(b.join("metrics.csv"), "step,loss,reward\n1,5.0,0.1\n2,4.0,0.3\n").unwrap();
+    std::fs::write(
+        b.join("metrics.csv"),
+        "step,loss,reward\n1,5.0,0.1\n2,4.0,0.3\n",
+    )
+    .unwrap();
     let df = analysis::load_history(&[RunDir::new(&a), RunDir::new(&b)]).unwrap();
     assert_eq!(df.height(), 5);
     let loss = df.column("loss").unwrap().f64().unwrap().clone();

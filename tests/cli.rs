@@ -34,7 +34,9 @@ fn check_rejects_a_broken_copy_with_file_line_col() {
         .arg(d.path())
         .assert()
         .code(1)
-        .stderr(predicate::str::contains(format!("experiment.toml:{line}:1:")))
+        .stderr(predicate::str::contains(format!(
+            "experiment.toml:{line}:1:"
+        )))
         .stderr(predicate::str::contains("stepz"))
         .stderr(predicate::str::contains("panicked").not());
 }
@@ -87,8 +89,16 @@ fn new_scaffolds_from_a_template_and_refuses_to_overwrite() {
         .assert()
         .success();
     let file = d.path().join("mine/experiment.toml");
-    assert!(std::fs::read_to_string(&file).unwrap().contains("name = \"mine\""));
-    bin().arg("check").arg(d.path().join("mine")).assert().success();
+    assert!(
+        std::fs::read_to_string(&file)
+            .unwrap()
+            .contains("name = \"mine\"")
+    );
+    bin()
+        .arg("check")
+        .arg(d.path().join("mine"))
+        .assert()
+        .success();
     bin()
         .args(["new", "mine", "--dir"])
         .arg(d.path())
@@ -113,13 +123,22 @@ fn runs_lists_runs_as_json() {
     .unwrap();
     let run = d.path().join("runs/20261130-000000-pre");
     std::fs::create_dir_all(&run).unwrap();
-    std::fs::write(run.join("metrics.jsonl"), "{\"step\":1,\"loss\":2.5}\n{\"step\":2,\"loss\":2.0}\n").unwrap();
+    std::fs::write(
+        run.join("metrics.jsonl"),
+        "{\"step\":1,\"loss\":2.5}\n{\"step\":2,\"loss\":2.0}\n",
+    )
+    .unwrap();
     std::fs::write(
         run.join("run.json"),
         r#"{"id":"20261130-000000-pre","experiment":"e","stage":"pre","kind":"pretrain","status":"done","progress":{"step":2,"total":2}}"#,
     )
     .unwrap();
-    let out = bin().arg("runs").arg(d.path()).arg("--json").assert().success();
+    let out = bin()
+        .arg("runs")
+        .arg(d.path())
+        .arg("--json")
+        .assert()
+        .success();
     let v: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
     assert_eq!(v[0]["id"], "20261130-000000-pre");
     assert_eq!(v[0]["status"], "done");

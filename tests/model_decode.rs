@@ -29,7 +29,11 @@ fn incremental_logits_match_the_full_forward() {
     device.seed(7);
     let model = Gpt::new(&cfg(), &device);
     let seq: Vec<u32> = vec![1, 9, 12, 7, 15, 8, 10, 11, 13, 14];
-    let full: Vec<f32> = model.forward(ids(&[seq.clone()], &device)).into_data().iter::<f32>().collect();
+    let full: Vec<f32> = model
+        .forward(ids(std::slice::from_ref(&seq), &device))
+        .into_data()
+        .iter::<f32>()
+        .collect();
     let mut cache = KvCache::new(2);
     let mut inc: Vec<f32> = model
         .forward_cached(ids(&[seq[..4].to_vec()], &device), &mut cache, None)
@@ -45,7 +49,11 @@ fn incremental_logits_match_the_full_forward() {
         );
     }
     assert_eq!(full.len(), inc.len());
-    let max = full.iter().zip(&inc).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    let max = full
+        .iter()
+        .zip(&inc)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
     assert!(max < 1e-4, "max abs diff {max}");
 }
 

@@ -38,7 +38,10 @@ fn one_error(text: &str) -> ((usize, usize), String) {
     assert_eq!(errs.len(), 1, "{errs:?}");
     let e = &errs[0];
     assert!(e.to_string().contains("experiment.toml:"), "{e}");
-    (e.line_col().expect("points into the file"), e.message.clone())
+    (
+        e.line_col().expect("points into the file"),
+        e.message.clone(),
+    )
 }
 
 #[test]
@@ -124,11 +127,31 @@ fn loops_over_missing_stages() {
 #[test]
 fn values_out_of_range() {
     let cases = [
-        ("steps = 5", "steps = 5\nlr = 2.0", (16, 6), "lr must be in (0, 1)"),
-        ("steps = 5", "steps = 0", (15, 9), "steps must be at least 1"),
-        ("init = \"pre\"", "init = \"pre\"\ntop_p = 0.0", (21, 9), "top_p"),
+        (
+            "steps = 5",
+            "steps = 5\nlr = 2.0",
+            (16, 6),
+            "lr must be in (0, 1)",
+        ),
+        (
+            "steps = 5",
+            "steps = 0",
+            (15, 9),
+            "steps must be at least 1",
+        ),
+        (
+            "init = \"pre\"",
+            "init = \"pre\"\ntop_p = 0.0",
+            (21, 9),
+            "top_p",
+        ),
         ("heads = 2", "heads = 3", (6, 9), "heads must divide"),
-        ("[task]\nname = \"arith\"", "[task]\nname = \"arith\"\ndifficulty = 9", (11, 14), "difficulty"),
+        (
+            "[task]\nname = \"arith\"",
+            "[task]\nname = \"arith\"\ndifficulty = 9",
+            (11, 14),
+            "difficulty",
+        ),
     ];
     for (from, to, at, needle) in cases {
         let ((line, col), msg) = one_error(&BASE.replace(from, to));
@@ -148,7 +171,11 @@ fn unknown_task_is_reported_at_its_value() {
 fn set_overrides_change_values_and_errors_name_the_argument() {
     let d = tempfile::tempdir().unwrap();
     std::fs::write(d.path().join("experiment.toml"), BASE).unwrap();
-    let e = spec::load_with(d.path(), &["stage.pre.steps=7".into(), "model.d_model=64".into()]).unwrap();
+    let e = spec::load_with(
+        d.path(),
+        &["stage.pre.steps=7".into(), "model.d_model=64".into()],
+    )
+    .unwrap();
     assert_eq!(e.resolved("pre").unwrap().steps, 7);
     assert_eq!(e.spec.model.d_model, 64);
     let err = spec::load_with(d.path(), &["stage.pre.lr=5".into()]).unwrap_err();

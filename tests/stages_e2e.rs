@@ -82,12 +82,28 @@ fn pretrain_sft_eval_end_to_end() {
     let first: f64 = l.values().take(5).sum::<f64>() / 5.0;
     let last: f64 = l.values().rev().take(5).sum::<f64>() / 5.0;
     assert!(last < first * 0.8, "loss should fall: {first} → {last}");
-    assert!(runfs::checkpoint::latest(&pre.path).unwrap().ends_with("step-000040"));
+    assert!(
+        runfs::checkpoint::latest(&pre.path)
+            .unwrap()
+            .ends_with("step-000040")
+    );
     let metrics = std::fs::read_to_string(pre.metrics()).unwrap();
-    for key in ["learning_rate", "grad_norm", "tokens_per_sec", "step_time", "num_tokens"] {
+    for key in [
+        "learning_rate",
+        "grad_norm",
+        "tokens_per_sec",
+        "step_time",
+        "num_tokens",
+    ] {
         assert!(metrics.contains(key), "{key}");
     }
-    assert!(std::fs::read_to_string(pre.samples()).unwrap().lines().count() >= 8);
+    assert!(
+        std::fs::read_to_string(pre.samples())
+            .unwrap()
+            .lines()
+            .count()
+            >= 8
+    );
 
     let sft = run_of(d.path(), "sft");
     assert_eq!(RunStatus::load(&sft.path).unwrap().status, Status::Done);
@@ -95,11 +111,26 @@ fn pretrain_sft_eval_end_to_end() {
     let ev = run_of(d.path(), "ev");
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(ev.eval_json()).unwrap()).unwrap();
-    let mut keys: Vec<&str> = report.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+    let mut keys: Vec<&str> = report
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str())
+        .collect();
     keys.sort();
     assert_eq!(
         keys,
-        ["format_rate", "greedy", "k", "maj@k", "mean_length", "n", "pass@1", "pass@k", "task"]
+        [
+            "format_rate",
+            "greedy",
+            "k",
+            "maj@k",
+            "mean_length",
+            "n",
+            "pass@1",
+            "pass@k",
+            "task"
+        ]
     );
     assert_eq!(report["n"], 10);
     for k in ["pass@1", "greedy", "pass@k", "maj@k", "format_rate"] {
@@ -107,7 +138,13 @@ fn pretrain_sft_eval_end_to_end() {
         assert!((0.0..=1.0).contains(&v), "{k} = {v}");
     }
     // 10 prompts × (1 greedy + 2 samples)
-    assert_eq!(std::fs::read_to_string(ev.samples()).unwrap().lines().count(), 30);
+    assert_eq!(
+        std::fs::read_to_string(ev.samples())
+            .unwrap()
+            .lines()
+            .count(),
+        30
+    );
 }
 
 #[test]
@@ -122,7 +159,11 @@ fn killed_stage_resumes_onto_the_same_loss_curve() {
         .args(["--stage", "pre"])
         .output()
         .unwrap();
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     let reference = losses(&run_of(a.path(), "pre").path);
 
     // Killed after its second checkpoint, then run again.
@@ -142,7 +183,10 @@ fn killed_stage_resumes_onto_the_same_loss_curve() {
         if latest.is_some_and(|p| p.ends_with("step-000020")) {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "no checkpoint appeared");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint appeared"
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     child.kill().unwrap();
@@ -157,7 +201,11 @@ fn killed_stage_resumes_onto_the_same_loss_curve() {
         .args(["--stage", "pre"])
         .output()
         .unwrap();
-    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
     assert!(String::from_utf8_lossy(&again.stdout).contains("resuming"));
     // Same folder, finished, and the loss curve matches the uninterrupted one.
     assert_eq!(run_of(b.path(), "pre").path, run.path);
@@ -166,6 +214,9 @@ fn killed_stage_resumes_onto_the_same_loss_curve() {
     assert_eq!(resumed.len(), reference.len());
     for (step, l) in &reference {
         let r = resumed[step];
-        assert!((l - r).abs() <= 1e-4 * l.abs().max(1.0), "step {step}: {l} vs {r}");
+        assert!(
+            (l - r).abs() <= 1e-4 * l.abs().max(1.0),
+            "step {step}: {l} vs {r}"
+        );
     }
 }

@@ -165,7 +165,10 @@ pub fn run_row(run: &RunDir) -> RunRow {
 pub fn runs_table(rows: &[RunRow]) -> Result<DataFrame> {
     let headline = ["loss", "reward", "eval/pass@1"];
     let mut cols = vec![
-        Column::new("id".into(), rows.iter().map(|r| r.id.clone()).collect::<Vec<_>>()),
+        Column::new(
+            "id".into(),
+            rows.iter().map(|r| r.id.clone()).collect::<Vec<_>>(),
+        ),
         Column::new(
             "stage".into(),
             rows.iter().map(|r| r.stage.clone()).collect::<Vec<_>>(),

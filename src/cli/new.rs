@@ -19,7 +19,10 @@ pub fn run(name: &str, template: &str, dir: &Path) -> anyhow::Result<()> {
     }
     let Some((_, text)) = TEMPLATES.iter().find(|(t, _)| *t == template) else {
         let known: Vec<&str> = TEMPLATES.iter().map(|(t, _)| *t).collect();
-        bail!("unknown template `{template}` (known: {})", known.join(", "));
+        bail!(
+            "unknown template `{template}` (known: {})",
+            known.join(", ")
+        );
     };
     let folder = dir.join(name);
     let file = folder.join("experiment.toml");

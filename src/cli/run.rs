@@ -78,7 +78,10 @@ impl Reporter for CliReporter {
     fn started(&mut self, s: &RunStatus) {
         self.stage = s.stage.clone();
         self.started = Instant::now();
-        let it = s.iteration.map(|i| format!(" (loop iteration {i})")).unwrap_or_default();
+        let it = s
+            .iteration
+            .map(|i| format!(" (loop iteration {i})"))
+            .unwrap_or_default();
         println!("▶ {} [{}] → {}{it}", s.stage, s.kind, s.id);
         if self.tty && s.progress.total > 0 {
             let bar = ProgressBar::new(s.progress.total);
@@ -105,7 +108,11 @@ impl Reporter for CliReporter {
             || step == total
         {
             self.last_line = Some(Instant::now());
-            println!("  {} step {step}/{total}  {}", self.stage, fmt_metrics(metrics));
+            println!(
+                "  {} step {step}/{total}  {}",
+                self.stage,
+                fmt_metrics(metrics)
+            );
             let _ = std::io::stdout().flush();
         }
     }

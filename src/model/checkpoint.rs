@@ -58,11 +58,14 @@ pub struct TrainState {
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("{}: cannot read (is this a checkpoint folder?)", path.display()))?;
-    serde_json::from_str(&text).map_err(|e| {
-        anyhow::anyhow!("{}:{}:{}: {e}", path.display(), e.line(), e.column())
-    })
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "{}: cannot read (is this a checkpoint folder?)",
+            path.display()
+        )
+    })?;
+    serde_json::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{}:{}:{}: {e}", path.display(), e.line(), e.column()))
 }
 
 /// Write model files (weights, config, tokenizer) into `dir`.
@@ -87,7 +90,10 @@ pub fn read_meta(dir: &Path) -> Result<(ModelConfig, Tokenizer)> {
     if !dir.is_dir() {
         bail!("{}: no such checkpoint folder", dir.display());
     }
-    Ok((read_json(&dir.join(CONFIG))?, read_json(&dir.join(TOKENIZER))?))
+    Ok((
+        read_json(&dir.join(CONFIG))?,
+        read_json(&dir.join(TOKENIZER))?,
+    ))
 }
 
 /// Read a checkpoint's training state.
@@ -112,9 +118,9 @@ pub fn load_model(dir: &Path, device: &Device) -> Result<(Gpt, ModelConfig, Toke
     }
     let mut model = Gpt::new(&cfg, device);
     let mut store = SafetensorsStore::from_file(&weights);
-    let result = model
-        .load_from(&mut store)
-        .map_err(|e| anyhow::anyhow!("{}: corrupt or unreadable weights: {e}", weights.display()))?;
+    let result = model.load_from(&mut store).map_err(|e| {
+        anyhow::anyhow!("{}: corrupt or unreadable weights: {e}", weights.display())
+    })?;
     if !result.errors.is_empty() || !result.missing.is_empty() {
         bail!(
             "{}: weights do not match config.json ({} errors, {} missing tensors{})",

@@ -60,7 +60,9 @@ pub fn pick(logits: &[f32], opts: &SampleOptions, rng: &mut ChaCha8Rng) -> (u32,
         let (i, _) = logits
             .iter()
             .enumerate()
-            .fold((0, f32::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best });
+            .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
+                if v > best.1 { (i, v) } else { best }
+            });
         return (i as u32, lp[i]);
     }
     let scaled: Vec<f32> = logits.iter().map(|v| v / opts.temperature as f32).collect();
@@ -96,14 +98,20 @@ pub fn pick(logits: &[f32], opts: &SampleOptions, rng: &mut ChaCha8Rng) -> (u32,
 
 fn int_tensor(rows: &[Vec<u32>], device: &Device) -> Tensor<2, Int> {
     let t = rows[0].len();
-    let flat: Vec<i64> = rows.iter().flat_map(|r| r.iter().map(|&x| x as i64)).collect();
+    let flat: Vec<i64> = rows
+        .iter()
+        .flat_map(|r| r.iter().map(|&x| x as i64))
+        .collect();
     Tensor::from_data(TensorData::new(flat, [rows.len(), t]), device)
 }
 
 /// Last-position logits of `[b, t, v]` as one Vec per row.
 fn last_logits(logits: Tensor<3>) -> Vec<Vec<f32>> {
     let [b, t, v] = logits.dims();
-    let data = logits.slice([0..b, t - 1..t, 0..v]).reshape([b, v]).into_data();
+    let data = logits
+        .slice([0..b, t - 1..t, 0..v])
+        .reshape([b, v])
+        .into_data();
     let flat: Vec<f32> = data.iter::<f32>().collect();
     flat.chunks(v).map(|c| c.to_vec()).collect()
 }
@@ -150,7 +158,8 @@ pub fn generate(
         .collect();
     let mut active: Vec<usize> = (0..prompts.len()).collect();
     let mut cache = KvCache::new(model.layers());
-    let mut logits = last_logits(model.forward_cached(int_tensor(&rows, device), &mut cache, Some(&pad)));
+    let mut logits =
+        last_logits(model.forward_cached(int_tensor(&rows, device), &mut cache, Some(&pad)));
     for step in 0..budget {
         let mut still = Vec::new();
         let mut next = Vec::new();
@@ -178,7 +187,11 @@ pub fn generate(
                 p.push(false);
             }
             let toks: Vec<Vec<u32>> = next.iter().map(|&t| vec![t]).collect();
-            logits = last_logits(model.forward_cached(int_tensor(&toks, device), &mut cache, Some(&pad)));
+            logits = last_logits(model.forward_cached(
+                int_tensor(&toks, device),
+                &mut cache,
+                Some(&pad),
+            ));
         } else {
             rows = still.iter().map(|&s| rows[s].clone()).collect();
             pad = still.iter().map(|&s| pad[s].clone()).collect();
@@ -187,7 +200,11 @@ pub fn generate(
                 p.push(false);
             }
             let mut fresh = KvCache::new(model.layers());
-            logits = last_logits(model.forward_cached(int_tensor(&rows, device), &mut fresh, Some(&pad)));
+            logits = last_logits(model.forward_cached(
+                int_tensor(&rows, device),
+                &mut fresh,
+                Some(&pad),
+            ));
         }
         active = kept;
     }
@@ -203,14 +220,23 @@ mod tests {
     fn greedy_picks_the_max_and_top_k_one_is_greedy() {
         let mut rng = ChaCha8Rng::seed_from_u64(0);
         let logits = [0.1, 2.0, -1.0, 1.9];
-        let greedy = SampleOptions { temperature: 0.0, ..Default::default() };
+        let greedy = SampleOptions {
+            temperature: 0.0,
+            ..Default::default()
+        };
         assert_eq!(pick(&logits, &greedy, &mut rng).0, 1);
-        let k1 = SampleOptions { top_k: 1, ..Default::default() };
+        let k1 = SampleOptions {
+            top_k: 1,
+            ..Default::default()
+        };
         for _ in 0..20 {
             assert_eq!(pick(&logits, &k1, &mut rng).0, 1);
         }
         // top-p small enough keeps only the best token.
-        let p = SampleOptions { top_p: 0.01, ..Default::default() };
+        let p = SampleOptions {
+            top_p: 0.01,
+            ..Default::default()
+        };
         assert_eq!(pick(&logits, &p, &mut rng).0, 1);
         // log-probabilities are of the untruncated distribution.
         let (_, lp) = pick(&logits, &k1, &mut rng);
@@ -224,7 +250,9 @@ mod tests {
         let logits = [0.0f32, (3.0f32).ln()]; // p = 0.25, 0.75
         let o = SampleOptions::default();
         let n = 20_000;
-        let ones = (0..n).filter(|_| pick(&logits, &o, &mut rng).0 == 1).count();
+        let ones = (0..n)
+            .filter(|_| pick(&logits, &o, &mut rng).0 == 1)
+            .count();
         let share = ones as f64 / n as f64;
         assert!((share - 0.75).abs() < 0.015, "{share}");
     }

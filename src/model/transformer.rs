@@ -3,7 +3,7 @@
 //! [`KvCache`] for decoding.
 
 use super::config::ModelConfig;
-use burn::module::Module;
+use burn::module::{Module, ModuleMapper, Param, ParamId};
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig};
 use burn::tensor::activation::silu;
 use burn::tensor::module::attention;
@@ -53,7 +53,10 @@ impl KvCache {
     /// Keep only the batch rows in `rows` (sequences that are still generating).
     pub fn retain_rows(&mut self, rows: &[usize], device: &Device) {
         let idx = Tensor::<1, Int>::from_data(
-            TensorData::new(rows.iter().map(|&r| r as i64).collect::<Vec<_>>(), [rows.len()]),
+            TensorData::new(
+                rows.iter().map(|&r| r as i64).collect::<Vec<_>>(),
+                [rows.len()],
+            ),
             device,
         );
         for layer in self.layers.iter_mut().flatten() {
@@ -68,7 +71,13 @@ fn linear(d_in: usize, d_out: usize, device: &Device) -> Linear {
 }
 
 /// cos and sin tables for `len` positions from `start`, shaped `[1, 1, len, head_dim / 2]`.
-fn rope_tables(start: usize, len: usize, head_dim: usize, theta: f64, device: &Device) -> (Tensor<4>, Tensor<4>) {
+fn rope_tables(
+    start: usize,
+    len: usize,
+    head_dim: usize,
+    theta: f64,
+    device: &Device,
+) -> (Tensor<4>, Tensor<4>) {
     let half = head_dim / 2;
     let mut cos = Vec::with_capacity(len * half);
     let mut sin = Vec::with_capacity(len * half);
@@ -162,16 +171,29 @@ impl Block {
     }
 }
 
+/// Gives parameters ids by traversal order, so a model rebuilt from a checkpoint has the same
+/// ids as the one that was saved (burn keys optimizer state by parameter id).
+struct StableIds(u64);
+
+impl ModuleMapper for StableIds {
+    fn map_float<const D: usize>(&mut self, mut param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        self.0 += 1;
+        param.id = ParamId::from(self.0);
+        param
+    }
+}
+
 impl Gpt {
     pub fn new(cfg: &ModelConfig, device: &Device) -> Self {
-        Gpt {
+        let model = Gpt {
             embed: EmbeddingConfig::new(cfg.vocab, cfg.d_model).init(device),
             blocks: (0..cfg.layers).map(|_| Block::new(cfg, device)).collect(),
             norm: RmsNormConfig::new(cfg.d_model).init(device),
             head: linear(cfg.d_model, cfg.vocab, device),
             heads: cfg.heads,
             rope_theta: cfg.rope_theta,
-        }
+        };
+        model.map(&mut StableIds(0))
     }
 
     fn head_dim(&self, d: usize) -> usize {

@@ -91,19 +91,18 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
         let mut ticks = 0u32;
         loop {
             terminal.draw(|f| draw(f, dir, &entries))?;
-            if event::poll(Duration::from_millis(250))? {
-                if let Event::Key(k) = event::read()? {
-                    if k.kind == KeyEventKind::Press {
-                        match k.code {
-                            KeyCode::Char('q') | KeyCode::Esc => return Ok(()),
-                            KeyCode::Char('r') => entries = scan(dir),
-                            _ => {}
-                        }
-                    }
+            if event::poll(Duration::from_millis(250))?
+                && let Event::Key(k) = event::read()?
+                && k.kind == KeyEventKind::Press
+            {
+                match k.code {
+                    KeyCode::Char('q') | KeyCode::Esc => return Ok(()),
+                    KeyCode::Char('r') => entries = scan(dir),
+                    _ => {}
                 }
             }
             ticks += 1;
-            if ticks % 8 == 0 {
+            if ticks.is_multiple_of(8) {
                 entries = scan(dir);
             }
         }

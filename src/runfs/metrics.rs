@@ -139,6 +139,11 @@ mod tests {
         let steps: Vec<u64> = poll.rows.iter().map(|r| r.step).collect();
         assert_eq!(steps, vec![1, 4]);
         assert_eq!(t.bad_lines, 2);
-        assert!(t.last_error.as_deref().unwrap().contains("metrics.jsonl:3:"));
+        assert!(
+            t.last_error
+                .as_deref()
+                .unwrap()
+                .contains("metrics.jsonl:3:")
+        );
     }
 }

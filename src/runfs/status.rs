@@ -123,15 +123,14 @@ pub fn pid_alive(pid: u32) -> bool {
         // Signal 0 checks for existence without sending anything. A zombie (exited child not
         // yet reaped) still counts as alive until reaped; /proc tells them apart on Linux.
         let rc = unsafe { libc::kill(pid as libc::pid_t, 0) };
-        let exists = rc == 0
-            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+        let exists = rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
         if !exists {
             return false;
         }
-        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-            if let Some(rest) = stat.rsplit(')').next() {
-                return rest.trim_start().chars().next() != Some('Z');
-            }
+        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            && let Some(rest) = stat.rsplit(')').next()
+        {
+            return !rest.trim_start().starts_with('Z');
         }
         true
     }

@@ -155,7 +155,11 @@ pub fn load_with(exp: &Path, sets: &[String]) -> Result<Experiment, SpecErrors> 
         dir
     };
     let index = span::SpanIndex::parse(&text).expect("parsed once already");
-    let errors = validate::validate(&spec, &validate::Locator::new(&file, &index, &applied), &dir);
+    let errors = validate::validate(
+        &spec,
+        &validate::Locator::new(&file, &index, &applied),
+        &dir,
+    );
     if !errors.is_empty() {
         return Err(SpecErrors(errors));
     }

@@ -86,7 +86,9 @@ fn ensure_tables(doc: &mut toml::Value, path: &[String]) -> Result<(), String> {
                     .or_insert_with(|| toml::Value::Table(Default::default()))
             }
             toml::Value::Array(a) => {
-                let n: usize = seg.parse().map_err(|_| format!("`{seg}` is not an index"))?;
+                let n: usize = seg
+                    .parse()
+                    .map_err(|_| format!("`{seg}` is not an index"))?;
                 a.get_mut(n).ok_or_else(|| format!("no item {n}"))?
             }
             _ => return Err(format!("`{}` is not a table", path[..i].join("."))),

@@ -18,7 +18,14 @@ const OPTIM: &[&str] = &[
     "sample_every",
     "checkpoint_every",
 ];
-const SAMPLING: &[&str] = &["prompts", "k", "temperature", "top_k", "top_p", "max_new_tokens"];
+const SAMPLING: &[&str] = &[
+    "prompts",
+    "k",
+    "temperature",
+    "top_k",
+    "top_p",
+    "max_new_tokens",
+];
 const GRPO: &[&str] = &[
     "prompts",
     "group_size",
@@ -180,11 +187,40 @@ impl StageConfig {
             ($($f:ident),*) => { $( if let Some(v) = s.$f.clone() { c.$f = v; } )* };
         }
         take!(
-            steps, batch, lr, warmup, min_lr_ratio, weight_decay, grad_clip, log_every,
-            sample_every, checkpoint_every, examples, prompts, k, temperature, top_k, top_p,
-            max_new_tokens, group_size, beta, epsilon, num_iterations, loss_type, scale_rewards,
-            dynamic_sampling, mask_truncated, overlong_buffer, overlong_penalty, rewards, shortest
+            steps,
+            batch,
+            lr,
+            warmup,
+            min_lr_ratio,
+            weight_decay,
+            grad_clip,
+            log_every,
+            sample_every,
+            checkpoint_every,
+            examples,
+            prompts,
+            k,
+            temperature,
+            top_k,
+            top_p,
+            max_new_tokens,
+            group_size,
+            beta,
+            epsilon,
+            num_iterations,
+            loss_type,
+            scale_rewards,
+            dynamic_sampling,
+            mask_truncated,
+            overlong_buffer,
+            overlong_penalty,
+            rewards,
+            shortest
         );
+        if s.warmup.is_none() {
+            // The default warm-up is a kind default capped at a tenth of the steps.
+            c.warmup = c.warmup.min(c.steps / 10);
+        }
         c.epsilon_high = s.epsilon_high.unwrap_or(c.epsilon);
         c.dataset = s.dataset.clone();
         c.sft_init = s.sft_init.clone();
@@ -206,10 +242,10 @@ impl StageConfig {
         let mut out = serde_json::Map::new();
         if let serde_json::Value::Object(map) = full {
             for k in keys {
-                if let Some(v) = map.get(k) {
-                    if !v.is_null() {
-                        out.insert(k.to_string(), v.clone());
-                    }
+                if let Some(v) = map.get(k)
+                    && !v.is_null()
+                {
+                    out.insert(k.to_string(), v.clone());
                 }
             }
         }

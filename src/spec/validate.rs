@@ -112,7 +112,9 @@ pub fn validate(spec: &ExperimentSpec, at: &Locator<'_>, dir: &Path) -> Vec<Spec
     check(m.layers >= 1, &mk("layers"), "layers must be at least 1");
     check(m.heads >= 1, &mk("heads"), "heads must be at least 1");
     check(
-        m.heads >= 1 && m.d_model % m.heads == 0 && (m.d_model / m.heads.max(1)) % 2 == 0,
+        m.heads >= 1
+            && m.d_model.is_multiple_of(m.heads)
+            && (m.d_model / m.heads.max(1)).is_multiple_of(2),
         &mk("heads"),
         "heads must divide d_model into an even head size (RoPE rotates pairs)",
     );
@@ -121,7 +123,11 @@ pub fn validate(spec: &ExperimentSpec, at: &Locator<'_>, dir: &Path) -> Vec<Spec
         &mk("ctx"),
         "ctx must be between 8 and 4096",
     );
-    check(m.mlp.is_none_or(|v| v >= 1), &mk("mlp"), "mlp must be at least 1");
+    check(
+        m.mlp.is_none_or(|v| v >= 1),
+        &mk("mlp"),
+        "mlp must be at least 1",
+    );
     check(
         m.rope_theta.is_finite() && m.rope_theta > 1.0,
         &mk("rope_theta"),
@@ -204,9 +210,9 @@ pub fn validate(spec: &ExperimentSpec, at: &Locator<'_>, dir: &Path) -> Vec<Spec
                     "`{name}` does not come before `{}` in the pipeline",
                     s.name
                 )),
-                Some(j) if !spec.stage[j].kind.trains() => {
-                    Err(format!("`{name}` is an eval stage and writes no checkpoint"))
-                }
+                Some(j) if !spec.stage[j].kind.trains() => Err(format!(
+                    "`{name}` is an eval stage and writes no checkpoint"
+                )),
                 Some(_) => Ok(()),
             }
         };
@@ -232,10 +238,13 @@ pub fn validate(spec: &ExperimentSpec, at: &Locator<'_>, dir: &Path) -> Vec<Spec
         if s.kind == StageKind::Distill && s.teacher.is_none() {
             errs.push(at.key(&stage_path(i, "name"), "a distill stage needs `teacher`"));
         }
-        if let Some(d) = &s.dataset {
-            if !dir.join(d).is_file() {
-                errs.push(at.value(&stage_path(i, "dataset"), format!("dataset file `{d}` not found")));
-            }
+        if let Some(d) = &s.dataset
+            && !dir.join(d).is_file()
+        {
+            errs.push(at.value(
+                &stage_path(i, "dataset"),
+                format!("dataset file `{d}` not found"),
+            ));
         }
         let c = StageConfig::resolve(s, &spec.model, spec.task.heldout);
         let mut range = |key: &str, ok: bool, msg: &str| {
@@ -262,7 +271,11 @@ pub fn validate(spec: &ExperimentSpec, at: &Locator<'_>, dir: &Path) -> Vec<Spec
             "must be between 0 and 1",
         );
         range("weight_decay", c.weight_decay >= 0.0, "must be at least 0");
-        range("grad_clip", c.grad_clip >= 0.0, "must be at least 0 (0 = off)");
+        range(
+            "grad_clip",
+            c.grad_clip >= 0.0,
+            "must be at least 0 (0 = off)",
+        );
         range("log_every", c.log_every >= 1, "must be at least 1");
         range(
             "checkpoint_every",
@@ -299,7 +312,11 @@ pub fn validate(spec: &ExperimentSpec, at: &Locator<'_>, dir: &Path) -> Vec<Spec
             c.epsilon_high >= c.epsilon,
             "must be at least epsilon",
         );
-        range("num_iterations", c.num_iterations >= 1, "must be at least 1");
+        range(
+            "num_iterations",
+            c.num_iterations >= 1,
+            "must be at least 1",
+        );
         for (name, w) in s.rewards.iter().flatten() {
             if !REWARDS.contains(&name.as_str()) {
                 errs.push(at.key(
@@ -363,14 +380,12 @@ pub fn validate(spec: &ExperimentSpec, at: &Locator<'_>, dir: &Path) -> Vec<Spec
                     EVAL_METRICS.join(", ")
                 ),
             )),
-            (Some(_), None) => errs.push(at.key(
-                &lp("until_metric"),
-                "until_metric needs until_at_least",
-            )),
-            (None, Some(_)) => errs.push(at.key(
-                &lp("until_at_least"),
-                "until_at_least needs until_metric",
-            )),
+            (Some(_), None) => {
+                errs.push(at.key(&lp("until_metric"), "until_metric needs until_at_least"))
+            }
+            (None, Some(_)) => {
+                errs.push(at.key(&lp("until_at_least"), "until_at_least needs until_metric"))
+            }
             _ => {}
         }
     }

@@ -89,7 +89,11 @@ pub struct Batch {
 }
 
 pub fn make_batch(examples: &[Example], device: &Device) -> Batch {
-    let t = examples.iter().map(|e| e.tokens.len() - 1).max().unwrap_or(1);
+    let t = examples
+        .iter()
+        .map(|e| e.tokens.len() - 1)
+        .max()
+        .unwrap_or(1);
     let b = examples.len();
     let mut inputs = Vec::with_capacity(b * t);
     let mut targets = Vec::with_capacity(b * t);
@@ -121,13 +125,17 @@ pub fn make_batch(examples: &[Example], device: &Device) -> Batch {
 /// Per-position log-probabilities of the targets, `[b, t]`.
 pub fn target_logprobs(model: &Gpt, inputs: Tensor<2, Int>, targets: Tensor<2, Int>) -> Tensor<2> {
     let logp = log_softmax(model.forward(inputs), 2);
-    logp.gather(2, targets.unsqueeze_dim::<3>(2)).squeeze_dim::<2>(2)
+    logp.gather(2, targets.unsqueeze_dim::<3>(2))
+        .squeeze_dim::<2>(2)
 }
 
 /// Mean negative log-likelihood over the masked positions.
 pub fn lm_loss(model: &Gpt, batch: &Batch) -> Tensor<1> {
     let lp = target_logprobs(model, batch.inputs.clone(), batch.targets.clone());
-    (lp * batch.mask.clone()).sum().neg().div_scalar(batch.tokens.max(1) as f64)
+    (lp * batch.mask.clone())
+        .sum()
+        .neg()
+        .div_scalar(batch.tokens.max(1) as f64)
 }
 
 /// Linear warm-up, then cosine decay to `min_lr_ratio × lr` at the last step.
@@ -196,7 +204,10 @@ pub fn metrics_line(step: u64, values: &[(&str, f64)]) -> Value {
     m.insert("step".into(), json!(step));
     m.insert("time".into(), json!(crate::runfs::status::now()));
     for (k, v) in values {
-        m.insert((*k).to_string(), if v.is_finite() { json!(v) } else { Value::Null });
+        m.insert(
+            (*k).to_string(),
+            if v.is_finite() { json!(v) } else { Value::Null },
+        );
     }
     Value::Object(m)
 }

@@ -102,14 +102,30 @@ pub fn evaluate(
             .filter(|(i, _)| i % (k + 1) != 0)
             .map(|(_, v)| v.clone())
             .collect();
-        let g = generate(model, &greedy_ids, setup.model_cfg.ctx, &greedy_opts, &mut rng, device);
-        let s = generate(model, &sample_ids, setup.model_cfg.ctx, &sampled, &mut rng, device);
+        let g = generate(
+            model,
+            &greedy_ids,
+            setup.model_cfg.ctx,
+            &greedy_opts,
+            &mut rng,
+            device,
+        );
+        let s = generate(
+            model,
+            &sample_ids,
+            setup.model_cfg.ctx,
+            &sampled,
+            &mut rng,
+            device,
+        );
         for (pi, p) in group.iter().enumerate() {
             let gtext = setup.tok.decode(&g[pi].tokens);
             let gr = setup.task.rewards(&p.prompt, &gtext);
             greedy_sum += gr.accuracy;
-            on_sample(json!({"step": 0, "prompt": p.prompt, "completion": gtext, "answer": p.answer,
-                "rewards": gr.as_map(), "reward": gr.accuracy, "group": ci * chunk + pi, "greedy": true}))?;
+            on_sample(
+                json!({"step": 0, "prompt": p.prompt, "completion": gtext, "answer": p.answer,
+                "rewards": gr.as_map(), "reward": gr.accuracy, "group": ci * chunk + pi, "greedy": true}),
+            )?;
             let mut correct = 0;
             let mut answers = Vec::new();
             for j in 0..k {
@@ -121,13 +137,17 @@ pub fn evaluate(
                 len_sum += c.tokens.len() as f64;
                 count += 1;
                 answers.push(crate::tasks::rewards::parse(&text).answer);
-                on_sample(json!({"step": 0, "prompt": p.prompt, "completion": text, "answer": p.answer,
-                    "rewards": r.as_map(), "reward": r.accuracy, "group": ci * chunk + pi, "truncated": !c.finished}))?;
+                on_sample(
+                    json!({"step": 0, "prompt": p.prompt, "completion": text, "answer": p.answer,
+                    "rewards": r.as_map(), "reward": r.accuracy, "group": ci * chunk + pi, "truncated": !c.finished}),
+                )?;
             }
             acc_sum += correct as f64 / k as f64;
             passk_sum += pass_at_k(k, correct, k);
             let maj = majority(answers.iter().map(|a| a.as_deref()));
-            maj_sum += maj.map(|a| setup.task.task.accuracy(&p.prompt, a)).unwrap_or(0.0);
+            maj_sum += maj
+                .map(|a| setup.task.task.accuracy(&p.prompt, a))
+                .unwrap_or(0.0);
         }
         on_progress(((ci + 1) * chunk).min(probs.len()), probs.len());
     }
@@ -179,8 +199,15 @@ pub fn run(ctx: &mut StageCtx<'_>) -> Result<Outcome> {
     ))?;
     ctx.reporter.message(&format!(
         "pass@1 {:.3}  greedy {:.3}  pass@{} {:.3}  maj@{} {:.3}  format {:.3}  len {:.1}  (n={})",
-        report.pass_at_1, report.greedy, report.k, report.pass_at_k, report.k, report.maj_at_k,
-        report.format_rate, report.mean_length, report.n
+        report.pass_at_1,
+        report.greedy,
+        report.k,
+        report.pass_at_k,
+        report.k,
+        report.maj_at_k,
+        report.format_rate,
+        report.mean_length,
+        report.n
     ));
     Ok(Outcome::Done)
 }

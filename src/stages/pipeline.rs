@@ -44,7 +44,11 @@ pub fn run_pipeline(
                 Some(i) => idx.push(i),
                 None => {
                     let known: Vec<&str> = exp.spec.stage.iter().map(|s| s.name.as_str()).collect();
-                    bail!("no stage named `{name}` in {} (stages: {})", exp.file.display(), known.join(", "));
+                    bail!(
+                        "no stage named `{name}` in {} (stages: {})",
+                        exp.file.display(),
+                        known.join(", ")
+                    );
                 }
             }
         }
@@ -125,16 +129,16 @@ fn init_checkpoint(exp: &Experiment, cfg: &StageConfig, step: &Step) -> Result<O
     let mut from = cfg.init.clone();
     if let Some(it) = step.iteration.filter(|&it| it > 1) {
         for l in &exp.spec.loops {
-            if let Some((a, b)) = span(exp, l) {
-                if a == step.stage {
-                    from = exp.spec.stage[a..=b]
-                        .iter()
-                        .rev()
-                        .find(|s| s.kind.trains())
-                        .map(|s| s.name.clone())
-                        .or(from);
-                    let _ = it;
-                }
+            if let Some((a, b)) = span(exp, l)
+                && a == step.stage
+            {
+                from = exp.spec.stage[a..=b]
+                    .iter()
+                    .rev()
+                    .find(|s| s.kind.trains())
+                    .map(|s| s.name.clone())
+                    .or(from);
+                let _ = it;
             }
         }
     }
@@ -197,13 +201,16 @@ fn run_one(
             reporter.message(&format!(
                 "resuming {} from {}",
                 run.id(),
-                ck.as_ref().map(|p| p.display().to_string()).unwrap_or_default()
+                ck.as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default()
             ));
             (run, s, ck)
         }
         None => {
-            let run = runfs::create_run_dir(&exp.runs_dir(), &cfg.name)
-                .with_context(|| format!("cannot create a run folder in {}", exp.runs_dir().display()))?;
+            let run = runfs::create_run_dir(&exp.runs_dir(), &cfg.name).with_context(|| {
+                format!("cannot create a run folder in {}", exp.runs_dir().display())
+            })?;
             let s = RunStatus {
                 id: run.id(),
                 experiment: exp.name.clone(),

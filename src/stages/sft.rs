@@ -12,7 +12,8 @@ pub fn read_dataset(path: &Path) -> Result<Vec<(String, String)>> {
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
     if ext == "parquet" {
         use polars::prelude::*;
-        let f = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+        let f = std::fs::File::open(path)
+            .with_context(|| format!("{}: cannot open", path.display()))?;
         let df = ParquetReader::new(f)
             .finish()
             .map_err(|e| anyhow::anyhow!("{}: not a readable Parquet file: {e}", path.display()))?;
@@ -23,7 +24,9 @@ pub fn read_dataset(path: &Path) -> Result<Vec<(String, String)>> {
             let s = c
                 .str()
                 .map_err(|_| anyhow::anyhow!("{}: `{name}` is not text", path.display()))?;
-            Ok((0..s.len()).map(|i| s.get(i).unwrap_or("").to_string()).collect())
+            Ok((0..s.len())
+                .map(|i| s.get(i).unwrap_or("").to_string())
+                .collect())
         };
         let rows: Vec<_> = col("prompt")?.into_iter().zip(col("completion")?).collect();
         if rows.is_empty() {
@@ -31,7 +34,8 @@ pub fn read_dataset(path: &Path) -> Result<Vec<(String, String)>> {
         }
         return Ok(rows);
     }
-    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
     let mut rows = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
@@ -40,9 +44,12 @@ pub fn read_dataset(path: &Path) -> Result<Vec<(String, String)>> {
         let v: serde_json::Value = serde_json::from_str(line)
             .map_err(|e| anyhow::anyhow!("{}:{}: not valid JSON: {e}", path.display(), i + 1))?;
         let get = |k: &str| {
-            v.get(k).and_then(|x| x.as_str()).map(str::to_string).ok_or_else(|| {
-                anyhow::anyhow!("{}:{}: missing text field `{k}`", path.display(), i + 1)
-            })
+            v.get(k)
+                .and_then(|x| x.as_str())
+                .map(str::to_string)
+                .ok_or_else(|| {
+                    anyhow::anyhow!("{}:{}: missing text field `{k}`", path.display(), i + 1)
+                })
         };
         rows.push((get("prompt")?, get("completion")?));
     }

@@ -41,7 +41,11 @@ pub fn start(ctx: &StageCtx<'_>, setup: &Setup, device: &Device, kind: &str) -> 
             .load(&opt_path)
             .map_err(|e| anyhow::anyhow!("{}: corrupt optimizer state: {e}", opt_path.display()))?;
         let state = checkpoint::read_state(dir)?;
-        return Ok(Start { model, optim, state });
+        return Ok(Start {
+            model,
+            optim,
+            state,
+        });
     }
     let rng = ChaCha8Rng::seed_from_u64(ctx.seed ^ 0x5EED);
     let state = TrainState {
@@ -58,7 +62,11 @@ pub fn start(ctx: &StageCtx<'_>, setup: &Setup, device: &Device, kind: &str) -> 
             Gpt::new(&setup.model_cfg, device)
         }
     };
-    Ok(Start { model, optim, state })
+    Ok(Start {
+        model,
+        optim,
+        state,
+    })
 }
 
 /// Write a checkpoint of a training stage.
@@ -151,7 +159,10 @@ pub fn train(
         let loss = lm_loss(&model, &batch);
         let loss_val = loss.clone().into_scalar::<f32>() as f64;
         if !loss_val.is_finite() {
-            anyhow::bail!("loss became {loss_val} at step {}; lower lr", state.step + 1);
+            anyhow::bail!(
+                "loss became {loss_val} at step {}; lower lr",
+                state.step + 1
+            );
         }
         let mut grads = GradientsParams::from_grads(loss.backward(), &model);
         let grad_norm = clip_grad_norm(&model, &mut grads, cfg.grad_clip);
@@ -176,7 +187,15 @@ pub fn train(
         let stopping = ctx.should_stop();
         let last = state.step == cfg.steps;
         if cfg.sample_every > 0 && (state.step % cfg.sample_every == 0 || last) {
-            let acc = write_samples(&mut samples, setup, &model.valid(), state.step, 8, &infer_device, &mut rng)?;
+            let acc = write_samples(
+                &mut samples,
+                setup,
+                &model.valid(),
+                state.step,
+                8,
+                &infer_device,
+                &mut rng,
+            )?;
             metrics.write(&metrics_line(state.step, &[("samples/accuracy", acc)]))?;
         }
         ctx.progress(state.step, cfg.steps, &[("loss", loss_val), ("lr", lr)]);

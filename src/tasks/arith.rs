@@ -56,7 +56,10 @@ impl Task for Arith {
             .collect();
         let prompt = format!(
             "{}=",
-            nums.iter().map(u64::to_string).collect::<Vec<_>>().join("+")
+            nums.iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join("+")
         );
         Problem {
             prompt,
@@ -73,7 +76,8 @@ impl Task for Arith {
     fn wrong_answer(&self, p: &Problem, rng: &mut TaskRng) -> String {
         let right: i64 = p.answer.parse().unwrap_or(0);
         loop {
-            let delta = [1, 2, 9, 10, 11, 100][rng.random_range(0..6)] * if rng.random() { 1 } else { -1 };
+            let delta =
+                [1, 2, 9, 10, 11, 100][rng.random_range(0..6)] * if rng.random() { 1 } else { -1 };
             let w = right + delta;
             if w >= 0 && w != right {
                 return w.to_string();

@@ -69,7 +69,11 @@ pub fn eval(expr: &str) -> Option<(i64, Vec<i64>)> {
                 }
                 self.i += 1;
                 let r = self.term()?;
-                v = if c == b'+' { v + r } else { (v >= r).then(|| v - r)? };
+                v = if c == b'+' {
+                    v + r
+                } else {
+                    (v >= r).then(|| v - r)?
+                };
             }
             Some(v)
         }
@@ -104,7 +108,10 @@ pub fn eval(expr: &str) -> Option<(i64, Vec<i64>)> {
             if start == self.i || self.i - start > 6 {
                 return None;
             }
-            let n: i64 = std::str::from_utf8(&self.s[start..self.i]).ok()?.parse().ok()?;
+            let n: i64 = std::str::from_utf8(&self.s[start..self.i])
+                .ok()?
+                .parse()
+                .ok()?;
             self.used.push(n);
             Some(n)
         }
@@ -145,7 +152,9 @@ impl Task for Countdown {
             let nums: Vec<i64> = (0..n).map(|_| rng.random_range(1..=max)).collect();
             let mut order = nums.clone();
             order.shuffle(rng);
-            let ops: Vec<char> = (1..n).map(|_| ['+', '-', '*', '/'][rng.random_range(0..4)]).collect();
+            let ops: Vec<char> = (1..n)
+                .map(|_| ['+', '-', '*', '/'][rng.random_range(0..4)])
+                .collect();
             if let Some((expr, trace, target)) = build(&order, &ops) {
                 if target <= 0 {
                     continue;
@@ -161,7 +170,11 @@ impl Task for Countdown {
     }
     fn accuracy(&self, prompt: &str, answer: &str) -> f64 {
         match (parse_prompt(prompt), eval(answer)) {
-            (Some((nums, target)), Some((v, used))) if v == target && uses_exactly(&used, &nums) => 1.0,
+            (Some((nums, target)), Some((v, used)))
+                if v == target && uses_exactly(&used, &nums) =>
+            {
+                1.0
+            }
             _ => 0.0,
         }
     }
@@ -206,7 +219,11 @@ impl Task for Countdown {
             .filter_map(|s| {
                 let (lhs, _) = s.split_once('=')?;
                 let pos = lhs[1..].find(|c: char| "+-*/".contains(c))? + 1;
-                Some((lhs[..pos].parse().ok()?, lhs.as_bytes()[pos] as char, lhs[pos + 1..].parse().ok()?))
+                Some((
+                    lhs[..pos].parse().ok()?,
+                    lhs.as_bytes()[pos] as char,
+                    lhs[pos + 1..].parse().ok()?,
+                ))
             })
             .collect();
         if let Some(&(first, _, _)) = steps.first() {
@@ -217,10 +234,10 @@ impl Task for Countdown {
                 let i = rng.random_range(0..ops.len());
                 let old = ops[i];
                 ops[i] = ['+', '-', '*', '/'][rng.random_range(0..4)];
-                if let Some((expr, trace, v)) = build(&nums, &ops) {
-                    if v != target {
-                        return (trace, expr);
-                    }
+                if let Some((expr, trace, v)) = build(&nums, &ops)
+                    && v != target
+                {
+                    return (trace, expr);
                 }
                 ops[i] = old;
             }

@@ -165,7 +165,11 @@ impl TaskSet {
 
     /// The clean R1 completion for a problem.
     pub fn completion(&self, p: &Problem) -> String {
-        let trace = if self.spec.trace { p.trace.as_str() } else { "" };
+        let trace = if self.spec.trace {
+            p.trace.as_str()
+        } else {
+            ""
+        };
         format!("<think>{trace}</think><answer>{}</answer>", p.answer)
     }
 
@@ -175,7 +179,11 @@ impl TaskSet {
         let mut rng = TaskRng::seed_from_u64(item_seed(self.spec.seed, SALT_CORPUS_MIX, index));
         let u: f64 = rng.random();
         let m = &self.spec.corpus;
-        let trace = if self.spec.trace { p.trace.clone() } else { String::new() };
+        let trace = if self.spec.trace {
+            p.trace.clone()
+        } else {
+            String::new()
+        };
         let (variant, completion) = if u < m.bare {
             (Variant::Bare, format!("<answer>{}</answer>", p.answer))
         } else if u < m.bare + m.wrong {
@@ -200,10 +208,7 @@ impl TaskSet {
     pub fn rewards(&self, prompt: &str, completion: &str) -> Rewards {
         let parsed = rewards::parse(completion);
         let (accuracy, partial) = match &parsed.answer {
-            Some(a) => (
-                self.task.accuracy(prompt, a),
-                self.task.partial(prompt, a),
-            ),
+            Some(a) => (self.task.accuracy(prompt, a), self.task.partial(prompt, a)),
             None => (0.0, 0.0),
         };
         Rewards {
@@ -243,7 +248,12 @@ mod tests {
                     assert_eq!(p, b.train_problem(i));
                     assert!(!a.is_heldout(&p.prompt), "{name}: {}", p.prompt);
                     let c = a.completion(&p);
-                    assert_eq!(a.rewards(&p.prompt, &c).accuracy, 1.0, "{name}: {} {c}", p.prompt);
+                    assert_eq!(
+                        a.rewards(&p.prompt, &c).accuracy,
+                        1.0,
+                        "{name}: {} {c}",
+                        p.prompt
+                    );
                     assert_eq!(a.rewards(&p.prompt, &c).format, 1.0);
                     tok.encode(&p.prompt).unwrap();
                     tok.encode(&c).unwrap();

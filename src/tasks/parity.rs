@@ -50,7 +50,11 @@ impl Task for Parity {
             return 0.0;
         }
         let ones = bits.bytes().filter(|&b| b == b'1').count();
-        if answer.trim() == (ones % 2).to_string() { 1.0 } else { 0.0 }
+        if answer.trim() == (ones % 2).to_string() {
+            1.0
+        } else {
+            0.0
+        }
     }
     fn wrong_answer(&self, p: &Problem, _: &mut TaskRng) -> String {
         if p.answer == "1" { "0" } else { "1" }.to_string()

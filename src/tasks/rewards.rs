@@ -28,10 +28,8 @@ pub fn parse(completion: &str) -> Parsed {
     let c = completion;
     let counts: Vec<usize> = TAGS.iter().map(|t| count(c, t)).collect();
     // Strict format: every tag exactly once, in order, starting the completion, nothing after.
-    let format_ok = counts.iter().all(|&n| n == 1)
-        && c.starts_with("<think>")
-        && c.ends_with("</answer>")
-        && {
+    let format_ok =
+        counts.iter().all(|&n| n == 1) && c.starts_with("<think>") && c.ends_with("</answer>") && {
             let (a, b, d, e) = (
                 c.find("<think>").unwrap(),
                 c.find("</think>").unwrap(),
@@ -42,9 +40,7 @@ pub fn parse(completion: &str) -> Parsed {
         };
     let think = if counts[0] == 1 && counts[1] == 1 {
         let a = c.find("<think>").unwrap() + "<think>".len();
-        c[a..]
-            .find("</think>")
-            .map(|b| c[a..a + b].to_string())
+        c[a..].find("</think>").map(|b| c[a..a + b].to_string())
     } else {
         None
     };
@@ -58,10 +54,11 @@ pub fn parse(completion: &str) -> Parsed {
         if end < start {
             return None;
         }
-        if let (Some(ts), Some(te)) = (c.find("<think>"), c.find("</think>")) {
-            if ts < start && start < te {
-                return None; // hidden inside the think block
-            }
+        if let (Some(ts), Some(te)) = (c.find("<think>"), c.find("</think>"))
+            && ts < start
+            && start < te
+        {
+            return None; // hidden inside the think block
         }
         if counts[1] > 0 && c.rfind("</think>")? > start {
             return None;
@@ -81,7 +78,11 @@ pub fn parse(completion: &str) -> Parsed {
 
 /// `1.0` when the strict format holds.
 pub fn format_reward(completion: &str) -> f64 {
-    if parse(completion).format_ok { 1.0 } else { 0.0 }
+    if parse(completion).format_ok {
+        1.0
+    } else {
+        0.0
+    }
 }
 
 #[cfg(test)]
