@@ -3,6 +3,7 @@
 //! `cli → stages → (model, tasks, runfs)` and `cli → notebook → (runfs, analysis, spec)`.
 
 pub mod analysis;
+pub mod bench;
 pub mod cli;
 pub mod model;
 pub mod notebook;

@@ -1,9 +1,14 @@
 //! The command line: one file per verb. `main.rs` parses [`Cli`] and calls [`dispatch`].
 
+pub mod bench;
 pub mod check;
+pub mod data;
+pub mod eval;
 pub mod new;
 pub mod run;
 pub mod runs;
+pub mod sample;
+pub mod score;
 pub mod tui;
 
 use clap::{Parser, Subcommand};
@@ -68,6 +73,108 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Complete a prompt with a checkpoint (a checkpoint folder, or a run folder's latest).
+    Sample {
+        /// Run folder or checkpoint folder.
+        target: PathBuf,
+        /// The prompt, e.g. `37+5+82=`.
+        #[arg(long)]
+        prompt: String,
+        /// How many completions.
+        #[arg(short, long, default_value_t = 1)]
+        n: usize,
+        /// Sampling temperature (0 = greedy).
+        #[arg(long, default_value_t = 0.6)]
+        temperature: f64,
+        /// Nucleus sampling mass.
+        #[arg(long, default_value_t = 0.95)]
+        top_p: f64,
+        /// New-token budget (0 = up to the context).
+        #[arg(long, default_value_t = 0)]
+        max_new_tokens: usize,
+        /// Sampling seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// One JSON object per completion.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Score a checkpoint on its task's held-out set (pass@1, greedy, pass@k, maj@k, format, length).
+    Eval {
+        /// Run folder or checkpoint folder.
+        target: PathBuf,
+        /// Evaluate on another task (it must share the checkpoint's tokenizer).
+        #[arg(long)]
+        task: Option<String>,
+        /// Number of held-out prompts (default: all).
+        #[arg(long)]
+        n: Option<usize>,
+        /// Samples per prompt.
+        #[arg(long, default_value_t = 8)]
+        k: usize,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Read {prompt, completion} JSON lines on stdin and print each one's reward components.
+    Score {
+        /// Task whose verifier scores the lines.
+        #[arg(long)]
+        task: String,
+    },
+    /// Generate task data.
+    Data {
+        #[command(subcommand)]
+        command: DataCommand,
+    },
+    /// Measure training and sampling throughput and peak memory for one model shape.
+    Bench {
+        #[arg(long, default_value_t = 256)]
+        d_model: usize,
+        #[arg(long, default_value_t = 4)]
+        layers: usize,
+        #[arg(long, default_value_t = 4)]
+        heads: usize,
+        #[arg(long, default_value_t = 1024)]
+        mlp: usize,
+        #[arg(long, default_value_t = 128)]
+        ctx: usize,
+        /// Training batch (sequences of ctx tokens).
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        /// Prompts sampled at once.
+        #[arg(long, default_value_t = 16)]
+        prompts: usize,
+        /// New tokens per prompt.
+        #[arg(long, default_value_t = 64)]
+        new_tokens: usize,
+        /// Timed training steps.
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+        /// Print one JSON line.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DataCommand {
+    /// Write N generated examples as JSONL (or Parquet when --out ends in .parquet).
+    Gen {
+        #[arg(long)]
+        task: String,
+        #[arg(long, default_value_t = 1000)]
+        n: usize,
+        #[arg(long)]
+        out: PathBuf,
+        /// sft (clean pairs), corpus (the pretraining mix) or heldout.
+        #[arg(long, default_value = "sft")]
+        kind: String,
+        #[arg(long, default_value_t = 1)]
+        difficulty: u32,
+        #[arg(long, default_value_t = 1234)]
+        seed: u64,
+    },
 }
 
 /// Run a parsed command line. Errors are reported by `main` as one line each.
@@ -89,5 +196,66 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
             fresh,
         }) => run::run(&exp, &stage, &set, seed, fresh),
         Some(Command::Runs { exp, json }) => runs::run(&exp, json),
+        Some(Command::Sample {
+            target,
+            prompt,
+            n,
+            temperature,
+            top_p,
+            max_new_tokens,
+            seed,
+            json,
+        }) => sample::run(sample::Args {
+            target: &target,
+            prompt: &prompt,
+            n,
+            temperature,
+            top_p,
+            max_new_tokens,
+            seed,
+            json,
+        }),
+        Some(Command::Eval {
+            target,
+            task,
+            n,
+            k,
+            json,
+        }) => eval::run(&target, task.as_deref(), n, k, json),
+        Some(Command::Score { task }) => score::run(&task),
+        Some(Command::Data {
+            command:
+                DataCommand::Gen {
+                    task,
+                    n,
+                    out,
+                    kind,
+                    difficulty,
+                    seed,
+                },
+        }) => data::generate(&task, n, &out, &kind, difficulty, seed),
+        Some(Command::Bench {
+            d_model,
+            layers,
+            heads,
+            mlp,
+            ctx,
+            batch,
+            prompts,
+            new_tokens,
+            steps,
+            json,
+        }) => bench::run(bench::Args {
+            d_model,
+            layers,
+            heads,
+            mlp,
+            ctx,
+            batch,
+            prompts,
+            new_tokens,
+            steps,
+            json,
+        }),
     }
 }

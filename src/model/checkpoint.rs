@@ -17,6 +17,7 @@ pub const CONFIG: &str = "config.json";
 pub const TOKENIZER: &str = "tokenizer.json";
 pub const OPTIMIZER: &str = "optimizer.bpk";
 pub const STATE: &str = "state.json";
+pub const TASK: &str = "task.json";
 
 /// A serialisable position of a ChaCha RNG.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,6 +95,17 @@ pub fn read_meta(dir: &Path) -> Result<(ModelConfig, Tokenizer)> {
         read_json(&dir.join(CONFIG))?,
         read_json(&dir.join(TOKENIZER))?,
     ))
+}
+
+/// Write the task settings the model was trained on into `dir`.
+pub fn save_task(dir: &Path, task: &crate::spec::TaskSpec) -> Result<()> {
+    crate::runfs::atomic::write_json(&dir.join(TASK), task)?;
+    Ok(())
+}
+
+/// Read the task settings a checkpoint was trained on.
+pub fn read_task(dir: &Path) -> Result<crate::spec::TaskSpec> {
+    read_json(&dir.join(TASK))
 }
 
 /// Read a checkpoint's training state.

@@ -21,6 +21,8 @@ pub struct SampleOptions {
     /// Budget of new tokens (capped by the context); 0 = up to the context.
     pub max_new_tokens: usize,
     pub use_cache: bool,
+    /// Never stop at EOS (benchmarks: every row decodes the full budget).
+    pub ignore_eos: bool,
 }
 
 impl Default for SampleOptions {
@@ -31,6 +33,7 @@ impl Default for SampleOptions {
             top_p: 1.0,
             max_new_tokens: 0,
             use_cache: true,
+            ignore_eos: false,
         }
     }
 }
@@ -164,6 +167,9 @@ pub fn generate(
         let mut still = Vec::new();
         let mut next = Vec::new();
         for (slot, &row) in active.iter().enumerate() {
+            if opts.ignore_eos {
+                logits[slot][EOS as usize] = f32::NEG_INFINITY;
+            }
             let (tok, lp) = pick(&logits[slot], opts, rng);
             out[row].logprobs.push(lp);
             if tok == EOS {

@@ -5,7 +5,7 @@
 use crate::model::tokenizer::{BOS, EOS, PAD, Tokenizer};
 use crate::model::{Gpt, ModelConfig};
 use crate::runfs::jsonl::JsonlWriter;
-use crate::spec::{Experiment, StageConfig};
+use crate::spec::{Experiment, ModelSpec, StageConfig, TaskSpec};
 use crate::tasks::TaskSet;
 use anyhow::{Result, bail};
 use burn::module::{Module, ModuleVisitor, Param};
@@ -23,9 +23,37 @@ pub struct Setup {
 
 impl Setup {
     pub fn new(exp: &Experiment) -> Result<Setup> {
-        let task = TaskSet::new(&exp.spec.task)?;
+        Setup::from_specs(&exp.spec.task, &exp.spec.model)
+    }
+
+    pub fn from_specs(task: &TaskSpec, model: &ModelSpec) -> Result<Setup> {
+        let task = TaskSet::new(task)?;
         let tok = Tokenizer::new(task.task.alphabet());
-        let model_cfg = ModelConfig::from_spec(&exp.spec.model, tok.vocab_size());
+        let model_cfg = ModelConfig::from_spec(model, tok.vocab_size());
+        Ok(Setup {
+            task,
+            tok,
+            model_cfg,
+        })
+    }
+
+    /// The task and shape a checkpoint was trained with (its `task.json`, `config.json`,
+    /// `tokenizer.json`); `task_name` swaps in another task with the same settings, which must
+    /// then share the tokenizer.
+    pub fn from_checkpoint(dir: &std::path::Path, task_name: Option<&str>) -> Result<Setup> {
+        let (model_cfg, tok) = crate::model::checkpoint::read_meta(dir)?;
+        let mut task_spec = crate::model::checkpoint::read_task(dir)?;
+        if let Some(name) = task_name {
+            task_spec.name = name.to_string();
+        }
+        let task = TaskSet::new(&task_spec)?;
+        if Tokenizer::new(task.task.alphabet()) != tok {
+            bail!(
+                "{}: the checkpoint's tokenizer does not cover task `{}`",
+                dir.display(),
+                task_spec.name
+            );
+        }
         Ok(Setup {
             task,
             tok,

@@ -76,7 +76,7 @@ pub fn evaluate(
         top_k: cfg.top_k,
         top_p: cfg.top_p,
         max_new_tokens: cfg.max_new_tokens,
-        use_cache: true,
+        ..Default::default()
     };
     let greedy_opts = SampleOptions {
         temperature: 0.0,

@@ -79,6 +79,7 @@ pub fn save(
 ) -> Result<()> {
     runfs::checkpoint::save(&ctx.run.checkpoints(), state.step, 2, |dir| {
         checkpoint::save_model(dir, model, &setup.model_cfg, &setup.tok)?;
+        checkpoint::save_task(dir, &setup.task.spec)?;
         optim
             .save(dir.join(checkpoint::OPTIMIZER))
             .map_err(|e| anyhow::anyhow!("cannot write optimizer state: {e}"))?;

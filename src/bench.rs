@@ -1,0 +1,111 @@
+//! `stageloop bench`: training and sampling throughput of one model shape on this machine, and
+//! peak memory. Random weights and tokens: the figures are about speed, not learning.
+
+use crate::model::sample::{SampleOptions, generate};
+use crate::model::{Gpt, ModelConfig, device};
+use crate::stages::common::{Example, clip_grad_norm, lm_loss, make_batch};
+use anyhow::Result;
+use burn::module::Module;
+use burn::optim::{AdamWConfig, GradientsParams};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+use std::time::Instant;
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    pub model: ModelConfig,
+    pub batch: usize,
+    pub prompts: usize,
+    pub new_tokens: usize,
+    pub train_steps: usize,
+}
+
+/// The figures, as `--json` prints them.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub train_tokens_per_sec: f64,
+    pub sample_tokens_per_sec_cache: f64,
+    pub sample_tokens_per_sec_nocache: f64,
+    pub peak_rss_bytes: u64,
+    pub params: usize,
+}
+
+/// Peak resident set size of this process (Linux `VmHWM`), 0 where unknown.
+pub fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
+    let infer = device()?;
+    let train = infer.clone().autodiff();
+    let m = &cfg.model;
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    train.seed(0);
+    let mut model = Gpt::new(m, &train);
+    let mut optim = AdamWConfig::new().init();
+    let examples: Vec<Example> = (0..cfg.batch)
+        .map(|_| Example {
+            tokens: (0..=m.ctx)
+                .map(|_| rng.random_range(7..m.vocab as u32))
+                .collect(),
+            loss: vec![true; m.ctx],
+        })
+        .collect();
+    let mut step = |model: Gpt| {
+        let batch = make_batch(&examples, &train);
+        let loss = lm_loss(&model, &batch);
+        let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+        clip_grad_norm(&model, &mut grads, 1.0);
+        optim.step(1e-4, model, grads)
+    };
+    model = step(model); // warm-up
+    let t0 = Instant::now();
+    for _ in 0..cfg.train_steps {
+        model = step(model);
+    }
+    let train_tps = (cfg.train_steps * cfg.batch * m.ctx) as f64 / t0.elapsed().as_secs_f64();
+
+    let valid = model.valid();
+    let prompt_len = (m.ctx / 8).max(2);
+    let prompts: Vec<Vec<u32>> = (0..cfg.prompts)
+        .map(|_| {
+            (0..prompt_len)
+                .map(|_| rng.random_range(7..m.vocab as u32))
+                .collect()
+        })
+        .collect();
+    let new = cfg.new_tokens.min(m.ctx - prompt_len);
+    let mut opts = SampleOptions {
+        temperature: 1.0,
+        max_new_tokens: new,
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let mut sample_tps = |use_cache: bool| {
+        opts.use_cache = use_cache;
+        generate(&valid, &prompts[..1], m.ctx, &opts, &mut rng, &infer); // warm-up
+        let t0 = Instant::now();
+        let out = generate(&valid, &prompts, m.ctx, &opts, &mut rng, &infer);
+        let n: usize = out.iter().map(|c| c.logprobs.len()).sum();
+        n as f64 / t0.elapsed().as_secs_f64()
+    };
+    let cache = sample_tps(true);
+    let nocache = sample_tps(false);
+    Ok(BenchReport {
+        train_tokens_per_sec: train_tps,
+        sample_tokens_per_sec_cache: cache,
+        sample_tokens_per_sec_nocache: nocache,
+        peak_rss_bytes: peak_rss_bytes(),
+        params: m.params(),
+    })
+}

@@ -1,0 +1,68 @@
+//! `stageloop bench`: throughput of one model shape, as a table or one JSON line.
+
+use crate::bench::{BenchConfig, run as measure};
+use crate::model::ModelConfig;
+
+pub struct Args {
+    pub d_model: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub mlp: usize,
+    pub ctx: usize,
+    pub batch: usize,
+    pub prompts: usize,
+    pub new_tokens: usize,
+    pub steps: usize,
+    pub json: bool,
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    if a.heads == 0 || a.d_model % a.heads != 0 || (a.d_model / a.heads) % 2 != 0 {
+        anyhow::bail!("--heads must divide --d-model into an even head size");
+    }
+    if a.new_tokens + 2 > a.ctx {
+        anyhow::bail!("--new-tokens must leave room for a prompt within --ctx");
+    }
+    let cfg = BenchConfig {
+        model: ModelConfig {
+            vocab: 64,
+            d_model: a.d_model,
+            layers: a.layers,
+            heads: a.heads,
+            mlp: a.mlp,
+            ctx: a.ctx,
+            rope_theta: 10_000.0,
+        },
+        batch: a.batch,
+        prompts: a.prompts,
+        new_tokens: a.new_tokens,
+        train_steps: a.steps,
+    };
+    let r = measure(&cfg)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!("params                         {}", r.params);
+        println!(
+            "train tokens/s                 {:.0}",
+            r.train_tokens_per_sec
+        );
+        println!(
+            "sample tokens/s (KV cache)     {:.0}",
+            r.sample_tokens_per_sec_cache
+        );
+        println!(
+            "sample tokens/s (no cache)     {:.0}",
+            r.sample_tokens_per_sec_nocache
+        );
+        println!(
+            "cache speed-up                 {:.1}×",
+            r.sample_tokens_per_sec_cache / r.sample_tokens_per_sec_nocache
+        );
+        println!(
+            "peak RSS                       {:.0} MB",
+            r.peak_rss_bytes as f64 / 1e6
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,79 @@
+//! `stageloop data gen`: write a task's generated data as JSONL (or Parquet by extension):
+//! `--kind sft` clean prompt/completion pairs, `--kind corpus` the mixed pretraining corpus,
+//! `--kind heldout` the held-out problems.
+
+use crate::spec::TaskSpec;
+use crate::tasks::TaskSet;
+use anyhow::{Context, bail};
+use std::path::Path;
+
+pub fn generate(
+    task: &str,
+    n: usize,
+    out: &Path,
+    kind: &str,
+    difficulty: u32,
+    seed: u64,
+) -> anyhow::Result<()> {
+    let spec: TaskSpec = toml::from_str(&format!(
+        "name = \"{task}\"\ndifficulty = {difficulty}\nseed = {seed}\nheldout = {}",
+        if kind == "heldout" { n } else { 500 }
+    ))
+    .context("task settings")?;
+    let set = TaskSet::new(&spec)?;
+    let mut rows: Vec<(String, String, String, String)> = Vec::with_capacity(n);
+    match kind {
+        "sft" => {
+            for i in 0..n as u64 {
+                let p = set.train_problem(i);
+                let c = set.completion(&p);
+                rows.push((p.prompt, c, p.answer, "clean".into()));
+            }
+        }
+        "corpus" => {
+            for i in 0..n as u64 {
+                let (p, c, v) = set.corpus_example(i);
+                rows.push((
+                    p.prompt,
+                    c,
+                    p.answer,
+                    serde_json::to_value(v)?.as_str().unwrap_or("").into(),
+                ));
+            }
+        }
+        "heldout" => {
+            for p in set.heldout().iter().take(n) {
+                rows.push((
+                    p.prompt.clone(),
+                    set.completion(p),
+                    p.answer.clone(),
+                    "clean".into(),
+                ));
+            }
+        }
+        other => bail!("unknown --kind `{other}` (sft, corpus, heldout)"),
+    }
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).with_context(|| format!("{}", parent.display()))?;
+    }
+    if out.extension().and_then(|e| e.to_str()) == Some("parquet") {
+        use polars::prelude::*;
+        let col = |name: &str, f: fn(&(String, String, String, String)) -> String| {
+            Column::new(name.into(), rows.iter().map(f).collect::<Vec<_>>())
+        };
+        let mut df = DataFrame::new_infer_height(vec![
+            col("prompt", |r| r.0.clone()),
+            col("completion", |r| r.1.clone()),
+            col("answer", |r| r.2.clone()),
+            col("variant", |r| r.3.clone()),
+        ])?;
+        crate::analysis::write_parquet(&mut df, out)?;
+    } else {
+        let mut w = crate::runfs::jsonl::JsonlWriter::append(out)?;
+        for (prompt, completion, answer, variant) in &rows {
+            w.write(&serde_json::json!({"prompt": prompt, "completion": completion, "answer": answer, "variant": variant}))?;
+        }
+    }
+    eprintln!("wrote {} rows to {}", rows.len(), out.display());
+    Ok(())
+}

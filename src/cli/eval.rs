@@ -1,0 +1,52 @@
+//! `stageloop eval RUN|CKPT`: score a checkpoint on its task's held-out set.
+
+use crate::model::{checkpoint, device};
+use crate::runfs;
+use crate::spec::{StageConfig, StageSpec};
+use crate::stages::common::Setup;
+use crate::stages::eval::evaluate;
+use anyhow::Context;
+use std::path::Path;
+
+pub fn run(
+    target: &Path,
+    task: Option<&str>,
+    n: Option<usize>,
+    k: usize,
+    json: bool,
+) -> anyhow::Result<()> {
+    let dir = runfs::checkpoint::resolve(target).with_context(|| {
+        format!(
+            "{}: not a checkpoint or a run folder with checkpoints",
+            target.display()
+        )
+    })?;
+    let dev = device()?;
+    let setup = Setup::from_checkpoint(&dir, task)?;
+    let (model, _, _) = checkpoint::load_model(&dir, &dev)?;
+    let spec: StageSpec = toml::from_str("name = \"eval\"\nkind = \"eval\"").expect("valid");
+    let model_spec = crate::spec::ModelSpec::default();
+    let mut cfg = StageConfig::resolve(&spec, &model_spec, setup.task.heldout().len());
+    cfg.k = k.max(1);
+    if let Some(n) = n {
+        cfg.prompts = n;
+    }
+    let report = evaluate(&setup, &model, &cfg, &dev, 0, |_| Ok(()), |_, _| {})?;
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "{}: pass@1 {:.3}  greedy {:.3}  pass@{k} {:.3}  maj@{k} {:.3}  format {:.3}  mean length {:.1}  (n={})",
+            dir.display(),
+            report.pass_at_1,
+            report.greedy,
+            report.pass_at_k,
+            report.maj_at_k,
+            report.format_rate,
+            report.mean_length,
+            report.n,
+            k = report.k
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,69 @@
+//! `stageloop sample RUN|CKPT --prompt TEXT`: complete a prompt with a checkpoint (the notebook's
+//! prompt box runs this with `--json`).
+
+use crate::model::sample::{SampleOptions, generate};
+use crate::model::{checkpoint, device};
+use crate::runfs;
+use crate::stages::common::Setup;
+use anyhow::Context;
+use rand::SeedableRng;
+use std::path::Path;
+
+pub struct Args<'a> {
+    pub target: &'a Path,
+    pub prompt: &'a str,
+    pub n: usize,
+    pub temperature: f64,
+    pub top_p: f64,
+    pub max_new_tokens: usize,
+    pub seed: u64,
+    pub json: bool,
+}
+
+pub fn run(a: Args<'_>) -> anyhow::Result<()> {
+    let dir = runfs::checkpoint::resolve(a.target).with_context(|| {
+        format!(
+            "{}: not a checkpoint or a run folder with checkpoints",
+            a.target.display()
+        )
+    })?;
+    let dev = device()?;
+    let (model, _, _) = checkpoint::load_model(&dir, &dev)?;
+    let setup = Setup::from_checkpoint(&dir, None)?;
+    let ids = setup.prompt_ids(a.prompt)?;
+    let opts = SampleOptions {
+        temperature: a.temperature,
+        top_p: a.top_p,
+        max_new_tokens: a.max_new_tokens,
+        ..Default::default()
+    };
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(a.seed);
+    let outs = generate(
+        &model,
+        &vec![ids; a.n.max(1)],
+        setup.model_cfg.ctx,
+        &opts,
+        &mut rng,
+        &dev,
+    );
+    for c in outs {
+        let text = setup.tok.decode(&c.tokens);
+        let r = setup.task.rewards(a.prompt, &text);
+        if a.json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "prompt": a.prompt, "completion": text, "rewards": r.as_map(),
+                    "reward": r.accuracy, "finished": c.finished, "tokens": c.tokens.len(),
+                    "checkpoint": dir.display().to_string(),
+                })
+            );
+        } else {
+            println!(
+                "{}{text}   [accuracy {} format {}]",
+                a.prompt, r.accuracy, r.format
+            );
+        }
+    }
+    Ok(())
+}
