@@ -150,16 +150,26 @@ pub fn make_batch(examples: &[Example], device: &Device) -> Batch {
     }
 }
 
-/// Per-position log-probabilities of the targets, `[b, t]`.
-pub fn target_logprobs(model: &Gpt, inputs: Tensor<2, Int>, targets: Tensor<2, Int>) -> Tensor<2> {
-    let logp = log_softmax(model.forward(inputs), 2);
+/// Per-position log-probabilities of the targets, `[b, t]`, under logits divided by
+/// `temperature` (1 for plain likelihood; the sampling temperature for GRPO, as TRL does).
+pub fn target_logprobs(
+    model: &Gpt,
+    inputs: Tensor<2, Int>,
+    targets: Tensor<2, Int>,
+    temperature: f64,
+) -> Tensor<2> {
+    let mut logits = model.forward(inputs);
+    if temperature > 0.0 && temperature != 1.0 {
+        logits = logits.div_scalar(temperature);
+    }
+    let logp = log_softmax(logits, 2);
     logp.gather(2, targets.unsqueeze_dim::<3>(2))
         .squeeze_dim::<2>(2)
 }
 
 /// Mean negative log-likelihood over the masked positions.
 pub fn lm_loss(model: &Gpt, batch: &Batch) -> Tensor<1> {
-    let lp = target_logprobs(model, batch.inputs.clone(), batch.targets.clone());
+    let lp = target_logprobs(model, batch.inputs.clone(), batch.targets.clone(), 1.0);
     (lp * batch.mask.clone())
         .sum()
         .neg()

@@ -5,6 +5,8 @@
 pub mod common;
 pub mod context;
 pub mod eval;
+pub mod grpo;
+pub mod grpo_math;
 pub mod pipeline;
 pub mod pretrain;
 pub mod sft;
@@ -17,7 +19,10 @@ use crate::spec::StageKind;
 
 /// Whether this build can run a stage of `kind`.
 pub fn implemented(kind: StageKind) -> bool {
-    matches!(kind, StageKind::Pretrain | StageKind::Sft | StageKind::Eval)
+    matches!(
+        kind,
+        StageKind::Pretrain | StageKind::Sft | StageKind::Grpo | StageKind::Eval
+    )
 }
 
 /// Run one stage to completion (or until stopped).
@@ -26,6 +31,7 @@ pub fn run_stage(ctx: &mut StageCtx<'_>) -> anyhow::Result<Outcome> {
         StageKind::Pretrain => pretrain::run(ctx),
         StageKind::Sft => sft::run(ctx),
         StageKind::Eval => eval::run(ctx),
+        StageKind::Grpo => grpo::run(ctx),
         other => anyhow::bail!("stage kind `{other}` is not implemented in this build"),
     }
 }

@@ -1,0 +1,459 @@
+//! `grpo`: Group Relative Policy Optimization (DeepSeekMath), with TRL's variants as options.
+//! Each step samples `group_size` completions for each of `prompts` training prompts, scores them
+//! with the weighted rule-based rewards, turns rewards into group-relative advantages, and takes
+//! `num_iterations` clipped policy-gradient steps on that rollout batch (KL to the frozen `init`
+//! model when `beta > 0`). Every completion is logged to `samples.jsonl` with its rewards and
+//! advantage; every metric of DESIGN §4 is logged each step.
+
+use super::common::{Setup, clip_grad_norm, lr_at, metrics_line, open_logs, target_logprobs};
+use super::context::{Outcome, StageCtx};
+use super::grpo_math::{advantages, informative_groups, mean_std, overlong_penalty};
+use super::supervised;
+use crate::model::checkpoint::{self, RngState};
+use crate::model::sample::{Completion, SampleOptions, generate};
+use crate::model::tokenizer::{EOS, PAD};
+use crate::model::{self, Gpt};
+use crate::spec::{LossType, StageConfig};
+use crate::tasks::{Problem, Rewards};
+use anyhow::Result;
+use burn::module::Module;
+use burn::optim::GradientsParams;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use serde_json::json;
+use std::time::Instant;
+
+/// One prompt's group of completions.
+struct Group {
+    problem: Problem,
+    prompt_ids: Vec<u32>,
+    rollouts: Vec<Rollout>,
+}
+
+struct Rollout {
+    completion: Completion,
+    text: String,
+    rewards: Rewards,
+    total: f64,
+}
+
+/// The weighted reward of one completion (plus DAPO's overlong shaping when configured).
+pub fn total_reward(cfg: &StageConfig, r: &Rewards, len: usize, max_len: usize) -> f64 {
+    let mut total = 0.0;
+    for (name, w) in &cfg.rewards {
+        let v = match name.as_str() {
+            "accuracy" => r.accuracy,
+            "format" => r.format,
+            "partial" => r.partial,
+            "length" => 1.0 - len as f64 / max_len.max(1) as f64,
+            _ => 0.0,
+        };
+        total += w * v;
+    }
+    total + overlong_penalty(len, max_len, cfg.overlong_buffer, cfg.overlong_penalty)
+}
+
+/// Inputs for the tensor loss, all `[n, t]` except `adv` (`[n, 1]`).
+pub struct LossInputs {
+    pub logp: Tensor<2>,
+    pub old_logp: Tensor<2>,
+    pub ref_logp: Option<Tensor<2>>,
+    pub adv: Tensor<2>,
+    pub mask: Tensor<2>,
+}
+
+/// Per-token statistics that go into the metrics.
+pub struct LossStats {
+    pub kl: f64,
+    pub clip_low: f64,
+    pub clip_high: f64,
+    pub clip_region: f64,
+}
+
+/// The GRPO loss as tensors (the host specification is `grpo_math::reference_loss`).
+pub fn grpo_loss(
+    x: LossInputs,
+    eps: f64,
+    eps_high: f64,
+    beta: f64,
+    loss_type: LossType,
+    max_len: usize,
+) -> (Tensor<1>, LossStats) {
+    let ratio = (x.logp.clone() - x.old_logp).exp();
+    let unclipped = ratio.clone() * x.adv.clone();
+    let clipped = ratio.clone().clamp(1.0 - eps, 1.0 + eps_high) * x.adv.clone();
+    let mut per_token = unclipped.min_pair(clipped).neg();
+    let tokens = x.mask.clone().sum().into_scalar::<f32>() as f64;
+    let mut kl_mean = 0.0;
+    if let (Some(rf), true) = (x.ref_logp, beta > 0.0) {
+        let d = rf - x.logp.clone();
+        let kl = d.clone().exp() - d - 1.0;
+        kl_mean = (kl.clone().detach() * x.mask.clone())
+            .sum()
+            .into_scalar::<f32>() as f64
+            / tokens.max(1.0);
+        per_token = per_token + kl.mul_scalar(beta);
+    }
+    // Clip statistics (TRL's clip_ratio/*), on detached values.
+    let r = ratio.detach();
+    let adv_neg = x.adv.clone().lower_elem(0.0).float();
+    let adv_pos = x.adv.greater_elem(0.0).float();
+    let low = r.clone().lower_elem(1.0 - eps).float() * adv_neg * x.mask.clone();
+    let high = r.greater_elem(1.0 + eps_high).float() * adv_pos * x.mask.clone();
+    let low_n = low.clone().sum().into_scalar::<f32>() as f64;
+    let high_n = high.sum().into_scalar::<f32>() as f64;
+    let masked = per_token * x.mask.clone();
+    let [n, _] = masked.dims();
+    let loss = match loss_type {
+        LossType::Grpo => {
+            let per_seq = masked.sum_dim(1) / x.mask.sum_dim(1).clamp_min(1.0);
+            per_seq.sum().div_scalar(n.max(1) as f64)
+        }
+        LossType::DrGrpo => masked.sum().div_scalar((n.max(1) * max_len.max(1)) as f64),
+        LossType::Dapo => masked.sum().div_scalar(tokens.max(1.0)),
+    };
+    let t = tokens.max(1.0);
+    (
+        loss.reshape([1]),
+        LossStats {
+            kl: kl_mean,
+            clip_low: low_n / t,
+            clip_high: high_n / t,
+            clip_region: (low_n + high_n) / t,
+        },
+    )
+}
+
+/// Right-padded training rows for the rollouts: inputs, targets and the completion mask.
+fn rollout_batch(
+    rows: &[(&[u32], &Completion)],
+    mask_truncated: bool,
+    device: &Device,
+) -> (Tensor<2, Int>, Tensor<2, Int>, Tensor<2>, usize) {
+    let seqs: Vec<(Vec<u32>, usize, bool)> = rows
+        .iter()
+        .map(|(p, c)| {
+            let mut s = p.to_vec();
+            s.extend(&c.tokens);
+            if c.finished {
+                s.push(EOS);
+            }
+            (s, p.len(), c.finished)
+        })
+        .collect();
+    let t = seqs.iter().map(|s| s.0.len() - 1).max().unwrap_or(1).max(1);
+    let n = seqs.len();
+    let (mut inp, mut tgt, mut msk) = (Vec::new(), Vec::new(), Vec::new());
+    let mut count = 0;
+    for (s, plen, finished) in &seqs {
+        let keep = !mask_truncated || *finished;
+        for j in 0..t {
+            if j + 1 < s.len() {
+                inp.push(s[j] as i64);
+                tgt.push(s[j + 1] as i64);
+                let m = keep && j + 1 >= *plen;
+                count += m as usize;
+                msk.push(if m { 1.0f32 } else { 0.0 });
+            } else {
+                inp.push(PAD as i64);
+                tgt.push(PAD as i64);
+                msk.push(0.0);
+            }
+        }
+    }
+    (
+        Tensor::from_data(TensorData::new(inp, [n, t]), device),
+        Tensor::from_data(TensorData::new(tgt, [n, t]), device),
+        Tensor::from_data(TensorData::new(msk, [n, t]), device),
+        count,
+    )
+}
+
+fn stats(xs: impl Iterator<Item = f64>) -> (f64, f64) {
+    let v: Vec<f64> = xs.collect();
+    mean_std(&v)
+}
+
+pub fn run(ctx: &mut StageCtx<'_>) -> Result<Outcome> {
+    let setup = Setup::new(ctx.exp)?;
+    let infer = model::device()?;
+    let device = infer.clone().autodiff();
+    let supervised::Start {
+        mut model,
+        mut optim,
+        mut state,
+    } = supervised::start(ctx, &setup, &device, "grpo")?;
+    let cfg = ctx.cfg.clone();
+    let reference: Option<Gpt> = match (&ctx.init, cfg.beta > 0.0) {
+        (Some(dir), true) => Some(checkpoint::load_expecting(
+            dir,
+            &setup.model_cfg,
+            &setup.tok,
+            &infer,
+        )?),
+        _ => None,
+    };
+    let (mut metrics, mut samples) = open_logs(&ctx.run)?;
+    let mut rng = state.rng.restore();
+    let g = cfg.group_size;
+    let ctx_len = setup.model_cfg.ctx;
+    let opts = SampleOptions {
+        temperature: cfg.temperature,
+        top_k: cfg.top_k,
+        top_p: cfg.top_p,
+        max_new_tokens: cfg.max_new_tokens,
+        ..Default::default()
+    };
+    let mut num_tokens = 0u64;
+    ctx.reporter.message(&format!(
+        "{} prompts × {} completions per step, {} steps",
+        cfg.prompts, g, cfg.steps
+    ));
+    while state.step < cfg.steps {
+        let t0 = Instant::now();
+        // 1. Rollouts (refilling when dynamic sampling drops uninformative groups).
+        let policy = model.valid();
+        let mut groups: Vec<Group> = Vec::new();
+        let (mut sampled_groups, mut zero_std_groups) = (0usize, 0usize);
+        let mut all_rewards: Vec<(Rewards, f64, usize, bool)> = Vec::new();
+        for _attempt in 0..4 {
+            let need = cfg.prompts - groups.len();
+            let probs: Vec<Problem> = (0..need as u64)
+                .map(|i| setup.task.train_problem(state.cursor + i))
+                .collect();
+            state.cursor += need as u64;
+            let prompt_ids = probs
+                .iter()
+                .map(|p| setup.prompt_ids(&p.prompt))
+                .collect::<Result<Vec<_>>>()?;
+            let batch: Vec<Vec<u32>> = prompt_ids
+                .iter()
+                .flat_map(|p| std::iter::repeat_n(p.clone(), g))
+                .collect();
+            let max_len = if cfg.max_new_tokens == 0 {
+                ctx_len - batch.iter().map(Vec::len).max().unwrap_or(0)
+            } else {
+                cfg.max_new_tokens
+            };
+            let outs = generate(&policy, &batch, ctx_len, &opts, &mut rng, &infer);
+            let mut outs = outs.into_iter();
+            for (p, pid) in probs.into_iter().zip(prompt_ids) {
+                let rollouts: Vec<Rollout> = (&mut outs)
+                    .take(g)
+                    .map(|c| {
+                        let text = setup.tok.decode(&c.tokens);
+                        let rewards = setup.task.rewards(&p.prompt, &text);
+                        let total = total_reward(&cfg, &rewards, c.tokens.len(), max_len);
+                        Rollout {
+                            completion: c,
+                            text,
+                            rewards,
+                            total,
+                        }
+                    })
+                    .collect();
+                for r in &rollouts {
+                    all_rewards.push((
+                        r.rewards,
+                        r.total,
+                        r.completion.tokens.len(),
+                        r.completion.finished,
+                    ));
+                }
+                let totals: Vec<f64> = rollouts.iter().map(|r| r.total).collect();
+                sampled_groups += 1;
+                let informative = !informative_groups(&totals, g).is_empty();
+                zero_std_groups += (!informative) as usize;
+                if informative || !cfg.dynamic_sampling {
+                    groups.push(Group {
+                        problem: p,
+                        prompt_ids: pid,
+                        rollouts,
+                    });
+                }
+            }
+            if !cfg.dynamic_sampling || groups.len() >= cfg.prompts {
+                break;
+            }
+        }
+        // 2. Advantages.
+        let totals: Vec<f64> = groups
+            .iter()
+            .flat_map(|gr| gr.rollouts.iter().map(|r| r.total))
+            .collect();
+        let adv = advantages(&totals, g, cfg.scale_rewards);
+        let max_len = groups
+            .iter()
+            .flat_map(|gr| gr.rollouts.iter().map(|r| r.completion.tokens.len() + 1))
+            .max()
+            .unwrap_or(1);
+        // 3. Policy update.
+        let lr = lr_at(state.step, &cfg);
+        let (mut loss_val, mut grad_norm) = (0.0, 0.0);
+        let mut lstats = LossStats {
+            kl: 0.0,
+            clip_low: 0.0,
+            clip_high: 0.0,
+            clip_region: 0.0,
+        };
+        let mut entropy = 0.0;
+        let mut trained_tokens = 0;
+        if !groups.is_empty() {
+            let rows: Vec<(&[u32], &Completion)> = groups
+                .iter()
+                .flat_map(|gr| {
+                    gr.rollouts
+                        .iter()
+                        .map(move |r| (gr.prompt_ids.as_slice(), &r.completion))
+                })
+                .collect();
+            let (inputs, targets, mask, count) = rollout_batch(&rows, cfg.mask_truncated, &device);
+            trained_tokens = count;
+            let n = rows.len();
+            let adv_t: Tensor<2> = Tensor::from_data(
+                TensorData::new(adv.iter().map(|&a| a as f32).collect::<Vec<_>>(), [n, 1]),
+                &device,
+            );
+            let ref_logp = reference.as_ref().map(|r| {
+                let lp = target_logprobs(
+                    r,
+                    Tensor::from_data(inputs.to_data(), &infer),
+                    Tensor::from_data(targets.to_data(), &infer),
+                    cfg.temperature,
+                );
+                Tensor::<2>::from_data(lp.into_data(), &device)
+            });
+            let old_logp = (cfg.num_iterations > 1).then(|| {
+                let lp = target_logprobs(
+                    &policy,
+                    Tensor::from_data(inputs.to_data(), &infer),
+                    Tensor::from_data(targets.to_data(), &infer),
+                    cfg.temperature,
+                );
+                Tensor::<2>::from_data(lp.into_data(), &device)
+            });
+            for it in 0..cfg.num_iterations {
+                let logp =
+                    target_logprobs(&model, inputs.clone(), targets.clone(), cfg.temperature);
+                if it == 0 {
+                    // Mean token entropy of the sampling distribution, on detached logits.
+                    let mut logits = policy.forward(Tensor::from_data(inputs.to_data(), &infer));
+                    if cfg.temperature > 0.0 {
+                        logits = logits.div_scalar(cfg.temperature);
+                    }
+                    let lp = burn::tensor::activation::log_softmax(logits, 2);
+                    let h = (lp.clone().exp() * lp).sum_dim(2).neg().squeeze_dim::<2>(2);
+                    let m = Tensor::<2>::from_data(mask.to_data(), &infer);
+                    entropy = (h * m).sum().into_scalar::<f32>() as f64 / count.max(1) as f64;
+                }
+                let old = match &old_logp {
+                    Some(o) => o.clone(),
+                    None => logp.clone().detach(),
+                };
+                let (loss, st) = grpo_loss(
+                    LossInputs {
+                        logp,
+                        old_logp: old,
+                        ref_logp: ref_logp.clone(),
+                        adv: adv_t.clone(),
+                        mask: mask.clone(),
+                    },
+                    cfg.epsilon,
+                    cfg.epsilon_high,
+                    cfg.beta,
+                    cfg.loss_type,
+                    max_len,
+                );
+                loss_val = loss.clone().into_scalar::<f32>() as f64;
+                if !loss_val.is_finite() {
+                    anyhow::bail!(
+                        "GRPO loss became {loss_val} at step {}; lower lr",
+                        state.step + 1
+                    );
+                }
+                let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+                grad_norm = clip_grad_norm(&model, &mut grads, cfg.grad_clip);
+                model = optim.step(lr, model, grads);
+                lstats = st;
+            }
+        }
+        state.step += 1;
+        num_tokens += trained_tokens as u64;
+        let dt = t0.elapsed().as_secs_f64();
+
+        // 4. Metrics and samples.
+        let (reward, reward_std) = stats(all_rewards.iter().map(|r| r.1));
+        let (acc_m, acc_s) = stats(all_rewards.iter().map(|r| r.0.accuracy));
+        let (fmt_m, fmt_s) = stats(all_rewards.iter().map(|r| r.0.format));
+        let (par_m, par_s) = stats(all_rewards.iter().map(|r| r.0.partial));
+        let lens: Vec<f64> = all_rewards.iter().map(|r| r.2 as f64).collect();
+        let (len_m, _) = mean_std(&lens);
+        let truncated =
+            all_rewards.iter().filter(|r| !r.3).count() as f64 / all_rewards.len().max(1) as f64;
+        let (adv_m, adv_s) = mean_std(&adv);
+        let values = [
+            ("loss", loss_val),
+            ("learning_rate", lr),
+            ("grad_norm", grad_norm),
+            ("reward", reward),
+            ("reward_std", reward_std),
+            ("rewards/accuracy/mean", acc_m),
+            ("rewards/accuracy/std", acc_s),
+            ("rewards/format/mean", fmt_m),
+            ("rewards/format/std", fmt_s),
+            ("rewards/partial/mean", par_m),
+            ("rewards/partial/std", par_s),
+            (
+                "frac_reward_zero_std",
+                zero_std_groups as f64 / sampled_groups.max(1) as f64,
+            ),
+            ("completions/mean_length", len_m),
+            (
+                "completions/min_length",
+                lens.iter().copied().fold(f64::INFINITY, f64::min),
+            ),
+            (
+                "completions/max_length",
+                lens.iter().copied().fold(0.0, f64::max),
+            ),
+            ("completions/clipped_ratio", truncated),
+            ("kl", lstats.kl),
+            ("entropy", entropy),
+            ("clip_ratio/low_mean", lstats.clip_low),
+            ("clip_ratio/high_mean", lstats.clip_high),
+            ("clip_ratio/region_mean", lstats.clip_region),
+            ("advantage/mean", adv_m),
+            ("advantage/std", adv_s),
+            ("step_time", dt),
+            ("tokens_per_sec", trained_tokens as f64 / dt),
+            ("num_tokens", num_tokens as f64),
+            ("groups", groups.len() as f64),
+        ];
+        if state.step % cfg.log_every == 0 || state.step == cfg.steps {
+            metrics.write(&metrics_line(state.step, &values))?;
+        }
+        if cfg.sample_every > 0 && (state.step % cfg.sample_every == 0 || state.step == cfg.steps) {
+            let mut k = 0;
+            for (gi, gr) in groups.iter().enumerate() {
+                for r in &gr.rollouts {
+                    samples.write(&json!({
+                        "step": state.step, "prompt": gr.problem.prompt, "completion": r.text,
+                        "answer": gr.problem.answer, "rewards": r.rewards.as_map(), "reward": r.total,
+                        "advantage": adv[k], "group": gi, "truncated": !r.completion.finished,
+                    }))?;
+                    k += 1;
+                }
+            }
+        }
+        let stopping = ctx.should_stop();
+        let last = state.step == cfg.steps;
+        ctx.progress(state.step, cfg.steps, &[("reward", reward), ("acc", acc_m)]);
+        if state.step % cfg.checkpoint_every == 0 || last || stopping {
+            state.rng = RngState::of(&rng);
+            supervised::save(ctx, &setup, &model, &optim, &state)?;
+        }
+        if stopping && !last {
+            return Ok(Outcome::Stopped);
+        }
+    }
+    Ok(Outcome::Done)
+}
