@@ -50,25 +50,6 @@ fn missing_experiment_is_one_clear_line() {
 }
 
 #[test]
-fn run_refuses_unimplemented_kinds_without_running_anything() {
-    let d = tempfile::tempdir().unwrap();
-    std::fs::write(
-        d.path().join("experiment.toml"),
-        "[task]\nname = \"arith\"\n[[stage]]\nname = \"pre\"\nkind = \"pretrain\"\nsteps = 1\n[[stage]]\nname = \"d\"\nkind = \"distill\"\nteacher = \"pre\"\n",
-    )
-    .unwrap();
-    bin()
-        .arg("run")
-        .arg(d.path())
-        .args(["--stage", "d"])
-        .assert()
-        .code(1)
-        .stderr(predicate::str::contains("not implemented"))
-        .stderr(predicate::str::contains("`d` (distill)"));
-    assert!(!d.path().join("runs").exists());
-}
-
-#[test]
 fn run_with_an_unknown_stage_lists_the_known_ones() {
     bin()
         .arg("run")

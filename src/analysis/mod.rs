@@ -1,6 +1,8 @@
 //! The analytic side, on polars: whole metric histories of one or many runs as one DataFrame,
 //! the `runs` table, and CSV/Parquet export. Not used on the notebook's per-frame path.
 
+pub mod export;
+
 use crate::runfs::{RunDir, RunStatus, metrics::parse_metric_line};
 use anyhow::{Context, Result};
 use polars::prelude::*;

@@ -4,7 +4,9 @@ pub mod bench;
 pub mod check;
 pub mod data;
 pub mod eval;
+pub mod export;
 pub mod new;
+pub mod report;
 pub mod run;
 pub mod runs;
 pub mod sample;
@@ -73,6 +75,14 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The per-stage eval table (pass@1, pass@k, maj@k, format rate, length) of an experiment.
+    Report {
+        /// Experiment folder or its experiment.toml.
+        exp: PathBuf,
+        /// Print one JSON array, in pipeline order.
+        #[arg(long)]
+        json: bool,
+    },
     /// Complete a prompt with a checkpoint (a checkpoint folder, or a run folder's latest).
     Sample {
         /// Run folder or checkpoint folder.
@@ -121,6 +131,17 @@ pub enum Command {
         /// Task whose verifier scores the lines.
         #[arg(long)]
         task: String,
+    },
+    /// Export a run's charts (svg) and metrics (csv, parquet).
+    Export {
+        /// Run folder.
+        run: PathBuf,
+        /// Formats, repeatable or comma-separated: svg, csv, parquet.
+        #[arg(long = "format", value_delimiter = ',', default_values_t = vec!["svg".to_string(), "csv".to_string()])]
+        format: Vec<String>,
+        /// Output folder (default: RUN/export).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Generate task data.
     Data {
@@ -196,6 +217,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
             fresh,
         }) => run::run(&exp, &stage, &set, seed, fresh),
         Some(Command::Runs { exp, json }) => runs::run(&exp, json),
+        Some(Command::Report { exp, json }) => report::run(&exp, json),
         Some(Command::Sample {
             target,
             prompt,
@@ -223,6 +245,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
             json,
         }) => eval::run(&target, task.as_deref(), n, k, json),
         Some(Command::Score { task }) => score::run(&task),
+        Some(Command::Export { run, format, out }) => export::run(&run, &format, out),
         Some(Command::Data {
             command:
                 DataCommand::Gen {

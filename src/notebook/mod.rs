@@ -1,109 +1,171 @@
-//! The notebook TUI. For now: a screen listing the experiments and their runs, that quits on
-//! `q` (the full dashboard is tracked in the notebook issue). It only reads run folders.
+//! The notebook: a terminal dashboard over the experiments folder. It reads run folders and
+//! starts stages as child processes; it never trains in-process.
+//!
+//! Structure (after bottom and gitui): [`event`] is the single channel every thread feeds;
+//! [`app::App::on_key`] turns keys into state changes and [`app::Effect`]s through the
+//! [`keymap`]; [`ui::draw`] is a pure function of the state; the loop below carries out effects,
+//! polls the [`workspace`] on a time budget and redraws only when something changed, at most
+//! every 16 ms.
 
-use crate::runfs::{self, RunStatus};
-use crossterm::event::{self, Event, KeyCode, KeyEventKind};
-use ratatui::Frame;
-use ratatui::layout::{Constraint, Layout};
-use ratatui::style::{Modifier, Style};
-use ratatui::text::Line;
-use ratatui::widgets::{Block, Borders, List, ListItem, Paragraph};
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+pub mod app;
+pub mod event;
+pub mod keymap;
+pub mod panes;
+pub mod series;
+pub mod supervisor;
+pub mod ui;
+pub mod watch;
+pub mod workspace;
 
-/// One line of the runs list.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Entry {
-    pub experiment: String,
-    pub run: Option<(String, String)>,
-}
+use app::{App, Effect};
+use event::Event;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
-/// Experiments under `dir` (or `dir` itself when it is one) and their runs with status.
-pub fn scan(dir: &Path) -> Vec<Entry> {
-    let mut exps: Vec<PathBuf> = if dir.join("experiment.toml").is_file() {
-        vec![dir.to_path_buf()]
-    } else {
-        std::fs::read_dir(dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.join("experiment.toml").is_file() || p.join("runs").is_dir())
-            .collect()
-    };
-    exps.sort();
-    let mut out = Vec::new();
-    for e in exps {
-        let name = e
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        out.push(Entry {
-            experiment: name.clone(),
-            run: None,
-        });
-        for r in runfs::list_runs(&e.join("runs")) {
-            let status = RunStatus::load(&r.path)
-                .map(|s| s.effective_status().to_string())
-                .unwrap_or_else(|_| "unreadable".into());
-            out.push(Entry {
-                experiment: name.clone(),
-                run: Some((r.id(), status)),
-            });
+/// Time a frame may spend reading new log lines.
+const POLL_BUDGET: Duration = Duration::from_millis(8);
+const FRAME: Duration = Duration::from_millis(16);
+
+/// Carry out one effect; returns false to quit.
+pub fn apply(app: &mut App, effect: Effect, tx: &mpsc::Sender<Event>) -> bool {
+    match effect {
+        Effect::Quit => return false,
+        Effect::Spawn { exp, stage } => {
+            match supervisor::spawn_stage(&exp, stage.as_deref(), tx.clone()) {
+                Ok(pid) => app.notice(format!(
+                    "started pid {pid}: stageloop run {}{}",
+                    exp.display(),
+                    stage.map(|s| format!(" --stage {s}")).unwrap_or_default()
+                )),
+                Err(e) => app.notice(format!("could not start the stage: {e}")),
+            }
+        }
+        Effect::Stop { pid } => {
+            if let Err(e) = supervisor::stop(pid) {
+                app.notice(format!("could not signal pid {pid}: {e}"));
+            }
+        }
+        Effect::Sample { run, prompt } => supervisor::sample(&run, &prompt, tx.clone()),
+        Effect::Export { run } => {
+            let dir = run.join("export");
+            match crate::analysis::export::export_run(
+                &crate::runfs::RunDir::new(run),
+                &dir,
+                &["svg", "csv"],
+            ) {
+                Ok(files) => app.notice(format!(
+                    "exported {} files to {}",
+                    files.len(),
+                    dir.display()
+                )),
+                Err(e) => app.notice(format!("export failed: {e:#}")),
+            }
+        }
+        Effect::Rescan => {
+            app.ws.rescan();
         }
     }
-    out
+    true
 }
 
-/// Draw the screen from the entries (a pure function of its inputs).
-pub fn draw(frame: &mut Frame<'_>, dir: &Path, entries: &[Entry]) {
-    let [main, footer] =
-        Layout::vertical([Constraint::Min(1), Constraint::Length(1)]).areas(frame.area());
-    let items: Vec<ListItem> = if entries.is_empty() {
-        vec![ListItem::new(format!(
-            "no experiments in {} — create one with `stageloop new NAME`",
-            dir.display()
-        ))]
+/// Run the notebook on `root` until the user quits (or SIGTERM/SIGHUP arrive).
+pub fn run(root: &Path) -> anyhow::Result<()> {
+    let root = if root.exists() {
+        root.to_path_buf()
     } else {
-        entries
-            .iter()
-            .map(|e| match &e.run {
-                None => ListItem::new(Line::styled(
-                    e.experiment.clone(),
-                    Style::default().add_modifier(Modifier::BOLD),
-                )),
-                Some((id, status)) => ListItem::new(format!("  {id}  {status}")),
-            })
-            .collect()
+        anyhow::bail!(
+            "{}: no such folder (give the folder that holds your experiments)",
+            root.display()
+        );
     };
-    frame.render_widget(
-        List::new(items).block(Block::default().borders(Borders::ALL).title(" stageloop ")),
-        main,
-    );
-    frame.render_widget(Paragraph::new(" q quit   r rescan"), footer);
-}
+    let term_signal = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP] {
+        signal_hook::flag::register(sig, term_signal.clone())?;
+    }
+    let (tx, rx) = mpsc::channel();
+    let (_guard, how) = watch::start(&root, tx.clone());
+    let input_tx = tx.clone();
+    std::thread::spawn(move || {
+        loop {
+            match crossterm::event::poll(Duration::from_millis(250)) {
+                Ok(true) => {
+                    let ev = match crossterm::event::read() {
+                        Ok(crossterm::event::Event::Key(k)) => Event::Key(k),
+                        Ok(crossterm::event::Event::Mouse(m)) => Event::Mouse(m),
+                        Ok(crossterm::event::Event::Resize(w, h)) => Event::Resize(w, h),
+                        Ok(_) => continue,
+                        Err(_) => break,
+                    };
+                    if input_tx.send(ev).is_err() {
+                        break;
+                    }
+                }
+                Ok(false) => {
+                    if input_tx.send(Event::Tick).is_err() {
+                        break;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+    });
 
-/// Run the notebook until the user quits.
-pub fn run(dir: &Path) -> anyhow::Result<()> {
+    let mut app = App::new(workspace::Workspace::new(&root));
+    app.notice(how);
     let mut terminal = ratatui::try_init()?;
     let result = (|| -> anyhow::Result<()> {
-        let mut entries = scan(dir);
-        let mut ticks = 0u32;
+        let mut dirty = true;
+        let mut last_draw = Instant::now() - FRAME;
         loop {
-            terminal.draw(|f| draw(f, dir, &entries))?;
-            if event::poll(Duration::from_millis(250))?
-                && let Event::Key(k) = event::read()?
-                && k.kind == KeyEventKind::Press
-            {
-                match k.code {
-                    KeyCode::Char('q') | KeyCode::Esc => return Ok(()),
-                    KeyCode::Char('r') => entries = scan(dir),
-                    _ => {}
-                }
+            if term_signal.load(Ordering::Relaxed) {
+                return Ok(());
             }
-            ticks += 1;
-            if ticks.is_multiple_of(8) {
-                entries = scan(dir);
+            if dirty && last_draw.elapsed() >= FRAME {
+                app.now = crate::runfs::status::now();
+                terminal.draw(|f| ui::draw(f, &app))?;
+                last_draw = Instant::now();
+                dirty = false;
+            }
+            let ev = match rx.recv_timeout(FRAME) {
+                Ok(ev) => ev,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    dirty |= app.ws.poll(Instant::now() + POLL_BUDGET);
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
+            };
+            match ev {
+                Event::Key(k) => {
+                    dirty = true;
+                    for eff in app.on_key(k) {
+                        if !apply(&mut app, eff, &tx) {
+                            return Ok(());
+                        }
+                    }
+                }
+                Event::Resize(..) => dirty = true,
+                Event::Mouse(_) => {}
+                Event::Fs | Event::Tick => dirty |= app.ws.poll(Instant::now() + POLL_BUDGET),
+                Event::Rescan => {
+                    dirty |= app.ws.rescan() | app.ws.poll(Instant::now() + POLL_BUDGET)
+                }
+                Event::ChildExit { pid, code } => {
+                    dirty = true;
+                    app.ws.rescan();
+                    app.notice(match code {
+                        Some(0) => format!("pid {pid} finished"),
+                        Some(130) => format!("pid {pid} stopped (resume with r)"),
+                        Some(c) => format!("pid {pid} exited with {c} (see the run's logs)"),
+                        None => format!("pid {pid} was killed"),
+                    });
+                }
+                Event::SampleDone(lines) => {
+                    dirty = true;
+                    app.prompt_output = lines;
+                }
             }
         }
     })();

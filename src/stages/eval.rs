@@ -166,10 +166,18 @@ pub fn evaluate(
 }
 
 pub fn run(ctx: &mut StageCtx<'_>) -> Result<Outcome> {
-    let setup = Setup::new(ctx.exp)?;
     let device = model::device()?;
     let dir = ctx.init.clone().context("an eval stage needs `init`")?;
-    let model = checkpoint::load_expecting(&dir, &setup.model_cfg, &setup.tok, &device)?;
+    // The checkpoint's own shape (a distilled student differs from `[model]`), on the
+    // experiment's task.
+    let (model, _, _) = checkpoint::load_model(&dir, &device)?;
+    let setup = Setup::from_checkpoint(&dir, None)?;
+    if setup.task.spec != ctx.exp.spec.task {
+        anyhow::bail!(
+            "{}: checkpoint was trained on other task settings than this experiment's [task]",
+            dir.display()
+        );
+    }
     let evaluated_step = checkpoint::read_state(&dir).map(|s| s.step).unwrap_or(0);
     let (mut metrics, mut samples) = open_logs(&ctx.run)?;
     let total = ctx.cfg.prompts.min(setup.task.heldout().len()) as u64;

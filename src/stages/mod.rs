@@ -4,11 +4,13 @@
 
 pub mod common;
 pub mod context;
+pub mod distill;
 pub mod eval;
 pub mod grpo;
 pub mod grpo_math;
 pub mod pipeline;
 pub mod pretrain;
+pub mod rejection;
 pub mod sft;
 pub mod supervised;
 
@@ -17,14 +19,6 @@ pub use pipeline::{RunOptions, run_pipeline};
 
 use crate::spec::StageKind;
 
-/// Whether this build can run a stage of `kind`.
-pub fn implemented(kind: StageKind) -> bool {
-    matches!(
-        kind,
-        StageKind::Pretrain | StageKind::Sft | StageKind::Grpo | StageKind::Eval
-    )
-}
-
 /// Run one stage to completion (or until stopped).
 pub fn run_stage(ctx: &mut StageCtx<'_>) -> anyhow::Result<Outcome> {
     match ctx.cfg.kind {
@@ -32,6 +26,7 @@ pub fn run_stage(ctx: &mut StageCtx<'_>) -> anyhow::Result<Outcome> {
         StageKind::Sft => sft::run(ctx),
         StageKind::Eval => eval::run(ctx),
         StageKind::Grpo => grpo::run(ctx),
-        other => anyhow::bail!("stage kind `{other}` is not implemented in this build"),
+        StageKind::Rejection => rejection::run(ctx),
+        StageKind::Distill => distill::run(ctx),
     }
 }

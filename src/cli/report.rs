@@ -1,0 +1,79 @@
+//! `stageloop report EXP`: the per-stage eval table across the latest run of each eval stage, in
+//! pipeline order (`--json`: one array of objects).
+
+use crate::runfs::{self, Status};
+use crate::spec::{self, StageKind};
+use anyhow::Context;
+use serde_json::{Value, json};
+use std::path::Path;
+
+/// One row per eval stage that has a finished run.
+pub fn rows(exp: &spec::Experiment) -> anyhow::Result<Vec<Value>> {
+    let mut out = Vec::new();
+    for s in exp.spec.stage.iter().filter(|s| s.kind == StageKind::Eval) {
+        let Some((run, st)) = runfs::latest_run_of(&exp.runs_dir(), &s.name) else {
+            continue;
+        };
+        if st.status != Status::Done {
+            continue;
+        }
+        let path = run.eval_json();
+        let text = std::fs::read_to_string(&path).with_context(|| format!("{}", path.display()))?;
+        let e: Value = serde_json::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("{}:{}:{}: {e}", path.display(), e.line(), e.column()))?;
+        let evaluated = s.init.clone().unwrap_or_default();
+        let evaluated_kind = exp
+            .stage(&evaluated)
+            .map(|x| x.kind.to_string())
+            .unwrap_or_default();
+        out.push(json!({
+            "stage": s.name, "evaluated": evaluated, "evaluated_kind": evaluated_kind, "run": run.id(),
+            "pass@1": e["pass@1"], "greedy": e["greedy"], "pass@k": e["pass@k"], "k": e["k"],
+            "maj@k": e["maj@k"], "format_rate": e["format_rate"], "mean_length": e["mean_length"],
+        }));
+    }
+    Ok(out)
+}
+
+pub fn run(exp: &Path, json_out: bool) -> anyhow::Result<()> {
+    let e = spec::load(exp)?;
+    let rows = rows(&e)?;
+    if json_out {
+        println!("{}", serde_json::to_string(&rows)?);
+        return Ok(());
+    }
+    if rows.is_empty() {
+        println!("no finished eval runs in {}", e.runs_dir().display());
+        return Ok(());
+    }
+    println!(
+        "{:<14} {:<14} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7}",
+        "eval stage", "evaluated", "pass@1", "greedy", "pass@k", "maj@k", "format", "length"
+    );
+    let f = |v: &Value| {
+        v.as_f64()
+            .map(|x| format!("{x:.3}"))
+            .unwrap_or_else(|| "-".into())
+    };
+    for r in &rows {
+        println!(
+            "{:<14} {:<14} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7}",
+            r["stage"].as_str().unwrap_or(""),
+            format!(
+                "{} ({})",
+                r["evaluated"].as_str().unwrap_or(""),
+                r["evaluated_kind"].as_str().unwrap_or("")
+            ),
+            f(&r["pass@1"]),
+            f(&r["greedy"]),
+            f(&r["pass@k"]),
+            f(&r["maj@k"]),
+            f(&r["format_rate"]),
+            r["mean_length"]
+                .as_f64()
+                .map(|x| format!("{x:.1}"))
+                .unwrap_or_default()
+        );
+    }
+    Ok(())
+}

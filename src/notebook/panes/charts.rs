@@ -1,0 +1,334 @@
+//! Charts grid: one chart per metric of the selected run plus overlaid (marked) runs, in stable
+//! colours; debiased EMA smoothing (raw drawn dim behind), log-y, x axis by step / relative /
+//! wall time, min–max downsampling to the chart's width, gaps at NaN and a new segment where steps
+//! go backwards. Enter zooms the focused chart with a cursor that reads out values.
+
+use super::{block, run_color};
+use crate::notebook::app::{App, Pane};
+use crate::notebook::series::{XAxis, downsample, segments, smooth};
+use crate::notebook::workspace::RunView;
+use ratatui::Frame;
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::{Color, Style};
+use ratatui::symbols::Marker;
+use ratatui::text::Span;
+use ratatui::widgets::{Axis, Chart, Dataset, GraphType, Paragraph};
+
+/// One polyline to draw.
+pub struct Line {
+    pub color: Color,
+    pub name: Option<String>,
+    pub points: Vec<(f64, f64)>,
+    pub dim: bool,
+}
+
+fn xs_of(run: &RunView, axis: XAxis) -> Vec<f64> {
+    match axis {
+        XAxis::Step => run.series.steps.clone(),
+        XAxis::Wall => run.series.times.clone(),
+        XAxis::Relative => {
+            let t0 = run
+                .series
+                .times
+                .iter()
+                .copied()
+                .find(|t| t.is_finite())
+                .unwrap_or(0.0);
+            run.series.times.iter().map(|t| t - t0).collect()
+        }
+    }
+}
+
+/// Polylines for `metric` over `runs`, ready to draw in `columns` character columns.
+pub fn lines(
+    runs: &[&RunView],
+    metric: &str,
+    smoothing: f64,
+    log_y: bool,
+    axis: XAxis,
+    columns: usize,
+) -> Vec<Line> {
+    let mut out = Vec::new();
+    for run in runs {
+        let Some(ys) = run.series.values.get(metric) else {
+            continue;
+        };
+        let xs = xs_of(run, axis);
+        let ys: Vec<f64> = if log_y {
+            ys.iter()
+                .map(|&v| if v > 0.0 { v.log10() } else { f64::NAN })
+                .collect()
+        } else {
+            ys.clone()
+        };
+        let color = run_color(&run.id);
+        let mut first = true;
+        for (a, b) in segments(&xs) {
+            let sm = smooth(&ys[a..b], smoothing);
+            let mut emit = |vals: &[f64], dim: bool, name: Option<String>| {
+                let pts = downsample(&xs[a..b], vals, columns * 2);
+                // split at gaps so no line is drawn across a NaN
+                let mut cur: Vec<(f64, f64)> = Vec::new();
+                let mut named = name;
+                for p in pts {
+                    if p.0.is_finite() && p.1.is_finite() {
+                        cur.push(p);
+                    } else if !cur.is_empty() {
+                        out.push(Line {
+                            color,
+                            name: named.take(),
+                            points: std::mem::take(&mut cur),
+                            dim,
+                        });
+                    }
+                }
+                if !cur.is_empty() {
+                    out.push(Line {
+                        color,
+                        name: named.take(),
+                        points: cur,
+                        dim,
+                    });
+                }
+            };
+            if smoothing > 0.0 {
+                emit(&ys[a..b], true, None);
+            }
+            let name = first.then(|| short_name(run));
+            first = false;
+            emit(&sm, false, name);
+        }
+    }
+    out
+}
+
+fn short_name(run: &RunView) -> String {
+    // `20261130-064244-pretrain` → `0642 pretrain`
+    let parts: Vec<&str> = run.id.splitn(3, '-').collect();
+    match parts.as_slice() {
+        [_, time, stage] if time.len() >= 4 => format!("{} {stage}", &time[..4]),
+        _ => run.id.clone(),
+    }
+}
+
+fn bounds(lines: &[Line]) -> Option<([f64; 2], [f64; 2])> {
+    let pts = lines.iter().flat_map(|l| l.points.iter());
+    let (mut x0, mut x1, mut y0, mut y1) = (
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+    );
+    for &(x, y) in pts {
+        x0 = x0.min(x);
+        x1 = x1.max(x);
+        y0 = y0.min(y);
+        y1 = y1.max(y);
+    }
+    if !x0.is_finite() {
+        return None;
+    }
+    if x1 <= x0 {
+        x1 = x0 + 1.0;
+    }
+    if y1 <= y0 {
+        let pad = y0.abs().max(1e-3) * 0.05;
+        y0 -= pad;
+        y1 += pad;
+    }
+    Some(([x0, x1], [y0, y1]))
+}
+
+fn fmt_num(v: f64) -> String {
+    let a = v.abs();
+    if a != 0.0 && (a >= 1e5 || a < 1e-3) {
+        format!("{v:.2e}")
+    } else if a >= 100.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+fn fmt_x(v: f64, axis: XAxis) -> String {
+    match axis {
+        XAxis::Step => format!("{v:.0}"),
+        XAxis::Relative => super::duration(v),
+        XAxis::Wall => {
+            let s = v.max(0.0) as u64 % 86_400;
+            format!("{:02}:{:02}:{:02}", s / 3600, s % 3600 / 60, s % 60)
+        }
+    }
+}
+
+fn draw_one(f: &mut Frame<'_>, area: Rect, app: &App, metric: &str, focused: bool, zoomed: bool) {
+    let runs = app.chart_runs();
+    let cols = area.width.saturating_sub(10) as usize;
+    let mut ls = lines(
+        &runs,
+        metric,
+        app.smoothing,
+        app.log_y,
+        app.x_axis,
+        cols.max(1),
+    );
+    let mut title = metric.to_string();
+    if app.log_y {
+        title.push_str(" (log)");
+    }
+    let Some((xb, yb)) = bounds(&ls) else {
+        f.render_widget(
+            Paragraph::new("no finite values").block(block(&title, focused)),
+            area,
+        );
+        return;
+    };
+    if zoomed {
+        let xc = xb[0] + app.chart_cursor * (xb[1] - xb[0]);
+        let mut readout = Vec::new();
+        for run in &runs {
+            let xs = xs_of(run, app.x_axis);
+            if let Some(ys) = run.series.values.get(metric) {
+                let sm = smooth(ys, app.smoothing);
+                if let Some(i) = (0..xs.len())
+                    .rev()
+                    .find(|&i| xs[i] <= xc && sm[i].is_finite())
+                {
+                    readout.push(format!("{}={}", short_name(run), fmt_num(sm[i])));
+                }
+            }
+        }
+        title = format!(
+            "{title} @ {} {}: {}",
+            app.x_axis.label(),
+            fmt_x(xc, app.x_axis),
+            readout.join("  ")
+        );
+        ls.push(Line {
+            color: Color::White,
+            name: None,
+            points: vec![(xc, yb[0]), (xc, yb[1])],
+            dim: false,
+        });
+    }
+    let datasets: Vec<Dataset> = ls
+        .iter()
+        .map(|l| {
+            let mut d = Dataset::default()
+                .marker(Marker::Braille)
+                .graph_type(GraphType::Line)
+                .style(if l.dim {
+                    Style::default().fg(Color::DarkGray)
+                } else {
+                    Style::default().fg(l.color)
+                })
+                .data(&l.points);
+            if let Some(n) = &l.name {
+                d = d.name(n.clone());
+            }
+            d
+        })
+        .collect();
+    let ylab = |v: f64| {
+        if app.log_y {
+            fmt_num(10f64.powf(v))
+        } else {
+            fmt_num(v)
+        }
+    };
+    let chart = Chart::new(datasets)
+        .block(block(&title, focused))
+        .x_axis(
+            Axis::default()
+                .bounds(xb)
+                .style(Style::default().fg(Color::DarkGray))
+                .labels([
+                    Span::raw(fmt_x(xb[0], app.x_axis)),
+                    Span::raw(fmt_x(xb[1], app.x_axis)),
+                ]),
+        )
+        .y_axis(
+            Axis::default()
+                .bounds(yb)
+                .style(Style::default().fg(Color::DarkGray))
+                .labels([
+                    Span::raw(ylab(yb[0])),
+                    Span::raw(ylab((yb[0] + yb[1]) / 2.0)),
+                    Span::raw(ylab(yb[1])),
+                ]),
+        )
+        .legend_position(if runs.len() > 1 {
+            Some(ratatui::widgets::LegendPosition::TopRight)
+        } else {
+            None
+        });
+    f.render_widget(chart, area);
+}
+
+pub fn draw(f: &mut Frame<'_>, area: Rect, app: &App) {
+    let metrics = app.chart_metrics();
+    let focused = app.focus == Pane::Main;
+    let header = format!(
+        "charts · smoothing {:.1} · x: {} · {}{}",
+        app.smoothing,
+        app.x_axis.label(),
+        if app.log_y { "log-y · " } else { "" },
+        if app.metric_filter.is_empty() && app.input.is_none() {
+            String::new()
+        } else {
+            format!(
+                "metrics /{}",
+                if app.input.is_some() {
+                    &app.input_buf
+                } else {
+                    &app.metric_filter
+                }
+            )
+        }
+    );
+    if metrics.is_empty() {
+        let msg = match app.selected_run() {
+            None => "select a run (↑/↓ in the runs pane)".to_string(),
+            Some(r) if r.series.is_empty() => format!("{}: no metrics yet", r.id),
+            Some(_) => "no metric matches the filter".to_string(),
+        };
+        f.render_widget(Paragraph::new(msg).block(block(&header, focused)), area);
+        return;
+    }
+    let idx = app.chart_index.min(metrics.len() - 1);
+    if app.chart_zoom {
+        draw_one(f, area, app, &metrics[idx], focused, true);
+        return;
+    }
+    let ncols = if area.width >= 150 {
+        3
+    } else if area.width >= 70 {
+        2
+    } else {
+        1
+    };
+    let nrows = ((area.height / 11).max(1)) as usize;
+    let per_page = ncols * nrows;
+    let start = idx / per_page * per_page;
+    let [head, grid] = Layout::vertical([Constraint::Length(1), Constraint::Min(1)]).areas(area);
+    f.render_widget(
+        Paragraph::new(format!(
+            " {header} · {}–{} of {}",
+            start + 1,
+            (start + per_page).min(metrics.len()),
+            metrics.len()
+        ))
+        .style(Style::default().fg(Color::DarkGray)),
+        head,
+    );
+    let row_areas = Layout::vertical(vec![Constraint::Ratio(1, nrows as u32); nrows]).split(grid);
+    for (ri, ra) in row_areas.iter().enumerate() {
+        let cells = Layout::horizontal(vec![Constraint::Ratio(1, ncols as u32); ncols]).split(*ra);
+        for (ci, ca) in cells.iter().enumerate() {
+            let i = start + ri * ncols + ci;
+            if let Some(m) = metrics.get(i) {
+                draw_one(f, *ca, app, m, focused && i == idx, false);
+            }
+        }
+    }
+}

@@ -1,0 +1,29 @@
+//! Logs: the tail of the selected run's `stdout.log`.
+
+use super::block;
+use crate::notebook::app::{App, Pane};
+use ratatui::Frame;
+use ratatui::layout::Rect;
+use ratatui::widgets::Paragraph;
+
+pub fn draw(f: &mut Frame<'_>, area: Rect, app: &App) {
+    let focused = app.focus == Pane::Main;
+    let Some(run) = app.selected_run() else {
+        f.render_widget(
+            Paragraph::new("no run selected").block(block("logs", focused)),
+            area,
+        );
+        return;
+    };
+    let h = area.height.saturating_sub(2) as usize;
+    let lines: Vec<String> = run.log.iter().rev().take(h).rev().cloned().collect();
+    let text = if lines.is_empty() {
+        "(no output yet)".to_string()
+    } else {
+        lines.join("\n")
+    };
+    f.render_widget(
+        Paragraph::new(text).block(block(&format!("logs: {}", run.id), focused)),
+        area,
+    );
+}

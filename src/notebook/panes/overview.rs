@@ -1,0 +1,141 @@
+//! Run overview: status, config, last values of the headline metrics, and the experiment's eval
+//! table (the latest run of each eval stage).
+
+use super::{block, status_color};
+use crate::notebook::app::{App, Pane};
+use ratatui::Frame;
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::{Color, Modifier, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Paragraph, Row, Table, Wrap};
+
+pub fn draw(f: &mut Frame<'_>, area: Rect, app: &App) {
+    let focused = app.focus == Pane::Main;
+    let Some(run) = app.selected_run() else {
+        f.render_widget(
+            Paragraph::new("no run selected").block(block("overview", focused)),
+            area,
+        );
+        return;
+    };
+    let [top, bottom] =
+        Layout::vertical([Constraint::Percentage(55), Constraint::Percentage(45)]).areas(area);
+    let [left, right] =
+        Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(top);
+    let mut info = Vec::new();
+    match &run.status {
+        Some(s) => {
+            let st = s.effective_status().to_string();
+            info.push(Line::from(vec![
+                Span::raw(format!("{} · {} · ", s.stage, s.kind)),
+                Span::styled(st.clone(), Style::default().fg(status_color(&st))),
+            ]));
+            info.push(Line::from(format!(
+                "progress {}/{}",
+                s.progress.step, s.progress.total
+            )));
+            if let Some(init) = &s.init {
+                info.push(Line::from(format!("init {init}")));
+            }
+            if let Some(e) = &s.error {
+                info.push(Line::styled(
+                    format!("error: {}", e.message),
+                    Style::default().fg(Color::Red),
+                ));
+            }
+            if let serde_json::Value::Object(cfg) = &s.config {
+                for (k, v) in cfg {
+                    info.push(Line::from(Span::styled(
+                        format!("  {k} = {v}"),
+                        Style::default().fg(Color::DarkGray),
+                    )));
+                }
+            }
+        }
+        None => info.push(Line::from(
+            run.status_error
+                .clone()
+                .unwrap_or_else(|| "no run.json (external run)".into()),
+        )),
+    }
+    if run.bad_lines > 0 {
+        info.push(Line::styled(
+            format!(
+                "⚠ {} unreadable metric line(s); last: {}",
+                run.bad_lines,
+                run.last_error.clone().unwrap_or_default()
+            ),
+            Style::default().fg(Color::Yellow),
+        ));
+    }
+    f.render_widget(
+        Paragraph::new(info)
+            .wrap(Wrap { trim: true })
+            .block(block(&run.id, focused)),
+        left,
+    );
+
+    let mut last: Vec<Row> = run
+        .series
+        .values
+        .keys()
+        .filter_map(|k| {
+            run.series
+                .last(k)
+                .map(|v| Row::new(vec![k.clone(), format!("{v:.4}")]))
+        })
+        .collect();
+    last.truncate(right.height.saturating_sub(2) as usize);
+    f.render_widget(
+        Table::new(
+            last,
+            [Constraint::Percentage(65), Constraint::Percentage(35)],
+        )
+        .block(block("last values", false)),
+        right,
+    );
+
+    let mut rows = Vec::new();
+    if let Some(ex) = app.selected_experiment().map(|e| &app.ws.experiments[e]) {
+        for r in &ex.runs {
+            if let Some(e) = &r.eval {
+                let g = |k: &str| {
+                    e.get(k)
+                        .and_then(|v| v.as_f64())
+                        .map(|v| format!("{v:.3}"))
+                        .unwrap_or_default()
+                };
+                rows.push(Row::new(vec![
+                    r.stage().to_string(),
+                    g("pass@1"),
+                    g("greedy"),
+                    g("pass@k"),
+                    g("maj@k"),
+                    g("format_rate"),
+                    g("mean_length"),
+                ]));
+            }
+        }
+    }
+    let header = Row::new(vec![
+        "eval", "pass@1", "greedy", "pass@k", "maj@k", "format", "length",
+    ])
+    .style(Style::default().add_modifier(Modifier::BOLD));
+    f.render_widget(
+        Table::new(
+            rows,
+            [
+                Constraint::Length(14),
+                Constraint::Length(8),
+                Constraint::Length(8),
+                Constraint::Length(8),
+                Constraint::Length(8),
+                Constraint::Length(8),
+                Constraint::Length(8),
+            ],
+        )
+        .header(header)
+        .block(block("evals", false)),
+        bottom,
+    );
+}

@@ -1,0 +1,228 @@
+//! Time series for charts: a column store per run (steps, wall times, one value column per
+//! metric), TensorBoard's debiased EMA smoothing, and min–max downsampling to the columns of the
+//! screen (smooth first, then downsample). Non-finite values are gaps; a step that goes backwards
+//! (a resumed run rewrote its tail) starts a new segment.
+
+use crate::runfs::metrics::MetricRow;
+use std::collections::BTreeMap;
+
+/// All metrics of one run, column-wise. `values[name][i]` belongs to `steps[i]`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunSeries {
+    pub steps: Vec<f64>,
+    pub times: Vec<f64>,
+    pub values: BTreeMap<String, Vec<f64>>,
+}
+
+impl RunSeries {
+    /// Append one parsed line (missing metrics become NaN in their columns).
+    pub fn push(&mut self, row: &MetricRow) {
+        let n = self.steps.len();
+        self.steps.push(row.step as f64);
+        self.times.push(row.time.unwrap_or(f64::NAN));
+        for (k, v) in &row.values {
+            let col = self
+                .values
+                .entry(k.clone())
+                .or_insert_with(|| vec![f64::NAN; n]);
+            col.push(v.unwrap_or(f64::NAN));
+        }
+        for col in self.values.values_mut() {
+            if col.len() == n {
+                col.push(f64::NAN);
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.steps.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+
+    /// The last finite value of a metric.
+    pub fn last(&self, name: &str) -> Option<f64> {
+        self.values
+            .get(name)?
+            .iter()
+            .rev()
+            .copied()
+            .find(|v| v.is_finite())
+    }
+}
+
+/// The x axis of a chart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum XAxis {
+    #[default]
+    Step,
+    /// Seconds since the run's first line.
+    Relative,
+    /// Wall-clock (Unix seconds).
+    Wall,
+}
+
+impl XAxis {
+    pub fn next(self) -> Self {
+        match self {
+            XAxis::Step => XAxis::Relative,
+            XAxis::Relative => XAxis::Wall,
+            XAxis::Wall => XAxis::Step,
+        }
+    }
+    pub fn label(self) -> &'static str {
+        match self {
+            XAxis::Step => "step",
+            XAxis::Relative => "relative (s)",
+            XAxis::Wall => "wall time",
+        }
+    }
+}
+
+/// TensorBoard's smoothing: an exponential moving average debiased by `1 − weight^n`, restarted
+/// at each gap so that NaNs stay gaps. `weight` 0 returns the input.
+pub fn smooth(values: &[f64], weight: f64) -> Vec<f64> {
+    if weight <= 0.0 {
+        return values.to_vec();
+    }
+    let mut out = Vec::with_capacity(values.len());
+    let (mut last, mut n) = (0.0, 0i32);
+    for &v in values {
+        if !v.is_finite() {
+            out.push(f64::NAN);
+            continue;
+        }
+        last = last * weight + (1.0 - weight) * v;
+        n += 1;
+        out.push(last / (1.0 - weight.powi(n)));
+    }
+    out
+}
+
+/// Split point indices where x goes backwards (a resumed run): each segment is `[start, end)`.
+pub fn segments(xs: &[f64]) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for i in 1..xs.len() {
+        if xs[i] < xs[i - 1] {
+            out.push((start, i));
+            start = i;
+        }
+    }
+    if start < xs.len() {
+        out.push((start, xs.len()));
+    }
+    out
+}
+
+/// Reduce `(x, y)` points to at most two per column (the min and the max of each of `columns`
+/// equal x-buckets), in x order; gaps (NaN y) are kept as one NaN point per bucket that had one,
+/// so a line is not drawn across them.
+pub fn downsample(xs: &[f64], ys: &[f64], columns: usize) -> Vec<(f64, f64)> {
+    let pts: Vec<(f64, f64)> = xs.iter().copied().zip(ys.iter().copied()).collect();
+    if columns == 0 || pts.len() <= 2 * columns {
+        return pts;
+    }
+    let (lo, hi) = xs
+        .iter()
+        .filter(|x| x.is_finite())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
+            (a.min(x), b.max(x))
+        });
+    if !(hi > lo) {
+        return pts;
+    }
+    let width = (hi - lo) / columns as f64;
+    let mut out = Vec::with_capacity(2 * columns + 2);
+    let mut i = 0;
+    while i < pts.len() {
+        let b = (((pts[i].0 - lo) / width) as usize).min(columns - 1);
+        let mut min: Option<(f64, f64)> = None;
+        let mut max: Option<(f64, f64)> = None;
+        let mut gap = None;
+        while i < pts.len() && (((pts[i].0 - lo) / width) as usize).min(columns - 1) == b {
+            let p = pts[i];
+            if p.1.is_finite() {
+                if min.is_none_or(|m| p.1 < m.1) {
+                    min = Some(p);
+                }
+                if max.is_none_or(|m| p.1 > m.1) {
+                    max = Some(p);
+                }
+            } else if gap.is_none() {
+                gap = Some(p);
+            }
+            i += 1;
+        }
+        let mut bucket: Vec<(f64, f64)> = [min, max, gap].into_iter().flatten().collect();
+        bucket.sort_by(|a, b| a.0.total_cmp(&b.0));
+        bucket.dedup();
+        out.extend(bucket);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debiased_ema_matches_tensorboard() {
+        // TensorBoard: last = last*w + (1-w)*v; debiased = last / (1 - w^n).
+        let s = smooth(&[1.0, 2.0, 3.0], 0.5);
+        assert!((s[0] - 1.0).abs() < 1e-12);
+        // n=2: last = 0.25 + 1.0 = 1.25; / 0.75 = 1.6667
+        assert!((s[1] - 5.0 / 3.0).abs() < 1e-12);
+        // n=3: last = 0.625 + 1.5 = 2.125; / 0.875 = 2.428571…
+        assert!((s[2] - 2.125 / 0.875).abs() < 1e-12);
+        assert_eq!(smooth(&[1.0, 5.0], 0.0), vec![1.0, 5.0]);
+        let g = smooth(&[1.0, f64::NAN, 3.0], 0.9);
+        assert!(g[1].is_nan() && g[2].is_finite());
+    }
+
+    #[test]
+    fn segments_split_where_steps_go_backwards() {
+        assert_eq!(
+            segments(&[1.0, 2.0, 3.0, 2.0, 3.0, 4.0]),
+            vec![(0, 3), (3, 6)]
+        );
+        assert_eq!(segments(&[]), Vec::<(usize, usize)>::new());
+    }
+
+    #[test]
+    fn downsampling_keeps_extremes_per_column() {
+        let xs: Vec<f64> = (0..1000).map(|i| i as f64).collect();
+        let mut ys: Vec<f64> = xs.iter().map(|x| (x / 50.0).sin()).collect();
+        ys[500] = 10.0; // a spike must survive
+        ys[700] = f64::NAN; // a gap must survive
+        let d = downsample(&xs, &ys, 50);
+        assert!(d.len() <= 3 * 50);
+        assert!(d.iter().any(|p| p.1 == 10.0));
+        assert!(d.iter().any(|p| p.1.is_nan()));
+        assert!(d.windows(2).all(|w| w[0].0 <= w[1].0));
+        // Few points pass through untouched.
+        assert_eq!(
+            downsample(&[1.0, 2.0], &[3.0, 4.0], 50),
+            vec![(1.0, 3.0), (2.0, 4.0)]
+        );
+    }
+
+    #[test]
+    fn push_aligns_columns() {
+        let mut s = RunSeries::default();
+        let row = |step, kv: &[(&str, Option<f64>)]| MetricRow {
+            step,
+            time: None,
+            values: kv.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+        };
+        s.push(&row(1, &[("loss", Some(2.0))]));
+        s.push(&row(2, &[("reward", Some(0.5))]));
+        s.push(&row(3, &[("loss", None)]));
+        assert_eq!(s.values["loss"].len(), 3);
+        assert!(s.values["loss"][1].is_nan() && s.values["loss"][2].is_nan());
+        assert!(s.values["reward"][0].is_nan());
+        assert_eq!(s.last("loss"), Some(2.0));
+    }
+}

@@ -1,0 +1,154 @@
+//! Layout and chrome: runs and pipeline on the left, the main view (charts, samples, overview,
+//! logs) on the right, footer hints from the keymap, notices, the prompt box and dialogs. `draw`
+//! is a pure function of the state.
+
+use super::app::{App, Input, Pane, View};
+use super::panes;
+use ratatui::Frame;
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::{Color, Modifier, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Borders, Clear, Paragraph, Tabs, Wrap};
+
+/// Below this size the notebook shows a notice instead of panes.
+pub const MIN_WIDTH: u16 = 40;
+pub const MIN_HEIGHT: u16 = 12;
+
+pub fn draw(f: &mut Frame<'_>, app: &App) {
+    let area = f.area();
+    if area.width < MIN_WIDTH || area.height < MIN_HEIGHT {
+        f.render_widget(
+            Paragraph::new(format!(
+                "terminal too small ({}×{}); stageloop needs {MIN_WIDTH}×{MIN_HEIGHT} · q quits",
+                area.width, area.height
+            ))
+            .wrap(Wrap { trim: true }),
+            area,
+        );
+        return;
+    }
+    let [body, notice, footer] = Layout::vertical([
+        Constraint::Min(1),
+        Constraint::Length(1),
+        Constraint::Length(1),
+    ])
+    .areas(area);
+    if app.maximized {
+        match app.focus {
+            Pane::Runs => panes::runs::draw(f, body, app),
+            Pane::Pipeline => panes::pipeline::draw(f, body, app),
+            Pane::Main => main_view(f, body, app),
+        }
+    } else {
+        let left_w = if body.width >= 110 {
+            46
+        } else {
+            body.width * 2 / 5
+        };
+        let [left, right] =
+            Layout::horizontal([Constraint::Length(left_w), Constraint::Min(10)]).areas(body);
+        let [runs, pipeline] =
+            Layout::vertical([Constraint::Percentage(60), Constraint::Percentage(40)]).areas(left);
+        panes::runs::draw(f, runs, app);
+        panes::pipeline::draw(f, pipeline, app);
+        main_view(f, right, app);
+    }
+    let note = app.notices.back().cloned().unwrap_or_default();
+    f.render_widget(
+        Paragraph::new(note).style(Style::default().fg(Color::Yellow)),
+        notice,
+    );
+    let mut spans = Vec::new();
+    for (k, h) in app.hints() {
+        spans.push(Span::styled(
+            format!(" {k} "),
+            Style::default().fg(Color::Black).bg(Color::Gray),
+        ));
+        spans.push(Span::raw(format!(" {h} ")));
+    }
+    f.render_widget(Paragraph::new(Line::from(spans)), footer);
+    if app.show_help {
+        panes::help::draw(f, body);
+    }
+    if app.confirm_quit {
+        dialog(
+            f,
+            area,
+            "stages are running",
+            "They keep running after the notebook quits; the next notebook picks them up.\nQuit? (y / any other key cancels)",
+        );
+    }
+}
+
+fn main_view(f: &mut Frame<'_>, area: Rect, app: &App) {
+    let [tabs, content] = Layout::vertical([Constraint::Length(1), Constraint::Min(1)]).areas(area);
+    let titles = ["1 charts", "2 samples", "3 overview", "4 logs"];
+    let selected = match app.view {
+        View::Charts => 0,
+        View::Samples => 1,
+        View::Overview => 2,
+        View::Logs => 3,
+    };
+    f.render_widget(
+        Tabs::new(titles).select(selected).highlight_style(
+            Style::default()
+                .fg(Color::Cyan)
+                .add_modifier(Modifier::BOLD),
+        ),
+        tabs,
+    );
+    let [content, prompt] = if app.prompt_output.is_empty() && app.input != Some(Input::Prompt) {
+        [content, Rect::default()]
+    } else {
+        Layout::vertical([Constraint::Min(3), Constraint::Length(4)]).areas(content)
+    };
+    match app.view {
+        View::Charts => panes::charts::draw(f, content, app),
+        View::Samples => panes::samples::draw(f, content, app),
+        View::Overview => panes::overview::draw(f, content, app),
+        View::Logs => panes::logs::draw(f, content, app),
+    }
+    if prompt.height > 0 {
+        prompt_box(f, prompt, app);
+    }
+}
+
+fn prompt_box(f: &mut Frame<'_>, area: Rect, app: &App) {
+    let mut lines = Vec::new();
+    if app.input == Some(Input::Prompt) {
+        lines.push(Line::from(format!("prompt> {}▏", app.input_buf)));
+    }
+    lines.extend(app.prompt_output.iter().map(|l| Line::from(l.clone())));
+    f.render_widget(Clear, area);
+    f.render_widget(
+        Paragraph::new(lines).wrap(Wrap { trim: false }).block(
+            Block::default()
+                .borders(Borders::ALL)
+                .title(" prompt (i, enter samples, esc closes) "),
+        ),
+        area,
+    );
+}
+
+fn dialog(f: &mut Frame<'_>, area: Rect, title: &str, text: &str) {
+    let w = area.width.min(64);
+    let h = 6.min(area.height);
+    let r = Rect::new(
+        area.x + (area.width - w) / 2,
+        area.y + (area.height - h) / 2,
+        w,
+        h,
+    );
+    f.render_widget(Clear, r);
+    f.render_widget(
+        Paragraph::new(text.to_string())
+            .wrap(Wrap { trim: true })
+            .block(
+                Block::default()
+                    .borders(Borders::ALL)
+                    .title(format!(" {title} "))
+                    .border_style(Style::default().fg(Color::Yellow)),
+            ),
+        r,
+    );
+}

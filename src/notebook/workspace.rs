@@ -1,0 +1,330 @@
+//! What the notebook knows about the experiments folder: experiments, their runs, and for each
+//! run its status, metric series, samples, eval report and log tail, read incrementally. Polls
+//! are time-budgeted so a huge log never stalls a frame; missing or malformed files become
+//! notices, never errors.
+
+use super::series::RunSeries;
+use crate::runfs::metrics::MetricsTail;
+use crate::runfs::tail::TailReader;
+use crate::runfs::{self, RunStatus, Status};
+use crate::spec::{self, Experiment};
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime};
+
+/// Lines of `stdout.log` kept per run.
+const LOG_LINES: usize = 500;
+
+/// One line of `samples.jsonl`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub step: u64,
+    pub prompt: String,
+    pub completion: String,
+    pub answer: String,
+    pub rewards: BTreeMap<String, f64>,
+    pub reward: f64,
+    pub advantage: Option<f64>,
+    pub group: Option<u64>,
+}
+
+impl Sample {
+    pub fn parse(line: &str) -> Option<Sample> {
+        let v: serde_json::Value = serde_json::from_str(line).ok()?;
+        let s = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_string();
+        Some(Sample {
+            step: v.get("step")?.as_u64()?,
+            prompt: s("prompt"),
+            completion: s("completion"),
+            answer: s("answer"),
+            rewards: v
+                .get("rewards")
+                .and_then(|r| r.as_object())
+                .map(|m| {
+                    m.iter()
+                        .filter_map(|(k, x)| Some((k.clone(), x.as_f64()?)))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            reward: v.get("reward").and_then(|x| x.as_f64()).unwrap_or(0.0),
+            advantage: v.get("advantage").and_then(|x| x.as_f64()),
+            group: v.get("group").and_then(|x| x.as_u64()),
+        })
+    }
+
+    pub fn correct(&self) -> bool {
+        self.rewards.get("accuracy").copied().unwrap_or(self.reward) >= 1.0
+    }
+
+    pub fn format_ok(&self) -> bool {
+        self.rewards.get("format").copied().unwrap_or(1.0) >= 1.0
+    }
+}
+
+/// One run as the notebook sees it.
+#[derive(Debug)]
+pub struct RunView {
+    pub id: String,
+    pub dir: PathBuf,
+    pub status: Option<RunStatus>,
+    /// Why `run.json` could not be read (absent for runs written by other tools).
+    pub status_error: Option<String>,
+    pub series: RunSeries,
+    pub samples: Vec<Sample>,
+    pub eval: Option<serde_json::Value>,
+    pub log: VecDeque<String>,
+    pub bad_lines: u64,
+    pub last_error: Option<String>,
+    metrics_tail: MetricsTail,
+    csv_loaded: bool,
+    samples_tail: TailReader,
+    log_tail: TailReader,
+    status_mtime: Option<SystemTime>,
+}
+
+fn mtime(p: &Path) -> Option<SystemTime> {
+    std::fs::metadata(p).and_then(|m| m.modified()).ok()
+}
+
+impl RunView {
+    pub fn new(dir: PathBuf) -> RunView {
+        let r = runfs::RunDir::new(dir.clone());
+        RunView {
+            id: r.id(),
+            metrics_tail: MetricsTail::new(r.metrics()),
+            samples_tail: TailReader::new(r.samples()),
+            log_tail: TailReader::new(r.stdout_log()),
+            dir,
+            status: None,
+            status_error: None,
+            series: RunSeries::default(),
+            samples: Vec::new(),
+            eval: None,
+            log: VecDeque::new(),
+            bad_lines: 0,
+            last_error: None,
+            csv_loaded: false,
+            status_mtime: None,
+        }
+    }
+
+    /// The status to show (`crashed` for a running status whose process is gone).
+    pub fn effective_status(&self) -> Option<Status> {
+        self.status.as_ref().map(|s| s.effective_status())
+    }
+
+    pub fn stage(&self) -> &str {
+        self.status.as_ref().map(|s| s.stage.as_str()).unwrap_or("")
+    }
+
+    /// Read what changed; returns whether anything did.
+    pub fn poll(&mut self, deadline: Instant) -> bool {
+        let mut changed = false;
+        let rj = self.dir.join(runfs::RUN_JSON);
+        let mt = mtime(&rj);
+        if mt != self.status_mtime {
+            self.status_mtime = mt;
+            changed = true;
+            match RunStatus::load(&self.dir) {
+                Ok(s) => {
+                    self.status = Some(s);
+                    self.status_error = None;
+                }
+                Err(e) if rj.exists() => self.status_error = Some(e), // keep the last good one
+                Err(_) => {}
+            }
+            if let Ok(text) = std::fs::read_to_string(self.dir.join(runfs::EVAL_JSON)) {
+                self.eval = serde_json::from_str(&text).ok();
+            }
+        }
+        if let Ok(p) = self.metrics_tail.poll(Some(deadline)) {
+            if p.reset {
+                self.series = RunSeries::default();
+            }
+            changed |= p.reset || !p.rows.is_empty();
+            for r in &p.rows {
+                self.series.push(r);
+            }
+            self.bad_lines = self.metrics_tail.bad_lines;
+            self.last_error = self.metrics_tail.last_error.clone();
+        }
+        if self.series.is_empty() && !self.csv_loaded {
+            self.csv_loaded = true;
+            changed |= self.load_csv();
+        }
+        if let Ok(p) = self.samples_tail.poll(Some(deadline)) {
+            if p.reset {
+                self.samples.clear();
+            }
+            changed |= p.reset || !p.lines.is_empty();
+            self.samples
+                .extend(p.lines.iter().filter_map(|l| Sample::parse(l)));
+        }
+        if let Ok(p) = self.log_tail.poll(Some(deadline)) {
+            if p.reset {
+                self.log.clear();
+            }
+            changed |= !p.lines.is_empty();
+            for l in p.lines {
+                if self.log.len() == LOG_LINES {
+                    self.log.pop_front();
+                }
+                self.log.push_back(l);
+            }
+        }
+        changed
+    }
+
+    /// A `metrics.csv` written by another tool: read once (first row is the header).
+    fn load_csv(&mut self) -> bool {
+        let Ok(text) = std::fs::read_to_string(self.dir.join(runfs::METRICS_CSV)) else {
+            return false;
+        };
+        let mut lines = text.lines();
+        let Some(header) = lines.next() else {
+            return false;
+        };
+        let cols: Vec<&str> = header.split(',').map(str::trim).collect();
+        let Some(si) = cols.iter().position(|c| *c == "step") else {
+            self.last_error = Some("metrics.csv has no `step` column".into());
+            return false;
+        };
+        for line in lines {
+            let cells: Vec<&str> = line.split(',').collect();
+            let Some(step) = cells.get(si).and_then(|c| c.trim().parse::<f64>().ok()) else {
+                self.bad_lines += 1;
+                continue;
+            };
+            let mut values = BTreeMap::new();
+            let mut time = None;
+            for (i, c) in cols.iter().enumerate() {
+                if i == si {
+                    continue;
+                }
+                let v = cells.get(i).and_then(|x| x.trim().parse::<f64>().ok());
+                if *c == "time" {
+                    time = v;
+                } else {
+                    values.insert(c.to_string(), v);
+                }
+            }
+            self.series.push(&runfs::metrics::MetricRow {
+                step: step as u64,
+                time,
+                values,
+            });
+        }
+        true
+    }
+}
+
+/// One experiment folder.
+#[derive(Debug)]
+pub struct ExperimentView {
+    pub name: String,
+    pub dir: PathBuf,
+    pub spec: Result<Experiment, String>,
+    pub runs: Vec<RunView>,
+}
+
+/// Everything under the notebook's root folder.
+#[derive(Debug)]
+pub struct Workspace {
+    pub root: PathBuf,
+    pub experiments: Vec<ExperimentView>,
+}
+
+impl Workspace {
+    pub fn new(root: &Path) -> Workspace {
+        let mut w = Workspace {
+            root: root.to_path_buf(),
+            experiments: Vec::new(),
+        };
+        w.rescan();
+        w
+    }
+
+    fn experiment_dirs(&self) -> Vec<PathBuf> {
+        if self.root.join("experiment.toml").is_file() || self.root.join("runs").is_dir() {
+            return vec![self.root.clone()];
+        }
+        let mut dirs: Vec<PathBuf> = std::fs::read_dir(&self.root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.join("experiment.toml").is_file() || p.join("runs").is_dir())
+            .collect();
+        dirs.sort();
+        dirs
+    }
+
+    /// Pick up new and deleted experiments and runs; keeps what was already read.
+    pub fn rescan(&mut self) -> bool {
+        let mut changed = false;
+        let dirs = self.experiment_dirs();
+        let before = self.experiments.len();
+        self.experiments.retain(|e| dirs.contains(&e.dir));
+        changed |= before != self.experiments.len();
+        for d in dirs {
+            let idx = match self.experiments.iter().position(|e| e.dir == d) {
+                Some(i) => i,
+                None => {
+                    let name = d
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_else(|| d.display().to_string());
+                    self.experiments.push(ExperimentView {
+                        name,
+                        spec: Err(String::new()),
+                        dir: d.clone(),
+                        runs: Vec::new(),
+                    });
+                    changed = true;
+                    self.experiments.len() - 1
+                }
+            };
+            let e = &mut self.experiments[idx];
+            let spec_file = e.dir.join("experiment.toml");
+            e.spec = if spec_file.is_file() {
+                spec::load(&e.dir).map_err(|err| err.to_string())
+            } else {
+                Err("no experiment.toml (runs written by another tool)".into())
+            };
+            let runs = runfs::list_runs(&e.dir.join("runs"));
+            let before = e.runs.len();
+            e.runs.retain(|r| runs.iter().any(|x| x.path == r.dir));
+            changed |= before != e.runs.len();
+            for r in runs {
+                if !e.runs.iter().any(|x| x.dir == r.path) {
+                    e.runs.push(RunView::new(r.path));
+                    changed = true;
+                }
+            }
+            e.runs.sort_by(|a, b| a.id.cmp(&b.id));
+        }
+        self.experiments.sort_by(|a, b| a.dir.cmp(&b.dir));
+        changed
+    }
+
+    /// Tail every run until `deadline`; returns whether anything changed.
+    pub fn poll(&mut self, deadline: Instant) -> bool {
+        let mut changed = false;
+        for e in &mut self.experiments {
+            for r in &mut e.runs {
+                changed |= r.poll(deadline);
+            }
+        }
+        changed
+    }
+
+    /// All running runs' pids.
+    pub fn running_pids(&self) -> Vec<u32> {
+        self.experiments
+            .iter()
+            .flat_map(|e| &e.runs)
+            .filter(|r| r.effective_status() == Some(Status::Running))
+            .filter_map(|r| r.status.as_ref().and_then(|s| s.pid))
+            .collect()
+    }
+}
