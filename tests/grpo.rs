@@ -103,8 +103,8 @@ fn one_step_raises_the_logprob_of_a_positive_advantage_completion() {
     let total = |m: &Gpt| -> f32 {
         let lp = target_logprobs(
             &m.valid(),
-            inputs.clone().inner_int(),
-            targets.clone().inner_int(),
+            inputs.clone().inner(),
+            targets.clone().inner(),
             1.0,
         );
         let mk = mask.clone().inner();
@@ -132,23 +132,6 @@ fn one_step_raises_the_logprob_of_a_positive_advantage_completion() {
     model = optim.step(1e-2, model, grads);
     let after = total(&model);
     assert!(after > before + 1e-3, "log-prob {before} → {after}");
-}
-
-trait Inner {
-    fn inner(self) -> Tensor<2>;
-}
-impl Inner for Tensor<2> {
-    fn inner(self) -> Tensor<2> {
-        Tensor::from_data(self.into_data(), &Device::flex())
-    }
-}
-trait InnerInt {
-    fn inner_int(self) -> Tensor<2, Int>;
-}
-impl InnerInt for Tensor<2, Int> {
-    fn inner_int(self) -> Tensor<2, Int> {
-        Tensor::from_data(self.into_data(), &Device::flex())
-    }
 }
 
 const TINY_RL: &str = r#"name = "tiny-rl"

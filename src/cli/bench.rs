@@ -17,7 +17,10 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
-    if a.heads == 0 || a.d_model % a.heads != 0 || (a.d_model / a.heads) % 2 != 0 {
+    if a.heads == 0
+        || !a.d_model.is_multiple_of(a.heads)
+        || !(a.d_model / a.heads).is_multiple_of(2)
+    {
         anyhow::bail!("--heads must divide --d-model into an even head size");
     }
     if a.new_tokens + 2 > a.ctx {

@@ -247,10 +247,9 @@ impl App {
                 .experiments
                 .get(*e)
                 .and_then(|x| x.runs.iter().find(|r| &r.id == id))
+                && !out.iter().any(|o| o.dir == r.dir)
             {
-                if !out.iter().any(|o| o.dir == r.dir) {
-                    out.push(r);
-                }
+                out.push(r);
             }
         }
         out
@@ -425,12 +424,13 @@ impl App {
         match key.code {
             KeyCode::Esc => {
                 self.input = None;
-                if input == Input::RunFilter {
-                    self.run_filter.clear();
+                self.input_buf.clear();
+                match input {
+                    Input::RunFilter => self.run_filter.clear(),
+                    Input::MetricFilter => self.metric_filter.clear(),
+                    Input::Prompt => {}
                 }
-                if input == Input::MetricFilter {
-                    self.metric_filter.clear();
-                }
+                return Vec::new();
             }
             KeyCode::Enter => {
                 self.input = None;
@@ -443,6 +443,7 @@ impl App {
                     }
                     self.notice("select a run with a checkpoint first");
                 }
+                return Vec::new();
             }
             KeyCode::Backspace => {
                 self.input_buf.pop();
@@ -613,10 +614,10 @@ impl App {
                 .then(|| r.status.as_ref().and_then(|s| s.pid))
                 .flatten()
         };
-        if let Some(Row::Run(e, r)) = self.current_row() {
-            if self.focus != Pane::Pipeline {
-                return running(&self.ws.experiments[e].runs[r]);
-            }
+        if let Some(Row::Run(e, r)) = self.current_row()
+            && self.focus != Pane::Pipeline
+        {
+            return running(&self.ws.experiments[e].runs[r]);
         }
         let e = self.selected_experiment()?;
         let stage = self.stages().get(self.stage_cursor).cloned();

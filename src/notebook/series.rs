@@ -131,7 +131,7 @@ pub fn downsample(xs: &[f64], ys: &[f64], columns: usize) -> Vec<(f64, f64)> {
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
             (a.min(x), b.max(x))
         });
-    if !(hi > lo) {
+    if hi.partial_cmp(&lo) != Some(std::cmp::Ordering::Greater) {
         return pts;
     }
     let width = (hi - lo) / columns as f64;

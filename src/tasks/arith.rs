@@ -84,20 +84,50 @@ impl Task for Arith {
             }
         }
     }
+    /// A systematic slip: at one step the carry is dropped (digit-wise sum mod 10), the classic
+    /// misconception, so an imperfect model has one consistent wrong mode rather than noise.
+    /// Problems without a carry get an off-by-one slip instead.
     fn slipped(&self, p: &Problem, rng: &mut TaskRng) -> (String, String) {
         let t = terms(&p.prompt).unwrap_or_default();
-        let at = rng.random_range(1..t.len().max(2));
-        let mut acc = t[0] as i64;
+        let mut acc = t[0];
+        let carry_steps: Vec<usize> = t[1..]
+            .iter()
+            .enumerate()
+            .filter_map(|(i, x)| {
+                let before = acc;
+                acc += x;
+                (add_no_carry(before, *x) != before + x).then_some(i)
+            })
+            .collect();
+        let at = if carry_steps.is_empty() {
+            None
+        } else {
+            Some(carry_steps[rng.random_range(0..carry_steps.len())])
+        };
+        let mut acc = t[0];
         let mut parts = Vec::new();
         for (i, x) in t[1..].iter().enumerate() {
-            acc += *x as i64;
-            if i + 1 == at {
-                acc += if acc > 10 && rng.random() { -10 } else { 1 };
-            }
+            acc = match at {
+                Some(a) if a == i => add_no_carry(acc, *x),
+                None if i + 1 == t.len() - 1 => acc + x + 1,
+                _ => acc + x,
+            };
             parts.push(reversed(acc));
         }
         (parts.join(","), acc.to_string())
     }
+}
+
+/// `a + b` with every carry dropped: each digit is `(a_i + b_i) mod 10`.
+pub fn add_no_carry(mut a: u64, mut b: u64) -> u64 {
+    let (mut out, mut place) = (0, 1);
+    while a > 0 || b > 0 {
+        out += ((a % 10 + b % 10) % 10) * place;
+        a /= 10;
+        b /= 10;
+        place *= 10;
+    }
+    out
 }
 
 #[cfg(test)]
@@ -114,5 +144,15 @@ mod tests {
         assert_eq!(a.accuracy("37+5+82=", ""), 0.0);
         assert_eq!(a.accuracy("garbage", "1"), 0.0);
         assert_eq!(trace_of(&[37, 5, 82]), "24,421");
+    }
+
+    #[test]
+    fn slips_drop_a_carry() {
+        assert_eq!(add_no_carry(37, 5), 32);
+        assert_eq!(add_no_carry(99, 1), 90);
+        assert_eq!(add_no_carry(12, 34), 46);
+        let p = Arith.generate(&mut rand::SeedableRng::seed_from_u64(0), 2);
+        let (trace, answer) = Arith.slipped(&p, &mut rand::SeedableRng::seed_from_u64(1));
+        assert_ne!(answer, p.answer, "{p:?} {trace}");
     }
 }

@@ -141,7 +141,7 @@ fn bounds(lines: &[Line]) -> Option<([f64; 2], [f64; 2])> {
 
 fn fmt_num(v: f64) -> String {
     let a = v.abs();
-    if a != 0.0 && (a >= 1e5 || a < 1e-3) {
+    if a != 0.0 && !(1e-3..1e5).contains(&a) {
         format!("{v:.2e}")
     } else if a >= 100.0 {
         format!("{v:.0}")
@@ -268,24 +268,20 @@ fn draw_one(f: &mut Frame<'_>, area: Rect, app: &App, metric: &str, focused: boo
 pub fn draw(f: &mut Frame<'_>, area: Rect, app: &App) {
     let metrics = app.chart_metrics();
     let focused = app.focus == Pane::Main;
-    let header = format!(
-        "charts · smoothing {:.1} · x: {} · {}{}",
-        app.smoothing,
-        app.x_axis.label(),
-        if app.log_y { "log-y · " } else { "" },
-        if app.metric_filter.is_empty() && app.input.is_none() {
-            String::new()
-        } else {
-            format!(
-                "metrics /{}",
-                if app.input.is_some() {
-                    &app.input_buf
-                } else {
-                    &app.metric_filter
-                }
-            )
-        }
-    );
+    let mut parts = vec![
+        format!("smoothing {:.1}", app.smoothing),
+        format!("x: {}", app.x_axis.label()),
+    ];
+    if app.log_y {
+        parts.push("log-y".into());
+    }
+    let filter = if app.input == Some(crate::notebook::app::Input::MetricFilter) {
+        Some(format!("metrics /{}▏", app.input_buf))
+    } else {
+        (!app.metric_filter.is_empty()).then(|| format!("metrics /{}", app.metric_filter))
+    };
+    parts.extend(filter);
+    let header = format!("charts · {}", parts.join(" · "));
     if metrics.is_empty() {
         let msg = match app.selected_run() {
             None => "select a run (↑/↓ in the runs pane)".to_string(),

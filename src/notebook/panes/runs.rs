@@ -13,6 +13,16 @@ fn bar(frac: f64, width: usize) -> String {
     format!("{}{}", "█".repeat(full), "░".repeat(width - full))
 }
 
+/// A run id without its date (`20261130-064244-sft` → `064244-sft`); other names as they are.
+fn label(id: &str) -> String {
+    match id.split_once('-') {
+        Some((date, rest)) if date.len() == 8 && date.bytes().all(|b| b.is_ascii_digit()) => {
+            rest.to_string()
+        }
+        _ => id.to_string(),
+    }
+}
+
 pub fn draw(f: &mut Frame<'_>, area: Rect, app: &App) {
     let rows = app.rows();
     let mut items = Vec::with_capacity(rows.len());
@@ -24,14 +34,14 @@ pub fn draw(f: &mut Frame<'_>, area: Rect, app: &App) {
                     ex.name.clone(),
                     Style::default().add_modifier(Modifier::BOLD),
                 )];
-                if let Err(err) = &ex.spec {
-                    if ex.dir.join("experiment.toml").is_file() {
-                        spans.push(Span::styled(
-                            " ⚠ invalid spec",
-                            Style::default().fg(Color::Red),
-                        ));
-                        let _ = err;
-                    }
+                if let Err(err) = &ex.spec
+                    && ex.dir.join("experiment.toml").is_file()
+                {
+                    spans.push(Span::styled(
+                        " ⚠ invalid spec",
+                        Style::default().fg(Color::Red),
+                    ));
+                    let _ = err;
                 }
                 spans.push(Span::styled(
                     format!("  {} runs", ex.runs.len()),
@@ -57,29 +67,30 @@ pub fn draw(f: &mut Frame<'_>, area: Rect, app: &App) {
                         if marked { " ◆ " } else { "   " },
                         Style::default().fg(run_color(&run.id)),
                     ),
-                    Span::raw(run.id.clone()),
+                    Span::raw(label(&run.id)),
                     Span::raw(" "),
                     Span::styled(status.clone(), Style::default().fg(status_color(&status))),
                 ];
-                if let Some(s) = &run.status {
-                    if s.progress.total > 0 {
-                        let frac = s.progress.step as f64 / s.progress.total as f64;
-                        spans.push(Span::raw(format!(
-                            " {} {}/{}",
-                            bar(frac, 8),
-                            s.progress.step,
-                            s.progress.total
-                        )));
-                        if status == "running" && s.progress.step > 0 {
-                            if let Some(start) = s.started {
-                                let elapsed = app.now - start;
-                                let eta = elapsed / frac.max(1e-9) - elapsed;
-                                spans.push(Span::styled(
-                                    format!(" eta {}", duration(eta)),
-                                    Style::default().fg(Color::DarkGray),
-                                ));
-                            }
-                        }
+                if let Some(s) = &run.status
+                    && s.progress.total > 0
+                {
+                    let frac = s.progress.step as f64 / s.progress.total as f64;
+                    spans.push(Span::raw(format!(
+                        " {} {}/{}",
+                        bar(frac, 8),
+                        s.progress.step,
+                        s.progress.total
+                    )));
+                    if status == "running"
+                        && s.progress.step > 0
+                        && let Some(start) = s.started
+                    {
+                        let elapsed = app.now - start;
+                        let eta = elapsed / frac.max(1e-9) - elapsed;
+                        spans.push(Span::styled(
+                            format!(" eta {}", duration(eta)),
+                            Style::default().fg(Color::DarkGray),
+                        ));
                     }
                 }
                 if run.bad_lines > 0 {

@@ -1,0 +1,336 @@
+//! The notebook: `update` driven by key events, and every pane rendered into ratatui's
+//! `TestBackend` and compared with insta snapshots (fixed data, fixed clock).
+
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use ratatui::Terminal;
+use ratatui::backend::TestBackend;
+use stageloop::notebook::app::{App, Effect, Pane, SampleFilter, SampleMode, View};
+use stageloop::notebook::ui;
+use stageloop::notebook::workspace::Workspace;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const SPEC: &str = r#"name = "demo"
+[task]
+name = "arith"
+[[stage]]
+name = "pre"
+kind = "pretrain"
+steps = 4
+[[stage]]
+name = "rl"
+kind = "grpo"
+init = "pre"
+steps = 3
+[[stage]]
+name = "ev"
+kind = "eval"
+init = "rl"
+"#;
+
+fn run_json(
+    id: &str,
+    stage: &str,
+    kind: &str,
+    status: &str,
+    step: u64,
+    total: u64,
+    pid: Option<u32>,
+) -> String {
+    let pid = pid.map(|p| format!("\"pid\": {p},")).unwrap_or_default();
+    format!(
+        r#"{{"id": "{id}", "experiment": "demo", "stage": "{stage}", "kind": "{kind}", "status": "{status}", {pid}
+"started": 1000.0, "progress": {{"step": {step}, "total": {total}}}, "config": {{"lr": 0.001}}, "init": "runs/x/checkpoints/step-000004"}}"#
+    )
+}
+
+/// A workspace with one experiment and three runs (pretrain done, grpo running, eval done) and a
+/// folder written by another tool.
+fn fixture(root: &Path) {
+    let exp = root.join("demo");
+    std::fs::create_dir_all(exp.join("runs")).unwrap();
+    std::fs::write(exp.join("experiment.toml"), SPEC).unwrap();
+    let mk = |id: &str| {
+        let d = exp.join("runs").join(id);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    };
+    let pre = mk("20261130-010000-pre");
+    std::fs::write(
+        pre.join("run.json"),
+        run_json("20261130-010000-pre", "pre", "pretrain", "done", 4, 4, None),
+    )
+    .unwrap();
+    let mut m = String::new();
+    for (s, l) in [(1, 3.0), (2, 2.5), (3, 2.0), (4, 1.5)] {
+        m.push_str(&format!(
+            "{{\"step\":{s},\"time\":{},\"loss\":{l},\"learning_rate\":0.001}}\n",
+            1000 + s * 10
+        ));
+    }
+    std::fs::write(pre.join("metrics.jsonl"), m).unwrap();
+    std::fs::write(pre.join("stdout.log"), "step 1\nstep 2\nstep 3\nstep 4\n").unwrap();
+
+    let rl = mk("20261130-010100-rl");
+    std::fs::write(
+        rl.join("run.json"),
+        run_json(
+            "20261130-010100-rl",
+            "rl",
+            "grpo",
+            "running",
+            2,
+            3,
+            Some(std::process::id()),
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        rl.join("metrics.jsonl"),
+        "{\"step\":1,\"time\":1100.0,\"reward\":0.2,\"kl\":null}\nnot json\n{\"step\":2,\"time\":1110.0,\"reward\":0.5,\"kl\":0.01}\n",
+    )
+    .unwrap();
+    let sample = |step: u64, group: u64, completion: &str, acc: f64, fmt: f64, adv: f64| {
+        format!(
+            "{{\"step\":{step},\"prompt\":\"1+2=\",\"completion\":\"{completion}\",\"answer\":\"3\",\"rewards\":{{\"accuracy\":{acc},\"format\":{fmt}}},\"reward\":{acc},\"advantage\":{adv},\"group\":{group}}}\n"
+        )
+    };
+    let mut s = String::new();
+    s += &sample(1, 0, "<think>3</think><answer>3</answer>", 1.0, 1.0, 1.0);
+    s += &sample(1, 0, "<think>4</think><answer>4</answer>", 0.0, 1.0, -1.0);
+    s += &sample(2, 0, "<think>3</think><answer>3</answer>", 1.0, 1.0, 0.5);
+    s += &sample(2, 1, "<answer>5</answer>", 0.0, 0.0, -0.5);
+    std::fs::write(rl.join("samples.jsonl"), s).unwrap();
+
+    let ev = mk("20261130-010200-ev");
+    std::fs::write(
+        ev.join("run.json"),
+        run_json("20261130-010200-ev", "ev", "eval", "done", 10, 10, None),
+    )
+    .unwrap();
+    std::fs::write(
+        ev.join("metrics.jsonl"),
+        "{\"step\":3,\"eval/pass@1\":0.42}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        ev.join("eval.json"),
+        r#"{"task":"arith","n":10,"pass@1":0.42,"greedy":0.5,"pass@k":0.7,"k":4,"maj@k":0.5,"format_rate":0.98,"mean_length":11.5}"#,
+    )
+    .unwrap();
+
+    // A run folder written by another program: only a CSV log.
+    let ext = root.join("torch-baseline/runs/run-a");
+    std::fs::create_dir_all(&ext).unwrap();
+    std::fs::write(ext.join("metrics.csv"), "step,loss\n1,4.0\n2,3.0\n3,2.5\n").unwrap();
+}
+
+fn app(root: &Path) -> App {
+    let mut ws = Workspace::new(root);
+    ws.poll(Instant::now() + Duration::from_secs(5));
+    let mut a = App::new(ws);
+    a.now = 1130.0;
+    a
+}
+
+fn key(c: char) -> KeyEvent {
+    KeyEvent::new(KeyCode::Char(c), KeyModifiers::NONE)
+}
+
+fn code(c: KeyCode) -> KeyEvent {
+    KeyEvent::new(c, KeyModifiers::NONE)
+}
+
+fn render(app: &App, w: u16, h: u16) -> String {
+    let mut t = Terminal::new(TestBackend::new(w, h)).unwrap();
+    t.draw(|f| ui::draw(f, app)).unwrap();
+    let buf = t.backend().buffer().clone();
+    let mut out = String::new();
+    for y in 0..h {
+        for x in 0..w {
+            out.push_str(buf[(x, y)].symbol());
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[test]
+fn workspace_reads_runs_counts_bad_lines_and_external_csv() {
+    let d = tempfile::tempdir().unwrap();
+    fixture(d.path());
+    let a = app(d.path());
+    assert_eq!(a.ws.experiments.len(), 2);
+    let demo = &a.ws.experiments[0];
+    assert_eq!(demo.runs.len(), 3);
+    let rl = &demo.runs[1];
+    assert_eq!(rl.bad_lines, 1);
+    assert_eq!(rl.series.values["reward"], vec![0.2, 0.5]);
+    assert!(rl.series.values["kl"][0].is_nan());
+    assert_eq!(rl.samples.len(), 4);
+    let ext = &a.ws.experiments[1].runs[0];
+    assert_eq!(ext.series.values["loss"], vec![4.0, 3.0, 2.5]);
+}
+
+#[test]
+fn keys_move_select_mark_and_filter() {
+    let d = tempfile::tempdir().unwrap();
+    fixture(d.path());
+    let mut a = app(d.path());
+    // rows: demo, ev, rl, pre, torch-baseline, run-a (runs newest first)
+    assert_eq!(a.rows().len(), 6);
+    a.on_key(code(KeyCode::Down));
+    assert_eq!(a.selected_run().unwrap().id, "20261130-010200-ev");
+    a.on_key(key('j'));
+    a.on_key(key('j'));
+    assert_eq!(a.selected_run().unwrap().id, "20261130-010000-pre");
+    a.on_key(key(' '));
+    a.on_key(key('k'));
+    assert_eq!(a.chart_runs().len(), 2, "selected + marked overlay");
+    a.on_key(key('/'));
+    for c in "torch".chars() {
+        a.on_key(key(c));
+    }
+    a.on_key(code(KeyCode::Enter));
+    assert_eq!(a.rows().len(), 2);
+    a.on_key(key('/'));
+    a.on_key(code(KeyCode::Esc));
+    assert_eq!(a.rows().len(), 6);
+}
+
+#[test]
+fn views_and_sample_browser() {
+    let d = tempfile::tempdir().unwrap();
+    fixture(d.path());
+    let mut a = app(d.path());
+    a.on_key(key('j'));
+    a.on_key(key('j')); // the grpo run
+    a.on_key(key('2'));
+    assert_eq!((a.view, a.focus), (View::Samples, Pane::Main));
+    assert_eq!(a.sample_step(), Some(2));
+    assert_eq!(a.visible_samples().len(), 2);
+    a.on_key(code(KeyCode::Left));
+    assert_eq!(a.sample_step(), Some(1));
+    a.on_key(key('f'));
+    assert_eq!(a.sample_filter, SampleFilter::Correct);
+    assert_eq!(a.visible_samples().len(), 1);
+    a.on_key(key('f'));
+    a.on_key(key('f'));
+    assert_eq!(a.sample_filter, SampleFilter::FormatFailure);
+    a.on_key(key('f'));
+    a.on_key(code(KeyCode::Right));
+    a.on_key(key('p'));
+    assert_eq!(a.sample_mode, SampleMode::Prompt("1+2=".into()));
+    assert_eq!(a.visible_samples().len(), 4);
+    a.on_key(code(KeyCode::Esc));
+    a.on_key(key('g'));
+    assert_eq!(a.sample_mode, SampleMode::Group(0));
+    assert_eq!(a.visible_samples().len(), 1);
+    a.on_key(key('1'));
+    a.on_key(key('y'));
+    a.on_key(key('t'));
+    a.on_key(key('S'));
+    assert!(a.log_y);
+    assert!((a.smoothing - 0.5).abs() < 1e-9);
+}
+
+#[test]
+fn stage_control_effects_and_quit_confirmation() {
+    let d = tempfile::tempdir().unwrap();
+    fixture(d.path());
+    let mut a = app(d.path());
+    a.on_key(code(KeyCode::Tab)); // pipeline
+    a.on_key(key('j'));
+    let eff = a.on_key(key('r'));
+    assert_eq!(
+        eff,
+        vec![Effect::Spawn {
+            exp: d.path().join("demo"),
+            stage: Some("rl".into())
+        }]
+    );
+    // the grpo run is "running" with our own (live) pid
+    let eff = a.on_key(key('x'));
+    assert_eq!(
+        eff,
+        vec![Effect::Stop {
+            pid: std::process::id()
+        }]
+    );
+    let eff = a.on_key(KeyEvent::new(KeyCode::Char('R'), KeyModifiers::SHIFT));
+    assert_eq!(
+        eff,
+        vec![Effect::Spawn {
+            exp: d.path().join("demo"),
+            stage: None
+        }]
+    );
+    // quitting with a running stage asks first
+    assert!(a.on_key(key('q')).is_empty());
+    assert!(a.confirm_quit);
+    assert!(a.on_key(key('n')).is_empty());
+    a.on_key(key('q'));
+    assert_eq!(a.on_key(key('y')), vec![Effect::Quit]);
+}
+
+#[test]
+fn snapshots_of_each_view() {
+    let d = tempfile::tempdir().unwrap();
+    fixture(d.path());
+    let mut a = app(d.path());
+    a.on_key(key('j'));
+    a.on_key(key('j'));
+    a.smoothing = 0.0;
+    insta::assert_snapshot!("charts", render(&a, 120, 32));
+    a.on_key(key('2'));
+    insta::assert_snapshot!("samples", render(&a, 120, 32));
+    a.on_key(key('3'));
+    insta::assert_snapshot!("overview", render(&a, 120, 32));
+    a.on_key(key('4'));
+    a.on_key(code(KeyCode::Tab));
+    a.on_key(key('k'));
+    a.on_key(key('j'));
+    a.on_key(key('j'));
+    a.on_key(key('j')); // pre run: has a log
+    a.focus = Pane::Main;
+    insta::assert_snapshot!("logs", render(&a, 120, 32));
+    a.on_key(key('?'));
+    insta::assert_snapshot!("help", render(&a, 120, 40));
+    a.on_key(key('?'));
+    a.on_key(key('1'));
+    a.on_key(code(KeyCode::Enter));
+    insta::assert_snapshot!("chart_zoom", render(&a, 100, 24));
+}
+
+#[test]
+fn tiny_terminal_and_broken_files_never_crash() {
+    let d = tempfile::tempdir().unwrap();
+    fixture(d.path());
+    // a half-written run.json and a deleted run
+    std::fs::write(
+        d.path().join("demo/runs/20261130-010200-ev/run.json"),
+        "{\"id\": \"x\", \"sta",
+    )
+    .unwrap();
+    let mut a = app(d.path());
+    insta::assert_snapshot!("tiny", render(&a, 40, 12));
+    let s = render(&a, 39, 11);
+    assert!(s.contains("too small"));
+    std::fs::remove_dir_all(d.path().join("demo/runs/20261130-010000-pre")).unwrap();
+    a.ws.rescan();
+    a.ws.poll(Instant::now() + Duration::from_secs(1));
+    assert_eq!(a.ws.experiments[0].runs.len(), 2);
+    let ev = &a.ws.experiments[0].runs[1];
+    assert!(
+        ev.status_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("run.json"),
+        "{:?}",
+        ev.status_error
+    );
+    for c in ['j', 'j', 'j', '2', '3', '4', '1', 'z'] {
+        a.on_key(key(c));
+        render(&a, 60, 16);
+    }
+}
