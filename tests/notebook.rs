@@ -165,11 +165,14 @@ fn workspace_reads_runs_counts_bad_lines_and_external_csv() {
     assert_eq!(demo.runs.len(), 3);
     let rl = &demo.runs[1];
     assert_eq!(rl.bad_lines, 1);
-    assert_eq!(rl.series.values["reward"], vec![0.2, 0.5]);
-    assert!(rl.series.values["kl"][0].is_nan());
+    assert_eq!(
+        rl.series.column("reward").unwrap(),
+        vec![0.2f32 as f64, 0.5]
+    );
+    assert!(rl.series.column("kl").unwrap()[0].is_nan());
     assert_eq!(rl.samples.len(), 4);
     let ext = &a.ws.experiments[1].runs[0];
-    assert_eq!(ext.series.values["loss"], vec![4.0, 3.0, 2.5]);
+    assert_eq!(ext.series.column("loss").unwrap(), vec![4.0, 3.0, 2.5]);
 }
 
 #[test]

@@ -69,3 +69,32 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `stageloop bench --notebook`.
+pub fn notebook(runs: usize, points: usize, json: bool) -> anyhow::Result<()> {
+    let r = crate::notebook::bench::run(runs, points)?;
+    if json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!(
+            "workspace                      {} runs × {} points",
+            r.runs, r.points_per_run
+        );
+        println!("open (selected run read, drawn) {:.2} s", r.open_secs);
+        println!("everything read                {:.2} s", r.full_load_secs);
+        println!("frame, median                  {:.2} ms", r.frame_ms_median);
+        println!(
+            "frame, all runs overlaid       {:.2} ms",
+            r.frame_ms_median_overlay_all
+        );
+        println!(
+            "appended line → on screen      {:.1} ms",
+            r.append_to_screen_ms
+        );
+        println!(
+            "peak RSS                       {:.0} MB",
+            r.peak_rss_bytes as f64 / 1e6
+        );
+    }
+    Ok(())
+}

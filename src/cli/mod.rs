@@ -175,6 +175,14 @@ pub enum Command {
         /// Print one JSON line.
         #[arg(long)]
         json: bool,
+        /// Benchmark the notebook instead: open, frame, append-to-screen and memory on a
+        /// synthetic workspace of --runs × --points metric lines.
+        #[arg(long)]
+        notebook: bool,
+        #[arg(long, default_value_t = 50)]
+        runs: usize,
+        #[arg(long, default_value_t = 200_000)]
+        points: usize,
     },
 }
 
@@ -258,6 +266,13 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 },
         }) => data::generate(&task, n, &out, &kind, difficulty, seed),
         Some(Command::Bench {
+            json,
+            notebook: true,
+            runs,
+            points,
+            ..
+        }) => bench::notebook(runs, points, json),
+        Some(Command::Bench {
             d_model,
             layers,
             heads,
@@ -268,6 +283,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
             new_tokens,
             steps,
             json,
+            ..
         }) => bench::run(bench::Args {
             d_model,
             layers,

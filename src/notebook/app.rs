@@ -223,6 +223,20 @@ impl App {
             .copied()
     }
 
+    /// (experiment, run) indices of the selected run, for polling it first.
+    pub fn selected_index(&self) -> Option<(usize, usize)> {
+        match self.current_row()? {
+            Row::Run(e, r) => Some((e, r)),
+            Row::Experiment(e) => Some((e, self.ws.experiments.get(e)?.runs.len().checked_sub(1)?)),
+        }
+    }
+
+    /// Read new lines, the selected run first, until `deadline`.
+    pub fn poll(&mut self, deadline: std::time::Instant) -> bool {
+        let first = self.selected_index();
+        self.ws.poll_from(first, deadline)
+    }
+
     /// The experiment of the selected row.
     pub fn selected_experiment(&self) -> Option<usize> {
         match self.current_row()? {
@@ -260,7 +274,7 @@ impl App {
     pub fn chart_metrics(&self) -> Vec<String> {
         let mut names: BTreeSet<String> = BTreeSet::new();
         for r in self.chart_runs() {
-            names.extend(r.series.values.keys().cloned());
+            names.extend(r.series.names().cloned());
         }
         let f = self.metric_filter.to_lowercase();
         let rank = |n: &str| match n {

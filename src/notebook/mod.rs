@@ -8,6 +8,7 @@
 //! every 16 ms.
 
 pub mod app;
+pub mod bench;
 pub mod event;
 pub mod keymap;
 pub mod panes;
@@ -132,7 +133,7 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
             let ev = match rx.recv_timeout(FRAME) {
                 Ok(ev) => ev,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    dirty |= app.ws.poll(Instant::now() + POLL_BUDGET);
+                    dirty |= app.poll(Instant::now() + POLL_BUDGET);
                     continue;
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
@@ -148,10 +149,8 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
                 }
                 Event::Resize(..) => dirty = true,
                 Event::Mouse(_) => {}
-                Event::Fs | Event::Tick => dirty |= app.ws.poll(Instant::now() + POLL_BUDGET),
-                Event::Rescan => {
-                    dirty |= app.ws.rescan() | app.ws.poll(Instant::now() + POLL_BUDGET)
-                }
+                Event::Fs | Event::Tick => dirty |= app.poll(Instant::now() + POLL_BUDGET),
+                Event::Rescan => dirty |= app.ws.rescan() | app.poll(Instant::now() + POLL_BUDGET),
                 Event::ChildExit { pid, code } => {
                     dirty = true;
                     app.ws.rescan();

@@ -6,30 +6,40 @@
 use crate::runfs::metrics::MetricRow;
 use std::collections::BTreeMap;
 
-/// All metrics of one run, column-wise. `values[name][i]` belongs to `steps[i]`.
+/// All metrics of one run, column-wise and compact (f32: 12 bytes a point with one metric), so
+/// 50 runs × 200,000 points fit in memory. `values[name][i]` belongs to `steps[i]`; wall times
+/// are kept relative to the run's first one (`t0`).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RunSeries {
-    pub steps: Vec<f64>,
-    pub times: Vec<f64>,
-    pub values: BTreeMap<String, Vec<f64>>,
+    steps: Vec<f32>,
+    times: Vec<f32>,
+    t0: Option<f64>,
+    values: BTreeMap<String, Vec<f32>>,
 }
 
 impl RunSeries {
     /// Append one parsed line (missing metrics become NaN in their columns).
     pub fn push(&mut self, row: &MetricRow) {
         let n = self.steps.len();
-        self.steps.push(row.step as f64);
-        self.times.push(row.time.unwrap_or(f64::NAN));
+        self.steps.push(row.step as f32);
+        let t = row.time.filter(|t| t.is_finite());
+        if self.t0.is_none() {
+            self.t0 = t;
+        }
+        self.times.push(
+            t.map(|t| (t - self.t0.unwrap_or(t)) as f32)
+                .unwrap_or(f32::NAN),
+        );
         for (k, v) in &row.values {
             let col = self
                 .values
                 .entry(k.clone())
-                .or_insert_with(|| vec![f64::NAN; n]);
-            col.push(v.unwrap_or(f64::NAN));
+                .or_insert_with(|| vec![f32::NAN; n]);
+            col.push(v.map(|x| x as f32).unwrap_or(f32::NAN));
         }
         for col in self.values.values_mut() {
             if col.len() == n {
-                col.push(f64::NAN);
+                col.push(f32::NAN);
             }
         }
     }
@@ -42,6 +52,30 @@ impl RunSeries {
         self.steps.is_empty()
     }
 
+    /// Metric names.
+    pub fn names(&self) -> impl Iterator<Item = &String> {
+        self.values.keys()
+    }
+
+    /// One metric's values (NaN where absent).
+    pub fn column(&self, name: &str) -> Option<Vec<f64>> {
+        self.values
+            .get(name)
+            .map(|c| c.iter().map(|&v| v as f64).collect())
+    }
+
+    /// The x values for an axis.
+    pub fn xs(&self, axis: XAxis) -> Vec<f64> {
+        match axis {
+            XAxis::Step => self.steps.iter().map(|&v| v as f64).collect(),
+            XAxis::Relative => self.times.iter().map(|&v| v as f64).collect(),
+            XAxis::Wall => {
+                let t0 = self.t0.unwrap_or(f64::NAN);
+                self.times.iter().map(|&v| t0 + v as f64).collect()
+            }
+        }
+    }
+
     /// The last finite value of a metric.
     pub fn last(&self, name: &str) -> Option<f64> {
         self.values
@@ -50,6 +84,14 @@ impl RunSeries {
             .rev()
             .copied()
             .find(|v| v.is_finite())
+            .map(|v| v as f64)
+    }
+
+    /// Bytes held by the columns.
+    pub fn heap_bytes(&self) -> usize {
+        4 * (self.steps.capacity()
+            + self.times.capacity()
+            + self.values.values().map(Vec::capacity).sum::<usize>())
     }
 }
 
@@ -220,9 +262,10 @@ mod tests {
         s.push(&row(1, &[("loss", Some(2.0))]));
         s.push(&row(2, &[("reward", Some(0.5))]));
         s.push(&row(3, &[("loss", None)]));
-        assert_eq!(s.values["loss"].len(), 3);
-        assert!(s.values["loss"][1].is_nan() && s.values["loss"][2].is_nan());
-        assert!(s.values["reward"][0].is_nan());
+        let loss = s.column("loss").unwrap();
+        assert_eq!(loss.len(), 3);
+        assert!(loss[1].is_nan() && loss[2].is_nan());
+        assert!(s.column("reward").unwrap()[0].is_nan());
         assert_eq!(s.last("loss"), Some(2.0));
     }
 }

@@ -75,6 +75,8 @@ pub struct RunView {
     pub log: VecDeque<String>,
     pub bad_lines: u64,
     pub last_error: Option<String>,
+    /// More of `metrics.jsonl` is waiting (the last poll ran out of time).
+    pub loading: bool,
     metrics_tail: MetricsTail,
     csv_loaded: bool,
     samples_tail: TailReader,
@@ -103,6 +105,7 @@ impl RunView {
             log: VecDeque::new(),
             bad_lines: 0,
             last_error: None,
+            loading: true,
             csv_loaded: false,
             status_mtime: None,
         }
@@ -138,6 +141,7 @@ impl RunView {
             }
         }
         if let Ok(p) = self.metrics_tail.poll(Some(deadline)) {
+            self.loading = p.more;
             if p.reset {
                 self.series = RunSeries::default();
             }
@@ -305,6 +309,18 @@ impl Workspace {
         }
         self.experiments.sort_by(|a, b| a.dir.cmp(&b.dir));
         changed
+    }
+
+    /// Tail every run until `deadline`, the run at `first` (experiment, run index) before the
+    /// others; returns whether anything changed.
+    pub fn poll_from(&mut self, first: Option<(usize, usize)>, deadline: Instant) -> bool {
+        let mut changed = false;
+        if let Some((e, r)) = first {
+            if let Some(run) = self.experiments.get_mut(e).and_then(|x| x.runs.get_mut(r)) {
+                changed |= run.poll(deadline);
+            }
+        }
+        changed | self.poll(deadline)
     }
 
     /// Tail every run until `deadline`; returns whether anything changed.

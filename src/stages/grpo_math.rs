@@ -25,15 +25,14 @@ pub fn advantages(rewards: &[f64], g: usize, scale: ScaleRewards) -> Vec<f64> {
     for group in rewards.chunks(g) {
         let (m, s) = mean_std(group);
         let denom = match scale {
-            ScaleRewards::Group => s,
-            ScaleRewards::Batch => batch_std,
-            ScaleRewards::None => 1.0,
+            ScaleRewards::Group => Some(s),
+            ScaleRewards::Batch => Some(batch_std),
+            ScaleRewards::None => None,
         };
         for r in group {
-            out.push(if denom > 1e-8 {
-                (r - m) / (denom + 1e-4)
-            } else {
-                r - m
+            out.push(match denom {
+                Some(d) if d > 1e-8 => (r - m) / (d + 1e-4),
+                _ => r - m,
             });
         }
     }

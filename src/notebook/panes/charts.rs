@@ -23,20 +23,7 @@ pub struct Line {
 }
 
 fn xs_of(run: &RunView, axis: XAxis) -> Vec<f64> {
-    match axis {
-        XAxis::Step => run.series.steps.clone(),
-        XAxis::Wall => run.series.times.clone(),
-        XAxis::Relative => {
-            let t0 = run
-                .series
-                .times
-                .iter()
-                .copied()
-                .find(|t| t.is_finite())
-                .unwrap_or(0.0);
-            run.series.times.iter().map(|t| t - t0).collect()
-        }
-    }
+    run.series.xs(axis)
 }
 
 /// Polylines for `metric` over `runs`, ready to draw in `columns` character columns.
@@ -50,7 +37,7 @@ pub fn lines(
 ) -> Vec<Line> {
     let mut out = Vec::new();
     for run in runs {
-        let Some(ys) = run.series.values.get(metric) else {
+        let Some(ys) = run.series.column(metric) else {
             continue;
         };
         let xs = xs_of(run, axis);
@@ -59,7 +46,7 @@ pub fn lines(
                 .map(|&v| if v > 0.0 { v.log10() } else { f64::NAN })
                 .collect()
         } else {
-            ys.clone()
+            ys
         };
         let color = run_color(&run.id);
         let mut first = true;
@@ -188,8 +175,8 @@ fn draw_one(f: &mut Frame<'_>, area: Rect, app: &App, metric: &str, focused: boo
         let mut readout = Vec::new();
         for run in &runs {
             let xs = xs_of(run, app.x_axis);
-            if let Some(ys) = run.series.values.get(metric) {
-                let sm = smooth(ys, app.smoothing);
+            if let Some(ys) = run.series.column(metric) {
+                let sm = smooth(&ys, app.smoothing);
                 if let Some(i) = (0..xs.len())
                     .rev()
                     .find(|&i| xs[i] <= xc && sm[i].is_finite())

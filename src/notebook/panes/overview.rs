@@ -77,8 +77,7 @@ pub fn draw(f: &mut Frame<'_>, area: Rect, app: &App) {
 
     let mut last: Vec<Row> = run
         .series
-        .values
-        .keys()
+        .names()
         .filter_map(|k| {
             run.series
                 .last(k)
