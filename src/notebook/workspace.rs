@@ -315,10 +315,10 @@ impl Workspace {
     /// others; returns whether anything changed.
     pub fn poll_from(&mut self, first: Option<(usize, usize)>, deadline: Instant) -> bool {
         let mut changed = false;
-        if let Some((e, r)) = first {
-            if let Some(run) = self.experiments.get_mut(e).and_then(|x| x.runs.get_mut(r)) {
-                changed |= run.poll(deadline);
-            }
+        if let Some((e, r)) = first
+            && let Some(run) = self.experiments.get_mut(e).and_then(|x| x.runs.get_mut(r))
+        {
+            changed |= run.poll(deadline);
         }
         changed | self.poll(deadline)
     }
