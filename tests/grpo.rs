@@ -217,3 +217,150 @@ fn tiny_grpo_stage_raises_its_reward() {
         assert!(s.get(key).is_some(), "{key}");
     }
 }
+
+fn rewards_of(run: &std::path::Path) -> std::collections::BTreeMap<u64, f64> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| parse_metric_line(l).ok())
+        .filter_map(|r| Some((r.step, r.values.get("reward").copied().flatten()?)))
+        .collect()
+}
+
+fn tiny_rl_with_checkpoints(dir: &std::path::Path) {
+    let text = TINY_RL.replace(
+        "rewards = { format = 1.0 }",
+        "rewards = { format = 1.0 }\ncheckpoint_every = 6",
+    );
+    std::fs::write(dir.join("experiment.toml"), text).unwrap();
+}
+
+#[test]
+fn killed_grpo_stage_resumes_onto_the_same_reward_curve() {
+    let bin = env!("CARGO_BIN_EXE_stageloop");
+    let run = |dir: &std::path::Path| {
+        std::process::Command::new(bin)
+            .arg("run")
+            .arg(dir)
+            .args(["--stage", "rl"])
+            .output()
+            .unwrap()
+    };
+    // Reference: pretrain, then an uninterrupted GRPO stage.
+    let a = tempfile::tempdir().unwrap();
+    tiny_rl_with_checkpoints(a.path());
+    let pre = std::process::Command::new(bin)
+        .arg("run")
+        .arg(a.path())
+        .args(["--stage", "pre"])
+        .output()
+        .unwrap();
+    assert!(pre.status.success());
+    // The same pretrained checkpoint for the killed run.
+    let b = tempfile::tempdir().unwrap();
+    tiny_rl_with_checkpoints(b.path());
+    std::fs::create_dir_all(b.path().join("runs")).unwrap();
+    for e in std::fs::read_dir(a.path().join("runs")).unwrap().flatten() {
+        let to = b.path().join("runs").join(e.file_name());
+        std::process::Command::new("cp")
+            .arg("-r")
+            .arg(e.path())
+            .arg(&to)
+            .status()
+            .unwrap();
+    }
+    assert!(run(a.path()).status.success());
+    let reference = rewards_of(
+        &runfs::latest_run_of(&a.path().join("runs"), "rl")
+            .unwrap()
+            .0
+            .path,
+    );
+
+    let mut child = std::process::Command::new(bin)
+        .arg("run")
+        .arg(b.path())
+        .args(["--stage", "rl"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let ck = runfs::latest_run_of(&b.path().join("runs"), "rl")
+            .and_then(|(r, _)| runfs::checkpoint::latest(&r.path));
+        if ck.is_some_and(|p| p.ends_with("step-000012")) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no checkpoint");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let again = run(b.path());
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert!(String::from_utf8_lossy(&again.stdout).contains("resuming"));
+    let resumed = rewards_of(
+        &runfs::latest_run_of(&b.path().join("runs"), "rl")
+            .unwrap()
+            .0
+            .path,
+    );
+    assert_eq!(resumed.len(), 24);
+    for (step, r) in &reference {
+        assert!(
+            (r - resumed[step]).abs() < 1e-6,
+            "step {step}: {r} vs {}",
+            resumed[step]
+        );
+    }
+}
+
+#[test]
+fn loops_repeat_a_span_in_distinct_run_folders_and_chain_init() {
+    let d = tempfile::tempdir().unwrap();
+    let text = format!(
+        "{}\n[[stage]]\nname = \"ev\"\nkind = \"eval\"\ninit = \"rl\"\nprompts = 4\nk = 2\n\n[[loop]]\nstart = \"rl\"\nend = \"ev\"\ntimes = 2\n",
+        TINY_RL.replace("steps = 24", "steps = 3")
+    );
+    std::fs::write(d.path().join("experiment.toml"), text).unwrap();
+    let exp = spec::load(d.path()).unwrap();
+    run_pipeline(
+        &exp,
+        &RunOptions::default(),
+        Arc::new(AtomicBool::new(false)),
+        &mut Quiet,
+    )
+    .unwrap();
+    let runs = runfs::list_runs(&d.path().join("runs"));
+    let statuses: Vec<_> = runs
+        .iter()
+        .map(|r| runfs::RunStatus::load(&r.path).unwrap())
+        .collect();
+    let order: Vec<(String, Option<u32>)> = statuses
+        .iter()
+        .map(|s| (s.stage.clone(), s.iteration))
+        .collect();
+    assert_eq!(
+        order,
+        vec![
+            ("pre".into(), None),
+            ("rl".into(), Some(1)),
+            ("ev".into(), Some(1)),
+            ("rl".into(), Some(2)),
+            ("ev".into(), Some(2)),
+        ]
+    );
+    // The second GRPO iteration starts from the first one's checkpoint.
+    let first_rl = &runs[1];
+    assert!(
+        statuses[3]
+            .init
+            .as_deref()
+            .unwrap()
+            .starts_with(first_rl.path.to_str().unwrap())
+    );
+}

@@ -296,6 +296,7 @@ impl Workspace {
                 Err("no experiment.toml (runs written by another tool)".into())
             };
             let runs = runfs::list_runs(&e.dir.join("runs"));
+            let order: Vec<PathBuf> = runs.iter().map(|r| r.path.clone()).collect();
             let before = e.runs.len();
             e.runs.retain(|r| runs.iter().any(|x| x.path == r.dir));
             changed |= before != e.runs.len();
@@ -305,7 +306,9 @@ impl Workspace {
                     changed = true;
                 }
             }
-            e.runs.sort_by(|a, b| a.id.cmp(&b.id));
+            // Keep the order of `list_runs` (by start time).
+            e.runs
+                .sort_by_key(|r| order.iter().position(|p| p == &r.dir).unwrap_or(usize::MAX));
         }
         self.experiments.sort_by(|a, b| a.dir.cmp(&b.dir));
         changed

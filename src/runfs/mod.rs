@@ -112,9 +112,24 @@ pub fn create_run_dir(runs_dir: &Path, stage: &str) -> std::io::Result<RunDir> {
     unreachable!()
 }
 
-/// The run folders under `runs_dir`, oldest first (ids sort by time).
+/// When a run started: `run.json`'s `started`, else the folder's modification time.
+fn started(run: &RunDir) -> f64 {
+    RunStatus::load(&run.path)
+        .ok()
+        .and_then(|s| s.started)
+        .or_else(|| {
+            let m = std::fs::metadata(&run.path)
+                .and_then(|m| m.modified())
+                .ok()?;
+            Some(m.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs_f64())
+        })
+        .unwrap_or(0.0)
+}
+
+/// The run folders under `runs_dir`, oldest first: by start time (ids alone tie within a
+/// second), then id.
 pub fn list_runs(runs_dir: &Path) -> Vec<RunDir> {
-    let mut runs: Vec<RunDir> = std::fs::read_dir(runs_dir)
+    let mut runs: Vec<(f64, RunDir)> = std::fs::read_dir(runs_dir)
         .into_iter()
         .flatten()
         .flatten()
@@ -122,9 +137,10 @@ pub fn list_runs(runs_dir: &Path) -> Vec<RunDir> {
         .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
         .map(|e| RunDir::new(e.path()))
         .filter(RunDir::is_run)
+        .map(|r| (started(&r), r))
         .collect();
-    runs.sort_by_key(|r| r.id());
-    runs
+    runs.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.id().cmp(&b.1.id())));
+    runs.into_iter().map(|(_, r)| r).collect()
 }
 
 /// The most recent run of `stage` under `runs_dir` (by `run.json`'s stage field), if any.

@@ -63,7 +63,10 @@ pub fn draw(f: &mut Frame<'_>, area: Rect, app: &App) {
             format!(
                 "⚠ {} unreadable metric line(s); last: {}",
                 run.bad_lines,
-                run.last_error.clone().unwrap_or_default()
+                run.last_error
+                    .as_deref()
+                    .unwrap_or_default()
+                    .replace(&format!("{}/", run.dir.display()), "")
             ),
             Style::default().fg(Color::Yellow),
         ));
