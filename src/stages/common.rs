@@ -158,13 +158,31 @@ pub fn target_logprobs(
     targets: Tensor<2, Int>,
     temperature: f64,
 ) -> Tensor<2> {
+    target_logprobs_with(model, inputs, targets, temperature, false).0
+}
+
+/// [`target_logprobs`], and with `entropy` also the per-position entropy of the whole
+/// distribution (detached), from the same forward pass.
+pub fn target_logprobs_with(
+    model: &Gpt,
+    inputs: Tensor<2, Int>,
+    targets: Tensor<2, Int>,
+    temperature: f64,
+    entropy: bool,
+) -> (Tensor<2>, Option<Tensor<2>>) {
     let mut logits = model.forward(inputs);
     if temperature > 0.0 && temperature != 1.0 {
         logits = logits.div_scalar(temperature);
     }
     let logp = log_softmax(logits, 2);
-    logp.gather(2, targets.unsqueeze_dim::<3>(2))
-        .squeeze_dim::<2>(2)
+    let h = entropy.then(|| {
+        let lp = logp.clone().detach();
+        (lp.clone().exp() * lp).sum_dim(2).neg().squeeze_dim::<2>(2)
+    });
+    let picked = logp
+        .gather(2, targets.unsqueeze_dim::<3>(2))
+        .squeeze_dim::<2>(2);
+    (picked, h)
 }
 
 /// Mean negative log-likelihood over the masked positions.

@@ -5,7 +5,9 @@
 //! model when `beta > 0`). Every completion is logged to `samples.jsonl` with its rewards and
 //! advantage; every metric of DESIGN §4 is logged each step.
 
-use super::common::{Setup, clip_grad_norm, lr_at, metrics_line, open_logs, target_logprobs};
+use super::common::{
+    Setup, clip_grad_norm, lr_at, metrics_line, open_logs, target_logprobs, target_logprobs_with,
+};
 use super::context::{Outcome, StageCtx};
 use super::grpo_math::{advantages, informative_groups, mean_std, overlong_penalty};
 use super::supervised;
@@ -332,18 +334,17 @@ pub fn run(ctx: &mut StageCtx<'_>) -> Result<Outcome> {
                 Tensor::<2>::from_data(lp.into_data(), &device)
             });
             for it in 0..cfg.num_iterations {
-                let logp =
-                    target_logprobs(&model, inputs.clone(), targets.clone(), cfg.temperature);
-                if it == 0 {
-                    // Mean token entropy of the sampling distribution, on detached logits.
-                    let mut logits = policy.forward(Tensor::from_data(inputs.to_data(), &infer));
-                    if cfg.temperature > 0.0 {
-                        logits = logits.div_scalar(cfg.temperature);
-                    }
-                    let lp = burn::tensor::activation::log_softmax(logits, 2);
-                    let h = (lp.clone().exp() * lp).sum_dim(2).neg().squeeze_dim::<2>(2);
-                    let m = Tensor::<2>::from_data(mask.to_data(), &infer);
-                    entropy = (h * m).sum().into_scalar::<f32>() as f64 / count.max(1) as f64;
+                let (logp, h) = target_logprobs_with(
+                    &model,
+                    inputs.clone(),
+                    targets.clone(),
+                    cfg.temperature,
+                    it == 0,
+                );
+                if let Some(h) = h {
+                    // Mean token entropy of the sampling distribution (detached).
+                    entropy =
+                        (h * mask.clone()).sum().into_scalar::<f32>() as f64 / count.max(1) as f64;
                 }
                 let old = match &old_logp {
                     Some(o) => o.clone(),
