@@ -210,6 +210,10 @@ fn killed_stage_resumes_onto_the_same_loss_curve() {
     // Same folder, finished, and the loss curve matches the uninterrupted one.
     assert_eq!(run_of(b.path(), "pre").path, run.path);
     assert_eq!(RunStatus::load(&run.path).unwrap().status, Status::Done);
+    // The run's own log has both attempts (the notebook's logs pane reads it).
+    let log = std::fs::read_to_string(run.stdout_log()).unwrap();
+    assert_eq!(log.matches("▶ pre").count(), 2, "{log}");
+    assert!(log.contains("✔ pre done"), "{log}");
     let resumed = losses(&run.path);
     assert_eq!(resumed.len(), reference.len());
     for (step, l) in &reference {

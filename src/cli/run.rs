@@ -39,13 +39,15 @@ pub fn run(
 }
 
 /// Progress for a person: an indicatif bar on a terminal, a line every few seconds otherwise.
-/// Every message also goes to the run's `stdout.log` when stdout is not already redirected there.
+/// Every line (progress every 5 s, messages, start and end) is also appended to the run's
+/// `stdout.log`, which the notebook's logs pane shows.
 pub struct CliReporter {
     bar: Option<ProgressBar>,
     tty: bool,
     last_line: Option<Instant>,
     stage: String,
     started: Instant,
+    log: Option<std::fs::File>,
 }
 
 impl CliReporter {
@@ -56,7 +58,24 @@ impl CliReporter {
             last_line: None,
             stage: String::new(),
             started: Instant::now(),
+            log: None,
         }
+    }
+
+    /// Append a line to the run's `stdout.log` (one write per line).
+    fn log(&mut self, line: &str) {
+        if let Some(f) = &mut self.log {
+            let _ = f.write_all(format!("{line}\n").as_bytes());
+        }
+    }
+
+    /// Print a line (above the bar when there is one) and log it.
+    fn say(&mut self, line: String) {
+        match &self.bar {
+            Some(bar) => bar.println(&line),
+            None => println!("{line}"),
+        }
+        self.log(&line);
     }
 }
 
@@ -75,14 +94,19 @@ fn fmt_metrics(metrics: &[(&str, f64)]) -> String {
 }
 
 impl Reporter for CliReporter {
-    fn started(&mut self, s: &RunStatus) {
+    fn started(&mut self, s: &RunStatus, run: &Path) {
         self.stage = s.stage.clone();
         self.started = Instant::now();
+        self.log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(run.join(crate::runfs::STDOUT_LOG))
+            .ok();
         let it = s
             .iteration
             .map(|i| format!(" (loop iteration {i})"))
             .unwrap_or_default();
-        println!("▶ {} [{}] → {}{it}", s.stage, s.kind, s.id);
+        self.say(format!("▶ {} [{}] → {}{it}", s.stage, s.kind, s.id));
         if self.tty && s.progress.total > 0 {
             let bar = ProgressBar::new(s.progress.total);
             bar.set_style(
@@ -102,26 +126,28 @@ impl Reporter for CliReporter {
             bar.set_length(total);
             bar.set_position(step);
             bar.set_message(fmt_metrics(metrics));
-        } else if self
+        }
+        if self
             .last_line
             .is_none_or(|t| t.elapsed() >= Duration::from_secs(5))
             || step == total
         {
             self.last_line = Some(Instant::now());
-            println!(
+            let line = format!(
                 "  {} step {step}/{total}  {}",
                 self.stage,
                 fmt_metrics(metrics)
             );
-            let _ = std::io::stdout().flush();
+            if self.bar.is_none() {
+                println!("{line}");
+                let _ = std::io::stdout().flush();
+            }
+            self.log(&line);
         }
     }
 
     fn message(&mut self, msg: &str) {
-        match &self.bar {
-            Some(bar) => bar.println(format!("  {msg}")),
-            None => println!("  {msg}"),
-        }
+        self.say(format!("  {msg}"));
     }
 
     fn finished(&mut self, s: &RunStatus) {
@@ -129,14 +155,16 @@ impl Reporter for CliReporter {
             bar.finish_and_clear();
         }
         let secs = self.started.elapsed().as_secs_f64();
-        match s.status {
-            Status::Done => println!("✔ {} done in {secs:.1}s", s.stage),
-            Status::Stopped => println!("■ {} stopped at step {}", s.stage, s.progress.step),
-            other => println!(
+        let line = match s.status {
+            Status::Done => format!("✔ {} done in {secs:.1}s", s.stage),
+            Status::Stopped => format!("■ {} stopped at step {}", s.stage, s.progress.step),
+            other => format!(
                 "✘ {} {other}: {}",
                 s.stage,
                 s.error.as_ref().map(|e| e.message.as_str()).unwrap_or("")
             ),
-        }
+        };
+        self.say(line);
+        self.log = None;
     }
 }

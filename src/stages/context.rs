@@ -18,8 +18,8 @@ pub enum Outcome {
 
 /// Human-facing progress (a progress bar on a terminal, plain lines otherwise).
 pub trait Reporter {
-    /// A stage began (or resumed) in `run`.
-    fn started(&mut self, status: &RunStatus);
+    /// A stage began (or resumed) in the run folder `run`.
+    fn started(&mut self, status: &RunStatus, run: &std::path::Path);
     /// A step finished; `metrics` are a few headline values.
     fn progress(&mut self, step: u64, total: u64, metrics: &[(&str, f64)]);
     /// A line of free text.
@@ -32,7 +32,7 @@ pub trait Reporter {
 pub struct Quiet;
 
 impl Reporter for Quiet {
-    fn started(&mut self, _: &RunStatus) {}
+    fn started(&mut self, _: &RunStatus, _: &std::path::Path) {}
     fn progress(&mut self, _: u64, _: u64, _: &[(&str, f64)]) {}
     fn message(&mut self, _: &str) {}
     fn finished(&mut self, _: &RunStatus) {}

@@ -220,7 +220,7 @@ fn run_one(
         }
     };
     status.save(&run.path)?;
-    reporter.started(&status);
+    reporter.started(&status, &run.path);
     let seed = opts.seed.unwrap_or(exp.spec.seed);
     let mut ctx = StageCtx::new(
         exp,
