@@ -61,11 +61,36 @@ impl Setup {
         })
     }
 
+    /// Each problem's prompt ids, repeated `copies` times in a row (a batch of groups).
+    pub fn grouped_prompts(
+        &self,
+        problems: &[crate::tasks::Problem],
+        copies: usize,
+    ) -> Result<Vec<Vec<u32>>> {
+        let mut out = Vec::with_capacity(problems.len() * copies);
+        for p in problems {
+            let ids = self.prompt_ids(&p.prompt)?;
+            out.extend(std::iter::repeat_n(ids, copies));
+        }
+        Ok(out)
+    }
+
     /// Prompt ids as the model sees them: BOS + prompt.
     pub fn prompt_ids(&self, prompt: &str) -> Result<Vec<u32>> {
         let mut ids = vec![BOS];
         ids.extend(self.tok.encode(prompt).map_err(anyhow::Error::msg)?);
         Ok(ids)
+    }
+}
+
+/// The sampling settings of a stage (temperature, top-k, top-p, token budget).
+pub fn sampling(cfg: &StageConfig) -> crate::model::sample::SampleOptions {
+    crate::model::sample::SampleOptions {
+        temperature: cfg.temperature,
+        top_k: cfg.top_k,
+        top_p: cfg.top_p,
+        max_new_tokens: cfg.max_new_tokens,
+        ..Default::default()
     }
 }
 

@@ -3,7 +3,7 @@
 //! pass@k (Chen et al.'s unbiased estimator over the k samples), maj@k, format rate and mean
 //! completion length. Writes `eval.json`, `eval/*` metrics and every completion as a sample.
 
-use super::common::{Setup, metrics_line, open_logs};
+use super::common::{Setup, metrics_line, open_logs, sampling};
 use super::context::{Outcome, StageCtx};
 use crate::model::sample::{SampleOptions, generate};
 use crate::model::{self, Gpt, checkpoint};
@@ -71,13 +71,7 @@ pub fn evaluate(
     let probs: Vec<_> = setup.task.heldout().iter().take(cfg.prompts).collect();
     let k = cfg.k.max(1);
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xE7A1);
-    let sampled = SampleOptions {
-        temperature: cfg.temperature,
-        top_k: cfg.top_k,
-        top_p: cfg.top_p,
-        max_new_tokens: cfg.max_new_tokens,
-        ..Default::default()
-    };
+    let sampled = sampling(cfg);
     let greedy_opts = SampleOptions {
         temperature: 0.0,
         ..sampled
@@ -86,22 +80,10 @@ pub fn evaluate(
     let (mut fmt_sum, mut len_sum, mut count) = (0.0, 0.0, 0usize);
     let chunk = (256 / (k + 1)).max(1);
     for (ci, group) in probs.chunks(chunk).enumerate() {
-        let mut ids = Vec::new();
-        for p in group {
-            let pid = setup.prompt_ids(&p.prompt)?;
-            for _ in 0..=k {
-                ids.push(pid.clone());
-            }
-        }
-        // Row 0 of each prompt is greedy; rows 1..=k are sampled. Greedy rows are generated
-        // separately so the temperature applies per row.
-        let greedy_ids: Vec<_> = ids.iter().step_by(k + 1).cloned().collect();
-        let sample_ids: Vec<_> = ids
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| i % (k + 1) != 0)
-            .map(|(_, v)| v.clone())
-            .collect();
+        // One greedy completion and k sampled ones per prompt, generated as two batches.
+        let problems: Vec<crate::tasks::Problem> = group.iter().map(|p| (*p).clone()).collect();
+        let greedy_ids = setup.grouped_prompts(&problems, 1)?;
+        let sample_ids = setup.grouped_prompts(&problems, k)?;
         let g = generate(
             model,
             &greedy_ids,

@@ -6,13 +6,14 @@
 //! advantage; every metric of DESIGN §4 is logged each step.
 
 use super::common::{
-    Setup, clip_grad_norm, lr_at, metrics_line, open_logs, target_logprobs, target_logprobs_with,
+    Setup, clip_grad_norm, lr_at, metrics_line, open_logs, sampling, target_logprobs,
+    target_logprobs_with,
 };
 use super::context::{Outcome, StageCtx};
 use super::grpo_math::{advantages, informative_groups, mean_std, overlong_penalty};
 use super::supervised;
 use crate::model::checkpoint::{self, RngState};
-use crate::model::sample::{Completion, SampleOptions, generate};
+use crate::model::sample::{Completion, generate};
 use crate::model::tokenizer::{EOS, PAD};
 use crate::model::{self, Gpt};
 use crate::spec::{LossType, StageConfig};
@@ -198,13 +199,7 @@ pub fn run(ctx: &mut StageCtx<'_>) -> Result<Outcome> {
     let mut rng = state.rng.restore();
     let g = cfg.group_size;
     let ctx_len = setup.model_cfg.ctx;
-    let opts = SampleOptions {
-        temperature: cfg.temperature,
-        top_k: cfg.top_k,
-        top_p: cfg.top_p,
-        max_new_tokens: cfg.max_new_tokens,
-        ..Default::default()
-    };
+    let opts = sampling(&cfg);
     let mut num_tokens = 0u64;
     ctx.reporter.message(&format!(
         "{} prompts × {} completions per step, {} steps",
@@ -223,14 +218,8 @@ pub fn run(ctx: &mut StageCtx<'_>) -> Result<Outcome> {
                 .map(|i| setup.task.train_problem(state.cursor + i))
                 .collect();
             state.cursor += need as u64;
-            let prompt_ids = probs
-                .iter()
-                .map(|p| setup.prompt_ids(&p.prompt))
-                .collect::<Result<Vec<_>>>()?;
-            let batch: Vec<Vec<u32>> = prompt_ids
-                .iter()
-                .flat_map(|p| std::iter::repeat_n(p.clone(), g))
-                .collect();
+            let batch = setup.grouped_prompts(&probs, g)?;
+            let prompt_ids: Vec<Vec<u32>> = batch.iter().step_by(g).cloned().collect();
             let max_len = if cfg.max_new_tokens == 0 {
                 ctx_len - batch.iter().map(Vec::len).max().unwrap_or(0)
             } else {

@@ -4,10 +4,10 @@
 //! and `dataset.parquet`, then SFT on them, starting from `sft_init` (default: `init`).
 //! `distill` reuses the sampling half with a teacher and a smaller student.
 
-use super::common::{Setup, metrics_line, open_logs};
+use super::common::{Setup, metrics_line, open_logs, sampling};
 use super::context::{Outcome, StageCtx};
 use super::{pipeline, sft, supervised};
-use crate::model::sample::{SampleOptions, generate};
+use crate::model::sample::generate;
 use crate::model::{self, Gpt, checkpoint};
 use crate::runfs::atomic;
 use anyhow::{Context, Result};
@@ -29,13 +29,7 @@ pub fn accepted_samples(
     mut progress: impl FnMut(usize, usize),
 ) -> Result<(Vec<(String, String)>, f64)> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x4EEC);
-    let opts = SampleOptions {
-        temperature: cfg.temperature,
-        top_k: cfg.top_k,
-        top_p: cfg.top_p,
-        max_new_tokens: cfg.max_new_tokens,
-        ..Default::default()
-    };
+    let opts = sampling(cfg);
     let k = cfg.k.max(1);
     let chunk = (256 / k).max(1);
     let mut rows = Vec::new();
@@ -46,14 +40,7 @@ pub fn accepted_samples(
         let probs: Vec<_> = (0..n as u64)
             .map(|j| setup.task.train_problem(i + j))
             .collect();
-        let ids = probs
-            .iter()
-            .map(|p| setup.prompt_ids(&p.prompt))
-            .collect::<Result<Vec<_>>>()?;
-        let batch: Vec<Vec<u32>> = ids
-            .iter()
-            .flat_map(|p| std::iter::repeat_n(p.clone(), k))
-            .collect();
+        let batch = setup.grouped_prompts(&probs, k)?;
         let outs = generate(model, &batch, setup.model_cfg.ctx, &opts, &mut rng, device);
         for (pi, p) in probs.iter().enumerate() {
             let mut ok: Vec<String> = Vec::new();
