@@ -150,6 +150,8 @@ pub struct App {
     pub notices: VecDeque<String>,
     /// "Now" for ETAs, set by the loop (tests fix it).
     pub now: f64,
+    /// Memo of chart polylines (see [`ChartCache`](super::panes::charts::ChartCache)).
+    pub chart_cache: super::panes::charts::ChartCache,
 }
 
 impl App {
@@ -181,6 +183,7 @@ impl App {
             prompt_output: Vec::new(),
             notices: VecDeque::new(),
             now: 0.0,
+            chart_cache: Default::default(),
         }
     }
 

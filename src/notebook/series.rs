@@ -96,7 +96,7 @@ impl RunSeries {
 }
 
 /// The x axis of a chart.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum XAxis {
     #[default]
     Step,

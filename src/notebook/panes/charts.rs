@@ -13,6 +13,9 @@ use ratatui::style::{Color, Style};
 use ratatui::symbols::Marker;
 use ratatui::text::Span;
 use ratatui::widgets::{Axis, Chart, Dataset, GraphType, Paragraph};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
 
 /// One polyline to draw.
 pub struct Line {
@@ -26,9 +29,50 @@ fn xs_of(run: &RunView, axis: XAxis) -> Vec<f64> {
     run.series.xs(axis)
 }
 
-/// Polylines for `metric` over `runs`, ready to draw in `columns` character columns.
-pub fn lines(
-    runs: &[&RunView],
+type CacheKey = (std::path::PathBuf, String, u64, bool, XAxis, usize);
+
+/// Memo of each run's polylines for a metric and view settings, valid while the run's series
+/// keeps its length: a static chart of 200,000 points is smoothed and downsampled once, not
+/// every frame. Interior mutability keeps `draw` a function of `&App`.
+#[derive(Default)]
+pub struct ChartCache(RefCell<HashMap<CacheKey, (usize, Rc<Vec<Line>>)>>);
+
+impl ChartCache {
+    pub fn get(
+        &self,
+        run: &RunView,
+        metric: &str,
+        smoothing: f64,
+        log_y: bool,
+        axis: XAxis,
+        columns: usize,
+    ) -> Rc<Vec<Line>> {
+        let key = (
+            run.dir.clone(),
+            metric.to_string(),
+            smoothing.to_bits(),
+            log_y,
+            axis,
+            columns,
+        );
+        let mut map = self.0.borrow_mut();
+        if let Some((len, lines)) = map.get(&key) {
+            if *len == run.series.len() {
+                return lines.clone();
+            }
+        }
+        if map.len() > 4096 {
+            map.clear();
+        }
+        let lines = Rc::new(run_lines(run, metric, smoothing, log_y, axis, columns));
+        map.insert(key, (run.series.len(), lines.clone()));
+        lines
+    }
+}
+
+/// Polylines of one run (smoothed, then downsampled; raw drawn dim behind when smoothing).
+pub fn run_lines(
+    run: &RunView,
     metric: &str,
     smoothing: f64,
     log_y: bool,
@@ -36,9 +80,9 @@ pub fn lines(
     columns: usize,
 ) -> Vec<Line> {
     let mut out = Vec::new();
-    for run in runs {
+    {
         let Some(ys) = run.series.column(metric) else {
-            continue;
+            return out;
         };
         let xs = xs_of(run, axis);
         let ys: Vec<f64> = if log_y {
@@ -98,8 +142,8 @@ fn short_name(run: &RunView) -> String {
     }
 }
 
-fn bounds(lines: &[Line]) -> Option<([f64; 2], [f64; 2])> {
-    let pts = lines.iter().flat_map(|l| l.points.iter());
+fn bounds<'a>(lines: impl Iterator<Item = &'a Line>) -> Option<([f64; 2], [f64; 2])> {
+    let pts = lines.flat_map(|l| l.points.iter());
     let (mut x0, mut x1, mut y0, mut y1) = (
         f64::INFINITY,
         f64::NEG_INFINITY,
@@ -151,19 +195,19 @@ fn fmt_x(v: f64, axis: XAxis) -> String {
 fn draw_one(f: &mut Frame<'_>, area: Rect, app: &App, metric: &str, focused: bool, zoomed: bool) {
     let runs = app.chart_runs();
     let cols = area.width.saturating_sub(10) as usize;
-    let mut ls = lines(
-        &runs,
-        metric,
-        app.smoothing,
-        app.log_y,
-        app.x_axis,
-        cols.max(1),
-    );
+    let per_run: Vec<Rc<Vec<Line>>> = runs
+        .iter()
+        .map(|r| {
+            app.chart_cache
+                .get(r, metric, app.smoothing, app.log_y, app.x_axis, cols.max(1))
+        })
+        .collect();
+    let mut extra: Vec<Line> = Vec::new();
     let mut title = metric.to_string();
     if app.log_y {
         title.push_str(" (log)");
     }
-    let Some((xb, yb)) = bounds(&ls) else {
+    let Some((xb, yb)) = bounds(per_run.iter().flat_map(|v| v.iter())) else {
         f.render_widget(
             Paragraph::new("no finite values").block(block(&title, focused)),
             area,
@@ -191,15 +235,17 @@ fn draw_one(f: &mut Frame<'_>, area: Rect, app: &App, metric: &str, focused: boo
             fmt_x(xc, app.x_axis),
             readout.join("  ")
         );
-        ls.push(Line {
+        extra.push(Line {
             color: Color::White,
             name: None,
             points: vec![(xc, yb[0]), (xc, yb[1])],
             dim: false,
         });
     }
-    let datasets: Vec<Dataset> = ls
+    let datasets: Vec<Dataset> = per_run
         .iter()
+        .flat_map(|v| v.iter())
+        .chain(extra.iter())
         .map(|l| {
             let mut d = Dataset::default()
                 .marker(Marker::Braille)
