@@ -35,7 +35,10 @@ type CacheKey = (std::path::PathBuf, String, u64, bool, XAxis, usize);
 /// keeps its length: a static chart of 200,000 points is smoothed and downsampled once, not
 /// every frame. Interior mutability keeps `draw` a function of `&App`.
 #[derive(Default)]
-pub struct ChartCache(RefCell<HashMap<CacheKey, (usize, Rc<Vec<Line>>)>>);
+pub struct ChartCache(RefCell<HashMap<CacheKey, CacheEntry>>);
+
+/// The series length the polylines were made from, and the polylines.
+type CacheEntry = (usize, Rc<Vec<Line>>);
 
 impl ChartCache {
     pub fn get(
@@ -56,10 +59,10 @@ impl ChartCache {
             columns,
         );
         let mut map = self.0.borrow_mut();
-        if let Some((len, lines)) = map.get(&key) {
-            if *len == run.series.len() {
-                return lines.clone();
-            }
+        if let Some((len, lines)) = map.get(&key)
+            && *len == run.series.len()
+        {
+            return lines.clone();
         }
         if map.len() > 4096 {
             map.clear();
