@@ -138,3 +138,85 @@ fn help_works_for_every_verb() {
         bin().args([verb, "--help"]).assert().success();
     }
 }
+
+const TINY: &str = "[model]\nd_model = 16\nlayers = 1\nheads = 2\nmlp = 32\nctx = 40\n[task]\nname = \"arith\"\nheldout = 5\n[[stage]]\nname = \"pre\"\nkind = \"pretrain\"\nsteps = 2\nbatch = 4\nsample_every = 0\n";
+
+#[test]
+fn a_stage_whose_init_has_not_run_says_what_to_run_first() {
+    let d = tempfile::tempdir().unwrap();
+    let text = format!("{TINY}[[stage]]\nname = \"ev\"\nkind = \"eval\"\ninit = \"pre\"\n");
+    std::fs::write(d.path().join("experiment.toml"), text).unwrap();
+    bin()
+        .arg("run")
+        .arg(d.path())
+        .args(["--stage", "ev"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "starts from `pre`, which has no finished run",
+        ))
+        .stderr(predicate::str::contains("--stage pre"));
+}
+
+#[test]
+fn checkpoint_of_another_shape_and_bad_dataset_lines_are_named() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("experiment.toml"), TINY).unwrap();
+    bin().arg("run").arg(d.path()).assert().success();
+    // Continue from that checkpoint with a wider model: refused, naming both shapes.
+    let text = format!(
+        "{TINY}[[stage]]\nname = \"more\"\nkind = \"pretrain\"\ninit = \"pre\"\nsteps = 1\n"
+    );
+    std::fs::write(d.path().join("experiment.toml"), text).unwrap();
+    bin()
+        .arg("run")
+        .arg(d.path())
+        .args(["--stage", "more", "--set", "model.d_model=32"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "config.json: checkpoint is a different model shape",
+        ));
+    // A dataset with a bad line: file and line number.
+    std::fs::write(
+        d.path().join("data.jsonl"),
+        "{\"prompt\": \"1+2=\", \"completion\": \"<answer>3</answer>\"}\n{\"prompt\": 7}\n",
+    )
+    .unwrap();
+    let text = format!(
+        "{TINY}[[stage]]\nname = \"s\"\nkind = \"sft\"\ndataset = \"data.jsonl\"\nsteps = 1\n"
+    );
+    std::fs::write(d.path().join("experiment.toml"), text).unwrap();
+    bin()
+        .arg("run")
+        .arg(d.path())
+        .args(["--stage", "s"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "data.jsonl:2: missing text field `prompt`",
+        ));
+    // A corrupt weights file: the sample verb names it.
+    let run = std::fs::read_dir(d.path().join("runs"))
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().ends_with("-pre"))
+        .unwrap()
+        .path();
+    let ck = stageloop::runfs::checkpoint::latest(&run).unwrap();
+    std::fs::write(ck.join("model.safetensors"), b"not safetensors").unwrap();
+    bin()
+        .arg("sample")
+        .arg(&run)
+        .args(["--prompt", "1+2="])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("model.safetensors"))
+        .stderr(predicate::str::contains("panicked").not());
+    // A missing checkpoint folder.
+    bin()
+        .args(["eval", "/no/such/run"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("/no/such/run: not a checkpoint"));
+}
