@@ -221,6 +221,17 @@ fn views_and_sample_browser() {
     a.on_key(key('f'));
     assert_eq!(a.sample_filter, SampleFilter::FormatFailure);
     a.on_key(key('f'));
+    // reward range: step 1 has rewards 1.0 and 0.0
+    a.on_key(key('v'));
+    for c in "0.5..".chars() {
+        a.on_key(key(c));
+    }
+    a.on_key(code(KeyCode::Enter));
+    assert_eq!(a.reward_range, Some((0.5, f64::INFINITY)));
+    assert_eq!(a.visible_samples().len(), 1);
+    a.on_key(key('v'));
+    a.on_key(code(KeyCode::Esc));
+    assert_eq!(a.reward_range, None);
     a.on_key(code(KeyCode::Right));
     a.on_key(key('p'));
     assert_eq!(a.sample_mode, SampleMode::Prompt("1+2=".into()));
@@ -235,6 +246,16 @@ fn views_and_sample_browser() {
     a.on_key(key('S'));
     assert!(a.log_y);
     assert!((a.smoothing - 0.5).abs() < 1e-9);
+}
+
+#[test]
+fn reward_ranges_parse_with_open_sides() {
+    use stageloop::notebook::app::parse_range;
+    assert_eq!(parse_range("0.5..1"), Some(Some((0.5, 1.0))));
+    assert_eq!(parse_range("..0"), Some(Some((f64::NEG_INFINITY, 0.0))));
+    assert_eq!(parse_range(""), Some(None));
+    assert_eq!(parse_range("abc"), None);
+    assert_eq!(parse_range("1..x"), None);
 }
 
 #[test]

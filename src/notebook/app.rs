@@ -81,6 +81,7 @@ pub enum Input {
     RunFilter,
     MetricFilter,
     Prompt,
+    RewardRange,
 }
 
 /// Side effects for the event loop to carry out.
@@ -106,6 +107,24 @@ pub enum Effect {
     },
     Rescan,
     Quit,
+}
+
+/// `lo..hi` with either side optional (`0.5..`, `..0`); empty text clears the range.
+pub fn parse_range(text: &str) -> Option<Option<(f64, f64)>> {
+    let t = text.trim();
+    if t.is_empty() {
+        return Some(None);
+    }
+    let (a, b) = t.split_once("..")?;
+    let side = |x: &str, default: f64| {
+        let x = x.trim();
+        if x.is_empty() {
+            Some(default)
+        } else {
+            x.parse::<f64>().ok()
+        }
+    };
+    Some(Some((side(a, f64::NEG_INFINITY)?, side(b, f64::INFINITY)?)))
 }
 
 /// A row of the runs tree: an experiment, or one of its runs.
@@ -142,6 +161,9 @@ pub struct App {
     pub chart_zoom: bool,
     pub chart_cursor: f64,
     pub sample_filter: SampleFilter,
+    /// Only samples whose total reward lies in `[lo, hi]` (typed as `lo..hi`; either side may be
+    /// empty).
+    pub reward_range: Option<(f64, f64)>,
     pub sample_mode: SampleMode,
     /// Position in the list of sample steps (from the end: 0 = latest).
     pub sample_step_back: usize,
@@ -177,6 +199,7 @@ impl App {
             chart_zoom: false,
             chart_cursor: 1.0,
             sample_filter: SampleFilter::All,
+            reward_range: None,
             sample_mode: SampleMode::Step,
             sample_step_back: 0,
             sample_index: 0,
@@ -329,6 +352,10 @@ impl App {
                 SampleMode::Prompt(p) => &s.prompt == p,
             })
             .filter(|s| self.sample_filter.keeps(s))
+            .filter(|s| {
+                self.reward_range
+                    .is_none_or(|(lo, hi)| lo <= s.reward && s.reward <= hi)
+            })
             .collect()
     }
 
@@ -445,12 +472,24 @@ impl App {
                 match input {
                     Input::RunFilter => self.run_filter.clear(),
                     Input::MetricFilter => self.metric_filter.clear(),
+                    Input::RewardRange => self.reward_range = None,
                     Input::Prompt => {}
                 }
                 return Vec::new();
             }
             KeyCode::Enter => {
                 self.input = None;
+                if input == Input::RewardRange {
+                    match parse_range(&self.input_buf) {
+                        Some(r) => self.reward_range = r,
+                        None => self.notice(format!(
+                            "reward range `{}`: write lo..hi, e.g. 0.5..1 or ..0",
+                            self.input_buf
+                        )),
+                    }
+                    self.sample_index = 0;
+                    return Vec::new();
+                }
                 if input == Input::Prompt {
                     let prompt = std::mem::take(&mut self.input_buf);
                     if let Some(run) = self.selected_run() {
@@ -477,7 +516,7 @@ impl App {
                 self.metric_filter = self.input_buf.clone();
                 self.chart_index = 0;
             }
-            Input::Prompt => {}
+            Input::Prompt | Input::RewardRange => {}
         }
         Vec::new()
     }
@@ -533,6 +572,13 @@ impl App {
                 self.start_input(Input::MetricFilter, &self.metric_filter.clone())
             }
             Action::Prompt => self.start_input(Input::Prompt, ""),
+            Action::RewardRange => {
+                let current = self
+                    .reward_range
+                    .map(|(lo, hi)| format!("{lo}..{hi}"))
+                    .unwrap_or_default();
+                self.start_input(Input::RewardRange, &current)
+            }
             Action::SmoothMore => {
                 self.smoothing = ((self.smoothing * 10.0).round() / 10.0 + 0.1).min(0.9)
             }

@@ -38,6 +38,7 @@ pub enum Action {
     XAxis,
     MetricFilter,
     SampleFilter,
+    RewardRange,
     GroupView,
     SamePrompt,
     RunStage,
@@ -231,6 +232,13 @@ pub const KEYMAP: &[Binding] = &[
         A::SampleFilter,
         "filter",
         "samples: all → correct → wrong → format failure",
+    ),
+    b(
+        Char('v'),
+        Samples,
+        A::RewardRange,
+        "reward range",
+        "samples: keep rewards in a range, typed lo..hi (empty clears)",
     ),
     b(
         Char('g'),

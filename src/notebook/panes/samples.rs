@@ -78,6 +78,13 @@ pub fn draw(f: &mut Frame<'_>, area: Rect, app: &App) {
         SampleMode::Group(g) => format!(" · group {g}"),
         SampleMode::Prompt(p) => format!(" · prompt {p} across steps"),
     };
+    let mode = match (app.input, app.reward_range) {
+        (Some(crate::notebook::app::Input::RewardRange), _) => {
+            format!("{mode} · reward {}▏", app.input_buf)
+        }
+        (_, Some((lo, hi))) => format!("{mode} · reward {lo}..{hi}"),
+        _ => mode,
+    };
     let pos = steps.len().saturating_sub(app.sample_step_back);
     let title = match step {
         Some(s) => format!(
