@@ -14,6 +14,8 @@ use stageloop::stages::grpo::{LossInputs, grpo_loss};
 use stageloop::stages::grpo_math::{TokenRow, reference_loss};
 use stageloop::stages::{Quiet, RunOptions, run_pipeline};
 use std::sync::Arc;
+
+mod common;
 use std::sync::atomic::AtomicBool;
 
 fn t2(v: &[Vec<f64>], device: &Device) -> Tensor<2> {
@@ -277,25 +279,7 @@ fn killed_grpo_stage_resumes_onto_the_same_reward_curve() {
             .path,
     );
 
-    let mut child = std::process::Command::new(bin)
-        .arg("run")
-        .arg(b.path())
-        .args(["--stage", "rl"])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    loop {
-        let ck = runfs::latest_run_of(&b.path().join("runs"), "rl")
-            .and_then(|(r, _)| runfs::checkpoint::latest(&r.path));
-        if ck.is_some_and(|p| p.ends_with("step-000012")) {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "no checkpoint");
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    common::kill_at_checkpoint(b.path(), "rl", "step-000012");
     let again = run(b.path());
     assert!(
         again.status.success(),

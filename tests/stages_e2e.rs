@@ -7,6 +7,8 @@ use stageloop::stages::{Quiet, RunOptions, run_pipeline};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
+
+mod common;
 use std::sync::atomic::AtomicBool;
 
 const TINY: &str = r#"name = "tiny"
@@ -169,28 +171,7 @@ fn killed_stage_resumes_onto_the_same_loss_curve() {
     // Killed after its second checkpoint, then run again.
     let b = tempfile::tempdir().unwrap();
     std::fs::write(b.path().join("experiment.toml"), TINY).unwrap();
-    let mut child = std::process::Command::new(bin)
-        .args(["run"])
-        .arg(b.path())
-        .args(["--stage", "pre"])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    loop {
-        let latest = runfs::latest_run_of(&b.path().join("runs"), "pre")
-            .and_then(|(r, _)| runfs::checkpoint::latest(&r.path));
-        if latest.is_some_and(|p| p.ends_with("step-000020")) {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no checkpoint appeared"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    common::kill_at_checkpoint(b.path(), "pre", "step-000020");
     let run = run_of(b.path(), "pre");
     let st = RunStatus::load(&run.path).unwrap();
     assert_eq!(st.effective_status(), Status::Crashed);

@@ -3,17 +3,51 @@
 use crate::bench::{BenchConfig, run as measure};
 use crate::model::ModelConfig;
 
+/// The flags of `stageloop bench`.
+#[derive(Debug, clap::Args)]
 pub struct Args {
+    #[arg(long, default_value_t = 256)]
     pub d_model: usize,
+    #[arg(long, default_value_t = 4)]
     pub layers: usize,
+    #[arg(long, default_value_t = 4)]
     pub heads: usize,
+    #[arg(long, default_value_t = 1024)]
     pub mlp: usize,
+    #[arg(long, default_value_t = 128)]
     pub ctx: usize,
+    /// Training batch (sequences of ctx tokens).
+    #[arg(long, default_value_t = 32)]
     pub batch: usize,
+    /// Prompts sampled at once.
+    #[arg(long, default_value_t = 16)]
     pub prompts: usize,
+    /// New tokens per prompt.
+    #[arg(long, default_value_t = 64)]
     pub new_tokens: usize,
+    /// Timed training steps.
+    #[arg(long, default_value_t = 5)]
     pub steps: usize,
+    /// Print one JSON line.
+    #[arg(long)]
     pub json: bool,
+    /// Benchmark the notebook instead: open, frame, append-to-screen and memory on a
+    /// synthetic workspace of --runs × --points metric lines.
+    #[arg(long)]
+    pub notebook: bool,
+    #[arg(long, default_value_t = 50)]
+    pub runs: usize,
+    #[arg(long, default_value_t = 200_000)]
+    pub points: usize,
+}
+
+/// `stageloop bench [--notebook]`.
+pub fn dispatch(a: Args) -> anyhow::Result<()> {
+    if a.notebook {
+        notebook(a.runs, a.points, a.json)
+    } else {
+        run(a)
+    }
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {

@@ -149,41 +149,7 @@ pub enum Command {
         command: DataCommand,
     },
     /// Measure training and sampling throughput and peak memory for one model shape.
-    Bench {
-        #[arg(long, default_value_t = 256)]
-        d_model: usize,
-        #[arg(long, default_value_t = 4)]
-        layers: usize,
-        #[arg(long, default_value_t = 4)]
-        heads: usize,
-        #[arg(long, default_value_t = 1024)]
-        mlp: usize,
-        #[arg(long, default_value_t = 128)]
-        ctx: usize,
-        /// Training batch (sequences of ctx tokens).
-        #[arg(long, default_value_t = 32)]
-        batch: usize,
-        /// Prompts sampled at once.
-        #[arg(long, default_value_t = 16)]
-        prompts: usize,
-        /// New tokens per prompt.
-        #[arg(long, default_value_t = 64)]
-        new_tokens: usize,
-        /// Timed training steps.
-        #[arg(long, default_value_t = 5)]
-        steps: usize,
-        /// Print one JSON line.
-        #[arg(long)]
-        json: bool,
-        /// Benchmark the notebook instead: open, frame, append-to-screen and memory on a
-        /// synthetic workspace of --runs × --points metric lines.
-        #[arg(long)]
-        notebook: bool,
-        #[arg(long, default_value_t = 50)]
-        runs: usize,
-        #[arg(long, default_value_t = 200_000)]
-        points: usize,
-    },
+    Bench(bench::Args),
 }
 
 #[derive(Debug, Subcommand)]
@@ -265,36 +231,6 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
                     seed,
                 },
         }) => data::generate(&task, n, &out, &kind, difficulty, seed),
-        Some(Command::Bench {
-            json,
-            notebook: true,
-            runs,
-            points,
-            ..
-        }) => bench::notebook(runs, points, json),
-        Some(Command::Bench {
-            d_model,
-            layers,
-            heads,
-            mlp,
-            ctx,
-            batch,
-            prompts,
-            new_tokens,
-            steps,
-            json,
-            ..
-        }) => bench::run(bench::Args {
-            d_model,
-            layers,
-            heads,
-            mlp,
-            ctx,
-            batch,
-            prompts,
-            new_tokens,
-            steps,
-            json,
-        }),
+        Some(Command::Bench(args)) => bench::dispatch(args),
     }
 }

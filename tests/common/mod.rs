@@ -1,0 +1,29 @@
+//! Helpers shared by the integration tests.
+
+use stageloop::runfs;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Run `stageloop run EXP --stage STAGE` as a child, wait until its run has written the
+/// checkpoint folder `step` (e.g. `step-000020`), then SIGKILL it.
+pub fn kill_at_checkpoint(exp: &Path, stage: &str, step: &str) {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_stageloop"))
+        .arg("run")
+        .arg(exp)
+        .args(["--stage", stage])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let latest = runfs::latest_run_of(&exp.join("runs"), stage)
+            .and_then(|(r, _)| runfs::checkpoint::latest(&r.path));
+        if latest.is_some_and(|p| p.ends_with(step)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no checkpoint {step} appeared");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
