@@ -113,9 +113,8 @@ pub fn create_run_dir(runs_dir: &Path, stage: &str) -> std::io::Result<RunDir> {
 }
 
 /// When a run started: `run.json`'s `started`, else the folder's modification time.
-fn started(run: &RunDir) -> f64 {
-    RunStatus::load(&run.path)
-        .ok()
+fn started(run: &RunDir, status: Option<&RunStatus>) -> f64 {
+    status
         .and_then(|s| s.started)
         .or_else(|| {
             let m = std::fs::metadata(&run.path)
@@ -129,7 +128,15 @@ fn started(run: &RunDir) -> f64 {
 /// The run folders under `runs_dir`, oldest first: by start time (ids alone tie within a
 /// second), then id.
 pub fn list_runs(runs_dir: &Path) -> Vec<RunDir> {
-    let mut runs: Vec<(f64, RunDir)> = std::fs::read_dir(runs_dir)
+    runs_with_status(runs_dir)
+        .into_iter()
+        .map(|(r, _)| r)
+        .collect()
+}
+
+/// [`list_runs`] with each run's `run.json` (read once; `None` when absent or unreadable).
+pub fn runs_with_status(runs_dir: &Path) -> Vec<(RunDir, Option<RunStatus>)> {
+    let mut runs: Vec<(f64, RunDir, Option<RunStatus>)> = std::fs::read_dir(runs_dir)
         .into_iter()
         .flatten()
         .flatten()
@@ -137,18 +144,21 @@ pub fn list_runs(runs_dir: &Path) -> Vec<RunDir> {
         .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
         .map(|e| RunDir::new(e.path()))
         .filter(RunDir::is_run)
-        .map(|r| (started(&r), r))
+        .map(|r| {
+            let status = RunStatus::load(&r.path).ok();
+            (started(&r, status.as_ref()), r, status)
+        })
         .collect();
     runs.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.id().cmp(&b.1.id())));
-    runs.into_iter().map(|(_, r)| r).collect()
+    runs.into_iter().map(|(_, r, s)| (r, s)).collect()
 }
 
 /// The most recent run of `stage` under `runs_dir` (by `run.json`'s stage field), if any.
 pub fn latest_run_of(runs_dir: &Path, stage: &str) -> Option<(RunDir, RunStatus)> {
-    list_runs(runs_dir)
+    runs_with_status(runs_dir)
         .into_iter()
         .rev()
-        .filter_map(|r| RunStatus::load(&r.path).ok().map(|s| (r, s)))
+        .filter_map(|(r, s)| s.map(|s| (r, s)))
         .find(|(_, s)| s.stage == stage)
 }
 

@@ -135,11 +135,13 @@ fn init_checkpoint(exp: &Experiment, cfg: &StageConfig, step: &Step) -> Result<O
 
 /// The latest checkpoint of the most recent finished run of stage `name`.
 pub fn checkpoint_of_stage(exp: &Experiment, name: &str, needed_by: &str) -> Result<PathBuf> {
-    let runs = runfs::list_runs(&exp.runs_dir());
-    let done = runs.iter().rev().find_map(|r| {
-        let s = RunStatus::load(&r.path).ok()?;
-        (s.stage == name && s.status == Status::Done).then_some(r.clone())
-    });
+    let done = runfs::runs_with_status(&exp.runs_dir())
+        .into_iter()
+        .rev()
+        .find_map(|(r, s)| {
+            let s = s?;
+            (s.stage == name && s.status == Status::Done).then_some(r)
+        });
     let Some(run) = done else {
         bail!(
             "stage `{needed_by}` starts from `{name}`, which has no finished run in {}; run it first (stageloop run {} --stage {name})",
