@@ -8,15 +8,12 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use stageloop::model::{Gpt, ModelConfig};
 use stageloop::runfs::{self, metrics::parse_metric_line};
-use stageloop::spec::{self, LossType};
+use stageloop::spec::LossType;
 use stageloop::stages::common::target_logprobs;
 use stageloop::stages::grpo::{LossInputs, grpo_loss};
 use stageloop::stages::grpo_math::{TokenRow, reference_loss};
-use stageloop::stages::{Quiet, RunOptions, run_pipeline};
-use std::sync::Arc;
 
 mod common;
-use std::sync::atomic::AtomicBool;
 
 fn t2(v: &[Vec<f64>], device: &Device) -> Tensor<2> {
     let (n, t) = (v.len(), v[0].len());
@@ -180,15 +177,7 @@ rewards = { format = 1.0 }
 #[test]
 fn tiny_grpo_stage_raises_its_reward() {
     let d = tempfile::tempdir().unwrap();
-    std::fs::write(d.path().join("experiment.toml"), TINY_RL).unwrap();
-    let exp = spec::load(d.path()).unwrap();
-    run_pipeline(
-        &exp,
-        &RunOptions::default(),
-        Arc::new(AtomicBool::new(false)),
-        &mut Quiet,
-    )
-    .unwrap();
+    common::run_experiment(d.path(), TINY_RL);
     let (run, _) = runfs::latest_run_of(&d.path().join("runs"), "rl").unwrap();
     let text = std::fs::read_to_string(run.metrics()).unwrap();
     let rewards: Vec<f64> = text
@@ -310,15 +299,7 @@ fn loops_repeat_a_span_in_distinct_run_folders_and_chain_init() {
         "{}\n[[stage]]\nname = \"ev\"\nkind = \"eval\"\ninit = \"rl\"\nprompts = 4\nk = 2\n\n[[loop]]\nstart = \"rl\"\nend = \"ev\"\ntimes = 2\n",
         TINY_RL.replace("steps = 24", "steps = 3")
     );
-    std::fs::write(d.path().join("experiment.toml"), text).unwrap();
-    let exp = spec::load(d.path()).unwrap();
-    run_pipeline(
-        &exp,
-        &RunOptions::default(),
-        Arc::new(AtomicBool::new(false)),
-        &mut Quiet,
-    )
-    .unwrap();
+    common::run_experiment(d.path(), &text);
     let runs = runfs::list_runs(&d.path().join("runs"));
     let statuses: Vec<_> = runs
         .iter()

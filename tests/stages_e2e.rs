@@ -2,14 +2,10 @@
 //! with SIGKILL resumes from its checkpoint onto the same loss curve.
 
 use stageloop::runfs::{self, RunStatus, Status, metrics::parse_metric_line};
-use stageloop::spec;
-use stageloop::stages::{Quiet, RunOptions, run_pipeline};
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
 
 mod common;
-use std::sync::atomic::AtomicBool;
 
 const TINY: &str = r#"name = "tiny"
 seed = 5
@@ -70,10 +66,7 @@ fn run_of(exp: &Path, stage: &str) -> runfs::RunDir {
 #[test]
 fn pretrain_sft_eval_end_to_end() {
     let d = tempfile::tempdir().unwrap();
-    std::fs::write(d.path().join("experiment.toml"), TINY).unwrap();
-    let exp = spec::load(d.path()).unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    run_pipeline(&exp, &RunOptions::default(), stop, &mut Quiet).unwrap();
+    common::run_experiment(d.path(), TINY);
 
     let pre = run_of(d.path(), "pre");
     let st = RunStatus::load(&pre.path).unwrap();

@@ -38,10 +38,4 @@ impl ModelConfig {
         let per_layer = 2 * d + d * 3 * d + d * d + d * 2 * self.mlp + self.mlp * d;
         self.vocab * d + self.layers * per_layer + d + d * self.vocab
     }
-
-    /// Training FLOPs per token (forward + backward ≈ 6 × matmul params, plus attention).
-    pub fn train_flops_per_token(&self) -> f64 {
-        let matmul = self.params() - self.vocab * self.d_model;
-        6.0 * matmul as f64 + 12.0 * (self.layers * self.d_model * self.ctx) as f64
-    }
 }

@@ -86,13 +86,6 @@ impl RunSeries {
             .find(|v| v.is_finite())
             .map(|v| v as f64)
     }
-
-    /// Bytes held by the columns.
-    pub fn heap_bytes(&self) -> usize {
-        4 * (self.steps.capacity()
-            + self.times.capacity()
-            + self.values.values().map(Vec::capacity).sum::<usize>())
-    }
 }
 
 /// The x axis of a chart.

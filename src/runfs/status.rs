@@ -29,11 +29,6 @@ impl Status {
             Status::Crashed => "crashed",
         }
     }
-
-    /// Whether the run is finished for good (nothing will append to it without a resume).
-    pub fn is_final(self) -> bool {
-        !matches!(self, Status::Queued | Status::Running)
-    }
 }
 
 impl std::fmt::Display for Status {

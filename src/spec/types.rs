@@ -209,16 +209,6 @@ pub enum StageKind {
 }
 
 impl StageKind {
-    /// All kinds, in the order the pipeline usually runs them.
-    pub const ALL: [StageKind; 6] = [
-        StageKind::Pretrain,
-        StageKind::Sft,
-        StageKind::Grpo,
-        StageKind::Rejection,
-        StageKind::Distill,
-        StageKind::Eval,
-    ];
-
     /// The name used in TOML and run folders.
     pub fn as_str(self) -> &'static str {
         match self {

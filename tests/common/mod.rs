@@ -27,3 +27,16 @@ pub fn kill_at_checkpoint(exp: &Path, stage: &str, step: &str) {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// Write `spec` as `dir/experiment.toml` and run its whole pipeline in-process, quietly.
+pub fn run_experiment(dir: &Path, spec: &str) {
+    std::fs::write(dir.join("experiment.toml"), spec).unwrap();
+    let exp = stageloop::spec::load(dir).unwrap();
+    stageloop::stages::run_pipeline(
+        &exp,
+        &stageloop::stages::RunOptions::default(),
+        std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        &mut stageloop::stages::Quiet,
+    )
+    .unwrap();
+}
