@@ -1,8 +1,10 @@
-//! The KV cache computes the same function as the full forward pass.
+//! The KV cache and the CPU decoder (`infer::Engine`) compute the same function as the full
+//! forward pass of the burn model.
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use stageloop::model::infer::Engine;
 use stageloop::model::sample::{SampleOptions, generate};
 use stageloop::model::{Gpt, KvCache, ModelConfig};
 
@@ -67,6 +69,7 @@ fn greedy_decoding_is_identical_with_and_without_the_cache() {
     let mut opts = SampleOptions {
         temperature: 0.0,
         max_new_tokens: 20,
+        engine: false,
         ..Default::default()
     };
     let mut rng = ChaCha8Rng::seed_from_u64(0);
@@ -84,4 +87,120 @@ fn greedy_decoding_is_identical_with_and_without_the_cache() {
     let alone = generate(&model, &prompts[2..], 40, &opts, &mut rng, &device);
     assert_eq!(alone[0].tokens, plain[2].tokens);
     assert!(cached.iter().any(|c| !c.tokens.is_empty()));
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max)
+}
+
+fn full_logits(model: &Gpt, seq: &[u32], device: &Device) -> Vec<f32> {
+    model
+        .forward(ids(&[seq.to_vec()], device))
+        .into_data()
+        .iter::<f32>()
+        .collect()
+}
+
+#[test]
+fn engine_logits_match_the_burn_model_for_prefill_and_decode() {
+    let device = Device::flex();
+    for (seed, c) in [
+        (11, cfg()),
+        // Large enough that the projections run on several threads.
+        (
+            12,
+            ModelConfig {
+                vocab: 30,
+                d_model: 128,
+                heads: 4,
+                mlp: 256,
+                layers: 2,
+                ctx: 64,
+                rope_theta: 10_000.0,
+            },
+        ),
+    ] {
+        device.seed(seed);
+        let model = Gpt::new(&c, &device);
+        let engine = Engine::new(&model, c.ctx);
+        let v = engine.vocab();
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        use rand::Rng;
+        // 24 sequences of different lengths, fed together: every position's logits.
+        let seqs: Vec<Vec<u32>> = (0..24)
+            .map(|i| {
+                (0..3 + i % 9)
+                    .map(|_| rng.random_range(0..c.vocab as u32))
+                    .collect()
+            })
+            .collect();
+        let mut cache = engine.cache(seqs.len());
+        let feed: Vec<(usize, &[u32])> = seqs.iter().map(Vec::as_slice).enumerate().collect();
+        let all = engine.forward(&mut cache, &feed, true);
+        let mut off = 0;
+        for s in &seqs {
+            let want = full_logits(&model, s, &device);
+            let got = &all[off..off + s.len() * v];
+            let d = max_diff(&want, got);
+            assert!(d < 1e-4, "prefill, d_model {}: max abs diff {d}", c.d_model);
+            off += s.len() * v;
+        }
+        // Then five decode steps, one token per row: last-position logits.
+        let mut seqs = seqs;
+        for _ in 0..5 {
+            let toks: Vec<[u32; 1]> = seqs
+                .iter()
+                .map(|_| [rng.random_range(0..c.vocab as u32)])
+                .collect();
+            let feed: Vec<(usize, &[u32])> =
+                toks.iter().map(|t| t.as_slice()).enumerate().collect();
+            let got = engine.forward(&mut cache, &feed, false);
+            for (r, s) in seqs.iter_mut().enumerate() {
+                s.push(toks[r][0]);
+                let want = full_logits(&model, s, &device);
+                let d = max_diff(&want[(s.len() - 1) * v..], &got[r * v..(r + 1) * v]);
+                assert!(d < 1e-4, "decode row {r}: max abs diff {d}");
+            }
+        }
+    }
+}
+
+#[test]
+fn engine_samples_the_same_tokens_and_logprobs_as_the_reference() {
+    let device = Device::flex();
+    device.seed(5);
+    let model = Gpt::new(&cfg(), &device);
+    let prompts = vec![
+        vec![1, 9, 12],
+        vec![1, 15, 8, 10, 11, 7],
+        vec![1, 13],
+        vec![1, 4, 4, 4],
+    ];
+    for temperature in [0.0, 1.0] {
+        for use_cache in [true, false] {
+            let run = |engine: bool| {
+                let opts = SampleOptions {
+                    temperature,
+                    max_new_tokens: 25,
+                    use_cache,
+                    engine,
+                    ..Default::default()
+                };
+                let mut rng = ChaCha8Rng::seed_from_u64(9);
+                generate(&model, &prompts, 40, &opts, &mut rng, &device)
+            };
+            let (fast, reference) = (run(true), run(false));
+            for (a, b) in fast.iter().zip(&reference) {
+                assert_eq!(a.tokens, b.tokens, "T {temperature}, cache {use_cache}");
+                assert_eq!(a.finished, b.finished);
+                let d = max_diff(&a.logprobs, &b.logprobs);
+                assert!(d < 1e-4, "T {temperature}: logprob diff {d}");
+            }
+            assert!(fast.iter().map(|c| c.tokens.len()).sum::<usize>() > 10);
+        }
+    }
 }

@@ -1,8 +1,11 @@
-//! The language model: shape ([`config`]), tokenizer, transformer with KV cache, sampler, and
-//! checkpoint (de)serialisation. Knows nothing of stages or screens.
+//! The language model: shape ([`config`]), tokenizer, transformer with KV cache, the CPU
+//! decoding fast path ([`infer`]), sampler, and checkpoint (de)serialisation. Knows nothing of
+//! stages or screens.
 
 pub mod checkpoint;
 pub mod config;
+pub mod infer;
+pub mod packed;
 pub mod sample;
 pub mod tokenizer;
 pub mod transformer;

@@ -1,8 +1,10 @@
 //! Batched sampling: left-padded prompts, temperature / top-k / top-p, stop at EOS or a token
 //! budget, per-token log-probabilities. With the KV cache only the new position is computed each
 //! step and finished sequences leave the batch; without it every step re-runs the whole prefix
-//! (the reference the cache is tested against).
+//! (the reference the cache is tested against). On the CPU the dedicated decoder
+//! ([`super::infer::Engine`]) runs both; elsewhere, or with `engine: false`, burn's ops do.
 
+use super::infer::Engine;
 use super::tokenizer::{EOS, PAD};
 use super::transformer::{Gpt, KvCache};
 use burn::tensor::{Device, Int, Tensor, TensorData};
@@ -23,6 +25,8 @@ pub struct SampleOptions {
     pub use_cache: bool,
     /// Never stop at EOS (benchmarks: every row decodes the full budget).
     pub ignore_eos: bool,
+    /// On the CPU, decode with the dedicated fast path; false = burn's ops (the reference).
+    pub engine: bool,
 }
 
 impl Default for SampleOptions {
@@ -34,6 +38,7 @@ impl Default for SampleOptions {
             max_new_tokens: 0,
             use_cache: true,
             ignore_eos: false,
+            engine: true,
         }
     }
 }
@@ -145,6 +150,9 @@ pub fn generate(
     } else {
         opts.max_new_tokens.min(ctx.saturating_sub(plen))
     };
+    if opts.engine && *device == Device::flex() && prompts.iter().all(|p| !p.is_empty()) {
+        return generate_engine(model, prompts, ctx, budget, opts, rng, out);
+    }
     // Left-pad so every prompt ends at the same position (RoPE is relative, so the padding
     // changes nothing once it is masked out).
     let mut rows: Vec<Vec<u32>> = prompts
@@ -213,6 +221,69 @@ pub fn generate(
             ));
         }
         active = kept;
+    }
+    out
+}
+
+/// [`generate`] on the CPU decoder: the same rows, the same random draws in the same order.
+fn generate_engine(
+    model: &Gpt,
+    prompts: &[Vec<u32>],
+    ctx: usize,
+    budget: usize,
+    opts: &SampleOptions,
+    rng: &mut ChaCha8Rng,
+    mut out: Vec<Completion>,
+) -> Vec<Completion> {
+    let engine = Engine::new(model, ctx);
+    let vocab = engine.vocab();
+    let mut cache = engine.cache(prompts.len());
+    // Full sequences so far (prompt + new tokens), for the no-cache path.
+    let mut seqs: Vec<Vec<u32>> = prompts.to_vec();
+    let feed: Vec<(usize, &[u32])> = seqs.iter().map(Vec::as_slice).enumerate().collect();
+    let mut logits = engine.forward(&mut cache, &feed, false);
+    let mut active: Vec<usize> = (0..prompts.len()).collect();
+    for step in 0..budget {
+        let mut next = Vec::new();
+        for (slot, &row) in active.iter().enumerate() {
+            let l = &mut logits[slot * vocab..(slot + 1) * vocab];
+            if opts.ignore_eos {
+                l[EOS as usize] = f32::NEG_INFINITY;
+            }
+            let (tok, lp) = pick(l, opts, rng);
+            out[row].logprobs.push(lp);
+            if tok == EOS {
+                out[row].finished = true;
+            } else {
+                out[row].tokens.push(tok);
+                next.push((row, tok));
+            }
+        }
+        if next.is_empty() || step + 1 == budget {
+            break;
+        }
+        active = next.iter().map(|&(row, _)| row).collect();
+        for &(row, tok) in &next {
+            seqs[row].push(tok);
+        }
+        logits = if opts.use_cache {
+            let toks: Vec<[u32; 1]> = next.iter().map(|&(_, t)| [t]).collect();
+            let feed: Vec<(usize, &[u32])> = next
+                .iter()
+                .zip(&toks)
+                .map(|(&(row, _), t)| (row, t.as_slice()))
+                .collect();
+            engine.forward(&mut cache, &feed, false)
+        } else {
+            for &row in &active {
+                cache.rows[row].len = 0;
+            }
+            let feed: Vec<(usize, &[u32])> = active
+                .iter()
+                .map(|&row| (row, seqs[row].as_slice()))
+                .collect();
+            engine.forward(&mut cache, &feed, false)
+        };
     }
     out
 }

@@ -268,4 +268,53 @@ impl Gpt {
     pub fn layers(&self) -> usize {
         self.blocks.len()
     }
+
+    /// The weights as plain tensors (`[d_in, d_out]` matrices), for the CPU decoder.
+    pub fn weights(&self) -> Weights {
+        let norm = |n: &RmsNorm| (n.gamma.val(), n.epsilon);
+        Weights {
+            d_model: self.embed.weight.dims()[1],
+            heads: self.heads,
+            rope_theta: self.rope_theta,
+            embed: self.embed.weight.val(),
+            blocks: self
+                .blocks
+                .iter()
+                .map(|b| BlockWeights {
+                    attn_norm: norm(&b.attn_norm),
+                    qkv: b.qkv.weight.val(),
+                    out: b.out.weight.val(),
+                    mlp_norm: norm(&b.mlp_norm),
+                    gate_up: b.gate_up.weight.val(),
+                    down: b.down.weight.val(),
+                })
+                .collect(),
+            norm: norm(&self.norm),
+            head: self.head.weight.val(),
+        }
+    }
+}
+
+/// A norm's gain and epsilon.
+pub type NormWeights = (Tensor<1>, f64);
+
+/// The weights of one block (see [`Gpt::weights`]).
+pub struct BlockWeights {
+    pub attn_norm: NormWeights,
+    pub qkv: Tensor<2>,
+    pub out: Tensor<2>,
+    pub mlp_norm: NormWeights,
+    pub gate_up: Tensor<2>,
+    pub down: Tensor<2>,
+}
+
+/// The weights of a whole model (see [`Gpt::weights`]).
+pub struct Weights {
+    pub d_model: usize,
+    pub heads: usize,
+    pub rope_theta: f64,
+    pub embed: Tensor<2>,
+    pub blocks: Vec<BlockWeights>,
+    pub norm: NormWeights,
+    pub head: Tensor<2>,
 }

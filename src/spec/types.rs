@@ -174,6 +174,10 @@ pub struct CorpusMix {
     /// Share of examples whose trace contains a deliberate slip (answer follows the trace).
     #[serde(default = "wrong_trace")]
     pub wrong_trace: f64,
+    /// Share of examples whose trace searches: failed attempts, then the one that works (tasks
+    /// without a notion of attempts, such as `arith`, write a clean trace instead).
+    #[serde(default)]
+    pub search: f64,
 }
 
 fn bare() -> f64 {
@@ -192,6 +196,7 @@ impl Default for CorpusMix {
             bare: bare(),
             wrong: wrong(),
             wrong_trace: wrong_trace(),
+            search: 0.0,
         }
     }
 }

@@ -153,6 +153,7 @@ pub fn validate(spec: &ExperimentSpec, at: &Locator<'_>, dir: &Path) -> Vec<Spec
         ("bare", t.corpus.bare),
         ("wrong", t.corpus.wrong),
         ("wrong_trace", t.corpus.wrong_trace),
+        ("search", t.corpus.search),
     ] {
         check(
             (0.0..=1.0).contains(&v),
@@ -161,9 +162,9 @@ pub fn validate(spec: &ExperimentSpec, at: &Locator<'_>, dir: &Path) -> Vec<Spec
         );
     }
     check(
-        t.corpus.bare + t.corpus.wrong + t.corpus.wrong_trace <= 1.0 + 1e-9,
+        t.corpus.bare + t.corpus.wrong + t.corpus.wrong_trace + t.corpus.search <= 1.0 + 1e-9,
         &[Seg::Key("task"), Seg::Key("corpus")],
-        "bare + wrong + wrong_trace must not exceed 1",
+        "bare + wrong + wrong_trace + search must not exceed 1",
     );
 
     // [[stage]]

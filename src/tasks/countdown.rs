@@ -2,7 +2,8 @@
 //! division only when exact, no negative intermediate results. `25,7,3>96:` → `(25+7)*3`.
 //! Problems are built by combining the numbers, so a solution always exists. The trace lists
 //! the steps (`25+7=32,32*3=96`). Partial credit: half credit scaled by closeness for a valid
-//! expression that misses the target.
+//! expression that misses the target. A searching trace (`[task.corpus] search`) first writes
+//! one to three attempts that miss, separated by `;` (`25*3=75,75+7=82;25+7=32,32*3=96`).
 //!
 //! Difficulty: 3 numbers 1–9; 3 numbers 1–20; 4 numbers 1–20; 4 numbers 1–50; 4 numbers 1–100.
 
@@ -138,7 +139,7 @@ impl Task for Countdown {
         "countdown"
     }
     fn alphabet(&self) -> &'static str {
-        "0123456789+-*/()=,>:"
+        "0123456789+-*/()=,>:;"
     }
     fn generate(&self, rng: &mut TaskRng, difficulty: u32) -> Problem {
         let (n, max) = match difficulty {
@@ -244,6 +245,29 @@ impl Task for Countdown {
         }
         (p.trace.clone(), self.wrong_answer(p, rng))
     }
+    fn search(&self, p: &Problem, rng: &mut TaskRng) -> Option<String> {
+        let (nums, target) = parse_prompt(&p.prompt)?;
+        let misses = rng.random_range(1..=3);
+        let mut attempts: Vec<String> = Vec::new();
+        for _ in 0..64 {
+            if attempts.len() == misses {
+                break;
+            }
+            let mut order = nums.clone();
+            order.shuffle(rng);
+            let ops: Vec<char> = (1..nums.len())
+                .map(|_| ['+', '-', '*', '/'][rng.random_range(0..4)])
+                .collect();
+            if let Some((_, trace, v)) = build(&order, &ops)
+                && v != target
+                && !attempts.contains(&trace)
+            {
+                attempts.push(trace);
+            }
+        }
+        attempts.push(p.trace.clone());
+        Some(attempts.join(";"))
+    }
 }
 
 #[cfg(test)]
@@ -271,5 +295,31 @@ mod tests {
         assert_eq!(c.accuracy("25,7,3>96:", "25+7+3"), 0.0);
         assert!(c.partial("25,7,3>96:", "25+7*3") > 0.0);
         assert_eq!(c.partial("25,7,3>96:", "25*3"), 0.0);
+    }
+
+    #[test]
+    fn a_search_trace_misses_before_it_hits() {
+        use rand::SeedableRng;
+        let c = Countdown;
+        for seed in 0..200 {
+            let mut rng = TaskRng::seed_from_u64(seed);
+            let p = c.generate(&mut rng, 2);
+            let (_, target) = parse_prompt(&p.prompt).unwrap();
+            let t = c.search(&p, &mut rng).unwrap();
+            let attempts: Vec<&str> = t.split(';').collect();
+            assert!((2..=4).contains(&attempts.len()), "{t}");
+            assert_eq!(*attempts.last().unwrap(), p.trace);
+            // Every attempt's arithmetic is right; only the last one reaches the target.
+            for (i, a) in attempts.iter().enumerate() {
+                let mut last = 0;
+                for step in a.split(',') {
+                    let (lhs, rhs) = step.split_once('=').unwrap();
+                    let (v, _) = eval(lhs).unwrap();
+                    last = rhs.parse::<i64>().unwrap();
+                    assert_eq!(v, last, "{t}");
+                }
+                assert_eq!(last == target, i + 1 == attempts.len(), "{p:?} {t}");
+            }
+        }
     }
 }

@@ -46,6 +46,11 @@ pub trait Task: Send + Sync {
     fn wrong_answer(&self, p: &Problem, rng: &mut TaskRng) -> String;
     /// A trace with a slip in it, and the answer that follows from the slip.
     fn slipped(&self, p: &Problem, rng: &mut TaskRng) -> (String, String);
+    /// A trace that searches: one or more failed attempts, then the problem's own trace. `None`
+    /// for tasks that have a single way through (the corpus then writes the clean trace).
+    fn search(&self, _p: &Problem, _rng: &mut TaskRng) -> Option<String> {
+        None
+    }
 }
 
 /// A task by name.
@@ -109,6 +114,7 @@ pub enum Variant {
     Bare,
     WrongAnswer,
     WrongTrace,
+    Search,
 }
 
 impl TaskSet {
@@ -198,6 +204,14 @@ impl TaskSet {
                 Variant::WrongTrace,
                 format!("<think>{t}</think><answer>{a}</answer>"),
             )
+        } else if u < m.bare + m.wrong + m.wrong_trace + m.search
+            && self.spec.trace
+            && let Some(t) = self.task.search(&p, &mut rng)
+        {
+            (
+                Variant::Search,
+                format!("<think>{t}</think><answer>{}</answer>", p.answer),
+            )
         } else {
             (Variant::Clean, self.completion(&p))
         };
@@ -274,7 +288,7 @@ mod tests {
             *counts.entry(format!("{v:?}")).or_insert(0) += 1;
             let r = a.rewards(&p.prompt, &text);
             match v {
-                Variant::Clean => assert_eq!(r.accuracy, 1.0),
+                Variant::Clean | Variant::Search => assert_eq!(r.accuracy, 1.0),
                 Variant::Bare => assert_eq!((r.accuracy, r.format), (1.0, 0.0)),
                 Variant::WrongAnswer | Variant::WrongTrace => assert_eq!(r.accuracy, 0.0, "{text}"),
             }

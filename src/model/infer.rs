@@ -1,0 +1,401 @@
+//! The CPU decoding fast path: the same function as [`Gpt::forward_cached`], without burn's
+//! per-op overhead. Weights are copied once and packed for small-batch products
+//! ([`super::packed`]); each projection is one product over every new token of the batch;
+//! RMSNorm, RoPE, attention and SwiGLU run over buffers allocated once per call; keys and values
+//! are written in place into a cache preallocated for the whole context. Each row
+//! keeps its own length, so prompts of different lengths need no padding or masks (RoPE is
+//! relative, so the logits equal the padded reference's). `tests/model_decode.rs` checks logits,
+//! log-probabilities and greedy tokens against the burn path.
+
+use super::packed::Packed;
+use super::transformer::Gpt;
+use burn::tensor::Tensor;
+
+/// Weights of one block.
+struct Layer {
+    attn_norm: Vec<f32>,
+    attn_eps: f32,
+    /// `[d, 3d]`: queries, keys, values, each head-major.
+    qkv: Packed,
+    /// `[d, d]`.
+    out: Packed,
+    mlp_norm: Vec<f32>,
+    mlp_eps: f32,
+    /// `[d, 2·mlp]`: gate, then up.
+    gate_up: Packed,
+    /// `[mlp, d]`.
+    down: Packed,
+}
+
+/// A model's weights, laid out for decoding on the CPU.
+pub struct Engine {
+    d: usize,
+    heads: usize,
+    mlp: usize,
+    vocab: usize,
+    ctx: usize,
+    /// `[vocab, d]`.
+    embed: Vec<f32>,
+    layers: Vec<Layer>,
+    norm: Vec<f32>,
+    norm_eps: f32,
+    /// `[d, vocab]`.
+    head: Packed,
+    /// `[ctx, head_dim / 2]` tables.
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+}
+
+/// One sequence's keys and values, `[layer][position][d]`, allocated for the whole context.
+pub struct RowCache {
+    k: Vec<f32>,
+    v: Vec<f32>,
+    /// Positions filled.
+    pub len: usize,
+}
+
+/// The KV cache of a batch of sequences. Rows are independent, so a batch can be split
+/// between threads.
+pub struct Cache {
+    pub rows: Vec<RowCache>,
+}
+
+/// Tokens fed at once from which a batch is split between threads (below it, waking a thread
+/// costs more than it saves).
+const SPLIT_TOKENS: usize = 8;
+
+fn vec1(t: Tensor<1>) -> Vec<f32> {
+    t.into_data().iter::<f32>().collect()
+}
+
+fn vec2(t: Tensor<2>) -> Vec<f32> {
+    t.into_data().iter::<f32>().collect()
+}
+
+fn packed(t: Tensor<2>) -> Packed {
+    let [k, n] = t.dims();
+    Packed::new(&vec2(t), k, n)
+}
+
+/// `out = x / sqrt(mean(x²) + eps) · g`, row by row.
+fn rms_norm(x: &[f32], g: &[f32], eps: f32, out: &mut [f32]) {
+    let d = g.len();
+    for (xr, or) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+        let ms = xr.iter().map(|v| v * v).sum::<f32>() / d as f32;
+        let inv = 1.0 / (ms + eps).sqrt();
+        for ((o, &v), &w) in or.iter_mut().zip(xr).zip(g) {
+            *o = v * inv * w;
+        }
+    }
+}
+
+/// `a · b` with eight independent partial sums, so the compiler can keep them in one vector
+/// register (a single running sum is a serial chain of dependent adds).
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ac.zip(bc) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Attention of one query (all heads, `q` is `heads · head_dim`) over `keys` and `values`
+/// (`[positions][heads · head_dim]`), written to `out`.
+fn attend(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    heads: usize,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has AVX2 and FMA (checked just above).
+            return unsafe { attend_avx2(q, keys, values, heads, scale, scores, out) };
+        }
+    }
+    attend_generic(q, keys, values, heads, scale, scores, out)
+}
+
+/// [`attend`] compiled with AVX2 and FMA, so its loops use 8-wide vectors.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn attend_avx2(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    heads: usize,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    attend_generic(q, keys, values, heads, scale, scores, out)
+}
+
+#[inline(always)]
+fn attend_generic(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    heads: usize,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    let d = q.len();
+    let hd = d / heads;
+    let len = keys.len() / d;
+    out.fill(0.0);
+    for hh in 0..heads {
+        let qh = &q[hh * hd..(hh + 1) * hd];
+        let s = &mut scores[..len];
+        let mut max = f32::NEG_INFINITY;
+        for (sj, k) in s.iter_mut().zip(keys.chunks_exact(d)) {
+            *sj = dot(qh, &k[hh * hd..(hh + 1) * hd]) * scale;
+            max = max.max(*sj);
+        }
+        let mut sum = 0.0;
+        for sj in s.iter_mut() {
+            *sj = (*sj - max).exp();
+            sum += *sj;
+        }
+        let o = &mut out[hh * hd..(hh + 1) * hd];
+        for (&p, v) in s.iter().zip(values.chunks_exact(d)) {
+            let w = p / sum;
+            for (oi, vi) in o.iter_mut().zip(&v[hh * hd..(hh + 1) * hd]) {
+                *oi += w * vi;
+            }
+        }
+    }
+}
+
+/// Rotate pairs (i, i + half) of each head of `x` (`heads · head_dim` values) by the angles of
+/// one position.
+fn rope(x: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32]) {
+    let half = head_dim / 2;
+    for h in x.chunks_exact_mut(head_dim) {
+        let (x1, x2) = h.split_at_mut(half);
+        for i in 0..half {
+            let (a, b) = (x1[i], x2[i]);
+            x1[i] = a * cos[i] - b * sin[i];
+            x2[i] = a * sin[i] + b * cos[i];
+        }
+    }
+}
+
+impl Engine {
+    /// Copy a model's weights (any backend) into the CPU layout, for contexts up to `ctx`.
+    pub fn new(model: &Gpt, ctx: usize) -> Engine {
+        let w = model.weights();
+        let d = w.d_model;
+        let heads = w.heads;
+        let hd = d / heads;
+        let half = hd / 2;
+        let mut cos = Vec::with_capacity(ctx * half);
+        let mut sin = Vec::with_capacity(ctx * half);
+        // The same tables (in f64, then rounded) as the burn path's.
+        for p in 0..ctx {
+            for i in 0..half {
+                let freq = 1.0 / w.rope_theta.powf(2.0 * i as f64 / hd as f64);
+                let a = p as f64 * freq;
+                cos.push(a.cos() as f32);
+                sin.push(a.sin() as f32);
+            }
+        }
+        let layers: Vec<Layer> = w
+            .blocks
+            .into_iter()
+            .map(|b| Layer {
+                attn_norm: vec1(b.attn_norm.0),
+                attn_eps: b.attn_norm.1 as f32,
+                qkv: packed(b.qkv),
+                out: packed(b.out),
+                mlp_norm: vec1(b.mlp_norm.0),
+                mlp_eps: b.mlp_norm.1 as f32,
+                gate_up: packed(b.gate_up),
+                down: packed(b.down),
+            })
+            .collect();
+        let mlp = layers.first().map_or(0, |l| l.down.rows());
+        let embed = vec2(w.embed);
+        Engine {
+            d,
+            heads,
+            mlp,
+            vocab: embed.len() / d,
+            ctx,
+            embed,
+            layers,
+            norm: vec1(w.norm.0),
+            norm_eps: w.norm.1 as f32,
+            head: packed(w.head),
+            cos,
+            sin,
+        }
+    }
+
+    pub fn vocab(&self) -> usize {
+        self.vocab
+    }
+
+    /// An empty cache for `rows` sequences.
+    pub fn cache(&self, rows: usize) -> Cache {
+        let size = self.layers.len() * self.ctx * self.d;
+        Cache {
+            rows: (0..rows)
+                .map(|_| RowCache {
+                    k: vec![0.0; size],
+                    v: vec![0.0; size],
+                    len: 0,
+                })
+                .collect(),
+        }
+    }
+
+    /// Feed `tokens` to each listed row of the cache (appended after what the row holds) and
+    /// return logits, `[outputs, vocab]` row-major: for every fed token when `all`, else for the
+    /// last token of each entry. With enough tokens the batch is split in two halves that run
+    /// on two threads. Panics if a row is listed twice or would exceed the context.
+    pub fn forward(&self, cache: &mut Cache, feed: &[(usize, &[u32])], all: bool) -> Vec<f32> {
+        let mut slots: Vec<Option<&mut RowCache>> = cache.rows.iter_mut().map(Some).collect();
+        let mut jobs: Vec<(&mut RowCache, &[u32])> = feed
+            .iter()
+            .map(|&(row, toks)| {
+                let slot = slots[row]
+                    .take()
+                    .expect("each row is fed at most once per call");
+                (slot, toks)
+            })
+            .collect();
+        let total: usize = feed.iter().map(|(_, t)| t.len()).sum();
+        if jobs.len() < 2 || total < SPLIT_TOKENS || rayon::current_num_threads() < 2 {
+            return self.forward_rows(&mut jobs, all, true);
+        }
+        // Two halves of about equal token counts.
+        let mut acc = 0;
+        let cut = jobs
+            .iter()
+            .position(|(_, t)| {
+                acc += t.len();
+                2 * acc >= total
+            })
+            .map_or(jobs.len() / 2, |i| (i + 1).min(jobs.len() - 1));
+        let (left, right) = jobs.split_at_mut(cut);
+        let (mut a, b) = rayon::join(
+            || self.forward_rows(left, all, false),
+            || self.forward_rows(right, all, false),
+        );
+        a.extend(b);
+        a
+    }
+
+    /// [`Self::forward`] over one group of rows, on this thread (`parallel`: let the products
+    /// use more threads).
+    fn forward_rows(
+        &self,
+        jobs: &mut [(&mut RowCache, &[u32])],
+        all: bool,
+        parallel: bool,
+    ) -> Vec<f32> {
+        let (d, hd) = (self.d, self.d / self.heads);
+        let half = hd / 2;
+        // Where each fed token goes: (job, position).
+        let mut at: Vec<(usize, usize)> = Vec::new();
+        let mut x: Vec<f32> = Vec::new();
+        for (job, (rc, toks)) in jobs.iter().enumerate() {
+            assert!(!toks.is_empty(), "nothing to feed to a row");
+            let start = rc.len;
+            assert!(
+                start + toks.len() <= self.ctx,
+                "sequence longer than the context ({})",
+                self.ctx
+            );
+            for (i, &t) in toks.iter().enumerate() {
+                at.push((job, start + i));
+                let t = t as usize;
+                x.extend_from_slice(&self.embed[t * d..(t + 1) * d]);
+            }
+        }
+        let n = at.len();
+        let m = self.mlp;
+        let mut h = vec![0.0f32; n * d];
+        let mut qkv = vec![0.0f32; n * 3 * d];
+        let mut att = vec![0.0f32; n * d];
+        let mut gu = vec![0.0f32; n * 2 * m];
+        let mut act = vec![0.0f32; n * m];
+        let mut scores = vec![0.0f32; self.ctx];
+        let scale = 1.0 / (hd as f32).sqrt();
+        for (li, l) in self.layers.iter().enumerate() {
+            rms_norm(&x, &l.attn_norm, l.attn_eps, &mut h);
+            l.qkv.matmul(&mut qkv, &h, n, false, parallel);
+            // RoPE on queries and keys; keys and values into the cache.
+            let layer = li * self.ctx * d;
+            for (t, &(job, pos)) in at.iter().enumerate() {
+                let cs = &self.cos[pos * half..(pos + 1) * half];
+                let sn = &self.sin[pos * half..(pos + 1) * half];
+                let r = &mut qkv[t * 3 * d..(t + 1) * 3 * d];
+                rope(&mut r[..2 * d], hd, cs, sn);
+                let o = layer + pos * d;
+                let rc = &mut *jobs[job].0;
+                rc.k[o..o + d].copy_from_slice(&r[d..2 * d]);
+                rc.v[o..o + d].copy_from_slice(&r[2 * d..]);
+            }
+            // Causal attention of each new token over its row's cache.
+            for (t, &(job, pos)) in at.iter().enumerate() {
+                let rc = &*jobs[job].0;
+                let keys = &rc.k[layer..layer + (pos + 1) * d];
+                let values = &rc.v[layer..layer + (pos + 1) * d];
+                let q = &qkv[t * 3 * d..t * 3 * d + d];
+                let o = &mut att[t * d..(t + 1) * d];
+                attend(q, keys, values, self.heads, scale, &mut scores, o);
+            }
+            l.out.matmul(&mut x, &att, n, true, parallel);
+            rms_norm(&x, &l.mlp_norm, l.mlp_eps, &mut h);
+            l.gate_up.matmul(&mut gu, &h, n, false, parallel);
+            for (a, g) in act.chunks_exact_mut(m).zip(gu.chunks_exact(2 * m)) {
+                let (gate, up) = g.split_at(m);
+                for ((ai, &gi), &ui) in a.iter_mut().zip(gate).zip(up) {
+                    *ai = gi / (1.0 + (-gi).exp()) * ui;
+                }
+            }
+            l.down.matmul(&mut x, &act, n, true, parallel);
+        }
+        for (rc, toks) in jobs.iter_mut() {
+            rc.len += toks.len();
+        }
+        // Only the positions whose logits are wanted go through the head.
+        let picked: Vec<f32> = if all {
+            x
+        } else {
+            let mut end = 0;
+            let mut v = Vec::with_capacity(jobs.len() * d);
+            for (_, toks) in jobs.iter() {
+                end += toks.len();
+                v.extend_from_slice(&x[(end - 1) * d..end * d]);
+            }
+            v
+        };
+        let rows = picked.len() / d;
+        let mut hn = vec![0.0f32; rows * d];
+        rms_norm(&picked, &self.norm, self.norm_eps, &mut hn);
+        let mut logits = vec![0.0f32; rows * self.vocab];
+        self.head.matmul(&mut logits, &hn, rows, false, parallel);
+        logits
+    }
+}

@@ -1,0 +1,306 @@
+//! Weight matrices packed once for decoding, and the small-batch matrix product over them.
+//!
+//! Decoding multiplies a few rows (one per sequence) by every weight matrix at each step. A
+//! general GEMM packs its right-hand side on every call, which for a handful of rows costs more
+//! memory traffic than the product itself. Here a `[k, n]` matrix is packed once into column
+//! panels of [`NR`] (`panel[kk][0..NR]` contiguous), and the kernel keeps an `MR × NR` block of
+//! the result in registers while it streams one panel (which then stays in L1 for the next rows).
+//! On x86-64 with AVX2 and FMA the same code is compiled with those features (chosen at run time);
+//! elsewhere it is plain Rust.
+
+/// Columns per panel: two 8-wide vectors.
+pub const NR: usize = 16;
+/// Rows per register block.
+const MR: usize = 6;
+/// `m·n·k` from which the panels are split between threads.
+const PARALLEL_OPS: usize = 1 << 20;
+
+/// A `[k, n]` row-major matrix in column panels of [`NR`], the last one zero-padded.
+#[derive(Debug, Clone)]
+pub struct Packed {
+    k: usize,
+    n: usize,
+    data: Vec<f32>,
+}
+
+impl Packed {
+    /// Pack a row-major `[k, n]` matrix.
+    pub fn new(w: &[f32], k: usize, n: usize) -> Packed {
+        assert_eq!(w.len(), k * n, "matrix is not {k}×{n}");
+        let panels = n.div_ceil(NR);
+        let mut data = vec![0.0f32; panels * k * NR];
+        for p in 0..panels {
+            let cols = NR.min(n - p * NR);
+            for kk in 0..k {
+                let src = &w[kk * n + p * NR..kk * n + p * NR + cols];
+                data[(p * k + kk) * NR..(p * k + kk) * NR + cols].copy_from_slice(src);
+            }
+        }
+        Packed { k, n, data }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.k
+    }
+
+    pub fn cols(&self) -> usize {
+        self.n
+    }
+
+    /// `dst[m, n] = a[m, k] · self`, or `+=` when `accumulate`; row-major, contiguous. With
+    /// `parallel`, large products split their panels between threads.
+    pub fn matmul(&self, dst: &mut [f32], a: &[f32], m: usize, accumulate: bool, parallel: bool) {
+        let (k, n) = (self.k, self.n);
+        assert!(
+            a.len() >= m * k && dst.len() >= m * n,
+            "matmul: buffers too small"
+        );
+        let panels = n.div_ceil(NR);
+        let threads = if parallel && m * n * k >= PARALLEL_OPS {
+            rayon::current_num_threads().min(panels)
+        } else {
+            1
+        };
+        // Rows of a in blocks of MR, transposed so a block's values for one kk are adjacent.
+        let blocks = m.div_ceil(MR);
+        let mut ap = vec![0.0f32; blocks * k * MR];
+        for (i, row) in a[..m * k].chunks_exact(k).enumerate() {
+            let (bi, ri) = (i / MR, i % MR);
+            for (kk, &v) in row.iter().enumerate() {
+                ap[(bi * k + kk) * MR + ri] = v;
+            }
+        }
+        let a = ap.as_slice();
+        let out = SendPtr(dst.as_mut_ptr());
+        let run = |first: usize, last: usize| {
+            // SAFETY: each call writes only the columns of panels first..last of dst, so
+            // concurrent calls over disjoint panel ranges never touch the same element; dst
+            // holds m·n elements (asserted above) and outlives the calls.
+            unsafe { self.panels(first, last, out, a, m, accumulate) }
+        };
+        if threads <= 1 {
+            run(0, panels);
+        } else {
+            let per = panels.div_ceil(threads);
+            rayon::scope(|s| {
+                for t in 1..threads {
+                    let run = &run;
+                    s.spawn(move |_| run(t * per, ((t + 1) * per).min(panels)));
+                }
+                run(0, per.min(panels));
+            });
+        }
+    }
+
+    /// # Safety
+    /// `dst` must point to `m·n` writable elements that no one else writes in these panels'
+    /// columns during the call.
+    unsafe fn panels(
+        &self,
+        first: usize,
+        last: usize,
+        dst: SendPtr,
+        a: &[f32],
+        m: usize,
+        accumulate: bool,
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                // SAFETY: the CPU has AVX2 and FMA (checked just above); the caller upholds
+                // the rest.
+                return unsafe { self.panels_avx2(first, last, dst, a, m, accumulate) };
+            }
+        }
+        // SAFETY: forwarded from the caller.
+        unsafe { self.panels_generic::<false>(first, last, dst, a, m, accumulate) }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn panels_avx2(
+        &self,
+        first: usize,
+        last: usize,
+        dst: SendPtr,
+        a: &[f32],
+        m: usize,
+        accumulate: bool,
+    ) {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.panels_generic::<true>(first, last, dst, a, m, accumulate) }
+    }
+
+    #[inline(always)]
+    unsafe fn panels_generic<const FMA: bool>(
+        &self,
+        first: usize,
+        last: usize,
+        dst: SendPtr,
+        a: &[f32],
+        m: usize,
+        accumulate: bool,
+    ) {
+        let (k, n) = (self.k, self.n);
+        for p in first..last {
+            let panel = &self.data[p * k * NR..(p + 1) * k * NR];
+            let cols = NR.min(n - p * NR);
+            let mut r = 0;
+            while r < m {
+                let rows = MR.min(m - r);
+                let acc = if FMA {
+                    // SAFETY: only reached from panels_avx2, so the CPU has AVX2 and FMA.
+                    unsafe {
+                        match rows {
+                            6 => block_avx2::<6>(&a[r * k..(r + MR) * k], k, panel),
+                            5 => widen(block_avx2::<5>(&a[r * k..(r + MR) * k], k, panel)),
+                            4 => widen(block_avx2::<4>(&a[r * k..(r + MR) * k], k, panel)),
+                            3 => widen(block_avx2::<3>(&a[r * k..(r + MR) * k], k, panel)),
+                            2 => widen(block_avx2::<2>(&a[r * k..(r + MR) * k], k, panel)),
+                            _ => widen(block_avx2::<1>(&a[r * k..(r + MR) * k], k, panel)),
+                        }
+                    }
+                } else {
+                    match rows {
+                        6 => block::<6>(&a[r * k..(r + MR) * k], k, panel),
+                        5 => widen(block::<5>(&a[r * k..(r + MR) * k], k, panel)),
+                        4 => widen(block::<4>(&a[r * k..(r + MR) * k], k, panel)),
+                        3 => widen(block::<3>(&a[r * k..(r + MR) * k], k, panel)),
+                        2 => widen(block::<2>(&a[r * k..(r + MR) * k], k, panel)),
+                        _ => widen(block::<1>(&a[r * k..(r + MR) * k], k, panel)),
+                    }
+                };
+                for (i, acc_row) in acc.iter().enumerate().take(rows) {
+                    // SAFETY: row r + i < m and columns p·NR .. p·NR + cols < n lie inside
+                    // dst's m·n elements; only this call writes these panel columns.
+                    let out = unsafe {
+                        std::slice::from_raw_parts_mut(dst.0.add((r + i) * n + p * NR), cols)
+                    };
+                    if accumulate {
+                        for (o, v) in out.iter_mut().zip(acc_row) {
+                            *o += v;
+                        }
+                    } else {
+                        out.copy_from_slice(&acc_row[..cols]);
+                    }
+                }
+                r += rows;
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: the pointer is only dereferenced for disjoint column ranges (see Packed::matmul).
+unsafe impl Send for SendPtr {}
+// SAFETY: as above.
+unsafe impl Sync for SendPtr {}
+
+fn widen<const R: usize>(b: [[f32; NR]; R]) -> [[f32; NR]; MR] {
+    let mut out = [[0.0; NR]; MR];
+    out[..R].copy_from_slice(&b);
+    out
+}
+
+/// One packed block of `a` (`[k][MR]`, its first `R` rows real) times one packed panel: an
+/// `R × NR` block (portable).
+#[inline(always)]
+fn block<const R: usize>(a: &[f32], k: usize, panel: &[f32]) -> [[f32; NR]; R] {
+    let mut acc = [[0.0f32; NR]; R];
+    for (ak, b) in a.chunks_exact(MR).zip(panel.chunks_exact(NR)).take(k) {
+        for (acc_row, &x) in acc.iter_mut().zip(ak) {
+            for (c, &bj) in acc_row.iter_mut().zip(b) {
+                *c += x * bj;
+            }
+        }
+    }
+    acc
+}
+
+/// [`block`] with AVX2 and FMA: the `R × NR` accumulators live in `2R` vector registers.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn block_avx2<const R: usize>(a: &[f32], k: usize, panel: &[f32]) -> [[f32; NR]; R] {
+    use std::arch::x86_64::*;
+    assert!(R <= MR && a.len() >= k * MR && panel.len() >= k * NR);
+    let a = a.as_ptr();
+    let b = panel.as_ptr();
+    let mut lo = [_mm256_setzero_ps(); R];
+    let mut hi = [_mm256_setzero_ps(); R];
+    for kk in 0..k {
+        // SAFETY: kk < k, so values kk·NR .. kk·NR + 16 of the panel and kk·MR + i (i < R ≤
+        // MR) of the block are in bounds (asserted above); loads are unaligned.
+        unsafe {
+            let b0 = _mm256_loadu_ps(b.add(kk * NR));
+            let b1 = _mm256_loadu_ps(b.add(kk * NR + 8));
+            for i in 0..R {
+                let x = _mm256_broadcast_ss(&*a.add(kk * MR + i));
+                lo[i] = _mm256_fmadd_ps(x, b0, lo[i]);
+                hi[i] = _mm256_fmadd_ps(x, b1, hi[i]);
+            }
+        }
+    }
+    let mut out = [[0.0f32; NR]; R];
+    for i in 0..R {
+        // SAFETY: each output row holds NR = 16 floats.
+        unsafe {
+            _mm256_storeu_ps(out[i].as_mut_ptr(), lo[i]);
+            _mm256_storeu_ps(out[i].as_mut_ptr().add(8), hi[i]);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reference(a: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+        let mut out = vec![0.0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                out[i * n + j] = (0..k).map(|kk| a[i * k + kk] * w[kk * n + j]).sum();
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn packed_product_matches_the_plain_one_for_every_shape_edge() {
+        // Rows not a multiple of MR, columns not a multiple of NR, one row, sizes that split
+        // between threads.
+        for &(m, k, n) in &[
+            (1, 5, 3),
+            (7, 9, 17),
+            (13, 33, 40),
+            (64, 128, 200),
+            (6, 16, 16),
+        ] {
+            let a: Vec<f32> = (0..m * k).map(|i| ((i * 37) % 11) as f32 - 5.0).collect();
+            let w: Vec<f32> = (0..k * n)
+                .map(|i| ((i * 53) % 13) as f32 * 0.25 - 1.5)
+                .collect();
+            let want = reference(&a, &w, m, k, n);
+            let p = Packed::new(&w, k, n);
+            let mut got = vec![f32::NAN; m * n];
+            p.matmul(&mut got, &a, m, false, true);
+            for (x, y) in want.iter().zip(&got) {
+                assert!(
+                    (x - y).abs() <= 1e-3 * x.abs().max(1.0),
+                    "{m}×{k}×{n}: {x} vs {y}"
+                );
+            }
+            // Accumulating adds the product to what is there.
+            let mut acc = vec![1.0f32; m * n];
+            p.matmul(&mut acc, &a, m, true, true);
+            for (x, y) in want.iter().zip(&acc) {
+                assert!((x + 1.0 - y).abs() <= 1e-3 * x.abs().max(1.0));
+            }
+        }
+    }
+}
