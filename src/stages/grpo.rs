@@ -436,7 +436,11 @@ pub fn run(ctx: &mut StageCtx<'_>) -> Result<Outcome> {
         }
         let stopping = ctx.should_stop();
         let last = state.step == cfg.steps;
-        ctx.progress(state.step, cfg.steps, &[("reward", reward), ("acc", acc_m)]);
+        ctx.progress(
+            state.step,
+            cfg.steps,
+            &[("reward", reward), ("acc", acc_m), ("len", len_m)],
+        );
         if state.step % cfg.checkpoint_every == 0 || last || stopping {
             state.rng = RngState::of(&rng);
             supervised::save(ctx, &setup, &model, &optim, &state)?;
