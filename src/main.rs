@@ -3,6 +3,7 @@
 use clap::Parser;
 
 fn main() {
+    keep_freed_memory();
     let cli = stageloop::cli::Cli::parse();
     if let Err(e) = stageloop::cli::dispatch(cli) {
         if let Some(spec_errors) = e.downcast_ref::<stageloop::spec::SpecErrors>() {
@@ -13,5 +14,17 @@ fn main() {
             eprintln!("error: {e:#}");
         }
         std::process::exit(1);
+    }
+}
+
+/// Keep freed blocks of up to 32 MB in the heap for reuse. burn allocates and frees tensors of a
+/// few megabytes at every op; by default glibc returns such blocks to the kernel and each new one
+/// costs page faults and zeroing (≈ 10% of a training step in `perf`).
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tuning; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
     }
 }

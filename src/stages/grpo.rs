@@ -266,6 +266,7 @@ pub fn run(ctx: &mut StageCtx<'_>) -> Result<Outcome> {
                 break;
             }
         }
+        let rollout_time = t0.elapsed().as_secs_f64();
         // 2. Advantages.
         let totals: Vec<f64> = groups
             .iter()
@@ -414,6 +415,8 @@ pub fn run(ctx: &mut StageCtx<'_>) -> Result<Outcome> {
             ("advantage/mean", adv_m),
             ("advantage/std", adv_s),
             ("step_time", dt),
+            ("time/rollout", rollout_time),
+            ("time/update", dt - rollout_time),
             ("tokens_per_sec", trained_tokens as f64 / dt),
             ("num_tokens", num_tokens as f64),
             ("groups", groups.len() as f64),
