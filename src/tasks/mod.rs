@@ -298,4 +298,23 @@ mod tests {
         assert!((share("WrongAnswer") - 0.15).abs() < 0.03, "{counts:?}");
         assert!((share("WrongTrace") - 0.10).abs() < 0.03, "{counts:?}");
     }
+
+    #[test]
+    fn countdown_corpus_searches_at_its_share_and_lands_on_the_answer() {
+        let mut s = spec("countdown");
+        s.corpus.search = 0.3;
+        let a = TaskSet::new(&s).unwrap();
+        let n = 3000;
+        let mut searched = 0;
+        for i in 0..n {
+            let (p, text, v) = a.corpus_example(i);
+            if v == Variant::Search {
+                searched += 1;
+                assert!(text.contains(';'), "{text}");
+                assert_eq!(a.rewards(&p.prompt, &text).accuracy, 1.0, "{text}");
+            }
+        }
+        let share = searched as f64 / n as f64;
+        assert!((share - 0.3).abs() < 0.03, "{share}");
+    }
 }
