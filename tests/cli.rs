@@ -26,7 +26,8 @@ fn check_accepts_the_bundled_experiment() {
 fn check_rejects_a_broken_copy_with_file_line_col() {
     let d = tempfile::tempdir().unwrap();
     let text = std::fs::read_to_string(bundled().join("experiment.toml")).unwrap();
-    let broken = text.replacen("steps = 600", "steps = 600\nstepz = 1", 1);
+    let broken = text.replacen("kind = \"pretrain\"", "kind = \"pretrain\"\nstepz = 1", 1);
+    assert_ne!(broken, text, "the bundled spec has a pretrain stage");
     std::fs::write(d.path().join("experiment.toml"), &broken).unwrap();
     let line = broken.lines().position(|l| l.starts_with("stepz")).unwrap() + 1;
     bin()

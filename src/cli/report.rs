@@ -46,8 +46,29 @@ pub fn run(exp: &Path, json_out: bool) -> anyhow::Result<()> {
         println!("no finished eval runs in {}", e.runs_dir().display());
         return Ok(());
     }
+    let evaluated = |r: &Value| {
+        format!(
+            "{} ({})",
+            r["evaluated"].as_str().unwrap_or(""),
+            r["evaluated_kind"].as_str().unwrap_or("")
+        )
+    };
+    let stage = |r: &Value| r["stage"].as_str().unwrap_or("").to_string();
+    // Columns as wide as their longest entry.
+    let w1 = rows
+        .iter()
+        .map(|r| stage(r).len())
+        .max()
+        .unwrap_or(0)
+        .max(10);
+    let w2 = rows
+        .iter()
+        .map(|r| evaluated(r).len())
+        .max()
+        .unwrap_or(0)
+        .max(9);
     println!(
-        "{:<14} {:<14} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7}",
+        "{:<w1$}  {:<w2$} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7}",
         "eval stage", "evaluated", "pass@1", "greedy", "pass@k", "maj@k", "format", "length"
     );
     let f = |v: &Value| {
@@ -57,13 +78,9 @@ pub fn run(exp: &Path, json_out: bool) -> anyhow::Result<()> {
     };
     for r in &rows {
         println!(
-            "{:<14} {:<14} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7}",
-            r["stage"].as_str().unwrap_or(""),
-            format!(
-                "{} ({})",
-                r["evaluated"].as_str().unwrap_or(""),
-                r["evaluated_kind"].as_str().unwrap_or("")
-            ),
+            "{:<w1$}  {:<w2$} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7}",
+            stage(r),
+            evaluated(r),
             f(&r["pass@1"]),
             f(&r["greedy"]),
             f(&r["pass@k"]),

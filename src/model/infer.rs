@@ -65,11 +65,18 @@ pub struct Cache {
 const SPLIT_TOKENS: usize = 8;
 
 fn vec1(t: Tensor<1>) -> Vec<f32> {
-    t.into_data().iter::<f32>().collect()
+    f32s(t.into_data())
 }
 
 fn vec2(t: Tensor<2>) -> Vec<f32> {
-    t.into_data().iter::<f32>().collect()
+    f32s(t.into_data())
+}
+
+/// The values as `f32` (one copy; a conversion first if the backend stores another type).
+fn f32s(data: burn::tensor::TensorData) -> Vec<f32> {
+    data.convert::<f32>()
+        .try_into_vec::<f32>()
+        .expect("data converted to f32 reads back as f32")
 }
 
 fn packed(t: Tensor<2>) -> Packed {
