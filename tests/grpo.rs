@@ -10,7 +10,7 @@ use stageloop::model::{Gpt, ModelConfig};
 use stageloop::runfs::{self, metrics::parse_metric_line};
 use stageloop::spec::LossType;
 use stageloop::stages::common::target_logprobs;
-use stageloop::stages::grpo::{LossInputs, grpo_loss};
+use stageloop::stages::grpo::{LossInputs, Norm, grpo_loss, micro_batches};
 use stageloop::stages::grpo_math::{TokenRow, reference_loss};
 
 mod common;
@@ -54,27 +54,63 @@ fn tensor_loss_matches_the_host_specification() {
                 })
                 .collect();
             let want = reference_loss(&rows, 0.2, 0.28, beta, loss_type, t);
-            let (got, _) = grpo_loss(
-                LossInputs {
-                    logp: t2(&logp, &device),
-                    old_logp: t2(&old, &device),
-                    ref_logp: Some(t2(&refl, &device)),
-                    adv: t2(&adv.iter().map(|&a| vec![a]).collect::<Vec<_>>(), &device),
-                    mask: t2(&mask, &device),
-                },
-                0.2,
-                0.28,
-                beta,
-                loss_type,
-                t,
-            );
-            let got = got.into_scalar::<f32>() as f64;
+            // The loss of rows `r`, normalised by `norm`.
+            let loss_of = |r: std::ops::Range<usize>, norm: Norm| {
+                let adv_rows: Vec<Vec<f64>> = adv[r.clone()].iter().map(|&a| vec![a]).collect();
+                let (l, _) = grpo_loss(
+                    LossInputs {
+                        logp: t2(&logp[r.clone()], &device),
+                        old_logp: t2(&old[r.clone()], &device),
+                        ref_logp: Some(t2(&refl[r.clone()], &device)),
+                        adv: t2(&adv_rows, &device),
+                        mask: t2(&mask[r], &device),
+                    },
+                    0.2,
+                    0.28,
+                    beta,
+                    loss_type,
+                    t,
+                    norm,
+                );
+                l.into_scalar::<f32>() as f64
+            };
+            let whole = Norm::of(&t2(&mask, &device));
+            let got = loss_of(0..n, whole);
             assert!(
                 (got - want).abs() < 1e-4,
                 "{loss_type:?} β={beta}: {got} vs {want}"
             );
+            // Micro-batches normalised by the whole batch add up to the batch's loss.
+            let split = loss_of(0..2, whole) + loss_of(2..n, whole);
+            assert!(
+                (split - want).abs() < 1e-4,
+                "{loss_type:?} β={beta}: micro-batches {split} vs {want}"
+            );
         }
     }
+}
+
+#[test]
+fn micro_batches_group_similar_lengths_within_the_token_budget() {
+    let lens: Vec<usize> = (0..128).map(|i| 10 + (i * 37) % 90).collect();
+    let parts = micro_batches(&lens);
+    let mut seen: Vec<usize> = parts.iter().flatten().copied().collect();
+    seen.sort_unstable();
+    assert_eq!(seen, (0..128).collect::<Vec<_>>(), "every row exactly once");
+    assert!(parts.len() > 1);
+    let padded: usize = parts
+        .iter()
+        .map(|p| p.len() * p.iter().map(|&i| lens[i]).max().unwrap())
+        .sum();
+    for p in &parts {
+        let longest = p.iter().map(|&i| lens[i]).max().unwrap();
+        assert!(p.len() == 1 || p.len() * longest <= 4096);
+    }
+    // Far less padding than one batch padded to the longest row (128 × 99).
+    let real: usize = lens.iter().sum();
+    assert!(padded < 128 * 99 * 3 / 4, "{padded} padded, {real} real");
+    // Short batches stay in one piece.
+    assert_eq!(micro_batches(&[12, 9, 15, 11]).len(), 1);
 }
 
 #[test]
@@ -126,6 +162,7 @@ fn one_step_raises_the_logprob_of_a_positive_advantage_completion() {
         0.0,
         LossType::Grpo,
         6,
+        Norm::of(&mask),
     );
     let grads = GradientsParams::from_grads(loss.backward(), &model);
     model = optim.step(1e-2, model, grads);

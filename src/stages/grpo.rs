@@ -20,7 +20,7 @@ use crate::spec::{LossType, StageConfig};
 use crate::tasks::{Problem, Rewards};
 use anyhow::Result;
 use burn::module::Module;
-use burn::optim::GradientsParams;
+use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde_json::json;
 use std::time::Instant;
@@ -72,7 +72,51 @@ pub struct LossStats {
     pub clip_region: f64,
 }
 
-/// The GRPO loss as tensors (the host specification is `grpo_math::reference_loss`).
+/// Sizes of the whole rollout batch. A micro-batch's loss and statistics are divided by these,
+/// so the micro-batches of one batch add up to the batch's loss and statistics.
+#[derive(Debug, Clone, Copy)]
+pub struct Norm {
+    /// Completions in the batch.
+    pub rows: usize,
+    /// Completion tokens in the batch (the mask's sum).
+    pub tokens: f64,
+}
+
+impl Norm {
+    /// The sizes of a batch that is trained in one piece.
+    pub fn of(mask: &Tensor<2>) -> Norm {
+        Norm {
+            rows: mask.dims()[0],
+            tokens: mask.clone().sum().into_scalar::<f32>() as f64,
+        }
+    }
+}
+
+/// Token counts per micro-batch: rows are sorted by length and cut so that no micro-batch pads
+/// more than this many tokens (short completions are not padded to the longest one).
+const MICRO_BATCH_TOKENS: usize = 4096;
+
+/// Row indices grouped into micro-batches of similar length (see [`MICRO_BATCH_TOKENS`]).
+pub fn micro_batches(lens: &[usize]) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..lens.len()).collect();
+    order.sort_by_key(|&i| lens[i]);
+    let mut out: Vec<Vec<usize>> = Vec::new();
+    let mut cur: Vec<usize> = Vec::new();
+    for i in order {
+        // Sorted ascending, so row i is the longest of the chunk if it joins.
+        if !cur.is_empty() && (cur.len() + 1) * lens[i] > MICRO_BATCH_TOKENS {
+            out.push(std::mem::take(&mut cur));
+        }
+        cur.push(i);
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+/// The GRPO loss as tensors (the host specification is `grpo_math::reference_loss`), normalised
+/// by the whole batch's sizes `norm` (`Norm::of(&mask)` when the batch is one piece).
 pub fn grpo_loss(
     x: LossInputs,
     eps: f64,
@@ -80,12 +124,13 @@ pub fn grpo_loss(
     beta: f64,
     loss_type: LossType,
     max_len: usize,
+    norm: Norm,
 ) -> (Tensor<1>, LossStats) {
     let ratio = (x.logp.clone() - x.old_logp).exp();
     let unclipped = ratio.clone() * x.adv.clone();
     let clipped = ratio.clone().clamp(1.0 - eps, 1.0 + eps_high) * x.adv.clone();
     let mut per_token = unclipped.min_pair(clipped).neg();
-    let tokens = x.mask.clone().sum().into_scalar::<f32>() as f64;
+    let tokens = norm.tokens;
     let mut kl_mean = 0.0;
     if let (Some(rf), true) = (x.ref_logp, beta > 0.0) {
         let d = rf - x.logp.clone();
@@ -105,7 +150,7 @@ pub fn grpo_loss(
     let low_n = low.clone().sum().into_scalar::<f32>() as f64;
     let high_n = high.sum().into_scalar::<f32>() as f64;
     let masked = per_token * x.mask.clone();
-    let [n, _] = masked.dims();
+    let n = norm.rows;
     let loss = match loss_type {
         LossType::Grpo => {
             let per_seq = masked.sum_dim(1) / x.mask.sum_dim(1).clamp_min(1.0);
@@ -124,6 +169,17 @@ pub fn grpo_loss(
             clip_region: (low_n + high_n) / t,
         },
     )
+}
+
+/// One micro-batch of the rollout batch, ready for the loss.
+struct Part {
+    inputs: Tensor<2, Int>,
+    targets: Tensor<2, Int>,
+    mask: Tensor<2>,
+    count: usize,
+    adv: Tensor<2>,
+    ref_logp: Option<Tensor<2>>,
+    old_logp: Option<Tensor<2>>,
 }
 
 /// Right-padded training rows for the rollouts: inputs, targets and the completion mask.
@@ -298,73 +354,109 @@ pub fn run(ctx: &mut StageCtx<'_>) -> Result<Outcome> {
                         .map(move |r| (gr.prompt_ids.as_slice(), &r.completion))
                 })
                 .collect();
-            let (inputs, targets, mask, count) = rollout_batch(&rows, cfg.mask_truncated, &device);
-            trained_tokens = count;
-            let n = rows.len();
-            let adv_t: Tensor<2> = Tensor::from_data(
-                TensorData::new(adv.iter().map(|&a| a as f32).collect::<Vec<_>>(), [n, 1]),
-                &device,
-            );
-            let ref_logp = reference.as_ref().map(|r| {
-                let lp = target_logprobs(
-                    r,
-                    Tensor::from_data(inputs.to_data(), &infer),
-                    Tensor::from_data(targets.to_data(), &infer),
-                    cfg.temperature,
-                );
-                Tensor::<2>::from_data(lp.into_data(), &device)
-            });
-            let old_logp = (cfg.num_iterations > 1).then(|| {
-                let lp = target_logprobs(
-                    &policy,
-                    Tensor::from_data(inputs.to_data(), &infer),
-                    Tensor::from_data(targets.to_data(), &infer),
-                    cfg.temperature,
-                );
-                Tensor::<2>::from_data(lp.into_data(), &device)
-            });
+            let lens: Vec<usize> = rows.iter().map(|(p, c)| p.len() + c.tokens.len()).collect();
+            // Micro-batches of similar length; their gradients add up to the batch's.
+            let parts: Vec<Part> = micro_batches(&lens)
+                .into_iter()
+                .map(|idx| {
+                    let sub: Vec<(&[u32], &Completion)> = idx.iter().map(|&i| rows[i]).collect();
+                    let (inputs, targets, mask, count) =
+                        rollout_batch(&sub, cfg.mask_truncated, &device);
+                    let adv_t: Tensor<2> = Tensor::from_data(
+                        TensorData::new(
+                            idx.iter().map(|&i| adv[i] as f32).collect::<Vec<_>>(),
+                            [idx.len(), 1],
+                        ),
+                        &device,
+                    );
+                    // Log-probs under a model that is not trained: on the inference device.
+                    let frozen = |m: &Gpt| {
+                        let lp = target_logprobs(
+                            m,
+                            Tensor::from_data(inputs.to_data(), &infer),
+                            Tensor::from_data(targets.to_data(), &infer),
+                            cfg.temperature,
+                        );
+                        Tensor::<2>::from_data(lp.into_data(), &device)
+                    };
+                    let ref_logp = reference.as_ref().map(frozen);
+                    let old_logp = (cfg.num_iterations > 1).then(|| frozen(&policy));
+                    Part {
+                        inputs,
+                        targets,
+                        mask,
+                        count,
+                        adv: adv_t,
+                        ref_logp,
+                        old_logp,
+                    }
+                })
+                .collect();
+            trained_tokens = parts.iter().map(|p| p.count).sum();
+            let norm = Norm {
+                rows: rows.len(),
+                tokens: trained_tokens as f64,
+            };
             for it in 0..cfg.num_iterations {
-                let (logp, h) = target_logprobs_with(
-                    &model,
-                    inputs.clone(),
-                    targets.clone(),
-                    cfg.temperature,
-                    it == 0,
-                );
-                if let Some(h) = h {
-                    // Mean token entropy of the sampling distribution (detached).
-                    entropy =
-                        (h * mask.clone()).sum().into_scalar::<f32>() as f64 / count.max(1) as f64;
-                }
-                let old = match &old_logp {
-                    Some(o) => o.clone(),
-                    None => logp.clone().detach(),
+                let mut acc = GradientsAccumulator::<Gpt>::new();
+                let (mut loss_sum, mut entropy_sum) = (0.0, 0.0);
+                lstats = LossStats {
+                    kl: 0.0,
+                    clip_low: 0.0,
+                    clip_high: 0.0,
+                    clip_region: 0.0,
                 };
-                let (loss, st) = grpo_loss(
-                    LossInputs {
-                        logp,
-                        old_logp: old,
-                        ref_logp: ref_logp.clone(),
-                        adv: adv_t.clone(),
-                        mask: mask.clone(),
-                    },
-                    cfg.epsilon,
-                    cfg.epsilon_high,
-                    cfg.beta,
-                    cfg.loss_type,
-                    max_len,
-                );
-                loss_val = loss.clone().into_scalar::<f32>() as f64;
+                for part in &parts {
+                    let (logp, h) = target_logprobs_with(
+                        &model,
+                        part.inputs.clone(),
+                        part.targets.clone(),
+                        cfg.temperature,
+                        it == 0,
+                    );
+                    if let Some(h) = h {
+                        // Token entropy of the sampling distribution (detached).
+                        entropy_sum += (h * part.mask.clone()).sum().into_scalar::<f32>() as f64;
+                    }
+                    let old = match &part.old_logp {
+                        Some(o) => o.clone(),
+                        None => logp.clone().detach(),
+                    };
+                    let (loss, st) = grpo_loss(
+                        LossInputs {
+                            logp,
+                            old_logp: old,
+                            ref_logp: part.ref_logp.clone(),
+                            adv: part.adv.clone(),
+                            mask: part.mask.clone(),
+                        },
+                        cfg.epsilon,
+                        cfg.epsilon_high,
+                        cfg.beta,
+                        cfg.loss_type,
+                        max_len,
+                        norm,
+                    );
+                    loss_sum += loss.clone().into_scalar::<f32>() as f64;
+                    lstats.kl += st.kl;
+                    lstats.clip_low += st.clip_low;
+                    lstats.clip_high += st.clip_high;
+                    lstats.clip_region += st.clip_region;
+                    acc.accumulate(&model, GradientsParams::from_grads(loss.backward(), &model));
+                }
+                loss_val = loss_sum;
+                if it == 0 {
+                    entropy = entropy_sum / trained_tokens.max(1) as f64;
+                }
                 if !loss_val.is_finite() {
                     anyhow::bail!(
                         "GRPO loss became {loss_val} at step {}; lower lr",
                         state.step + 1
                     );
                 }
-                let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+                let mut grads = acc.grads();
                 grad_norm = clip_grad_norm(&model, &mut grads, cfg.grad_clip);
                 model = optim.step(lr, model, grads);
-                lstats = st;
             }
         }
         state.step += 1;
