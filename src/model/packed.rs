@@ -5,8 +5,8 @@
 //! memory traffic than the product itself. Here a `[k, n]` matrix is packed once into column
 //! panels of [`NR`] (`panel[kk][0..NR]` contiguous), and the kernel keeps an `MR × NR` block of
 //! the result in registers while it streams one panel (which then stays in L1 for the next rows).
-//! On x86-64 with AVX2 and FMA the same code is compiled with those features (chosen at run time);
-//! elsewhere it is plain Rust.
+//! On x86-64 with AVX2 and FMA (detected at run time) the block is computed with those
+//! intrinsics, its accumulators in vector registers; elsewhere by a portable version.
 
 /// Columns per panel: two 8-wide vectors.
 pub const NR: usize = 16;
