@@ -46,7 +46,8 @@ pub struct Engine {
     sin: Vec<f32>,
 }
 
-/// One sequence's keys and values, `[layer][position][d]`, allocated for the whole context.
+/// One sequence's keys (`[layer][d][ctx]`, transposed) and values (`[layer][position][d]`),
+/// allocated for the whole context.
 pub struct RowCache {
     k: Vec<f32>,
     v: Vec<f32>,
@@ -96,32 +97,16 @@ fn rms_norm(x: &[f32], g: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
-/// `a · b` with eight independent partial sums, so the compiler can keep them in one vector
-/// register (a single running sum is a serial chain of dependent adds).
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ac
-        .remainder()
-        .iter()
-        .zip(bc.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ac.zip(bc) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
-/// Attention of one query (all heads, `q` is `heads · head_dim`) over `keys` and `values`
-/// (`[positions][heads · head_dim]`), written to `out`.
+/// Attention of one query (all heads; `q` is `heads · head_dim`) over the first `len`
+/// positions of a layer's cache: `keys` transposed per head (`[head][dim][ctx]`, so the scores
+/// of consecutive positions are one vector product with no horizontal sums) and `values`
+/// (`[position][heads · head_dim]`). Written to `out`.
+#[allow(clippy::too_many_arguments)]
 fn attend(
     q: &[f32],
     keys: &[f32],
     values: &[f32],
+    len: usize,
     heads: usize,
     scale: f32,
     scores: &mut [f32],
@@ -131,10 +116,10 @@ fn attend(
     {
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
             // SAFETY: the CPU has AVX2 and FMA (checked just above).
-            return unsafe { attend_avx2(q, keys, values, heads, scale, scores, out) };
+            return unsafe { attend_avx2(q, keys, values, len, heads, scale, scores, out) };
         }
     }
-    attend_generic(q, keys, values, heads, scale, scores, out)
+    attend_generic(q, keys, values, len, heads, scale, scores, out)
 }
 
 /// [`attend`] compiled with AVX2 and FMA, so its loops use 8-wide vectors.
@@ -143,23 +128,27 @@ fn attend(
 /// The CPU must have AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn attend_avx2(
     q: &[f32],
     keys: &[f32],
     values: &[f32],
+    len: usize,
     heads: usize,
     scale: f32,
     scores: &mut [f32],
     out: &mut [f32],
 ) {
-    attend_generic(q, keys, values, heads, scale, scores, out)
+    attend_generic(q, keys, values, len, heads, scale, scores, out)
 }
 
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn attend_generic(
     q: &[f32],
     keys: &[f32],
     values: &[f32],
+    len: usize,
     heads: usize,
     scale: f32,
     scores: &mut [f32],
@@ -167,16 +156,19 @@ fn attend_generic(
 ) {
     let d = q.len();
     let hd = d / heads;
-    let len = keys.len() / d;
+    let ctx = keys.len() / d;
     out.fill(0.0);
     for hh in 0..heads {
-        let qh = &q[hh * hd..(hh + 1) * hd];
         let s = &mut scores[..len];
-        let mut max = f32::NEG_INFINITY;
-        for (sj, k) in s.iter_mut().zip(keys.chunks_exact(d)) {
-            *sj = dot(qh, &k[hh * hd..(hh + 1) * hd]) * scale;
-            max = max.max(*sj);
+        s.fill(0.0);
+        for (i, &qi) in q[hh * hd..(hh + 1) * hd].iter().enumerate() {
+            let row = &keys[(hh * hd + i) * ctx..(hh * hd + i) * ctx + len];
+            let qs = qi * scale;
+            for (sj, &kj) in s.iter_mut().zip(row) {
+                *sj += qs * kj;
+            }
         }
+        let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let mut sum = 0.0;
         for sj in s.iter_mut() {
             *sj = (*sj - max).exp();
@@ -360,17 +352,20 @@ impl Engine {
                 rope(&mut r[..2 * d], hd, cs, sn);
                 let o = layer + pos * d;
                 let rc = &mut *jobs[job].0;
-                rc.k[o..o + d].copy_from_slice(&r[d..2 * d]);
+                // Keys transposed: dimension c of the layer's keys is row c of [d][ctx].
+                for (c, &kc) in r[d..2 * d].iter().enumerate() {
+                    rc.k[layer + c * self.ctx + pos] = kc;
+                }
                 rc.v[o..o + d].copy_from_slice(&r[2 * d..]);
             }
             // Causal attention of each new token over its row's cache.
             for (t, &(job, pos)) in at.iter().enumerate() {
                 let rc = &*jobs[job].0;
-                let keys = &rc.k[layer..layer + (pos + 1) * d];
+                let keys = &rc.k[layer..layer + self.ctx * d];
                 let values = &rc.v[layer..layer + (pos + 1) * d];
                 let q = &qkv[t * 3 * d..t * 3 * d + d];
                 let o = &mut att[t * d..(t + 1) * d];
-                attend(q, keys, values, self.heads, scale, &mut scores, o);
+                attend(q, keys, values, pos + 1, self.heads, scale, &mut scores, o);
             }
             l.out.matmul(&mut x, &att, n, true, parallel);
             rms_norm(&x, &l.mlp_norm, l.mlp_eps, &mut h);
