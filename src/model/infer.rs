@@ -100,26 +100,26 @@ fn rms_norm(x: &[f32], g: &[f32], eps: f32, out: &mut [f32]) {
 /// Attention of one query (all heads; `q` is `heads · head_dim`) over the first `len`
 /// positions of a layer's cache: `keys` transposed per head (`[head][dim][ctx]`, so the scores
 /// of consecutive positions are one vector product with no horizontal sums) and `values`
-/// (`[position][heads · head_dim]`). Written to `out`.
-#[allow(clippy::too_many_arguments)]
-fn attend(
-    q: &[f32],
-    keys: &[f32],
-    values: &[f32],
+/// (`[position][heads · head_dim]`).
+struct Query<'a> {
+    q: &'a [f32],
+    keys: &'a [f32],
+    values: &'a [f32],
     len: usize,
     heads: usize,
     scale: f32,
-    scores: &mut [f32],
-    out: &mut [f32],
-) {
+}
+
+/// Attend with `a`, writing the result to `out` (`scores` is scratch of at least `len`).
+fn attend(a: &Query<'_>, scores: &mut [f32], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
             // SAFETY: the CPU has AVX2 and FMA (checked just above).
-            return unsafe { attend_avx2(q, keys, values, len, heads, scale, scores, out) };
+            return unsafe { attend_avx2(a, scores, out) };
         }
     }
-    attend_generic(q, keys, values, len, heads, scale, scores, out)
+    attend_generic(a, scores, out)
 }
 
 /// [`attend`] compiled with AVX2 and FMA, so its loops use 8-wide vectors.
@@ -128,42 +128,22 @@ fn attend(
 /// The CPU must have AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn attend_avx2(
-    q: &[f32],
-    keys: &[f32],
-    values: &[f32],
-    len: usize,
-    heads: usize,
-    scale: f32,
-    scores: &mut [f32],
-    out: &mut [f32],
-) {
-    attend_generic(q, keys, values, len, heads, scale, scores, out)
+unsafe fn attend_avx2(a: &Query<'_>, scores: &mut [f32], out: &mut [f32]) {
+    attend_generic(a, scores, out)
 }
 
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn attend_generic(
-    q: &[f32],
-    keys: &[f32],
-    values: &[f32],
-    len: usize,
-    heads: usize,
-    scale: f32,
-    scores: &mut [f32],
-    out: &mut [f32],
-) {
-    let d = q.len();
-    let hd = d / heads;
-    let ctx = keys.len() / d;
+fn attend_generic(a: &Query<'_>, scores: &mut [f32], out: &mut [f32]) {
+    let d = a.q.len();
+    let hd = d / a.heads;
+    let ctx = a.keys.len() / d;
     out.fill(0.0);
-    for hh in 0..heads {
-        let s = &mut scores[..len];
+    for hh in 0..a.heads {
+        let s = &mut scores[..a.len];
         s.fill(0.0);
-        for (i, &qi) in q[hh * hd..(hh + 1) * hd].iter().enumerate() {
-            let row = &keys[(hh * hd + i) * ctx..(hh * hd + i) * ctx + len];
-            let qs = qi * scale;
+        for (i, &qi) in a.q[hh * hd..(hh + 1) * hd].iter().enumerate() {
+            let row = &a.keys[(hh * hd + i) * ctx..(hh * hd + i) * ctx + a.len];
+            let qs = qi * a.scale;
             for (sj, &kj) in s.iter_mut().zip(row) {
                 *sj += qs * kj;
             }
@@ -175,7 +155,7 @@ fn attend_generic(
             sum += *sj;
         }
         let o = &mut out[hh * hd..(hh + 1) * hd];
-        for (&p, v) in s.iter().zip(values.chunks_exact(d)) {
+        for (&p, v) in s.iter().zip(a.values.chunks_exact(d)) {
             let w = p / sum;
             for (oi, vi) in o.iter_mut().zip(&v[hh * hd..(hh + 1) * hd]) {
                 *oi += w * vi;
@@ -361,11 +341,15 @@ impl Engine {
             // Causal attention of each new token over its row's cache.
             for (t, &(job, pos)) in at.iter().enumerate() {
                 let rc = &*jobs[job].0;
-                let keys = &rc.k[layer..layer + self.ctx * d];
-                let values = &rc.v[layer..layer + (pos + 1) * d];
-                let q = &qkv[t * 3 * d..t * 3 * d + d];
-                let o = &mut att[t * d..(t + 1) * d];
-                attend(q, keys, values, pos + 1, self.heads, scale, &mut scores, o);
+                let query = Query {
+                    q: &qkv[t * 3 * d..t * 3 * d + d],
+                    keys: &rc.k[layer..layer + self.ctx * d],
+                    values: &rc.v[layer..layer + (pos + 1) * d],
+                    len: pos + 1,
+                    heads: self.heads,
+                    scale,
+                };
+                attend(&query, &mut scores, &mut att[t * d..(t + 1) * d]);
             }
             l.out.matmul(&mut x, &att, n, true, parallel);
             rms_norm(&x, &l.mlp_norm, l.mlp_eps, &mut h);

@@ -8,6 +8,8 @@
 //! On x86-64 with AVX2 and FMA (detected at run time) the block is computed with those
 //! intrinsics, its accumulators in vector registers; elsewhere by a portable version.
 
+use std::ops::Range;
+
 /// Columns per panel: two 8-wide vectors.
 pub const NR: usize = 16;
 /// Rows per register block.
@@ -70,13 +72,17 @@ impl Packed {
                 ap[(bi * k + kk) * MR + ri] = v;
             }
         }
-        let a = ap.as_slice();
-        let out = SendPtr(dst.as_mut_ptr());
+        let product = Product {
+            a: ap.as_slice(),
+            m,
+            dst: SendPtr(dst.as_mut_ptr()),
+            accumulate,
+        };
         let run = |first: usize, last: usize| {
             // SAFETY: each call writes only the columns of panels first..last of dst, so
             // concurrent calls over disjoint panel ranges never touch the same element; dst
             // holds m·n elements (asserted above) and outlives the calls.
-            unsafe { self.panels(first, last, out, a, m, accumulate) }
+            unsafe { self.panels(first..last, &product) }
         };
         if threads <= 1 {
             run(0, panels);
@@ -93,82 +99,49 @@ impl Packed {
     }
 
     /// # Safety
-    /// `dst` must point to `m·n` writable elements that no one else writes in these panels'
+    /// `p.dst` must point to `m·n` writable elements that no one else writes in these panels'
     /// columns during the call.
-    unsafe fn panels(
-        &self,
-        first: usize,
-        last: usize,
-        dst: SendPtr,
-        a: &[f32],
-        m: usize,
-        accumulate: bool,
-    ) {
+    unsafe fn panels(&self, range: Range<usize>, p: &Product<'_>) {
         #[cfg(target_arch = "x86_64")]
         {
             if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
                 // SAFETY: the CPU has AVX2 and FMA (checked just above); the caller upholds
                 // the rest.
-                return unsafe { self.panels_avx2(first, last, dst, a, m, accumulate) };
+                return unsafe { self.panels_avx2(range, p) };
             }
         }
         // SAFETY: forwarded from the caller.
-        unsafe { self.panels_generic::<false>(first, last, dst, a, m, accumulate) }
+        unsafe { self.panels_generic::<false>(range, p) }
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn panels_avx2(
-        &self,
-        first: usize,
-        last: usize,
-        dst: SendPtr,
-        a: &[f32],
-        m: usize,
-        accumulate: bool,
-    ) {
+    unsafe fn panels_avx2(&self, range: Range<usize>, p: &Product<'_>) {
         // SAFETY: forwarded from the caller.
-        unsafe { self.panels_generic::<true>(first, last, dst, a, m, accumulate) }
+        unsafe { self.panels_generic::<true>(range, p) }
     }
 
     #[inline(always)]
-    unsafe fn panels_generic<const FMA: bool>(
-        &self,
-        first: usize,
-        last: usize,
-        dst: SendPtr,
-        a: &[f32],
-        m: usize,
-        accumulate: bool,
-    ) {
+    unsafe fn panels_generic<const FMA: bool>(&self, range: Range<usize>, prod: &Product<'_>) {
+        let Product {
+            a,
+            m,
+            dst,
+            accumulate,
+        } = *prod;
         let (k, n) = (self.k, self.n);
-        for p in first..last {
+        for p in range {
             let panel = &self.data[p * k * NR..(p + 1) * k * NR];
             let cols = NR.min(n - p * NR);
             let mut r = 0;
             while r < m {
                 let rows = MR.min(m - r);
+                let ab = &a[r * k..(r + MR) * k];
                 let acc = if FMA {
                     // SAFETY: only reached from panels_avx2, so the CPU has AVX2 and FMA.
-                    unsafe {
-                        match rows {
-                            6 => block_avx2::<6>(&a[r * k..(r + MR) * k], k, panel),
-                            5 => widen(block_avx2::<5>(&a[r * k..(r + MR) * k], k, panel)),
-                            4 => widen(block_avx2::<4>(&a[r * k..(r + MR) * k], k, panel)),
-                            3 => widen(block_avx2::<3>(&a[r * k..(r + MR) * k], k, panel)),
-                            2 => widen(block_avx2::<2>(&a[r * k..(r + MR) * k], k, panel)),
-                            _ => widen(block_avx2::<1>(&a[r * k..(r + MR) * k], k, panel)),
-                        }
-                    }
+                    unsafe { by_rows!(block_avx2, rows, ab, k, panel) }
                 } else {
-                    match rows {
-                        6 => block::<6>(&a[r * k..(r + MR) * k], k, panel),
-                        5 => widen(block::<5>(&a[r * k..(r + MR) * k], k, panel)),
-                        4 => widen(block::<4>(&a[r * k..(r + MR) * k], k, panel)),
-                        3 => widen(block::<3>(&a[r * k..(r + MR) * k], k, panel)),
-                        2 => widen(block::<2>(&a[r * k..(r + MR) * k], k, panel)),
-                        _ => widen(block::<1>(&a[r * k..(r + MR) * k], k, panel)),
-                    }
+                    by_rows!(block, rows, ab, k, panel)
                 };
                 for (i, acc_row) in acc.iter().enumerate().take(rows) {
                     // SAFETY: row r + i < m and columns p·NR .. p·NR + cols < n lie inside
@@ -188,6 +161,30 @@ impl Packed {
             }
         }
     }
+}
+
+/// `kernel::<R>` for the block's real row count `rows` (1..=MR), widened to MR rows.
+macro_rules! by_rows {
+    ($kernel:ident, $rows:expr, $a:expr, $k:expr, $panel:expr) => {
+        match $rows {
+            6 => $kernel::<6>($a, $k, $panel),
+            5 => widen($kernel::<5>($a, $k, $panel)),
+            4 => widen($kernel::<4>($a, $k, $panel)),
+            3 => widen($kernel::<3>($a, $k, $panel)),
+            2 => widen($kernel::<2>($a, $k, $panel)),
+            _ => widen($kernel::<1>($a, $k, $panel)),
+        }
+    };
+}
+use by_rows;
+
+/// One product's left operand (packed in row blocks), its row count and where it goes.
+#[derive(Clone, Copy)]
+struct Product<'a> {
+    a: &'a [f32],
+    m: usize,
+    dst: SendPtr,
+    accumulate: bool,
 }
 
 #[derive(Clone, Copy)]
