@@ -55,18 +55,12 @@ pub fn run(exp: &Path, json_out: bool) -> anyhow::Result<()> {
     };
     let stage = |r: &Value| r["stage"].as_str().unwrap_or("").to_string();
     // Columns as wide as their longest entry.
-    let w1 = rows
-        .iter()
-        .map(|r| stage(r).len())
-        .max()
-        .unwrap_or(0)
-        .max(10);
-    let w2 = rows
-        .iter()
-        .map(|r| evaluated(r).len())
-        .max()
-        .unwrap_or(0)
-        .max(9);
+    let width = |cell: &dyn Fn(&Value) -> String, header: &str| {
+        rows.iter()
+            .map(|r| cell(r).len())
+            .fold(header.len(), usize::max)
+    };
+    let (w1, w2) = (width(&stage, "eval stage"), width(&evaluated, "evaluated"));
     println!(
         "{:<w1$}  {:<w2$} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7}",
         "eval stage", "evaluated", "pass@1", "greedy", "pass@k", "maj@k", "format", "length"
