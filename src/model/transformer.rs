@@ -146,15 +146,19 @@ impl Block {
         let [b, t, d] = x.dims();
         let (h, hd) = (self.heads, d / self.heads);
         let qkv = dense(&self.qkv, self.attn_norm.forward(x.clone())).reshape([b, t, 3, h, hd]);
-        let part = |i: usize| {
-            qkv.clone()
-                .slice([0..b, 0..t, i..i + 1, 0..h, 0..hd])
-                .reshape([b, t, h, hd])
-                .swap_dims(1, 2)
-        };
-        let q = rope(part(0), &rope_cs.0, &rope_cs.1);
-        let mut k = rope(part(1), &rope_cs.0, &rope_cs.1);
-        let mut v = part(2);
+        // Queries and keys rotated together: one RoPE over 2h heads instead of two over h.
+        let qk = qkv
+            .clone()
+            .slice([0..b, 0..t, 0..2, 0..h, 0..hd])
+            .reshape([b, t, 2 * h, hd])
+            .swap_dims(1, 2);
+        let qk = rope(qk, &rope_cs.0, &rope_cs.1);
+        let q = qk.clone().slice([0..b, 0..h, 0..t, 0..hd]);
+        let mut k = qk.slice([0..b, h..2 * h, 0..t, 0..hd]);
+        let mut v = qkv
+            .slice([0..b, 0..t, 2..3, 0..h, 0..hd])
+            .reshape([b, t, h, hd])
+            .swap_dims(1, 2);
         if let Some(slot) = cache {
             if let Some((pk, pv)) = slot.take() {
                 k = Tensor::cat(vec![pk, k], 2);
