@@ -13,13 +13,19 @@ fn bundled() -> std::path::PathBuf {
 }
 
 #[test]
-fn check_accepts_the_bundled_experiment() {
+fn check_accepts_the_bundled_experiments() {
     bin()
         .args(["check"])
         .arg(bundled())
         .assert()
         .success()
         .stdout(predicate::str::starts_with("ok: r1-arith"));
+    bin()
+        .args(["check"])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments/countdown"))
+        .assert()
+        .success()
+        .stdout(predicate::str::starts_with("ok: countdown"));
 }
 
 #[test]
