@@ -31,6 +31,16 @@ fn xs_of(run: &RunView, axis: XAxis) -> Vec<f64> {
 
 type CacheKey = (std::path::PathBuf, String, u64, bool, XAxis, usize);
 
+/// How a metric's polylines are drawn: EMA smoothing, log-y, x axis, and the columns available
+/// (downsampling target).
+#[derive(Debug, Clone, Copy)]
+pub struct LineView {
+    pub smoothing: f64,
+    pub log_y: bool,
+    pub axis: XAxis,
+    pub columns: usize,
+}
+
 /// Memo of each run's polylines for a metric and view settings, valid while the run's series
 /// keeps its length: a static chart of 200,000 points is smoothed and downsampled once, not
 /// every frame. Interior mutability keeps `draw` a function of `&App`.
@@ -41,22 +51,14 @@ pub struct ChartCache(RefCell<HashMap<CacheKey, CacheEntry>>);
 type CacheEntry = (usize, Rc<Vec<Line>>);
 
 impl ChartCache {
-    pub fn get(
-        &self,
-        run: &RunView,
-        metric: &str,
-        smoothing: f64,
-        log_y: bool,
-        axis: XAxis,
-        columns: usize,
-    ) -> Rc<Vec<Line>> {
+    pub fn get(&self, run: &RunView, metric: &str, view: LineView) -> Rc<Vec<Line>> {
         let key = (
             run.dir.clone(),
             metric.to_string(),
-            smoothing.to_bits(),
-            log_y,
-            axis,
-            columns,
+            view.smoothing.to_bits(),
+            view.log_y,
+            view.axis,
+            view.columns,
         );
         let mut map = self.0.borrow_mut();
         if let Some((len, lines)) = map.get(&key)
@@ -67,21 +69,20 @@ impl ChartCache {
         if map.len() > 4096 {
             map.clear();
         }
-        let lines = Rc::new(run_lines(run, metric, smoothing, log_y, axis, columns));
+        let lines = Rc::new(run_lines(run, metric, view));
         map.insert(key, (run.series.len(), lines.clone()));
         lines
     }
 }
 
 /// Polylines of one run (smoothed, then downsampled; raw drawn dim behind when smoothing).
-pub fn run_lines(
-    run: &RunView,
-    metric: &str,
-    smoothing: f64,
-    log_y: bool,
-    axis: XAxis,
-    columns: usize,
-) -> Vec<Line> {
+pub fn run_lines(run: &RunView, metric: &str, view: LineView) -> Vec<Line> {
+    let LineView {
+        smoothing,
+        log_y,
+        axis,
+        columns,
+    } = view;
     let mut out = Vec::new();
     {
         let Some(ys) = run.series.column(metric) else {
@@ -198,12 +199,15 @@ fn fmt_x(v: f64, axis: XAxis) -> String {
 fn draw_one(f: &mut Frame<'_>, area: Rect, app: &App, metric: &str, focused: bool, zoomed: bool) {
     let runs = app.chart_runs();
     let cols = area.width.saturating_sub(10) as usize;
+    let view = LineView {
+        smoothing: app.smoothing,
+        log_y: app.log_y,
+        axis: app.x_axis,
+        columns: cols.max(1),
+    };
     let per_run: Vec<Rc<Vec<Line>>> = runs
         .iter()
-        .map(|r| {
-            app.chart_cache
-                .get(r, metric, app.smoothing, app.log_y, app.x_axis, cols.max(1))
-        })
+        .map(|r| app.chart_cache.get(r, metric, view))
         .collect();
     let mut extra: Vec<Line> = Vec::new();
     let mut title = metric.to_string();
