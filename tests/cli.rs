@@ -8,6 +8,11 @@ fn bin() -> Command {
     Command::cargo_bin("stageloop").unwrap()
 }
 
+/// `stageloop run DIR ARGS…`, asserted to fail with exit code 1 (chain `.stderr(…)` on it).
+fn run_fails(dir: &Path, args: &[&str]) -> assert_cmd::assert::Assert {
+    bin().arg("run").arg(dir).args(args).assert().code(1)
+}
+
 fn bundled() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments/r1-arith")
 }
@@ -58,12 +63,7 @@ fn missing_experiment_is_one_clear_line() {
 
 #[test]
 fn run_with_an_unknown_stage_lists_the_known_ones() {
-    bin()
-        .arg("run")
-        .arg(bundled())
-        .args(["--stage", "nope"])
-        .assert()
-        .code(1)
+    run_fails(&bundled(), &["--stage", "nope"])
         .stderr(predicate::str::contains("no stage named `nope`"))
         .stderr(predicate::str::contains("pretrain"));
 }
@@ -153,12 +153,7 @@ fn a_stage_whose_init_has_not_run_says_what_to_run_first() {
     let d = tempfile::tempdir().unwrap();
     let text = format!("{TINY}[[stage]]\nname = \"ev\"\nkind = \"eval\"\ninit = \"pre\"\n");
     std::fs::write(d.path().join("experiment.toml"), text).unwrap();
-    bin()
-        .arg("run")
-        .arg(d.path())
-        .args(["--stage", "ev"])
-        .assert()
-        .code(1)
+    run_fails(d.path(), &["--stage", "ev"])
         .stderr(predicate::str::contains(
             "starts from `pre`, which has no finished run",
         ))
@@ -175,15 +170,9 @@ fn checkpoint_of_another_shape_and_bad_dataset_lines_are_named() {
         "{TINY}[[stage]]\nname = \"more\"\nkind = \"pretrain\"\ninit = \"pre\"\nsteps = 1\n"
     );
     std::fs::write(d.path().join("experiment.toml"), text).unwrap();
-    bin()
-        .arg("run")
-        .arg(d.path())
-        .args(["--stage", "more", "--set", "model.d_model=32"])
-        .assert()
-        .code(1)
-        .stderr(predicate::str::contains(
-            "config.json: checkpoint is a different model shape",
-        ));
+    run_fails(d.path(), &["--stage", "more", "--set", "model.d_model=32"]).stderr(
+        predicate::str::contains("config.json: checkpoint is a different model shape"),
+    );
     // A dataset with a bad line: file and line number.
     std::fs::write(
         d.path().join("data.jsonl"),
@@ -194,15 +183,9 @@ fn checkpoint_of_another_shape_and_bad_dataset_lines_are_named() {
         "{TINY}[[stage]]\nname = \"s\"\nkind = \"sft\"\ndataset = \"data.jsonl\"\nsteps = 1\n"
     );
     std::fs::write(d.path().join("experiment.toml"), text).unwrap();
-    bin()
-        .arg("run")
-        .arg(d.path())
-        .args(["--stage", "s"])
-        .assert()
-        .code(1)
-        .stderr(predicate::str::contains(
-            "data.jsonl:2: missing text field `prompt`",
-        ));
+    run_fails(d.path(), &["--stage", "s"]).stderr(predicate::str::contains(
+        "data.jsonl:2: missing text field `prompt`",
+    ));
     // A corrupt weights file: the sample verb names it.
     let run = std::fs::read_dir(d.path().join("runs"))
         .unwrap()
