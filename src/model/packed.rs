@@ -45,10 +45,6 @@ impl Packed {
         self.k
     }
 
-    pub fn cols(&self) -> usize {
-        self.n
-    }
-
     /// `dst[m, n] = a[m, k] · self`, or `+=` when `accumulate`; row-major, contiguous. With
     /// `parallel`, large products split their panels between threads.
     pub fn matmul(&self, dst: &mut [f32], a: &[f32], m: usize, accumulate: bool, parallel: bool) {

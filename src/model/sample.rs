@@ -238,9 +238,13 @@ fn generate_engine(
     let engine = Engine::new(model, ctx);
     let vocab = engine.vocab();
     let mut cache = engine.cache(prompts.len());
-    // Full sequences so far (prompt + new tokens), for the no-cache path.
-    let mut seqs: Vec<Vec<u32>> = prompts.to_vec();
-    let feed: Vec<(usize, &[u32])> = seqs.iter().map(Vec::as_slice).enumerate().collect();
+    let feed: Vec<(usize, &[u32])> = prompts.iter().map(Vec::as_slice).enumerate().collect();
+    // Full sequences so far (prompt + new tokens): only the no-cache path re-feeds them.
+    let mut seqs: Vec<Vec<u32>> = if opts.use_cache {
+        Vec::new()
+    } else {
+        prompts.to_vec()
+    };
     let mut logits = engine.forward(&mut cache, &feed, false);
     let mut active: Vec<usize> = (0..prompts.len()).collect();
     for step in 0..budget {
@@ -263,9 +267,6 @@ fn generate_engine(
             break;
         }
         active = next.iter().map(|&(row, _)| row).collect();
-        for &(row, tok) in &next {
-            seqs[row].push(tok);
-        }
         logits = if opts.use_cache {
             let toks: Vec<[u32; 1]> = next.iter().map(|&(_, t)| [t]).collect();
             let feed: Vec<(usize, &[u32])> = next
@@ -275,7 +276,8 @@ fn generate_engine(
                 .collect();
             engine.forward(&mut cache, &feed, false)
         } else {
-            for &row in &active {
+            for &(row, tok) in &next {
+                seqs[row].push(tok);
                 cache.rows[row].len = 0;
             }
             let feed: Vec<(usize, &[u32])> = active
