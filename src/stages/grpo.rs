@@ -64,12 +64,22 @@ pub struct LossInputs {
     pub mask: Tensor<2>,
 }
 
-/// Per-token statistics that go into the metrics.
+/// Per-token statistics that go into the metrics (micro-batches' statistics add up).
+#[derive(Debug, Clone, Copy, Default)]
 pub struct LossStats {
     pub kl: f64,
     pub clip_low: f64,
     pub clip_high: f64,
     pub clip_region: f64,
+}
+
+impl std::ops::AddAssign for LossStats {
+    fn add_assign(&mut self, o: LossStats) {
+        self.kl += o.kl;
+        self.clip_low += o.clip_low;
+        self.clip_high += o.clip_high;
+        self.clip_region += o.clip_region;
+    }
 }
 
 /// Sizes of the whole rollout batch. A micro-batch's loss and statistics are divided by these,
@@ -337,12 +347,7 @@ pub fn run(ctx: &mut StageCtx<'_>) -> Result<Outcome> {
         // 3. Policy update.
         let lr = lr_at(state.step, &cfg);
         let (mut loss_val, mut grad_norm) = (0.0, 0.0);
-        let mut lstats = LossStats {
-            kl: 0.0,
-            clip_low: 0.0,
-            clip_high: 0.0,
-            clip_region: 0.0,
-        };
+        let mut lstats = LossStats::default();
         let mut entropy = 0.0;
         let mut trained_tokens = 0;
         if !groups.is_empty() {
@@ -400,12 +405,7 @@ pub fn run(ctx: &mut StageCtx<'_>) -> Result<Outcome> {
             for it in 0..cfg.num_iterations {
                 let mut acc = GradientsAccumulator::<Gpt>::new();
                 let (mut loss_sum, mut entropy_sum) = (0.0, 0.0);
-                lstats = LossStats {
-                    kl: 0.0,
-                    clip_low: 0.0,
-                    clip_high: 0.0,
-                    clip_region: 0.0,
-                };
+                lstats = LossStats::default();
                 for part in &parts {
                     let (logp, h) = target_logprobs_with(
                         &model,
@@ -438,10 +438,7 @@ pub fn run(ctx: &mut StageCtx<'_>) -> Result<Outcome> {
                         norm,
                     );
                     loss_sum += loss.clone().into_scalar::<f32>() as f64;
-                    lstats.kl += st.kl;
-                    lstats.clip_low += st.clip_low;
-                    lstats.clip_high += st.clip_high;
-                    lstats.clip_region += st.clip_region;
+                    lstats += st;
                     acc.accumulate(&model, GradientsParams::from_grads(loss.backward(), &model));
                 }
                 loss_val = loss_sum;
