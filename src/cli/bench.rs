@@ -31,6 +31,10 @@ pub struct Args {
     /// Print one JSON line.
     #[arg(long)]
     pub json: bool,
+    /// Train with burn's composite ops instead of the fused CPU ops (RMSNorm, SwiGLU), to
+    /// measure what the fused ones buy.
+    #[arg(long)]
+    pub composite: bool,
     /// Benchmark the notebook instead: open, frame, append-to-screen and memory on a
     /// synthetic workspace of --runs × --points metric lines.
     #[arg(long)]
@@ -75,6 +79,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         new_tokens: a.new_tokens,
         train_steps: a.steps,
     };
+    crate::model::fused::set_enabled(!a.composite);
     let r = measure(&cfg)?;
     if a.json {
         println!("{}", serde_json::to_string(&r)?);

@@ -4,6 +4,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod fused;
 pub mod infer;
 pub mod packed;
 pub mod sample;

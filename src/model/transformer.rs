@@ -3,6 +3,7 @@
 //! [`KvCache`] for decoding.
 
 use super::config::ModelConfig;
+use super::fused;
 use burn::module::{Module, ModuleMapper, Param, ParamId};
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig};
 use burn::tensor::activation::silu;
@@ -76,6 +77,26 @@ fn dense(layer: &Linear, x: Tensor<3>) -> Tensor<3> {
     x.reshape([b * t, d]).matmul(w).reshape([b, t, out])
 }
 
+/// RMSNorm, fused on the CPU backend (see [`super::fused`]).
+fn norm<const D: usize>(layer: &RmsNorm, x: Tensor<D>) -> Tensor<D> {
+    if fused::available(&x.device()) {
+        fused::rms_norm(x, layer.gamma.val(), layer.epsilon)
+    } else {
+        layer.forward(x)
+    }
+}
+
+/// `silu(gate) · up` for `gate_up = [gate, up]` on the last axis of size `2m`.
+fn swiglu(gate_up: Tensor<3>, m: usize) -> Tensor<3> {
+    if fused::available(&gate_up.device()) {
+        return fused::swiglu(gate_up);
+    }
+    let [b, t, _] = gate_up.dims();
+    let gate = gate_up.clone().slice([0..b, 0..t, 0..m]);
+    let up = gate_up.slice([0..b, 0..t, m..2 * m]);
+    silu(gate) * up
+}
+
 fn linear(d_in: usize, d_out: usize, device: &Device) -> Linear {
     LinearConfig::new(d_in, d_out).with_bias(false).init(device)
 }
@@ -145,7 +166,7 @@ impl Block {
     ) -> Tensor<3> {
         let [b, t, d] = x.dims();
         let (h, hd) = (self.heads, d / self.heads);
-        let qkv = dense(&self.qkv, self.attn_norm.forward(x.clone())).reshape([b, t, 3, h, hd]);
+        let qkv = dense(&self.qkv, norm(&self.attn_norm, x.clone())).reshape([b, t, 3, h, hd]);
         // Queries and keys rotated together: one RoPE over 2h heads instead of two over h.
         let qk = qkv
             .clone()
@@ -174,11 +195,8 @@ impl Block {
             .swap_dims(1, 2)
             .reshape([b, t, d]);
         let x = x + dense(&self.out, a);
-        let gu = dense(&self.gate_up, self.mlp_norm.forward(x.clone()));
-        let m = self.mlp;
-        let gate = gu.clone().slice([0..b, 0..t, 0..m]);
-        let up = gu.slice([0..b, 0..t, m..2 * m]);
-        x + dense(&self.down, silu(gate) * up)
+        let gu = dense(&self.gate_up, norm(&self.mlp_norm, x.clone()));
+        x + dense(&self.down, swiglu(gu, self.mlp))
     }
 }
 
@@ -222,7 +240,7 @@ impl Gpt {
         for block in &self.blocks {
             x = block.forward(x, &cs, None, None);
         }
-        dense(&self.head, self.norm.forward(x))
+        dense(&self.head, norm(&self.norm, x))
     }
 
     /// Logits for `tokens` (`[b, t]`) at positions `cache.len..`, reusing and extending the
@@ -266,7 +284,7 @@ impl Gpt {
             x = block.forward(x, &cs, Some(slot), mask.clone());
         }
         cache.len = total;
-        dense(&self.head, self.norm.forward(x))
+        dense(&self.head, norm(&self.norm, x))
     }
 
     pub fn layers(&self) -> usize {

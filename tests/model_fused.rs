@@ -1,0 +1,127 @@
+//! The fused CPU ops (RMSNorm, SwiGLU) compute the same values and gradients as burn's
+//! composite ops, op by op and through the whole model. One test function: the fused ops are
+//! switched off process-wide for the reference pass.
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::optim::GradientsParams;
+use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
+use stageloop::model::fused;
+use stageloop::model::{Gpt, ModelConfig};
+
+fn max_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
+    (a - b).abs().max().into_scalar::<f32>()
+}
+
+fn rms_composite(x: Tensor<3>, gamma: Tensor<1>, eps: f64) -> Tensor<3> {
+    let rms = (x.clone().powf_scalar(2.0).mean_dim(2) + eps).sqrt();
+    x / rms * gamma.unsqueeze::<3>()
+}
+
+fn swiglu_composite(gu: Tensor<3>) -> Tensor<3> {
+    let [b, t, m2] = gu.dims();
+    let m = m2 / 2;
+    let gate = gu.clone().slice([0..b, 0..t, 0..m]);
+    let up = gu.slice([0..b, 0..t, m..m2]);
+    burn::tensor::activation::silu(gate) * up
+}
+
+/// Value and input gradients of `sum(f(x) · w)` for a random weighting `w`.
+fn grads_of(
+    f: impl Fn(Tensor<3>, Tensor<1>) -> Tensor<3>,
+    x: &Tensor<3>,
+    gamma: &Tensor<1>,
+    w: &Tensor<3>,
+) -> (Tensor<3>, Tensor<3>, Option<Tensor<1>>) {
+    let x = x.clone().require_grad();
+    let gamma = gamma.clone().require_grad();
+    let y = f(x.clone(), gamma.clone());
+    let grads = (y.clone() * w.clone()).sum().backward();
+    (
+        y.inner(),
+        x.grad(&grads).expect("x grad"),
+        gamma.grad(&grads),
+    )
+}
+
+fn cfg() -> ModelConfig {
+    ModelConfig {
+        vocab: 20,
+        d_model: 32,
+        layers: 2,
+        heads: 4,
+        mlp: 64,
+        ctx: 24,
+        rope_theta: 10_000.0,
+    }
+}
+
+/// Loss and every parameter gradient (flattened, in traversal order) of a tiny model.
+fn model_loss_and_grads(model: &Gpt, tokens: &Tensor<2, Int>) -> (f32, Vec<f32>) {
+    let logits = model.forward(tokens.clone());
+    let loss = logits.clone().powf_scalar(2.0).mean() + logits.sum() * 0.01;
+    let grads = GradientsParams::from_grads(loss.backward(), model);
+    let mut flat = Vec::new();
+    struct Collect<'a>(&'a GradientsParams, &'a mut Vec<f32>);
+    impl ModuleVisitor for Collect<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let g = self
+                .0
+                .get::<D>(param.id)
+                .expect("every parameter has a gradient");
+            self.1.extend(g.into_data().iter::<f32>());
+        }
+    }
+    model.visit(&mut Collect(&grads, &mut flat));
+    (loss.into_scalar::<f32>(), flat)
+}
+
+#[test]
+fn fused_ops_match_the_composite_ops_in_values_and_gradients() {
+    let device = Device::flex().autodiff();
+    device.seed(3);
+    assert!(fused::available(&device), "fused ops run on flex autodiff");
+
+    // RMSNorm, including a strided (transposed) input.
+    let x = Tensor::<3>::random([3, 7, 48], Distribution::Normal(0.5, 2.0), &device);
+    let gamma = Tensor::<1>::random([48], Distribution::Normal(1.0, 0.3), &device);
+    let w = Tensor::<3>::random([3, 7, 48], Distribution::Normal(0.0, 1.0), &device);
+    let (y1, dx1, dg1) = grads_of(|x, g| fused::rms_norm(x, g, 1e-5), &x, &gamma, &w);
+    let (y2, dx2, dg2) = grads_of(|x, g| rms_composite(x, g, 1e-5), &x, &gamma, &w);
+    assert!(max_diff(y1, y2) < 1e-5);
+    assert!(max_diff(dx1, dx2) < 1e-4, "rms dx");
+    assert!(max_diff(dg1.unwrap(), dg2.unwrap()) < 1e-4, "rms dgamma");
+    let xt =
+        Tensor::<3>::random([3, 48, 7], Distribution::Normal(0.0, 1.0), &device).swap_dims(1, 2);
+    let (y1, dx1, _) = grads_of(|x, g| fused::rms_norm(x, g, 1e-5), &xt, &gamma, &w);
+    let (y2, dx2, _) = grads_of(|x, g| rms_composite(x, g, 1e-5), &xt, &gamma, &w);
+    assert!(max_diff(y1, y2) < 1e-5, "strided rms value");
+    assert!(max_diff(dx1, dx2) < 1e-4, "strided rms dx");
+
+    // SwiGLU over a wide range of gate values (the sigmoid's tails).
+    let gu = Tensor::<3>::random([3, 7, 48], Distribution::Normal(0.0, 6.0), &device);
+    let w = Tensor::<3>::random([3, 7, 24], Distribution::Normal(0.0, 1.0), &device);
+    let (y1, dx1, _) = grads_of(|x, _| fused::swiglu(x), &gu, &gamma, &w);
+    let (y2, dx2, _) = grads_of(|x, _| swiglu_composite(x), &gu, &gamma, &w);
+    assert!(max_diff(y1, y2) < 1e-4, "swiglu value");
+    assert!(max_diff(dx1, dx2) < 1e-4, "swiglu grad");
+
+    // The whole model: loss and every parameter's gradient, fused and composite.
+    let model = Gpt::new(&cfg(), &device);
+    let seq: Vec<i64> = (0..2 * 24).map(|i| (i * 7 % 20) as i64).collect();
+    let tokens = Tensor::<2, Int>::from_data(TensorData::new(seq, [2, 24]), &device);
+    let (loss_f, grads_f) = model_loss_and_grads(&model, &tokens);
+    fused::set_enabled(false);
+    let (loss_c, grads_c) = model_loss_and_grads(&model, &tokens);
+    fused::set_enabled(true);
+    assert!(
+        (loss_f - loss_c).abs() < 1e-4 * loss_c.abs().max(1.0),
+        "{loss_f} vs {loss_c}"
+    );
+    assert_eq!(grads_f.len(), grads_c.len());
+    let worst = grads_f
+        .iter()
+        .zip(&grads_c)
+        .map(|(a, b)| (a - b).abs() / b.abs().max(1e-2))
+        .fold(0.0f32, f32::max);
+    assert!(worst < 1e-3, "worst relative gradient difference {worst}");
+}
