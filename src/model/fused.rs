@@ -1,12 +1,13 @@
-//! Fused training ops for burn's CPU backend (`flex`): RMSNorm and SwiGLU, each one op with a
-//! hand-written forward and backward pass instead of the five to eight small ops (and saved
-//! intermediates) burn's autodiff graph builds for them.
+//! Fused training ops for burn's CPU backend (`flex`): RMSNorm, SwiGLU and causal attention
+//! with RoPE, each one op with a hand-written forward and backward pass instead of the five to
+//! twenty small ops (and saved intermediates) burn's autodiff graph builds for them.
 //!
 //! They are registered through burn's backend-extension mechanism ([`FusedOps`], implemented for
 //! `Flex` and `Autodiff<Flex>`), so they take part in `loss.backward()` like any other op. The
 //! model uses them only on the flex device ([`available`]); other backends keep the composite
 //! ops, which `tests/model_fused.rs` checks give the same values and gradients.
 
+use super::attention;
 use burn::backend::autodiff::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -27,6 +28,9 @@ pub trait FusedOps: burn::backend::Backend {
     fn rms_norm(x: FloatTensor<Self>, gamma: FloatTensor<Self>, eps: f32) -> FloatTensor<Self>;
     /// SwiGLU on a `[.., 2m]` tensor holding gate then up: `silu(gate) · up`, shape `[.., m]`.
     fn swiglu(gate_up: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// Causal self-attention with RoPE (angles from `theta`) on a `[b, t, 3·d]` QKV projection
+    /// (`[b, t, 3, heads, d / heads]`): the `[b, t, d]` result, see [`super::attention`].
+    fn causal_attention(qkv: FloatTensor<Self>, heads: usize, theta: f64) -> FloatTensor<Self>;
 }
 
 static ENABLED: AtomicBool = AtomicBool::new(true);
@@ -50,6 +54,15 @@ pub fn rms_norm<const D: usize>(x: Tensor<D>, gamma: Tensor<1>, eps: f64) -> Ten
         x.into_dispatch(),
         gamma.into_dispatch(),
         eps as f32,
+    ))
+}
+
+/// [`FusedOps::causal_attention`] on tensors.
+pub fn causal_attention(qkv: Tensor<3>, heads: usize, theta: f64) -> Tensor<3> {
+    Tensor::from_dispatch(<Dispatch as FusedOps>::causal_attention(
+        qkv.into_dispatch(),
+        heads,
+        theta,
     ))
 }
 
@@ -85,7 +98,7 @@ fn tensor(v: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
 /// `exp(x)` to ~2 ulp for `x` in the float range, branch-free so that loops over it vectorise
 /// (libm's `expf` is a call per element).
 #[inline(always)]
-fn exp(x: f32) -> f32 {
+pub(crate) fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
@@ -231,7 +244,31 @@ fn swiglu_flex(gu: FlexTensor) -> FlexTensor {
     tensor(swiglu_forward(slice(&gu), m), shape)
 }
 
+/// The attention shape of a `[b, t, 3·d]` QKV tensor.
+fn attention_shape(qkv: &FlexTensor, heads: usize) -> attention::Shape {
+    let [batch, len, d3] = dims(qkv)[..] else {
+        panic!("causal_attention: qkv must be [b, t, 3·d]")
+    };
+    attention::Shape {
+        batch,
+        len,
+        heads,
+        head_dim: d3 / 3 / heads,
+    }
+}
+
+/// Attention forward: the output and the log-sum-exps.
+fn attention_flex(qkv: &FlexTensor, heads: usize, theta: f64) -> (FlexTensor, Vec<f32>) {
+    let s = attention_shape(qkv, heads);
+    let (out, lse) = attention::forward(slice(qkv), &s, theta);
+    (tensor(out, vec![s.batch, s.len, s.heads * s.head_dim]), lse)
+}
+
 impl FusedOps for Flex {
+    fn causal_attention(qkv: FlexTensor, heads: usize, theta: f64) -> FlexTensor {
+        attention_flex(&contiguous(qkv), heads, theta).0
+    }
+
     fn rms_norm(x: FlexTensor, gamma: FlexTensor, eps: f32) -> FlexTensor {
         rms_norm_flex(x, gamma, eps).0
     }
@@ -284,7 +321,43 @@ impl Backward<Flex, 1> for SwigluBackward {
     }
 }
 
+#[derive(Debug)]
+struct AttentionBackward;
+
+impl Backward<Flex, 1> for AttentionBackward {
+    /// Input, output, log-sum-exps, heads and RoPE theta.
+    type State = (FlexTensor, FlexTensor, Vec<f32>, usize, f64);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node] = ops.parents;
+        let dout = contiguous(grads.consume::<Flex>(&ops.node));
+        let (qkv, out, lse, heads, theta) = ops.state;
+        if let Some(node) = node {
+            let s = attention_shape(&qkv, heads);
+            let dqkv = attention::backward(slice(&qkv), slice(&out), &lse, slice(&dout), &s, theta);
+            grads.register::<Flex>(node.id, tensor(dqkv, dims(&qkv)));
+        }
+    }
+}
+
 impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
+    fn causal_attention(qkv: FloatTensor<Self>, heads: usize, theta: f64) -> FloatTensor<Self> {
+        match AttentionBackward
+            .prepare::<C>([qkv.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let qkv = contiguous(qkv.into_primitive());
+                let (out, lse) = attention_flex(&qkv, heads, theta);
+                prep.finish((qkv, out.clone(), lse, heads, theta), out)
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(attention_flex(&contiguous(qkv.into_primitive()), heads, theta).0)
+            }
+        }
+    }
+
     fn rms_norm(x: FloatTensor<Self>, gamma: FloatTensor<Self>, eps: f32) -> FloatTensor<Self> {
         match RmsNormBackward
             .prepare::<C>([x.node(), gamma.node()])

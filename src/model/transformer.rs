@@ -194,7 +194,18 @@ impl Block {
         let a = attention(q, k, v, mask, None, opts)
             .swap_dims(1, 2)
             .reshape([b, t, d]);
-        let x = x + dense(&self.out, a);
+        self.mlp(x + dense(&self.out, a))
+    }
+
+    /// [`Block::forward`] over a whole sequence with the fused causal attention (CPU backend).
+    fn forward_fused(&self, x: Tensor<3>, rope_theta: f64) -> Tensor<3> {
+        let qkv = dense(&self.qkv, norm(&self.attn_norm, x.clone()));
+        let a = fused::causal_attention(qkv, self.heads, rope_theta);
+        self.mlp(x + dense(&self.out, a))
+    }
+
+    /// The MLP half with its residual.
+    fn mlp(&self, x: Tensor<3>) -> Tensor<3> {
         let gu = dense(&self.gate_up, norm(&self.mlp_norm, x.clone()));
         x + dense(&self.down, swiglu(gu, self.mlp))
     }
@@ -235,6 +246,12 @@ impl Gpt {
         let device = tokens.device();
         let [_, t] = tokens.dims();
         let mut x = self.embed.forward(tokens);
+        if fused::available(&device) {
+            for block in &self.blocks {
+                x = block.forward_fused(x, self.rope_theta);
+            }
+            return dense(&self.head, norm(&self.norm, x));
+        }
         let d = x.dims()[2];
         let cs = rope_tables(0, t, self.head_dim(d), self.rope_theta, &device);
         for block in &self.blocks {
