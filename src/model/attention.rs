@@ -12,6 +12,7 @@
 //! a second time with AVX2/FMA, chosen at run time.
 
 use super::fused::exp;
+use super::simd::avx2_dispatch;
 use rayon::prelude::*;
 
 /// Shape of one attention call.
@@ -166,7 +167,6 @@ fn forward_sequence(qkv: &[f32], out: &mut [f32], lse: &mut [f32], s: &Shape, ro
 }
 
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 fn backward_sequence(
     qkv: &[f32],
     out: &[f32],
@@ -236,45 +236,22 @@ fn backward_sequence(
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-fn has_avx2() -> bool {
-    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
-}
-
-/// [`forward_sequence`] compiled with AVX2 and FMA.
-///
-/// # Safety
-/// The CPU must have AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn forward_sequence_avx2(
-    qkv: &[f32],
-    out: &mut [f32],
-    lse: &mut [f32],
-    s: &Shape,
-    r: &Rope,
-) {
-    forward_sequence(qkv, out, lse, s, r)
-}
-
-/// [`backward_sequence`] compiled with AVX2 and FMA.
-///
-/// # Safety
-/// The CPU must have AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn backward_sequence_avx2(
-    qkv: &[f32],
-    out: &[f32],
-    lse: &[f32],
-    dout: &[f32],
-    dqkv: &mut [f32],
-    s: &Shape,
-    r: &Rope,
-) {
-    backward_sequence(qkv, out, lse, dout, dqkv, s, r)
-}
+avx2_dispatch!(
+    /// One sequence's forward, see [`forward_sequence`].
+    fn forward_one(qkv: &[f32], out: &mut [f32], lse: &mut [f32], s: &Shape, r: &Rope) = forward_sequence;
+);
+avx2_dispatch!(
+    /// One sequence's backward, see [`backward_sequence`].
+    fn backward_one(
+        qkv: &[f32],
+        out: &[f32],
+        lse: &[f32],
+        dout: &[f32],
+        dqkv: &mut [f32],
+        s: &Shape,
+        r: &Rope,
+    ) = backward_sequence;
+);
 
 /// Causal attention of `qkv` (`[b, t, 3, heads, head_dim]`): the output `[b, t, d]` and the
 /// log-sum-exp of every query's scores (`[b, heads, t]`), which the backward pass needs.
@@ -291,14 +268,7 @@ pub fn forward(qkv: &[f32], s: &Shape, theta: f64) -> (Vec<f32>, Vec<f32>) {
     out.par_chunks_mut(t * d)
         .zip(lse.par_chunks_mut(s.heads * t))
         .zip(qkv.par_chunks(3 * t * d))
-        .for_each(|((out, lse), qkv)| {
-            #[cfg(target_arch = "x86_64")]
-            if has_avx2() {
-                // SAFETY: the CPU has AVX2 and FMA (checked just above).
-                return unsafe { forward_sequence_avx2(qkv, out, lse, s, &rope) };
-            }
-            forward_sequence(qkv, out, lse, s, &rope)
-        });
+        .for_each(|((out, lse), qkv)| forward_one(qkv, out, lse, s, &rope));
     (out, lse)
 }
 
@@ -320,12 +290,7 @@ pub fn backward(
         .zip(out.par_chunks(t * d).zip(dout.par_chunks(t * d)))
         .zip(lse.par_chunks(s.heads * t))
         .for_each(|(((dqkv, qkv), (out, dout)), lse)| {
-            #[cfg(target_arch = "x86_64")]
-            if has_avx2() {
-                // SAFETY: the CPU has AVX2 and FMA (checked just above).
-                return unsafe { backward_sequence_avx2(qkv, out, lse, dout, dqkv, s, &rope) };
-            }
-            backward_sequence(qkv, out, lse, dout, dqkv, s, &rope)
+            backward_one(qkv, out, lse, dout, dqkv, s, &rope)
         });
     dqkv
 }

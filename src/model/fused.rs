@@ -8,6 +8,7 @@
 //! ops, which `tests/model_fused.rs` checks give the same values and gradients.
 
 use super::attention;
+use super::simd::avx2_dispatch;
 use burn::backend::autodiff::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -104,7 +105,8 @@ pub(crate) fn exp(x: f32) -> f32 {
     const LN2_LO: f32 = -2.121_944_4e-4;
     let x = x.clamp(-87.0, 88.0);
     // Round to nearest by the 1.5·2^23 trick (no SSE4.1 rounding instruction needed).
-    let n = (x * LOG2E + 12_582_912.0) - 12_582_912.0;
+    let t = x * LOG2E + 12_582_912.0;
+    let n = t - 12_582_912.0;
     let r = x - n * LN2_HI - n * LN2_LO;
     let p = 1.987_569_1e-4f32;
     let p = p * r + 1.398_199_9e-3;
@@ -113,13 +115,104 @@ pub(crate) fn exp(x: f32) -> f32 {
     let p = p * r + 1.666_666_5e-1;
     let p = p * r + 5e-1;
     let e = p * r * r + r + 1.0;
-    e * f32::from_bits(((n as i32 + 127) << 23) as u32)
+    // `t`'s low mantissa bits hold n (two's complement); shifted into the exponent field they
+    // give 2^n without a float-to-int conversion (n + 127 is within 1..=254 after the clamp).
+    e * f32::from_bits(t.to_bits().wrapping_add(127) << 23)
 }
 
 #[inline(always)]
 fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + exp(-x))
 }
+
+#[inline(always)]
+fn rms_rows(y: &mut [f32], rstd: &mut [f32], x: &[f32], gamma: &[f32], eps: f32) {
+    let d = gamma.len();
+    for ((y, r), x) in y.chunks_mut(d).zip(rstd.iter_mut()).zip(x.chunks(d)) {
+        let ss: f32 = x.iter().map(|v| v * v).sum();
+        *r = 1.0 / (ss / d as f32 + eps).sqrt();
+        for ((y, x), g) in y.iter_mut().zip(x).zip(gamma) {
+            *y = x * *r * g;
+        }
+    }
+}
+
+/// Adds this block's contribution to `dgamma`.
+#[inline(always)]
+fn rms_rows_backward(
+    dx: &mut [f32],
+    dgamma: &mut [f32],
+    dy: &[f32],
+    x: &[f32],
+    gamma: &[f32],
+    rstd: &[f32],
+) {
+    let d = gamma.len();
+    for (((dx, dy), x), &r) in dx
+        .chunks_mut(d)
+        .zip(dy.chunks(d))
+        .zip(x.chunks(d))
+        .zip(rstd)
+    {
+        // dx = r·(dy·γ − x̂·mean(dy·γ·x̂)), x̂ = x·r.
+        let mut dot = 0.0f32;
+        for ((dy, x), g) in dy.iter().zip(x).zip(gamma) {
+            dot += dy * g * x;
+        }
+        let c = dot * r * r / d as f32;
+        for (((dx, dy), x), (g, dg)) in dx
+            .iter_mut()
+            .zip(dy)
+            .zip(x)
+            .zip(gamma.iter().zip(dgamma.iter_mut()))
+        {
+            *dx = r * (dy * g - x * c);
+            *dg += dy * x * r;
+        }
+    }
+}
+
+#[inline(always)]
+fn swiglu_rows(h: &mut [f32], gu: &[f32], m: usize) {
+    for (h, gu) in h.chunks_mut(m).zip(gu.chunks(2 * m)) {
+        let (g, u) = gu.split_at(m);
+        for ((h, g), u) in h.iter_mut().zip(g).zip(u) {
+            *h = g * sigmoid(*g) * u;
+        }
+    }
+}
+
+#[inline(always)]
+fn swiglu_rows_backward(dgu: &mut [f32], gu: &[f32], dh: &[f32], m: usize) {
+    for ((dgu, gu), dh) in dgu
+        .chunks_mut(2 * m)
+        .zip(gu.chunks(2 * m))
+        .zip(dh.chunks(m))
+    {
+        let (g, u) = gu.split_at(m);
+        let (dg, du) = dgu.split_at_mut(m);
+        for ((((dg, du), g), u), dh) in dg.iter_mut().zip(du).zip(g).zip(u).zip(dh) {
+            let s = sigmoid(*g);
+            let silu = g * s;
+            *du = dh * silu;
+            *dg = dh * u * (s + silu * (1.0 - s));
+        }
+    }
+}
+
+avx2_dispatch!(fn rms_block(y: &mut [f32], rstd: &mut [f32], x: &[f32], gamma: &[f32], eps: f32) = rms_rows;);
+avx2_dispatch!(
+    fn rms_block_backward(
+        dx: &mut [f32],
+        dgamma: &mut [f32],
+        dy: &[f32],
+        x: &[f32],
+        gamma: &[f32],
+        rstd: &[f32],
+    ) = rms_rows_backward;
+);
+avx2_dispatch!(fn swiglu_block(h: &mut [f32], gu: &[f32], m: usize) = swiglu_rows;);
+avx2_dispatch!(fn swiglu_block_backward(dgu: &mut [f32], gu: &[f32], dh: &[f32], m: usize) = swiglu_rows_backward;);
 
 /// RMSNorm forward over rows of `d`: the output and each row's `1 / rms`.
 fn rms_forward(x: &[f32], gamma: &[f32], eps: f32) -> (Vec<f32>, Vec<f32>) {
@@ -130,15 +223,7 @@ fn rms_forward(x: &[f32], gamma: &[f32], eps: f32) -> (Vec<f32>, Vec<f32>) {
     y.par_chunks_mut(d * ROWS_PER_TASK)
         .zip(rstd.par_chunks_mut(ROWS_PER_TASK))
         .zip(x.par_chunks(d * ROWS_PER_TASK))
-        .for_each(|((y, rstd), x)| {
-            for ((y, r), x) in y.chunks_mut(d).zip(rstd.iter_mut()).zip(x.chunks(d)) {
-                let ss: f32 = x.iter().map(|v| v * v).sum();
-                *r = 1.0 / (ss / d as f32 + eps).sqrt();
-                for ((y, x), g) in y.iter_mut().zip(x).zip(gamma) {
-                    *y = x * *r * g;
-                }
-            }
-        });
+        .for_each(|((y, rstd), x)| rms_block(y, rstd, x, gamma, eps));
     (y, rstd)
 }
 
@@ -153,28 +238,7 @@ fn rms_backward(dy: &[f32], x: &[f32], gamma: &[f32], rstd: &[f32]) -> (Vec<f32>
         .zip(rstd.par_chunks(ROWS_PER_TASK))
         .map(|(((dx, dy), x), rstd)| {
             let mut dgamma = vec![0.0f32; d];
-            for (((dx, dy), x), &r) in dx
-                .chunks_mut(d)
-                .zip(dy.chunks(d))
-                .zip(x.chunks(d))
-                .zip(rstd)
-            {
-                // dx = r·(dy·γ − x̂·mean(dy·γ·x̂)), x̂ = x·r.
-                let mut dot = 0.0f32;
-                for ((dy, x), g) in dy.iter().zip(x).zip(gamma) {
-                    dot += dy * g * x;
-                }
-                let c = dot * r * r / d as f32;
-                for (((dx, dy), x), (g, dg)) in dx
-                    .iter_mut()
-                    .zip(dy)
-                    .zip(x)
-                    .zip(gamma.iter().zip(dgamma.iter_mut()))
-                {
-                    *dx = r * (dy * g - x * c);
-                    *dg += dy * x * r;
-                }
-            }
+            rms_block_backward(dx, &mut dgamma, dy, x, gamma, rstd);
             dgamma
         })
         .reduce(
@@ -192,14 +256,7 @@ fn swiglu_forward(gu: &[f32], m: usize) -> Vec<f32> {
     let mut h = vec![0.0f32; gu.len() / 2];
     h.par_chunks_mut(m * ROWS_PER_TASK)
         .zip(gu.par_chunks(2 * m * ROWS_PER_TASK))
-        .for_each(|(h, gu)| {
-            for (h, gu) in h.chunks_mut(m).zip(gu.chunks(2 * m)) {
-                let (g, u) = gu.split_at(m);
-                for ((h, g), u) in h.iter_mut().zip(g).zip(u) {
-                    *h = g * sigmoid(*g) * u;
-                }
-            }
-        });
+        .for_each(|(h, gu)| swiglu_block(h, gu, m));
     h
 }
 
@@ -209,22 +266,7 @@ fn swiglu_backward(dh: &[f32], gu: &[f32], m: usize) -> Vec<f32> {
     dgu.par_chunks_mut(2 * m * ROWS_PER_TASK)
         .zip(gu.par_chunks(2 * m * ROWS_PER_TASK))
         .zip(dh.par_chunks(m * ROWS_PER_TASK))
-        .for_each(|((dgu, gu), dh)| {
-            for ((dgu, gu), dh) in dgu
-                .chunks_mut(2 * m)
-                .zip(gu.chunks(2 * m))
-                .zip(dh.chunks(m))
-            {
-                let (g, u) = gu.split_at(m);
-                let (dg, du) = dgu.split_at_mut(m);
-                for ((((dg, du), g), u), dh) in dg.iter_mut().zip(du).zip(g).zip(u).zip(dh) {
-                    let s = sigmoid(*g);
-                    let silu = g * s;
-                    *du = dh * silu;
-                    *dg = dh * u * (s + silu * (1.0 - s));
-                }
-            }
-        });
+        .for_each(|((dgu, gu), dh)| swiglu_block_backward(dgu, gu, dh, m));
     dgu
 }
 

@@ -9,6 +9,7 @@ pub mod fused;
 pub mod infer;
 pub mod packed;
 pub mod sample;
+mod simd;
 pub mod tokenizer;
 pub mod transformer;
 
