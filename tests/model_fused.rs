@@ -1,4 +1,5 @@
-//! The fused CPU ops (RMSNorm, SwiGLU) compute the same values and gradients as burn's
+//! The fused CPU ops (RMSNorm, SwiGLU with the output projection, causal attention with RoPE)
+//! compute the same values and gradients as burn's
 //! composite ops, op by op and through the whole model. One test function: the fused ops are
 //! switched off process-wide for the reference pass.
 
@@ -17,12 +18,14 @@ fn rms_composite(x: Tensor<3>, gamma: Tensor<1>, eps: f64) -> Tensor<3> {
     x / rms * gamma.unsqueeze::<3>()
 }
 
-fn swiglu_composite(gu: Tensor<3>) -> Tensor<3> {
+fn swiglu_down_composite(gu: Tensor<3>, w: Tensor<2>) -> Tensor<3> {
     let [b, t, m2] = gu.dims();
     let m = m2 / 2;
     let gate = gu.clone().slice([0..b, 0..t, 0..m]);
     let up = gu.slice([0..b, 0..t, m..m2]);
-    burn::tensor::activation::silu(gate) * up
+    let h = burn::tensor::activation::silu(gate) * up;
+    let d = w.dims()[1];
+    h.reshape([b * t, m]).matmul(w).reshape([b, t, d])
 }
 
 /// Value and input gradients of `sum(f(x) · w)` for a random weighting `w`.
@@ -97,13 +100,26 @@ fn fused_ops_match_the_composite_ops_in_values_and_gradients() {
     assert!(max_diff(y1, y2) < 1e-5, "strided rms value");
     assert!(max_diff(dx1, dx2) < 1e-4, "strided rms dx");
 
-    // SwiGLU over a wide range of gate values (the sigmoid's tails).
+    // SwiGLU with the output projection, over a wide range of gate values (the sigmoid's
+    // tails); gradients of both inputs.
     let gu = Tensor::<3>::random([3, 7, 48], Distribution::Normal(0.0, 6.0), &device);
-    let w = Tensor::<3>::random([3, 7, 24], Distribution::Normal(0.0, 1.0), &device);
-    let (y1, dx1, _) = grads_of(|x, _| fused::swiglu(x), &gu, &gamma, &w);
-    let (y2, dx2, _) = grads_of(|x, _| swiglu_composite(x), &gu, &gamma, &w);
-    assert!(max_diff(y1, y2) < 1e-4, "swiglu value");
-    assert!(max_diff(dx1, dx2) < 1e-4, "swiglu grad");
+    let wd = Tensor::<2>::random([24, 10], Distribution::Normal(0.0, 0.5), &device);
+    let w = Tensor::<3>::random([3, 7, 10], Distribution::Normal(0.0, 1.0), &device);
+    let run = |f: &dyn Fn(Tensor<3>, Tensor<2>) -> Tensor<3>| {
+        let (gu, wd) = (gu.clone().require_grad(), wd.clone().require_grad());
+        let y = f(gu.clone(), wd.clone());
+        let grads = (y.clone() * w.clone()).sum().backward();
+        (
+            y.inner(),
+            gu.grad(&grads).unwrap(),
+            wd.grad(&grads).unwrap(),
+        )
+    };
+    let (y1, dgu1, dw1) = run(&|gu, wd| fused::swiglu_down(gu, wd));
+    let (y2, dgu2, dw2) = run(&|gu, wd| swiglu_down_composite(gu, wd));
+    assert!(max_diff(y1, y2) < 1e-4, "swiglu_down value");
+    assert!(max_diff(dgu1, dgu2) < 1e-4, "swiglu_down grad of gate_up");
+    assert!(max_diff(dw1, dw2) < 1e-3, "swiglu_down grad of w");
 
     // The whole model: loss and every parameter's gradient, fused and composite.
     let model = Gpt::new(&cfg(), &device);

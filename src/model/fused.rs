@@ -1,5 +1,5 @@
-//! Fused training ops for burn's CPU backend (`flex`): RMSNorm, SwiGLU and causal attention
-//! with RoPE, each one op with a hand-written forward and backward pass instead of the five to
+//! Fused training ops for burn's CPU backend (`flex`): RMSNorm, SwiGLU with the MLP's output
+//! projection, and causal attention with RoPE, each one op with a hand-written forward and backward pass instead of the five to
 //! twenty small ops (and saved intermediates) burn's autodiff graph builds for them.
 //!
 //! They are registered through burn's backend-extension mechanism ([`FusedOps`], implemented for
@@ -15,8 +15,9 @@ use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
+use burn::backend::ops::FloatTensorOps;
 use burn::backend::{Dispatch, Flex, backend_extension, tensor::FloatTensor};
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Shape, Tensor, TensorData};
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -27,8 +28,10 @@ const ROWS_PER_TASK: usize = 64;
 pub trait FusedOps: burn::backend::Backend {
     /// RMSNorm over the last axis: `x / sqrt(mean(x²) + eps) · gamma`.
     fn rms_norm(x: FloatTensor<Self>, gamma: FloatTensor<Self>, eps: f32) -> FloatTensor<Self>;
-    /// SwiGLU on a `[.., 2m]` tensor holding gate then up: `silu(gate) · up`, shape `[.., m]`.
-    fn swiglu(gate_up: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// SwiGLU then the MLP's output projection: `(silu(gate) · up) · w` for `gate_up`
+    /// `[b, t, 2m]` (gate then up on the last axis) and `w` `[m, d]`. The `[b, t, m]` product
+    /// is recomputed in the backward pass instead of saved.
+    fn swiglu_down(gate_up: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self>;
     /// Causal self-attention with RoPE (angles from `theta`) on a `[b, t, 3·d]` QKV projection
     /// (`[b, t, 3, heads, d / heads]`): the `[b, t, d]` result, see [`super::attention`].
     fn causal_attention(qkv: FloatTensor<Self>, heads: usize, theta: f64) -> FloatTensor<Self>;
@@ -67,9 +70,12 @@ pub fn causal_attention(qkv: Tensor<3>, heads: usize, theta: f64) -> Tensor<3> {
     ))
 }
 
-/// [`FusedOps::swiglu`] on tensors.
-pub fn swiglu<const D: usize>(gate_up: Tensor<D>) -> Tensor<D> {
-    Tensor::from_dispatch(<Dispatch as FusedOps>::swiglu(gate_up.into_dispatch()))
+/// [`FusedOps::swiglu_down`] on tensors.
+pub fn swiglu_down(gate_up: Tensor<3>, w: Tensor<2>) -> Tensor<3> {
+    Tensor::from_dispatch(<Dispatch as FusedOps>::swiglu_down(
+        gate_up.into_dispatch(),
+        w.into_dispatch(),
+    ))
 }
 
 // ---- plain-slice kernels -------------------------------------------------------------------
@@ -306,17 +312,34 @@ fn attention_flex(qkv: &FlexTensor, heads: usize, theta: f64) -> (FlexTensor, Ve
     (tensor(out, vec![s.batch, s.len, s.heads * s.head_dim]), lse)
 }
 
+/// `x` (`[.., k]`) as a `[rows, k]` matrix.
+fn matrix(x: FlexTensor) -> FlexTensor {
+    let shape = dims(&x);
+    let k = shape[shape.len() - 1];
+    let rows = shape.iter().product::<usize>() / k;
+    Flex::float_reshape(x, Shape::new([rows, k]))
+}
+
+/// SwiGLU then the product with `w`, as `[b, t, d]`.
+fn swiglu_down_flex(gu: FlexTensor, w: FlexTensor) -> FlexTensor {
+    let mut shape = dims(&gu);
+    let h = matrix(swiglu_flex(gu));
+    let y = Flex::float_matmul(h, w.clone());
+    *shape.last_mut().expect("swiglu_down: scalar input") = dims(&w)[1];
+    Flex::float_reshape(y, Shape::from(shape))
+}
+
 impl FusedOps for Flex {
+    fn swiglu_down(gate_up: FlexTensor, w: FlexTensor) -> FlexTensor {
+        swiglu_down_flex(gate_up, w)
+    }
+
     fn causal_attention(qkv: FlexTensor, heads: usize, theta: f64) -> FlexTensor {
         attention_flex(&contiguous(qkv), heads, theta).0
     }
 
     fn rms_norm(x: FlexTensor, gamma: FlexTensor, eps: f32) -> FlexTensor {
         rms_norm_flex(x, gamma, eps).0
-    }
-
-    fn swiglu(gate_up: FlexTensor) -> FlexTensor {
-        swiglu_flex(gate_up)
     }
 }
 
@@ -344,26 +367,6 @@ impl Backward<Flex, 2> for RmsNormBackward {
 }
 
 #[derive(Debug)]
-struct SwigluBackward;
-
-impl Backward<Flex, 1> for SwigluBackward {
-    /// The `[.., 2m]` input.
-    type State = FlexTensor;
-
-    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [node] = ops.parents;
-        let dh = contiguous(grads.consume::<Flex>(&ops.node));
-        let gu = ops.state;
-        if let Some(node) = node {
-            let shape = dims(&gu);
-            let m = shape[shape.len() - 1] / 2;
-            let dgu = swiglu_backward(slice(&dh), slice(&gu), m);
-            grads.register::<Flex>(node.id, tensor(dgu, shape));
-        }
-    }
-}
-
-#[derive(Debug)]
 struct AttentionBackward;
 
 impl Backward<Flex, 1> for AttentionBackward {
@@ -382,7 +385,51 @@ impl Backward<Flex, 1> for AttentionBackward {
     }
 }
 
+#[derive(Debug)]
+struct SwigluDownBackward;
+
+impl Backward<Flex, 2> for SwigluDownBackward {
+    /// The `[.., 2m]` input and the `[m, d]` weight.
+    type State = (FlexTensor, FlexTensor);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_gu, node_w] = ops.parents;
+        let dy = matrix(grads.consume::<Flex>(&ops.node));
+        let (gu, w) = ops.state;
+        if let Some(node) = node_w {
+            let h = matrix(swiglu_flex(gu.clone()));
+            let dw = Flex::float_matmul(Flex::float_transpose(h), dy.clone());
+            grads.register::<Flex>(node.id, dw);
+        }
+        if let Some(node) = node_gu {
+            let dh = contiguous(Flex::float_matmul(dy, Flex::float_transpose(w)));
+            let shape = dims(&gu);
+            let m = shape[shape.len() - 1] / 2;
+            let dgu = swiglu_backward(slice(&dh), slice(&gu), m);
+            grads.register::<Flex>(node.id, tensor(dgu, shape));
+        }
+    }
+}
+
 impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
+    fn swiglu_down(gate_up: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
+        match SwigluDownBackward
+            .prepare::<C>([gate_up.node(), w.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (gu, w) = (contiguous(gate_up.into_primitive()), w.into_primitive());
+                let y = swiglu_down_flex(gu.clone(), w.clone());
+                prep.finish((gu, w), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(swiglu_down_flex(
+                gate_up.into_primitive(),
+                w.into_primitive(),
+            )),
+        }
+    }
+
     fn causal_attention(qkv: FloatTensor<Self>, heads: usize, theta: f64) -> FloatTensor<Self> {
         match AttentionBackward
             .prepare::<C>([qkv.node()])
@@ -417,21 +464,6 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
             OpsKind::UnTracked(prep) => {
                 prep.finish(rms_norm_flex(x.into_primitive(), gamma.into_primitive(), eps).0)
             }
-        }
-    }
-
-    fn swiglu(gate_up: FloatTensor<Self>) -> FloatTensor<Self> {
-        match SwigluBackward
-            .prepare::<C>([gate_up.node()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let gu = contiguous(gate_up.into_primitive());
-                let h = swiglu_flex(gu.clone());
-                prep.finish(gu, h)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(swiglu_flex(gate_up.into_primitive())),
         }
     }
 }

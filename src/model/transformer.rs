@@ -88,9 +88,6 @@ fn norm<const D: usize>(layer: &RmsNorm, x: Tensor<D>) -> Tensor<D> {
 
 /// `silu(gate) · up` for `gate_up = [gate, up]` on the last axis of size `2m`.
 fn swiglu(gate_up: Tensor<3>, m: usize) -> Tensor<3> {
-    if fused::available(&gate_up.device()) {
-        return fused::swiglu(gate_up);
-    }
     let [b, t, _] = gate_up.dims();
     let gate = gate_up.clone().slice([0..b, 0..t, 0..m]);
     let up = gate_up.slice([0..b, 0..t, m..2 * m]);
@@ -207,6 +204,9 @@ impl Block {
     /// The MLP half with its residual.
     fn mlp(&self, x: Tensor<3>) -> Tensor<3> {
         let gu = dense(&self.gate_up, norm(&self.mlp_norm, x.clone()));
+        if fused::available(&gu.device()) {
+            return x + fused::swiglu_down(gu, self.down.weight.val());
+        }
         x + dense(&self.down, swiglu(gu, self.mlp))
     }
 }
