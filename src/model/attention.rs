@@ -7,11 +7,13 @@
 //! never stored: the forward keeps one log-sum-exp per query and the backward recomputes the
 //! probabilities from it (as in FlashAttention), so the op saves only its input and output.
 //!
-//! Per (sequence, head) the keys and values are laid out transposed (`[head_dim][t]`), so every
-//! inner loop is a vector update over positions with no horizontal sums; the loops are compiled
-//! a second time with AVX2/FMA, chosen at run time.
+//! Per (sequence, head) the products (`Q·Kᵀ`, `P·V`, and the four of the backward pass) run on
+//! the packed register kernel of [`super::packed`] over the full `t × t` square (the masked
+//! half is zeroed; a blocked kernel on the whole square beats vector loops over the triangle);
+//! the element-wise loops are compiled a second time with AVX2/FMA, chosen at run time.
 
 use super::fused::exp;
+use super::packed::Packed;
 use super::simd::avx2_dispatch;
 use rayon::prelude::*;
 
@@ -57,20 +59,13 @@ impl Rope {
 }
 
 /// One (sequence, head): rotated and scaled queries `[t][hd]`, keys `[t][hd]` and transposed
-/// `[hd][t]`, values `[t][hd]` and transposed.
+/// `[hd][t]`, values `[t][hd]` and transposed (each the right operand of one product).
 struct Head {
     q: Vec<f32>,
     k: Vec<f32>,
     kt: Vec<f32>,
     v: Vec<f32>,
     vt: Vec<f32>,
-}
-
-#[inline(always)]
-fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
-    for (y, x) in y.iter_mut().zip(x) {
-        *y += a * x;
-    }
 }
 
 #[inline(always)]
@@ -130,38 +125,61 @@ fn gather(qkv: &[f32], s: &Shape, rope: &Rope, h: usize) -> Head {
     head
 }
 
-/// Scores of query `i` against keys `0..=i` into `s`.
-#[inline(always)]
-fn scores(q: &[f32], kt: &[f32], t: usize, s: &mut [f32]) {
-    s.fill(0.0);
-    let n = s.len();
-    for (c, &qc) in q.iter().enumerate() {
-        axpy(s, qc, &kt[c * t..c * t + n]);
+/// `[rows][cols]` → `[cols][rows]`.
+fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; x.len()];
+    for (r, row) in x.chunks_exact(cols).enumerate() {
+        for (c, &v) in row.iter().enumerate() {
+            out[c * rows + r] = v;
+        }
     }
+    out
+}
+
+/// `a · b` for row-major `a` `[m, k]` and `b` `[k, n]`, with the packed register kernel.
+fn product(a: &[f32], m: usize, b: &[f32], k: usize, n: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; m * n];
+    Packed::new(b, k, n).matmul(&mut out, a, m, false, false);
+    out
+}
+
+/// Head `h`'s `[t, hd]` slice of a `[t, heads · hd]` tensor.
+fn head_rows(x: &[f32], s: &Shape, h: usize) -> Vec<f32> {
+    let (hd, d) = (s.head_dim, s.d());
+    let mut out = vec![0.0f32; s.len * hd];
+    for (o, row) in out.chunks_exact_mut(hd).zip(x.chunks_exact(d)) {
+        o.copy_from_slice(&row[h * hd..(h + 1) * hd]);
+    }
+    out
+}
+
+/// The scores `Q·Kᵀ` of one head, `[t, t]` (entries above the diagonal are not used).
+fn head_scores(head: &Head, t: usize, hd: usize) -> Vec<f32> {
+    product(&head.q, t, &head.kt, hd, t)
 }
 
 #[inline(always)]
 fn forward_sequence(qkv: &[f32], out: &mut [f32], lse: &mut [f32], s: &Shape, rope: &Rope) {
     let (t, hd, d) = (s.len, s.head_dim, s.d());
-    let mut p = vec![0.0f32; t];
     for h in 0..s.heads {
         let head = gather(qkv, s, rope, h);
-        for i in 0..t {
-            let p = &mut p[..=i];
-            scores(&head.q[i * hd..(i + 1) * hd], &head.kt, t, p);
-            let max = p.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut p = head_scores(&head, t, hd);
+        for (i, row) in p.chunks_exact_mut(t).enumerate() {
+            let (keep, masked) = row.split_at_mut(i + 1);
+            let max = keep.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let mut sum = 0.0;
-            for x in p.iter_mut() {
+            for x in keep.iter_mut() {
                 *x = exp(*x - max);
                 sum += *x;
             }
             lse[h * t + i] = max + sum.ln();
-            let o = &mut out[i * d + h * hd..i * d + (h + 1) * hd];
-            o.fill(0.0);
             let inv = 1.0 / sum;
-            for (j, &pj) in p.iter().enumerate() {
-                axpy(o, pj * inv, &head.v[j * hd..(j + 1) * hd]);
-            }
+            keep.iter_mut().for_each(|x| *x *= inv);
+            masked.fill(0.0);
+        }
+        let o = product(&p, t, &head.v, t, hd);
+        for (i, o) in o.chunks_exact(hd).enumerate() {
+            out[i * d + h * hd..i * d + (h + 1) * hd].copy_from_slice(o);
         }
     }
 }
@@ -179,41 +197,32 @@ fn backward_sequence(
     let (t, hd, d) = (s.len, s.head_dim, s.d());
     let half = hd / 2;
     let scale = 1.0 / (hd as f32).sqrt();
-    let (mut p, mut dp) = (vec![0.0f32; t], vec![0.0f32; t]);
     for h in 0..s.heads {
         let head = gather(qkv, s, rope, h);
-        let mut dq = vec![0.0f32; t * hd];
-        let mut dkt = vec![0.0f32; t * hd];
-        let mut dvt = vec![0.0f32; t * hd];
+        let go = head_rows(dout, s, h);
+        let o = head_rows(out, s, h);
+        // Probabilities from the saved log-sum-exps; dP = dO·Vᵀ; dS = P ∘ (dP − Δ).
+        let mut p = head_scores(&head, t, hd);
+        let mut ds = product(&go, t, &head.vt, hd, t);
         for i in 0..t {
-            let n = i + 1;
-            let go = &dout[i * d + h * hd..i * d + (h + 1) * hd];
-            let o = &out[i * d + h * hd..i * d + (h + 1) * hd];
-            let delta: f32 = go.iter().zip(o).map(|(a, b)| a * b).sum();
-            let p = &mut p[..n];
-            scores(&head.q[i * hd..(i + 1) * hd], &head.kt, t, p);
+            let delta: f32 = go[i * hd..(i + 1) * hd]
+                .iter()
+                .zip(&o[i * hd..(i + 1) * hd])
+                .map(|(a, b)| a * b)
+                .sum();
             let l = lse[h * t + i];
-            for x in p.iter_mut() {
-                *x = exp(*x - l);
+            let (prow, dsrow) = (&mut p[i * t..(i + 1) * t], &mut ds[i * t..(i + 1) * t]);
+            for (pj, dsj) in prow[..=i].iter_mut().zip(&mut dsrow[..=i]) {
+                *pj = exp(*pj - l);
+                *dsj = *pj * (*dsj - delta);
             }
-            // dp_j = dO_i · v_j, then ds_j = p_j (dp_j − Δ_i) in place.
-            let dp = &mut dp[..n];
-            scores(go, &head.vt, t, dp);
-            for (ds, &pj) in dp.iter_mut().zip(p.iter()) {
-                *ds = pj * (*ds - delta);
-            }
-            let qi = &head.q[i * hd..(i + 1) * hd];
-            for c in 0..hd {
-                axpy(&mut dvt[c * t..c * t + n], go[c], p);
-                axpy(&mut dkt[c * t..c * t + n], qi[c], dp);
-            }
-            let dqi = &mut dq[i * hd..(i + 1) * hd];
-            for (j, &ds) in dp.iter().enumerate() {
-                axpy(dqi, ds, &head.k[j * hd..(j + 1) * hd]);
-            }
+            prow[i + 1..].fill(0.0);
+            dsrow[i + 1..].fill(0.0);
         }
+        let dq = product(&ds, t, &head.k, t, hd);
+        let dk = product(&transpose(&ds, t, t), t, &head.q, t, hd);
+        let dv = product(&transpose(&p, t, t), t, &go, t, hd);
         // Back through the scaling and rotation, into the [t, 3, heads, hd] gradient.
-        let mut dk = vec![0.0f32; hd];
         for i in 0..t {
             let (cos, sin) = (
                 &rope.cos[i * half..(i + 1) * half],
@@ -224,14 +233,10 @@ fn backward_sequence(
             dqi.copy_from_slice(&dq[i * hd..(i + 1) * hd]);
             dqi.iter_mut().for_each(|x| *x *= scale);
             unrotate(dqi, cos, sin);
-            for c in 0..hd {
-                dk[c] = dkt[c * t + i];
-            }
-            unrotate(&mut dk, cos, sin);
-            row[d + h * hd..d + (h + 1) * hd].copy_from_slice(&dk);
-            for c in 0..hd {
-                row[2 * d + h * hd + c] = dvt[c * t + i];
-            }
+            let dki = &mut row[d + h * hd..d + (h + 1) * hd];
+            dki.copy_from_slice(&dk[i * hd..(i + 1) * hd]);
+            unrotate(dki, cos, sin);
+            row[2 * d + h * hd..2 * d + (h + 1) * hd].copy_from_slice(&dv[i * hd..(i + 1) * hd]);
         }
     }
 }
