@@ -217,7 +217,9 @@ avx2_dispatch!(
         rstd: &[f32],
     ) = rms_rows_backward;
 );
-avx2_dispatch!(fn swiglu_block(h: &mut [f32], gu: &[f32], m: usize) = swiglu_rows;);
+avx2_dispatch!(
+    /// `h = silu(gate) · up` over rows of `gu` = `[gate, up]` (`2m` wide).
+    pub(crate) fn swiglu_block(h: &mut [f32], gu: &[f32], m: usize) = swiglu_rows;);
 avx2_dispatch!(fn swiglu_block_backward(dgu: &mut [f32], gu: &[f32], dh: &[f32], m: usize) = swiglu_rows_backward;);
 
 /// RMSNorm forward over rows of `d`: the output and each row's `1 / rms`.

@@ -7,6 +7,7 @@
 //! relative, so the logits equal the padded reference's). `tests/model_decode.rs` checks logits,
 //! log-probabilities and greedy tokens against the burn path.
 
+use super::fused::{self, exp};
 use super::packed::Packed;
 use super::transformer::Gpt;
 use burn::tensor::Tensor;
@@ -64,6 +65,10 @@ pub struct Cache {
 /// Tokens fed at once from which a batch is split between threads (below it, waking a thread
 /// costs more than it saves).
 const SPLIT_TOKENS: usize = 8;
+
+/// Tokens per forward pass over the batch: larger feeds (a big prefill) run in consecutive
+/// groups, so scratch memory stays bounded (~20 KB a token at the bench's shape).
+const PASS_TOKENS: usize = 1024;
 
 fn vec1(t: Tensor<1>) -> Vec<f32> {
     f32s(t.into_data())
@@ -151,7 +156,7 @@ fn attend_generic(a: &Query<'_>, scores: &mut [f32], out: &mut [f32]) {
         let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let mut sum = 0.0;
         for sj in s.iter_mut() {
-            *sj = (*sj - max).exp();
+            *sj = exp(*sj - max);
             sum += *sj;
         }
         let o = &mut out[hh * hd..(hh + 1) * hd];
@@ -262,9 +267,33 @@ impl Engine {
                 (slot, toks)
             })
             .collect();
-        let total: usize = feed.iter().map(|(_, t)| t.len()).sum();
+        // Rows in groups of at most PASS_TOKENS tokens (a row is never split), so that the
+        // scratch buffers of a large prefill stay bounded.
+        let mut logits = Vec::new();
+        let mut rest = jobs.as_mut_slice();
+        while !rest.is_empty() {
+            let mut tokens = 0;
+            let n = rest
+                .iter()
+                .position(|(_, t)| {
+                    tokens += t.len();
+                    tokens > PASS_TOKENS
+                })
+                .unwrap_or(rest.len())
+                .max(1);
+            let (group, tail) = rest.split_at_mut(n);
+            logits.extend(self.forward_group(group, all));
+            rest = tail;
+        }
+        logits
+    }
+
+    /// [`Self::forward`] over one group of rows: split in two halves on two threads when it
+    /// has enough tokens.
+    fn forward_group(&self, jobs: &mut [(&mut RowCache, &[u32])], all: bool) -> Vec<f32> {
+        let total: usize = jobs.iter().map(|(_, t)| t.len()).sum();
         if jobs.len() < 2 || total < SPLIT_TOKENS || rayon::current_num_threads() < 2 {
-            return self.forward_rows(&mut jobs, all, true);
+            return self.forward_rows(jobs, all, true);
         }
         // Two halves of about equal token counts.
         let mut acc = 0;
@@ -354,12 +383,7 @@ impl Engine {
             l.out.matmul(&mut x, &att, n, true, parallel);
             rms_norm(&x, &l.mlp_norm, l.mlp_eps, &mut h);
             l.gate_up.matmul(&mut gu, &h, n, false, parallel);
-            for (a, g) in act.chunks_exact_mut(m).zip(gu.chunks_exact(2 * m)) {
-                let (gate, up) = g.split_at(m);
-                for ((ai, &gi), &ui) in a.iter_mut().zip(gate).zip(up) {
-                    *ai = gi / (1.0 + (-gi).exp()) * ui;
-                }
-            }
+            fused::swiglu_block(&mut act, &gu, m);
             l.down.matmul(&mut x, &act, n, true, parallel);
         }
         for (rc, toks) in jobs.iter_mut() {
