@@ -12,7 +12,7 @@
 //! half is zeroed; a blocked kernel on the whole square beats vector loops over the triangle);
 //! the element-wise loops are compiled a second time with AVX2/FMA, chosen at run time.
 
-use super::fused::exp;
+use super::fused::{Uninit, exp, written};
 use super::packed::Packed;
 use super::simd::avx2_dispatch;
 use rayon::prelude::*;
@@ -125,6 +125,14 @@ fn gather(qkv: &[f32], s: &Shape, rope: &Rope, h: usize) -> Head {
     head
 }
 
+/// Copy `src` into outputs not yet written.
+#[inline(always)]
+fn write(dst: &mut [Uninit], src: &[f32]) {
+    for (d, &s) in dst.iter_mut().zip(src) {
+        d.write(s);
+    }
+}
+
 /// `[rows][cols]` → `[cols][rows]`.
 fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     let mut out = vec![0.0f32; x.len()];
@@ -159,7 +167,7 @@ fn head_scores(head: &Head, t: usize, hd: usize) -> Vec<f32> {
 }
 
 #[inline(always)]
-fn forward_sequence(qkv: &[f32], out: &mut [f32], lse: &mut [f32], s: &Shape, rope: &Rope) {
+fn forward_sequence(qkv: &[f32], out: &mut [Uninit], lse: &mut [f32], s: &Shape, rope: &Rope) {
     let (t, hd, d) = (s.len, s.head_dim, s.d());
     for h in 0..s.heads {
         let head = gather(qkv, s, rope, h);
@@ -179,7 +187,7 @@ fn forward_sequence(qkv: &[f32], out: &mut [f32], lse: &mut [f32], s: &Shape, ro
         }
         let o = product(&p, t, &head.v, t, hd);
         for (i, o) in o.chunks_exact(hd).enumerate() {
-            out[i * d + h * hd..i * d + (h + 1) * hd].copy_from_slice(o);
+            write(&mut out[i * d + h * hd..i * d + (h + 1) * hd], o);
         }
     }
 }
@@ -190,7 +198,7 @@ fn backward_sequence(
     out: &[f32],
     lse: &[f32],
     dout: &[f32],
-    dqkv: &mut [f32],
+    dqkv: &mut [Uninit],
     s: &Shape,
     rope: &Rope,
 ) {
@@ -223,27 +231,31 @@ fn backward_sequence(
         let dk = product(&transpose(&ds, t, t), t, &head.q, t, hd);
         let dv = product(&transpose(&p, t, t), t, &go, t, hd);
         // Back through the scaling and rotation, into the [t, 3, heads, hd] gradient.
+        let (mut dqi, mut dki) = (vec![0.0f32; hd], vec![0.0f32; hd]);
         for i in 0..t {
             let (cos, sin) = (
                 &rope.cos[i * half..(i + 1) * half],
                 &rope.sin[i * half..(i + 1) * half],
             );
             let row = &mut dqkv[i * 3 * d..(i + 1) * 3 * d];
-            let dqi = &mut row[h * hd..(h + 1) * hd];
             dqi.copy_from_slice(&dq[i * hd..(i + 1) * hd]);
             dqi.iter_mut().for_each(|x| *x *= scale);
-            unrotate(dqi, cos, sin);
-            let dki = &mut row[d + h * hd..d + (h + 1) * hd];
+            unrotate(&mut dqi, cos, sin);
+            write(&mut row[h * hd..(h + 1) * hd], &dqi);
             dki.copy_from_slice(&dk[i * hd..(i + 1) * hd]);
-            unrotate(dki, cos, sin);
-            row[2 * d + h * hd..2 * d + (h + 1) * hd].copy_from_slice(&dv[i * hd..(i + 1) * hd]);
+            unrotate(&mut dki, cos, sin);
+            write(&mut row[d + h * hd..d + (h + 1) * hd], &dki);
+            write(
+                &mut row[2 * d + h * hd..2 * d + (h + 1) * hd],
+                &dv[i * hd..(i + 1) * hd],
+            );
         }
     }
 }
 
 avx2_dispatch!(
     /// One sequence's forward, see [`forward_sequence`].
-    fn forward_one(qkv: &[f32], out: &mut [f32], lse: &mut [f32], s: &Shape, r: &Rope) = forward_sequence;
+    fn forward_one(qkv: &[f32], out: &mut [Uninit], lse: &mut [f32], s: &Shape, r: &Rope) = forward_sequence;
 );
 avx2_dispatch!(
     /// One sequence's backward, see [`backward_sequence`].
@@ -252,7 +264,7 @@ avx2_dispatch!(
         out: &[f32],
         lse: &[f32],
         dout: &[f32],
-        dqkv: &mut [f32],
+        dqkv: &mut [Uninit],
         s: &Shape,
         r: &Rope,
     ) = backward_sequence;
@@ -268,12 +280,13 @@ pub fn forward(qkv: &[f32], s: &Shape, theta: f64) -> (Vec<f32>, Vec<f32>) {
         "attention: qkv is not {s:?}"
     );
     let rope = Rope::new(t, s.head_dim, theta);
-    let mut out = vec![0.0f32; s.batch * t * d];
     let mut lse = vec![0.0f32; s.batch * s.heads * t];
-    out.par_chunks_mut(t * d)
-        .zip(lse.par_chunks_mut(s.heads * t))
-        .zip(qkv.par_chunks(3 * t * d))
-        .for_each(|((out, lse), qkv)| forward_one(qkv, out, lse, s, &rope));
+    let out = written(s.batch * t * d, |out| {
+        out.par_chunks_mut(t * d)
+            .zip(lse.par_chunks_mut(s.heads * t))
+            .zip(qkv.par_chunks(3 * t * d))
+            .for_each(|((out, lse), qkv)| forward_one(qkv, out, lse, s, &rope))
+    });
     (out, lse)
 }
 
@@ -289,13 +302,13 @@ pub fn backward(
 ) -> Vec<f32> {
     let (t, d) = (s.len, s.d());
     let rope = Rope::new(t, s.head_dim, theta);
-    let mut dqkv = vec![0.0f32; qkv.len()];
-    dqkv.par_chunks_mut(3 * t * d)
-        .zip(qkv.par_chunks(3 * t * d))
-        .zip(out.par_chunks(t * d).zip(dout.par_chunks(t * d)))
-        .zip(lse.par_chunks(s.heads * t))
-        .for_each(|(((dqkv, qkv), (out, dout)), lse)| {
-            backward_one(qkv, out, lse, dout, dqkv, s, &rope)
-        });
-    dqkv
+    written(qkv.len(), |dqkv| {
+        dqkv.par_chunks_mut(3 * t * d)
+            .zip(qkv.par_chunks(3 * t * d))
+            .zip(out.par_chunks(t * d).zip(dout.par_chunks(t * d)))
+            .zip(lse.par_chunks(s.heads * t))
+            .for_each(|(((dqkv, qkv), (out, dout)), lse)| {
+                backward_one(qkv, out, lse, dout, dqkv, s, &rope)
+            })
+    })
 }

@@ -383,7 +383,7 @@ impl Engine {
             l.out.matmul(&mut x, &att, n, true, parallel);
             rms_norm(&x, &l.mlp_norm, l.mlp_eps, &mut h);
             l.gate_up.matmul(&mut gu, &h, n, false, parallel);
-            fused::swiglu_block(&mut act, &gu, m);
+            fused::swiglu_block(fused::as_uninit(&mut act), &gu, m);
             l.down.matmul(&mut x, &act, n, true, parallel);
         }
         for (rc, toks) in jobs.iter_mut() {
