@@ -28,6 +28,49 @@ fn swiglu_down_composite(gu: Tensor<3>, w: Tensor<2>) -> Tensor<3> {
     h.reshape([b * t, m]).matmul(w).reshape([b, t, d])
 }
 
+/// Causal attention with RoPE from burn's ops, as the model's composite path computes it.
+fn attention_composite(qkv: Tensor<3>, heads: usize, theta: f64) -> Tensor<3> {
+    let [b, t, d3] = qkv.dims();
+    let (d, hd) = (d3 / 3, d3 / 3 / heads);
+    let half = hd / 2;
+    let (mut cos, mut sin) = (Vec::new(), Vec::new());
+    for p in 0..t {
+        for i in 0..half {
+            let a = p as f64 / theta.powf(2.0 * i as f64 / hd as f64);
+            cos.push(a.cos() as f32);
+            sin.push(a.sin() as f32);
+        }
+    }
+    let device = qkv.device();
+    let table = |v: Vec<f32>| Tensor::<4>::from_data(TensorData::new(v, [1, 1, t, half]), &device);
+    let (cos, sin) = (table(cos), table(sin));
+    let part = |i: usize| {
+        qkv.clone()
+            .reshape([b, t, 3, heads, hd])
+            .slice([0..b, 0..t, i..i + 1, 0..heads, 0..hd])
+            .reshape([b, t, heads, hd])
+            .swap_dims(1, 2)
+    };
+    let rope = |x: Tensor<4>| {
+        let x1 = x.clone().slice([0..b, 0..heads, 0..t, 0..half]);
+        let x2 = x.slice([0..b, 0..heads, 0..t, half..hd]);
+        Tensor::cat(
+            vec![
+                x1.clone() * cos.clone() - x2.clone() * sin.clone(),
+                x1 * sin.clone() + x2 * cos.clone(),
+            ],
+            3,
+        )
+    };
+    let opts = burn::tensor::ops::AttentionModuleOptions {
+        is_causal: true,
+        ..Default::default()
+    };
+    burn::tensor::module::attention(rope(part(0)), rope(part(1)), part(2), None, None, opts)
+        .swap_dims(1, 2)
+        .reshape([b, t, d])
+}
+
 /// Value and input gradients of `sum(f(x) · w)` for a random weighting `w`.
 fn grads_of(
     f: impl Fn(Tensor<3>, Tensor<1>) -> Tensor<3>,
@@ -120,6 +163,27 @@ fn fused_ops_match_the_composite_ops_in_values_and_gradients() {
     assert!(max_diff(y1, y2) < 1e-4, "swiglu_down value");
     assert!(max_diff(dgu1, dgu2) < 1e-4, "swiglu_down grad of gate_up");
     assert!(max_diff(dw1, dw2) < 1e-3, "swiglu_down grad of w");
+
+    // Causal attention with RoPE on its own: a head size of two packed panels plus a ragged
+    // one, a length that is not a multiple of the kernel's row block.
+    for (b, t, heads, hd) in [(2, 41, 3, 40), (3, 7, 2, 8)] {
+        let qkv = Tensor::<3>::random(
+            [b, t, 3 * heads * hd],
+            Distribution::Normal(0.0, 1.0),
+            &device,
+        );
+        let w = Tensor::<3>::random([b, t, heads * hd], Distribution::Normal(0.0, 1.0), &device);
+        let run = |f: &dyn Fn(Tensor<3>) -> Tensor<3>| {
+            let x = qkv.clone().require_grad();
+            let y = f(x.clone());
+            let grads = (y.clone() * w.clone()).sum().backward();
+            (y.inner(), x.grad(&grads).unwrap())
+        };
+        let (y1, dx1) = run(&|x| fused::causal_attention(x, heads, 10_000.0));
+        let (y2, dx2) = run(&|x| attention_composite(x, heads, 10_000.0));
+        assert!(max_diff(y1, y2) < 1e-4, "attention value, t {t}");
+        assert!(max_diff(dx1, dx2) < 1e-4, "attention grad, t {t}");
+    }
 
     // The whole model: loss and every parameter's gradient, fused and composite.
     let model = Gpt::new(&cfg(), &device);
