@@ -11,6 +11,7 @@ use super::fused::{self, exp};
 use super::packed::Packed;
 use super::transformer::Gpt;
 use burn::tensor::Tensor;
+use rayon::prelude::*;
 
 /// Weights of one block.
 struct Layer {
@@ -85,9 +86,17 @@ fn f32s(data: burn::tensor::TensorData) -> Vec<f32> {
         .expect("data converted to f32 reads back as f32")
 }
 
-fn packed(t: Tensor<2>) -> Packed {
+/// A matrix's values and shape `[k, n]`.
+type Matrix = (Vec<f32>, usize, usize);
+
+fn matrix(t: Tensor<2>) -> Matrix {
     let [k, n] = t.dims();
-    Packed::new(&vec2(t), k, n)
+    (vec2(t), k, n)
+}
+
+fn packed(t: Tensor<2>) -> Packed {
+    let (w, k, n) = matrix(t);
+    Packed::new(&w, k, n)
 }
 
 /// `out = x / sqrt(mean(x²) + eps) · g`, row by row.
@@ -202,18 +211,34 @@ impl Engine {
                 sin.push(a.sin() as f32);
             }
         }
+        // Weights read out of burn here, packed on both cores.
+        let pack = |ms: Vec<Matrix>| -> Vec<Packed> {
+            ms.into_par_iter()
+                .map(|(w, k, n)| Packed::new(&w, k, n))
+                .collect()
+        };
         let layers: Vec<Layer> = w
             .blocks
             .into_iter()
-            .map(|b| Layer {
-                attn_norm: vec1(b.attn_norm.0),
-                attn_eps: b.attn_norm.1 as f32,
-                qkv: packed(b.qkv),
-                out: packed(b.out),
-                mlp_norm: vec1(b.mlp_norm.0),
-                mlp_eps: b.mlp_norm.1 as f32,
-                gate_up: packed(b.gate_up),
-                down: packed(b.down),
+            .map(|b| {
+                let mut p = pack(vec![
+                    matrix(b.qkv),
+                    matrix(b.out),
+                    matrix(b.gate_up),
+                    matrix(b.down),
+                ])
+                .into_iter();
+                let mut next = || p.next().expect("four matrices packed");
+                Layer {
+                    attn_norm: vec1(b.attn_norm.0),
+                    attn_eps: b.attn_norm.1 as f32,
+                    qkv: next(),
+                    out: next(),
+                    mlp_norm: vec1(b.mlp_norm.0),
+                    mlp_eps: b.mlp_norm.1 as f32,
+                    gate_up: next(),
+                    down: next(),
+                }
             })
             .collect();
         let mlp = layers.first().map_or(0, |l| l.down.rows());

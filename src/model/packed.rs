@@ -30,14 +30,25 @@ impl Packed {
     pub fn new(w: &[f32], k: usize, n: usize) -> Packed {
         assert_eq!(w.len(), k * n, "matrix is not {k}×{n}");
         let panels = n.div_ceil(NR);
-        let mut data = vec![0.0f32; panels * k * NR];
-        for p in 0..panels {
+        // Written in order, without zeroing the whole buffer first (decoders are built at every
+        // `generate` call, so packing time counts).
+        let len = panels * k * NR;
+        let mut data = Vec::with_capacity(len);
+        let out = &mut data.spare_capacity_mut()[..len];
+        for (p, panel) in out.chunks_exact_mut(k * NR).enumerate() {
             let cols = NR.min(n - p * NR);
-            for kk in 0..k {
+            for (kk, dst) in panel.chunks_exact_mut(NR).enumerate() {
                 let src = &w[kk * n + p * NR..kk * n + p * NR + cols];
-                data[(p * k + kk) * NR..(p * k + kk) * NR + cols].copy_from_slice(src);
+                for (d, &v) in dst.iter_mut().zip(src) {
+                    d.write(v);
+                }
+                for d in &mut dst[cols..] {
+                    d.write(0.0);
+                }
             }
         }
+        // SAFETY: the loops above wrote all `len` elements (every panel row, padding included).
+        unsafe { data.set_len(len) };
         Packed { k, n, data }
     }
 
