@@ -41,21 +41,34 @@ pub struct Rope {
 
 impl Rope {
     pub fn new(len: usize, head_dim: usize, theta: f64) -> Rope {
-        let half = head_dim / 2;
-        let (mut cos, mut sin) = (
-            Vec::with_capacity(len * half),
-            Vec::with_capacity(len * half),
-        );
-        for p in 0..len {
-            for i in 0..half {
-                let freq = 1.0 / theta.powf(2.0 * i as f64 / head_dim as f64);
-                let a = p as f64 * freq;
-                cos.push(a.cos() as f32);
-                sin.push(a.sin() as f32);
-            }
-        }
+        let (cos, sin) = rope_table(0, len, head_dim, theta);
         Rope { cos, sin }
     }
+}
+
+/// cos and sin of the RoPE angles of positions `start..start + len`, `[len][head_dim / 2]`
+/// each: frequency `theta^(−2i / head_dim)` for pair `i`, in f64, then rounded. Every path
+/// (burn's composite ops, the fused attention, the decoder) uses these tables.
+pub(crate) fn rope_table(
+    start: usize,
+    len: usize,
+    head_dim: usize,
+    theta: f64,
+) -> (Vec<f32>, Vec<f32>) {
+    let half = head_dim / 2;
+    let (mut cos, mut sin) = (
+        Vec::with_capacity(len * half),
+        Vec::with_capacity(len * half),
+    );
+    for p in start..start + len {
+        for i in 0..half {
+            let freq = 1.0 / theta.powf(2.0 * i as f64 / head_dim as f64);
+            let a = p as f64 * freq;
+            cos.push(a.cos() as f32);
+            sin.push(a.sin() as f32);
+        }
+    }
+    (cos, sin)
 }
 
 /// One (sequence, head): rotated and scaled queries `[t][hd]`, keys `[t][hd]` and transposed
@@ -68,26 +81,17 @@ struct Head {
     vt: Vec<f32>,
 }
 
+/// Rotate pairs `(i, i + half)` of one head's vector by a position's angles (RoPE), or by the
+/// opposite angles when `inverse` (the transpose, for gradients).
 #[inline(always)]
-fn rotate(x: &mut [f32], cos: &[f32], sin: &[f32]) {
+pub(crate) fn rotate(x: &mut [f32], cos: &[f32], sin: &[f32], inverse: bool) {
+    let s = if inverse { -1.0 } else { 1.0 };
     let half = x.len() / 2;
     let (x1, x2) = x.split_at_mut(half);
     for i in 0..half {
         let (a, b) = (x1[i], x2[i]);
-        x1[i] = a * cos[i] - b * sin[i];
-        x2[i] = a * sin[i] + b * cos[i];
-    }
-}
-
-/// The transpose of [`rotate`] (rotation by the opposite angle), for gradients.
-#[inline(always)]
-fn unrotate(x: &mut [f32], cos: &[f32], sin: &[f32]) {
-    let half = x.len() / 2;
-    let (x1, x2) = x.split_at_mut(half);
-    for i in 0..half {
-        let (a, b) = (x1[i], x2[i]);
-        x1[i] = a * cos[i] + b * sin[i];
-        x2[i] = b * cos[i] - a * sin[i];
+        x1[i] = a * cos[i] - b * (s * sin[i]);
+        x2[i] = a * (s * sin[i]) + b * cos[i];
     }
 }
 
@@ -111,11 +115,11 @@ fn gather(qkv: &[f32], s: &Shape, rope: &Rope, h: usize) -> Head {
         );
         let q = &mut head.q[i * hd..(i + 1) * hd];
         q.copy_from_slice(&row[h * hd..(h + 1) * hd]);
-        rotate(q, cos, sin);
+        rotate(q, cos, sin, false);
         q.iter_mut().for_each(|x| *x *= scale);
         let k = &mut head.k[i * hd..(i + 1) * hd];
         k.copy_from_slice(&row[d + h * hd..d + (h + 1) * hd]);
-        rotate(k, cos, sin);
+        rotate(k, cos, sin, false);
         head.v[i * hd..(i + 1) * hd].copy_from_slice(&row[2 * d + h * hd..2 * d + (h + 1) * hd]);
         for c in 0..hd {
             head.kt[c * t + i] = head.k[i * hd + c];
@@ -240,10 +244,10 @@ fn backward_sequence(
             let row = &mut dqkv[i * 3 * d..(i + 1) * 3 * d];
             dqi.copy_from_slice(&dq[i * hd..(i + 1) * hd]);
             dqi.iter_mut().for_each(|x| *x *= scale);
-            unrotate(&mut dqi, cos, sin);
+            rotate(&mut dqi, cos, sin, true);
             write(&mut row[h * hd..(h + 1) * hd], &dqi);
             dki.copy_from_slice(&dk[i * hd..(i + 1) * hd]);
-            unrotate(&mut dki, cos, sin);
+            rotate(&mut dki, cos, sin, true);
             write(&mut row[d + h * hd..d + (h + 1) * hd], &dki);
             write(
                 &mut row[2 * d + h * hd..2 * d + (h + 1) * hd],

@@ -7,6 +7,7 @@
 //! relative, so the logits equal the padded reference's). `tests/model_decode.rs` checks logits,
 //! log-probabilities and greedy tokens against the burn path.
 
+use super::attention::{rope_table, rotate};
 use super::fused::{self, exp};
 use super::packed::Packed;
 use super::transformer::Gpt;
@@ -181,14 +182,8 @@ fn attend_generic(a: &Query<'_>, scores: &mut [f32], out: &mut [f32]) {
 /// Rotate pairs (i, i + half) of each head of `x` (`heads · head_dim` values) by the angles of
 /// one position.
 fn rope(x: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32]) {
-    let half = head_dim / 2;
     for h in x.chunks_exact_mut(head_dim) {
-        let (x1, x2) = h.split_at_mut(half);
-        for i in 0..half {
-            let (a, b) = (x1[i], x2[i]);
-            x1[i] = a * cos[i] - b * sin[i];
-            x2[i] = a * sin[i] + b * cos[i];
-        }
+        rotate(h, cos, sin, false);
     }
 }
 
@@ -199,18 +194,7 @@ impl Engine {
         let d = w.d_model;
         let heads = w.heads;
         let hd = d / heads;
-        let half = hd / 2;
-        let mut cos = Vec::with_capacity(ctx * half);
-        let mut sin = Vec::with_capacity(ctx * half);
-        // The same tables (in f64, then rounded) as the burn path's.
-        for p in 0..ctx {
-            for i in 0..half {
-                let freq = 1.0 / w.rope_theta.powf(2.0 * i as f64 / hd as f64);
-                let a = p as f64 * freq;
-                cos.push(a.cos() as f32);
-                sin.push(a.sin() as f32);
-            }
-        }
+        let (cos, sin) = rope_table(0, ctx, hd, w.rope_theta);
         // Weights read out of burn here, packed on both cores.
         let pack = |ms: Vec<Matrix>| -> Vec<Packed> {
             ms.into_par_iter()

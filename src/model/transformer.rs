@@ -2,6 +2,7 @@
 //! multi-head attention, from burn's `nn` modules, plus an incremental forward over a
 //! [`KvCache`] for decoding.
 
+use super::attention::rope_table;
 use super::config::ModelConfig;
 use super::fused;
 use burn::module::{Module, ModuleMapper, Param, ParamId};
@@ -107,16 +108,7 @@ fn rope_tables(
     device: &Device,
 ) -> (Tensor<4>, Tensor<4>) {
     let half = head_dim / 2;
-    let mut cos = Vec::with_capacity(len * half);
-    let mut sin = Vec::with_capacity(len * half);
-    for p in start..start + len {
-        for i in 0..half {
-            let freq = 1.0 / theta.powf(2.0 * i as f64 / head_dim as f64);
-            let a = p as f64 * freq;
-            cos.push(a.cos() as f32);
-            sin.push(a.sin() as f32);
-        }
-    }
+    let (cos, sin) = rope_table(start, len, head_dim, theta);
     let t = |v: Vec<f32>| Tensor::<4>::from_data(TensorData::new(v, [1, 1, len, half]), device);
     (t(cos), t(sin))
 }
