@@ -8,12 +8,12 @@
 //! probabilities from it (as in FlashAttention), so the op saves only its input and output.
 //!
 //! Per (sequence, head) the products (`Q·Kᵀ`, `P·V`, and the four of the backward pass) run on
-//! the packed register kernel of [`super::packed`] over the full `t × t` square (the masked
-//! half is zeroed; a blocked kernel on the whole square beats vector loops over the triangle);
-//! the element-wise loops are compiled a second time with AVX2/FMA, chosen at run time.
+//! the packed register kernel of [`super::packed`], restricted to the causal triangle block by
+//! block ([`Band`]: the masked half is zero and skipped); the element-wise loops are compiled a
+//! second time with AVX2/FMA, chosen at run time.
 
 use super::fused::{Uninit, exp, written};
-use super::packed::Packed;
+use super::packed::{Band, Packed};
 use super::simd::avx2_dispatch;
 use rayon::prelude::*;
 
@@ -148,10 +148,11 @@ fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     out
 }
 
-/// `a · b` for row-major `a` `[m, k]` and `b` `[k, n]`, with the packed register kernel.
-fn product(a: &[f32], m: usize, b: &[f32], k: usize, n: usize) -> Vec<f32> {
+/// `a · b` for row-major `a` `[m, k]` and `b` `[k, n]`, with the packed register kernel,
+/// computing only what `band` needs (the rest stays zero).
+fn product(a: &[f32], m: usize, b: &[f32], k: usize, n: usize, band: Band) -> Vec<f32> {
     let mut out = vec![0.0f32; m * n];
-    Packed::new(b, k, n).matmul(&mut out, a, m, false, false);
+    Packed::new(b, k, n).matmul_band(&mut out, a, m, band);
     out
 }
 
@@ -167,7 +168,7 @@ fn head_rows(x: &[f32], s: &Shape, h: usize) -> Vec<f32> {
 
 /// The scores `Q·Kᵀ` of one head, `[t, t]` (entries above the diagonal are not used).
 fn head_scores(head: &Head, t: usize, hd: usize) -> Vec<f32> {
-    product(&head.q, t, &head.kt, hd, t)
+    product(&head.q, t, &head.kt, hd, t, Band::LowerOutput)
 }
 
 #[inline(always)]
@@ -189,7 +190,7 @@ fn forward_sequence(qkv: &[f32], out: &mut [Uninit], lse: &mut [f32], s: &Shape,
             keep.iter_mut().for_each(|x| *x *= inv);
             masked.fill(0.0);
         }
-        let o = product(&p, t, &head.v, t, hd);
+        let o = product(&p, t, &head.v, t, hd, Band::LowerLeft);
         for (i, o) in o.chunks_exact(hd).enumerate() {
             write(&mut out[i * d + h * hd..i * d + (h + 1) * hd], o);
         }
@@ -215,7 +216,7 @@ fn backward_sequence(
         let o = head_rows(out, s, h);
         // Probabilities from the saved log-sum-exps; dP = dO·Vᵀ; dS = P ∘ (dP − Δ).
         let mut p = head_scores(&head, t, hd);
-        let mut ds = product(&go, t, &head.vt, hd, t);
+        let mut ds = product(&go, t, &head.vt, hd, t, Band::LowerOutput);
         for i in 0..t {
             let delta: f32 = go[i * hd..(i + 1) * hd]
                 .iter()
@@ -231,9 +232,9 @@ fn backward_sequence(
             prow[i + 1..].fill(0.0);
             dsrow[i + 1..].fill(0.0);
         }
-        let dq = product(&ds, t, &head.k, t, hd);
-        let dk = product(&transpose(&ds, t, t), t, &head.q, t, hd);
-        let dv = product(&transpose(&p, t, t), t, &go, t, hd);
+        let dq = product(&ds, t, &head.k, t, hd, Band::LowerLeft);
+        let dk = product(&transpose(&ds, t, t), t, &head.q, t, hd, Band::UpperLeft);
+        let dv = product(&transpose(&p, t, t), t, &go, t, hd, Band::UpperLeft);
         // Back through the scaling and rotation, into the [t, 3, heads, hd] gradient.
         let (mut dqi, mut dki) = (vec![0.0f32; hd], vec![0.0f32; hd]);
         for i in 0..t {

@@ -59,6 +59,25 @@ impl Packed {
     /// `dst[m, n] = a[m, k] · self`, or `+=` when `accumulate`; row-major, contiguous. With
     /// `parallel`, large products split their panels between threads.
     pub fn matmul(&self, dst: &mut [f32], a: &[f32], m: usize, accumulate: bool, parallel: bool) {
+        self.product(dst, a, m, accumulate, parallel, Band::Full)
+    }
+
+    /// `dst = a · self` on this thread, computing only the part `band` says is needed or
+    /// nonzero (for the triangular operands of causal attention); outputs it skips are left
+    /// as they are.
+    pub fn matmul_band(&self, dst: &mut [f32], a: &[f32], m: usize, band: Band) {
+        self.product(dst, a, m, false, false, band)
+    }
+
+    fn product(
+        &self,
+        dst: &mut [f32],
+        a: &[f32],
+        m: usize,
+        accumulate: bool,
+        parallel: bool,
+        band: Band,
+    ) {
         let (k, n) = (self.k, self.n);
         assert!(
             a.len() >= m * k && dst.len() >= m * n,
@@ -84,6 +103,7 @@ impl Packed {
             m,
             dst: SendPtr(dst.as_mut_ptr()),
             accumulate,
+            band,
         };
         let run = |first: usize, last: usize| {
             // SAFETY: each call writes only the columns of panels first..last of dst, so
@@ -135,6 +155,7 @@ impl Packed {
             m,
             dst,
             accumulate,
+            band,
         } = *prod;
         let (k, n) = (self.k, self.n);
         for p in range {
@@ -143,12 +164,24 @@ impl Packed {
             let mut r = 0;
             while r < m {
                 let rows = MR.min(m - r);
-                let ab = &a[r * k..(r + MR) * k];
+                if band == Band::LowerOutput && p * NR > r + rows - 1 {
+                    // Every column of this panel lies above the block's diagonal.
+                    r += rows;
+                    continue;
+                }
+                let ks = match band {
+                    Band::LowerLeft => 0..k.min(r + rows),
+                    Band::UpperLeft => r.min(k)..k,
+                    Band::Full | Band::LowerOutput => 0..k,
+                };
+                let kn = ks.len();
+                let ab = &a[r * k + ks.start * MR..(r + MR) * k];
+                let panel = &panel[ks.start * NR..];
                 let acc = if FMA {
                     // SAFETY: only reached from panels_avx2, so the CPU has AVX2 and FMA.
-                    unsafe { by_rows!(block_avx2, rows, ab, k, panel) }
+                    unsafe { by_rows!(block_avx2, rows, ab, kn, panel) }
                 } else {
-                    by_rows!(block, rows, ab, k, panel)
+                    by_rows!(block, rows, ab, kn, panel)
                 };
                 for (i, acc_row) in acc.iter().enumerate().take(rows) {
                     // SAFETY: row r + i < m and columns p·NR .. p·NR + cols < n lie inside
@@ -185,6 +218,20 @@ macro_rules! by_rows {
 }
 use by_rows;
 
+/// Which part of a product [`Packed::matmul_band`] computes. Skipping only ever drops terms
+/// that are zero, so what it computes equals the full product's values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Band {
+    /// Everything.
+    Full,
+    /// Row `i`'s columns `j ≤ i` (in whole panels, so a few beyond the diagonal too).
+    LowerOutput,
+    /// `a` is lower triangular (`a[i][kk] = 0` for `kk > i`): inner indices up to the row.
+    LowerLeft,
+    /// `a` is upper triangular (`a[i][kk] = 0` for `kk < i`): inner indices from the row on.
+    UpperLeft,
+}
+
 /// One product's left operand (packed in row blocks), its row count and where it goes.
 #[derive(Clone, Copy)]
 struct Product<'a> {
@@ -192,6 +239,7 @@ struct Product<'a> {
     m: usize,
     dst: SendPtr,
     accumulate: bool,
+    band: Band,
 }
 
 #[derive(Clone, Copy)]
@@ -272,6 +320,47 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn banded_products_equal_the_full_product_where_they_compute() {
+        // Square triangular left operands and causal outputs, sizes off the block edges.
+        for &(m, n) in &[(7, 5), (41, 40), (13, 17)] {
+            let tri = |upper: bool| -> Vec<f32> {
+                (0..m * m)
+                    .map(|x| {
+                        let (i, j) = (x / m, x % m);
+                        let keep = if upper { j >= i } else { j <= i };
+                        if keep {
+                            ((x * 37) % 11) as f32 - 5.0
+                        } else {
+                            0.0
+                        }
+                    })
+                    .collect()
+            };
+            let w: Vec<f32> = (0..m * n)
+                .map(|x| ((x * 53) % 13) as f32 * 0.25 - 1.5)
+                .collect();
+            let p = Packed::new(&w, m, n);
+            for (a, band) in [(tri(false), Band::LowerLeft), (tri(true), Band::UpperLeft)] {
+                let mut full = vec![0.0f32; m * n];
+                p.matmul(&mut full, &a, m, false, false);
+                let mut got = vec![0.0f32; m * n];
+                p.matmul_band(&mut got, &a, m, band);
+                assert_eq!(full, got, "{band:?} {m}×{n}");
+            }
+            // Causal output: row i's columns 0..=i (of an m × m product) are all computed.
+            let sq = Packed::new(&tri(false), m, m);
+            let a: Vec<f32> = (0..m * m).map(|x| ((x * 29) % 7) as f32 - 3.0).collect();
+            let mut full = vec![0.0f32; m * m];
+            sq.matmul(&mut full, &a, m, false, false);
+            let mut got = vec![f32::NAN; m * m];
+            sq.matmul_band(&mut got, &a, m, Band::LowerOutput);
+            for i in 0..m {
+                assert_eq!(full[i * m..=i * m + i], got[i * m..=i * m + i], "row {i}");
+            }
+        }
     }
 
     #[test]
