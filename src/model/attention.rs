@@ -12,9 +12,9 @@
 //! block ([`Band`]: the masked half is zero and skipped); the element-wise loops are compiled a
 //! second time with AVX2/FMA, chosen at run time.
 
-use super::fused::{Uninit, exp, written};
+use super::fused::exp;
 use super::packed::{Band, Packed};
-use super::simd::avx2_dispatch;
+use super::simd::{Uninit, avx2_dispatch, write, written};
 use rayon::prelude::*;
 
 /// Shape of one attention call.
@@ -127,14 +127,6 @@ fn gather(qkv: &[f32], s: &Shape, rope: &Rope, h: usize) -> Head {
         }
     }
     head
-}
-
-/// Copy `src` into outputs not yet written.
-#[inline(always)]
-fn write(dst: &mut [Uninit], src: &[f32]) {
-    for (d, &s) in dst.iter_mut().zip(src) {
-        d.write(s);
-    }
 }
 
 /// `[rows][cols]` → `[cols][rows]`.

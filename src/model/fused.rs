@@ -1,6 +1,7 @@
 //! Fused training ops for burn's CPU backend (`flex`): RMSNorm, SwiGLU with the MLP's output
-//! projection, and causal attention with RoPE, each one op with a hand-written forward and backward pass instead of the five to
-//! twenty small ops (and saved intermediates) burn's autodiff graph builds for them.
+//! projection, and causal attention with RoPE, each one op with a hand-written forward and
+//! backward pass instead of the five to twenty small ops (and saved intermediates) burn's
+//! autodiff graph builds for them.
 //!
 //! They are registered through burn's backend-extension mechanism ([`FusedOps`], implemented for
 //! `Flex` and `Autodiff<Flex>`), so they take part in `loss.backward()` like any other op. The
@@ -8,7 +9,7 @@
 //! ops, which `tests/model_fused.rs` checks give the same values and gradients.
 
 use super::attention;
-use super::simd::avx2_dispatch;
+use super::simd::{Uninit, avx2_dispatch, written};
 use burn::backend::autodiff::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -19,33 +20,10 @@ use burn::backend::ops::FloatTensorOps;
 use burn::backend::{Dispatch, Flex, backend_extension, tensor::FloatTensor};
 use burn::tensor::{Device, Shape, Tensor, TensorData};
 use rayon::prelude::*;
-use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Rows per parallel work item (each row is one position's vector).
 const ROWS_PER_TASK: usize = 64;
-
-/// An output element not yet written.
-pub(crate) type Uninit = MaybeUninit<f32>;
-
-/// A vector of `n` floats, every one of which `write` must set. Large outputs are written in
-/// parallel straight into fresh memory: zeroing them first (`vec![0.0; n]`) was a serial
-/// `memset` on the calling thread, ~2.5% of a training step's CPU time.
-pub(crate) fn written(n: usize, write: impl FnOnce(&mut [Uninit])) -> Vec<f32> {
-    let mut v = Vec::with_capacity(n);
-    write(&mut v.spare_capacity_mut()[..n]);
-    // SAFETY: every caller's `write` sets all `n` elements (each kernel writes each output
-    // element exactly once; `tests/model_fused.rs` would see garbage otherwise).
-    unsafe { v.set_len(n) };
-    v
-}
-
-/// An initialised buffer as outputs to overwrite.
-pub(crate) fn as_uninit(x: &mut [f32]) -> &mut [Uninit] {
-    // SAFETY: same layout; only initialised floats are written through the result (its
-    // `MaybeUninit::write`), so `x` stays initialised.
-    unsafe { &mut *(x as *mut [f32] as *mut [Uninit]) }
-}
 
 #[backend_extension(Flex, Autodiff)]
 pub trait FusedOps: burn::backend::Backend {

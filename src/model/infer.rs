@@ -10,6 +10,7 @@
 use super::attention::{rope_table, rotate};
 use super::fused::{self, exp};
 use super::packed::Packed;
+use super::simd::as_uninit;
 use super::transformer::Gpt;
 use burn::tensor::Tensor;
 use rayon::prelude::*;
@@ -392,7 +393,7 @@ impl Engine {
             l.out.matmul(&mut x, &att, n, true, parallel);
             rms_norm(&x, &l.mlp_norm, l.mlp_eps, &mut h);
             l.gate_up.matmul(&mut gu, &h, n, false, parallel);
-            fused::swiglu_block(fused::as_uninit(&mut act), &gu, m);
+            fused::swiglu_block(as_uninit(&mut act), &gu, m);
             l.down.matmul(&mut x, &act, n, true, parallel);
         }
         for (rc, toks) in jobs.iter_mut() {

@@ -8,6 +8,7 @@
 //! On x86-64 with AVX2 and FMA (detected at run time) the block is computed with those
 //! intrinsics, its accumulators in vector registers; elsewhere by a portable version.
 
+use super::simd::{write, written};
 use std::ops::Range;
 
 /// Columns per panel: two 8-wide vectors.
@@ -32,23 +33,15 @@ impl Packed {
         let panels = n.div_ceil(NR);
         // Written in order, without zeroing the whole buffer first (decoders are built at every
         // `generate` call, so packing time counts).
-        let len = panels * k * NR;
-        let mut data = Vec::with_capacity(len);
-        let out = &mut data.spare_capacity_mut()[..len];
-        for (p, panel) in out.chunks_exact_mut(k * NR).enumerate() {
-            let cols = NR.min(n - p * NR);
-            for (kk, dst) in panel.chunks_exact_mut(NR).enumerate() {
-                let src = &w[kk * n + p * NR..kk * n + p * NR + cols];
-                for (d, &v) in dst.iter_mut().zip(src) {
-                    d.write(v);
-                }
-                for d in &mut dst[cols..] {
-                    d.write(0.0);
+        let data = written(panels * k * NR, |out| {
+            for (p, panel) in out.chunks_exact_mut(k * NR).enumerate() {
+                let cols = NR.min(n - p * NR);
+                for (kk, dst) in panel.chunks_exact_mut(NR).enumerate() {
+                    write(dst, &w[kk * n + p * NR..kk * n + p * NR + cols]);
+                    write(&mut dst[cols..], &[0.0; NR]);
                 }
             }
-        }
-        // SAFETY: the loops above wrote all `len` elements (every panel row, padding included).
-        unsafe { data.set_len(len) };
+        });
         Packed { k, n, data }
     }
 
