@@ -207,7 +207,9 @@ fn swiglu_rows_backward(dgu: &mut [Uninit], gu: &[f32], dh: &[f32], m: usize) {
     }
 }
 
-avx2_dispatch!(fn rms_block(y: &mut [Uninit], rstd: &mut [f32], x: &[f32], gamma: &[f32], eps: f32) = rms_rows;);
+avx2_dispatch!(
+    /// RMSNorm of rows of `gamma.len()`, each row's `1 / rms` into `rstd`.
+    pub(crate) fn rms_block(y: &mut [Uninit], rstd: &mut [f32], x: &[f32], gamma: &[f32], eps: f32) = rms_rows;);
 avx2_dispatch!(
     fn rms_block_backward(
         dx: &mut [Uninit],

@@ -10,7 +10,7 @@
 use super::attention::{rope_table, rotate};
 use super::fused::{self, exp};
 use super::packed::Packed;
-use super::simd::as_uninit;
+use super::simd::{as_uninit, avx2_dispatch};
 use super::transformer::Gpt;
 use burn::tensor::Tensor;
 use rayon::prelude::*;
@@ -101,16 +101,10 @@ fn packed(t: Tensor<2>) -> Packed {
     Packed::new(&w, k, n)
 }
 
-/// `out = x / sqrt(mean(x²) + eps) · g`, row by row.
+/// `out = x / sqrt(mean(x²) + eps) · g`, row by row: the training op's kernel.
 fn rms_norm(x: &[f32], g: &[f32], eps: f32, out: &mut [f32]) {
-    let d = g.len();
-    for (xr, or) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
-        let ms = xr.iter().map(|v| v * v).sum::<f32>() / d as f32;
-        let inv = 1.0 / (ms + eps).sqrt();
-        for ((o, &v), &w) in or.iter_mut().zip(xr).zip(g) {
-            *o = v * inv * w;
-        }
-    }
+    let mut rstd = vec![0.0f32; x.len() / g.len()];
+    fused::rms_block(as_uninit(out), &mut rstd, x, g, eps);
 }
 
 /// Attention of one query (all heads; `q` is `heads · head_dim`) over the first `len`
@@ -126,27 +120,10 @@ struct Query<'a> {
     scale: f32,
 }
 
-/// Attend with `a`, writing the result to `out` (`scores` is scratch of at least `len`).
-fn attend(a: &Query<'_>, scores: &mut [f32], out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU has AVX2 and FMA (checked just above).
-            return unsafe { attend_avx2(a, scores, out) };
-        }
-    }
-    attend_generic(a, scores, out)
-}
-
-/// [`attend`] compiled with AVX2 and FMA, so its loops use 8-wide vectors.
-///
-/// # Safety
-/// The CPU must have AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn attend_avx2(a: &Query<'_>, scores: &mut [f32], out: &mut [f32]) {
-    attend_generic(a, scores, out)
-}
+avx2_dispatch!(
+    /// Attend with `a`, writing the result to `out` (`scores` is scratch of at least `len`).
+    fn attend(a: &Query<'_>, scores: &mut [f32], out: &mut [f32]) = attend_generic;
+);
 
 #[inline(always)]
 fn attend_generic(a: &Query<'_>, scores: &mut [f32], out: &mut [f32]) {
