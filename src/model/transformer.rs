@@ -242,12 +242,12 @@ impl Gpt {
             for block in &self.blocks {
                 x = block.forward_fused(x, self.rope_theta);
             }
-            return dense(&self.head, norm(&self.norm, x));
-        }
-        let d = x.dims()[2];
-        let cs = rope_tables(0, t, self.head_dim(d), self.rope_theta, &device);
-        for block in &self.blocks {
-            x = block.forward(x, &cs, None, None);
+        } else {
+            let d = x.dims()[2];
+            let cs = rope_tables(0, t, self.head_dim(d), self.rope_theta, &device);
+            for block in &self.blocks {
+                x = block.forward(x, &cs, None, None);
+            }
         }
         dense(&self.head, norm(&self.norm, x))
     }
