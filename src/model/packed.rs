@@ -196,16 +196,19 @@ impl Packed {
     }
 }
 
-/// `kernel::<R>` for the block's real row count `rows` (1..=MR), widened to MR rows.
+/// `kernel::<R, C>` for the block's real row count `rows` (1..=MR), widened to MR rows. Blocks
+/// of one to three rows split the inner dimension over `C` interleaved accumulator sets, so
+/// that at least eight independent FMA chains hide the instruction's latency (one row with a
+/// single set would wait on each FMA: decoding one sequence is all such blocks).
 macro_rules! by_rows {
     ($kernel:ident, $rows:expr, $a:expr, $k:expr, $panel:expr) => {
         match $rows {
-            6 => $kernel::<6>($a, $k, $panel),
-            5 => widen($kernel::<5>($a, $k, $panel)),
-            4 => widen($kernel::<4>($a, $k, $panel)),
-            3 => widen($kernel::<3>($a, $k, $panel)),
-            2 => widen($kernel::<2>($a, $k, $panel)),
-            _ => widen($kernel::<1>($a, $k, $panel)),
+            6 => $kernel::<6, 1>($a, $k, $panel),
+            5 => widen($kernel::<5, 1>($a, $k, $panel)),
+            4 => widen($kernel::<4, 1>($a, $k, $panel)),
+            3 => widen($kernel::<3, 2>($a, $k, $panel)),
+            2 => widen($kernel::<2, 2>($a, $k, $panel)),
+            _ => widen($kernel::<1, 4>($a, $k, $panel)),
         }
     };
 }
@@ -249,9 +252,9 @@ fn widen<const R: usize>(b: [[f32; NR]; R]) -> [[f32; NR]; MR] {
 }
 
 /// One packed block of `a` (`[k][MR]`, its first `R` rows real) times one packed panel: an
-/// `R × NR` block (portable).
+/// `R × NR` block (portable; one accumulator set, `C` is for the vector kernel's signature).
 #[inline(always)]
-fn block<const R: usize>(a: &[f32], k: usize, panel: &[f32]) -> [[f32; NR]; R] {
+fn block<const R: usize, const C: usize>(a: &[f32], k: usize, panel: &[f32]) -> [[f32; NR]; R] {
     let mut acc = [[0.0f32; NR]; R];
     for (ak, b) in a.chunks_exact(MR).zip(panel.chunks_exact(NR)).take(k) {
         for (acc_row, &x) in acc.iter_mut().zip(ak) {
@@ -263,39 +266,63 @@ fn block<const R: usize>(a: &[f32], k: usize, panel: &[f32]) -> [[f32; NR]; R] {
     acc
 }
 
-/// [`block`] with AVX2 and FMA: the `R × NR` accumulators live in `2R` vector registers.
+/// [`block`] with AVX2 and FMA: the `R × NR` accumulators live in `2R` vector registers, `C`
+/// sets of them over interleaved inner indices (`kk mod C`), added up at the end.
 ///
 /// # Safety
 /// The CPU must have AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[inline]
-unsafe fn block_avx2<const R: usize>(a: &[f32], k: usize, panel: &[f32]) -> [[f32; NR]; R] {
+unsafe fn block_avx2<const R: usize, const C: usize>(
+    a: &[f32],
+    k: usize,
+    panel: &[f32],
+) -> [[f32; NR]; R] {
     use std::arch::x86_64::*;
-    assert!(R <= MR && a.len() >= k * MR && panel.len() >= k * NR);
+    assert!(R <= MR && C >= 1 && a.len() >= k * MR && panel.len() >= k * NR);
     let a = a.as_ptr();
     let b = panel.as_ptr();
-    let mut lo = [_mm256_setzero_ps(); R];
-    let mut hi = [_mm256_setzero_ps(); R];
-    for kk in 0..k {
-        // SAFETY: kk < k, so values kk·NR .. kk·NR + 16 of the panel and kk·MR + i (i < R ≤
-        // MR) of the block are in bounds (asserted above); loads are unaligned.
-        unsafe {
-            let b0 = _mm256_loadu_ps(b.add(kk * NR));
-            let b1 = _mm256_loadu_ps(b.add(kk * NR + 8));
-            for i in 0..R {
-                let x = _mm256_broadcast_ss(&*a.add(kk * MR + i));
-                lo[i] = _mm256_fmadd_ps(x, b0, lo[i]);
-                hi[i] = _mm256_fmadd_ps(x, b1, hi[i]);
+    let mut lo = [[_mm256_setzero_ps(); R]; C];
+    let mut hi = [[_mm256_setzero_ps(); R]; C];
+    // One inner index into set c (a constant after unrolling, so the sets stay in registers).
+    macro_rules! step {
+        ($kk:expr, $c:expr) => {
+            // SAFETY: kk < k, so values kk·NR .. kk·NR + 16 of the panel and kk·MR + i (i < R
+            // ≤ MR) of the block are in bounds (asserted above); loads are unaligned.
+            unsafe {
+                let kk = $kk;
+                let b0 = _mm256_loadu_ps(b.add(kk * NR));
+                let b1 = _mm256_loadu_ps(b.add(kk * NR + 8));
+                for i in 0..R {
+                    let x = _mm256_broadcast_ss(&*a.add(kk * MR + i));
+                    lo[$c][i] = _mm256_fmadd_ps(x, b0, lo[$c][i]);
+                    hi[$c][i] = _mm256_fmadd_ps(x, b1, hi[$c][i]);
+                }
             }
+        };
+    }
+    // Inner index kk goes to set kk mod C; the k mod C last ones to set 0.
+    let whole = k - k % C;
+    for kk in (0..whole).step_by(C) {
+        for c in 0..C {
+            step!(kk + c, c);
         }
+    }
+    for kk in whole..k {
+        step!(kk, 0);
     }
     let mut out = [[0.0f32; NR]; R];
     for i in 0..R {
+        let (mut l, mut h) = (lo[0][i], hi[0][i]);
+        for c in 1..C {
+            l = _mm256_add_ps(l, lo[c][i]);
+            h = _mm256_add_ps(h, hi[c][i]);
+        }
         // SAFETY: each output row holds NR = 16 floats.
         unsafe {
-            _mm256_storeu_ps(out[i].as_mut_ptr(), lo[i]);
-            _mm256_storeu_ps(out[i].as_mut_ptr().add(8), hi[i]);
+            _mm256_storeu_ps(out[i].as_mut_ptr(), l);
+            _mm256_storeu_ps(out[i].as_mut_ptr().add(8), h);
         }
     }
     out
