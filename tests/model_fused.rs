@@ -164,6 +164,30 @@ fn fused_ops_match_the_composite_ops_in_values_and_gradients() {
     assert!(max_diff(dgu1, dgu2) < 1e-4, "swiglu_down grad of gate_up");
     assert!(max_diff(dw1, dw2) < 1e-3, "swiglu_down grad of w");
 
+    // The dense layers' product, from plain and from strided (transposed) input and weight;
+    // gradients of both.
+    let xs = [
+        Tensor::<3>::random([3, 7, 24], Distribution::Normal(0.0, 1.0), &device),
+        Tensor::<3>::random([3, 24, 7], Distribution::Normal(0.0, 1.0), &device).swap_dims(1, 2),
+    ];
+    let ws = [
+        Tensor::<2>::random([24, 10], Distribution::Normal(0.0, 0.5), &device),
+        Tensor::<2>::random([10, 24], Distribution::Normal(0.0, 0.5), &device).transpose(),
+    ];
+    for (x, wl) in xs.iter().zip(&ws) {
+        let run = |f: &dyn Fn(Tensor<3>, Tensor<2>) -> Tensor<3>| {
+            let (x, wl) = (x.clone().require_grad(), wl.clone().require_grad());
+            let y = f(x.clone(), wl.clone());
+            let grads = (y.clone() * w.clone()).sum().backward();
+            (y.inner(), x.grad(&grads).unwrap(), wl.grad(&grads).unwrap())
+        };
+        let (y1, dx1, dw1) = run(&|x, wl| fused::linear(x, wl));
+        let (y2, dx2, dw2) = run(&|x, wl| x.matmul(wl.unsqueeze()));
+        assert!(max_diff(y1, y2) < 1e-4, "linear value");
+        assert!(max_diff(dx1, dx2) < 1e-4, "linear grad of x");
+        assert!(max_diff(dw1, dw2) < 1e-4, "linear grad of w");
+    }
+
     // Causal attention with RoPE on its own: a head size of two packed panels plus a ragged
     // one, a length that is not a multiple of the kernel's row block.
     for (b, t, heads, hd) in [(2, 41, 3, 40), (3, 7, 2, 8)] {

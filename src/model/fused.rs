@@ -1,7 +1,8 @@
 //! Fused training ops for burn's CPU backend (`flex`): RMSNorm, SwiGLU with the MLP's output
-//! projection, and causal attention with RoPE, each one op with a hand-written forward and
-//! backward pass instead of the five to twenty small ops (and saved intermediates) burn's
-//! autodiff graph builds for them.
+//! projection, causal attention with RoPE, and the dense layers' products, each one op with a
+//! hand-written forward and backward pass instead of the five to twenty small ops (and saved
+//! intermediates) burn's autodiff graph builds for them; products go through
+//! [`super::matmul`], which writes them into fresh memory instead of copying them.
 //!
 //! They are registered through burn's backend-extension mechanism ([`FusedOps`], implemented for
 //! `Flex` and `Autodiff<Flex>`), so they take part in `loss.backward()` like any other op. The
@@ -9,6 +10,7 @@
 //! ops, which `tests/model_fused.rs` checks give the same values and gradients.
 
 use super::attention;
+use super::matmul::{View, matmul};
 use super::simd::{Uninit, avx2_dispatch, written};
 use burn::backend::autodiff::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -16,9 +18,8 @@ use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
-use burn::backend::ops::FloatTensorOps;
 use burn::backend::{Dispatch, Flex, backend_extension, tensor::FloatTensor};
-use burn::tensor::{Device, Shape, Tensor, TensorData};
+use burn::tensor::{Device, Tensor, TensorData};
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -36,6 +37,8 @@ pub trait FusedOps: burn::backend::Backend {
     /// Causal self-attention with RoPE (angles from `theta`) on a `[b, t, 3·d]` QKV projection
     /// (`[b, t, 3, heads, d / heads]`): the `[b, t, d]` result, see [`super::attention`].
     fn causal_attention(qkv: FloatTensor<Self>, heads: usize, theta: f64) -> FloatTensor<Self>;
+    /// A dense layer without bias: `x · w` for `x` `[.., k]` and `w` `[k, n]`, as `[.., n]`.
+    fn linear(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self>;
 }
 
 static ENABLED: AtomicBool = AtomicBool::new(true);
@@ -68,6 +71,14 @@ pub fn causal_attention(qkv: Tensor<3>, heads: usize, theta: f64) -> Tensor<3> {
         qkv.into_dispatch(),
         heads,
         theta,
+    ))
+}
+
+/// [`FusedOps::linear`] on tensors.
+pub fn linear(x: Tensor<3>, w: Tensor<2>) -> Tensor<3> {
+    Tensor::from_dispatch(<Dispatch as FusedOps>::linear(
+        x.into_dispatch(),
+        w.into_dispatch(),
     ))
 }
 
@@ -320,24 +331,39 @@ fn attention_flex(qkv: &FlexTensor, heads: usize, theta: f64) -> (FlexTensor, Ve
     (tensor(out, vec![s.batch, s.len, s.heads * s.head_dim]), lse)
 }
 
-/// `x` (`[.., k]`) as a `[rows, k]` matrix.
-fn matrix(x: FlexTensor) -> FlexTensor {
-    let shape = dims(&x);
+/// `x` (`[.., k]`, contiguous) as a `[rows, k]` matrix view.
+fn rows_of(x: &FlexTensor) -> View<'_> {
+    let shape = dims(x);
     let k = shape[shape.len() - 1];
-    let rows = shape.iter().product::<usize>() / k;
-    Flex::float_reshape(x, Shape::new([rows, k]))
+    View::new(slice(x), shape.iter().product::<usize>() / k, k)
+}
+
+/// A `[k, n]` weight (contiguous) as a matrix view.
+fn weight(w: &FlexTensor) -> View<'_> {
+    let [k, n] = dims(w)[..] else {
+        panic!("weight must be a matrix")
+    };
+    View::new(slice(w), k, n)
+}
+
+/// `x · w` as `[.., n]`, for contiguous `x` `[.., k]` and `w` `[k, n]`.
+fn linear_flex(x: &FlexTensor, w: &FlexTensor) -> FlexTensor {
+    let mut shape = dims(x);
+    let w = weight(w);
+    *shape.last_mut().expect("linear: scalar input") = w.cols;
+    tensor(matmul(rows_of(x), w), shape)
 }
 
 /// SwiGLU then the product with `w`, as `[b, t, d]`.
 fn swiglu_down_flex(gu: FlexTensor, w: FlexTensor) -> FlexTensor {
-    let mut shape = dims(&gu);
-    let h = matrix(swiglu_flex(gu));
-    let y = Flex::float_matmul(h, w.clone());
-    *shape.last_mut().expect("swiglu_down: scalar input") = dims(&w)[1];
-    Flex::float_reshape(y, Shape::from(shape))
+    linear_flex(&swiglu_flex(gu), &contiguous(w))
 }
 
 impl FusedOps for Flex {
+    fn linear(x: FlexTensor, w: FlexTensor) -> FlexTensor {
+        linear_flex(&contiguous(x), &contiguous(w))
+    }
+
     fn swiglu_down(gate_up: FlexTensor, w: FlexTensor) -> FlexTensor {
         swiglu_down_flex(gate_up, w)
     }
@@ -402,24 +428,67 @@ impl Backward<Flex, 2> for SwigluDownBackward {
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [node_gu, node_w] = ops.parents;
-        let dy = matrix(grads.consume::<Flex>(&ops.node));
+        let dy = contiguous(grads.consume::<Flex>(&ops.node));
         let (gu, w) = ops.state;
+        let dy = rows_of(&dy);
         if let Some(node) = node_w {
-            let h = matrix(swiglu_flex(gu.clone()));
-            let dw = Flex::float_matmul(Flex::float_transpose(h), dy.clone());
-            grads.register::<Flex>(node.id, dw);
+            let h = swiglu_flex(gu.clone());
+            let dw = matmul(rows_of(&h).t(), dy);
+            grads.register::<Flex>(node.id, tensor(dw, dims(&w)));
         }
         if let Some(node) = node_gu {
-            let dh = contiguous(Flex::float_matmul(dy, Flex::float_transpose(w)));
+            let dh = matmul(dy, weight(&w).t());
             let shape = dims(&gu);
             let m = shape[shape.len() - 1] / 2;
-            let dgu = swiglu_backward(slice(&dh), slice(&gu), m);
+            let dgu = swiglu_backward(&dh, slice(&gu), m);
             grads.register::<Flex>(node.id, tensor(dgu, shape));
         }
     }
 }
 
+#[derive(Debug)]
+struct LinearBackward;
+
+impl Backward<Flex, 2> for LinearBackward {
+    /// The `[.., k]` input and the `[k, n]` weight, both contiguous.
+    type State = (FlexTensor, FlexTensor);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_w] = ops.parents;
+        let dy = contiguous(grads.consume::<Flex>(&ops.node));
+        let (x, w) = ops.state;
+        let dy = rows_of(&dy);
+        if let Some(node) = node_w {
+            grads.register::<Flex>(node.id, tensor(matmul(rows_of(&x).t(), dy), dims(&w)));
+        }
+        if let Some(node) = node_x {
+            grads.register::<Flex>(node.id, tensor(matmul(dy, weight(&w).t()), dims(&x)));
+        }
+    }
+}
+
 impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
+    fn linear(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
+        match LinearBackward
+            .prepare::<C>([x.node(), w.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (x, w) = (
+                    contiguous(x.into_primitive()),
+                    contiguous(w.into_primitive()),
+                );
+                let y = linear_flex(&x, &w);
+                prep.finish((x, w), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(<Flex as FusedOps>::linear(
+                x.into_primitive(),
+                w.into_primitive(),
+            )),
+        }
+    }
+
     fn swiglu_down(gate_up: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
         match SwigluDownBackward
             .prepare::<C>([gate_up.node(), w.node()])
@@ -427,7 +496,10 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let (gu, w) = (contiguous(gate_up.into_primitive()), w.into_primitive());
+                let (gu, w) = (
+                    contiguous(gate_up.into_primitive()),
+                    contiguous(w.into_primitive()),
+                );
                 let y = swiglu_down_flex(gu.clone(), w.clone());
                 prep.finish((gu, w), y)
             }

@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod fused;
 pub mod infer;
+pub mod matmul;
 pub mod packed;
 pub mod sample;
 mod simd;

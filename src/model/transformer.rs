@@ -70,10 +70,13 @@ impl KvCache {
 
 /// `x · W` for `x` of shape `[b, t, d_in]`, as one `[b·t, d_in] × [d_in, d_out]` matmul: one
 /// large GEMM instead of `b` small batched ones (measured: faster, and large enough for the
-/// backend to use every core).
+/// backend to use every core); the fused op on the CPU backend.
 fn dense(layer: &Linear, x: Tensor<3>) -> Tensor<3> {
-    let [b, t, d] = x.dims();
     let w = layer.weight.val();
+    if fused::available(&x.device()) {
+        return fused::linear(x, w);
+    }
+    let [b, t, d] = x.dims();
     let out = w.dims()[1];
     x.reshape([b * t, d]).matmul(w).reshape([b, t, out])
 }
