@@ -5,6 +5,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use stageloop::model::infer::Engine;
+use stageloop::model::pair::with_pair;
 use stageloop::model::sample::{SampleOptions, generate};
 use stageloop::model::{Gpt, KvCache, ModelConfig};
 
@@ -138,6 +139,21 @@ fn engine_logits_match_the_burn_model_for_prefill_and_decode() {
             assert!(d < 1e-4, "prefill, d_model {}: max abs diff {d}", c.d_model);
             off += s.len() * v;
         }
+        // One sequence alone, each product split with the spinning helper: prefill, then
+        // decode steps.
+        with_pair(|pair| {
+            let mut one = engine.cache(1);
+            let s = &seqs[8];
+            let got = engine.forward_on(&mut one, &[(0, &s[..4])], true, pair);
+            let want = full_logits(&model, &s[..4], &device);
+            assert!(max_diff(&want, &got) < 1e-4, "paired prefill");
+            for n in 5..=s.len() {
+                let got = engine.forward_on(&mut one, &[(0, &s[n - 1..n])], false, pair);
+                let want = full_logits(&model, &s[..n], &device);
+                let d = max_diff(&want[(n - 1) * v..], &got);
+                assert!(d < 1e-4, "paired decode at {n}: max abs diff {d}");
+            }
+        });
         // Then five decode steps, one token per row: last-position logits.
         let mut seqs = seqs;
         for _ in 0..5 {

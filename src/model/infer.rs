@@ -9,7 +9,8 @@
 
 use super::attention::{rope_table, rotate};
 use super::fused::{self, exp};
-use super::packed::Packed;
+use super::packed::{Packed, Threads};
+use super::pair::Pair;
 use super::simd::{as_uninit, avx2_dispatch};
 use super::transformer::Gpt;
 use burn::tensor::Tensor;
@@ -244,6 +245,18 @@ impl Engine {
     /// last token of each entry. With enough tokens the batch is split in two halves that run
     /// on two threads. Panics if a row is listed twice or would exceed the context.
     pub fn forward(&self, cache: &mut Cache, feed: &[(usize, &[u32])], all: bool) -> Vec<f32> {
+        self.forward_on(cache, feed, all, None)
+    }
+
+    /// [`Self::forward`] on this thread and `pair`'s helper (rayon's pool when `None`): halves
+    /// of a batch, or halves of each product for a few rows (one sequence's decoding).
+    pub fn forward_on(
+        &self,
+        cache: &mut Cache,
+        feed: &[(usize, &[u32])],
+        all: bool,
+        pair: Option<&Pair>,
+    ) -> Vec<f32> {
         let mut slots: Vec<Option<&mut RowCache>> = cache.rows.iter_mut().map(Some).collect();
         let mut jobs: Vec<(&mut RowCache, &[u32])> = feed
             .iter()
@@ -269,18 +282,24 @@ impl Engine {
                 .unwrap_or(rest.len())
                 .max(1);
             let (group, tail) = rest.split_at_mut(n);
-            logits.extend(self.forward_group(group, all));
+            logits.extend(self.forward_group(group, all, pair));
             rest = tail;
         }
         logits
     }
 
     /// [`Self::forward`] over one group of rows: split in two halves on two threads when it
-    /// has enough tokens.
-    fn forward_group(&self, jobs: &mut [(&mut RowCache, &[u32])], all: bool) -> Vec<f32> {
+    /// has enough tokens, else each product split (with a pair) or only large ones (rayon).
+    fn forward_group(
+        &self,
+        jobs: &mut [(&mut RowCache, &[u32])],
+        all: bool,
+        pair: Option<&Pair>,
+    ) -> Vec<f32> {
         let total: usize = jobs.iter().map(|(_, t)| t.len()).sum();
         if jobs.len() < 2 || total < SPLIT_TOKENS || rayon::current_num_threads() < 2 {
-            return self.forward_rows(jobs, all, true);
+            let threads = pair.map_or(Threads::Rayon, Threads::Pair);
+            return self.forward_rows(jobs, all, threads);
         }
         // Two halves of about equal token counts.
         let mut acc = 0;
@@ -292,21 +311,22 @@ impl Engine {
             })
             .map_or(jobs.len() / 2, |i| (i + 1).min(jobs.len() - 1));
         let (left, right) = jobs.split_at_mut(cut);
-        let (mut a, b) = rayon::join(
-            || self.forward_rows(left, all, false),
-            || self.forward_rows(right, all, false),
-        );
+        let mine = || self.forward_rows(left, all, Threads::One);
+        let theirs = || self.forward_rows(right, all, Threads::One);
+        let (mut a, b) = match pair {
+            Some(pair) => pair.join(mine, theirs),
+            None => rayon::join(mine, theirs),
+        };
         a.extend(b);
         a
     }
 
-    /// [`Self::forward`] over one group of rows, on this thread (`parallel`: let the products
-    /// use more threads).
+    /// [`Self::forward`] over one group of rows, on this thread (its products on `threads`).
     fn forward_rows(
         &self,
         jobs: &mut [(&mut RowCache, &[u32])],
         all: bool,
-        parallel: bool,
+        threads: Threads<'_>,
     ) -> Vec<f32> {
         let (d, hd) = (self.d, self.d / self.heads);
         let half = hd / 2;
@@ -338,7 +358,7 @@ impl Engine {
         let scale = 1.0 / (hd as f32).sqrt();
         for (li, l) in self.layers.iter().enumerate() {
             rms_norm(&x, &l.attn_norm, l.attn_eps, &mut h);
-            l.qkv.matmul(&mut qkv, &h, n, false, parallel);
+            l.qkv.matmul(&mut qkv, &h, n, false, threads);
             // RoPE on queries and keys; keys and values into the cache.
             let layer = li * self.ctx * d;
             for (t, &(job, pos)) in at.iter().enumerate() {
@@ -367,11 +387,11 @@ impl Engine {
                 };
                 attend(&query, &mut scores, &mut att[t * d..(t + 1) * d]);
             }
-            l.out.matmul(&mut x, &att, n, true, parallel);
+            l.out.matmul(&mut x, &att, n, true, threads);
             rms_norm(&x, &l.mlp_norm, l.mlp_eps, &mut h);
-            l.gate_up.matmul(&mut gu, &h, n, false, parallel);
+            l.gate_up.matmul(&mut gu, &h, n, false, threads);
             fused::swiglu_block(as_uninit(&mut act), &gu, m);
-            l.down.matmul(&mut x, &act, n, true, parallel);
+            l.down.matmul(&mut x, &act, n, true, threads);
         }
         for (rc, toks) in jobs.iter_mut() {
             rc.len += toks.len();
@@ -392,7 +412,7 @@ impl Engine {
         let mut hn = vec![0.0f32; rows * d];
         rms_norm(&picked, &self.norm, self.norm_eps, &mut hn);
         let mut logits = vec![0.0f32; rows * self.vocab];
-        self.head.matmul(&mut logits, &hn, rows, false, parallel);
+        self.head.matmul(&mut logits, &hn, rows, false, threads);
         logits
     }
 }

@@ -9,6 +9,7 @@ pub mod fused;
 pub mod infer;
 pub mod matmul;
 pub mod packed;
+pub mod pair;
 pub mod sample;
 mod simd;
 pub mod tokenizer;

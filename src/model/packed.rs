@@ -8,6 +8,7 @@
 //! On x86-64 with AVX2 and FMA (detected at run time) the block is computed with those
 //! intrinsics, its accumulators in vector registers; elsewhere by a portable version.
 
+use super::pair::Pair;
 use super::simd::{write, written};
 use std::ops::Range;
 
@@ -15,8 +16,20 @@ use std::ops::Range;
 pub const NR: usize = 16;
 /// Rows per register block.
 const MR: usize = 6;
-/// `m·n·k` from which the panels are split between threads.
+/// `m·n·k` from which the panels are split between rayon's threads.
 const PARALLEL_OPS: usize = 1 << 20;
+
+/// The threads a product may use.
+#[derive(Clone, Copy)]
+pub enum Threads<'a> {
+    /// This thread only.
+    One,
+    /// rayon's pool, for products of at least `PARALLEL_OPS` multiply-adds.
+    Rayon,
+    /// This thread and a spinning helper, half the panels each, for every product of two
+    /// panels or more (see [`super::pair`]).
+    Pair(&'a Pair),
+}
 
 /// A `[k, n]` row-major matrix in column panels of [`NR`], the last one zero-padded.
 #[derive(Debug, Clone)]
@@ -49,17 +62,24 @@ impl Packed {
         self.k
     }
 
-    /// `dst[m, n] = a[m, k] · self`, or `+=` when `accumulate`; row-major, contiguous. With
-    /// `parallel`, large products split their panels between threads.
-    pub fn matmul(&self, dst: &mut [f32], a: &[f32], m: usize, accumulate: bool, parallel: bool) {
-        self.product(dst, a, m, accumulate, parallel, Band::Full)
+    /// `dst[m, n] = a[m, k] · self`, or `+=` when `accumulate`; row-major, contiguous; the
+    /// panels split between `threads`.
+    pub fn matmul(
+        &self,
+        dst: &mut [f32],
+        a: &[f32],
+        m: usize,
+        accumulate: bool,
+        threads: Threads<'_>,
+    ) {
+        self.product(dst, a, m, accumulate, threads, Band::Full)
     }
 
     /// `dst = a · self` on this thread, computing only the part `band` says is needed or
     /// nonzero (for the triangular operands of causal attention); outputs it skips are left
     /// as they are.
     pub fn matmul_band(&self, dst: &mut [f32], a: &[f32], m: usize, band: Band) {
-        self.product(dst, a, m, false, false, band)
+        self.product(dst, a, m, false, Threads::One, band)
     }
 
     fn product(
@@ -68,7 +88,7 @@ impl Packed {
         a: &[f32],
         m: usize,
         accumulate: bool,
-        parallel: bool,
+        threads: Threads<'_>,
         band: Band,
     ) {
         let (k, n) = (self.k, self.n);
@@ -77,11 +97,6 @@ impl Packed {
             "matmul: buffers too small"
         );
         let panels = n.div_ceil(NR);
-        let threads = if parallel && m * n * k >= PARALLEL_OPS {
-            rayon::current_num_threads().min(panels)
-        } else {
-            1
-        };
         // Rows of a in blocks of MR, transposed so a block's values for one kk are adjacent.
         let blocks = m.div_ceil(MR);
         let mut ap = vec![0.0f32; blocks * k * MR];
@@ -104,17 +119,23 @@ impl Packed {
             // holds m·n elements (asserted above) and outlives the calls.
             unsafe { self.panels(first..last, &product) }
         };
-        if threads <= 1 {
-            run(0, panels);
-        } else {
-            let per = panels.div_ceil(threads);
-            rayon::scope(|s| {
-                for t in 1..threads {
-                    let run = &run;
-                    s.spawn(move |_| run(t * per, ((t + 1) * per).min(panels)));
-                }
-                run(0, per.min(panels));
-            });
+        match threads {
+            Threads::Pair(pair) if panels >= 2 => {
+                let half = panels / 2;
+                pair.join(|| run(0, half), || run(half, panels));
+            }
+            Threads::Rayon if m * n * k >= PARALLEL_OPS && panels >= 2 => {
+                let threads = rayon::current_num_threads().min(panels);
+                let per = panels.div_ceil(threads);
+                rayon::scope(|s| {
+                    for t in 1..threads {
+                        let run = &run;
+                        s.spawn(move |_| run(t * per, ((t + 1) * per).min(panels)));
+                    }
+                    run(0, per.min(panels));
+                });
+            }
+            _ => run(0, panels),
         }
     }
 
@@ -365,7 +386,7 @@ mod tests {
             let p = Packed::new(&w, m, n);
             for (a, band) in [(tri(false), Band::LowerLeft), (tri(true), Band::UpperLeft)] {
                 let mut full = vec![0.0f32; m * n];
-                p.matmul(&mut full, &a, m, false, false);
+                p.matmul(&mut full, &a, m, false, Threads::One);
                 let mut got = vec![0.0f32; m * n];
                 p.matmul_band(&mut got, &a, m, band);
                 assert_eq!(full, got, "{band:?} {m}×{n}");
@@ -374,7 +395,7 @@ mod tests {
             let sq = Packed::new(&tri(false), m, m);
             let a: Vec<f32> = (0..m * m).map(|x| ((x * 29) % 7) as f32 - 3.0).collect();
             let mut full = vec![0.0f32; m * m];
-            sq.matmul(&mut full, &a, m, false, false);
+            sq.matmul(&mut full, &a, m, false, Threads::One);
             let mut got = vec![f32::NAN; m * m];
             sq.matmul_band(&mut got, &a, m, Band::LowerOutput);
             for i in 0..m {
@@ -400,20 +421,26 @@ mod tests {
                 .collect();
             let want = reference(&a, &w, m, k, n);
             let p = Packed::new(&w, k, n);
-            let mut got = vec![f32::NAN; m * n];
-            p.matmul(&mut got, &a, m, false, true);
-            for (x, y) in want.iter().zip(&got) {
-                assert!(
-                    (x - y).abs() <= 1e-3 * x.abs().max(1.0),
-                    "{m}×{k}×{n}: {x} vs {y}"
-                );
-            }
-            // Accumulating adds the product to what is there.
-            let mut acc = vec![1.0f32; m * n];
-            p.matmul(&mut acc, &a, m, true, true);
-            for (x, y) in want.iter().zip(&acc) {
-                assert!((x + 1.0 - y).abs() <= 1e-3 * x.abs().max(1.0));
-            }
+            crate::model::pair::with_pair(|pair| {
+                let mut all = vec![Threads::One, Threads::Rayon];
+                all.extend(pair.map(Threads::Pair));
+                for threads in all {
+                    let mut got = vec![f32::NAN; m * n];
+                    p.matmul(&mut got, &a, m, false, threads);
+                    for (x, y) in want.iter().zip(&got) {
+                        assert!(
+                            (x - y).abs() <= 1e-3 * x.abs().max(1.0),
+                            "{m}×{k}×{n}: {x} vs {y}"
+                        );
+                    }
+                    // Accumulating adds the product to what is there.
+                    let mut acc = vec![1.0f32; m * n];
+                    p.matmul(&mut acc, &a, m, true, threads);
+                    for (x, y) in want.iter().zip(&acc) {
+                        assert!((x + 1.0 - y).abs() <= 1e-3 * x.abs().max(1.0));
+                    }
+                }
+            });
         }
     }
 }

@@ -5,6 +5,7 @@
 //! ([`super::infer::Engine`]) runs both; elsewhere, or with `engine: false`, burn's ops do.
 
 use super::infer::Engine;
+use super::pair::with_pair;
 use super::tokenizer::{EOS, PAD};
 use super::transformer::{Gpt, KvCache};
 use burn::tensor::{Device, Int, Tensor, TensorData};
@@ -245,49 +246,53 @@ fn generate_engine(
     } else {
         prompts.to_vec()
     };
-    let mut logits = engine.forward(&mut cache, &feed, false);
-    let mut active: Vec<usize> = (0..prompts.len()).collect();
-    for step in 0..budget {
-        let mut next = Vec::new();
-        for (slot, &row) in active.iter().enumerate() {
-            let l = &mut logits[slot * vocab..(slot + 1) * vocab];
-            if opts.ignore_eos {
-                l[EOS as usize] = f32::NEG_INFINITY;
+    // Decoding runs on this thread and a spinning helper (see `pair`): a step of a few rows is
+    // too short to hand to rayon's sleeping workers.
+    with_pair(|pair| {
+        let mut logits = engine.forward_on(&mut cache, &feed, false, pair);
+        let mut active: Vec<usize> = (0..prompts.len()).collect();
+        for step in 0..budget {
+            let mut next = Vec::new();
+            for (slot, &row) in active.iter().enumerate() {
+                let l = &mut logits[slot * vocab..(slot + 1) * vocab];
+                if opts.ignore_eos {
+                    l[EOS as usize] = f32::NEG_INFINITY;
+                }
+                let (tok, lp) = pick(l, opts, rng);
+                out[row].logprobs.push(lp);
+                if tok == EOS {
+                    out[row].finished = true;
+                } else {
+                    out[row].tokens.push(tok);
+                    next.push((row, tok));
+                }
             }
-            let (tok, lp) = pick(l, opts, rng);
-            out[row].logprobs.push(lp);
-            if tok == EOS {
-                out[row].finished = true;
+            if next.is_empty() || step + 1 == budget {
+                break;
+            }
+            active = next.iter().map(|&(row, _)| row).collect();
+            logits = if opts.use_cache {
+                let toks: Vec<[u32; 1]> = next.iter().map(|&(_, t)| [t]).collect();
+                let feed: Vec<(usize, &[u32])> = next
+                    .iter()
+                    .zip(&toks)
+                    .map(|(&(row, _), t)| (row, t.as_slice()))
+                    .collect();
+                engine.forward_on(&mut cache, &feed, false, pair)
             } else {
-                out[row].tokens.push(tok);
-                next.push((row, tok));
-            }
+                for &(row, tok) in &next {
+                    seqs[row].push(tok);
+                    cache.rows[row].len = 0;
+                }
+                let feed: Vec<(usize, &[u32])> = active
+                    .iter()
+                    .map(|&row| (row, seqs[row].as_slice()))
+                    .collect();
+                engine.forward_on(&mut cache, &feed, false, pair)
+            };
         }
-        if next.is_empty() || step + 1 == budget {
-            break;
-        }
-        active = next.iter().map(|&(row, _)| row).collect();
-        logits = if opts.use_cache {
-            let toks: Vec<[u32; 1]> = next.iter().map(|&(_, t)| [t]).collect();
-            let feed: Vec<(usize, &[u32])> = next
-                .iter()
-                .zip(&toks)
-                .map(|(&(row, _), t)| (row, t.as_slice()))
-                .collect();
-            engine.forward(&mut cache, &feed, false)
-        } else {
-            for &(row, tok) in &next {
-                seqs[row].push(tok);
-                cache.rows[row].len = 0;
-            }
-            let feed: Vec<(usize, &[u32])> = active
-                .iter()
-                .map(|&row| (row, seqs[row].as_slice()))
-                .collect();
-            engine.forward(&mut cache, &feed, false)
-        };
-    }
-    out
+        out
+    })
 }
 
 #[cfg(test)]
