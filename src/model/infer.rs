@@ -126,21 +126,158 @@ avx2_dispatch!(
     fn attend(a: &Query<'_>, scores: &mut [f32], out: &mut [f32]) = attend_generic;
 );
 
+/// Positions whose scores are accumulated in registers at once (four 8-wide vectors).
+const SCORE_BLOCK: usize = 32;
+
+/// Scores of positions `p0 .. p0 + SCORE_BLOCK` for one head: `Σ_i q_i · keys[i][p]`, `keys`
+/// being the head's `[head_dim][ctx]` rows (`p0 + SCORE_BLOCK ≤ ctx`).
+#[inline(always)]
+fn score_block(q: &[f32], keys: &[f32], ctx: usize, p0: usize, out: &mut [f32; SCORE_BLOCK]) {
+    assert!(p0 + SCORE_BLOCK <= ctx && keys.len() >= q.len() * ctx);
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has AVX2 and FMA; the rows read are in bounds (asserted above).
+        return unsafe { score_block_fma(q, keys, ctx, p0, out) };
+    }
+    out.fill(0.0);
+    for (i, &qi) in q.iter().enumerate() {
+        for (o, k) in out.iter_mut().zip(&keys[i * ctx + p0..]) {
+            *o += qi * k;
+        }
+    }
+}
+
+/// [`score_block`] with FMA: even and odd dimensions into two sets of four vector accumulators
+/// (eight independent chains), added at the end.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA; `p0 + SCORE_BLOCK ≤ ctx` and `keys` holds `q.len()` rows of
+/// `ctx`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn score_block_fma(
+    q: &[f32],
+    keys: &[f32],
+    ctx: usize,
+    p0: usize,
+    out: &mut [f32; SCORE_BLOCK],
+) {
+    use std::arch::x86_64::*;
+    let k = keys.as_ptr();
+    let (mut even, mut odd) = ([_mm256_setzero_ps(); 4], [_mm256_setzero_ps(); 4]);
+    // Row i's positions p0 .. p0 + 32 into `acc`.
+    macro_rules! row {
+        ($acc:ident, $i:expr) => {
+            let i = $i;
+            let x = _mm256_set1_ps(q[i]);
+            for v in 0..4 {
+                // SAFETY: row i's positions p0 .. p0 + 32 lie inside keys (the caller's
+                // contract).
+                let kv = unsafe { _mm256_loadu_ps(k.add(i * ctx + p0 + 8 * v)) };
+                $acc[v] = _mm256_fmadd_ps(x, kv, $acc[v]);
+            }
+        };
+    }
+    let pairs = q.len() / 2;
+    for c in 0..pairs {
+        row!(even, 2 * c);
+        row!(odd, 2 * c + 1);
+    }
+    if q.len() % 2 == 1 {
+        row!(even, q.len() - 1);
+    }
+    for v in 0..4 {
+        let sum = _mm256_add_ps(even[v], odd[v]);
+        // SAFETY: out holds 32 floats.
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(8 * v), sum) };
+    }
+}
+
+/// `out = Σ_p w_p · values[p][off .. off + 64]`, scaled by `inv`, for a head size of 64: eight
+/// vector accumulators over all positions (FMA where the CPU has it).
+#[inline(always)]
+fn weighted_values_64(w: &[f32], values: &[f32], d: usize, off: usize, inv: f32, out: &mut [f32]) {
+    assert!(off + 64 <= d && values.len() >= w.len() * d && out.len() >= 64);
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has AVX2 and FMA; bounds asserted above.
+        return unsafe { weighted_values_64_fma(w, values, d, off, inv, out) };
+    }
+    weighted_values(w, values, d, off, inv, &mut out[..64]);
+}
+
+/// # Safety
+/// The CPU must have AVX2 and FMA; `off + 64 ≤ d`, `values` holds `w.len()` rows of `d`, `out`
+/// at least 64 floats.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn weighted_values_64_fma(
+    w: &[f32],
+    values: &[f32],
+    d: usize,
+    off: usize,
+    inv: f32,
+    out: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let v = values.as_ptr();
+    let mut acc = [_mm256_setzero_ps(); 8];
+    for (p, &wp) in w.iter().enumerate() {
+        let x = _mm256_set1_ps(wp);
+        for (j, a) in acc.iter_mut().enumerate() {
+            // SAFETY: row p's floats off .. off + 64 lie inside values (the caller's contract).
+            let vv = unsafe { _mm256_loadu_ps(v.add(p * d + off + 8 * j)) };
+            *a = _mm256_fmadd_ps(x, vv, *a);
+        }
+    }
+    let scale = _mm256_set1_ps(inv);
+    for (j, a) in acc.iter().enumerate() {
+        // SAFETY: out holds at least 64 floats.
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(8 * j), _mm256_mul_ps(*a, scale)) };
+    }
+}
+
+/// `out = Σ_p w_p · values[p][off .. off + out.len()]`, scaled by `inv`.
+#[inline(always)]
+fn weighted_values(w: &[f32], values: &[f32], d: usize, off: usize, inv: f32, out: &mut [f32]) {
+    let hd = out.len();
+    out.fill(0.0);
+    for (&p, v) in w.iter().zip(values.chunks_exact(d)) {
+        for (oi, vi) in out.iter_mut().zip(&v[off..off + hd]) {
+            *oi += p * vi;
+        }
+    }
+    out.iter_mut().for_each(|oi| *oi *= inv);
+}
+
 #[inline(always)]
 fn attend_generic(a: &Query<'_>, scores: &mut [f32], out: &mut [f32]) {
     let d = a.q.len();
     let hd = d / a.heads;
     let ctx = a.keys.len() / d;
-    out.fill(0.0);
+    let mut q = vec![0.0f32; hd];
     for hh in 0..a.heads {
         let s = &mut scores[..a.len];
-        s.fill(0.0);
-        for (i, &qi) in a.q[hh * hd..(hh + 1) * hd].iter().enumerate() {
-            let row = &a.keys[(hh * hd + i) * ctx..(hh * hd + i) * ctx + a.len];
-            let qs = qi * a.scale;
-            for (sj, &kj) in s.iter_mut().zip(row) {
-                *sj += qs * kj;
-            }
+        for (qs, qi) in q.iter_mut().zip(&a.q[hh * hd..(hh + 1) * hd]) {
+            *qs = qi * a.scale;
+        }
+        let keys = &a.keys[hh * hd * ctx..(hh + 1) * hd * ctx];
+        // Whole blocks; the last one may run past `len` (into the cache's unused, initialised
+        // positions, whose scores are dropped) while it stays inside the context.
+        let mut p0 = 0;
+        while p0 < a.len && p0 + SCORE_BLOCK <= ctx {
+            let mut block = [0.0f32; SCORE_BLOCK];
+            score_block(&q, keys, ctx, p0, &mut block);
+            let n = SCORE_BLOCK.min(a.len - p0);
+            s[p0..p0 + n].copy_from_slice(&block[..n]);
+            p0 += SCORE_BLOCK;
+        }
+        for (p, sp) in s.iter_mut().enumerate().skip(p0) {
+            *sp = q
+                .iter()
+                .enumerate()
+                .map(|(i, qi)| qi * keys[i * ctx + p])
+                .sum();
         }
         let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let mut sum = 0.0;
@@ -148,12 +285,11 @@ fn attend_generic(a: &Query<'_>, scores: &mut [f32], out: &mut [f32]) {
             *sj = exp(*sj - max);
             sum += *sj;
         }
-        let o = &mut out[hh * hd..(hh + 1) * hd];
-        for (&p, v) in s.iter().zip(a.values.chunks_exact(d)) {
-            let w = p / sum;
-            for (oi, vi) in o.iter_mut().zip(&v[hh * hd..(hh + 1) * hd]) {
-                *oi += w * vi;
-            }
+        let (o, off, inv) = (&mut out[hh * hd..(hh + 1) * hd], hh * hd, 1.0 / sum);
+        if hd == 64 {
+            weighted_values_64(s, a.values, d, off, inv, o);
+        } else {
+            weighted_values(s, a.values, d, off, inv, o);
         }
     }
 }
@@ -414,5 +550,71 @@ impl Engine {
         let mut logits = vec![0.0f32; rows * self.vocab];
         self.head.matmul(&mut logits, &hn, rows, false, threads);
         logits
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Attention of one query written out directly from the definition.
+    fn naive(a: &Query<'_>) -> Vec<f32> {
+        let d = a.q.len();
+        let hd = d / a.heads;
+        let ctx = a.keys.len() / d;
+        let mut out = vec![0.0f32; d];
+        for h in 0..a.heads {
+            let s: Vec<f32> = (0..a.len)
+                .map(|p| {
+                    (0..hd)
+                        .map(|i| a.q[h * hd + i] * a.keys[(h * hd + i) * ctx + p])
+                        .sum::<f32>()
+                        * a.scale
+                })
+                .collect();
+            let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let e: Vec<f32> = s.iter().map(|x| (x - max).exp()).collect();
+            let sum: f32 = e.iter().sum();
+            for i in 0..hd {
+                out[h * hd + i] = (0..a.len)
+                    .map(|p| e[p] * a.values[p * d + h * hd + i])
+                    .sum::<f32>()
+                    / sum;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn attention_kernels_match_the_definition() {
+        // Head sizes with and without the dedicated kernels; lengths that end inside a block,
+        // on a block edge, and in a tail too close to the context's end for a whole block.
+        for (heads, hd, ctx, len) in [
+            (2, 64, 80, 50),
+            (2, 64, 80, 64),
+            (2, 64, 80, 75),
+            (3, 8, 40, 7),
+            (1, 33, 70, 69),
+        ] {
+            let d = heads * hd;
+            let val = |i: usize, m: usize| ((i * m) % 23) as f32 / 11.0 - 1.0;
+            let q: Vec<f32> = (0..d).map(|i| val(i, 7)).collect();
+            let keys: Vec<f32> = (0..d * ctx).map(|i| val(i, 13)).collect();
+            let values: Vec<f32> = (0..len * d).map(|i| val(i, 17)).collect();
+            let query = Query {
+                q: &q,
+                keys: &keys,
+                values: &values,
+                len,
+                heads,
+                scale: 0.3,
+            };
+            let mut scores = vec![0.0f32; ctx];
+            let mut got = vec![f32::NAN; d];
+            attend(&query, &mut scores, &mut got);
+            for (x, y) in naive(&query).iter().zip(&got) {
+                assert!((x - y).abs() < 1e-5, "hd {hd}, len {len}: {x} vs {y}");
+            }
+        }
     }
 }
