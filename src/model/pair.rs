@@ -58,13 +58,15 @@ impl Pair {
     {
         let theirs = Mutex::new(Some(theirs));
         let result = Mutex::new(None);
+        // A panic in `theirs` is caught on the helper and resumed here, as rayon::join does.
         let job = || {
             let f = theirs
                 .lock()
                 .expect("job lock")
                 .take()
                 .expect("each job runs once");
-            *result.lock().expect("result lock") = Some(f());
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+            *result.lock().expect("result lock") = Some(r);
         };
         let job: &(dyn Fn() + Sync) = &job;
         // SAFETY: the lifetime is erased only for the helper's call, which finishes before
@@ -89,7 +91,10 @@ impl Pair {
             .into_inner()
             .expect("result lock")
             .expect("the helper ran the job");
-        (a, b)
+        match b {
+            Ok(b) => (a, b),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
     }
 
     /// The helper's loop: run each new epoch's job until stopped.
@@ -105,7 +110,8 @@ impl Pair {
             // SAFETY: the caller wrote `job` before publishing this epoch (observed with
             // Acquire) and keeps the closure alive until `done` reaches it.
             let job = unsafe { (*self.job.get()).expect("a job is published with its epoch") };
-            // A panicking job would leave the caller waiting forever: abort instead.
+            // Jobs catch their own panics (see join); one escaping would leave the caller
+            // waiting forever, so abort instead.
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 // SAFETY: as above, the closure is alive until `done` is set.
                 unsafe { (*job)() }
@@ -179,5 +185,18 @@ mod tests {
             10_000
         };
         assert_eq!(total.load(Ordering::Relaxed), expected);
+    }
+
+    #[test]
+    fn a_panic_on_the_helper_reaches_the_caller_and_the_pair_still_works() {
+        with_pair(|pair| {
+            let Some(pair) = pair else { return };
+            let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                pair.join(|| 1, || -> u32 { panic!("helper half failed") })
+            }));
+            let message = caught.expect_err("the panic is resumed on the caller");
+            assert_eq!(message.downcast_ref::<&str>(), Some(&"helper half failed"));
+            assert_eq!(pair.join(|| 2, || 3), (2, 3));
+        });
     }
 }
