@@ -199,19 +199,6 @@ unsafe fn score_block_fma(
     }
 }
 
-/// `out = Σ_p w_p · values[p][off .. off + 64]`, scaled by `inv`, for a head size of 64: eight
-/// vector accumulators over all positions (FMA where the CPU has it).
-#[inline(always)]
-fn weighted_values_64(w: &[f32], values: &[f32], d: usize, off: usize, inv: f32, out: &mut [f32]) {
-    assert!(off + 64 <= d && values.len() >= w.len() * d && out.len() >= 64);
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has AVX2 and FMA; bounds asserted above.
-        return unsafe { weighted_values_64_fma(w, values, d, off, inv, out) };
-    }
-    weighted_values(w, values, d, off, inv, &mut out[..64]);
-}
-
 /// # Safety
 /// The CPU must have AVX2 and FMA; `off + 64 ≤ d`, `values` holds `w.len()` rows of `d`, `out`
 /// at least 64 floats.
@@ -243,10 +230,17 @@ unsafe fn weighted_values_64_fma(
     }
 }
 
-/// `out = Σ_p w_p · values[p][off .. off + out.len()]`, scaled by `inv`.
+/// `out = Σ_p w_p · values[p][off .. off + out.len()]`, scaled by `inv` (a head size of 64 on
+/// the FMA kernel where the CPU has it).
 #[inline(always)]
 fn weighted_values(w: &[f32], values: &[f32], d: usize, off: usize, inv: f32, out: &mut [f32]) {
     let hd = out.len();
+    assert!(off + hd <= d && values.len() >= w.len() * d);
+    #[cfg(target_arch = "x86_64")]
+    if hd == 64 && std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has AVX2 and FMA; bounds asserted above.
+        return unsafe { weighted_values_64_fma(w, values, d, off, inv, out) };
+    }
     out.fill(0.0);
     for (&p, v) in w.iter().zip(values.chunks_exact(d)) {
         for (oi, vi) in out.iter_mut().zip(&v[off..off + hd]) {
@@ -291,12 +285,8 @@ fn attend_generic(a: &Query<'_>, scores: &mut [f32], out: &mut [f32]) {
             *sj = exp(*sj - max);
             sum += *sj;
         }
-        let (o, off, inv) = (&mut out[hh * hd..(hh + 1) * hd], hh * hd, 1.0 / sum);
-        if hd == 64 {
-            weighted_values_64(s, a.values, d, off, inv, o);
-        } else {
-            weighted_values(s, a.values, d, off, inv, o);
-        }
+        let o = &mut out[hh * hd..(hh + 1) * hd];
+        weighted_values(s, a.values, d, hh * hd, 1.0 / sum, o);
     }
 }
 
