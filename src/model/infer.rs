@@ -51,13 +51,40 @@ pub struct Engine {
     sin: Vec<f32>,
 }
 
-/// One sequence's keys (`[layer][d][ctx]`, transposed) and values (`[layer][position][d]`),
-/// allocated for the whole context.
+/// One sequence's keys and values for every layer, allocated for the whole context. Both are
+/// head-major, so that attention reads each head's as one contiguous run: keys in blocks of
+/// [`KEY_BLOCK`] positions transposed within the block (`[layer][head][block][head_dim]
+/// [KEY_BLOCK]`: a block's scores are vector products with no horizontal sums), values
+/// `[layer][head][position][head_dim]`.
 pub struct RowCache {
-    k: Vec<f32>,
-    v: Vec<f32>,
+    k: Lines,
+    v: Lines,
     /// Positions filled.
     pub len: usize,
+}
+
+/// Zeroed floats starting on a cache line (64 bytes), so that a key block's rows of
+/// [`KEY_BLOCK`] positions are whole lines.
+struct Lines {
+    buf: Vec<f32>,
+    start: usize,
+    len: usize,
+}
+
+impl Lines {
+    fn zeroed(len: usize) -> Lines {
+        let buf = vec![0.0f32; len + 15];
+        let start = buf.as_ptr().align_offset(64).min(15);
+        Lines { buf, start, len }
+    }
+
+    fn get(&self) -> &[f32] {
+        &self.buf[self.start..self.start + self.len]
+    }
+
+    fn get_mut(&mut self) -> &mut [f32] {
+        &mut self.buf[self.start..self.start + self.len]
+    }
 }
 
 /// The KV cache of a batch of sequences. Rows are independent, so a batch can be split
@@ -115,9 +142,8 @@ fn rms_norm(x: &[f32], g: &[f32], eps: f32, out: &mut [f32]) {
 }
 
 /// Attention of one query (all heads; `q` is `heads · head_dim`) over the first `len`
-/// positions of a layer's cache: `keys` transposed per head (`[head][dim][ctx]`, so the scores
-/// of consecutive positions are one vector product with no horizontal sums) and `values`
-/// (`[position][heads · head_dim]`).
+/// positions of a layer's cache, laid out as in [`RowCache`]: `keys` `[head][block][head_dim]
+/// [KEY_BLOCK]` and `values` `[head][position][head_dim]`, for the same context.
 struct Query<'a> {
     q: &'a [f32],
     keys: &'a [f32],
@@ -132,54 +158,61 @@ avx2_dispatch!(
     fn attend(a: &Query<'_>, scores: &mut [f32], out: &mut [f32]) = attend_generic;
 );
 
-/// Positions whose scores are accumulated in registers at once (four 8-wide vectors).
-const SCORE_BLOCK: usize = 32;
+/// Positions per key block, whose scores are accumulated in registers at once (up to four
+/// 8-wide vectors).
+const KEY_BLOCK: usize = 32;
 
-/// Scores of positions `p0 .. p0 + SCORE_BLOCK` for one head: `Σ_i q_i · keys[i][p]`, `keys`
-/// being the head's `[head_dim][ctx]` rows (`p0 + SCORE_BLOCK ≤ ctx`).
+/// Scores of a key block's first `out.len()` positions (at most [`KEY_BLOCK`]) for one head:
+/// `Σ_i q_i · block[i][p]`, `block` being the head's `[head_dim][KEY_BLOCK]` keys of the block.
 #[inline(always)]
-fn score_block(q: &[f32], keys: &[f32], ctx: usize, p0: usize, out: &mut [f32; SCORE_BLOCK]) {
-    assert!(p0 + SCORE_BLOCK <= ctx && keys.len() >= q.len() * ctx);
+fn score_block(q: &[f32], block: &[f32], out: &mut [f32]) {
+    let n = out.len();
+    assert!(n <= KEY_BLOCK && block.len() >= q.len() * KEY_BLOCK);
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has AVX2 and FMA; the rows read are in bounds (asserted above).
-        return unsafe { score_block_fma(q, keys, ctx, p0, out) };
+        let mut all = [0.0f32; KEY_BLOCK];
+        // SAFETY: the CPU has AVX2 and FMA; the block holds q.len() rows of KEY_BLOCK
+        // (asserted above).
+        unsafe {
+            match n.div_ceil(8) {
+                0 | 1 => score_block_fma::<1>(q, block, &mut all),
+                2 => score_block_fma::<2>(q, block, &mut all),
+                3 => score_block_fma::<3>(q, block, &mut all),
+                _ => score_block_fma::<4>(q, block, &mut all),
+            }
+        }
+        out.copy_from_slice(&all[..n]);
+        return;
     }
     out.fill(0.0);
-    for (i, &qi) in q.iter().enumerate() {
-        for (o, k) in out.iter_mut().zip(&keys[i * ctx + p0..]) {
+    for (&qi, keys) in q.iter().zip(block.chunks_exact(KEY_BLOCK)) {
+        for (o, k) in out.iter_mut().zip(keys) {
             *o += qi * k;
         }
     }
 }
 
-/// [`score_block`] with FMA: even and odd dimensions into two sets of four vector accumulators
-/// (eight independent chains), added at the end.
+/// [`score_block`] for the block's first `8·V` positions with FMA: even and odd dimensions
+/// into two sets of `V` vector accumulators, added at the end (only the rows' first `V`
+/// vectors are read, so a block's unused cache lines are not fetched).
 ///
 /// # Safety
-/// The CPU must have AVX2 and FMA; `p0 + SCORE_BLOCK ≤ ctx` and `keys` holds `q.len()` rows of
-/// `ctx`.
+/// The CPU must have AVX2 and FMA; `block` holds `q.len()` rows of [`KEY_BLOCK`]; `V ≤ 4`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn score_block_fma(
-    q: &[f32],
-    keys: &[f32],
-    ctx: usize,
-    p0: usize,
-    out: &mut [f32; SCORE_BLOCK],
-) {
+unsafe fn score_block_fma<const V: usize>(q: &[f32], block: &[f32], out: &mut [f32; KEY_BLOCK]) {
     use std::arch::x86_64::*;
-    let k = keys.as_ptr();
-    let (mut even, mut odd) = ([_mm256_setzero_ps(); 4], [_mm256_setzero_ps(); 4]);
-    // Row i's positions p0 .. p0 + 32 into `acc`.
+    let k = block.as_ptr();
+    let (mut even, mut odd) = ([_mm256_setzero_ps(); V], [_mm256_setzero_ps(); V]);
+    // Row i's first V vectors into `acc`.
     macro_rules! row {
         ($acc:ident, $i:expr) => {
             let i = $i;
             let x = _mm256_set1_ps(q[i]);
-            for v in 0..4 {
-                // SAFETY: row i's positions p0 .. p0 + 32 lie inside keys (the caller's
-                // contract).
-                let kv = unsafe { _mm256_loadu_ps(k.add(i * ctx + p0 + 8 * v)) };
+            for v in 0..V {
+                // SAFETY: row i's floats 0 .. 8·V ≤ KEY_BLOCK lie inside the block (the
+                // caller's contract).
+                let kv = unsafe { _mm256_loadu_ps(k.add(i * KEY_BLOCK + 8 * v)) };
                 $acc[v] = _mm256_fmadd_ps(x, kv, $acc[v]);
             }
         };
@@ -192,58 +225,50 @@ unsafe fn score_block_fma(
     if q.len() % 2 == 1 {
         row!(even, q.len() - 1);
     }
-    for v in 0..4 {
+    for v in 0..V {
         let sum = _mm256_add_ps(even[v], odd[v]);
-        // SAFETY: out holds 32 floats.
+        // SAFETY: out holds KEY_BLOCK ≥ 8·V floats.
         unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(8 * v), sum) };
     }
 }
 
 /// # Safety
-/// The CPU must have AVX2 and FMA; `off + 64 ≤ d`, `values` holds `w.len()` rows of `d`, `out`
-/// at least 64 floats.
+/// The CPU must have AVX2 and FMA; `values` holds `w.len()` rows of 64, `out` 64 floats.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn weighted_values_64_fma(
-    w: &[f32],
-    values: &[f32],
-    d: usize,
-    off: usize,
-    inv: f32,
-    out: &mut [f32],
-) {
+unsafe fn weighted_values_64_fma(w: &[f32], values: &[f32], inv: f32, out: &mut [f32]) {
     use std::arch::x86_64::*;
     let v = values.as_ptr();
     let mut acc = [_mm256_setzero_ps(); 8];
     for (p, &wp) in w.iter().enumerate() {
         let x = _mm256_set1_ps(wp);
         for (j, a) in acc.iter_mut().enumerate() {
-            // SAFETY: row p's floats off .. off + 64 lie inside values (the caller's contract).
-            let vv = unsafe { _mm256_loadu_ps(v.add(p * d + off + 8 * j)) };
+            // SAFETY: row p's 64 floats lie inside values (the caller's contract).
+            let vv = unsafe { _mm256_loadu_ps(v.add(p * 64 + 8 * j)) };
             *a = _mm256_fmadd_ps(x, vv, *a);
         }
     }
     let scale = _mm256_set1_ps(inv);
     for (j, a) in acc.iter().enumerate() {
-        // SAFETY: out holds at least 64 floats.
+        // SAFETY: out holds 64 floats.
         unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(8 * j), _mm256_mul_ps(*a, scale)) };
     }
 }
 
-/// `out = Σ_p w_p · values[p][off .. off + out.len()]`, scaled by `inv` (a head size of 64 on
-/// the FMA kernel where the CPU has it).
+/// `out = Σ_p w_p · values[p]`, scaled by `inv`, `values` being rows of `out.len()` (a head
+/// size of 64 on the FMA kernel where the CPU has it).
 #[inline(always)]
-fn weighted_values(w: &[f32], values: &[f32], d: usize, off: usize, inv: f32, out: &mut [f32]) {
+fn weighted_values(w: &[f32], values: &[f32], inv: f32, out: &mut [f32]) {
     let hd = out.len();
-    assert!(off + hd <= d && values.len() >= w.len() * d);
+    assert!(values.len() >= w.len() * hd);
     #[cfg(target_arch = "x86_64")]
     if hd == 64 && std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU has AVX2 and FMA; bounds asserted above.
-        return unsafe { weighted_values_64_fma(w, values, d, off, inv, out) };
+        return unsafe { weighted_values_64_fma(w, values, inv, out) };
     }
     out.fill(0.0);
-    for (&p, v) in w.iter().zip(values.chunks_exact(d)) {
-        for (oi, vi) in out.iter_mut().zip(&v[off..off + hd]) {
+    for (&p, v) in w.iter().zip(values.chunks_exact(hd)) {
+        for (oi, vi) in out.iter_mut().zip(v) {
             *oi += p * vi;
         }
     }
@@ -254,30 +279,20 @@ fn weighted_values(w: &[f32], values: &[f32], d: usize, off: usize, inv: f32, ou
 fn attend_generic(a: &Query<'_>, scores: &mut [f32], out: &mut [f32]) {
     let d = a.q.len();
     let hd = d / a.heads;
-    let ctx = a.keys.len() / d;
+    let head_keys = a.keys.len() / a.heads;
+    let head_values = a.values.len() / a.heads;
     let mut q = vec![0.0f32; hd];
     for hh in 0..a.heads {
         let s = &mut scores[..a.len];
         for (qs, qi) in q.iter_mut().zip(&a.q[hh * hd..(hh + 1) * hd]) {
             *qs = qi * a.scale;
         }
-        let keys = &a.keys[hh * hd * ctx..(hh + 1) * hd * ctx];
-        // Whole blocks; the last one may run past `len` (into the cache's unused, initialised
-        // positions, whose scores are dropped) while it stays inside the context.
-        let mut p0 = 0;
-        while p0 < a.len && p0 + SCORE_BLOCK <= ctx {
-            let mut block = [0.0f32; SCORE_BLOCK];
-            score_block(&q, keys, ctx, p0, &mut block);
-            let n = SCORE_BLOCK.min(a.len - p0);
-            s[p0..p0 + n].copy_from_slice(&block[..n]);
-            p0 += SCORE_BLOCK;
-        }
-        for (p, sp) in s.iter_mut().enumerate().skip(p0) {
-            *sp = q
-                .iter()
-                .enumerate()
-                .map(|(i, qi)| qi * keys[i * ctx + p])
-                .sum();
+        let keys = &a.keys[hh * head_keys..(hh + 1) * head_keys];
+        for (block, s) in keys
+            .chunks_exact(hd * KEY_BLOCK)
+            .zip(s.chunks_mut(KEY_BLOCK))
+        {
+            score_block(&q, block, s);
         }
         let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let mut sum = 0.0;
@@ -286,7 +301,8 @@ fn attend_generic(a: &Query<'_>, scores: &mut [f32], out: &mut [f32]) {
             sum += *sj;
         }
         let o = &mut out[hh * hd..(hh + 1) * hd];
-        weighted_values(s, a.values, d, hh * hd, 1.0 / sum, o);
+        let values = &a.values[hh * head_values..(hh + 1) * head_values];
+        weighted_values(s, values, 1.0 / sum, o);
     }
 }
 
@@ -356,16 +372,21 @@ impl Engine {
 
     /// An empty cache for `rows` sequences.
     pub fn cache(&self, rows: usize) -> Cache {
-        let size = self.layers.len() * self.ctx * self.d;
+        let layers = self.layers.len();
         Cache {
             rows: (0..rows)
                 .map(|_| RowCache {
-                    k: vec![0.0; size],
-                    v: vec![0.0; size],
+                    k: Lines::zeroed(layers * self.layer_keys()),
+                    v: Lines::zeroed(layers * self.ctx * self.d),
                     len: 0,
                 })
                 .collect(),
         }
+    }
+
+    /// Floats of one layer's keys in a [`RowCache`] (whole blocks of [`KEY_BLOCK`]).
+    fn layer_keys(&self) -> usize {
+        self.ctx.div_ceil(KEY_BLOCK) * KEY_BLOCK * self.d
     }
 
     /// Feed `tokens` to each listed row of the cache (appended after what the row holds) and
@@ -483,32 +504,40 @@ impl Engine {
         let mut gu = vec![0.0f32; n * 2 * m];
         let mut act = vec![0.0f32; n * m];
         let mut scores = vec![0.0f32; self.ctx];
+        let (layer_keys, layer_values) = (self.layer_keys(), self.ctx * d);
         let scale = 1.0 / (hd as f32).sqrt();
         for (li, l) in self.layers.iter().enumerate() {
             rms_norm(&x, &l.attn_norm, l.attn_eps, &mut h);
             l.qkv.matmul(&mut qkv, &h, n, false, threads);
             // RoPE on queries and keys; keys and values into the cache.
-            let layer = li * self.ctx * d;
+            let (keys, values) = (li * layer_keys, li * layer_values);
             for (t, &(job, pos)) in at.iter().enumerate() {
                 let cs = &self.cos[pos * half..(pos + 1) * half];
                 let sn = &self.sin[pos * half..(pos + 1) * half];
                 let r = &mut qkv[t * 3 * d..(t + 1) * 3 * d];
                 rope(&mut r[..2 * d], hd, cs, sn);
-                let o = layer + pos * d;
                 let rc = &mut *jobs[job].0;
-                // Keys transposed: dimension c of the layer's keys is row c of [d][ctx].
-                for (c, &kc) in r[d..2 * d].iter().enumerate() {
-                    rc.k[layer + c * self.ctx + pos] = kc;
+                let (block, lane) = (pos / KEY_BLOCK, pos % KEY_BLOCK);
+                let k = rc.k.get_mut();
+                for (h, key) in r[d..2 * d].chunks_exact(hd).enumerate() {
+                    let at = keys + h * (layer_keys / self.heads) + block * hd * KEY_BLOCK + lane;
+                    for (i, &ki) in key.iter().enumerate() {
+                        k[at + i * KEY_BLOCK] = ki;
+                    }
                 }
-                rc.v[o..o + d].copy_from_slice(&r[2 * d..]);
+                let v = rc.v.get_mut();
+                for (h, value) in r[2 * d..].chunks_exact(hd).enumerate() {
+                    let at = values + (h * self.ctx + pos) * hd;
+                    v[at..at + hd].copy_from_slice(value);
+                }
             }
             // Causal attention of each new token over its row's cache.
             for (t, &(job, pos)) in at.iter().enumerate() {
                 let rc = &*jobs[job].0;
                 let query = Query {
                     q: &qkv[t * 3 * d..t * 3 * d + d],
-                    keys: &rc.k[layer..layer + self.ctx * d],
-                    values: &rc.v[layer..layer + (pos + 1) * d],
+                    keys: &rc.k.get()[keys..keys + layer_keys],
+                    values: &rc.v.get()[values..values + layer_values],
                     len: pos + 1,
                     heads: self.heads,
                     scale,
@@ -549,27 +578,26 @@ impl Engine {
 mod tests {
     use super::*;
 
-    /// Attention of one query written out directly from the definition.
-    fn naive(a: &Query<'_>) -> Vec<f32> {
+    /// Attention of one query written out directly from the definition, over a cache laid out
+    /// as in [`RowCache`] for a context of `ctx`.
+    fn naive(a: &Query<'_>, ctx: usize) -> Vec<f32> {
         let d = a.q.len();
         let hd = d / a.heads;
-        let ctx = a.keys.len() / d;
+        let blocks = ctx.div_ceil(KEY_BLOCK);
+        let key = |h: usize, i: usize, p: usize| {
+            a.keys[((h * blocks + p / KEY_BLOCK) * hd + i) * KEY_BLOCK + p % KEY_BLOCK]
+        };
         let mut out = vec![0.0f32; d];
         for h in 0..a.heads {
             let s: Vec<f32> = (0..a.len)
-                .map(|p| {
-                    (0..hd)
-                        .map(|i| a.q[h * hd + i] * a.keys[(h * hd + i) * ctx + p])
-                        .sum::<f32>()
-                        * a.scale
-                })
+                .map(|p| (0..hd).map(|i| a.q[h * hd + i] * key(h, i, p)).sum::<f32>() * a.scale)
                 .collect();
             let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let e: Vec<f32> = s.iter().map(|x| (x - max).exp()).collect();
             let sum: f32 = e.iter().sum();
             for i in 0..hd {
                 out[h * hd + i] = (0..a.len)
-                    .map(|p| e[p] * a.values[p * d + h * hd + i])
+                    .map(|p| e[p] * a.values[(h * ctx + p) * hd + i])
                     .sum::<f32>()
                     / sum;
             }
@@ -579,20 +607,24 @@ mod tests {
 
     #[test]
     fn attention_kernels_match_the_definition() {
-        // Head sizes with and without the dedicated kernels; lengths that end inside a block,
-        // on a block edge, and in a tail too close to the context's end for a whole block.
+        // Head sizes with and without the dedicated kernels; lengths that end in each quarter
+        // of a block (the kernels read one to four vectors of the last one), on a block edge,
+        // and in a last block that runs past the context.
         for (heads, hd, ctx, len) in [
+            (2, 64, 80usize, 5),
             (2, 64, 80, 50),
             (2, 64, 80, 64),
             (2, 64, 80, 75),
+            (2, 64, 128, 128),
             (3, 8, 40, 7),
             (1, 33, 70, 69),
         ] {
             let d = heads * hd;
             let val = |i: usize, m: usize| ((i * m) % 23) as f32 / 11.0 - 1.0;
             let q: Vec<f32> = (0..d).map(|i| val(i, 7)).collect();
-            let keys: Vec<f32> = (0..d * ctx).map(|i| val(i, 13)).collect();
-            let values: Vec<f32> = (0..len * d).map(|i| val(i, 17)).collect();
+            let blocks = ctx.div_ceil(KEY_BLOCK);
+            let keys: Vec<f32> = (0..blocks * KEY_BLOCK * d).map(|i| val(i, 13)).collect();
+            let values: Vec<f32> = (0..ctx * d).map(|i| val(i, 17)).collect();
             let query = Query {
                 q: &q,
                 keys: &keys,
@@ -604,7 +636,7 @@ mod tests {
             let mut scores = vec![0.0f32; ctx];
             let mut got = vec![f32::NAN; d];
             attend(&query, &mut scores, &mut got);
-            for (x, y) in naive(&query).iter().zip(&got) {
+            for (x, y) in naive(&query, ctx).iter().zip(&got) {
                 assert!((x - y).abs() < 1e-5, "hd {hd}, len {len}: {x} vs {y}");
             }
         }
