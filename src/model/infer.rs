@@ -509,7 +509,8 @@ impl Engine {
         for (li, l) in self.layers.iter().enumerate() {
             rms_norm(&x, &l.attn_norm, l.attn_eps, &mut h);
             l.qkv.matmul(&mut qkv, &h, n, false, threads);
-            // RoPE on queries and keys; keys and values into the cache.
+            // For each new token: RoPE on its query and key, key and value into the cache,
+            // attention.
             let (keys, values) = (li * layer_keys, li * layer_values);
             for (t, &(job, pos)) in at.iter().enumerate() {
                 let cs = &self.cos[pos * half..(pos + 1) * half];
@@ -530,10 +531,10 @@ impl Engine {
                     let at = values + (h * self.ctx + pos) * hd;
                     v[at..at + hd].copy_from_slice(value);
                 }
-            }
-            // Causal attention of each new token over its row's cache.
-            for (t, &(job, pos)) in at.iter().enumerate() {
-                let rc = &*jobs[job].0;
+                // Causal attention over the row's cache, right after the writes, which have
+                // brought the lines of the key's block into cache for it (a row's tokens come
+                // in order, so its earlier ones are already written).
+                let rc = &*rc;
                 let query = Query {
                     q: &qkv[t * 3 * d..t * 3 * d + d],
                     keys: &rc.k.get()[keys..keys + layer_keys],
