@@ -245,6 +245,6 @@ fn engine_prefill_larger_than_one_pass_keeps_every_row_in_order() {
         let want = full_logits(&model, s, &device);
         let d = max_diff(&want[(s.len() - 1) * v..], &last[r * v..(r + 1) * v]);
         assert!(d < 1e-4, "row {r}: max abs diff {d}");
-        assert_eq!(cache.rows[r].len, s.len());
+        assert_eq!(cache.len(r), s.len());
     }
 }

@@ -7,6 +7,7 @@
 //! relative, so the logits equal the padded reference's). `tests/model_decode.rs` checks logits,
 //! log-probabilities and greedy tokens against the burn path.
 
+use super::arena::Floats;
 use super::attention::{rope_table, rotate};
 use super::fused::{self, exp};
 use super::packed::{Packed, Threads};
@@ -51,46 +52,50 @@ pub struct Engine {
     sin: Vec<f32>,
 }
 
-/// One sequence's keys and values for every layer, allocated for the whole context. Both are
-/// head-major, so that attention reads each head's as one contiguous run: keys in blocks of
-/// [`KEY_BLOCK`] positions transposed within the block (`[layer][head][block][head_dim]
-/// [KEY_BLOCK]`: a block's scores are vector products with no horizontal sums), values
-/// `[layer][head][position][head_dim]`.
-pub struct RowCache {
-    k: Lines,
-    v: Lines,
-    /// Positions filled.
-    pub len: usize,
-}
-
-/// Zeroed floats starting on a cache line (64 bytes), so that a key block's rows of
-/// [`KEY_BLOCK`] positions are whole lines.
-struct Lines {
-    buf: Vec<f32>,
-    start: usize,
-    len: usize,
-}
-
-impl Lines {
-    fn zeroed(len: usize) -> Lines {
-        let buf = vec![0.0f32; len + 15];
-        let start = buf.as_ptr().align_offset(64).min(15);
-        Lines { buf, start, len }
-    }
-
-    fn get(&self) -> &[f32] {
-        &self.buf[self.start..self.start + self.len]
-    }
-
-    fn get_mut(&mut self) -> &mut [f32] {
-        &mut self.buf[self.start..self.start + self.len]
-    }
-}
-
-/// The KV cache of a batch of sequences. Rows are independent, so a batch can be split
-/// between threads.
+/// The KV cache of a batch of sequences, allocated for the whole context in two buffers on
+/// huge pages ([`Floats`]). A row's keys and values for every layer are laid out so that one
+/// attention reads each as one contiguous run (short runs scattered over tens of MB are
+/// what made attention slow): per layer, keys in blocks of [`KEY_BLOCK`] positions, every
+/// head's transposed within the block (`[block][head][head_dim][KEY_BLOCK]`: a block's scores
+/// are vector products with no horizontal sums), and values `[position][heads · head_dim]`.
+/// Rows are independent, so a batch can be split between threads.
 pub struct Cache {
-    pub rows: Vec<RowCache>,
+    k: Floats,
+    v: Floats,
+    /// Positions filled, per row.
+    lens: Vec<usize>,
+    /// Floats of one row's keys and of its values.
+    row_k: usize,
+    row_v: usize,
+}
+
+impl Cache {
+    /// Positions filled in `row`.
+    pub fn len(&self, row: usize) -> usize {
+        self.lens[row]
+    }
+
+    /// Forget what `row` holds (it is refilled from its start).
+    pub fn clear(&mut self, row: usize) {
+        self.lens[row] = 0;
+    }
+
+    /// Each row's part, for the rows to be fed.
+    fn rows(&mut self) -> Vec<Option<RowCache<'_>>> {
+        self.k
+            .chunks_exact_mut(self.row_k)
+            .zip(self.v.chunks_exact_mut(self.row_v))
+            .zip(self.lens.iter_mut())
+            .map(|((k, v), len)| Some(RowCache { k, v, len }))
+            .collect()
+    }
+}
+
+/// One row of a [`Cache`].
+struct RowCache<'a> {
+    k: &'a mut [f32],
+    v: &'a mut [f32],
+    len: &'a mut usize,
 }
 
 /// Tokens fed at once from which a batch is split between threads (below it, waking a thread
@@ -142,8 +147,8 @@ fn rms_norm(x: &[f32], g: &[f32], eps: f32, out: &mut [f32]) {
 }
 
 /// Attention of one query (all heads; `q` is `heads · head_dim`) over the first `len`
-/// positions of a layer's cache, laid out as in [`RowCache`]: `keys` `[head][block][head_dim]
-/// [KEY_BLOCK]` and `values` `[head][position][head_dim]`, for the same context.
+/// positions of a row's layer in the cache, laid out as in [`Cache`]: `keys`
+/// `[block][head][head_dim][KEY_BLOCK]` and `values` `[position][heads · head_dim]`.
 struct Query<'a> {
     q: &'a [f32],
     keys: &'a [f32],
@@ -154,7 +159,8 @@ struct Query<'a> {
 }
 
 avx2_dispatch!(
-    /// Attend with `a`, writing the result to `out` (`scores` is scratch of at least `len`).
+    /// Attend with `a`, writing the result to `out` (`scores` is scratch of at least
+    /// `heads · len`).
     fn attend(a: &Query<'_>, scores: &mut [f32], out: &mut [f32]) = attend_generic;
 );
 
@@ -232,77 +238,97 @@ unsafe fn score_block_fma<const V: usize>(q: &[f32], block: &[f32], out: &mut [f
     }
 }
 
+/// Positions whose values are summed in one pass over the heads (8 KB of a row's values at
+/// the bench's shape, read in order while the pass lasts).
+const VALUE_CHUNK: usize = 8;
+
 /// # Safety
-/// The CPU must have AVX2 and FMA; `values` holds `w.len()` rows of 64, `out` 64 floats.
+/// The CPU must have AVX2 and FMA; `values` holds `w.len()` rows of `stride ≥ 64` floats
+/// (the last one only its first 64), `out` 64 floats.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn weighted_values_64_fma(w: &[f32], values: &[f32], inv: f32, out: &mut [f32]) {
+unsafe fn add_weighted_values_64_fma(w: &[f32], values: &[f32], stride: usize, out: &mut [f32]) {
     use std::arch::x86_64::*;
     let v = values.as_ptr();
     let mut acc = [_mm256_setzero_ps(); 8];
+    for (j, a) in acc.iter_mut().enumerate() {
+        // SAFETY: out holds 64 floats.
+        *a = unsafe { _mm256_loadu_ps(out.as_ptr().add(8 * j)) };
+    }
     for (p, &wp) in w.iter().enumerate() {
         let x = _mm256_set1_ps(wp);
         for (j, a) in acc.iter_mut().enumerate() {
-            // SAFETY: row p's 64 floats lie inside values (the caller's contract).
-            let vv = unsafe { _mm256_loadu_ps(v.add(p * 64 + 8 * j)) };
+            // SAFETY: row p's first 64 floats lie inside values (the caller's contract).
+            let vv = unsafe { _mm256_loadu_ps(v.add(p * stride + 8 * j)) };
             *a = _mm256_fmadd_ps(x, vv, *a);
         }
     }
-    let scale = _mm256_set1_ps(inv);
     for (j, a) in acc.iter().enumerate() {
-        // SAFETY: out holds 64 floats.
-        unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(8 * j), _mm256_mul_ps(*a, scale)) };
+        // SAFETY: as above.
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(8 * j), *a) };
     }
 }
 
-/// `out = Σ_p w_p · values[p]`, scaled by `inv`, `values` being rows of `out.len()` (a head
-/// size of 64 on the FMA kernel where the CPU has it).
+/// `out += Σ_p w_p · values[p · stride ..][.. out.len()]` (a head size of 64 on the FMA kernel
+/// where the CPU has it).
 #[inline(always)]
-fn weighted_values(w: &[f32], values: &[f32], inv: f32, out: &mut [f32]) {
+fn add_weighted_values(w: &[f32], values: &[f32], stride: usize, out: &mut [f32]) {
     let hd = out.len();
-    assert!(values.len() >= w.len() * hd);
+    assert!(w.is_empty() || (stride >= hd && values.len() >= (w.len() - 1) * stride + hd));
     #[cfg(target_arch = "x86_64")]
     if hd == 64 && std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU has AVX2 and FMA; bounds asserted above.
-        return unsafe { weighted_values_64_fma(w, values, inv, out) };
+        return unsafe { add_weighted_values_64_fma(w, values, stride, out) };
     }
-    out.fill(0.0);
-    for (&p, v) in w.iter().zip(values.chunks_exact(hd)) {
-        for (oi, vi) in out.iter_mut().zip(v) {
-            *oi += p * vi;
+    for (p, &wp) in w.iter().enumerate() {
+        for (oi, vi) in out.iter_mut().zip(&values[p * stride..p * stride + hd]) {
+            *oi += wp * vi;
         }
     }
-    out.iter_mut().for_each(|oi| *oi *= inv);
 }
 
 #[inline(always)]
 fn attend_generic(a: &Query<'_>, scores: &mut [f32], out: &mut [f32]) {
-    let d = a.q.len();
-    let hd = d / a.heads;
-    let head_keys = a.keys.len() / a.heads;
-    let head_values = a.values.len() / a.heads;
-    let mut q = vec![0.0f32; hd];
-    for hh in 0..a.heads {
-        let s = &mut scores[..a.len];
-        for (qs, qi) in q.iter_mut().zip(&a.q[hh * hd..(hh + 1) * hd]) {
-            *qs = qi * a.scale;
+    let (d, len, heads) = (a.q.len(), a.len, a.heads);
+    let hd = d / heads;
+    let q: Vec<f32> = a.q.iter().map(|x| x * a.scale).collect();
+    let scores = &mut scores[..heads * len];
+    // Scores in one pass over the keys: blocks in order, each head's part of a block in turn.
+    let block = hd * KEY_BLOCK;
+    for (b, keys) in a
+        .keys
+        .chunks_exact(heads * block)
+        .take(len.div_ceil(KEY_BLOCK))
+        .enumerate()
+    {
+        let (p0, n) = (b * KEY_BLOCK, KEY_BLOCK.min(len - b * KEY_BLOCK));
+        for (h, (qh, kh)) in q.chunks_exact(hd).zip(keys.chunks_exact(block)).enumerate() {
+            score_block(qh, kh, &mut scores[h * len + p0..h * len + p0 + n]);
         }
-        let keys = &a.keys[hh * head_keys..(hh + 1) * head_keys];
-        for (block, s) in keys
-            .chunks_exact(hd * KEY_BLOCK)
-            .zip(s.chunks_mut(KEY_BLOCK))
-        {
-            score_block(&q, block, s);
-        }
+    }
+    // Softmax weights per head, left unnormalised; 1 / their sum scales the output.
+    let mut inv = Vec::with_capacity(heads);
+    for s in scores.chunks_exact_mut(len) {
         let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let mut sum = 0.0;
         for sj in s.iter_mut() {
             *sj = exp(*sj - max);
             sum += *sj;
         }
-        let o = &mut out[hh * hd..(hh + 1) * hd];
-        let values = &a.values[hh * head_values..(hh + 1) * head_values];
-        weighted_values(s, values, 1.0 / sum, o);
+        inv.push(1.0 / sum);
+    }
+    // Weighted values in one pass over them: chunks of positions in order, every head's part
+    // of a chunk in turn.
+    out.fill(0.0);
+    for p0 in (0..len).step_by(VALUE_CHUNK) {
+        let p1 = (p0 + VALUE_CHUNK).min(len);
+        for (h, o) in out.chunks_exact_mut(hd).enumerate() {
+            let w = &scores[h * len + p0..h * len + p1];
+            add_weighted_values(w, &a.values[p0 * d + h * hd..], d, o);
+        }
+    }
+    for (o, inv) in out.chunks_exact_mut(hd).zip(inv) {
+        o.iter_mut().for_each(|x| *x *= inv);
     }
 }
 
@@ -373,18 +399,17 @@ impl Engine {
     /// An empty cache for `rows` sequences.
     pub fn cache(&self, rows: usize) -> Cache {
         let layers = self.layers.len();
+        let (row_k, row_v) = (layers * self.layer_keys(), layers * self.ctx * self.d);
         Cache {
-            rows: (0..rows)
-                .map(|_| RowCache {
-                    k: Lines::zeroed(layers * self.layer_keys()),
-                    v: Lines::zeroed(layers * self.ctx * self.d),
-                    len: 0,
-                })
-                .collect(),
+            k: Floats::zeroed(rows * row_k),
+            v: Floats::zeroed(rows * row_v),
+            lens: vec![0; rows],
+            row_k,
+            row_v,
         }
     }
 
-    /// Floats of one layer's keys in a [`RowCache`] (whole blocks of [`KEY_BLOCK`]).
+    /// Floats of one layer's keys in a row of a [`Cache`] (whole blocks of [`KEY_BLOCK`]).
     fn layer_keys(&self) -> usize {
         self.ctx.div_ceil(KEY_BLOCK) * KEY_BLOCK * self.d
     }
@@ -406,8 +431,8 @@ impl Engine {
         all: bool,
         pair: Option<&Pair>,
     ) -> Vec<f32> {
-        let mut slots: Vec<Option<&mut RowCache>> = cache.rows.iter_mut().map(Some).collect();
-        let mut jobs: Vec<(&mut RowCache, &[u32])> = feed
+        let mut slots = cache.rows();
+        let mut jobs: Vec<(RowCache<'_>, &[u32])> = feed
             .iter()
             .map(|&(row, toks)| {
                 let slot = slots[row]
@@ -441,7 +466,7 @@ impl Engine {
     /// has enough tokens, else each product split (with a pair) or only large ones (rayon).
     fn forward_group(
         &self,
-        jobs: &mut [(&mut RowCache, &[u32])],
+        jobs: &mut [(RowCache<'_>, &[u32])],
         all: bool,
         pair: Option<&Pair>,
     ) -> Vec<f32> {
@@ -473,7 +498,7 @@ impl Engine {
     /// [`Self::forward`] over one group of rows, on this thread (its products on `threads`).
     fn forward_rows(
         &self,
-        jobs: &mut [(&mut RowCache, &[u32])],
+        jobs: &mut [(RowCache<'_>, &[u32])],
         all: bool,
         threads: Threads<'_>,
     ) -> Vec<f32> {
@@ -484,7 +509,7 @@ impl Engine {
         let mut x: Vec<f32> = Vec::new();
         for (job, (rc, toks)) in jobs.iter().enumerate() {
             assert!(!toks.is_empty(), "nothing to feed to a row");
-            let start = rc.len;
+            let start = *rc.len;
             assert!(
                 start + toks.len() <= self.ctx,
                 "sequence longer than the context ({})",
@@ -503,7 +528,7 @@ impl Engine {
         let mut att = vec![0.0f32; n * d];
         let mut gu = vec![0.0f32; n * 2 * m];
         let mut act = vec![0.0f32; n * m];
-        let mut scores = vec![0.0f32; self.ctx];
+        let mut scores = vec![0.0f32; self.heads * self.ctx];
         let (layer_keys, layer_values) = (self.layer_keys(), self.ctx * d);
         let scale = 1.0 / (hd as f32).sqrt();
         for (li, l) in self.layers.iter().enumerate() {
@@ -517,28 +542,21 @@ impl Engine {
                 let sn = &self.sin[pos * half..(pos + 1) * half];
                 let r = &mut qkv[t * 3 * d..(t + 1) * 3 * d];
                 rope(&mut r[..2 * d], hd, cs, sn);
-                let rc = &mut *jobs[job].0;
-                let (block, lane) = (pos / KEY_BLOCK, pos % KEY_BLOCK);
-                let k = rc.k.get_mut();
-                for (h, key) in r[d..2 * d].chunks_exact(hd).enumerate() {
-                    let at = keys + h * (layer_keys / self.heads) + block * hd * KEY_BLOCK + lane;
-                    for (i, &ki) in key.iter().enumerate() {
-                        k[at + i * KEY_BLOCK] = ki;
-                    }
+                let rc = &mut jobs[job].0;
+                // Key dimension i of head h goes to row h·head_dim + i of its block.
+                let at = keys + (pos / KEY_BLOCK) * d * KEY_BLOCK + pos % KEY_BLOCK;
+                for (c, &kc) in r[d..2 * d].iter().enumerate() {
+                    rc.k[at + c * KEY_BLOCK] = kc;
                 }
-                let v = rc.v.get_mut();
-                for (h, value) in r[2 * d..].chunks_exact(hd).enumerate() {
-                    let at = values + (h * self.ctx + pos) * hd;
-                    v[at..at + hd].copy_from_slice(value);
-                }
+                let at = values + pos * d;
+                rc.v[at..at + d].copy_from_slice(&r[2 * d..]);
                 // Causal attention over the row's cache, right after the writes, which have
                 // brought the lines of the key's block into cache for it (a row's tokens come
                 // in order, so its earlier ones are already written).
-                let rc = &*rc;
                 let query = Query {
                     q: &qkv[t * 3 * d..t * 3 * d + d],
-                    keys: &rc.k.get()[keys..keys + layer_keys],
-                    values: &rc.v.get()[values..values + layer_values],
+                    keys: &rc.k[keys..keys + layer_keys],
+                    values: &rc.v[values..values + layer_values],
                     len: pos + 1,
                     heads: self.heads,
                     scale,
@@ -552,7 +570,7 @@ impl Engine {
             l.down.matmul(&mut x, &act, n, true, threads);
         }
         for (rc, toks) in jobs.iter_mut() {
-            rc.len += toks.len();
+            *rc.len += toks.len();
         }
         // Only the positions whose logits are wanted go through the head.
         let picked: Vec<f32> = if all {
@@ -579,14 +597,13 @@ impl Engine {
 mod tests {
     use super::*;
 
-    /// Attention of one query written out directly from the definition, over a cache laid out
-    /// as in [`RowCache`] for a context of `ctx`.
-    fn naive(a: &Query<'_>, ctx: usize) -> Vec<f32> {
+    /// Attention of one query written out directly from the definition, over a layer of a
+    /// cache laid out as in [`Cache`].
+    fn naive(a: &Query<'_>) -> Vec<f32> {
         let d = a.q.len();
         let hd = d / a.heads;
-        let blocks = ctx.div_ceil(KEY_BLOCK);
         let key = |h: usize, i: usize, p: usize| {
-            a.keys[((h * blocks + p / KEY_BLOCK) * hd + i) * KEY_BLOCK + p % KEY_BLOCK]
+            a.keys[((p / KEY_BLOCK) * d + h * hd + i) * KEY_BLOCK + p % KEY_BLOCK]
         };
         let mut out = vec![0.0f32; d];
         for h in 0..a.heads {
@@ -598,7 +615,7 @@ mod tests {
             let sum: f32 = e.iter().sum();
             for i in 0..hd {
                 out[h * hd + i] = (0..a.len)
-                    .map(|p| e[p] * a.values[(h * ctx + p) * hd + i])
+                    .map(|p| e[p] * a.values[p * d + h * hd + i])
                     .sum::<f32>()
                     / sum;
             }
@@ -634,10 +651,10 @@ mod tests {
                 heads,
                 scale: 0.3,
             };
-            let mut scores = vec![0.0f32; ctx];
+            let mut scores = vec![0.0f32; heads * ctx];
             let mut got = vec![f32::NAN; d];
             attend(&query, &mut scores, &mut got);
-            for (x, y) in naive(&query, ctx).iter().zip(&got) {
+            for (x, y) in naive(&query).iter().zip(&got) {
                 assert!((x - y).abs() < 1e-5, "hd {hd}, len {len}: {x} vs {y}");
             }
         }

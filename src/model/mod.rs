@@ -2,6 +2,7 @@
 //! decoding fast path ([`infer`]), sampler, and checkpoint (de)serialisation. Knows nothing of
 //! stages or screens.
 
+mod arena;
 pub mod attention;
 pub mod checkpoint;
 pub mod config;

@@ -282,7 +282,7 @@ fn generate_engine(
             } else {
                 for &(row, tok) in &next {
                     seqs[row].push(tok);
-                    cache.rows[row].len = 0;
+                    cache.clear(row);
                 }
                 let feed: Vec<(usize, &[u32])> = active
                     .iter()
