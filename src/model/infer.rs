@@ -15,7 +15,6 @@ use super::pair::Pair;
 use super::simd::{as_uninit, avx2_dispatch};
 use super::transformer::Gpt;
 use burn::tensor::{Tensor, TensorData};
-use rayon::prelude::*;
 
 /// Weights of one block.
 struct Layer {
@@ -122,22 +121,11 @@ fn f32s(data: burn::tensor::TensorData) -> Vec<f32> {
 }
 
 /// A matrix's values (as `f32`) and shape `[k, n]`.
-type Matrix = (TensorData, usize, usize);
+type MatrixData = (TensorData, usize, usize);
 
-fn matrix(t: Tensor<2>) -> Matrix {
+fn matrix(t: Tensor<2>) -> MatrixData {
     let [k, n] = t.dims();
     (t.into_data().convert::<f32>(), k, n)
-}
-
-/// Pack a matrix straight from burn's data (no intermediate `Vec`: reading 17 MB of weights
-/// out of burn already copies them twice).
-fn pack((data, k, n): Matrix) -> Packed {
-    Packed::new(
-        data.as_slice::<f32>()
-            .expect("data converted to f32 reads back as f32"),
-        k,
-        n,
-    )
 }
 
 /// `out = x / sqrt(mean(x²) + eps) · g`, row by row: the training op's kernel.
@@ -348,32 +336,46 @@ impl Engine {
         let heads = w.heads;
         let hd = d / heads;
         let (cos, sin) = rope_table(0, ctx, hd, w.rope_theta);
-        // Weights read out of burn here, packed on both cores.
-        let pack_all = |ms: Vec<Matrix>| -> Vec<Packed> { ms.into_par_iter().map(pack).collect() };
-        let layers: Vec<Layer> = w
-            .blocks
-            .into_iter()
-            .map(|b| {
-                let mut p = pack_all(vec![
-                    matrix(b.qkv),
-                    matrix(b.out),
-                    matrix(b.gate_up),
-                    matrix(b.down),
-                ])
-                .into_iter();
-                let mut next = || p.next().expect("four matrices packed");
-                Layer {
-                    attn_norm: vec1(b.attn_norm.0),
-                    attn_eps: b.attn_norm.1 as f32,
-                    qkv: next(),
-                    out: next(),
-                    mlp_norm: vec1(b.mlp_norm.0),
-                    mlp_eps: b.mlp_norm.1 as f32,
-                    gate_up: next(),
-                    down: next(),
-                }
+        // Weights read out of burn here, then packed into one buffer on both cores (packed
+        // straight from burn's data: reading 17 MB of weights out of burn already copies them
+        // twice).
+        let mut matrices = Vec::new();
+        let mut norms = Vec::new();
+        for b in w.blocks {
+            matrices.extend([
+                matrix(b.qkv),
+                matrix(b.out),
+                matrix(b.gate_up),
+                matrix(b.down),
+            ]);
+            norms.push((b.attn_norm, b.mlp_norm));
+        }
+        matrices.push(matrix(w.head));
+        let views: Vec<(&[f32], usize, usize)> = matrices
+            .iter()
+            .map(|(data, k, n)| {
+                let values = data
+                    .as_slice::<f32>()
+                    .expect("data converted to f32 reads back as f32");
+                (values, *k, *n)
             })
             .collect();
+        let mut packed = Packed::new_all(&views).into_iter();
+        let mut next = || packed.next().expect("every matrix packed");
+        let layers: Vec<Layer> = norms
+            .into_iter()
+            .map(|(attn_norm, mlp_norm)| Layer {
+                attn_norm: vec1(attn_norm.0),
+                attn_eps: attn_norm.1 as f32,
+                qkv: next(),
+                out: next(),
+                mlp_norm: vec1(mlp_norm.0),
+                mlp_eps: mlp_norm.1 as f32,
+                gate_up: next(),
+                down: next(),
+            })
+            .collect();
+        let head = next();
         let mlp = layers.first().map_or(0, |l| l.down.rows());
         let embed = vec2(w.embed);
         Engine {
@@ -386,7 +388,7 @@ impl Engine {
             layers,
             norm: vec1(w.norm.0),
             norm_eps: w.norm.1 as f32,
-            head: pack(matrix(w.head)),
+            head,
             cos,
             sin,
         }

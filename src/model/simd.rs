@@ -63,3 +63,17 @@ macro_rules! avx2_dispatch {
 }
 
 pub(crate) use avx2_dispatch;
+
+/// Hint the CPU to start loading `x` into L2 (not L1, where it would evict what is being
+/// computed on), one hint per 64-byte line; nothing on other architectures than x86-64.
+#[inline(always)]
+pub(crate) fn prefetch_l2(x: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in x.chunks(16) {
+        use std::arch::x86_64::{_MM_HINT_T1, _mm_prefetch};
+        // SAFETY: a prefetch is a hint: it reads nothing architecturally and cannot fault.
+        unsafe { _mm_prefetch::<_MM_HINT_T1>(line.as_ptr().cast()) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = x;
+}
