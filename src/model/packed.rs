@@ -73,7 +73,8 @@ impl Packed {
     /// and on 4 KB pages that costs a TLB miss every 4 KB.
     pub fn new_all(ms: &[Matrix<'_>]) -> Vec<Packed> {
         let sizes: Vec<usize> = ms.iter().map(|&(_, k, n)| Packed::size(k, n)).collect();
-        let mut buf = Floats::zeroed(sizes.iter().sum());
+        // Every float is written below, so a kept buffer's old values do not matter.
+        let mut buf = Floats::reused(sizes.iter().sum());
         let mut parts = Vec::with_capacity(ms.len());
         let mut rest: &mut [f32] = &mut buf;
         for &size in &sizes {
