@@ -15,6 +15,7 @@ use super::pair::Pair;
 use super::simd::{as_uninit, avx2_dispatch};
 use super::transformer::Gpt;
 use burn::tensor::{Tensor, TensorData};
+use rayon::prelude::*;
 
 /// Weights of one block.
 struct Layer {
@@ -336,21 +337,17 @@ impl Engine {
         let heads = w.heads;
         let hd = d / heads;
         let (cos, sin) = rope_table(0, ctx, hd, w.rope_theta);
-        // Weights read out of burn here, then packed into one buffer on both cores (packed
-        // straight from burn's data: reading 17 MB of weights out of burn already copies them
-        // twice).
-        let mut matrices = Vec::new();
+        // Weights read out of burn here, on both cores, then packed into one buffer, on both
+        // cores too (straight from burn's data: reading 17 MB of weights out of burn already
+        // copies them twice).
+        let mut tensors = Vec::new();
         let mut norms = Vec::new();
         for b in w.blocks {
-            matrices.extend([
-                matrix(b.qkv),
-                matrix(b.out),
-                matrix(b.gate_up),
-                matrix(b.down),
-            ]);
+            tensors.extend([b.qkv, b.out, b.gate_up, b.down]);
             norms.push((b.attn_norm, b.mlp_norm));
         }
-        matrices.push(matrix(w.head));
+        tensors.push(w.head);
+        let matrices: Vec<MatrixData> = tensors.into_par_iter().map(matrix).collect();
         let views: Vec<(&[f32], usize, usize)> = matrices
             .iter()
             .map(|(data, k, n)| {
