@@ -19,19 +19,28 @@ const HUGE: usize = 2 << 20;
 pub struct Floats {
     store: Store,
     len: usize,
-    /// Kept for [`Floats::reused`] when dropped.
-    recycle: bool,
+    /// Where it goes when dropped, if anywhere.
+    recycle: Option<&'static Spares>,
 }
 
 /// Buffers of dropped [`Floats::reused`], at most [`SPARES`]: a decoder is built at every
 /// `generate` call, and reusing its weights' buffer saves mapping, faulting in and zeroing
-/// 17 MB each time (at one prompt, a call decodes in ~20 ms).
-static SPARE: Mutex<Vec<Floats>> = Mutex::new(Vec::new());
+/// 17 MB each time (at one prompt, a call takes ~20 ms).
+pub struct Spares(Mutex<Vec<Floats>>);
 const SPARES: usize = 2;
 
-fn spare() -> std::sync::MutexGuard<'static, Vec<Floats>> {
-    // A panic while holding the lock leaves the list valid.
-    SPARE.lock().unwrap_or_else(|e| e.into_inner())
+/// The process's kept buffers.
+static SPARE: Spares = Spares::new();
+
+impl Spares {
+    pub const fn new() -> Spares {
+        Spares(Mutex::new(Vec::new()))
+    }
+
+    fn kept(&self) -> std::sync::MutexGuard<'_, Vec<Floats>> {
+        // A panic while holding the lock leaves the list valid.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 enum Store {
@@ -56,13 +65,18 @@ impl Floats {
     /// `len` floats to be overwritten, whose values are unspecified: the buffer of a dropped
     /// `reused` of the same length where one is kept, else fresh zeroed memory.
     pub fn reused(len: usize) -> Floats {
+        Floats::reused_from(&SPARE, len)
+    }
+
+    /// [`Floats::reused`] with the buffers kept in `spares`.
+    pub fn reused_from(spares: &'static Spares, len: usize) -> Floats {
         let kept = {
-            let mut spare = spare();
-            let at = spare.iter().position(|f| f.len == len);
-            at.map(|i| spare.swap_remove(i))
+            let mut kept = spares.kept();
+            let at = kept.iter().position(|f| f.len == len);
+            at.map(|i| kept.swap_remove(i))
         };
         let mut f = kept.unwrap_or_else(|| Floats::zeroed(len));
-        f.recycle = true;
+        f.recycle = Some(spares);
         f
     }
 
@@ -77,7 +91,7 @@ impl Floats {
         Floats {
             store: Store::Heap { buf, offset },
             len,
-            recycle: false,
+            recycle: None,
         }
     }
 
@@ -123,7 +137,7 @@ impl Floats {
                 start: start.cast(),
             },
             len,
-            recycle: false,
+            recycle: None,
         })
     }
 }
@@ -157,7 +171,7 @@ impl DerefMut for Floats {
 
 impl Drop for Floats {
     fn drop(&mut self) {
-        if self.recycle {
+        if let Some(spares) = self.recycle {
             let store = std::mem::replace(
                 &mut self.store,
                 Store::Heap {
@@ -168,16 +182,16 @@ impl Drop for Floats {
             let kept = Floats {
                 store,
                 len: self.len,
-                recycle: true,
+                recycle: Some(spares),
             };
             let mut evicted = {
-                let mut spare = spare();
+                let mut spare = spares.kept();
                 spare.push(kept);
                 (spare.len() > SPARES).then(|| spare.remove(0))
             };
             // Freed outside the lock, and for good (not kept again).
             if let Some(old) = evicted.as_mut() {
-                old.recycle = false;
+                old.recycle = None;
             }
             return;
         }
@@ -192,7 +206,7 @@ impl Drop for Floats {
 
 #[cfg(test)]
 mod tests {
-    use super::Floats;
+    use super::{Floats, Spares};
 
     #[test]
     fn buffers_start_zeroed_on_a_line_and_keep_what_is_written() {
@@ -212,22 +226,25 @@ mod tests {
 
     #[test]
     fn a_dropped_reused_buffer_is_handed_out_again_for_the_same_length() {
-        // A length no other test uses, so that no other thread takes the kept buffer.
+        // Its own list of kept buffers, which no other test touches.
+        let spares: &'static Spares = Box::leak(Box::new(Spares::new()));
         let len = 1_234_567;
-        let mut a = Floats::reused(len);
+        let mut a = Floats::reused_from(spares, len);
         a[7] = 7.0;
         let at = a.as_ptr();
         drop(a);
-        let b = Floats::reused(len);
+        let b = Floats::reused_from(spares, len);
         assert_eq!((b.as_ptr(), b[7], b.len()), (at, 7.0, len));
         // Other lengths get their own memory; more drops than SPARES keep only the last ones.
-        let c = Floats::reused(len + 1);
+        let c = Floats::reused_from(spares, len + 1);
         assert_ne!(c.as_ptr(), at);
         let others: Vec<Floats> = (2..2 + super::SPARES + 1)
-            .map(|i| Floats::reused(len + i))
+            .map(|i| Floats::reused_from(spares, len + i))
             .collect();
         drop(b);
         drop(others);
-        assert!(super::spare().len() <= super::SPARES);
+        assert_eq!(spares.kept().len(), super::SPARES);
+        drop(c);
+        assert_eq!(spares.kept().len(), super::SPARES);
     }
 }
