@@ -15,7 +15,6 @@ use super::pair::Pair;
 use super::simd::{as_uninit, avx2_dispatch};
 use super::transformer::Gpt;
 use burn::tensor::{Tensor, TensorData};
-use rayon::prelude::*;
 
 /// Weights of one block.
 struct Layer {
@@ -121,12 +120,15 @@ fn f32s(data: burn::tensor::TensorData) -> Vec<f32> {
         .expect("data converted to f32 reads back as f32")
 }
 
-/// A matrix's values (as `f32`) and shape `[k, n]`.
-type MatrixData = (TensorData, usize, usize);
+/// Data converted to `f32`, as a slice.
+struct F32s(TensorData);
 
-fn matrix(t: Tensor<2>) -> MatrixData {
-    let [k, n] = t.dims();
-    (t.into_data().convert::<f32>(), k, n)
+impl AsRef<[f32]> for F32s {
+    fn as_ref(&self) -> &[f32] {
+        self.0
+            .as_slice::<f32>()
+            .expect("data converted to f32 reads back as f32")
+    }
 }
 
 /// `out = x / sqrt(mean(x²) + eps) · g`, row by row: the training op's kernel.
@@ -337,8 +339,8 @@ impl Engine {
         let heads = w.heads;
         let hd = d / heads;
         let (cos, sin) = rope_table(0, ctx, hd, w.rope_theta);
-        // Weights read out of burn here, on both cores, then packed into one buffer, on both
-        // cores too (straight from burn's data: reading 17 MB of weights out of burn already
+        // Weights read out of burn and packed into one buffer, a matrix at a time on each core
+        // (packed straight from burn's data: reading 17 MB of weights out of burn already
         // copies them twice).
         let mut tensors = Vec::new();
         let mut norms = Vec::new();
@@ -347,17 +349,15 @@ impl Engine {
             norms.push((b.attn_norm, b.mlp_norm));
         }
         tensors.push(w.head);
-        let matrices: Vec<MatrixData> = tensors.into_par_iter().map(matrix).collect();
-        let views: Vec<(&[f32], usize, usize)> = matrices
+        let shapes: Vec<(usize, usize)> = tensors
             .iter()
-            .map(|(data, k, n)| {
-                let values = data
-                    .as_slice::<f32>()
-                    .expect("data converted to f32 reads back as f32");
-                (values, *k, *n)
+            .map(|t| {
+                let [k, n] = t.dims();
+                (k, n)
             })
             .collect();
-        let mut packed = Packed::new_all(&views).into_iter();
+        let mut packed =
+            Packed::new_all(&shapes, |i| F32s(tensors[i].to_data().convert::<f32>())).into_iter();
         let mut next = || packed.next().expect("every matrix packed");
         let layers: Vec<Layer> = norms
             .into_iter()

@@ -53,7 +53,7 @@ enum Data {
 }
 
 /// A matrix to pack: row-major values and shape `[k, n]`.
-pub type Matrix<'a> = (&'a [f32], usize, usize);
+type Matrix<'a> = (&'a [f32], usize, usize);
 
 impl Packed {
     /// Pack a row-major `[k, n]` matrix.
@@ -68,14 +68,19 @@ impl Packed {
         }
     }
 
-    /// Pack several matrices, on rayon's threads, into one buffer on huge pages (see
-    /// [`super::arena`]): a model's weights are streamed from memory at every decoding step,
-    /// and on 4 KB pages that costs a TLB miss every 4 KB.
-    pub fn new_all(ms: &[Matrix<'_>]) -> Vec<Packed> {
-        let sizes: Vec<usize> = ms.iter().map(|&(_, k, n)| Packed::size(k, n)).collect();
+    /// Pack matrices of the given `[k, n]` shapes into one buffer on huge pages (see
+    /// [`super::arena`]: a model's weights are streamed from memory at every decoding step,
+    /// and on 4 KB pages that costs a TLB miss every 4 KB), on rayon's threads. `values(i)`
+    /// gives matrix `i`'s row-major values; it is called once for each, by the thread that
+    /// packs it, so only a matrix per thread is held at once.
+    pub fn new_all<V: AsRef<[f32]>>(
+        shapes: &[(usize, usize)],
+        values: impl Fn(usize) -> V + Sync,
+    ) -> Vec<Packed> {
+        let sizes: Vec<usize> = shapes.iter().map(|&(k, n)| Packed::size(k, n)).collect();
         // Every float is written below, so a kept buffer's old values do not matter.
         let mut buf = Floats::reused(sizes.iter().sum());
-        let mut parts = Vec::with_capacity(ms.len());
+        let mut parts = Vec::with_capacity(shapes.len());
         let mut rest: &mut [f32] = &mut buf;
         for &size in &sizes {
             let (part, tail) = rest.split_at_mut(size);
@@ -84,13 +89,17 @@ impl Packed {
         }
         parts
             .into_par_iter()
-            .zip(ms)
-            .for_each(|(part, &m)| pack_into(m, as_uninit(part)));
+            .zip(shapes)
+            .enumerate()
+            .for_each(|(i, (part, &(k, n)))| {
+                pack_into((values(i).as_ref(), k, n), as_uninit(part));
+            });
         let buf = Arc::new(buf);
         let mut start = 0;
-        ms.iter()
+        shapes
+            .iter()
             .zip(sizes)
-            .map(|(&(_, k, n), len)| {
+            .map(|(&(k, n), len)| {
                 let data = Data::Shared {
                     buf: Arc::clone(&buf),
                     start,
@@ -513,12 +522,8 @@ mod tests {
                     .collect()
             })
             .collect();
-        let views: Vec<Matrix<'_>> = shapes
-            .iter()
-            .zip(&ws)
-            .map(|(&(_, k, n), w)| (w.as_slice(), k, n))
-            .collect();
-        let shared = Packed::new_all(&views);
+        let kn: Vec<(usize, usize)> = shapes.iter().map(|&(_, k, n)| (k, n)).collect();
+        let shared = Packed::new_all(&kn, |i| &ws[i]);
         for ((&(m, k, n), w), together) in shapes.iter().zip(&ws).zip(&shared) {
             let a: Vec<f32> = (0..m * k).map(|i| ((i * 37) % 11) as f32 - 5.0).collect();
             let want = reference(&a, w, m, k, n);
