@@ -1,12 +1,15 @@
-//! Large zeroed float buffers on transparent huge pages where Linux allows them.
+//! Large float buffers on transparent huge pages where Linux allows them, for the decoder's
+//! weights and KV cache.
 //!
-//! The decoder's KV cache (tens of MB at a few dozen sequences) is read as many short runs a
-//! step. On 4 KB pages every run costs TLB misses, which under virtualisation are nested page
-//! walks; with 2 MB pages the whole cache needs a few dozen TLB entries. `Floats::zeroed` maps
-//! fresh anonymous memory (zero and untouched until written, like `calloc`'s large blocks),
-//! aligned to 2 MB, and asks for huge pages with `madvise(MADV_HUGEPAGE)`; that honours the
-//! system's setting (`/sys/kernel/mm/transparent_hugepage/enabled` at `madvise` or `always`)
-//! and is a no-op where it is `never`. Elsewhere, or below 2 MB, it is a plain vector.
+//! Decoding reads both as many short runs a step, tens of MB in all. On 4 KB pages every run
+//! costs TLB misses, which under virtualisation are nested page walks; with 2 MB pages the
+//! whole of it needs a few dozen TLB entries. `Floats::zeroed` maps fresh anonymous memory
+//! (zero and untouched until written, like `calloc`'s large blocks), aligned to 2 MB, and asks
+//! for huge pages with `madvise(MADV_HUGEPAGE)`; that honours the system's setting
+//! (`/sys/kernel/mm/transparent_hugepage/enabled` at `madvise` or `always`) and is a no-op
+//! where it is `never`. Elsewhere, or below 2 MB, it is a plain vector. `Floats::reused` hands
+//! out a dropped buffer of the same length again, for the decoder's weights, which are
+//! repacked at every `generate` call.
 
 use std::ops::{Deref, DerefMut};
 use std::sync::Mutex;

@@ -58,8 +58,8 @@ type Matrix<'a> = (&'a [f32], usize, usize);
 impl Packed {
     /// Pack a row-major `[k, n]` matrix.
     pub fn new(w: &[f32], k: usize, n: usize) -> Packed {
-        // Written in order, without zeroing the whole buffer first (decoders are built at every
-        // `generate` call, so packing time counts).
+        // Written in order, without zeroing the whole buffer first (training's attention packs
+        // its operands at every call, so packing time counts).
         let data = written(Packed::size(k, n), |out| pack_into((w, k, n), out));
         Packed {
             k,
@@ -247,14 +247,15 @@ impl Packed {
             .div_ceil(m.div_ceil(MR).max(1))
             .next_multiple_of(16)
             .max(16);
-        let end = range.end;
+        let (end, prefetch) = (range.end, m > MR);
         for p in range {
             let panel = &data[p * k * NR..(p + 1) * k * NR];
-            let next = data.get((p + 1) * k * NR..(p + 2) * k * NR);
-            let mut ahead = next
-                .filter(|_| p + 1 < end && m > MR)
-                .unwrap_or(&[])
-                .chunks(share);
+            let next = if prefetch && p + 1 < end {
+                &data[(p + 1) * k * NR..(p + 2) * k * NR]
+            } else {
+                &[]
+            };
+            let mut ahead = next.chunks(share);
             let cols = NR.min(n - p * NR);
             let mut r = 0;
             while r < m {
