@@ -6,7 +6,7 @@ table comes from this output).
     cargo build && python benches/compare.py                      # needs `pip install torch`
     python benches/compare.py --rounds 3 --prompts 1,16,64 --stageloop target/debug/stageloop
 
-Each round runs, for each prompt count, `stageloop bench --json --prompts P` and then
+Each round runs, for each prompt count, `stageloop bench train --json --prompts P` and then
 `torch_reference.py --json --prompts P` with this Python, so the two share the machine's state.
 """
 import argparse
@@ -34,7 +34,7 @@ def main():
     results = {(who, n): [] for who in ("stageloop", "torch") for n in prompts}
     for r in range(a.rounds):
         for n in prompts:
-            results[("stageloop", n)].append(run([a.stageloop, "bench", "--json", "--prompts", str(n)]))
+            results[("stageloop", n)].append(run([a.stageloop, "bench", "train", "--json", "--prompts", str(n)]))
             results[("torch", n)].append(
                 run([sys.executable, os.path.join(HERE, "torch_reference.py"), "--json", "--prompts", str(n)])
             )

@@ -4,9 +4,9 @@ rotate-half pairs, RMSNorm, SwiGLU MLP, causal multi-head attention, untied head
 same training step (forward, cross-entropy, backward, grad-norm clip, AdamW) and the same sampling
 workload (prompts of ctx/8 random tokens, `--new-tokens` new tokens each, temperature 1, EOS
 never stops a row), with and without a KV cache. Prints one JSON line with the keys of
-`stageloop bench --json`.
+`stageloop bench train --json`.
 
-    python benches/torch_reference.py --json            # defaults match `stageloop bench`
+    python benches/torch_reference.py --json            # defaults match `stageloop bench train`
 
 Runs on CPU with 2 threads (`--threads`), as the machine it is compared on.
 """
@@ -131,7 +131,7 @@ def main():
 
     model.eval()
     rates = {}
-    # As in `stageloop bench`: timed calls repeat until 1 s has passed (at most 10), median rate.
+    # As in `stageloop bench train`: timed calls repeat until 1 s has passed (at most 10), median rate.
     for use_cache in (True, False):
         sample(use_cache)
         start, calls = time.perf_counter(), []

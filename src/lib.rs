@@ -5,6 +5,7 @@
 pub mod analysis;
 pub mod bench;
 pub mod cli;
+pub mod cpu;
 pub mod model;
 pub mod notebook;
 pub mod runfs;

@@ -1,11 +1,21 @@
-//! `stageloop bench`: throughput of one model shape, as a table or one JSON line.
+//! `stageloop bench train` and `stageloop bench notebook`: the figures as a table or one JSON
+//! line.
 
-use crate::bench::{BenchConfig, run as measure};
+use crate::bench::train::{BenchConfig, run as measure};
 use crate::model::ModelConfig;
 
-/// The flags of `stageloop bench`.
+/// `stageloop bench`'s subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum Args {
+    /// Training and sampling throughput of one model shape, and peak memory.
+    Train(TrainArgs),
+    /// The notebook: open, frame, append-to-screen and memory on a synthetic workspace.
+    Notebook(NotebookArgs),
+}
+
+/// The flags of `stageloop bench train`.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub struct TrainArgs {
     #[arg(long, default_value_t = 256)]
     pub d_model: usize,
     #[arg(long, default_value_t = 4)]
@@ -31,30 +41,35 @@ pub struct Args {
     /// Print one JSON line.
     #[arg(long)]
     pub json: bool,
-    /// Train with burn's composite ops instead of the fused CPU ops (RMSNorm, SwiGLU), to
-    /// measure what the fused ones buy.
+    /// Train with burn's composite ops instead of the fused CPU ops, to measure what the fused
+    /// ones buy.
     #[arg(long)]
     pub composite: bool,
-    /// Benchmark the notebook instead: open, frame, append-to-screen and memory on a
-    /// synthetic workspace of --runs × --points metric lines.
-    #[arg(long)]
-    pub notebook: bool,
-    #[arg(long, default_value_t = 50)]
-    pub runs: usize,
-    #[arg(long, default_value_t = 200_000)]
-    pub points: usize,
 }
 
-/// `stageloop bench [--notebook]`.
+/// The flags of `stageloop bench notebook`.
+#[derive(Debug, clap::Args)]
+pub struct NotebookArgs {
+    /// Runs in the synthetic workspace.
+    #[arg(long, default_value_t = 50)]
+    pub runs: usize,
+    /// Metric lines per run.
+    #[arg(long, default_value_t = 200_000)]
+    pub points: usize,
+    /// Print one JSON line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `stageloop bench train|notebook`.
 pub fn dispatch(a: Args) -> anyhow::Result<()> {
-    if a.notebook {
-        notebook(a.runs, a.points, a.json)
-    } else {
-        run(a)
+    match a {
+        Args::Train(a) => train(a),
+        Args::Notebook(a) => notebook(a),
     }
 }
 
-pub fn run(a: Args) -> anyhow::Result<()> {
+fn train(a: TrainArgs) -> anyhow::Result<()> {
     if a.heads == 0
         || !a.d_model.is_multiple_of(a.heads)
         || !(a.d_model / a.heads).is_multiple_of(2)
@@ -109,10 +124,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `stageloop bench --notebook`.
-pub fn notebook(runs: usize, points: usize, json: bool) -> anyhow::Result<()> {
-    let r = crate::notebook::bench::run(runs, points)?;
-    if json {
+fn notebook(a: NotebookArgs) -> anyhow::Result<()> {
+    let r = crate::bench::notebook::run(a.runs, a.points)?;
+    if a.json {
         println!("{}", serde_json::to_string(&r)?);
     } else {
         println!(

@@ -148,8 +148,11 @@ pub enum Command {
         #[command(subcommand)]
         command: DataCommand,
     },
-    /// Measure training and sampling throughput and peak memory for one model shape.
-    Bench(bench::Args),
+    /// Measure speed and memory: `bench train` (one model shape), `bench notebook` (the TUI).
+    Bench {
+        #[command(subcommand)]
+        command: bench::Args,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -231,6 +234,6 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
                     seed,
                 },
         }) => data::generate(&task, n, &out, &kind, difficulty, seed),
-        Some(Command::Bench(args)) => bench::dispatch(args),
+        Some(Command::Bench { command }) => bench::dispatch(command),
     }
 }

@@ -1,18 +1,13 @@
-//! The language model: shape ([`config`]), tokenizer, transformer with KV cache, the CPU
-//! decoding fast path ([`infer`]), sampler, and checkpoint (de)serialisation. Knows nothing of
-//! stages or screens.
+//! The language model: shape ([`config`]), tokenizer, transformer with KV cache, sampler,
+//! checkpoint (de)serialisation, and the thin burn glue over [`crate::cpu`]'s kernels (the
+//! fused training ops, and `Gpt::engine` for the CPU decoder). Knows nothing of stages or
+//! screens.
 
-mod arena;
-pub mod attention;
 pub mod checkpoint;
 pub mod config;
+mod engine;
 pub mod fused;
-pub mod infer;
-pub mod matmul;
-pub mod packed;
-pub mod pair;
 pub mod sample;
-mod simd;
 pub mod tokenizer;
 pub mod transformer;
 

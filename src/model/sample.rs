@@ -2,12 +2,11 @@
 //! budget, per-token log-probabilities. With the KV cache only the new position is computed each
 //! step and finished sequences leave the batch; without it every step re-runs the whole prefix
 //! (the reference the cache is tested against). On the CPU the dedicated decoder
-//! ([`super::infer::Engine`]) runs both; elsewhere, or with `engine: false`, burn's ops do.
+//! ([`crate::cpu::decoder::Engine`]) runs both; elsewhere, or with `engine: false`, burn's ops do.
 
-use super::infer::Engine;
-use super::pair::with_pair;
 use super::tokenizer::{EOS, PAD};
 use super::transformer::{Gpt, KvCache};
+use crate::cpu::pair::with_pair;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -236,7 +235,7 @@ fn generate_engine(
     rng: &mut ChaCha8Rng,
     mut out: Vec<Completion>,
 ) -> Vec<Completion> {
-    let engine = Engine::new(model, ctx);
+    let engine = model.engine(ctx);
     let vocab = engine.vocab();
     let mut cache = engine.cache(prompts.len());
     let feed: Vec<(usize, &[u32])> = prompts.iter().map(Vec::as_slice).enumerate().collect();

@@ -2,9 +2,9 @@
 //! multi-head attention, from burn's `nn` modules, plus an incremental forward over a
 //! [`KvCache`] for decoding.
 
-use super::attention::rope_table;
 use super::config::ModelConfig;
 use super::fused;
+use crate::cpu::math::rope_table;
 use burn::module::{Module, ModuleMapper, Param, ParamId};
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig};
 use burn::tensor::activation::silu;

@@ -1,5 +1,6 @@
 //! One table of key bindings drives dispatch, the footer hints and the help overlay, so what the
-//! screen says and what the keys do cannot drift apart.
+//! screen says and what the keys do cannot drift apart. Text input and the quit dialog are
+//! scopes of the table too: while one is open only its own bindings apply.
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
@@ -8,9 +9,55 @@ use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 pub enum Scope {
     Global,
     Runs,
+    Pipeline,
     Charts,
     Samples,
-    Pipeline,
+    /// A text input is open (filters, reward range, prompt).
+    Input,
+    /// The quit dialog is open.
+    Dialog,
+}
+
+impl Scope {
+    /// Every scope, in the order the help overlay lists them.
+    pub const ALL: [Scope; 7] = [
+        Scope::Global,
+        Scope::Runs,
+        Scope::Pipeline,
+        Scope::Charts,
+        Scope::Samples,
+        Scope::Input,
+        Scope::Dialog,
+    ];
+
+    /// The help overlay's heading.
+    pub fn label(self) -> &'static str {
+        match self {
+            Scope::Global => "everywhere",
+            Scope::Runs => "runs pane",
+            Scope::Pipeline => "pipeline pane",
+            Scope::Charts => "charts",
+            Scope::Samples => "samples",
+            Scope::Input => "while typing",
+            Scope::Dialog => "quit dialog",
+        }
+    }
+
+    /// Whether the global bindings apply here too (not while typing or in a dialog, where
+    /// every key belongs to the input or the dialog).
+    fn inherits_global(self) -> bool {
+        !matches!(self, Scope::Input | Scope::Dialog)
+    }
+}
+
+/// The keys a binding matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Key {
+    Code(KeyCode),
+    /// Any printable character (typed into an input).
+    AnyChar,
+    /// Any key the scope binds to nothing else.
+    Other,
 }
 
 /// Everything a key can ask for.
@@ -47,11 +94,21 @@ pub enum Action {
     Prompt,
     Export,
     Rescan,
+    /// Esc: close what is open (help, zoom, group or prompt view, prompt output).
+    Back,
+    /// Accept the input or the dialog.
+    Confirm,
+    /// Abandon the input or the dialog.
+    Cancel,
+    /// Delete the input's last character.
+    DeleteChar,
+    /// Type the key's character into the input.
+    TypeChar,
 }
 
 /// One binding.
 pub struct Binding {
-    pub code: KeyCode,
+    pub key: Key,
     pub mods: KeyModifiers,
     pub scope: Scope,
     pub action: Action,
@@ -68,8 +125,18 @@ const fn b(
     hint: &'static str,
     help: &'static str,
 ) -> Binding {
+    k(Key::Code(code), scope, action, hint, help)
+}
+
+const fn k(
+    key: Key,
+    scope: Scope,
+    action: Action,
+    hint: &'static str,
+    help: &'static str,
+) -> Binding {
     Binding {
-        code,
+        key,
         mods: KeyModifiers::NONE,
         scope,
         action,
@@ -175,7 +242,7 @@ pub const KEYMAP: &[Binding] = &[
         Global,
         A::RunStage,
         "run stage",
-        "run (or resume) the selected stage as a child process",
+        "run or resume the selected stage as a child",
     ),
     b(
         Char('R'),
@@ -189,7 +256,7 @@ pub const KEYMAP: &[Binding] = &[
         Global,
         A::Stop,
         "stop",
-        "stop the selected running stage (SIGTERM: it checkpoints)",
+        "stop the running stage (it checkpoints first)",
     ),
     b(
         Char('s'),
@@ -231,21 +298,21 @@ pub const KEYMAP: &[Binding] = &[
         Samples,
         A::SampleFilter,
         "filter",
-        "samples: all → correct → wrong → format failure",
+        "cycle all → correct → wrong → format failure",
     ),
     b(
         Char('v'),
         Samples,
         A::RewardRange,
         "reward range",
-        "samples: keep rewards in a range, typed lo..hi (empty clears)",
+        "keep rewards in a range lo..hi (empty clears)",
     ),
     b(
         Char('g'),
         Samples,
         A::GroupView,
         "group",
-        "show all completions of the selected sample's group",
+        "all completions of the sample's group",
     ),
     b(
         Char('p'),
@@ -266,21 +333,84 @@ pub const KEYMAP: &[Binding] = &[
         Global,
         A::Export,
         "export",
-        "export the selected run's charts (SVG) and metrics (CSV)",
+        "export the run's charts (SVG), metrics (CSV)",
     ),
     b(F(5), Global, A::Rescan, "", "rescan the experiments folder"),
+    b(
+        Esc,
+        Global,
+        A::Back,
+        "",
+        "close help, zoom, group or prompt views",
+    ),
+    b(Enter, Input, A::Confirm, "done", "accept the text"),
+    b(
+        Esc,
+        Input,
+        A::Cancel,
+        "cancel",
+        "cancel (a filter is cleared)",
+    ),
+    b(
+        Backspace,
+        Input,
+        A::DeleteChar,
+        "",
+        "delete the last character",
+    ),
+    k(Key::AnyChar, Input, A::TypeChar, "", "type the character"),
+    b(
+        Char('y'),
+        Dialog,
+        A::Confirm,
+        "quit",
+        "quit; running stages keep running",
+    ),
+    b(Char('q'), Dialog, A::Confirm, "", "quit"),
+    k(
+        Key::Other,
+        Dialog,
+        A::Cancel,
+        "cancel",
+        "stay in the notebook",
+    ),
 ];
 
-/// The action for a key in a scope (scope bindings first, then global ones).
+/// The action for a key in a scope: the scope's own bindings, then its wildcards, then (where
+/// the scope inherits them) the global bindings.
 pub fn lookup(key: &KeyEvent, scope: Scope) -> Option<Action> {
     let mods = key.modifiers - KeyModifiers::SHIFT;
-    let hit = |b: &&Binding| b.code == key.code && b.mods == mods;
-    KEYMAP
-        .iter()
-        .filter(|b| b.scope == scope)
-        .find(hit)
-        .or_else(|| KEYMAP.iter().filter(|b| b.scope == Scope::Global).find(hit))
+    let exact = |b: &&Binding| b.key == Key::Code(key.code) && b.mods == mods;
+    let wildcard = |b: &&Binding| match b.key {
+        Key::AnyChar => matches!(key.code, Char(_)) && mods.is_empty(),
+        Key::Other => true,
+        Key::Code(_) => false,
+    };
+    let own = || KEYMAP.iter().filter(|b| b.scope == scope);
+    own()
+        .find(exact)
+        .or_else(|| own().find(wildcard))
+        .or_else(|| {
+            scope
+                .inherits_global()
+                .then(|| {
+                    KEYMAP
+                        .iter()
+                        .filter(|b| b.scope == Scope::Global)
+                        .find(exact)
+                })
+                .flatten()
+        })
         .map(|b| b.action)
+}
+
+/// Printable name of a binding's keys.
+pub fn key_label(key: Key) -> String {
+    match key {
+        Key::Code(code) => key_name(code),
+        Key::AnyChar => "char".into(),
+        Key::Other => "other".into(),
+    }
 }
 
 /// Printable key name.
@@ -297,16 +427,20 @@ pub fn key_name(code: KeyCode) -> String {
         Right => "→".into(),
         F(n) => format!("F{n}"),
         Esc => "esc".into(),
+        Backspace => "bksp".into(),
         other => format!("{other:?}"),
     }
 }
 
-/// Footer hints for a scope: its own bindings, then the global ones with a hint.
+/// Footer hints for a scope: its own bindings, then the global ones it inherits.
 pub fn hints(scope: Scope) -> Vec<(String, &'static str)> {
     KEYMAP
         .iter()
-        .filter(|b| !b.hint.is_empty() && (b.scope == scope || b.scope == Scope::Global))
-        .map(|b| (key_name(b.code), b.hint))
+        .filter(|b| {
+            !b.hint.is_empty()
+                && (b.scope == scope || (b.scope == Scope::Global && scope.inherits_global()))
+        })
+        .map(|b| (key_label(b.key), b.hint))
         .collect()
 }
 
@@ -329,12 +463,27 @@ mod tests {
         for (i, a) in KEYMAP.iter().enumerate() {
             for b in &KEYMAP[i + 1..] {
                 assert!(
-                    !(a.code == b.code && a.scope == b.scope),
+                    !(a.key == b.key && a.scope == b.scope),
                     "{:?} bound twice in {:?}",
-                    a.code,
+                    a.key,
                     a.scope
                 );
             }
         }
+    }
+
+    #[test]
+    fn inputs_and_dialogs_take_every_key() {
+        let k = |c| KeyEvent::new(c, KeyModifiers::NONE);
+        // While typing, `q` is a character, not quit; Esc cancels instead of going back.
+        assert_eq!(lookup(&k(Char('q')), Scope::Input), Some(A::TypeChar));
+        assert_eq!(lookup(&k(Esc), Scope::Input), Some(A::Cancel));
+        assert_eq!(lookup(&k(Enter), Scope::Input), Some(A::Confirm));
+        assert_eq!(lookup(&k(Backspace), Scope::Input), Some(A::DeleteChar));
+        assert_eq!(lookup(&k(Tab), Scope::Input), None);
+        assert_eq!(lookup(&k(Char('y')), Scope::Dialog), Some(A::Confirm));
+        assert_eq!(lookup(&k(Char('n')), Scope::Dialog), Some(A::Cancel));
+        assert_eq!(lookup(&k(Tab), Scope::Dialog), Some(A::Cancel));
+        assert_eq!(lookup(&k(Esc), Scope::Charts), Some(A::Back));
     }
 }

@@ -8,7 +8,6 @@
 //! every 16 ms.
 
 pub mod app;
-pub mod bench;
 pub mod event;
 pub mod keymap;
 pub mod panes;

@@ -46,8 +46,11 @@ pub fn spawn_stage(exp: &Path, stage: Option<&str>, tx: Sender<Event>) -> std::i
 pub fn stop(pid: u32) -> std::io::Result<()> {
     #[cfg(unix)]
     {
+        // SAFETY: kill(2) takes plain integers and touches no memory of ours; a negative pid
+        // addresses the child's process group.
         let rc = unsafe { libc::kill(-(pid as libc::pid_t), libc::SIGTERM) };
         if rc != 0 {
+            // SAFETY: as above, for the single process.
             let rc = unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
             if rc != 0 {
                 return Err(std::io::Error::last_os_error());

@@ -3,7 +3,7 @@
 //! is a pure function of the state.
 
 use super::app::{App, Input, Pane, View};
-use super::panes;
+use super::panes::{self, Ctx};
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
@@ -35,8 +35,8 @@ pub fn draw(f: &mut Frame<'_>, app: &App) {
     .areas(area);
     if app.maximized {
         match app.focus {
-            Pane::Runs => panes::runs::draw(f, body, app),
-            Pane::Pipeline => panes::pipeline::draw(f, body, app),
+            Pane::Runs => runs(f, body, app),
+            Pane::Pipeline => pipeline(f, body, app),
             Pane::Main => main_view(f, body, app),
         }
     } else {
@@ -49,8 +49,8 @@ pub fn draw(f: &mut Frame<'_>, app: &App) {
             Layout::horizontal([Constraint::Length(left_w), Constraint::Min(10)]).areas(body);
         let [runs, pipeline] =
             Layout::vertical([Constraint::Percentage(60), Constraint::Percentage(40)]).areas(left);
-        panes::runs::draw(f, runs, app);
-        panes::pipeline::draw(f, pipeline, app);
+        self::runs(f, runs, app);
+        self::pipeline(f, pipeline, app);
         main_view(f, right, app);
     }
     let note = app.notices.back().cloned().unwrap_or_default();
@@ -80,6 +80,28 @@ pub fn draw(f: &mut Frame<'_>, app: &App) {
     }
 }
 
+/// What a pane draws with: its focus, its input's text when that input is open, the clock.
+fn ctx<'a>(app: &'a App, pane: Pane, inputs: &[Input]) -> Ctx<'a> {
+    Ctx {
+        focused: app.focus == pane,
+        typing: app
+            .input
+            .filter(|i| inputs.contains(i))
+            .map(|_| app.input_buf.as_str()),
+        now: app.now,
+    }
+}
+
+fn runs(f: &mut Frame<'_>, area: Rect, app: &App) {
+    let c = ctx(app, Pane::Runs, &[Input::RunFilter]);
+    app.runs.draw(f, area, &app.ws, c);
+}
+
+fn pipeline(f: &mut Frame<'_>, area: Rect, app: &App) {
+    let c = ctx(app, Pane::Pipeline, &[]);
+    app.pipeline.draw(f, area, app.selected_experiment(), c);
+}
+
 fn main_view(f: &mut Frame<'_>, area: Rect, app: &App) {
     let [tabs, content] = Layout::vertical([Constraint::Length(1), Constraint::Min(1)]).areas(area);
     let titles = ["1 charts", "2 samples", "3 overview", "4 logs"];
@@ -102,11 +124,21 @@ fn main_view(f: &mut Frame<'_>, area: Rect, app: &App) {
     } else {
         Layout::vertical([Constraint::Min(3), Constraint::Length(4)]).areas(content)
     };
+    let focused = app.focus == Pane::Main;
     match app.view {
-        View::Charts => panes::charts::draw(f, content, app),
-        View::Samples => panes::samples::draw(f, content, app),
-        View::Overview => panes::overview::draw(f, content, app),
-        View::Logs => panes::logs::draw(f, content, app),
+        View::Charts => {
+            let c = ctx(app, Pane::Main, &[Input::MetricFilter]);
+            app.charts.draw(f, content, &app.chart_runs(), c);
+        }
+        View::Samples => {
+            let c = ctx(app, Pane::Main, &[Input::RewardRange]);
+            app.samples.draw(f, content, app.selected_run(), c);
+        }
+        View::Overview => {
+            let (run, ex) = (app.selected_run(), app.selected_experiment());
+            panes::overview::draw(f, content, run, ex, focused);
+        }
+        View::Logs => panes::logs::draw(f, content, app.selected_run(), focused),
     }
     if prompt.height > 0 {
         prompt_box(f, prompt, app);

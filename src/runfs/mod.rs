@@ -1,4 +1,4 @@
-//! The run folder (DESIGN §3, a contract): the only channel between a running stage and anything
+//! The run folder (a contract: README, "Run folders"): the only channel between a running stage and anything
 //! that watches it. Layout, naming and discovery are here; writers and readers in the submodules.
 //!
 //! ```text

@@ -1,4 +1,4 @@
-//! `run.json`: what a run is and where it stands (DESIGN §3, a contract). Rewritten atomically
+//! `run.json`: what a run is and where it stands (a contract: README, "Run folders"). Rewritten atomically
 //! on every change; readers may see an older version but never a torn one.
 
 use super::atomic;
@@ -117,6 +117,8 @@ pub fn pid_alive(pid: u32) -> bool {
     {
         // Signal 0 checks for existence without sending anything. A zombie (exited child not
         // yet reaped) still counts as alive until reaped; /proc tells them apart on Linux.
+        // SAFETY: kill(2) takes plain integers and touches no memory of ours; signal 0 only
+        // checks that the process exists.
         let rc = unsafe { libc::kill(pid as libc::pid_t, 0) };
         let exists = rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
         if !exists {

@@ -1,4 +1,4 @@
-//! The typed `experiment.toml` (DESIGN §2, a contract): what a file may say, with serde doing the
+//! The typed `experiment.toml` (a contract: README, "The experiment spec"): what a file may say, with serde doing the
 //! parsing and `deny_unknown_fields` catching typos. Defaults live in [`super::resolve`].
 
 use serde::{Deserialize, Serialize};
@@ -201,7 +201,7 @@ impl Default for CorpusMix {
     }
 }
 
-/// The kinds of stage (DESIGN §2).
+/// The kinds of stage (README, "Stage kinds").
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[serde(rename_all = "lowercase")]
 pub enum StageKind {

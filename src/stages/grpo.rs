@@ -3,19 +3,21 @@
 //! with the weighted rule-based rewards, turns rewards into group-relative advantages, and takes
 //! `num_iterations` clipped policy-gradient steps on that rollout batch (KL to the frozen `init`
 //! model when `beta > 0`). Every completion is logged to `samples.jsonl` with its rewards and
-//! advantage; every metric of DESIGN §4 is logged each step.
+//! advantage; every TRL-named metric (README, "Run folders") is logged each step.
 
 use super::common::{
     Setup, clip_grad_norm, lr_at, metrics_line, open_logs, sampling, target_logprobs,
     target_logprobs_with,
 };
 use super::context::{Outcome, StageCtx};
+pub use super::grpo_math::LossConfig;
 use super::grpo_math::{advantages, informative_groups, mean_std, overlong_penalty};
 use super::supervised;
 use crate::model::checkpoint::{self, RngState};
 use crate::model::sample::{Completion, generate};
 use crate::model::tokenizer::{EOS, PAD};
 use crate::model::{self, Gpt};
+use crate::runfs::jsonl::JsonlWriter;
 use crate::spec::{LossType, StageConfig};
 use crate::tasks::{Problem, Rewards};
 use anyhow::Result;
@@ -127,29 +129,22 @@ pub fn micro_batches(lens: &[usize]) -> Vec<Vec<usize>> {
 
 /// The GRPO loss as tensors (the host specification is `grpo_math::reference_loss`), normalised
 /// by the whole batch's sizes `norm` (`Norm::of(&mask)` when the batch is one piece).
-pub fn grpo_loss(
-    x: LossInputs,
-    eps: f64,
-    eps_high: f64,
-    beta: f64,
-    loss_type: LossType,
-    max_len: usize,
-    norm: Norm,
-) -> (Tensor<1>, LossStats) {
+pub fn grpo_loss(x: LossInputs, c: &LossConfig, norm: Norm) -> (Tensor<1>, LossStats) {
+    let (eps, eps_high) = (c.epsilon, c.epsilon_high);
     let ratio = (x.logp.clone() - x.old_logp).exp();
     let unclipped = ratio.clone() * x.adv.clone();
     let clipped = ratio.clone().clamp(1.0 - eps, 1.0 + eps_high) * x.adv.clone();
     let mut per_token = unclipped.min_pair(clipped).neg();
     let tokens = norm.tokens;
     let mut kl_mean = 0.0;
-    if let (Some(rf), true) = (x.ref_logp, beta > 0.0) {
+    if let (Some(rf), true) = (x.ref_logp, c.beta > 0.0) {
         let d = rf - x.logp.clone();
         let kl = d.clone().exp() - d - 1.0;
         kl_mean = (kl.clone().detach() * x.mask.clone())
             .sum()
             .into_scalar::<f32>() as f64
             / tokens.max(1.0);
-        per_token = per_token + kl.mul_scalar(beta);
+        per_token = per_token + kl.mul_scalar(c.beta);
     }
     // Clip statistics (TRL's clip_ratio/*), on detached values.
     let r = ratio.detach();
@@ -161,12 +156,12 @@ pub fn grpo_loss(
     let high_n = high.sum().into_scalar::<f32>() as f64;
     let masked = per_token * x.mask.clone();
     let n = norm.rows;
-    let loss = match loss_type {
+    let loss = match c.loss_type {
         LossType::Grpo => {
             let per_seq = masked.sum_dim(1) / x.mask.sum_dim(1).clamp_min(1.0);
             per_seq.sum().div_scalar(n.max(1) as f64)
         }
-        LossType::DrGrpo => masked.sum().div_scalar((n.max(1) * max_len.max(1)) as f64),
+        LossType::DrGrpo => masked.sum().div_scalar((n.max(1) * c.budget.max(1)) as f64),
         LossType::Dapo => masked.sum().div_scalar(tokens.max(1.0)),
     };
     let t = tokens.max(1.0);
@@ -242,6 +237,44 @@ fn stats(xs: impl Iterator<Item = f64>) -> (f64, f64) {
     mean_std(&v)
 }
 
+/// What the metrics keep of one sampled completion (kept or dropped by dynamic sampling).
+struct Sampled {
+    rewards: Rewards,
+    total: f64,
+    len: usize,
+    finished: bool,
+}
+
+/// One step's rollouts: the groups to train on, and what was sampled to get them.
+struct Rollouts {
+    groups: Vec<Group>,
+    sampled: Vec<Sampled>,
+    /// Groups sampled, and those among them whose rewards were all equal.
+    sampled_groups: usize,
+    zero_std_groups: usize,
+}
+
+/// What a GRPO step works with besides the model: the stage's setup and settings, the devices
+/// (inference, and autodiff for training) and the frozen reference.
+struct Grpo<'a> {
+    setup: &'a Setup,
+    cfg: &'a StageConfig,
+    loss: LossConfig,
+    infer: Device,
+    device: Device,
+    reference: Option<Gpt>,
+}
+
+/// The policy update's results for the metrics.
+#[derive(Default)]
+struct Update {
+    loss: f64,
+    grad_norm: f64,
+    stats: LossStats,
+    entropy: f64,
+    tokens: usize,
+}
+
 pub fn run(ctx: &mut StageCtx<'_>) -> Result<Outcome> {
     let setup = Setup::new(ctx.exp)?;
     let infer = model::device()?;
@@ -261,277 +294,64 @@ pub fn run(ctx: &mut StageCtx<'_>) -> Result<Outcome> {
         )?),
         _ => None,
     };
+    let grpo = Grpo {
+        setup: &setup,
+        cfg: &cfg,
+        loss: LossConfig::new(&cfg, setup.model_cfg.ctx),
+        infer,
+        device,
+        reference,
+    };
     let (mut metrics, mut samples) = open_logs(&ctx.run)?;
     let mut rng = state.rng.restore();
-    let g = cfg.group_size;
-    let ctx_len = setup.model_cfg.ctx;
-    let opts = sampling(&cfg);
     let mut num_tokens = 0u64;
     ctx.reporter.message(&format!(
         "{} prompts × {} completions per step, {} steps",
-        cfg.prompts, g, cfg.steps
+        cfg.prompts, cfg.group_size, cfg.steps
     ));
     while state.step < cfg.steps {
         let t0 = Instant::now();
-        // 1. Rollouts (refilling when dynamic sampling drops uninformative groups).
         let policy = model.valid();
-        let mut groups: Vec<Group> = Vec::new();
-        let (mut sampled_groups, mut zero_std_groups) = (0usize, 0usize);
-        let mut all_rewards: Vec<(Rewards, f64, usize, bool)> = Vec::new();
-        for _attempt in 0..4 {
-            let need = cfg.prompts - groups.len();
-            let probs: Vec<Problem> = (0..need as u64)
-                .map(|i| setup.task.train_problem(state.cursor + i))
-                .collect();
-            state.cursor += need as u64;
-            let batch = setup.grouped_prompts(&probs, g)?;
-            let prompt_ids: Vec<Vec<u32>> = batch.iter().step_by(g).cloned().collect();
-            let max_len = if cfg.max_new_tokens == 0 {
-                ctx_len - batch.iter().map(Vec::len).max().unwrap_or(0)
-            } else {
-                cfg.max_new_tokens
-            };
-            let outs = generate(&policy, &batch, ctx_len, &opts, &mut rng, &infer);
-            let mut outs = outs.into_iter();
-            for (p, pid) in probs.into_iter().zip(prompt_ids) {
-                let rollouts: Vec<Rollout> = (&mut outs)
-                    .take(g)
-                    .map(|c| {
-                        let text = setup.tok.decode(&c.tokens);
-                        let rewards = setup.task.rewards(&p.prompt, &text);
-                        let total = total_reward(&cfg, &rewards, c.tokens.len(), max_len);
-                        Rollout {
-                            completion: c,
-                            text,
-                            rewards,
-                            total,
-                        }
-                    })
-                    .collect();
-                for r in &rollouts {
-                    all_rewards.push((
-                        r.rewards,
-                        r.total,
-                        r.completion.tokens.len(),
-                        r.completion.finished,
-                    ));
-                }
-                let totals: Vec<f64> = rollouts.iter().map(|r| r.total).collect();
-                sampled_groups += 1;
-                let informative = !informative_groups(&totals, g).is_empty();
-                zero_std_groups += (!informative) as usize;
-                if informative || !cfg.dynamic_sampling {
-                    groups.push(Group {
-                        problem: p,
-                        prompt_ids: pid,
-                        rollouts,
-                    });
-                }
-            }
-            if !cfg.dynamic_sampling || groups.len() >= cfg.prompts {
-                break;
-            }
-        }
+        let rollouts = grpo.collect_rollouts(&policy, &mut state.cursor, &mut rng)?;
         let rollout_time = t0.elapsed().as_secs_f64();
-        // 2. Advantages.
-        let totals: Vec<f64> = groups
+        let totals: Vec<f64> = rollouts
+            .groups
             .iter()
             .flat_map(|gr| gr.rollouts.iter().map(|r| r.total))
             .collect();
-        let adv = advantages(&totals, g, cfg.scale_rewards);
-        let max_len = groups
-            .iter()
-            .flat_map(|gr| gr.rollouts.iter().map(|r| r.completion.tokens.len() + 1))
-            .max()
-            .unwrap_or(1);
-        // 3. Policy update.
+        let adv = advantages(&totals, cfg.group_size, cfg.scale_rewards);
         let lr = lr_at(state.step, &cfg);
-        let (mut loss_val, mut grad_norm) = (0.0, 0.0);
-        let mut lstats = LossStats::default();
-        let mut entropy = 0.0;
-        let mut trained_tokens = 0;
-        if !groups.is_empty() {
-            let rows: Vec<(&[u32], &Completion)> = groups
-                .iter()
-                .flat_map(|gr| {
-                    gr.rollouts
-                        .iter()
-                        .map(move |r| (gr.prompt_ids.as_slice(), &r.completion))
-                })
-                .collect();
-            let lens: Vec<usize> = rows.iter().map(|(p, c)| p.len() + c.tokens.len()).collect();
-            // Micro-batches of similar length; their gradients add up to the batch's.
-            let parts: Vec<Part> = micro_batches(&lens)
-                .into_iter()
-                .map(|idx| {
-                    let sub: Vec<(&[u32], &Completion)> = idx.iter().map(|&i| rows[i]).collect();
-                    let (inputs, targets, mask, count) =
-                        rollout_batch(&sub, cfg.mask_truncated, &device);
-                    let adv_t: Tensor<2> = Tensor::from_data(
-                        TensorData::new(
-                            idx.iter().map(|&i| adv[i] as f32).collect::<Vec<_>>(),
-                            [idx.len(), 1],
-                        ),
-                        &device,
-                    );
-                    // Log-probs under a model that is not trained: on the inference device.
-                    let frozen = |m: &Gpt| {
-                        let lp = target_logprobs(
-                            m,
-                            Tensor::from_data(inputs.to_data(), &infer),
-                            Tensor::from_data(targets.to_data(), &infer),
-                            cfg.temperature,
-                        );
-                        Tensor::<2>::from_data(lp.into_data(), &device)
-                    };
-                    let ref_logp = reference.as_ref().map(frozen);
-                    let old_logp = (cfg.num_iterations > 1).then(|| frozen(&policy));
-                    Part {
-                        inputs,
-                        targets,
-                        mask,
-                        count,
-                        adv: adv_t,
-                        ref_logp,
-                        old_logp,
-                    }
-                })
-                .collect();
-            trained_tokens = parts.iter().map(|p| p.count).sum();
-            let norm = Norm {
-                rows: rows.len(),
-                tokens: trained_tokens as f64,
-            };
-            for it in 0..cfg.num_iterations {
-                let mut acc = GradientsAccumulator::<Gpt>::new();
-                let (mut loss_sum, mut entropy_sum) = (0.0, 0.0);
-                lstats = LossStats::default();
-                for part in &parts {
-                    let (logp, h) = target_logprobs_with(
-                        &model,
-                        part.inputs.clone(),
-                        part.targets.clone(),
-                        cfg.temperature,
-                        it == 0,
-                    );
-                    if let Some(h) = h {
-                        // Token entropy of the sampling distribution (detached).
-                        entropy_sum += (h * part.mask.clone()).sum().into_scalar::<f32>() as f64;
-                    }
-                    let old = match &part.old_logp {
-                        Some(o) => o.clone(),
-                        None => logp.clone().detach(),
-                    };
-                    let (loss, st) = grpo_loss(
-                        LossInputs {
-                            logp,
-                            old_logp: old,
-                            ref_logp: part.ref_logp.clone(),
-                            adv: part.adv.clone(),
-                            mask: part.mask.clone(),
-                        },
-                        cfg.epsilon,
-                        cfg.epsilon_high,
-                        cfg.beta,
-                        cfg.loss_type,
-                        max_len,
-                        norm,
-                    );
-                    loss_sum += loss.clone().into_scalar::<f32>() as f64;
-                    lstats += st;
-                    acc.accumulate(&model, GradientsParams::from_grads(loss.backward(), &model));
-                }
-                loss_val = loss_sum;
-                if it == 0 {
-                    entropy = entropy_sum / trained_tokens.max(1) as f64;
-                }
-                if !loss_val.is_finite() {
-                    anyhow::bail!(
-                        "GRPO loss became {loss_val} at step {}; lower lr",
-                        state.step + 1
-                    );
-                }
-                let mut grads = acc.grads();
-                grad_norm = clip_grad_norm(&model, &mut grads, cfg.grad_clip);
-                model = optim.step(lr, model, grads);
-            }
-        }
+        let update;
+        (model, update) = grpo.update_policy(
+            model,
+            &mut optim,
+            &policy,
+            &rollouts.groups,
+            &adv,
+            lr,
+            state.step,
+        )?;
         state.step += 1;
-        num_tokens += trained_tokens as u64;
-        let dt = t0.elapsed().as_secs_f64();
-
-        // 4. Metrics and samples.
-        let (reward, reward_std) = stats(all_rewards.iter().map(|r| r.1));
-        let (acc_m, acc_s) = stats(all_rewards.iter().map(|r| r.0.accuracy));
-        let (fmt_m, fmt_s) = stats(all_rewards.iter().map(|r| r.0.format));
-        let (par_m, par_s) = stats(all_rewards.iter().map(|r| r.0.partial));
-        let lens: Vec<f64> = all_rewards.iter().map(|r| r.2 as f64).collect();
-        let (len_m, _) = mean_std(&lens);
-        let truncated =
-            all_rewards.iter().filter(|r| !r.3).count() as f64 / all_rewards.len().max(1) as f64;
-        let (adv_m, adv_s) = mean_std(&adv);
-        let values = [
-            ("loss", loss_val),
-            ("learning_rate", lr),
-            ("grad_norm", grad_norm),
-            ("reward", reward),
-            ("reward_std", reward_std),
-            ("rewards/accuracy/mean", acc_m),
-            ("rewards/accuracy/std", acc_s),
-            ("rewards/format/mean", fmt_m),
-            ("rewards/format/std", fmt_s),
-            ("rewards/partial/mean", par_m),
-            ("rewards/partial/std", par_s),
-            (
-                "frac_reward_zero_std",
-                zero_std_groups as f64 / sampled_groups.max(1) as f64,
-            ),
-            ("completions/mean_length", len_m),
-            (
-                "completions/min_length",
-                lens.iter().copied().fold(f64::INFINITY, f64::min),
-            ),
-            (
-                "completions/max_length",
-                lens.iter().copied().fold(0.0, f64::max),
-            ),
-            ("completions/clipped_ratio", truncated),
-            ("kl", lstats.kl),
-            ("entropy", entropy),
-            ("clip_ratio/low_mean", lstats.clip_low),
-            ("clip_ratio/high_mean", lstats.clip_high),
-            ("clip_ratio/region_mean", lstats.clip_region),
-            ("advantage/mean", adv_m),
-            ("advantage/std", adv_s),
-            ("step_time", dt),
-            ("time/rollout", rollout_time),
-            ("time/update", dt - rollout_time),
-            ("tokens_per_sec", trained_tokens as f64 / dt),
-            ("num_tokens", num_tokens as f64),
-            ("groups", groups.len() as f64),
-        ];
+        num_tokens += update.tokens as u64;
+        let times = (t0.elapsed().as_secs_f64(), rollout_time);
+        let line = step_metrics(&rollouts, &adv, &update, lr, times, num_tokens);
         if state.step % cfg.log_every == 0 || state.step == cfg.steps {
-            metrics.write(&metrics_line(state.step, &values))?;
+            metrics.write(&metrics_line(state.step, &line))?;
         }
         if cfg.sample_every > 0 && (state.step % cfg.sample_every == 0 || state.step == cfg.steps) {
-            let mut k = 0;
-            for (gi, gr) in groups.iter().enumerate() {
-                for r in &gr.rollouts {
-                    samples.write(&json!({
-                        "step": state.step, "prompt": gr.problem.prompt, "completion": r.text,
-                        "answer": gr.problem.answer, "rewards": r.rewards.as_map(), "reward": r.total,
-                        "advantage": adv[k], "group": gi, "truncated": !r.completion.finished,
-                    }))?;
-                    k += 1;
-                }
-            }
+            log_samples(&mut samples, state.step, &rollouts.groups, &adv)?;
         }
         let stopping = ctx.should_stop();
         let last = state.step == cfg.steps;
+        let value = |name: &str| line.iter().find(|(n, _)| *n == name).map_or(0.0, |v| v.1);
         ctx.progress(
             state.step,
             cfg.steps,
-            &[("reward", reward), ("acc", acc_m), ("len", len_m)],
+            &[
+                ("reward", value("reward")),
+                ("acc", value("rewards/accuracy/mean")),
+                ("len", value("completions/mean_length")),
+            ],
         );
         if state.step % cfg.checkpoint_every == 0 || last || stopping {
             state.rng = RngState::of(&rng);
@@ -542,4 +362,283 @@ pub fn run(ctx: &mut StageCtx<'_>) -> Result<Outcome> {
         }
     }
     Ok(Outcome::Done)
+}
+
+impl Grpo<'_> {
+    /// Phase 1: `prompts` groups of `group_size` completions from `policy`, scored. With
+    /// dynamic sampling, groups whose rewards are all equal are dropped and new prompts
+    /// sampled in their place (at most four rounds).
+    fn collect_rollouts(
+        &self,
+        policy: &Gpt,
+        cursor: &mut u64,
+        rng: &mut rand_chacha::ChaCha8Rng,
+    ) -> Result<Rollouts> {
+        let (cfg, setup, g) = (self.cfg, self.setup, self.cfg.group_size);
+        let ctx_len = setup.model_cfg.ctx;
+        let opts = sampling(cfg);
+        let mut out = Rollouts {
+            groups: Vec::new(),
+            sampled: Vec::new(),
+            sampled_groups: 0,
+            zero_std_groups: 0,
+        };
+        for _attempt in 0..4 {
+            let need = cfg.prompts - out.groups.len();
+            let probs: Vec<Problem> = (0..need as u64)
+                .map(|i| setup.task.train_problem(*cursor + i))
+                .collect();
+            *cursor += need as u64;
+            let batch = setup.grouped_prompts(&probs, g)?;
+            let prompt_ids: Vec<Vec<u32>> = batch.iter().step_by(g).cloned().collect();
+            // The length the reward's length and overlong terms measure against.
+            let max_len = if cfg.max_new_tokens == 0 {
+                ctx_len - batch.iter().map(Vec::len).max().unwrap_or(0)
+            } else {
+                cfg.max_new_tokens
+            };
+            let outs = generate(policy, &batch, ctx_len, &opts, rng, &self.infer);
+            let mut outs = outs.into_iter();
+            for (problem, prompt_ids) in probs.into_iter().zip(prompt_ids) {
+                let rollouts: Vec<Rollout> = (&mut outs)
+                    .take(g)
+                    .map(|c| self.score(&problem, c, max_len))
+                    .collect();
+                out.sampled.extend(rollouts.iter().map(|r| Sampled {
+                    rewards: r.rewards,
+                    total: r.total,
+                    len: r.completion.tokens.len(),
+                    finished: r.completion.finished,
+                }));
+                let totals: Vec<f64> = rollouts.iter().map(|r| r.total).collect();
+                let informative = !informative_groups(&totals, g).is_empty();
+                out.sampled_groups += 1;
+                out.zero_std_groups += (!informative) as usize;
+                if informative || !cfg.dynamic_sampling {
+                    out.groups.push(Group {
+                        problem,
+                        prompt_ids,
+                        rollouts,
+                    });
+                }
+            }
+            if !cfg.dynamic_sampling || out.groups.len() >= cfg.prompts {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// A completion's text and rewards.
+    fn score(&self, problem: &Problem, c: Completion, max_len: usize) -> Rollout {
+        let text = self.setup.tok.decode(&c.tokens);
+        let rewards = self.setup.task.rewards(&problem.prompt, &text);
+        let total = total_reward(self.cfg, &rewards, c.tokens.len(), max_len);
+        Rollout {
+            completion: c,
+            text,
+            rewards,
+            total,
+        }
+    }
+
+    /// Phase 3 (after the advantages `adv`): `num_iterations` optimiser steps on the groups,
+    /// each over micro-batches of similar length whose gradients add up to the batch's.
+    #[allow(clippy::too_many_arguments)]
+    fn update_policy(
+        &self,
+        mut model: Gpt,
+        optim: &mut burn::optim::ModuleOptimizer,
+        policy: &Gpt,
+        groups: &[Group],
+        adv: &[f64],
+        lr: f64,
+        step: u64,
+    ) -> Result<(Gpt, Update)> {
+        let mut up = Update::default();
+        if groups.is_empty() {
+            return Ok((model, up));
+        }
+        let parts = self.micro_batches(policy, groups, adv);
+        up.tokens = parts.iter().map(|p| p.count).sum();
+        let norm = Norm {
+            rows: groups.iter().map(|g| g.rollouts.len()).sum(),
+            tokens: up.tokens as f64,
+        };
+        for it in 0..self.cfg.num_iterations {
+            let mut acc = GradientsAccumulator::<Gpt>::new();
+            let (mut loss_sum, mut entropy_sum) = (0.0, 0.0);
+            up.stats = LossStats::default();
+            for part in &parts {
+                let (logp, h) = target_logprobs_with(
+                    &model,
+                    part.inputs.clone(),
+                    part.targets.clone(),
+                    self.cfg.temperature,
+                    it == 0,
+                );
+                if let Some(h) = h {
+                    // Token entropy of the sampling distribution (detached).
+                    entropy_sum += (h * part.mask.clone()).sum().into_scalar::<f32>() as f64;
+                }
+                let old_logp = match &part.old_logp {
+                    Some(o) => o.clone(),
+                    None => logp.clone().detach(),
+                };
+                let inputs = LossInputs {
+                    logp,
+                    old_logp,
+                    ref_logp: part.ref_logp.clone(),
+                    adv: part.adv.clone(),
+                    mask: part.mask.clone(),
+                };
+                let (loss, st) = grpo_loss(inputs, &self.loss, norm);
+                loss_sum += loss.clone().into_scalar::<f32>() as f64;
+                up.stats += st;
+                acc.accumulate(&model, GradientsParams::from_grads(loss.backward(), &model));
+            }
+            up.loss = loss_sum;
+            if it == 0 {
+                up.entropy = entropy_sum / up.tokens.max(1) as f64;
+            }
+            if !up.loss.is_finite() {
+                anyhow::bail!(
+                    "GRPO loss became {} at step {}; lower lr",
+                    up.loss,
+                    step + 1
+                );
+            }
+            let mut grads = acc.grads();
+            up.grad_norm = clip_grad_norm(&model, &mut grads, self.cfg.grad_clip);
+            model = optim.step(lr, model, grads);
+        }
+        Ok((model, up))
+    }
+
+    /// The groups' completions as micro-batches of similar length, with their advantages and
+    /// the log-probabilities under the models that are not trained (reference, and the
+    /// sampling policy when `num_iterations > 1`), computed on the inference device.
+    fn micro_batches(&self, policy: &Gpt, groups: &[Group], adv: &[f64]) -> Vec<Part> {
+        let (infer, device) = (&self.infer, &self.device);
+        let rows: Vec<(&[u32], &Completion)> = groups
+            .iter()
+            .flat_map(|gr| {
+                gr.rollouts
+                    .iter()
+                    .map(move |r| (gr.prompt_ids.as_slice(), &r.completion))
+            })
+            .collect();
+        let lens: Vec<usize> = rows.iter().map(|(p, c)| p.len() + c.tokens.len()).collect();
+        micro_batches(&lens)
+            .into_iter()
+            .map(|idx| {
+                let sub: Vec<(&[u32], &Completion)> = idx.iter().map(|&i| rows[i]).collect();
+                let (inputs, targets, mask, count) =
+                    rollout_batch(&sub, self.cfg.mask_truncated, device);
+                let adv_t: Tensor<2> = Tensor::from_data(
+                    TensorData::new(
+                        idx.iter().map(|&i| adv[i] as f32).collect::<Vec<_>>(),
+                        [idx.len(), 1],
+                    ),
+                    device,
+                );
+                let frozen = |m: &Gpt| {
+                    let lp = target_logprobs(
+                        m,
+                        Tensor::from_data(inputs.to_data(), infer),
+                        Tensor::from_data(targets.to_data(), infer),
+                        self.cfg.temperature,
+                    );
+                    Tensor::<2>::from_data(lp.into_data(), device)
+                };
+                Part {
+                    ref_logp: self.reference.as_ref().map(frozen),
+                    old_logp: (self.cfg.num_iterations > 1).then(|| frozen(policy)),
+                    inputs,
+                    targets,
+                    mask,
+                    count,
+                    adv: adv_t,
+                }
+            })
+            .collect()
+    }
+}
+
+/// Phase 4: the step's metrics (TRL's names), from the rollouts, advantages and update;
+/// `times` is the step's and the rollouts' wall time in seconds.
+fn step_metrics(
+    r: &Rollouts,
+    adv: &[f64],
+    up: &Update,
+    lr: f64,
+    times: (f64, f64),
+    num_tokens: u64,
+) -> Vec<(&'static str, f64)> {
+    let (dt, rollout_time) = times;
+    let s = &r.sampled;
+    let (reward, reward_std) = stats(s.iter().map(|x| x.total));
+    let (acc_m, acc_s) = stats(s.iter().map(|x| x.rewards.accuracy));
+    let (fmt_m, fmt_s) = stats(s.iter().map(|x| x.rewards.format));
+    let (par_m, par_s) = stats(s.iter().map(|x| x.rewards.partial));
+    let lens: Vec<f64> = s.iter().map(|x| x.len as f64).collect();
+    let (len_m, _) = mean_std(&lens);
+    let truncated = s.iter().filter(|x| !x.finished).count() as f64 / s.len().max(1) as f64;
+    let (adv_m, adv_s) = mean_std(adv);
+    vec![
+        ("loss", up.loss),
+        ("learning_rate", lr),
+        ("grad_norm", up.grad_norm),
+        ("reward", reward),
+        ("reward_std", reward_std),
+        ("rewards/accuracy/mean", acc_m),
+        ("rewards/accuracy/std", acc_s),
+        ("rewards/format/mean", fmt_m),
+        ("rewards/format/std", fmt_s),
+        ("rewards/partial/mean", par_m),
+        ("rewards/partial/std", par_s),
+        (
+            "frac_reward_zero_std",
+            r.zero_std_groups as f64 / r.sampled_groups.max(1) as f64,
+        ),
+        ("completions/mean_length", len_m),
+        (
+            "completions/min_length",
+            lens.iter().copied().fold(f64::INFINITY, f64::min),
+        ),
+        (
+            "completions/max_length",
+            lens.iter().copied().fold(0.0, f64::max),
+        ),
+        ("completions/clipped_ratio", truncated),
+        ("kl", up.stats.kl),
+        ("entropy", up.entropy),
+        ("clip_ratio/low_mean", up.stats.clip_low),
+        ("clip_ratio/high_mean", up.stats.clip_high),
+        ("clip_ratio/region_mean", up.stats.clip_region),
+        ("advantage/mean", adv_m),
+        ("advantage/std", adv_s),
+        ("step_time", dt),
+        ("time/rollout", rollout_time),
+        ("time/update", dt - rollout_time),
+        ("tokens_per_sec", up.tokens as f64 / dt),
+        ("num_tokens", num_tokens as f64),
+        ("groups", r.groups.len() as f64),
+    ]
+}
+
+/// Every completion of the step's groups to `samples.jsonl`, with its rewards and advantage.
+fn log_samples(samples: &mut JsonlWriter, step: u64, groups: &[Group], adv: &[f64]) -> Result<()> {
+    let rows = groups
+        .iter()
+        .enumerate()
+        .flat_map(|(gi, gr)| gr.rollouts.iter().map(move |r| (gi, gr, r)));
+    for ((gi, gr, r), a) in rows.zip(adv) {
+        samples.write(&json!({
+            "step": step, "prompt": gr.problem.prompt, "completion": r.text,
+            "answer": gr.problem.answer, "rewards": r.rewards.as_map(), "reward": r.total,
+            "advantage": a, "group": gi, "truncated": !r.completion.finished,
+        }))?;
+    }
+    Ok(())
 }

@@ -3,7 +3,7 @@
 //! `loss_type`, DAPO's overlong shaping and dynamic-sampling filtering. The tensor version of the
 //! loss in `grpo.rs` is tested against [`reference_loss`].
 
-use crate::spec::{LossType, ScaleRewards};
+use crate::spec::{LossType, ScaleRewards, StageConfig};
 
 /// Mean and (population) standard deviation.
 pub fn mean_std(xs: &[f64]) -> (f64, f64) {
@@ -74,8 +74,9 @@ pub fn overlong_penalty(len: usize, max_len: usize, buffer: usize, penalty: f64)
 
 /// Normalise per-token losses (`rows` of masked tokens) into the batch loss for `loss_type`:
 /// `grpo` averages within each sequence then over sequences; `dr_grpo` sums everything and divides
-/// by `rows × max_len`; `dapo` divides the sum by the number of tokens.
-pub fn normalise(rows: &[Vec<f64>], loss_type: LossType, max_len: usize) -> f64 {
+/// by `rows × budget`, the generation budget (a constant, as in Dr. GRPO and TRL: no length of
+/// this batch's completions scales the gradient); `dapo` divides the sum by the number of tokens.
+pub fn normalise(rows: &[Vec<f64>], loss_type: LossType, budget: usize) -> f64 {
     let n = rows.len().max(1) as f64;
     match loss_type {
         LossType::Grpo => {
@@ -90,11 +91,49 @@ pub fn normalise(rows: &[Vec<f64>], loss_type: LossType, max_len: usize) -> f64 
                 .sum::<f64>()
                 / n
         }
-        LossType::DrGrpo => rows.iter().flatten().sum::<f64>() / (n * max_len.max(1) as f64),
+        LossType::DrGrpo => rows.iter().flatten().sum::<f64>() / (n * budget.max(1) as f64),
         LossType::Dapo => {
             let t: usize = rows.iter().map(Vec::len).sum();
             rows.iter().flatten().sum::<f64>() / t.max(1) as f64
         }
+    }
+}
+
+/// The loss settings of a GRPO stage, fixed for the whole run.
+#[derive(Debug, Clone, Copy)]
+pub struct LossConfig {
+    /// Lower clip range of the ratio (`1 − epsilon`).
+    pub epsilon: f64,
+    /// Upper clip range of the ratio (`1 + epsilon_high`).
+    pub epsilon_high: f64,
+    /// Weight of the k3 KL to the reference (0: no reference).
+    pub beta: f64,
+    pub loss_type: LossType,
+    /// The generation budget: `dr_grpo` divides by `rows × budget`, a constant, so that no
+    /// length of this step's completions enters the gradient's scale.
+    pub budget: usize,
+}
+
+impl LossConfig {
+    /// A stage's settings, for a model with context `ctx`.
+    pub fn new(cfg: &StageConfig, ctx: usize) -> LossConfig {
+        LossConfig {
+            epsilon: cfg.epsilon,
+            epsilon_high: cfg.epsilon_high,
+            beta: cfg.beta,
+            loss_type: cfg.loss_type,
+            budget: completion_budget(cfg.max_new_tokens, ctx),
+        }
+    }
+}
+
+/// The most tokens a completion may have (its EOS included): `max_new_tokens`, or the whole
+/// context when it is 0 ("up to the context").
+pub fn completion_budget(max_new_tokens: usize, ctx: usize) -> usize {
+    if max_new_tokens == 0 {
+        ctx
+    } else {
+        max_new_tokens.min(ctx)
     }
 }
 
@@ -108,30 +147,23 @@ pub struct TokenRow {
 }
 
 /// The whole GRPO loss on the host, the specification the tensor code is tested against.
-pub fn reference_loss(
-    rows: &[TokenRow],
-    eps: f64,
-    eps_high: f64,
-    beta: f64,
-    loss_type: LossType,
-    max_len: usize,
-) -> f64 {
+pub fn reference_loss(rows: &[TokenRow], c: &LossConfig) -> f64 {
     let per_token: Vec<Vec<f64>> = rows
         .iter()
         .map(|r| {
             (0..r.logp.len())
                 .map(|t| {
                     let ratio = (r.logp[t] - r.old_logp[t]).exp();
-                    let mut l = clipped_token_loss(ratio, r.advantage, eps, eps_high);
-                    if let (Some(rf), true) = (&r.ref_logp, beta > 0.0) {
-                        l += beta * k3(r.logp[t], rf[t]);
+                    let mut l = clipped_token_loss(ratio, r.advantage, c.epsilon, c.epsilon_high);
+                    if let (Some(rf), true) = (&r.ref_logp, c.beta > 0.0) {
+                        l += c.beta * k3(r.logp[t], rf[t]);
                     }
                     l
                 })
                 .collect()
         })
         .collect();
-    normalise(&per_token, loss_type, max_len)
+    normalise(&per_token, c.loss_type, c.budget)
 }
 
 #[cfg(test)]
@@ -191,7 +223,16 @@ mod tests {
             (1.0 + 4.0) / 2.0
         ));
         assert!(close(normalise(&rows, LossType::Dapo, 10), 8.0 / 5.0));
+        // Dr. GRPO divides by rows × the generation budget (10), not by the longest row (4).
         assert!(close(normalise(&rows, LossType::DrGrpo, 10), 8.0 / 20.0));
+        assert!(close(normalise(&rows, LossType::DrGrpo, 16), 8.0 / 32.0));
+    }
+
+    #[test]
+    fn the_budget_is_max_new_tokens_or_the_context() {
+        assert_eq!(completion_budget(24, 64), 24);
+        assert_eq!(completion_budget(0, 64), 64);
+        assert_eq!(completion_budget(100, 64), 64);
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! Charts grid: one chart per metric of the selected run plus overlaid (marked) runs, in stable
 //! colours; debiased EMA smoothing (raw drawn dim behind), log-y, x axis by step / relative /
 //! wall time, min–max downsampling to the chart's width, gaps at NaN and a new segment where steps
-//! go backwards. Enter zooms the focused chart with a cursor that reads out values.
+//! go backwards. Enter zooms the focused chart with a cursor that reads out values. [`Charts`] is
+//! the grid's state.
 
-use super::{block, run_color};
-use crate::notebook::app::{App, Pane};
+use super::{Ctx, block, run_color, step_index};
+use crate::notebook::keymap::Action;
 use crate::notebook::series::{XAxis, downsample, segments, smooth};
 use crate::notebook::workspace::RunView;
 use ratatui::Frame;
@@ -13,7 +14,8 @@ use ratatui::style::{Color, Style};
 use ratatui::symbols::Marker;
 use ratatui::text::Span;
 use ratatui::widgets::{Axis, Chart, Dataset, GraphType, Paragraph};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeSet;
 use std::collections::HashMap;
 use std::rc::Rc;
 
@@ -43,7 +45,7 @@ pub struct LineView {
 
 /// Memo of each run's polylines for a metric and view settings, valid while the run's series
 /// keeps its length: a static chart of 200,000 points is smoothed and downsampled once, not
-/// every frame. Interior mutability keeps `draw` a function of `&App`.
+/// every frame. Interior mutability keeps `draw` a function of `&Charts`.
 #[derive(Default)]
 pub struct ChartCache(RefCell<HashMap<CacheKey, CacheEntry>>);
 
@@ -72,6 +74,116 @@ impl ChartCache {
         let lines = Rc::new(run_lines(run, metric, view));
         map.insert(key, (run.series.len(), lines.clone()));
         lines
+    }
+}
+
+/// The charts grid's state: view settings, the focused chart, zoom and cursor, the metric
+/// filter, the polyline memo and the grid's columns as last drawn.
+pub struct Charts {
+    /// Debiased EMA weight (0 = raw).
+    pub smoothing: f64,
+    pub log_y: bool,
+    pub x_axis: XAxis,
+    /// Index of the focused chart among [`Charts::metrics`].
+    pub index: usize,
+    /// The focused chart fills the area, with a cursor at `cursor` (a fraction of the x range).
+    pub zoom: bool,
+    pub cursor: f64,
+    /// Case-insensitive text a metric name must contain.
+    pub metric_filter: String,
+    cache: ChartCache,
+    /// Columns of the grid as last drawn (↑/↓ move by a row of them).
+    columns: Cell<usize>,
+}
+
+impl Default for Charts {
+    fn default() -> Charts {
+        Charts {
+            smoothing: 0.6,
+            log_y: false,
+            x_axis: XAxis::Step,
+            index: 0,
+            zoom: false,
+            cursor: 1.0,
+            metric_filter: String::new(),
+            cache: ChartCache::default(),
+            columns: Cell::new(2),
+        }
+    }
+}
+
+impl Charts {
+    /// Metric names of `runs`, after the metric filter, in a stable order (headline metrics
+    /// first).
+    pub fn metrics(&self, runs: &[&RunView]) -> Vec<String> {
+        let mut names: BTreeSet<String> = BTreeSet::new();
+        for r in runs {
+            names.extend(r.series.names().cloned());
+        }
+        let f = self.metric_filter.to_lowercase();
+        let rank = |n: &str| match n {
+            "loss" => 0,
+            "reward" => 1,
+            "rewards/accuracy/mean" => 2,
+            "eval/pass@1" => 3,
+            "completions/mean_length" => 4,
+            "kl" => 5,
+            _ => 10,
+        };
+        let mut v: Vec<String> = names
+            .into_iter()
+            .filter(|n| f.is_empty() || n.to_lowercase().contains(&f))
+            .collect();
+        v.sort_by_key(|n| (rank(n), n.clone()));
+        v
+    }
+
+    /// Columns of the grid as last drawn.
+    pub fn columns(&self) -> usize {
+        self.columns.get()
+    }
+
+    /// Filter metrics by `text` (typed live), from the first chart.
+    pub fn set_filter(&mut self, text: &str) {
+        self.metric_filter = text.to_string();
+        self.index = 0;
+    }
+
+    /// Carry out `action` on the charts of `runs` if it is the grid's; whether it was.
+    pub fn on_action(&mut self, action: Action, runs: &[&RunView]) -> bool {
+        let n = || self.metrics(runs).len();
+        match action {
+            Action::Up | Action::Down => {
+                let rows = if action == Action::Up { -1 } else { 1 };
+                let delta = rows * self.columns.get().max(1) as i64;
+                self.index = step_index(self.index, delta, n());
+            }
+            Action::Left | Action::Right => {
+                let delta = if action == Action::Left { -1 } else { 1 };
+                if self.zoom {
+                    self.cursor = (self.cursor + 0.02 * delta as f64).clamp(0.0, 1.0);
+                } else {
+                    self.index = step_index(self.index, delta, n());
+                }
+            }
+            Action::Select => self.zoom = !self.zoom,
+            Action::Back => self.zoom = false,
+            Action::SmoothMore => {
+                self.smoothing = ((self.smoothing * 10.0).round() / 10.0 + 0.1).min(0.9)
+            }
+            Action::SmoothLess => {
+                self.smoothing = ((self.smoothing * 10.0).round() / 10.0 - 0.1).max(0.0)
+            }
+            Action::LogY => self.log_y = !self.log_y,
+            Action::XAxis => self.x_axis = self.x_axis.next(),
+            _ => return false,
+        }
+        true
+    }
+
+    /// The grid (or the zoomed chart) of `runs`' metrics.
+    pub fn draw(&self, f: &mut Frame<'_>, area: Rect, runs: &[&RunView], ctx: Ctx<'_>) {
+        draw(self, f, area, runs, ctx)
     }
 }
 
@@ -196,22 +308,30 @@ fn fmt_x(v: f64, axis: XAxis) -> String {
     }
 }
 
-fn draw_one(f: &mut Frame<'_>, area: Rect, app: &App, metric: &str, focused: bool, zoomed: bool) {
-    let runs = app.chart_runs();
+/// One chart: what it shows and how.
+struct One<'a> {
+    metric: &'a str,
+    focused: bool,
+    zoomed: bool,
+}
+
+fn draw_one(f: &mut Frame<'_>, area: Rect, c: &Charts, runs: &[&RunView], one: One<'_>) {
+    let One {
+        metric,
+        focused,
+        zoomed,
+    } = one;
     let cols = area.width.saturating_sub(10) as usize;
     let view = LineView {
-        smoothing: app.smoothing,
-        log_y: app.log_y,
-        axis: app.x_axis,
+        smoothing: c.smoothing,
+        log_y: c.log_y,
+        axis: c.x_axis,
         columns: cols.max(1),
     };
-    let per_run: Vec<Rc<Vec<Line>>> = runs
-        .iter()
-        .map(|r| app.chart_cache.get(r, metric, view))
-        .collect();
+    let per_run: Vec<Rc<Vec<Line>>> = runs.iter().map(|r| c.cache.get(r, metric, view)).collect();
     let mut extra: Vec<Line> = Vec::new();
     let mut title = metric.to_string();
-    if app.log_y {
+    if c.log_y {
         title.push_str(" (log)");
     }
     let Some((xb, yb)) = bounds(per_run.iter().flat_map(|v| v.iter())) else {
@@ -222,12 +342,12 @@ fn draw_one(f: &mut Frame<'_>, area: Rect, app: &App, metric: &str, focused: boo
         return;
     };
     if zoomed {
-        let xc = xb[0] + app.chart_cursor * (xb[1] - xb[0]);
+        let xc = xb[0] + c.cursor * (xb[1] - xb[0]);
         let mut readout = Vec::new();
-        for run in &runs {
-            let xs = xs_of(run, app.x_axis);
+        for run in runs {
+            let xs = xs_of(run, c.x_axis);
             if let Some(ys) = run.series.column(metric) {
-                let sm = smooth(&ys, app.smoothing);
+                let sm = smooth(&ys, c.smoothing);
                 if let Some(i) = (0..xs.len())
                     .rev()
                     .find(|&i| xs[i] <= xc && sm[i].is_finite())
@@ -238,8 +358,8 @@ fn draw_one(f: &mut Frame<'_>, area: Rect, app: &App, metric: &str, focused: boo
         }
         title = format!(
             "{title} @ {} {}: {}",
-            app.x_axis.label(),
-            fmt_x(xc, app.x_axis),
+            c.x_axis.label(),
+            fmt_x(xc, c.x_axis),
             readout.join("  ")
         );
         extra.push(Line {
@@ -270,7 +390,7 @@ fn draw_one(f: &mut Frame<'_>, area: Rect, app: &App, metric: &str, focused: boo
         })
         .collect();
     let ylab = |v: f64| {
-        if app.log_y {
+        if c.log_y {
             fmt_num(10f64.powf(v))
         } else {
             fmt_num(v)
@@ -283,8 +403,8 @@ fn draw_one(f: &mut Frame<'_>, area: Rect, app: &App, metric: &str, focused: boo
                 .bounds(xb)
                 .style(Style::default().fg(Color::DarkGray))
                 .labels([
-                    Span::raw(fmt_x(xb[0], app.x_axis)),
-                    Span::raw(fmt_x(xb[1], app.x_axis)),
+                    Span::raw(fmt_x(xb[0], c.x_axis)),
+                    Span::raw(fmt_x(xb[1], c.x_axis)),
                 ]),
         )
         .y_axis(
@@ -305,25 +425,24 @@ fn draw_one(f: &mut Frame<'_>, area: Rect, app: &App, metric: &str, focused: boo
     f.render_widget(chart, area);
 }
 
-pub fn draw(f: &mut Frame<'_>, area: Rect, app: &App) {
-    let metrics = app.chart_metrics();
-    let focused = app.focus == Pane::Main;
+fn draw(c: &Charts, f: &mut Frame<'_>, area: Rect, runs: &[&RunView], ctx: Ctx<'_>) {
+    let metrics = c.metrics(runs);
+    let focused = ctx.focused;
     let mut parts = vec![
-        format!("smoothing {:.1}", app.smoothing),
-        format!("x: {}", app.x_axis.label()),
+        format!("smoothing {:.1}", c.smoothing),
+        format!("x: {}", c.x_axis.label()),
     ];
-    if app.log_y {
+    if c.log_y {
         parts.push("log-y".into());
     }
-    let filter = if app.input == Some(crate::notebook::app::Input::MetricFilter) {
-        Some(format!("metrics /{}▏", app.input_buf))
-    } else {
-        (!app.metric_filter.is_empty()).then(|| format!("metrics /{}", app.metric_filter))
+    let filter = match ctx.typing {
+        Some(text) => Some(format!("metrics /{text}▏")),
+        None => (!c.metric_filter.is_empty()).then(|| format!("metrics /{}", c.metric_filter)),
     };
     parts.extend(filter);
     let header = format!("charts · {}", parts.join(" · "));
     if metrics.is_empty() {
-        let msg = match app.selected_run() {
+        let msg = match runs.first() {
             None => "select a run (↑/↓ in the runs pane)".to_string(),
             Some(r) if r.series.is_empty() => format!("{}: no metrics yet", r.id),
             Some(_) => "no metric matches the filter".to_string(),
@@ -331,9 +450,14 @@ pub fn draw(f: &mut Frame<'_>, area: Rect, app: &App) {
         f.render_widget(Paragraph::new(msg).block(block(&header, focused)), area);
         return;
     }
-    let idx = app.chart_index.min(metrics.len() - 1);
-    if app.chart_zoom {
-        draw_one(f, area, app, &metrics[idx], focused, true);
+    let idx = c.index.min(metrics.len() - 1);
+    if c.zoom {
+        let one = One {
+            metric: &metrics[idx],
+            focused,
+            zoomed: true,
+        };
+        draw_one(f, area, c, runs, one);
         return;
     }
     let ncols = if area.width >= 150 {
@@ -343,6 +467,7 @@ pub fn draw(f: &mut Frame<'_>, area: Rect, app: &App) {
     } else {
         1
     };
+    c.columns.set(ncols);
     let nrows = ((area.height / 11).max(1)) as usize;
     let per_page = ncols * nrows;
     let start = idx / per_page * per_page;
@@ -363,7 +488,12 @@ pub fn draw(f: &mut Frame<'_>, area: Rect, app: &App) {
         for (ci, ca) in cells.iter().enumerate() {
             let i = start + ri * ncols + ci;
             if let Some(m) = metrics.get(i) {
-                draw_one(f, *ca, app, m, focused && i == idx, false);
+                let one = One {
+                    metric: m,
+                    focused: focused && i == idx,
+                    zoomed: false,
+                };
+                draw_one(f, *ca, c, runs, one);
             }
         }
     }

@@ -1,14 +1,14 @@
 //! Logs: the tail of the selected run's `stdout.log`.
 
 use super::block;
-use crate::notebook::app::{App, Pane};
+use crate::notebook::workspace::RunView;
 use ratatui::Frame;
 use ratatui::layout::Rect;
 use ratatui::widgets::Paragraph;
 
-pub fn draw(f: &mut Frame<'_>, area: Rect, app: &App) {
-    let focused = app.focus == Pane::Main;
-    let Some(run) = app.selected_run() else {
+/// The tail of `run`'s output.
+pub fn draw(f: &mut Frame<'_>, area: Rect, run: Option<&RunView>, focused: bool) {
+    let Some(run) = run else {
         f.render_widget(
             Paragraph::new("no run selected").block(block("logs", focused)),
             area,

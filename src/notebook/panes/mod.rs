@@ -1,4 +1,6 @@
-//! The panes. Each is a pure function of the [`App`](super::app::App) state onto a frame area.
+//! The panes. Charts, samples, runs and pipeline each own their state (a struct with its
+//! `on_action` and its `draw`); overview, logs and help are functions of what they show. No
+//! pane imports the [`App`](super::app::App): it hands each one what it draws.
 
 pub mod charts;
 pub mod help;
@@ -10,6 +12,22 @@ pub mod samples;
 
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::widgets::{Block, BorderType, Borders};
+
+/// What a pane's `draw` reads besides its own state and data.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Ctx<'a> {
+    /// The pane has the keyboard focus.
+    pub focused: bool,
+    /// The text being typed into this pane's input, when its input is open.
+    pub typing: Option<&'a str>,
+    /// "Now" in Unix seconds, for ETAs (set by the event loop, fixed by tests).
+    pub now: f64,
+}
+
+/// Move an index by `delta` within `0..n` (stays at 0 when `n` is 0).
+pub fn step_index(i: usize, delta: i64, n: usize) -> usize {
+    (i as i64 + delta).clamp(0, (n as i64 - 1).max(0)) as usize
+}
 
 /// A pane's frame, highlighted when focused.
 pub fn block(title: &str, focused: bool) -> Block<'static> {

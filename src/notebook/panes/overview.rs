@@ -2,16 +2,22 @@
 //! table (the latest run of each eval stage).
 
 use super::{block, status_color};
-use crate::notebook::app::{App, Pane};
+use crate::notebook::workspace::{ExperimentView, RunView};
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Paragraph, Row, Table, Wrap};
 
-pub fn draw(f: &mut Frame<'_>, area: Rect, app: &App) {
-    let focused = app.focus == Pane::Main;
-    let Some(run) = app.selected_run() else {
+/// `run`'s overview, with the eval table of its experiment `ex`.
+pub fn draw(
+    f: &mut Frame<'_>,
+    area: Rect,
+    run: Option<&RunView>,
+    ex: Option<&ExperimentView>,
+    focused: bool,
+) {
+    let Some(run) = run else {
         f.render_widget(
             Paragraph::new("no run selected").block(block("overview", focused)),
             area,
@@ -98,7 +104,7 @@ pub fn draw(f: &mut Frame<'_>, area: Rect, app: &App) {
     );
 
     let mut rows = Vec::new();
-    if let Some(ex) = app.selected_experiment().map(|e| &app.ws.experiments[e]) {
+    if let Some(ex) = ex {
         for r in &ex.runs {
             if let Some(e) = &r.eval {
                 let g = |k: &str| {

@@ -1,21 +1,63 @@
 //! Pipeline: the selected experiment's stages (and loops) with the status of each stage's latest
 //! run; `r` runs the highlighted stage, `R` the whole pipeline, `x` stops it.
 
-use super::{block, status_color};
-use crate::notebook::app::{App, Pane};
+use super::{Ctx, block, status_color, step_index};
+use crate::notebook::keymap::Action;
+use crate::notebook::workspace::ExperimentView;
 use ratatui::Frame;
 use ratatui::layout::Rect;
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{List, ListItem, ListState, Paragraph, Wrap};
 
-pub fn draw(f: &mut Frame<'_>, area: Rect, app: &App) {
-    let focused = app.focus == Pane::Pipeline;
-    let Some(e) = app.selected_experiment() else {
+/// The pipeline pane's state: the highlighted stage.
+#[derive(Debug, Default)]
+pub struct Pipeline {
+    /// Index into the selected experiment's stages.
+    pub cursor: usize,
+}
+
+/// Stage names of an experiment (none when its spec does not parse).
+pub fn stages(ex: Option<&ExperimentView>) -> Vec<String> {
+    ex.and_then(|x| x.spec.as_ref().ok())
+        .map(|x| x.spec.stage.iter().map(|s| s.name.clone()).collect())
+        .unwrap_or_default()
+}
+
+impl Pipeline {
+    /// The highlighted stage of `ex`.
+    pub fn stage(&self, ex: Option<&ExperimentView>) -> Option<String> {
+        stages(ex).get(self.cursor).cloned()
+    }
+
+    /// Keep the cursor on a stage of `ex` (after another experiment was selected).
+    pub fn clamp(&mut self, ex: Option<&ExperimentView>) {
+        self.cursor = self.cursor.min(stages(ex).len().saturating_sub(1));
+    }
+
+    /// Carry out `action` if it is the pane's; whether it was.
+    pub fn on_action(&mut self, action: Action, ex: Option<&ExperimentView>) -> bool {
+        match action {
+            Action::Up | Action::Down => {
+                let delta = if action == Action::Up { -1 } else { 1 };
+                self.cursor = step_index(self.cursor, delta, stages(ex).len());
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The stages of `ex` with the status of each one's latest run.
+    pub fn draw(&self, f: &mut Frame<'_>, area: Rect, ex: Option<&ExperimentView>, ctx: Ctx<'_>) {
+        draw(self.cursor, f, area, ex, ctx.focused)
+    }
+}
+
+fn draw(cursor: usize, f: &mut Frame<'_>, area: Rect, ex: Option<&ExperimentView>, focused: bool) {
+    let Some(ex) = ex else {
         f.render_widget(Paragraph::new("").block(block("pipeline", focused)), area);
         return;
     };
-    let ex = &app.ws.experiments[e];
     let spec = match &ex.spec {
         Ok(s) => s,
         Err(err) => {
@@ -76,9 +118,6 @@ pub fn draw(f: &mut Frame<'_>, area: Rect, app: &App) {
             Style::default()
         });
     let mut state = ListState::default();
-    state.select(Some(
-        app.stage_cursor
-            .min(spec.spec.stage.len().saturating_sub(1)),
-    ));
+    state.select(Some(cursor.min(spec.spec.stage.len().saturating_sub(1))));
     f.render_stateful_widget(list, area, &mut state);
 }

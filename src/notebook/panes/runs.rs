@@ -1,12 +1,136 @@
-//! Runs tree: experiments → runs with status, progress bar and ETA; `/` filters.
+//! Runs tree: experiments → runs with status, progress bar and ETA; `/` filters, space marks a
+//! run to overlay on the charts. [`Runs`] is the pane's state: cursor, filter and marks.
 
-use super::{block, duration, run_color, status_color};
-use crate::notebook::app::{App, Input, Pane, Row};
+use super::{Ctx, block, duration, run_color, status_color, step_index};
+use crate::notebook::keymap::Action;
+use crate::notebook::workspace::{RunView, Workspace};
 use ratatui::Frame;
 use ratatui::layout::Rect;
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{List, ListItem, ListState};
+use std::collections::BTreeSet;
+
+/// A row of the runs tree: an experiment, or one of its runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Row {
+    Experiment(usize),
+    Run(usize, usize),
+}
+
+/// The runs tree's state.
+#[derive(Debug, Default)]
+pub struct Runs {
+    /// Index into [`Runs::rows`].
+    pub cursor: usize,
+    /// Runs overlaid on the charts besides the selected one (experiment index, run id).
+    pub marked: BTreeSet<(usize, String)>,
+    /// Case-insensitive text a run's or experiment's name must contain.
+    pub filter: String,
+}
+
+impl Runs {
+    /// Rows of the tree after the text filter (each experiment, then its runs newest first).
+    pub fn rows(&self, ws: &Workspace) -> Vec<Row> {
+        let f = self.filter.to_lowercase();
+        let mut out = Vec::new();
+        for (ei, e) in ws.experiments.iter().enumerate() {
+            let runs: Vec<usize> = e
+                .runs
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| {
+                    f.is_empty()
+                        || r.id.to_lowercase().contains(&f)
+                        || e.name.to_lowercase().contains(&f)
+                })
+                .map(|(i, _)| i)
+                .collect();
+            if runs.is_empty() && !f.is_empty() && !e.name.to_lowercase().contains(&f) {
+                continue;
+            }
+            out.push(Row::Experiment(ei));
+            out.extend(runs.into_iter().rev().map(|ri| Row::Run(ei, ri)));
+        }
+        out
+    }
+
+    /// The row under the cursor.
+    pub fn current_row(&self, ws: &Workspace) -> Option<Row> {
+        let rows = self.rows(ws);
+        rows.get(self.cursor.min(rows.len().saturating_sub(1)))
+            .copied()
+    }
+
+    /// (experiment, run) indices of the selected run, or of the experiment's latest run.
+    pub fn selected_index(&self, ws: &Workspace) -> Option<(usize, usize)> {
+        match self.current_row(ws)? {
+            Row::Run(e, r) => Some((e, r)),
+            Row::Experiment(e) => Some((e, ws.experiments.get(e)?.runs.len().checked_sub(1)?)),
+        }
+    }
+
+    /// The experiment of the selected row.
+    pub fn selected_experiment(&self, ws: &Workspace) -> Option<usize> {
+        match self.current_row(ws)? {
+            Row::Experiment(e) | Row::Run(e, _) => Some(e),
+        }
+    }
+
+    /// The selected run, or the experiment's latest when an experiment row is selected.
+    pub fn selected_run<'a>(&self, ws: &'a Workspace) -> Option<&'a RunView> {
+        let (e, r) = self.selected_index(ws)?;
+        ws.experiments.get(e)?.runs.get(r)
+    }
+
+    /// Runs drawn on the charts: the selected one first, then the marked ones.
+    pub fn chart_runs<'a>(&self, ws: &'a Workspace) -> Vec<&'a RunView> {
+        let mut out: Vec<&RunView> = self.selected_run(ws).into_iter().collect();
+        for (e, id) in &self.marked {
+            if let Some(r) = ws
+                .experiments
+                .get(*e)
+                .and_then(|x| x.runs.iter().find(|r| &r.id == id))
+                && !out.iter().any(|o| o.dir == r.dir)
+            {
+                out.push(r);
+            }
+        }
+        out
+    }
+
+    /// Filter by `text` (typed live), from the first row.
+    pub fn set_filter(&mut self, text: &str) {
+        self.filter = text.to_string();
+        self.cursor = 0;
+    }
+
+    /// Carry out `action` if it is the pane's; whether the selection moved.
+    pub fn on_action(&mut self, action: Action, ws: &Workspace) -> bool {
+        match action {
+            Action::Up | Action::Down => {
+                let delta = if action == Action::Up { -1 } else { 1 };
+                self.cursor = step_index(self.cursor, delta, self.rows(ws).len());
+                true
+            }
+            Action::ToggleMark => {
+                if let Some(Row::Run(e, r)) = self.current_row(ws) {
+                    let key = (e, ws.experiments[e].runs[r].id.clone());
+                    if !self.marked.remove(&key) {
+                        self.marked.insert(key);
+                    }
+                }
+                false
+            }
+            _ => false,
+        }
+    }
+
+    /// The tree, with `ws`'s experiments and runs.
+    pub fn draw(&self, f: &mut Frame<'_>, area: Rect, ws: &Workspace, ctx: Ctx<'_>) {
+        draw(self, f, area, ws, ctx)
+    }
+}
 
 fn bar(frac: f64, width: usize) -> String {
     let full = (frac.clamp(0.0, 1.0) * width as f64).round() as usize;
@@ -23,13 +147,13 @@ fn label(id: &str) -> String {
     }
 }
 
-pub fn draw(f: &mut Frame<'_>, area: Rect, app: &App) {
-    let rows = app.rows();
+fn draw(pane: &Runs, f: &mut Frame<'_>, area: Rect, ws: &Workspace, ctx: Ctx<'_>) {
+    let rows = pane.rows(ws);
     let mut items = Vec::with_capacity(rows.len());
     for row in &rows {
         match *row {
             Row::Experiment(e) => {
-                let ex = &app.ws.experiments[e];
+                let ex = &ws.experiments[e];
                 let mut spans = vec![Span::styled(
                     ex.name.clone(),
                     Style::default().add_modifier(Modifier::BOLD),
@@ -50,8 +174,8 @@ pub fn draw(f: &mut Frame<'_>, area: Rect, app: &App) {
                 items.push(ListItem::new(Line::from(spans)));
             }
             Row::Run(e, r) => {
-                let run = &app.ws.experiments[e].runs[r];
-                let marked = app.marked.contains(&(e, run.id.clone()));
+                let run = &ws.experiments[e].runs[r];
+                let marked = pane.marked.contains(&(e, run.id.clone()));
                 let status = run
                     .effective_status()
                     .map(|s| s.to_string())
@@ -85,7 +209,7 @@ pub fn draw(f: &mut Frame<'_>, area: Rect, app: &App) {
                         && s.progress.step > 0
                         && let Some(start) = s.started
                     {
-                        let elapsed = app.now - start;
+                        let elapsed = ctx.now - start;
                         let eta = elapsed / frac.max(1e-9) - elapsed;
                         spans.push(Span::styled(
                             format!(" eta {}", duration(eta)),
@@ -103,21 +227,21 @@ pub fn draw(f: &mut Frame<'_>, area: Rect, app: &App) {
             }
         }
     }
-    let title = if app.input == Some(Input::RunFilter) {
-        format!("runs /{}▏", app.input_buf)
-    } else if !app.run_filter.is_empty() {
-        format!("runs /{}", app.run_filter)
+    let title = if let Some(text) = ctx.typing {
+        format!("runs /{text}▏")
+    } else if !pane.filter.is_empty() {
+        format!("runs /{}", pane.filter)
     } else {
         "runs".to_string()
     };
     if items.is_empty() {
         items.push(ListItem::new(format!(
             "no experiments in {}",
-            app.ws.root.display()
+            ws.root.display()
         )));
     }
     let list = List::new(items)
-        .block(block(&title, app.focus == Pane::Runs))
+        .block(block(&title, ctx.focused))
         .highlight_style(
             Style::default()
                 .bg(Color::DarkGray)
@@ -125,7 +249,7 @@ pub fn draw(f: &mut Frame<'_>, area: Rect, app: &App) {
         );
     let mut state = ListState::default();
     if !rows.is_empty() {
-        state.select(Some(app.cursor.min(rows.len() - 1)));
+        state.select(Some(pane.cursor.min(rows.len() - 1)));
     }
     f.render_stateful_widget(list, area, &mut state);
 }

@@ -1,16 +1,211 @@
 //! Samples browser: the completions of one step (←/→ scrubs steps), filtered by correct / wrong /
 //! format failure; the selected one in full with `<think>` and `<answer>` highlighted, its reward
 //! components and advantage; `g` lists all G completions of its group, `p` its prompt across
-//! steps.
+//! steps; `v` keeps a range of rewards. [`Samples`] is the browser's state.
 
-use super::block;
-use crate::notebook::app::{App, Pane, SampleMode};
-use crate::notebook::workspace::Sample;
+use super::{Ctx, block, step_index};
+use crate::notebook::keymap::Action;
+use crate::notebook::workspace::{RunView, Sample};
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{List, ListItem, ListState, Paragraph, Wrap};
+
+/// Sample filter of the browser.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SampleFilter {
+    #[default]
+    All,
+    Correct,
+    Wrong,
+    FormatFailure,
+}
+
+impl SampleFilter {
+    fn next(self) -> Self {
+        match self {
+            SampleFilter::All => SampleFilter::Correct,
+            SampleFilter::Correct => SampleFilter::Wrong,
+            SampleFilter::Wrong => SampleFilter::FormatFailure,
+            SampleFilter::FormatFailure => SampleFilter::All,
+        }
+    }
+    pub fn label(self) -> &'static str {
+        match self {
+            SampleFilter::All => "all",
+            SampleFilter::Correct => "correct",
+            SampleFilter::Wrong => "wrong",
+            SampleFilter::FormatFailure => "format failure",
+        }
+    }
+    pub fn keeps(self, s: &Sample) -> bool {
+        match self {
+            SampleFilter::All => true,
+            SampleFilter::Correct => s.correct(),
+            SampleFilter::Wrong => !s.correct(),
+            SampleFilter::FormatFailure => !s.format_ok(),
+        }
+    }
+}
+
+/// How the samples browser groups what it lists.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum SampleMode {
+    /// Samples of one step.
+    #[default]
+    Step,
+    /// All completions of one group at one step.
+    Group(u64),
+    /// One prompt across all steps.
+    Prompt(String),
+}
+
+/// `lo..hi` with either side optional (`0.5..`, `..0`); empty text clears the range.
+pub fn parse_range(text: &str) -> Option<Option<(f64, f64)>> {
+    let t = text.trim();
+    if t.is_empty() {
+        return Some(None);
+    }
+    let (a, b) = t.split_once("..")?;
+    let side = |x: &str, default: f64| {
+        let x = x.trim();
+        if x.is_empty() {
+            Some(default)
+        } else {
+            x.parse::<f64>().ok()
+        }
+    };
+    Some(Some((side(a, f64::NEG_INFINITY)?, side(b, f64::INFINITY)?)))
+}
+
+/// The samples browser's state.
+#[derive(Debug, Default)]
+pub struct Samples {
+    pub filter: SampleFilter,
+    /// Only samples whose total reward lies in `[lo, hi]` (typed as `lo..hi`; either side may be
+    /// empty).
+    pub reward_range: Option<(f64, f64)>,
+    pub mode: SampleMode,
+    /// Position in the list of sample steps (from the end: 0 = latest).
+    pub step_back: usize,
+    /// The selected sample among the visible ones.
+    pub index: usize,
+}
+
+impl Samples {
+    /// Steps that have samples in `run`, ascending.
+    pub fn steps(run: Option<&RunView>) -> Vec<u64> {
+        let mut s: Vec<u64> = run
+            .map(|r| r.samples.iter().map(|x| x.step).collect())
+            .unwrap_or_default();
+        s.sort_unstable();
+        s.dedup();
+        s
+    }
+
+    /// The step the browser shows.
+    pub fn step(&self, run: Option<&RunView>) -> Option<u64> {
+        let s = Samples::steps(run);
+        let n = s.len();
+        (n > 0).then(|| s[n - 1 - self.step_back.min(n - 1)])
+    }
+
+    /// Samples listed, after mode, filter and reward range.
+    pub fn visible<'a>(&self, run: Option<&'a RunView>) -> Vec<&'a Sample> {
+        let Some(r) = run else {
+            return Vec::new();
+        };
+        let step = self.step(run);
+        r.samples
+            .iter()
+            .filter(|s| match &self.mode {
+                SampleMode::Step => Some(s.step) == step,
+                SampleMode::Group(g) => Some(s.step) == step && s.group == Some(*g),
+                SampleMode::Prompt(p) => &s.prompt == p,
+            })
+            .filter(|s| self.filter.keeps(s))
+            .filter(|s| {
+                self.reward_range
+                    .is_none_or(|(lo, hi)| lo <= s.reward && s.reward <= hi)
+            })
+            .collect()
+    }
+
+    /// Back to the latest step's first sample (another run was selected).
+    pub fn reset_position(&mut self) {
+        self.index = 0;
+        self.step_back = 0;
+    }
+
+    /// The reward range as it is typed (`lo..hi`), for editing.
+    pub fn range_text(&self) -> String {
+        self.reward_range
+            .map(|(lo, hi)| format!("{lo}..{hi}"))
+            .unwrap_or_default()
+    }
+
+    /// Set the reward range from typed text; an error message when it does not parse.
+    pub fn set_range(&mut self, text: &str) -> Result<(), String> {
+        self.index = 0;
+        match parse_range(text) {
+            Some(r) => {
+                self.reward_range = r;
+                Ok(())
+            }
+            None => Err(format!(
+                "reward range `{text}`: write lo..hi, e.g. 0.5..1 or ..0"
+            )),
+        }
+    }
+
+    /// Carry out `action` on `run`'s samples if it is the browser's; whether it was.
+    pub fn on_action(&mut self, action: Action, run: Option<&RunView>) -> bool {
+        let selected = |me: &Samples| me.visible(run).get(me.index).copied();
+        match action {
+            Action::Up | Action::Down => {
+                let delta = if action == Action::Up { -1 } else { 1 };
+                self.index = step_index(self.index, delta, self.visible(run).len());
+            }
+            Action::Left | Action::Right => {
+                if let SampleMode::Prompt(_) = self.mode {
+                    return true;
+                }
+                let delta = if action == Action::Left { 1 } else { -1 };
+                self.step_back = step_index(self.step_back, delta, Samples::steps(run).len());
+                self.index = 0;
+            }
+            Action::SampleFilter => {
+                self.filter = self.filter.next();
+                self.index = 0;
+            }
+            Action::GroupView | Action::Select => {
+                let group = selected(self).and_then(|s| s.group);
+                self.mode = match (&self.mode, group) {
+                    (SampleMode::Group(_), _) | (_, None) => SampleMode::Step,
+                    (_, Some(g)) => SampleMode::Group(g),
+                };
+                self.index = 0;
+            }
+            Action::SamePrompt => {
+                let prompt = selected(self).map(|s| s.prompt.clone());
+                self.mode = match (&self.mode, prompt) {
+                    (SampleMode::Prompt(_), _) | (_, None) => SampleMode::Step,
+                    (_, Some(p)) => SampleMode::Prompt(p),
+                };
+                self.index = 0;
+            }
+            Action::Back => self.mode = SampleMode::Step,
+            _ => return false,
+        }
+        true
+    }
+
+    /// The browser over `run`'s samples.
+    pub fn draw(&self, f: &mut Frame<'_>, area: Rect, run: Option<&RunView>, ctx: Ctx<'_>) {
+        draw(self, f, area, run, ctx)
+    }
+}
 
 /// Split a completion into styled spans: think text dim cyan, answer bold, tags dark.
 pub fn highlight(completion: &str, correct: bool) -> Vec<Span<'static>> {
@@ -68,29 +263,27 @@ fn item(s: &Sample) -> ListItem<'static> {
     ListItem::new(Line::from(spans))
 }
 
-pub fn draw(f: &mut Frame<'_>, area: Rect, app: &App) {
-    let focused = app.focus == Pane::Main;
-    let steps = app.sample_steps();
-    let samples = app.visible_samples();
-    let step = app.sample_step();
-    let mode = match &app.sample_mode {
+fn draw(pane: &Samples, f: &mut Frame<'_>, area: Rect, run: Option<&RunView>, ctx: Ctx<'_>) {
+    let focused = ctx.focused;
+    let steps = Samples::steps(run);
+    let samples = pane.visible(run);
+    let step = pane.step(run);
+    let mode = match &pane.mode {
         SampleMode::Step => "".to_string(),
         SampleMode::Group(g) => format!(" · group {g}"),
         SampleMode::Prompt(p) => format!(" · prompt {p} across steps"),
     };
-    let mode = match (app.input, app.reward_range) {
-        (Some(crate::notebook::app::Input::RewardRange), _) => {
-            format!("{mode} · reward {}▏", app.input_buf)
-        }
+    let mode = match (ctx.typing, pane.reward_range) {
+        (Some(text), _) => format!("{mode} · reward {text}▏"),
         (_, Some((lo, hi))) => format!("{mode} · reward {lo}..{hi}"),
         _ => mode,
     };
-    let pos = steps.len().saturating_sub(app.sample_step_back);
+    let pos = steps.len().saturating_sub(pane.step_back);
     let title = match step {
         Some(s) => format!(
             "samples · step {s} ({pos}/{}) · {} · {} shown{mode}",
             steps.len(),
-            app.sample_filter.label(),
+            pane.filter.label(),
             samples.len()
         ),
         None => "samples".to_string(),
@@ -106,7 +299,7 @@ pub fn draw(f: &mut Frame<'_>, area: Rect, app: &App) {
     }
     let [list_area, detail] =
         Layout::vertical([Constraint::Percentage(55), Constraint::Percentage(45)]).areas(area);
-    let sel = app.sample_index.min(samples.len() - 1);
+    let sel = pane.index.min(samples.len() - 1);
     let mut state = ListState::default();
     state.select(Some(sel));
     f.render_stateful_widget(

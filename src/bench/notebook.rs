@@ -1,11 +1,13 @@
-//! `stageloop bench --notebook`: the notebook's speed and memory on a large workspace (default
+//! `stageloop bench notebook`: the notebook's speed and memory on a large workspace (default
 //! 50 runs × 200,000 metric lines): time to open it (first frame with the selected run fully
 //! read), median frame draw time (charts view, selected run; and with every run overlaid), the
 //! delay from a line appended to a watched `metrics.jsonl` to the frame that shows it, and peak
 //! RSS once everything is loaded. Frames render into ratatui's `TestBackend` (no terminal I/O).
 
-use super::app::App;
-use super::workspace::Workspace;
+use super::{median, peak_rss_bytes};
+use crate::notebook::app::App;
+use crate::notebook::ui;
+use crate::notebook::workspace::Workspace;
 use anyhow::Result;
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
@@ -58,13 +60,8 @@ pub fn generate(root: &Path, runs: usize, points: usize) -> Result<()> {
 
 fn draw(t: &mut Terminal<TestBackend>, app: &App) -> Result<f64> {
     let t0 = Instant::now();
-    t.draw(|f| super::ui::draw(f, app))?;
+    t.draw(|f| ui::draw(f, app))?;
     Ok(t0.elapsed().as_secs_f64() * 1e3)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 pub fn run(runs: usize, points: usize) -> Result<NotebookBench> {
@@ -102,21 +99,21 @@ pub fn run(runs: usize, points: usize) -> Result<NotebookBench> {
     }
     let full_load_secs = t0.elapsed().as_secs_f64();
 
-    app.smoothing = 0.6;
-    let frames: Vec<f64> = (0..30)
+    app.charts.smoothing = 0.6;
+    let mut frames: Vec<f64> = (0..30)
         .map(|_| draw(&mut term, &app))
         .collect::<Result<_>>()?;
-    let frame_ms_median = median(frames);
+    let frame_ms_median = median(&mut frames);
     for (ei, e) in app.ws.experiments.iter().enumerate() {
         for r in &e.runs {
-            app.marked.insert((ei, r.id.clone()));
+            app.runs.marked.insert((ei, r.id.clone()));
         }
     }
-    let frames: Vec<f64> = (0..10)
+    let mut frames: Vec<f64> = (0..10)
         .map(|_| draw(&mut term, &app))
         .collect::<Result<_>>()?;
-    let frame_ms_median_overlay_all = median(frames);
-    app.marked.clear();
+    let frame_ms_median_overlay_all = median(&mut frames);
+    app.runs.marked.clear();
 
     // Append one line to the selected run and wait for the frame that shows it.
     let run = &app.ws.experiments[sel.0].runs[sel.1];
@@ -147,6 +144,6 @@ pub fn run(runs: usize, points: usize) -> Result<NotebookBench> {
         frame_ms_median,
         frame_ms_median_overlay_all,
         append_to_screen_ms,
-        peak_rss_bytes: crate::bench::peak_rss_bytes(),
+        peak_rss_bytes: peak_rss_bytes(),
     })
 }

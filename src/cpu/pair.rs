@@ -4,7 +4,7 @@
 //!
 //! Decoding one sequence is ~17 matrix-vector products per token, each a few tens of
 //! microseconds of work. Splitting them through rayon (whose idle workers sleep) cost more
-//! than it saved (measured: 1,770–2,025 → 1,005–1,662 tokens/s); a spinning helper answers in
+//! than it saved (docs/PERF.md); a spinning helper answers in
 //! well under a microsecond. It spins only while a [`with_pair`] call runs, and yields its core
 //! after a short spin when no job comes (or when the caller is slow to collect a result), so a
 //! busy machine is not starved.

@@ -5,7 +5,7 @@ use stageloop::runfs::{self, RunStatus, Status, metrics::parse_metric_line};
 use std::collections::BTreeMap;
 use std::path::Path;
 
-mod common;
+use crate::common;
 
 const TINY: &str = r#"name = "tiny"
 seed = 5

@@ -10,10 +10,10 @@ use stageloop::model::{Gpt, ModelConfig};
 use stageloop::runfs::{self, metrics::parse_metric_line};
 use stageloop::spec::LossType;
 use stageloop::stages::common::target_logprobs;
-use stageloop::stages::grpo::{LossInputs, Norm, grpo_loss, micro_batches};
+use stageloop::stages::grpo::{LossConfig, LossInputs, Norm, grpo_loss, micro_batches};
 use stageloop::stages::grpo_math::{TokenRow, reference_loss};
 
-mod common;
+use crate::common;
 
 fn t2(v: &[Vec<f64>], device: &Device) -> Tensor<2> {
     let (n, t) = (v.len(), v[0].len());
@@ -53,7 +53,14 @@ fn tensor_loss_matches_the_host_specification() {
                     advantage: adv[i],
                 })
                 .collect();
-            let want = reference_loss(&rows, 0.2, 0.28, beta, loss_type, t);
+            let c = LossConfig {
+                epsilon: 0.2,
+                epsilon_high: 0.28,
+                beta,
+                loss_type,
+                budget: t + 3,
+            };
+            let want = reference_loss(&rows, &c);
             // The loss of rows `r`, normalised by `norm`.
             let loss_of = |r: std::ops::Range<usize>, norm: Norm| {
                 let adv_rows: Vec<Vec<f64>> = adv[r.clone()].iter().map(|&a| vec![a]).collect();
@@ -65,11 +72,7 @@ fn tensor_loss_matches_the_host_specification() {
                         adv: t2(&adv_rows, &device),
                         mask: t2(&mask[r], &device),
                     },
-                    0.2,
-                    0.28,
-                    beta,
-                    loss_type,
-                    t,
+                    &c,
                     norm,
                 );
                 l.into_scalar::<f32>() as f64
@@ -157,11 +160,13 @@ fn one_step_raises_the_logprob_of_a_positive_advantage_completion() {
             adv,
             mask: mask.clone(),
         },
-        0.2,
-        0.2,
-        0.0,
-        LossType::Grpo,
-        6,
+        &LossConfig {
+            epsilon: 0.2,
+            epsilon_high: 0.2,
+            beta: 0.0,
+            loss_type: LossType::Grpo,
+            budget: 6,
+        },
         Norm::of(&mask),
     );
     let grads = GradientsParams::from_grads(loss.backward(), &model);

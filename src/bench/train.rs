@@ -1,6 +1,8 @@
-//! `stageloop bench`: training and sampling throughput of one model shape on this machine, and
-//! peak memory. Random weights and tokens: the figures are about speed, not learning.
+//! `stageloop bench train`: training and sampling throughput of one model shape on this
+//! machine, and peak memory. Random weights and tokens: the figures are about speed, not
+//! learning.
 
+use super::{median, peak_rss_bytes};
 use crate::model::sample::{SampleOptions, generate};
 use crate::model::{Gpt, ModelConfig, device};
 use crate::stages::common::{Example, clip_grad_norm, lm_loss, make_batch};
@@ -32,33 +34,9 @@ pub struct BenchReport {
     pub params: usize,
 }
 
-/// Peak resident set size of this process (Linux `VmHWM`), 0 where unknown.
-pub fn peak_rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        })
-        .map(|kb| kb * 1024)
-        .unwrap_or(0)
-}
-
 /// Time over which sampling calls are repeated, and the most calls timed.
 const SAMPLE_BUDGET: Duration = Duration::from_secs(1);
 const SAMPLE_CALLS: usize = 10;
-
-/// The median of a non-empty list (the mean of the middle two for an even count).
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
 
 pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
     let infer = device()?;
@@ -130,13 +108,4 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
         peak_rss_bytes: peak_rss_bytes(),
         params: m.params(),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn median_of_odd_and_even_counts() {
-        assert_eq!(super::median(&mut [3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(super::median(&mut [4.0, 1.0, 3.0, 2.0]), 2.5);
-    }
 }

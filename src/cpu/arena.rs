@@ -28,14 +28,21 @@ pub struct Floats {
 
 /// Buffers of dropped [`Floats::reused`], at most [`SPARES`]: a decoder is built at every
 /// `generate` call, and reusing its weights' buffer saves mapping, faulting in and zeroing
-/// 17 MB each time (at one prompt, a call takes ~20 ms).
+/// the whole model each time, a large share of a short call (docs/PERF.md).
 pub struct Spares(Mutex<Vec<Floats>>);
 const SPARES: usize = 2;
 
 /// The process's kept buffers.
 static SPARE: Spares = Spares::new();
 
+impl Default for Spares {
+    fn default() -> Spares {
+        Spares::new()
+    }
+}
+
 impl Spares {
+    /// An empty list (`const`, for the process's static one).
     pub const fn new() -> Spares {
         Spares(Mutex::new(Vec::new()))
     }

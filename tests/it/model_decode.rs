@@ -1,11 +1,10 @@
-//! The KV cache and the CPU decoder (`infer::Engine`) compute the same function as the full
+//! The KV cache and the CPU decoder (`cpu::decoder::Engine`) compute the same function as the full
 //! forward pass of the burn model.
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use stageloop::model::infer::Engine;
-use stageloop::model::pair::with_pair;
+use stageloop::cpu::pair::with_pair;
 use stageloop::model::sample::{SampleOptions, generate};
 use stageloop::model::{Gpt, KvCache, ModelConfig};
 
@@ -116,7 +115,7 @@ fn engine_logits_match_the_burn_model_for_prefill_and_decode() {
     ] {
         device.seed(seed);
         let model = Gpt::new(&c, &device);
-        let engine = Engine::new(&model, c.ctx);
+        let engine = model.engine(c.ctx);
         let v = engine.vocab();
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         use rand::Rng;
@@ -225,7 +224,7 @@ fn engine_prefill_larger_than_one_pass_keeps_every_row_in_order() {
     let device = Device::flex();
     device.seed(13);
     let model = Gpt::new(&c, &device);
-    let engine = Engine::new(&model, c.ctx);
+    let engine = model.engine(c.ctx);
     let v = engine.vocab();
     use rand::Rng;
     let mut rng = ChaCha8Rng::seed_from_u64(13);

@@ -9,24 +9,28 @@ use std::mem::MaybeUninit;
 /// An output element not yet written.
 pub(crate) type Uninit = MaybeUninit<f32>;
 
-/// A vector of `n` floats, every one of which `write` must set. Large outputs are written
-/// (in parallel, by the kernels) straight into fresh memory: zeroing them first
-/// (`vec![0.0; n]`) was a serial `memset` on the calling thread, ~2.5% of a training step's CPU
-/// time.
-pub(crate) fn written(n: usize, write: impl FnOnce(&mut [Uninit])) -> Vec<f32> {
+/// A vector of `n` floats filled by `write`. Large outputs are written (in parallel, by the
+/// kernels) straight into fresh memory, because zeroing them first (`vec![0.0; n]`) is a serial
+/// `memset` on the calling thread (see docs/PERF.md).
+///
+/// # Safety
+/// `write` must initialise every one of the `n` elements it is given; the vector's length is
+/// set to `n` afterwards without checking.
+pub(crate) unsafe fn written(n: usize, write: impl FnOnce(&mut [Uninit])) -> Vec<f32> {
     let mut v = Vec::with_capacity(n);
     write(&mut v.spare_capacity_mut()[..n]);
-    // SAFETY: every caller's `write` sets all `n` elements (each kernel writes each output
-    // element exactly once; `tests/model_fused.rs` and the packed tests would see garbage
-    // otherwise).
+    // SAFETY: the caller guarantees that `write` set all `n` elements.
     unsafe { v.set_len(n) };
     v
 }
 
 /// An initialised buffer as outputs to overwrite.
-pub(crate) fn as_uninit(x: &mut [f32]) -> &mut [Uninit] {
-    // SAFETY: same layout; only initialised floats are written through the result (its
-    // `MaybeUninit::write`), so `x` stays initialised.
+///
+/// # Safety
+/// Only initialised values may be stored through the result (`MaybeUninit::write`); storing
+/// `MaybeUninit::uninit()` would leave `x` holding uninitialised floats.
+pub(crate) unsafe fn as_uninit(x: &mut [f32]) -> &mut [Uninit] {
+    // SAFETY: `MaybeUninit<f32>` has the layout of `f32`; the caller keeps `x` initialised.
     unsafe { &mut *(x as *mut [f32] as *mut [Uninit]) }
 }
 

@@ -2,11 +2,11 @@
 //!
 //! burn 0.22's flex matmul allocates each output as zeroed bytes and then copies it into an
 //! aligned buffer (its allocation reports byte alignment), so every product paid a page-faulting
-//! zeroing and a full copy on the calling thread: ~9% of a training step's samples under `perf`.
+//! zeroing and a full copy on the calling thread (docs/PERF.md has the profile).
 //! Here the same `gemm` crate writes its result into uninitialised memory that becomes the
 //! output tensor as is. Operands are strided views, so transposes cost nothing.
 
-use super::simd::written;
+use super::simd::{Uninit, written};
 
 /// Products from this many multiply-adds run on every core (burn flex's threshold).
 const PARALLEL_OPS: usize = 192 * 192 * 192;
@@ -71,7 +71,7 @@ pub fn matmul(a: View<'_>, b: View<'_>) -> Vec<f32> {
         gemm::Parallelism::None
     };
     let stride = |s: usize| isize::try_from(s).expect("matmul: stride fits isize");
-    written(m * n, |out| {
+    let fill = |out: &mut [Uninit]| {
         // SAFETY: out holds m·n elements, written row-major (column stride 1, row stride n);
         // with read_dst false gemm only writes dst (every element, k > 0) and never reads it.
         // Every element of a and b the strides name lies inside their data (asserted above),
@@ -99,7 +99,9 @@ pub fn matmul(a: View<'_>, b: View<'_>) -> Vec<f32> {
                 parallelism,
             )
         }
-    })
+    };
+    // SAFETY: `fill` writes every one of the m·n outputs (k > 0, see above).
+    unsafe { written(m * n, fill) }
 }
 
 #[cfg(test)]

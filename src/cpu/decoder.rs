@@ -1,20 +1,18 @@
-//! The CPU decoding fast path: the same function as [`Gpt::forward_cached`], without burn's
+//! The CPU decoding fast path: the same function as the model's `forward_cached`, without burn's
 //! per-op overhead. Weights are copied once and packed for small-batch products
 //! ([`super::packed`]); each projection is one product over every new token of the batch;
 //! RMSNorm, RoPE, attention and SwiGLU run over buffers allocated once per call; keys and values
 //! are written in place into a cache preallocated for the whole context. Each row
 //! keeps its own length, so prompts of different lengths need no padding or masks (RoPE is
-//! relative, so the logits equal the padded reference's). `tests/model_decode.rs` checks logits,
+//! relative, so the logits equal the padded reference's). `tests/it/model_decode.rs` checks logits,
 //! log-probabilities and greedy tokens against the burn path.
 
 use super::arena::Floats;
-use super::attention::{rope_table, rotate};
-use super::fused::{self, exp};
+use super::math::{exp, rope_table, rotate};
 use super::packed::{Packed, Threads};
 use super::pair::Pair;
+use super::rows::{rms_block, swiglu_block};
 use super::simd::{as_uninit, avx2_dispatch};
-use super::transformer::Gpt;
-use burn::tensor::{Tensor, TensorData};
 
 /// Weights of one block.
 struct Layer {
@@ -49,6 +47,21 @@ pub struct Engine {
     /// `[ctx, head_dim / 2]` tables.
     cos: Vec<f32>,
     sin: Vec<f32>,
+}
+
+/// What [`Engine::new`] needs besides the matrices: the shape, every norm's gain and epsilon,
+/// the embedding, and the `[k, n]` shape of each matrix in order (per block `qkv`, `out`,
+/// `gate_up`, `down`; then the head).
+pub struct Weights {
+    pub d_model: usize,
+    pub heads: usize,
+    pub rope_theta: f64,
+    /// `[vocab, d]`.
+    pub embed: Vec<f32>,
+    /// Per block, the attention's and the MLP's norm.
+    pub norms: Vec<[(Vec<f32>, f32); 2]>,
+    pub norm: (Vec<f32>, f32),
+    pub matrices: Vec<(usize, usize)>,
 }
 
 /// The KV cache of a batch of sequences, allocated for the whole context in two buffers on
@@ -105,36 +118,11 @@ const SPLIT_TOKENS: usize = 8;
 /// groups, so scratch memory stays bounded (~20 KB a token at the bench's shape).
 const PASS_TOKENS: usize = 1024;
 
-fn vec1(t: Tensor<1>) -> Vec<f32> {
-    f32s(t.into_data())
-}
-
-fn vec2(t: Tensor<2>) -> Vec<f32> {
-    f32s(t.into_data())
-}
-
-/// The values as `f32` (one copy; a conversion first if the backend stores another type).
-fn f32s(data: burn::tensor::TensorData) -> Vec<f32> {
-    data.convert::<f32>()
-        .try_into_vec::<f32>()
-        .expect("data converted to f32 reads back as f32")
-}
-
-/// Data converted to `f32`, as a slice.
-struct F32s(TensorData);
-
-impl AsRef<[f32]> for F32s {
-    fn as_ref(&self) -> &[f32] {
-        self.0
-            .as_slice::<f32>()
-            .expect("data converted to f32 reads back as f32")
-    }
-}
-
 /// `out = x / sqrt(mean(x²) + eps) · g`, row by row: the training op's kernel.
 fn rms_norm(x: &[f32], g: &[f32], eps: f32, out: &mut [f32]) {
     let mut rstd = vec![0.0f32; x.len() / g.len()];
-    fused::rms_block(as_uninit(out), &mut rstd, x, g, eps);
+    // SAFETY: the kernel writes only initialised floats through the view (`MaybeUninit::write`).
+    rms_block(unsafe { as_uninit(out) }, &mut rstd, x, g, eps);
 }
 
 /// Attention of one query (all heads; `q` is `heads · head_dim`) over the first `len`
@@ -332,59 +320,45 @@ fn rope(x: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32]) {
 }
 
 impl Engine {
-    /// Copy a model's weights (any backend) into the CPU layout, for contexts up to `ctx`.
-    pub fn new(model: &Gpt, ctx: usize) -> Engine {
-        let w = model.weights();
+    /// A decoder for contexts up to `ctx` from a model's shape, its norms and embedding, and
+    /// its matrices by index (`w.matrices`, in the order of [`Weights`]). Each matrix is read
+    /// with `matrix(i)` on the thread that packs it, so only one per thread is held at once.
+    pub fn new<V: AsRef<[f32]>>(
+        w: Weights,
+        ctx: usize,
+        matrix: impl Fn(usize) -> V + Sync,
+    ) -> Engine {
         let d = w.d_model;
-        let heads = w.heads;
-        let hd = d / heads;
+        let hd = d / w.heads;
         let (cos, sin) = rope_table(0, ctx, hd, w.rope_theta);
-        // Weights read out of burn and packed into one buffer, a matrix at a time on each core
-        // (packed straight from burn's data: reading 17 MB of weights out of burn already
-        // copies them twice).
-        let mut tensors = Vec::new();
-        let mut norms = Vec::new();
-        for b in w.blocks {
-            tensors.extend([b.qkv, b.out, b.gate_up, b.down]);
-            norms.push((b.attn_norm, b.mlp_norm));
-        }
-        tensors.push(w.head);
-        let shapes: Vec<(usize, usize)> = tensors
-            .iter()
-            .map(|t| {
-                let [k, n] = t.dims();
-                (k, n)
-            })
-            .collect();
-        let mut packed =
-            Packed::new_all(&shapes, |i| F32s(tensors[i].to_data().convert::<f32>())).into_iter();
+        let mut packed = Packed::new_all(&w.matrices, matrix).into_iter();
         let mut next = || packed.next().expect("every matrix packed");
-        let layers: Vec<Layer> = norms
+        let layers: Vec<Layer> = w
+            .norms
             .into_iter()
-            .map(|(attn_norm, mlp_norm)| Layer {
-                attn_norm: vec1(attn_norm.0),
-                attn_eps: attn_norm.1 as f32,
+            .map(|[(attn_norm, attn_eps), (mlp_norm, mlp_eps)]| Layer {
+                attn_norm,
+                attn_eps,
                 qkv: next(),
                 out: next(),
-                mlp_norm: vec1(mlp_norm.0),
-                mlp_eps: mlp_norm.1 as f32,
+                mlp_norm,
+                mlp_eps,
                 gate_up: next(),
                 down: next(),
             })
             .collect();
         let head = next();
         let mlp = layers.first().map_or(0, |l| l.down.rows());
-        let embed = vec2(w.embed);
         Engine {
             d,
-            heads,
+            heads: w.heads,
             mlp,
-            vocab: embed.len() / d,
+            vocab: w.embed.len() / d,
             ctx,
-            embed,
+            embed: w.embed,
             layers,
-            norm: vec1(w.norm.0),
-            norm_eps: w.norm.1 as f32,
+            norm: w.norm.0,
+            norm_eps: w.norm.1,
             head,
             cos,
             sin,
@@ -565,7 +539,8 @@ impl Engine {
             l.out.matmul(&mut x, &att, n, true, threads);
             rms_norm(&x, &l.mlp_norm, l.mlp_eps, &mut h);
             l.gate_up.matmul(&mut gu, &h, n, false, threads);
-            fused::swiglu_block(as_uninit(&mut act), &gu, m);
+            // SAFETY: the kernel writes only initialised floats through the view (`MaybeUninit::write`).
+            swiglu_block(unsafe { as_uninit(&mut act) }, &gu, m);
             l.down.matmul(&mut x, &act, n, true, threads);
         }
         for (rc, toks) in jobs.iter_mut() {

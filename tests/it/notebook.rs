@@ -4,7 +4,8 @@
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
-use stageloop::notebook::app::{App, Effect, Pane, SampleFilter, SampleMode, View};
+use stageloop::notebook::app::{App, Effect, Pane, View};
+use stageloop::notebook::panes::samples::{SampleFilter, SampleMode};
 use stageloop::notebook::ui;
 use stageloop::notebook::workspace::Workspace;
 use std::path::Path;
@@ -181,7 +182,7 @@ fn keys_move_select_mark_and_filter() {
     fixture(d.path());
     let mut a = app(d.path());
     // rows: demo, ev, rl, pre, torch-baseline, run-a (runs newest first)
-    assert_eq!(a.rows().len(), 6);
+    assert_eq!(a.runs.rows(&a.ws).len(), 6);
     a.on_key(code(KeyCode::Down));
     assert_eq!(a.selected_run().unwrap().id, "20261130-010200-ev");
     a.on_key(key('j'));
@@ -195,10 +196,10 @@ fn keys_move_select_mark_and_filter() {
         a.on_key(key(c));
     }
     a.on_key(code(KeyCode::Enter));
-    assert_eq!(a.rows().len(), 2);
+    assert_eq!(a.runs.rows(&a.ws).len(), 2);
     a.on_key(key('/'));
     a.on_key(code(KeyCode::Esc));
-    assert_eq!(a.rows().len(), 6);
+    assert_eq!(a.runs.rows(&a.ws).len(), 6);
 }
 
 #[test]
@@ -210,16 +211,17 @@ fn views_and_sample_browser() {
     a.on_key(key('j')); // the grpo run
     a.on_key(key('2'));
     assert_eq!((a.view, a.focus), (View::Samples, Pane::Main));
-    assert_eq!(a.sample_step(), Some(2));
-    assert_eq!(a.visible_samples().len(), 2);
+    let visible = |a: &App| a.samples.visible(a.selected_run()).len();
+    assert_eq!(a.samples.step(a.selected_run()), Some(2));
+    assert_eq!(visible(&a), 2);
     a.on_key(code(KeyCode::Left));
-    assert_eq!(a.sample_step(), Some(1));
+    assert_eq!(a.samples.step(a.selected_run()), Some(1));
     a.on_key(key('f'));
-    assert_eq!(a.sample_filter, SampleFilter::Correct);
-    assert_eq!(a.visible_samples().len(), 1);
+    assert_eq!(a.samples.filter, SampleFilter::Correct);
+    assert_eq!(visible(&a), 1);
     a.on_key(key('f'));
     a.on_key(key('f'));
-    assert_eq!(a.sample_filter, SampleFilter::FormatFailure);
+    assert_eq!(a.samples.filter, SampleFilter::FormatFailure);
     a.on_key(key('f'));
     // reward range: step 1 has rewards 1.0 and 0.0
     a.on_key(key('v'));
@@ -227,30 +229,84 @@ fn views_and_sample_browser() {
         a.on_key(key(c));
     }
     a.on_key(code(KeyCode::Enter));
-    assert_eq!(a.reward_range, Some((0.5, f64::INFINITY)));
-    assert_eq!(a.visible_samples().len(), 1);
+    assert_eq!(a.samples.reward_range, Some((0.5, f64::INFINITY)));
+    assert_eq!(visible(&a), 1);
     a.on_key(key('v'));
     a.on_key(code(KeyCode::Esc));
-    assert_eq!(a.reward_range, None);
+    assert_eq!(a.samples.reward_range, None);
     a.on_key(code(KeyCode::Right));
     a.on_key(key('p'));
-    assert_eq!(a.sample_mode, SampleMode::Prompt("1+2=".into()));
-    assert_eq!(a.visible_samples().len(), 4);
+    assert_eq!(a.samples.mode, SampleMode::Prompt("1+2=".into()));
+    assert_eq!(visible(&a), 4);
     a.on_key(code(KeyCode::Esc));
     a.on_key(key('g'));
-    assert_eq!(a.sample_mode, SampleMode::Group(0));
-    assert_eq!(a.visible_samples().len(), 1);
+    assert_eq!(a.samples.mode, SampleMode::Group(0));
+    assert_eq!(visible(&a), 1);
     a.on_key(key('1'));
     a.on_key(key('y'));
     a.on_key(key('t'));
     a.on_key(key('S'));
-    assert!(a.log_y);
-    assert!((a.smoothing - 0.5).abs() < 1e-9);
+    assert!(a.charts.log_y);
+    assert!((a.charts.smoothing - 0.5).abs() < 1e-9);
+}
+
+#[test]
+fn typing_takes_every_key_and_the_footer_says_so() {
+    let d = tempfile::tempdir().unwrap();
+    fixture(d.path());
+    let mut a = app(d.path());
+    // In a filter, `q`, `j` and `?` are text, not quit, move or help.
+    a.on_key(key('/'));
+    for c in "q?j".chars() {
+        assert!(a.on_key(key(c)).is_empty());
+    }
+    assert_eq!(a.input_buf, "q?j");
+    assert!(!a.show_help && !a.confirm_quit);
+    assert!(a.hints().iter().any(|(k, h)| k == "esc" && *h == "cancel"));
+    a.on_key(code(KeyCode::Backspace));
+    assert_eq!(a.runs.filter, "q?");
+    a.on_key(code(KeyCode::Esc));
+    assert_eq!((a.input, a.runs.filter.as_str()), (None, ""));
+    // Esc outside an input goes back: closes the help overlay and a zoomed chart.
+    a.on_key(key('?'));
+    a.on_key(key('1'));
+    a.on_key(code(KeyCode::Enter));
+    assert!(a.show_help && a.charts.zoom);
+    a.on_key(code(KeyCode::Esc));
+    assert!(!a.show_help && !a.charts.zoom);
+}
+
+#[test]
+fn chart_rows_move_by_the_columns_drawn() {
+    let d = tempfile::tempdir().unwrap();
+    fixture(d.path());
+    let mut a = app(d.path());
+    for c in ['j', 'j', 'j'] {
+        a.on_key(key(c)); // the pretrain run: loss, learning_rate
+    }
+    // Mark the grpo run too, so there are four charts: loss, reward, kl, learning_rate.
+    a.on_key(key('k'));
+    a.on_key(key(' '));
+    a.on_key(key('j'));
+    a.on_key(key('1'));
+    let runs = a.chart_runs().len();
+    assert_eq!((runs, a.charts.metrics(&a.chart_runs()).len()), (2, 4));
+    // 200 columns wide (154 for the charts): three charts a row, so ↓ moves by three.
+    render(&a, 200, 40);
+    assert_eq!(a.charts.columns(), 3);
+    a.on_key(code(KeyCode::Down));
+    assert_eq!(a.charts.index, 3);
+    // 130 wide (84 for the charts): two a row.
+    a.on_key(code(KeyCode::Up));
+    render(&a, 130, 40);
+    assert_eq!(a.charts.columns(), 2);
+    a.on_key(code(KeyCode::Down));
+    assert_eq!(a.charts.index, 2);
 }
 
 #[test]
 fn reward_ranges_parse_with_open_sides() {
-    use stageloop::notebook::app::parse_range;
+    use stageloop::notebook::panes::samples::parse_range;
     assert_eq!(parse_range("0.5..1"), Some(Some((0.5, 1.0))));
     assert_eq!(parse_range("..0"), Some(Some((f64::NEG_INFINITY, 0.0))));
     assert_eq!(parse_range(""), Some(None));
@@ -304,7 +360,7 @@ fn snapshots_of_each_view() {
     let mut a = app(d.path());
     a.on_key(key('j'));
     a.on_key(key('j'));
-    a.smoothing = 0.0;
+    a.charts.smoothing = 0.0;
     insta::assert_snapshot!("charts", render(&a, 120, 32));
     a.on_key(key('2'));
     insta::assert_snapshot!("samples", render(&a, 120, 32));

@@ -1,5 +1,5 @@
 //! Causal self-attention with RoPE for training, forward and backward, on plain slices: the
-//! kernels behind the fused attention op of [`super::fused`].
+//! kernels behind the model's fused attention op (`model::fused`).
 //!
 //! Input is the QKV projection of a batch, `[b, t, 3, heads, head_dim]` row-major; output the
 //! attention result `[b, t, heads · head_dim]` before the output projection. Queries and keys
@@ -12,7 +12,7 @@
 //! block ([`Band`]: the masked half is zero and skipped); the element-wise loops are compiled a
 //! second time with AVX2/FMA, chosen at run time.
 
-use super::fused::exp;
+use super::math::{exp, rope_table, rotate};
 use super::packed::{Band, Packed};
 use super::simd::{Uninit, avx2_dispatch, write, written};
 use rayon::prelude::*;
@@ -46,31 +46,6 @@ impl Rope {
     }
 }
 
-/// cos and sin of the RoPE angles of positions `start..start + len`, `[len][head_dim / 2]`
-/// each: frequency `theta^(−2i / head_dim)` for pair `i`, in f64, then rounded. Every path
-/// (burn's composite ops, the fused attention, the decoder) uses these tables.
-pub(crate) fn rope_table(
-    start: usize,
-    len: usize,
-    head_dim: usize,
-    theta: f64,
-) -> (Vec<f32>, Vec<f32>) {
-    let half = head_dim / 2;
-    let (mut cos, mut sin) = (
-        Vec::with_capacity(len * half),
-        Vec::with_capacity(len * half),
-    );
-    for p in start..start + len {
-        for i in 0..half {
-            let freq = 1.0 / theta.powf(2.0 * i as f64 / head_dim as f64);
-            let a = p as f64 * freq;
-            cos.push(a.cos() as f32);
-            sin.push(a.sin() as f32);
-        }
-    }
-    (cos, sin)
-}
-
 /// One (sequence, head): rotated and scaled queries `[t][hd]`, keys `[t][hd]` and transposed
 /// `[hd][t]`, values `[t][hd]` and transposed (each the right operand of one product).
 struct Head {
@@ -79,20 +54,6 @@ struct Head {
     kt: Vec<f32>,
     v: Vec<f32>,
     vt: Vec<f32>,
-}
-
-/// Rotate pairs `(i, i + half)` of one head's vector by a position's angles (RoPE), or by the
-/// opposite angles when `inverse` (the transpose, for gradients).
-#[inline(always)]
-pub(crate) fn rotate(x: &mut [f32], cos: &[f32], sin: &[f32], inverse: bool) {
-    let s = if inverse { -1.0 } else { 1.0 };
-    let half = x.len() / 2;
-    let (x1, x2) = x.split_at_mut(half);
-    for i in 0..half {
-        let (a, b) = (x1[i], x2[i]);
-        x1[i] = a * cos[i] - b * (s * sin[i]);
-        x2[i] = a * (s * sin[i]) + b * cos[i];
-    }
 }
 
 #[inline(always)]
@@ -278,12 +239,15 @@ pub fn forward(qkv: &[f32], s: &Shape, theta: f64) -> (Vec<f32>, Vec<f32>) {
     );
     let rope = Rope::new(t, s.head_dim, theta);
     let mut lse = vec![0.0f32; s.batch * s.heads * t];
-    let out = written(s.batch * t * d, |out| {
-        out.par_chunks_mut(t * d)
-            .zip(lse.par_chunks_mut(s.heads * t))
-            .zip(qkv.par_chunks(3 * t * d))
-            .for_each(|((out, lse), qkv)| forward_one(qkv, out, lse, s, &rope))
-    });
+    // SAFETY: the closure writes every one of the n outputs (each kernel writes each output element exactly once).
+    let out = unsafe {
+        written(s.batch * t * d, |out| {
+            out.par_chunks_mut(t * d)
+                .zip(lse.par_chunks_mut(s.heads * t))
+                .zip(qkv.par_chunks(3 * t * d))
+                .for_each(|((out, lse), qkv)| forward_one(qkv, out, lse, s, &rope))
+        })
+    };
     (out, lse)
 }
 
@@ -299,13 +263,16 @@ pub fn backward(
 ) -> Vec<f32> {
     let (t, d) = (s.len, s.d());
     let rope = Rope::new(t, s.head_dim, theta);
-    written(qkv.len(), |dqkv| {
-        dqkv.par_chunks_mut(3 * t * d)
-            .zip(qkv.par_chunks(3 * t * d))
-            .zip(out.par_chunks(t * d).zip(dout.par_chunks(t * d)))
-            .zip(lse.par_chunks(s.heads * t))
-            .for_each(|(((dqkv, qkv), (out, dout)), lse)| {
-                backward_one(qkv, out, lse, dout, dqkv, s, &rope)
-            })
-    })
+    // SAFETY: the closure writes every one of the n outputs (each kernel writes each output element exactly once).
+    unsafe {
+        written(qkv.len(), |dqkv| {
+            dqkv.par_chunks_mut(3 * t * d)
+                .zip(qkv.par_chunks(3 * t * d))
+                .zip(out.par_chunks(t * d).zip(dout.par_chunks(t * d)))
+                .zip(lse.par_chunks(s.heads * t))
+                .for_each(|(((dqkv, qkv), (out, dout)), lse)| {
+                    backward_one(qkv, out, lse, dout, dqkv, s, &rope)
+                })
+        })
+    }
 }

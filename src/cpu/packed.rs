@@ -60,7 +60,8 @@ impl Packed {
     pub fn new(w: &[f32], k: usize, n: usize) -> Packed {
         // Written in order, without zeroing the whole buffer first (training's attention packs
         // its operands at every call, so packing time counts).
-        let data = written(Packed::size(k, n), |out| pack_into((w, k, n), out));
+        // SAFETY: the closure writes every one of the n outputs (each kernel writes each output element exactly once).
+        let data = unsafe { written(Packed::size(k, n), |out| pack_into((w, k, n), out)) };
         Packed {
             k,
             n,
@@ -92,7 +93,8 @@ impl Packed {
             .zip(shapes)
             .enumerate()
             .for_each(|(i, (part, &(k, n)))| {
-                pack_into((values(i).as_ref(), k, n), as_uninit(part));
+                // SAFETY: the kernel writes only initialised floats through the view (`MaybeUninit::write`).
+                pack_into((values(i).as_ref(), k, n), unsafe { as_uninit(part) });
             });
         let buf = Arc::new(buf);
         let mut start = 0;
@@ -241,8 +243,7 @@ impl Packed {
         // The next panel is fetched into L2, a share per row block, while this one is
         // computed: otherwise the first block of each panel waits on memory (the hardware's
         // prefetchers idle while later blocks reread a panel already in L1; with one block a
-        // panel is read once, in order, and they keep up). Measured on a 64 MB matrix on huge
-        // pages, 32 rows: 86 → 97 GFLOP/s.
+        // panel is read once, in order, and they keep up). Figures in docs/PERF.md.
         let share = (k * NR)
             .div_ceil(m.div_ceil(MR).max(1))
             .next_multiple_of(16)
@@ -529,7 +530,7 @@ mod tests {
             let a: Vec<f32> = (0..m * k).map(|i| ((i * 37) % 11) as f32 - 5.0).collect();
             let want = reference(&a, w, m, k, n);
             let alone = Packed::new(w, k, n);
-            crate::model::pair::with_pair(|pair| {
+            crate::cpu::pair::with_pair(|pair| {
                 let mut all = vec![Threads::One, Threads::Rayon];
                 all.extend(pair.map(Threads::Pair));
                 for (threads, p) in all.into_iter().flat_map(|t| [(t, &alone), (t, together)]) {

@@ -1,0 +1,14 @@
+//! Hand-written CPU kernels on plain `f32` slices: the training ops' products and attention,
+//! the row kernels, the small-batch packed products and the decoder. Imports nothing from the
+//! rest of the crate; `model` wraps them for burn (`model::fused`) and builds the decoder from
+//! a model (`Gpt::engine`).
+
+pub mod arena;
+pub mod attention;
+pub mod decoder;
+pub mod gemm;
+pub mod math;
+pub mod packed;
+pub mod pair;
+pub mod rows;
+pub(crate) mod simd;

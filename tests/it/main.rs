@@ -1,0 +1,13 @@
+//! The integration tests as one binary: each test binary links the whole optimised crate, so
+//! one link instead of nine saves minutes of a fresh build. `tests/tui_tmux.rs` stays apart (it
+//! drives the real binary in tmux). One module per area.
+
+mod analysis_polars;
+mod cli;
+mod common;
+mod grpo;
+mod model_decode;
+mod model_fused;
+mod notebook;
+mod spec_validation;
+mod stages_e2e;
