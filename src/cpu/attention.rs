@@ -239,7 +239,8 @@ pub fn forward(qkv: &[f32], s: &Shape, theta: f64) -> (Vec<f32>, Vec<f32>) {
     );
     let rope = Rope::new(t, s.head_dim, theta);
     let mut lse = vec![0.0f32; s.batch * s.heads * t];
-    // SAFETY: the closure writes every one of the n outputs (each kernel writes each output element exactly once).
+    // SAFETY: the chunks of `t·d` cover the whole output and `forward_one` writes every
+    // element of its chunk.
     let out = unsafe {
         written(s.batch * t * d, |out| {
             out.par_chunks_mut(t * d)
@@ -263,7 +264,8 @@ pub fn backward(
 ) -> Vec<f32> {
     let (t, d) = (s.len, s.d());
     let rope = Rope::new(t, s.head_dim, theta);
-    // SAFETY: the closure writes every one of the n outputs (each kernel writes each output element exactly once).
+    // SAFETY: the chunks of `3·t·d` cover the whole output and `backward_one` writes every
+    // element of its chunk.
     unsafe {
         written(qkv.len(), |dqkv| {
             dqkv.par_chunks_mut(3 * t * d)

@@ -121,7 +121,7 @@ const PASS_TOKENS: usize = 1024;
 /// `out = x / sqrt(mean(x²) + eps) · g`, row by row: the training op's kernel.
 fn rms_norm(x: &[f32], g: &[f32], eps: f32, out: &mut [f32]) {
     let mut rstd = vec![0.0f32; x.len() / g.len()];
-    // SAFETY: the kernel writes only initialised floats through the view (`MaybeUninit::write`).
+    // SAFETY: the kernel stores only initialised floats through the view.
     rms_block(unsafe { as_uninit(out) }, &mut rstd, x, g, eps);
 }
 
@@ -539,7 +539,7 @@ impl Engine {
             l.out.matmul(&mut x, &att, n, true, threads);
             rms_norm(&x, &l.mlp_norm, l.mlp_eps, &mut h);
             l.gate_up.matmul(&mut gu, &h, n, false, threads);
-            // SAFETY: the kernel writes only initialised floats through the view (`MaybeUninit::write`).
+            // SAFETY: the kernel stores only initialised floats through the view.
             swiglu_block(unsafe { as_uninit(&mut act) }, &gu, m);
             l.down.matmul(&mut x, &act, n, true, threads);
         }

@@ -60,7 +60,8 @@ impl Packed {
     pub fn new(w: &[f32], k: usize, n: usize) -> Packed {
         // Written in order, without zeroing the whole buffer first (training's attention packs
         // its operands at every call, so packing time counts).
-        // SAFETY: the closure writes every one of the n outputs (each kernel writes each output element exactly once).
+        // SAFETY: `pack_into` writes every element of the packed layout (the last panel's
+        // missing columns as zeros).
         let data = unsafe { written(Packed::size(k, n), |out| pack_into((w, k, n), out)) };
         Packed {
             k,
@@ -93,7 +94,7 @@ impl Packed {
             .zip(shapes)
             .enumerate()
             .for_each(|(i, (part, &(k, n)))| {
-                // SAFETY: the kernel writes only initialised floats through the view (`MaybeUninit::write`).
+                // SAFETY: the kernel stores only initialised floats through the view.
                 pack_into((values(i).as_ref(), k, n), unsafe { as_uninit(part) });
             });
         let buf = Arc::new(buf);

@@ -107,7 +107,8 @@ pub fn rms_forward(x: &[f32], gamma: &[f32], eps: f32) -> (Vec<f32>, Vec<f32>) {
     let d = gamma.len();
     let rows = x.len() / d;
     let mut rstd = vec![0.0f32; rows];
-    // SAFETY: the closure writes every one of the n outputs (each kernel writes each output element exactly once).
+    // SAFETY: the chunks cover the whole output and the row kernel writes every element
+    // of its chunk (as many rows as the input's).
     let y = unsafe {
         written(x.len(), |y| {
             y.par_chunks_mut(d * ROWS_PER_TASK)
@@ -123,7 +124,8 @@ pub fn rms_forward(x: &[f32], gamma: &[f32], eps: f32) -> (Vec<f32>, Vec<f32>) {
 pub fn rms_backward(dy: &[f32], x: &[f32], gamma: &[f32], rstd: &[f32]) -> (Vec<f32>, Vec<f32>) {
     let d = gamma.len();
     let mut dgamma = Vec::new();
-    // SAFETY: the closure writes every one of the n outputs (each kernel writes each output element exactly once).
+    // SAFETY: the chunks cover the whole output and the row kernel writes every element
+    // of its chunk (as many rows as the input's).
     let dx = unsafe {
         written(x.len(), |dx| {
             dgamma = dx
@@ -150,7 +152,8 @@ pub fn rms_backward(dy: &[f32], x: &[f32], gamma: &[f32], rstd: &[f32]) -> (Vec<
 
 /// SwiGLU forward over rows of `2m` (gate then up).
 pub fn swiglu_forward(gu: &[f32], m: usize) -> Vec<f32> {
-    // SAFETY: the closure writes every one of the n outputs (each kernel writes each output element exactly once).
+    // SAFETY: the chunks cover the whole output and the row kernel writes every element
+    // of its chunk (as many rows as the input's).
     unsafe {
         written(gu.len() / 2, |h| {
             h.par_chunks_mut(m * ROWS_PER_TASK)
@@ -162,7 +165,8 @@ pub fn swiglu_forward(gu: &[f32], m: usize) -> Vec<f32> {
 
 /// SwiGLU backward: the gradient of the `[.., 2m]` input.
 pub fn swiglu_backward(dh: &[f32], gu: &[f32], m: usize) -> Vec<f32> {
-    // SAFETY: the closure writes every one of the n outputs (each kernel writes each output element exactly once).
+    // SAFETY: the chunks cover the whole output and the row kernel writes every element
+    // of its chunk (as many rows as the input's).
     unsafe {
         written(gu.len(), |dgu| {
             dgu.par_chunks_mut(2 * m * ROWS_PER_TASK)
