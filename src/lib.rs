@@ -12,3 +12,4 @@ pub mod runfs;
 pub mod spec;
 pub mod stages;
 pub mod tasks;
+pub mod untrusted;

@@ -17,7 +17,7 @@ pub fn export_run(run: &RunDir, out: &Path, formats: &[&str]) -> Result<Vec<Path
         match *f {
             "csv" => {
                 let p = out.join("metrics.csv");
-                super::write_csv(&mut df, &p)?;
+                super::write_csv(&mut csv_safe(&df)?, &p)?;
                 files.push(p);
             }
             "parquet" => {
@@ -31,6 +31,32 @@ pub fn export_run(run: &RunDir, out: &Path, formats: &[&str]) -> Result<Vec<Path
         }
     }
     Ok(files)
+}
+
+/// `df` with headers and text cells a spreadsheet will not evaluate as formulas
+/// ([`crate::untrusted::csv_cell`]): metric names and run ids come from the run folder.
+fn csv_safe(df: &DataFrame) -> Result<DataFrame> {
+    let cols = df
+        .columns()
+        .iter()
+        .map(|c| {
+            let name = crate::untrusted::csv_cell(c.name().as_str()).into_owned();
+            let c = match c.str() {
+                Ok(text) => {
+                    let cells: Vec<Option<String>> = (0..text.len())
+                        .map(|i| {
+                            text.get(i)
+                                .map(|v| crate::untrusted::csv_cell(v).into_owned())
+                        })
+                        .collect();
+                    Column::new(name.as_str().into(), cells)
+                }
+                Err(_) => c.clone().with_name(name.as_str().into()),
+            };
+            Ok(c)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(DataFrame::new_infer_height(cols)?)
 }
 
 fn f64s(col: &Column) -> Result<Vec<f64>> {
@@ -66,7 +92,8 @@ fn write_svgs(df: &DataFrame, out: &Path) -> Result<Vec<PathBuf>> {
             (a.0.min(p.1), a.1.max(p.1))
         });
         let pad = ((y1 - y0).abs() * 0.05).max(1e-9);
-        let file = out.join(format!("{}.svg", name.replace(['/', '@'], "_")));
+        // Metric names come from the run's log: one safe file-name component each.
+        let file = out.join(format!("{}.svg", crate::untrusted::file_name(name)));
         {
             let root = SVGBackend::new(&file, (800, 480)).into_drawing_area();
             root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;

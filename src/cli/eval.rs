@@ -15,6 +15,20 @@ pub fn run(
     k: usize,
     json: bool,
 ) -> anyhow::Result<()> {
+    let (max_k, max_n) = (
+        crate::spec::validate::MAX_SAMPLES,
+        crate::spec::validate::MAX_HELDOUT,
+    );
+    anyhow::ensure!(
+        (1..=max_k).contains(&k),
+        "--k must be between 1 and {max_k} (got {k})"
+    );
+    if let Some(n) = n {
+        anyhow::ensure!(
+            (1..=max_n).contains(&n),
+            "--n must be between 1 and {max_n} (got {n})"
+        );
+    }
     let dir = runfs::checkpoint::resolve(target).with_context(|| {
         format!(
             "{}: not a checkpoint or a run folder with checkpoints",

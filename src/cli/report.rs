@@ -3,6 +3,7 @@
 
 use crate::runfs::{self, Status};
 use crate::spec::{self, StageKind};
+use crate::untrusted::display;
 use anyhow::Context;
 use serde_json::{Value, json};
 use std::path::Path;
@@ -46,14 +47,11 @@ pub fn run(exp: &Path, json_out: bool) -> anyhow::Result<()> {
         println!("no finished eval runs in {}", e.runs_dir().display());
         return Ok(());
     }
-    let evaluated = |r: &Value| {
-        format!(
-            "{} ({})",
-            r["evaluated"].as_str().unwrap_or(""),
-            r["evaluated_kind"].as_str().unwrap_or("")
-        )
-    };
-    let stage = |r: &Value| r["stage"].as_str().unwrap_or("").to_string();
+    // Names come from run.json files: printed through `untrusted::display`.
+    let text = |v: &Value| display(v.as_str().unwrap_or("")).into_owned();
+    let evaluated =
+        |r: &Value| format!("{} ({})", text(&r["evaluated"]), text(&r["evaluated_kind"]));
+    let stage = |r: &Value| text(&r["stage"]);
     // Columns as wide as their longest entry.
     let width = |cell: &dyn Fn(&Value) -> String, header: &str| {
         rows.iter()

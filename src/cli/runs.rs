@@ -1,5 +1,6 @@
 //! `stageloop runs EXP`: one row per run of an experiment.
 
+use crate::untrusted::display;
 use crate::{analysis, runfs, spec};
 use std::path::Path;
 
@@ -17,7 +18,17 @@ pub fn run(exp: &Path, json: bool) -> anyhow::Result<()> {
         println!("no runs yet in {}", e.runs_dir().display());
         return Ok(());
     }
-    let df = analysis::runs_table(&rows)?;
+    // Ids, stages and kinds come from run folders: shown through `untrusted::display`.
+    let shown: Vec<_> = rows
+        .into_iter()
+        .map(|mut r| {
+            for f in [&mut r.id, &mut r.stage, &mut r.kind, &mut r.status] {
+                *f = display(f).into_owned();
+            }
+            r
+        })
+        .collect();
+    let df = analysis::runs_table(&shown)?;
     println!("{df}");
     Ok(())
 }

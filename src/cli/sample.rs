@@ -5,6 +5,7 @@ use crate::model::sample::{SampleOptions, generate};
 use crate::model::{checkpoint, device};
 use crate::runfs;
 use crate::stages::common::Setup;
+use crate::untrusted::display;
 use anyhow::Context;
 use rand::SeedableRng;
 use std::path::Path;
@@ -20,7 +21,29 @@ pub struct Args<'a> {
     pub json: bool,
 }
 
+/// Refuse sampling settings that would panic, hang or allocate without bound.
+fn check_args(a: &Args<'_>) -> anyhow::Result<()> {
+    let max = crate::spec::validate::MAX_SAMPLES;
+    anyhow::ensure!(
+        (1..=max).contains(&a.n),
+        "--n must be between 1 and {max} (got {})",
+        a.n
+    );
+    anyhow::ensure!(
+        a.temperature.is_finite() && a.temperature >= 0.0,
+        "--temperature must be a finite number, at least 0 (got {})",
+        a.temperature
+    );
+    anyhow::ensure!(
+        a.top_p > 0.0 && a.top_p <= 1.0,
+        "--top-p must be in (0, 1] (got {})",
+        a.top_p
+    );
+    Ok(())
+}
+
 pub fn run(a: Args<'_>) -> anyhow::Result<()> {
+    check_args(&a)?;
     let dir = runfs::checkpoint::resolve(a.target).with_context(|| {
         format!(
             "{}: not a checkpoint or a run folder with checkpoints",
@@ -31,6 +54,13 @@ pub fn run(a: Args<'_>) -> anyhow::Result<()> {
     let (model, _, _) = checkpoint::load_model(&dir, &dev)?;
     let setup = Setup::from_checkpoint(&dir, None)?;
     let ids = setup.prompt_ids(a.prompt)?;
+    anyhow::ensure!(
+        ids.len() < setup.model_cfg.ctx,
+        "the prompt is {} tokens with BOS; the model's context is {} (it needs room for at \
+         least one new token)",
+        ids.len(),
+        setup.model_cfg.ctx
+    );
     let opts = SampleOptions {
         temperature: a.temperature,
         top_p: a.top_p,
@@ -40,7 +70,7 @@ pub fn run(a: Args<'_>) -> anyhow::Result<()> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(a.seed);
     let outs = generate(
         &model,
-        &vec![ids; a.n.max(1)],
+        &vec![ids; a.n],
         setup.model_cfg.ctx,
         &opts,
         &mut rng,
@@ -60,8 +90,11 @@ pub fn run(a: Args<'_>) -> anyhow::Result<()> {
             );
         } else {
             println!(
-                "{}{text}   [accuracy {} format {}]",
-                a.prompt, r.accuracy, r.format
+                "{}{}   [accuracy {} format {}]",
+                display(a.prompt),
+                display(&text),
+                r.accuracy,
+                r.format
             );
         }
     }

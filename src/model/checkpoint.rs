@@ -91,10 +91,10 @@ pub fn read_meta(dir: &Path) -> Result<(ModelConfig, Tokenizer)> {
     if !dir.is_dir() {
         bail!("{}: no such checkpoint folder", dir.display());
     }
-    Ok((
-        read_json(&dir.join(CONFIG))?,
-        read_json(&dir.join(TOKENIZER))?,
-    ))
+    let cfg: ModelConfig = read_json(&dir.join(CONFIG))?;
+    cfg.check()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", dir.join(CONFIG).display()))?;
+    Ok((cfg, read_json(&dir.join(TOKENIZER))?))
 }
 
 /// Write the task settings the model was trained on into `dir`.

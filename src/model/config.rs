@@ -28,6 +28,38 @@ impl ModelConfig {
         }
     }
 
+    /// Whether the shape is one this build can run: the ranges `check` enforces on a spec,
+    /// plus a vocabulary; the error names the field (a checkpoint's `config.json` is data).
+    pub fn check(&self) -> Result<(), String> {
+        use crate::spec::validate::{MAX_LAYERS, MAX_WIDTH};
+        let bad = |what: &str| Err(format!("{what} (got {self:?})"));
+        if !(1..=1 << 20).contains(&self.vocab) {
+            return bad("vocab must be between 1 and 1048576");
+        }
+        if !(4..=MAX_WIDTH).contains(&self.d_model) {
+            return bad(&format!("d_model must be between 4 and {MAX_WIDTH}"));
+        }
+        if !(1..=MAX_LAYERS).contains(&self.layers) {
+            return bad(&format!("layers must be between 1 and {MAX_LAYERS}"));
+        }
+        if self.heads == 0
+            || !self.d_model.is_multiple_of(self.heads)
+            || !self.head_dim().is_multiple_of(2)
+        {
+            return bad("heads must divide d_model into an even head size");
+        }
+        if !(1..=4 * MAX_WIDTH).contains(&self.mlp) {
+            return bad(&format!("mlp must be between 1 and {}", 4 * MAX_WIDTH));
+        }
+        if !(8..=4096).contains(&self.ctx) {
+            return bad("ctx must be between 8 and 4096");
+        }
+        if !(self.rope_theta.is_finite() && self.rope_theta > 1.0) {
+            return bad("rope_theta must be greater than 1");
+        }
+        Ok(())
+    }
+
     pub fn head_dim(&self) -> usize {
         self.d_model / self.heads
     }

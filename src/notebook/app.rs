@@ -42,6 +42,19 @@ pub enum Input {
     RewardRange,
 }
 
+/// A question the notebook asks before it acts; `y` confirms, any other key cancels.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Dialog {
+    /// Quit while stages are running (they keep running).
+    Quit,
+    /// Start a stage that already has a running run (`pid`): a second run of it would start.
+    StartRunning {
+        exp: PathBuf,
+        stage: String,
+        pid: u32,
+    },
+}
+
 /// Side effects for the event loop to carry out.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
@@ -50,8 +63,9 @@ pub enum Effect {
         exp: PathBuf,
         stage: Option<String>,
     },
-    /// SIGTERM to a stage's process.
+    /// SIGTERM to the stage writing `run` (when its process `pid` holds the run's lock).
     Stop {
+        run: PathBuf,
         pid: u32,
     },
     /// `stageloop sample RUN --prompt … --json` as a child process.
@@ -74,7 +88,8 @@ pub struct App {
     pub view: View,
     pub maximized: bool,
     pub show_help: bool,
-    pub confirm_quit: bool,
+    /// The open dialog, which takes every key.
+    pub dialog: Option<Dialog>,
     pub input: Option<Input>,
     pub input_buf: String,
     pub runs: Runs,
@@ -95,7 +110,7 @@ impl App {
             view: View::Charts,
             maximized: false,
             show_help: false,
-            confirm_quit: false,
+            dialog: None,
             input: None,
             input_buf: String::new(),
             runs: Runs::default(),
@@ -145,7 +160,7 @@ impl App {
 
     /// The keymap scope keys are looked up in: a dialog or input takes every key.
     pub fn scope(&self) -> Scope {
-        if self.confirm_quit {
+        if self.dialog.is_some() {
             return Scope::Dialog;
         }
         if self.input.is_some() {
@@ -186,12 +201,13 @@ impl App {
     /// Carry out one keymap action.
     pub fn on_action(&mut self, action: Action) -> Vec<Effect> {
         match action {
-            Action::Quit => {
-                if self.ws.running_pids().is_empty() {
-                    return vec![Effect::Quit];
-                }
-                self.confirm_quit = true;
-            }
+            Action::Quit => match self.dialog.take() {
+                // `q q` quits; `q` closes any other dialog.
+                Some(Dialog::Quit) => return vec![Effect::Quit],
+                Some(_) => {}
+                None if self.ws.running_pids().is_empty() => return vec![Effect::Quit],
+                None => self.dialog = Some(Dialog::Quit),
+            },
             Action::Confirm | Action::Cancel | Action::DeleteChar | Action::TypeChar => {
                 return self.on_modal(action);
             }
@@ -229,10 +245,10 @@ impl App {
                 self.notice(format!("starting the pipeline of {name}"));
                 return vec![Effect::Spawn { exp, stage: None }];
             }
-            Action::Stop => match self.selected_running_pid() {
-                Some(pid) => {
+            Action::Stop => match self.selected_running() {
+                Some((run, pid)) => {
                     self.notice(format!("stopping pid {pid} (it checkpoints first)"));
-                    return vec![Effect::Stop { pid }];
+                    return vec![Effect::Stop { run, pid }];
                 }
                 None => self.notice("the selected run is not running"),
             },
@@ -278,12 +294,20 @@ impl App {
 
     /// The quit dialog's and the text input's actions.
     fn on_modal(&mut self, action: Action) -> Vec<Effect> {
-        if self.confirm_quit {
-            if action == Action::Confirm {
-                return vec![Effect::Quit];
+        if let Some(dialog) = self.dialog.take() {
+            if action != Action::Confirm {
+                return Vec::new();
             }
-            self.confirm_quit = false;
-            return Vec::new();
+            return match dialog {
+                Dialog::Quit => vec![Effect::Quit],
+                Dialog::StartRunning { exp, stage, .. } => {
+                    self.notice(format!("starting stage {stage} again"));
+                    vec![Effect::Spawn {
+                        exp,
+                        stage: Some(stage),
+                    }]
+                }
+            };
         }
         let Some(input) = self.input else {
             return Vec::new();
@@ -369,6 +393,13 @@ impl App {
             self.notice("no stage selected");
             return Vec::new();
         };
+        let running = ex.runs.iter().rev().find(|r| {
+            r.stage() == stage && r.effective_status() == Some(crate::runfs::Status::Running)
+        });
+        if let Some(pid) = running.and_then(|r| r.status.as_ref()?.pid) {
+            self.dialog = Some(Dialog::StartRunning { exp, stage, pid });
+            return Vec::new();
+        }
         self.notice(format!("starting stage {stage}"));
         vec![Effect::Spawn {
             exp,
@@ -376,13 +407,14 @@ impl App {
         }]
     }
 
-    /// The pid of the selected run (or, on an experiment row or in the pipeline pane, of a
-    /// running run of the selected stage / experiment).
-    fn selected_running_pid(&self) -> Option<u32> {
+    /// The folder and pid of the selected run (or, on an experiment row or in the pipeline
+    /// pane, of a running run of the selected stage / experiment), when it is running.
+    fn selected_running(&self) -> Option<(PathBuf, u32)> {
         let running = |r: &RunView| {
             (r.effective_status() == Some(crate::runfs::Status::Running))
                 .then(|| r.status.as_ref().and_then(|s| s.pid))
                 .flatten()
+                .map(|pid| (r.dir.clone(), pid))
         };
         if let Some(Row::Run(e, r)) = self.runs.current_row(&self.ws)
             && self.focus != Pane::Pipeline

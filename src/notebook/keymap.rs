@@ -14,7 +14,7 @@ pub enum Scope {
     Samples,
     /// A text input is open (filters, reward range, prompt).
     Input,
-    /// The quit dialog is open.
+    /// A dialog is open (quit, start a running stage again).
     Dialog,
 }
 
@@ -39,7 +39,7 @@ impl Scope {
             Scope::Charts => "charts",
             Scope::Samples => "samples",
             Scope::Input => "while typing",
-            Scope::Dialog => "quit dialog",
+            Scope::Dialog => "dialogs",
         }
     }
 
@@ -363,16 +363,22 @@ pub const KEYMAP: &[Binding] = &[
         Char('y'),
         Dialog,
         A::Confirm,
-        "quit",
-        "quit; running stages keep running",
+        "yes",
+        "yes: quit, or start the stage again",
     ),
-    b(Char('q'), Dialog, A::Confirm, "", "quit"),
+    b(
+        Char('q'),
+        Dialog,
+        A::Quit,
+        "",
+        "quit (in the quit dialog; cancels the others)",
+    ),
     k(
         Key::Other,
         Dialog,
         A::Cancel,
         "cancel",
-        "stay in the notebook",
+        "no: close the dialog",
     ),
 ];
 
@@ -482,6 +488,7 @@ mod tests {
         assert_eq!(lookup(&k(Backspace), Scope::Input), Some(A::DeleteChar));
         assert_eq!(lookup(&k(Tab), Scope::Input), None);
         assert_eq!(lookup(&k(Char('y')), Scope::Dialog), Some(A::Confirm));
+        assert_eq!(lookup(&k(Char('q')), Scope::Dialog), Some(A::Quit));
         assert_eq!(lookup(&k(Char('n')), Scope::Dialog), Some(A::Cancel));
         assert_eq!(lookup(&k(Tab), Scope::Dialog), Some(A::Cancel));
         assert_eq!(lookup(&k(Esc), Scope::Charts), Some(A::Back));

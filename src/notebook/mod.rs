@@ -43,9 +43,9 @@ pub fn apply(app: &mut App, effect: Effect, tx: &mpsc::Sender<Event>) -> bool {
                 Err(e) => app.notice(format!("could not start the stage: {e}")),
             }
         }
-        Effect::Stop { pid } => {
-            if let Err(e) = supervisor::stop(pid) {
-                app.notice(format!("could not signal pid {pid}: {e}"));
+        Effect::Stop { run, pid } => {
+            if let Err(e) = supervisor::stop(&run, pid) {
+                app.notice(format!("did not stop pid {pid}: {e}"));
             }
         }
         Effect::Sample { run, prompt } => supervisor::sample(&run, &prompt, tx.clone()),

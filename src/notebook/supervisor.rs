@@ -42,8 +42,27 @@ pub fn spawn_stage(exp: &Path, stage: Option<&str>, tx: Sender<Event>) -> std::i
     Ok(pid)
 }
 
-/// Ask a stage to stop (SIGTERM to its process group, then to the process itself).
-pub fn stop(pid: u32) -> std::io::Result<()> {
+/// Ask the stage writing `run` to stop: SIGTERM to its process group, then to the process
+/// itself. Only a process that holds the run's lock (`runfs::lock::holder`) and is the `pid`
+/// that run.json names is signalled, never pid 0 or 1: a stale, reused or hand-written pid in
+/// a run folder gets nothing.
+pub fn stop(run: &Path, pid: u32) -> std::io::Result<()> {
+    let lock = run.join(crate::runfs::lock::LOCK);
+    match crate::runfs::lock::holder(run) {
+        Some(holder) if holder == pid && pid > 1 => {}
+        Some(holder) => {
+            return Err(std::io::Error::other(format!(
+                "{} is held by pid {holder}, not by pid {pid} as run.json says: nothing sent",
+                lock.display()
+            )));
+        }
+        None => {
+            return Err(std::io::Error::other(format!(
+                "pid {pid} does not hold {}: not a running stage of this run, nothing sent",
+                lock.display()
+            )));
+        }
+    }
     #[cfg(unix)]
     {
         // SAFETY: kill(2) takes plain integers and touches no memory of ours; a negative pid

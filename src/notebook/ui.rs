@@ -2,7 +2,7 @@
 //! logs) on the right, footer hints from the keymap, notices, the prompt box and dialogs. `draw`
 //! is a pure function of the state.
 
-use super::app::{App, Input, Pane, View};
+use super::app::{App, Dialog, Input, Pane, View};
 use super::panes::{self, Ctx};
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
@@ -70,13 +70,22 @@ pub fn draw(f: &mut Frame<'_>, app: &App) {
     if app.show_help {
         panes::help::draw(f, body);
     }
-    if app.confirm_quit {
-        dialog(
+    match &app.dialog {
+        Some(Dialog::Quit) => dialog(
             f,
             area,
             "stages are running",
             "They keep running after the notebook quits; the next notebook picks them up.\nQuit? (y / any other key cancels)",
-        );
+        ),
+        Some(Dialog::StartRunning { stage, pid, .. }) => dialog(
+            f,
+            area,
+            "stage already running",
+            &format!(
+                "{stage} is running (pid {pid}); starting it again starts a second run beside it.\nStart? (y / any other key cancels)"
+            ),
+        ),
+        None => {}
     }
 }
 

@@ -3,12 +3,13 @@
 //!
 //! ```text
 //! experiments/<exp>/runs/<run-id>/   run-id = <yyyymmdd-HHMMSS>-<stage-name>
-//!   run.json  metrics.jsonl  samples.jsonl  eval.json  stdout.log  checkpoints/
+//!   run.json  metrics.jsonl  samples.jsonl  eval.json  stdout.log  checkpoints/  lock
 //! ```
 
 pub mod atomic;
 pub mod checkpoint;
 pub mod jsonl;
+pub mod lock;
 pub mod metrics;
 pub mod status;
 pub mod tail;

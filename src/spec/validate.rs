@@ -108,8 +108,16 @@ pub fn validate(spec: &ExperimentSpec, at: &Locator<'_>, dir: &Path) -> Vec<Spec
     // [model]
     let m = &spec.model;
     let mk = |k| [Seg::Key("model"), Seg::Key(k)];
-    check(m.d_model >= 4, &mk("d_model"), "d_model must be at least 4");
-    check(m.layers >= 1, &mk("layers"), "layers must be at least 1");
+    check(
+        (4..=MAX_WIDTH).contains(&m.d_model),
+        &mk("d_model"),
+        &format!("d_model must be between 4 and {MAX_WIDTH}"),
+    );
+    check(
+        (1..=MAX_LAYERS).contains(&m.layers),
+        &mk("layers"),
+        &format!("layers must be between 1 and {MAX_LAYERS}"),
+    );
     check(m.heads >= 1, &mk("heads"), "heads must be at least 1");
     check(
         m.heads >= 1
@@ -124,9 +132,9 @@ pub fn validate(spec: &ExperimentSpec, at: &Locator<'_>, dir: &Path) -> Vec<Spec
         "ctx must be between 8 and 4096",
     );
     check(
-        m.mlp.is_none_or(|v| v >= 1),
+        m.mlp.is_none_or(|v| (1..=4 * MAX_WIDTH).contains(&v)),
         &mk("mlp"),
-        "mlp must be at least 1",
+        &format!("mlp must be between 1 and {}", 4 * MAX_WIDTH),
     );
     check(
         m.rope_theta.is_finite() && m.rope_theta > 1.0,
@@ -147,7 +155,11 @@ pub fn validate(spec: &ExperimentSpec, at: &Locator<'_>, dir: &Path) -> Vec<Spec
         &tk("difficulty"),
         "difficulty must be between 1 and 5",
     );
-    check(t.heldout >= 1, &tk("heldout"), "heldout must be at least 1");
+    check(
+        (1..=MAX_HELDOUT).contains(&t.heldout),
+        &tk("heldout"),
+        &format!("heldout must be between 1 and {MAX_HELDOUT}"),
+    );
     let ck = |k| [Seg::Key("task"), Seg::Key("corpus"), Seg::Key(k)];
     for (k, v) in [
         ("bare", t.corpus.bare),
@@ -283,9 +295,25 @@ pub fn validate(spec: &ExperimentSpec, at: &Locator<'_>, dir: &Path) -> Vec<Spec
             c.checkpoint_every >= 1,
             "must be at least 1",
         );
-        range("examples", c.examples >= 1, "must be at least 1");
-        range("prompts", c.prompts >= 1, "must be at least 1");
-        range("k", c.k >= 1, "must be at least 1");
+        let within = |v: usize, max: usize| (1..=max).contains(&v);
+        let between = |max: usize| format!("must be between 1 and {max}");
+        range(
+            "examples",
+            within(c.examples, MAX_EXAMPLES),
+            &between(MAX_EXAMPLES),
+        );
+        // An eval's default `prompts` is the held-out size, checked above on its own line.
+        range(
+            "prompts",
+            s.prompts.is_none() || within(c.prompts, MAX_HELDOUT),
+            &between(MAX_HELDOUT),
+        );
+        range("k", within(c.k, MAX_SAMPLES), &between(MAX_SAMPLES));
+        range(
+            "batch",
+            !trains || s.kind == StageKind::Grpo || c.batch <= MAX_BATCH,
+            &format!("must be at most {MAX_BATCH}"),
+        );
         range(
             "temperature",
             c.temperature >= 0.0 && c.temperature.is_finite(),
@@ -301,8 +329,16 @@ pub fn validate(spec: &ExperimentSpec, at: &Locator<'_>, dir: &Path) -> Vec<Spec
             c.max_new_tokens < spec.model.ctx,
             "must be below the model's ctx (0 = up to the context)",
         );
-        range("group_size", c.group_size >= 2, "must be at least 2");
-        range("beta", c.beta >= 0.0, "must be at least 0");
+        range(
+            "group_size",
+            (2..=MAX_SAMPLES).contains(&c.group_size),
+            &format!("must be between 2 and {MAX_SAMPLES}"),
+        );
+        range(
+            "beta",
+            c.beta >= 0.0 && c.beta.is_finite(),
+            "must be a finite number, at least 0 (0 = no reference model)",
+        );
         range(
             "epsilon",
             c.epsilon > 0.0 && c.epsilon < 1.0,
@@ -315,9 +351,25 @@ pub fn validate(spec: &ExperimentSpec, at: &Locator<'_>, dir: &Path) -> Vec<Spec
         );
         range(
             "num_iterations",
-            c.num_iterations >= 1,
-            "must be at least 1",
+            within(c.num_iterations, MAX_ITERATIONS),
+            &between(MAX_ITERATIONS),
         );
+        if errs.is_empty() {
+            let need = memory_bytes(&spec.model, spec.task.heldout, &c);
+            if need > memory_limit() {
+                errs.push(at.key(
+                    &[Seg::Key("stage"), Seg::Index(i), Seg::Key("name")],
+                    format!(
+                        "stage `{}` needs about {:.1} GB (weights, optimizer state, \
+                         activations, KV cache and held-out set), more than this machine's \
+                         {:.1} GB: make the model, batch or prompts smaller",
+                        s.name,
+                        need / 1e9,
+                        memory_limit() / 1e9
+                    ),
+                ));
+            }
+        }
         for (name, w) in s.rewards.iter().flatten() {
             if !REWARDS.contains(&name.as_str()) {
                 errs.push(at.key(
@@ -391,4 +443,63 @@ pub fn validate(spec: &ExperimentSpec, at: &Locator<'_>, dir: &Path) -> Vec<Spec
         }
     }
     errs
+}
+
+/// Upper bounds on sizes: far beyond what this tool trains, low enough that no product of two
+/// of them overflows and that a typo (`layers = 100000`, `k = 9223372036854775807`) is an error
+/// with the spec's line and column rather than an abort in `run`.
+pub const MAX_WIDTH: usize = 16_384;
+pub const MAX_LAYERS: usize = 512;
+pub const MAX_HELDOUT: usize = 1_000_000;
+pub const MAX_EXAMPLES: usize = 10_000_000;
+pub const MAX_SAMPLES: usize = 4_096;
+pub const MAX_BATCH: usize = 65_536;
+pub const MAX_ITERATIONS: usize = 1_000;
+
+/// Bytes a stage needs at most, roughly: weights, gradients and AdamW's two moments (plus a
+/// frozen reference for GRPO), the activations of one training batch, the KV cache of the
+/// sequences sampled at once, and the held-out set. In f64, so huge values cannot overflow.
+pub fn memory_bytes(m: &crate::spec::ModelSpec, heldout: usize, c: &StageConfig) -> f64 {
+    let f = |v: usize| v as f64;
+    let d = f(m.d_model);
+    let mlp = f(m.mlp.unwrap_or(4 * m.d_model));
+    let (layers, ctx, vocab) = (f(m.layers), f(m.ctx), 256.0);
+    let params = 2.0 * vocab * d + layers * (2.0 * d + 4.0 * d * d + 3.0 * d * mlp) + d;
+    let copies = match c.kind {
+        StageKind::Eval => 1.0,
+        StageKind::Grpo => 5.0,
+        _ => 4.0,
+    };
+    // Floats kept per token and layer for the backward pass (inputs of each op), and the
+    // logits.
+    let per_token = layers * (8.0 * d + 3.0 * mlp) + 2.0 * vocab;
+    let tokens = match c.kind {
+        StageKind::Eval => 0.0,
+        // GRPO trains in micro-batches of about 4,096 tokens.
+        StageKind::Grpo => 4_096f64.min(f(c.prompts) * f(c.group_size) * ctx),
+        _ => f(c.batch) * ctx,
+    };
+    let rows = match c.kind {
+        StageKind::Grpo => f(c.prompts) * f(c.group_size),
+        StageKind::Eval | StageKind::Rejection => f(c.prompts) * f(c.k),
+        _ => 0.0,
+    };
+    let kv = rows * layers * ctx * 2.0 * d;
+    let floats = params * copies + tokens * per_token + kv;
+    floats * 4.0 + f(heldout) * ctx * 8.0
+}
+
+/// This machine's memory (`MemTotal`), or 16 GB where it cannot be read.
+fn memory_limit() -> f64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("MemTotal:"))?
+                .split_whitespace()
+                .nth(1)?
+                .parse::<f64>()
+                .ok()
+        })
+        .map_or(16e9, |kb| kb * 1024.0)
 }

@@ -7,7 +7,7 @@ use crate::model::{Gpt, ModelConfig};
 use crate::runfs::jsonl::JsonlWriter;
 use crate::spec::{Experiment, ModelSpec, StageConfig, TaskSpec};
 use crate::tasks::TaskSet;
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::activation::log_softmax;
@@ -46,7 +46,8 @@ impl Setup {
         if let Some(name) = task_name {
             task_spec.name = name.to_string();
         }
-        let task = TaskSet::new(&task_spec)?;
+        let task = TaskSet::new(&task_spec)
+            .with_context(|| format!("{}", dir.join(crate::model::checkpoint::TASK).display()))?;
         if Tokenizer::new(task.task.alphabet()) != tok {
             bail!(
                 "{}: the checkpoint's tokenizer does not cover task `{}`",

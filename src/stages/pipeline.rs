@@ -180,8 +180,11 @@ fn run_one(
                 && checkpoint::latest(&run.path).is_some()
         })
     };
-    let (run, status, resume) = match resumable {
+    // One writer per run folder: the lock is taken before anything is written (a second resume
+    // of the same run stops there) and held until this function returns or the process dies.
+    let (run, status, resume, _lock) = match resumable {
         Some((run, mut s)) => {
+            let lock = runfs::lock::RunLock::acquire(&run.path)?;
             let ck = checkpoint::latest(&run.path);
             s.status = Status::Running;
             s.pid = Some(std::process::id());
@@ -194,12 +197,13 @@ fn run_one(
                     .map(|p| p.display().to_string())
                     .unwrap_or_default()
             ));
-            (run, s, ck)
+            (run, s, ck, lock)
         }
         None => {
             let run = runfs::create_run_dir(&exp.runs_dir(), &cfg.name).with_context(|| {
                 format!("cannot create a run folder in {}", exp.runs_dir().display())
             })?;
+            let lock = runfs::lock::RunLock::acquire(&run.path)?;
             let s = RunStatus {
                 id: run.id(),
                 experiment: exp.name.clone(),
@@ -218,7 +222,7 @@ fn run_one(
                 iteration: step.iteration,
                 error: None,
             };
-            (run, s, None)
+            (run, s, None, lock)
         }
     };
     status.save(&run.path)?;

@@ -125,6 +125,17 @@ impl TaskSet {
                 spec.name
             )
         })?;
+        let max = crate::spec::validate::MAX_HELDOUT;
+        anyhow::ensure!(
+            (1..=max).contains(&spec.heldout),
+            "heldout must be between 1 and {max} (got {})",
+            spec.heldout
+        );
+        anyhow::ensure!(
+            (1..=5).contains(&spec.difficulty),
+            "difficulty must be between 1 and 5 (got {})",
+            spec.difficulty
+        );
         let mut heldout = Vec::with_capacity(spec.heldout);
         let mut seen = HashSet::new();
         let mut i = 0u64;

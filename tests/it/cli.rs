@@ -139,6 +139,122 @@ fn runs_lists_runs_as_json() {
         .stdout(predicate::str::contains("20261130-000000-pre"));
 }
 
+/// A run folder written by a hostile tool: an OSC title sequence in its stage, an OSC 52
+/// clipboard write and a spreadsheet formula as metric names.
+fn hostile_run(exp: &Path) -> std::path::PathBuf {
+    std::fs::write(
+        exp.join("experiment.toml"),
+        "[task]\nname = \"arith\"\n[[stage]]\nname = \"pre\"\nkind = \"pretrain\"\n",
+    )
+    .unwrap();
+    let run = exp.join("runs/20261130-000000-pre");
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(
+        run.join("run.json"),
+        r#"{"id":"x","experiment":"e","stage":"pre\u001b]0;pwned\u0007","kind":"pretrain\u202e","status":"done","progress":{"step":1,"total":1}}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        run.join("metrics.jsonl"),
+        "{\"step\":1,\"loss\":2.5,\"\\u001b]52;c;aGk=\\u0007\":1.0,\"=cmd|' /C calc'!A0\":3.0}\n",
+    )
+    .unwrap();
+    run
+}
+
+#[test]
+fn runs_and_export_print_no_escape_sequences_and_write_safe_files() {
+    let d = tempfile::tempdir().unwrap();
+    let run = hostile_run(d.path());
+    let out = bin().arg("runs").arg(d.path()).assert().success();
+    let text = String::from_utf8(out.get_output().stdout.clone()).unwrap();
+    assert!(text.contains("pre␛]0;pwned␇"), "{text}");
+    assert!(!text.contains(['\u{1b}', '\u{7}', '\u{202e}']), "{text:?}");
+    let out_dir = d.path().join("export");
+    let out = bin()
+        .arg("export")
+        .arg(&run)
+        .args(["--format", "csv,svg", "--out"])
+        .arg(&out_dir)
+        .assert()
+        .success();
+    let printed = String::from_utf8(out.get_output().stdout.clone()).unwrap();
+    assert!(!printed.contains('\u{1b}'), "{printed:?}");
+    for f in std::fs::read_dir(&out_dir).unwrap() {
+        let name = f.unwrap().file_name().into_string().unwrap();
+        assert!(
+            name.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)),
+            "{name:?}"
+        );
+    }
+    let csv = std::fs::read_to_string(out_dir.join("metrics.csv")).unwrap();
+    let header = csv.lines().next().unwrap();
+    assert!(header.contains("'=cmd"), "{header}");
+    assert!(
+        !header
+            .split(',')
+            .any(|h| h.trim_matches('"').starts_with('=')),
+        "{header}"
+    );
+}
+
+#[test]
+fn bad_checkpoint_metadata_and_arguments_are_errors_not_panics() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("experiment.toml"), TINY).unwrap();
+    bin().arg("run").arg(d.path()).assert().success();
+    let run = std::fs::read_dir(d.path().join("runs"))
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().ends_with("-pre"))
+        .unwrap()
+        .path();
+    let ck = stageloop::runfs::checkpoint::latest(&run).unwrap();
+    let fails = |args: &[&str], says: &str| {
+        let out = bin().args(args).assert().code(1);
+        let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+        assert!(
+            err.contains(says) && !err.contains("panicked"),
+            "{args:?}: {err}"
+        );
+    };
+    let run_s = run.to_str().unwrap();
+    // Arguments: each refused with the flag named, before any work.
+    fails(
+        &["sample", run_s, "--prompt", "1+2=", "--n", "0"],
+        "--n must be",
+    );
+    fails(
+        &["sample", run_s, "--prompt", "1+2=", "--temperature", "nan"],
+        "--temperature must be",
+    );
+    fails(&["eval", run_s, "--k", "100000000"], "--k must be");
+    fails(&["eval", run_s, "--n", "0"], "--n must be");
+    // A prompt longer than the context.
+    let long = "1+".repeat(200) + "1=";
+    fails(
+        &["sample", run_s, "--prompt", &long],
+        "the model's context is",
+    );
+    // task.json asking for an absurd held-out set: named, no allocation abort.
+    let task = std::fs::read_to_string(ck.join("task.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&task).unwrap();
+    let mut huge = v.clone();
+    huge["heldout"] = serde_json::json!(1_000_000_000_000_000u64);
+    std::fs::write(ck.join("task.json"), huge.to_string()).unwrap();
+    fails(&["eval", run_s], "task.json");
+    std::fs::write(ck.join("task.json"), task).unwrap();
+    // config.json with zero heads or context: named, no panic in the decoder.
+    let config = std::fs::read_to_string(ck.join("config.json")).unwrap();
+    for (key, val) in [("heads", 0), ("ctx", 0)] {
+        let mut c: serde_json::Value = serde_json::from_str(&config).unwrap();
+        c[key] = serde_json::json!(val);
+        std::fs::write(ck.join("config.json"), c.to_string()).unwrap();
+        fails(&["sample", run_s, "--prompt", "1+2="], "config.json");
+    }
+}
+
 #[test]
 fn help_works_for_every_verb() {
     for verb in ["tui", "check", "new", "run", "runs"] {

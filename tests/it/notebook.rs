@@ -4,7 +4,7 @@
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
-use stageloop::notebook::app::{App, Effect, Pane, View};
+use stageloop::notebook::app::{App, Dialog, Effect, Pane, View};
 use stageloop::notebook::panes::samples::{SampleFilter, SampleMode};
 use stageloop::notebook::ui;
 use stageloop::notebook::workspace::Workspace;
@@ -261,7 +261,7 @@ fn typing_takes_every_key_and_the_footer_says_so() {
         assert!(a.on_key(key(c)).is_empty());
     }
     assert_eq!(a.input_buf, "q?j");
-    assert!(!a.show_help && !a.confirm_quit);
+    assert!(!a.show_help && a.dialog.is_none());
     assert!(a.hints().iter().any(|(k, h)| k == "esc" && *h == "cancel"));
     a.on_key(code(KeyCode::Backspace));
     assert_eq!(a.runs.filter, "q?");
@@ -320,10 +320,23 @@ fn stage_control_effects_and_quit_confirmation() {
     fixture(d.path());
     let mut a = app(d.path());
     a.on_key(code(KeyCode::Tab)); // pipeline
-    a.on_key(key('j'));
     let eff = a.on_key(key('r'));
     assert_eq!(
         eff,
+        vec![Effect::Spawn {
+            exp: d.path().join("demo"),
+            stage: Some("pre".into())
+        }]
+    );
+    // `rl` is running: starting it again asks first (any other key cancels, y starts).
+    a.on_key(key('j'));
+    assert!(a.on_key(key('r')).is_empty());
+    assert!(matches!(a.dialog, Some(Dialog::StartRunning { ref stage, .. }) if stage == "rl"));
+    assert!(a.on_key(key('n')).is_empty());
+    assert_eq!(a.dialog, None);
+    a.on_key(key('r'));
+    assert_eq!(
+        a.on_key(key('y')),
         vec![Effect::Spawn {
             exp: d.path().join("demo"),
             stage: Some("rl".into())
@@ -334,6 +347,7 @@ fn stage_control_effects_and_quit_confirmation() {
     assert_eq!(
         eff,
         vec![Effect::Stop {
+            run: d.path().join("demo/runs/20261130-010100-rl"),
             pid: std::process::id()
         }]
     );
@@ -347,10 +361,45 @@ fn stage_control_effects_and_quit_confirmation() {
     );
     // quitting with a running stage asks first
     assert!(a.on_key(key('q')).is_empty());
-    assert!(a.confirm_quit);
+    assert_eq!(a.dialog, Some(Dialog::Quit));
     assert!(a.on_key(key('n')).is_empty());
     a.on_key(key('q'));
     assert_eq!(a.on_key(key('y')), vec![Effect::Quit]);
+}
+
+#[test]
+fn stop_signals_only_the_process_that_holds_the_runs_lock() {
+    use stageloop::notebook::supervisor::stop;
+    use stageloop::runfs::lock::RunLock;
+    let d = tempfile::tempdir().unwrap();
+    fixture(d.path());
+    let run = d.path().join("demo/runs/20261130-010100-rl");
+    // A live process that is no stage of this run: run.json's pid is not believed.
+    let mut bystander = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    let e = stop(&run, bystander.id()).unwrap_err().to_string();
+    assert!(
+        e.contains("does not hold") && e.contains("nothing sent"),
+        "{e}"
+    );
+    for pid in [0, 1] {
+        assert!(stop(&run, pid).is_err(), "pid {pid}");
+    }
+    // The lock held by this process, but run.json names another pid: refused too.
+    let _held = RunLock::acquire(&run).unwrap();
+    let e = stop(&run, bystander.id()).unwrap_err().to_string();
+    assert!(
+        e.contains(&format!("held by pid {}", std::process::id())),
+        "{e}"
+    );
+    assert!(
+        bystander.try_wait().unwrap().is_none(),
+        "no signal reached it"
+    );
+    bystander.kill().unwrap();
+    bystander.wait().unwrap();
 }
 
 #[test]

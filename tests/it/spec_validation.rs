@@ -205,3 +205,86 @@ fn bundled_experiments_are_valid() {
     }
     assert!(n >= 1);
 }
+
+/// Values that `check` used to accept and `run` then crashed, hung or aborted on: each is now
+/// one error at the value's line and column.
+#[test]
+fn sizes_that_would_crash_a_run_are_refused_at_their_line() {
+    let max = i64::MAX.to_string();
+    let big = (1u64 << 32).to_string();
+    let grpo = "\n[[stage]]\nname = \"rl\"\nkind = \"grpo\"\ninit = \"pre\"\n";
+    let cases: Vec<(String, &str, &str)> = vec![
+        (
+            BASE.replace("ctx = 48", &format!("ctx = 48\nmlp = {max}")),
+            "mlp",
+            "mlp =",
+        ),
+        (
+            BASE.replace("d_model = 32", "d_model = 1000000"),
+            "d_model",
+            "d_model =",
+        ),
+        (
+            BASE.replace("layers = 1", "layers = 100000"),
+            "layers",
+            "layers =",
+        ),
+        (
+            BASE.replace(
+                "name = \"arith\"",
+                &format!("name = \"arith\"\nheldout = {max}"),
+            ),
+            "heldout",
+            "heldout =",
+        ),
+        (
+            BASE.replace("steps = 5", &format!("steps = 5\nexamples = {max}")),
+            "examples",
+            "examples =",
+        ),
+        (
+            BASE.replace("steps = 5", &format!("steps = 5\nbatch = {big}")),
+            "batch",
+            "batch =",
+        ),
+        (format!("{BASE}k = {max}\n"), "k", "k ="),
+        (format!("{BASE}prompts = {big}\n"), "prompts", "prompts ="),
+        (
+            format!("{BASE}{grpo}group_size = {big}\n"),
+            "group_size",
+            "group_size =",
+        ),
+        (
+            format!("{BASE}{grpo}prompts = {big}\n"),
+            "prompts",
+            "prompts =",
+        ),
+        (format!("{BASE}{grpo}beta = inf\n"), "beta", "beta ="),
+    ];
+    for (text, key, line_start) in cases {
+        let ((line, _), msg) = one_error(&text);
+        let want = text
+            .lines()
+            .position(|l| l.starts_with(line_start))
+            .unwrap()
+            + 1;
+        assert_eq!(line, want, "{key}: {msg}");
+        assert!(msg.contains(key), "{key}: {msg}");
+    }
+}
+
+#[test]
+fn a_spec_that_needs_more_memory_than_the_machine_is_refused_up_front() {
+    let text = BASE
+        .replace("d_model = 32", "d_model = 16384")
+        .replace("layers = 1", "layers = 512")
+        .replace("heads = 2", "heads = 128");
+    let errs = load_text(&text).expect_err("should be invalid").0;
+    let msg = errs
+        .iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(msg.contains("needs about") && msg.contains("GB"), "{msg}");
+    assert!(msg.contains("experiment.toml:"), "{msg}");
+}

@@ -169,6 +169,28 @@ fn killed_stage_resumes_onto_the_same_loss_curve() {
     let st = RunStatus::load(&run.path).unwrap();
     assert_eq!(st.effective_status(), Status::Crashed);
 
+    // While another process writes the run (here: this test holds its lock), a second resume
+    // is refused before it writes anything, naming the run and the holder.
+    let held = runfs::lock::RunLock::acquire(&run.path).unwrap();
+    let refused = std::process::Command::new(bin)
+        .args(["run"])
+        .arg(b.path())
+        .args(["--stage", "pre"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&run.id()) && err.contains(&format!("pid {}", std::process::id())),
+        "{err}"
+    );
+    assert_eq!(
+        RunStatus::load(&run.path).unwrap(),
+        st,
+        "run.json untouched"
+    );
+    drop(held);
+
     let again = std::process::Command::new(bin)
         .args(["run"])
         .arg(b.path())
