@@ -56,6 +56,10 @@ pub struct TrainState {
     pub kind: String,
     /// Task name of the data.
     pub task: String,
+    /// Tokens trained on so far (TRL's `num_tokens`), so a resumed run counts on; 0 in
+    /// checkpoints written before it was kept.
+    #[serde(default)]
+    pub num_tokens: u64,
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {

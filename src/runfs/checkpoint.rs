@@ -49,12 +49,79 @@ fn prune(checkpoints: &Path, keep: usize, current: &str) -> io::Result<()> {
     Ok(())
 }
 
-/// The last complete checkpoint of a run folder, if any.
+/// Whether `name` is a checkpoint folder's name (`step-` and digits): one path component, so
+/// a `latest` pointer can never lead outside its run's checkpoints.
+fn is_step_name(name: &str) -> bool {
+    name.strip_prefix("step-")
+        .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The newest `step-N` folder in `checkpoints` (complete by construction: a checkpoint is
+/// written under a temporary name and renamed).
+fn newest(checkpoints: &Path) -> Option<PathBuf> {
+    std::fs::read_dir(checkpoints)
+        .ok()?
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| is_step_name(n))
+        .max_by_key(|n| n["step-".len()..].parse::<u64>().unwrap_or(0))
+        .map(|n| checkpoints.join(n))
+}
+
+/// What is wrong with a run's `checkpoints/latest`, if anything: it names something that is
+/// not one of this run's checkpoints (a path, a missing folder). [`latest`] then falls back to
+/// the newest complete checkpoint.
+pub fn latest_problem(run_dir: &Path) -> Option<String> {
+    let checkpoints = run_dir.join(super::CHECKPOINTS);
+    let pointer = checkpoints.join(LATEST);
+    let name = std::fs::read_to_string(&pointer).ok()?;
+    let name = name.trim();
+    if !is_step_name(name) {
+        return Some(format!(
+            "{} names `{}`, which is not a checkpoint of this run",
+            pointer.display(),
+            name.escape_debug()
+        ));
+    }
+    (!checkpoints.join(name).is_dir())
+        .then(|| format!("{} names `{name}`, which does not exist", pointer.display()))
+}
+
+/// The last complete checkpoint of a run folder, if any: the one `checkpoints/latest` names,
+/// or the newest complete one when the pointer is missing or names no checkpoint of this run.
 pub fn latest(run_dir: &Path) -> Option<PathBuf> {
     let checkpoints = run_dir.join(super::CHECKPOINTS);
-    let name = std::fs::read_to_string(checkpoints.join(LATEST)).ok()?;
-    let dir = checkpoints.join(name.trim());
-    dir.is_dir().then_some(dir)
+    let named = std::fs::read_to_string(checkpoints.join(LATEST))
+        .ok()
+        .map(|n| n.trim().to_string())
+        .filter(|n| is_step_name(n))
+        .map(|n| checkpoints.join(n))
+        .filter(|d| d.is_dir());
+    named.or_else(|| newest(&checkpoints))
+}
+
+/// Remove checkpoint folders left half-written by a process that died while writing them
+/// (`.step-N.tmp-PID` whose PID is gone); returns how many were removed.
+pub fn remove_abandoned(run_dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(run_dir.join(super::CHECKPOINTS)) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let pid = name
+            .strip_prefix(".step-")
+            .and_then(|r| r.rsplit_once(".tmp-"))
+            .and_then(|(_, pid)| pid.parse::<u32>().ok());
+        if let Some(pid) = pid
+            && !super::status::pid_alive(pid)
+            && std::fs::remove_dir_all(e.path()).is_ok()
+        {
+            removed += 1;
+        }
+    }
+    removed
 }
 
 /// A path given on the command line: a checkpoint folder, or a run folder (its latest).
@@ -92,5 +159,38 @@ mod tests {
         assert!(r.is_err());
         assert!(latest(d.path()).unwrap().ends_with("step-000030"));
         assert!(!ck.join("step-000040").exists());
+    }
+
+    #[test]
+    fn a_latest_pointer_outside_the_run_is_refused_for_the_newest_checkpoint() {
+        let d = tempfile::tempdir().unwrap();
+        let ck = d.path().join("checkpoints");
+        for step in [10, 20] {
+            save(&ck, step, 5, |_| Ok(())).unwrap();
+        }
+        assert_eq!(latest_problem(d.path()), None);
+        let other = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(other.path().join("checkpoints/step-000099")).unwrap();
+        for bad in [
+            "../../other-run/checkpoints/step-000099",
+            "/etc",
+            "step-000015",
+        ] {
+            std::fs::write(ck.join(LATEST), bad).unwrap();
+            assert!(latest(d.path()).unwrap().ends_with("step-000020"), "{bad}");
+            assert!(latest_problem(d.path()).is_some(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn folders_of_dead_writers_are_removed_and_live_ones_kept() {
+        let d = tempfile::tempdir().unwrap();
+        let ck = d.path().join("checkpoints");
+        let dead = ck.join(".step-000030.tmp-4194312");
+        let live = ck.join(format!(".step-000040.tmp-{}", std::process::id()));
+        std::fs::create_dir_all(&dead).unwrap();
+        std::fs::create_dir_all(&live).unwrap();
+        assert_eq!(remove_abandoned(d.path()), 1);
+        assert!(!dead.exists() && live.exists());
     }
 }

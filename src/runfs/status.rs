@@ -79,6 +79,19 @@ pub struct RunStatus {
     pub iteration: Option<u32>,
     #[serde(default)]
     pub error: Option<RunError>,
+    /// Each time the run was resumed: the checkpoint's step it went on from. Metric lines
+    /// after that step were written again (readers start a new segment there).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resumed_at: Vec<Resumed>,
+}
+
+/// One resume of a run (see [`RunStatus::resumed_at`]).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Resumed {
+    /// The checkpoint's step the run went on from.
+    pub step: u64,
+    /// Unix time in seconds.
+    pub time: f64,
 }
 
 impl RunStatus {
@@ -167,6 +180,7 @@ mod tests {
             init: None,
             iteration: None,
             error: None,
+            resumed_at: vec![Resumed { step: 2, time: 5.0 }],
         };
         s.save(d.path()).unwrap();
         let back = RunStatus::load(d.path()).unwrap();

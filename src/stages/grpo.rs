@@ -304,7 +304,6 @@ pub fn run(ctx: &mut StageCtx<'_>) -> Result<Outcome> {
     };
     let (mut metrics, mut samples) = open_logs(&ctx.run)?;
     let mut rng = state.rng.restore();
-    let mut num_tokens = 0u64;
     ctx.reporter.message(&format!(
         "{} prompts × {} completions per step, {} steps",
         cfg.prompts, cfg.group_size, cfg.steps
@@ -332,9 +331,9 @@ pub fn run(ctx: &mut StageCtx<'_>) -> Result<Outcome> {
             state.step,
         )?;
         state.step += 1;
-        num_tokens += update.tokens as u64;
+        state.num_tokens += update.tokens as u64;
         let times = (t0.elapsed().as_secs_f64(), rollout_time);
-        let line = step_metrics(&rollouts, &adv, &update, lr, times, num_tokens);
+        let line = step_metrics(&rollouts, &adv, &update, lr, times, state.num_tokens);
         if state.step % cfg.log_every == 0 || state.step == cfg.steps {
             metrics.write(&metrics_line(state.step, &line))?;
         }

@@ -185,7 +185,27 @@ fn run_one(
     let (run, status, resume, _lock) = match resumable {
         Some((run, mut s)) => {
             let lock = runfs::lock::RunLock::acquire(&run.path)?;
+            if let Some(problem) = checkpoint::latest_problem(&run.path) {
+                reporter.message(&format!(
+                    "{problem}: resuming from the newest complete checkpoint instead \
+                     (--fresh starts over)"
+                ));
+            }
+            let removed = checkpoint::remove_abandoned(&run.path);
+            if removed > 0 {
+                reporter.message(&format!(
+                    "removed {removed} half-written checkpoint folder(s) of a killed writer"
+                ));
+            }
             let ck = checkpoint::latest(&run.path);
+            let from = ck
+                .as_ref()
+                .and_then(|c| crate::model::checkpoint::read_state(c).ok())
+                .map_or(0, |st| st.step);
+            s.resumed_at.push(runfs::status::Resumed {
+                step: from,
+                time: now(),
+            });
             s.status = Status::Running;
             s.pid = Some(std::process::id());
             s.ended = None;
@@ -221,6 +241,7 @@ fn run_one(
                 init: init.as_ref().map(|p| p.display().to_string()),
                 iteration: step.iteration,
                 error: None,
+                resumed_at: Vec::new(),
             };
             (run, s, None, lock)
         }

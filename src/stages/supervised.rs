@@ -54,6 +54,7 @@ pub fn start(ctx: &StageCtx<'_>, setup: &Setup, device: &Device, kind: &str) -> 
         rng: RngState::of(&rng),
         kind: kind.to_string(),
         task: setup.task.spec.name.clone(),
+        num_tokens: 0,
     };
     let model = match &ctx.init {
         Some(dir) => checkpoint::load_expecting(dir, &setup.model_cfg, &setup.tok, device)?,
@@ -141,7 +142,6 @@ pub fn train(
     let (mut metrics, mut samples) = open_logs(&ctx.run)?;
     let mut rng = state.rng.restore();
     let cfg = ctx.cfg.clone();
-    let mut num_tokens = 0u64;
     ctx.reporter.message(&format!(
         "{} params, {} steps × {} sequences",
         setup.model_cfg.params(),
@@ -173,14 +173,14 @@ pub fn train(
         state.cursor += cfg.batch as u64;
         let dt = t0.elapsed().as_secs_f64();
         let toks: u64 = examples.iter().map(|e| e.tokens.len() as u64 - 1).sum();
-        num_tokens += toks;
+        state.num_tokens += toks;
         let values = [
             ("loss", loss_val),
             ("learning_rate", lr),
             ("grad_norm", grad_norm),
             ("tokens_per_sec", toks as f64 / dt),
             ("step_time", dt),
-            ("num_tokens", num_tokens as f64),
+            ("num_tokens", state.num_tokens as f64),
         ];
         if state.step % cfg.log_every == 0 || state.step == cfg.steps {
             metrics.write(&metrics_line(state.step, &values))?;

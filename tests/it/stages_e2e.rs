@@ -210,6 +210,24 @@ fn killed_stage_resumes_onto_the_same_loss_curve() {
     let log = std::fs::read_to_string(run.stdout_log()).unwrap();
     assert_eq!(log.matches("▶ pre").count(), 2, "{log}");
     assert!(log.contains("✔ pre done"), "{log}");
+    // run.json says where the run went on from; num_tokens counts on from the checkpoint.
+    let st = RunStatus::load(&run.path).unwrap();
+    assert_eq!(
+        st.resumed_at.iter().map(|r| r.step).collect::<Vec<_>>(),
+        vec![20]
+    );
+    let last_tokens = |run: &Path| {
+        let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+        text.lines()
+            .rev()
+            .filter_map(|l| parse_metric_line(l).ok())
+            .find_map(|row| row.values.get("num_tokens").copied().flatten())
+            .unwrap()
+    };
+    assert_eq!(
+        last_tokens(&run.path),
+        last_tokens(&run_of(a.path(), "pre").path)
+    );
     let resumed = losses(&run.path);
     assert_eq!(resumed.len(), reference.len());
     for (step, l) in &reference {
