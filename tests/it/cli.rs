@@ -199,18 +199,24 @@ fn runs_and_export_print_no_escape_sequences_and_write_safe_files() {
     );
 }
 
-#[test]
-fn bad_checkpoint_metadata_and_arguments_are_errors_not_panics() {
-    let d = tempfile::tempdir().unwrap();
-    std::fs::write(d.path().join("experiment.toml"), TINY).unwrap();
-    bin().arg("run").arg(d.path()).assert().success();
-    let run = std::fs::read_dir(d.path().join("runs"))
+/// The `pre` run of the experiment in `exp` and its latest checkpoint.
+fn pre_run(exp: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let run = std::fs::read_dir(exp.join("runs"))
         .unwrap()
         .flatten()
         .find(|e| e.file_name().to_string_lossy().ends_with("-pre"))
         .unwrap()
         .path();
     let ck = stageloop::runfs::checkpoint::latest(&run).unwrap();
+    (run, ck)
+}
+
+#[test]
+fn bad_checkpoint_metadata_and_arguments_are_errors_not_panics() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("experiment.toml"), TINY).unwrap();
+    bin().arg("run").arg(d.path()).assert().success();
+    let (run, ck) = pre_run(d.path());
     let fails = |args: &[&str], says: &str| {
         let out = bin().args(args).assert().code(1);
         let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
@@ -303,13 +309,7 @@ fn checkpoint_of_another_shape_and_bad_dataset_lines_are_named() {
         "data.jsonl:2: missing text field `prompt`",
     ));
     // A corrupt weights file: the sample verb names it.
-    let run = std::fs::read_dir(d.path().join("runs"))
-        .unwrap()
-        .flatten()
-        .find(|e| e.file_name().to_string_lossy().ends_with("-pre"))
-        .unwrap()
-        .path();
-    let ck = stageloop::runfs::checkpoint::latest(&run).unwrap();
+    let (run, ck) = pre_run(d.path());
     std::fs::write(ck.join("model.safetensors"), b"not safetensors").unwrap();
     bin()
         .arg("sample")
