@@ -140,3 +140,78 @@ impl Drop for Guard {
 fn scopeguard(s: &str) -> Guard {
     Guard(s.to_string())
 }
+
+fn have_tmux() -> bool {
+    if Command::new("tmux").arg("-V").output().is_err() {
+        assert!(
+            std::env::var("CI").is_err(),
+            "tmux is required in CI (.ci/run installs it)"
+        );
+        eprintln!("tmux not installed: skipping");
+        return false;
+    }
+    true
+}
+
+/// An abort (no panic hook runs) still gives the terminal back: out of the alternate screen,
+/// cursor shown, cooked mode (a typed line is echoed by the shell's terminal again).
+#[test]
+fn an_abort_leaves_the_terminal_usable() {
+    if !have_tmux() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let exp = d.path().join("tiny");
+    std::fs::create_dir_all(&exp).unwrap();
+    std::fs::write(exp.join("experiment.toml"), TINY).unwrap();
+    let session = format!("stageloop-abort-{}", std::process::id());
+    // The notebook runs under `sh`, which stays: after the abort its `read` shows whether the
+    // terminal echoes typed text again.
+    let cmd = format!(
+        "{} tui {}; echo exited-$?; read line; echo got-$line; sleep 30",
+        env!("CARGO_BIN_EXE_stageloop"),
+        d.path().display()
+    );
+    tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        &session,
+        "-x",
+        "120",
+        "-y",
+        "30",
+        "sh",
+        "-c",
+        &cmd,
+    ]);
+    let _guard = scopeguard(&session);
+    wait_for(&session, "the notebook", |s| s.contains("pipeline: tiny"));
+    let alt = || tmux(&["display", "-p", "-t", &session, "#{alternate_on}"]);
+    assert_eq!(alt().trim(), "1", "the notebook uses the alternate screen");
+    let out = Command::new("pkill")
+        .args([
+            "-ABRT",
+            "-f",
+            // Anchored: the `sh -c` line that started it contains the same words.
+            &format!(
+                "^{} tui {}$",
+                env!("CARGO_BIN_EXE_stageloop"),
+                d.path().display()
+            ),
+        ])
+        .status()
+        .unwrap();
+    assert!(out.success(), "pkill found the notebook");
+    wait_for(&session, "the shell after the abort", |s| {
+        s.contains("exited-134")
+    });
+    assert_eq!(alt().trim(), "0", "back from the alternate screen");
+    tmux(&["send-keys", "-t", &session, "typed", "Enter"]);
+    let s = wait_for(&session, "the read", |s| s.contains("got-typed"));
+    // Echo is on again: the typed word appears on its own line before the reply.
+    assert!(
+        s.lines().any(|l| l.trim() == "typed"),
+        "typed text is echoed: {s}"
+    );
+}

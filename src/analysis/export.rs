@@ -1,17 +1,25 @@
 //! Export a run: its metric table as CSV or Parquet (polars) and its charts as SVG (plotters,
 //! one file per metric, no fonts needed).
 
-use super::load_run;
+use super::load_run_counted;
 use crate::runfs::RunDir;
+use crate::runfs::metrics::BadLines;
 use anyhow::{Context, Result, bail};
 use plotters::prelude::*;
 use polars::prelude::*;
 use std::path::{Path, PathBuf};
 
-/// Write the requested formats (`csv`, `parquet`, `svg`) for `run` into `out`; returns the files.
-pub fn export_run(run: &RunDir, out: &Path, formats: &[&str]) -> Result<Vec<PathBuf>> {
+/// What an export wrote, and the log lines it skipped.
+#[derive(Debug)]
+pub struct Exported {
+    pub files: Vec<PathBuf>,
+    pub bad: BadLines,
+}
+
+/// Write the requested formats (`csv`, `parquet`, `svg`) for `run` into `out`.
+pub fn export_run(run: &RunDir, out: &Path, formats: &[&str]) -> Result<Exported> {
     std::fs::create_dir_all(out).with_context(|| format!("{}", out.display()))?;
-    let mut df = load_run(run)?;
+    let (mut df, bad) = load_run_counted(run)?;
     let mut files = Vec::new();
     for f in formats {
         match *f {
@@ -30,7 +38,7 @@ pub fn export_run(run: &RunDir, out: &Path, formats: &[&str]) -> Result<Vec<Path
             other => bail!("unknown format `{other}` (csv, parquet, svg)"),
         }
     }
-    Ok(files)
+    Ok(Exported { files, bad })
 }
 
 /// `df` with headers and text cells a spreadsheet will not evaluate as formulas

@@ -3,7 +3,8 @@
 
 pub mod export;
 
-use crate::runfs::{RunDir, RunStatus, metrics::parse_metric_line};
+use crate::runfs::metrics::{BadLines, last_values, read_rows};
+use crate::runfs::{RunDir, RunStatus};
 use anyhow::{Context, Result};
 use polars::prelude::*;
 use std::collections::BTreeMap;
@@ -12,69 +13,65 @@ use std::collections::BTreeMap;
 /// `metrics.csv` (a log written by another tool) when there is no JSONL file. Lines of the JSONL
 /// that do not parse (a torn last line, garbage) are skipped, as the notebook does.
 pub fn load_run(run: &RunDir) -> Result<DataFrame> {
+    Ok(load_run_counted(run)?.0)
+}
+
+/// [`load_run`], also saying which JSONL lines were skipped.
+pub fn load_run_counted(run: &RunDir) -> Result<(DataFrame, BadLines)> {
     let id = run.id();
-    let mut df = if run.metrics().is_file() {
+    let (mut df, bad) = if run.metrics().is_file() {
         load_jsonl(&run.metrics())?
     } else if run.metrics_csv().is_file() {
         let path = run.metrics_csv();
-        LazyCsvReader::new(PlRefPath::new(path.to_string_lossy().as_ref()))
+        let df = LazyCsvReader::new(PlRefPath::new(path.to_string_lossy().as_ref()))
             .with_has_header(true)
             .finish()
             .and_then(|lf| lf.collect())
-            .map_err(|e| anyhow::anyhow!("{}: cannot read CSV: {e}", path.display()))?
+            .map_err(|e| anyhow::anyhow!("{}: cannot read CSV: {e}", path.display()))?;
+        (df, BadLines::default())
+    } else if run.metrics().exists() {
+        anyhow::bail!("{}: not a regular file", run.metrics().display());
     } else {
         anyhow::bail!("{}: no metrics.jsonl or metrics.csv", run.path.display());
     };
     let n = df.height();
     df.with_column(Column::new("run".into(), vec![id; n]))?;
-    Ok(df)
+    Ok((df, bad))
 }
 
-/// Read a `metrics.jsonl` with polars' NDJSON scanner; when the file has lines polars refuses
-/// (a torn write, text that is not JSON), fall back to the line-tolerant parser.
-fn load_jsonl(path: &std::path::Path) -> Result<DataFrame> {
-    let scanned = LazyJsonLineReader::new(PlRefPath::new(path.to_string_lossy().as_ref()))
-        .with_infer_schema_length(None)
-        .finish()
-        .and_then(|lf| lf.collect());
-    match scanned {
-        Ok(df) if df.get_column_names().iter().any(|c| c.as_str() == "step") => Ok(df),
-        _ => tolerant_jsonl(path),
-    }
-}
-
-fn tolerant_jsonl(path: &std::path::Path) -> Result<DataFrame> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("{}: cannot read", path.display()))?;
-    let rows: Vec<_> = text
-        .lines()
-        .filter_map(|l| parse_metric_line(l).ok())
-        .collect();
-    let mut names: Vec<String> = rows
-        .iter()
-        .flat_map(|r| r.values.keys().cloned())
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    names.sort();
-    let mut cols = vec![
-        Column::new(
-            "step".into(),
-            rows.iter().map(|r| r.step as i64).collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "time".into(),
-            rows.iter().map(|r| r.time).collect::<Vec<_>>(),
-        ),
+/// Read a `metrics.jsonl` line by line with the same parser as the notebook (not polars' NDJSON
+/// reader, which panics on a step ≥ 2^63 and recurses without limit on nested arrays): bad lines
+/// are skipped and counted, memory is the columns (f64) and one line.
+fn load_jsonl(path: &std::path::Path) -> Result<(DataFrame, BadLines)> {
+    let mut steps: Vec<i64> = Vec::new();
+    let mut times: Vec<Option<f64>> = Vec::new();
+    let mut cols: BTreeMap<String, Vec<Option<f64>>> = BTreeMap::new();
+    let bad = read_rows(path, |r| {
+        let n = steps.len();
+        steps.push(r.step as i64); // at most 2^53 (parse_metric_line)
+        times.push(r.time);
+        for (k, v) in r.values {
+            let col = cols.entry(k).or_insert_with(|| vec![None; n]);
+            col.push(v);
+        }
+        for col in cols.values_mut() {
+            if col.len() == n {
+                col.push(None);
+            }
+        }
+    })
+    .with_context(|| format!("{}: cannot read", path.display()))?;
+    let mut columns = vec![
+        Column::new("step".into(), steps),
+        Column::new("time".into(), times),
     ];
-    for name in names {
-        let vals: Vec<Option<f64>> = rows
-            .iter()
-            .map(|r| r.values.get(&name).copied().flatten())
-            .collect();
-        cols.push(Column::new(name.as_str().into(), vals));
+    for (name, vals) in cols {
+        if name == "run" {
+            continue; // the column added by load_run
+        }
+        columns.push(Column::new(name.as_str().into(), vals));
     }
-    Ok(DataFrame::new_infer_height(cols)?)
+    Ok((DataFrame::new_infer_height(columns)?, bad))
 }
 
 /// Histories of several runs stacked into one frame; columns missing in a run are null there.
@@ -131,21 +128,16 @@ pub struct RunRow {
     pub last: BTreeMap<String, f64>,
 }
 
-/// Summarise one run: its status and the last value of each metric.
+/// How much of a metrics log `runs` reads, from its end, for the last values.
+pub const LAST_VALUES_BUDGET: u64 = 8 << 20;
+
+/// Summarise one run: its status and the last value of each metric (from the end of its log, at
+/// most [`LAST_VALUES_BUDGET`] bytes, so a 1 GB log costs what an 8 MB one does).
 pub fn run_row(run: &RunDir) -> RunRow {
     let status = RunStatus::load(&run.path).ok();
-    let mut last = BTreeMap::new();
-    let mut last_step = 0;
-    if let Ok(text) = std::fs::read_to_string(run.metrics()) {
-        for row in text.lines().filter_map(|l| parse_metric_line(l).ok()) {
-            last_step = row.step;
-            for (k, v) in row.values {
-                if let Some(v) = v.filter(|v| v.is_finite()) {
-                    last.insert(k, v);
-                }
-            }
-        }
-    }
+    let tail = last_values(&run.metrics(), LAST_VALUES_BUDGET).unwrap_or_default();
+    let last = tail.values;
+    let last_step = tail.step.unwrap_or(0);
     RunRow {
         id: run.id(),
         stage: status.as_ref().map(|s| s.stage.clone()).unwrap_or_default(),
@@ -161,42 +153,6 @@ pub fn run_row(run: &RunDir) -> RunRow {
         total: status.as_ref().map(|s| s.progress.total).unwrap_or(0),
         last,
     }
-}
-
-/// The `runs` table: id, stage, status, steps and a few headline metrics.
-pub fn runs_table(rows: &[RunRow]) -> Result<DataFrame> {
-    let headline = ["loss", "reward", "eval/pass@1"];
-    let mut cols = vec![
-        Column::new(
-            "id".into(),
-            rows.iter().map(|r| r.id.clone()).collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "stage".into(),
-            rows.iter().map(|r| r.stage.clone()).collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "status".into(),
-            rows.iter().map(|r| r.status.clone()).collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "steps".into(),
-            rows.iter()
-                .map(|r| format!("{}/{}", r.step, r.total))
-                .collect::<Vec<_>>(),
-        ),
-    ];
-    for h in headline {
-        if rows.iter().any(|r| r.last.contains_key(h)) {
-            cols.push(Column::new(
-                h.into(),
-                rows.iter()
-                    .map(|r| r.last.get(h).copied())
-                    .collect::<Vec<_>>(),
-            ));
-        }
-    }
-    Ok(DataFrame::new_infer_height(cols)?)
 }
 
 /// Write a frame as CSV.

@@ -59,6 +59,14 @@ pub struct NotebookArgs {
     /// Print one JSON line.
     #[arg(long)]
     pub json: bool,
+    /// Instead: one run with a metrics log of this many MB (1024 for the 1 GB case): `runs`
+    /// summary time, time to the first chart, key latency while loading, peak RSS.
+    #[arg(long, value_name = "MB", conflicts_with = "idle_secs")]
+    pub big_log: Option<u64>,
+    /// Instead: an idle notebook over `--runs` runs (of `--points` lines) for this many seconds,
+    /// with the real file watcher: CPU used.
+    #[arg(long, value_name = "SECS")]
+    pub idle_secs: Option<f64>,
 }
 
 /// `stageloop bench train|notebook`.
@@ -125,6 +133,52 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
 }
 
 fn notebook(a: NotebookArgs) -> anyhow::Result<()> {
+    if let Some(mb) = a.big_log {
+        let r = crate::bench::notebook::big(mb)?;
+        if a.json {
+            println!("{}", serde_json::to_string(&r)?);
+        } else {
+            let mb = |b: u64| b as f64 / 1e6;
+            println!(
+                "log                            {:.0} MB, {} lines",
+                mb(r.log_bytes),
+                r.lines
+            );
+            println!(
+                "runs (last values)             {:.3} s, peak RSS {:.0} MB",
+                r.runs_secs,
+                mb(r.runs_peak_rss_bytes)
+            );
+            println!("first chart on screen          {:.2} s", r.first_chart_secs);
+            println!("whole log read                 {:.1} s", r.full_load_secs);
+            println!(
+                "key → screen while loading     median {:.1} ms, max {:.1} ms ({} keys)",
+                r.key_ms_median, r.key_ms_max, r.keys
+            );
+            println!("points kept for charts         {}", r.points_kept);
+            println!(
+                "peak RSS                       {:.0} MB",
+                mb(r.peak_rss_bytes)
+            );
+        }
+        return Ok(());
+    }
+    if let Some(secs) = a.idle_secs {
+        let r = crate::bench::notebook::idle(a.runs, a.points, secs)?;
+        if a.json {
+            println!("{}", serde_json::to_string(&r)?);
+        } else {
+            println!(
+                "workspace                      {} runs ({})",
+                r.runs, r.watcher
+            );
+            println!(
+                "idle CPU                       {:.2}% of a core over {:.0} s",
+                r.cpu_percent, r.secs
+            );
+        }
+        return Ok(());
+    }
     let r = crate::bench::notebook::run(a.runs, a.points)?;
     if a.json {
         println!("{}", serde_json::to_string(&r)?);

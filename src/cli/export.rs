@@ -14,8 +14,12 @@ pub fn run(run: &Path, formats: &[String], out: Option<PathBuf>) -> anyhow::Resu
     }
     let out = out.unwrap_or_else(|| run.join("export"));
     let formats: Vec<&str> = formats.iter().map(String::as_str).collect();
-    for f in export_run(&rd, &out, &formats)? {
+    let done = export_run(&rd, &out, &formats)?;
+    for f in &done.files {
         println!("{}", f.display());
+    }
+    if let Some(s) = done.bad.summary() {
+        eprintln!("{}", crate::untrusted::display(&s));
     }
     Ok(())
 }

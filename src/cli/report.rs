@@ -4,13 +4,14 @@
 use crate::runfs::{self, Status};
 use crate::spec::{self, StageKind};
 use crate::untrusted::display;
-use anyhow::Context;
 use serde_json::{Value, json};
 use std::path::Path;
 
-/// One row per eval stage that has a finished run.
-pub fn rows(exp: &spec::Experiment) -> anyhow::Result<Vec<Value>> {
+/// One row per eval stage that has a finished run, and one message per eval.json that could not
+/// be read (its stage is left out; the others are still reported).
+pub fn rows(exp: &spec::Experiment) -> (Vec<Value>, Vec<String>) {
     let mut out = Vec::new();
+    let mut problems = Vec::new();
     for s in exp.spec.stage.iter().filter(|s| s.kind == StageKind::Eval) {
         let Some((run, st)) = runfs::latest_run_of(&exp.runs_dir(), &s.name) else {
             continue;
@@ -19,9 +20,18 @@ pub fn rows(exp: &spec::Experiment) -> anyhow::Result<Vec<Value>> {
             continue;
         }
         let path = run.eval_json();
-        let text = std::fs::read_to_string(&path).with_context(|| format!("{}", path.display()))?;
-        let e: Value = serde_json::from_str(&text)
-            .map_err(|e| anyhow::anyhow!("{}:{}:{}: {e}", path.display(), e.line(), e.column()))?;
+        let e: Value = match std::fs::read_to_string(&path)
+            .map_err(|e| format!("{}: cannot read: {e}", path.display()))
+            .and_then(|text| {
+                serde_json::from_str(&text)
+                    .map_err(|e| format!("{}:{}:{}: {e}", path.display(), e.line(), e.column()))
+            }) {
+            Ok(v) => v,
+            Err(p) => {
+                problems.push(format!("eval stage `{}`: {p}", s.name));
+                continue;
+            }
+        };
         let evaluated = s.init.clone().unwrap_or_default();
         let evaluated_kind = exp
             .stage(&evaluated)
@@ -33,12 +43,26 @@ pub fn rows(exp: &spec::Experiment) -> anyhow::Result<Vec<Value>> {
             "maj@k": e["maj@k"], "format_rate": e["format_rate"], "mean_length": e["mean_length"],
         }));
     }
-    Ok(out)
+    (out, problems)
 }
 
 pub fn run(exp: &Path, json_out: bool) -> anyhow::Result<()> {
     let e = spec::load(exp)?;
-    let rows = rows(&e)?;
+    let (rows, problems) = rows(&e);
+    print_rows(&e, &rows, json_out)?;
+    if problems.is_empty() {
+        return Ok(());
+    }
+    for p in &problems {
+        eprintln!("{}", display(p));
+    }
+    anyhow::bail!(
+        "{} eval report(s) could not be read (the rest are above)",
+        problems.len()
+    )
+}
+
+fn print_rows(e: &spec::Experiment, rows: &[Value], json_out: bool) -> anyhow::Result<()> {
     if json_out {
         println!("{}", serde_json::to_string(&rows)?);
         return Ok(());
@@ -68,7 +92,7 @@ pub fn run(exp: &Path, json_out: bool) -> anyhow::Result<()> {
             .map(|x| format!("{x:.3}"))
             .unwrap_or_else(|| "-".into())
     };
-    for r in &rows {
+    for r in rows {
         println!(
             "{:<w1$}  {:<w2$} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7}",
             stage(r),

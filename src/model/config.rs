@@ -57,6 +57,17 @@ impl ModelConfig {
         if !(self.rope_theta.is_finite() && self.rope_theta > 1.0) {
             return bad("rope_theta must be greater than 1");
         }
+        // Each field in range can still multiply out to more than the machine holds: the weights
+        // alone (f32) must fit in half of its memory, or loading would abort, not fail.
+        let bytes = self.params() as f64 * 4.0;
+        let limit = crate::spec::validate::memory_limit();
+        if bytes > limit / 2.0 {
+            return bad(&format!(
+                "the weights would take {:.1} GB, more than half of this machine's {:.1} GB",
+                bytes / 1e9,
+                limit / 1e9
+            ));
+        }
         Ok(())
     }
 

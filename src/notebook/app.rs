@@ -141,6 +141,13 @@ impl App {
         self.ws.poll_from(first, deadline)
     }
 
+    /// Re-read only what changed ([`crate::notebook::workspace::Workspace::poll_changed`]), the
+    /// selected run first: the event loop's poll.
+    pub fn poll_changed(&mut self, deadline: std::time::Instant) -> bool {
+        let first = self.selected_index();
+        self.ws.poll_changed(first, deadline)
+    }
+
     /// The experiment of the selected row.
     pub fn selected_experiment(&self) -> Option<&ExperimentView> {
         self.ws

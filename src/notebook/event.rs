@@ -8,8 +8,8 @@ pub enum Event {
     Key(KeyEvent),
     Mouse(MouseEvent),
     Resize(u16, u16),
-    /// Something under the watched folder changed.
-    Fs,
+    /// These paths under the watched folder changed.
+    Fs(Vec<std::path::PathBuf>),
     /// A slow rescan is due (new experiments, deleted runs).
     Rescan,
     ChildExit {
@@ -17,5 +17,7 @@ pub enum Event {
         code: Option<i32>,
     },
     SampleDone(Vec<String>),
+    /// A background job (an export) finished: one line for the notice bar.
+    Notice(String),
     Tick,
 }

@@ -13,6 +13,7 @@ pub mod keymap;
 pub mod panes;
 pub mod series;
 pub mod supervisor;
+pub mod terminal;
 pub mod ui;
 pub mod watch;
 pub mod workspace;
@@ -28,6 +29,8 @@ use std::time::{Duration, Instant};
 /// Time a frame may spend reading new log lines.
 const POLL_BUDGET: Duration = Duration::from_millis(8);
 const FRAME: Duration = Duration::from_millis(16);
+/// How long the idle loop sleeps between checks for running runs.
+const IDLE_WAIT: Duration = workspace::LIVE_EVERY;
 
 /// Carry out one effect; returns false to quit.
 pub fn apply(app: &mut App, effect: Effect, tx: &mpsc::Sender<Event>) -> bool {
@@ -50,25 +53,101 @@ pub fn apply(app: &mut App, effect: Effect, tx: &mpsc::Sender<Event>) -> bool {
         }
         Effect::Sample { run, prompt } => supervisor::sample(&run, &prompt, tx.clone()),
         Effect::Export { run } => {
-            let dir = run.join("export");
-            match crate::analysis::export::export_run(
-                &crate::runfs::RunDir::new(run),
-                &dir,
-                &["svg", "csv"],
-            ) {
-                Ok(files) => app.notice(format!(
-                    "exported {} files to {}",
-                    files.len(),
-                    dir.display()
-                )),
-                Err(e) => app.notice(format!("export failed: {e:#}")),
-            }
+            // Off the UI thread: a large log takes seconds to export, and keys must not wait.
+            app.notice(format!(
+                "exporting {} …",
+                crate::untrusted::display(&run.display().to_string())
+            ));
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let dir = run.join("export");
+                let rd = crate::runfs::RunDir::new(run);
+                let line = match crate::analysis::export::export_run(&rd, &dir, &["svg", "csv"]) {
+                    Ok(done) => format!(
+                        "exported {} files to {}{}",
+                        done.files.len(),
+                        dir.display(),
+                        done.bad
+                            .summary()
+                            .map(|s| format!(" ({s})"))
+                            .unwrap_or_default()
+                    ),
+                    Err(e) => format!("export failed: {e:#}"),
+                };
+                let _ = tx.send(Event::Notice(line));
+            });
         }
         Effect::Rescan => {
-            app.ws.rescan();
+            app.ws.rescan_all();
         }
     }
     true
+}
+
+/// How long the loop may wait for the next event: a frame while something is to be drawn or
+/// loading; otherwise until the live tick (an idle notebook wakes four times a second).
+pub fn wait(app: &App, dirty: bool) -> Duration {
+    if dirty || app.ws.any_loading() {
+        FRAME
+    } else {
+        IDLE_WAIT
+    }
+}
+
+/// Handle one event (`None`: the wait timed out); returns whether the screen needs a redraw, or
+/// `None` to quit. The loop's whole behaviour apart from drawing (the bench drives it too).
+pub fn handle(app: &mut App, ev: Option<Event>, tx: &mpsc::Sender<Event>) -> Option<bool> {
+    let budget = || Instant::now() + POLL_BUDGET;
+    let Some(ev) = ev else {
+        return Some(app.poll_changed(budget()));
+    };
+    let mut dirty = false;
+    match ev {
+        Event::Key(k) => {
+            dirty = true;
+            for eff in app.on_key(k) {
+                if !apply(app, eff, tx) {
+                    return None;
+                }
+            }
+        }
+        Event::Resize(..) => dirty = true,
+        Event::Mouse(_) => {}
+        Event::Fs(paths) => {
+            if app.ws.mark_changed(&paths) {
+                dirty |= app.ws.rescan_all();
+            }
+            dirty |= app.poll_changed(budget());
+        }
+        Event::Tick => dirty |= app.poll_changed(budget()),
+        Event::Rescan => {
+            if app.ws.watched {
+                dirty |= app.ws.rescan();
+            } else {
+                dirty |= app.ws.rescan_all() | app.poll(budget());
+            }
+            dirty |= app.poll_changed(budget());
+        }
+        Event::ChildExit { pid, code } => {
+            dirty = true;
+            app.ws.rescan_all();
+            app.notice(match code {
+                Some(0) => format!("pid {pid} finished"),
+                Some(130) => format!("pid {pid} stopped (resume with r)"),
+                Some(c) => format!("pid {pid} exited with {c} (see the run's logs)"),
+                None => format!("pid {pid} was killed"),
+            });
+        }
+        Event::Notice(line) => {
+            dirty = true;
+            app.notice(line);
+        }
+        Event::SampleDone(lines) => {
+            dirty = true;
+            app.prompt_output = lines;
+        }
+    }
+    Some(dirty)
 }
 
 /// Run the notebook on `root` until the user quits (or SIGTERM/SIGHUP arrive).
@@ -86,7 +165,7 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
         signal_hook::flag::register(sig, term_signal.clone())?;
     }
     let (tx, rx) = mpsc::channel();
-    let (_guard, how) = watch::start(&root, tx.clone());
+    let (guard, how) = watch::start(&root, tx.clone());
     let input_tx = tx.clone();
     std::thread::spawn(move || {
         loop {
@@ -114,7 +193,9 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
     });
 
     let mut app = App::new(workspace::Workspace::new(&root));
+    app.ws.watched = !matches!(guard, watch::Guard::None);
     app.notice(how);
+    terminal::install_abort_guard();
     let mut terminal = ratatui::try_init()?;
     let result = (|| -> anyhow::Result<()> {
         let mut dirty = true;
@@ -129,41 +210,14 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
                 last_draw = Instant::now();
                 dirty = false;
             }
-            let ev = match rx.recv_timeout(FRAME) {
-                Ok(ev) => ev,
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    dirty |= app.poll(Instant::now() + POLL_BUDGET);
-                    continue;
-                }
+            let ev = match rx.recv_timeout(wait(&app, dirty)) {
+                Ok(ev) => Some(ev),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
                 Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
             };
-            match ev {
-                Event::Key(k) => {
-                    dirty = true;
-                    for eff in app.on_key(k) {
-                        if !apply(&mut app, eff, &tx) {
-                            return Ok(());
-                        }
-                    }
-                }
-                Event::Resize(..) => dirty = true,
-                Event::Mouse(_) => {}
-                Event::Fs | Event::Tick => dirty |= app.poll(Instant::now() + POLL_BUDGET),
-                Event::Rescan => dirty |= app.ws.rescan() | app.poll(Instant::now() + POLL_BUDGET),
-                Event::ChildExit { pid, code } => {
-                    dirty = true;
-                    app.ws.rescan();
-                    app.notice(match code {
-                        Some(0) => format!("pid {pid} finished"),
-                        Some(130) => format!("pid {pid} stopped (resume with r)"),
-                        Some(c) => format!("pid {pid} exited with {c} (see the run's logs)"),
-                        None => format!("pid {pid} was killed"),
-                    });
-                }
-                Event::SampleDone(lines) => {
-                    dirty = true;
-                    app.prompt_output = lines;
-                }
+            match handle(&mut app, ev, &tx) {
+                Some(changed) => dirty |= changed,
+                None => return Ok(()),
             }
         }
     })();

@@ -1,10 +1,15 @@
 //! Time series for charts: a column store per run (steps, wall times, one value column per
 //! metric), TensorBoard's debiased EMA smoothing, and min–max downsampling to the columns of the
 //! screen (smooth first, then downsample). Non-finite values are gaps; a step that goes backwards
-//! (a resumed run rewrote its tail) starts a new segment.
+//! (a resumed run rewrote its tail) starts a new segment. A series holds at most
+//! [`MAX_POINTS`]: past that it is halved, keeping each metric's minimum and maximum of every four
+//! points, so a 1 GB log charts in bounded memory with its spikes intact.
 
 use crate::runfs::metrics::MetricRow;
 use std::collections::BTreeMap;
+
+/// Points kept per run before the series is halved ([`RunSeries::compact`]).
+pub const MAX_POINTS: usize = 1 << 17;
 
 /// All metrics of one run, column-wise and compact (f32: 12 bytes a point with one metric), so
 /// 50 runs × 200,000 points fit in memory. `values[name][i]` belongs to `steps[i]`; wall times
@@ -15,11 +20,37 @@ pub struct RunSeries {
     times: Vec<f32>,
     t0: Option<f64>,
     values: BTreeMap<String, Vec<f32>>,
+    /// The last finite value of each metric (exact even after compaction).
+    last: BTreeMap<String, f64>,
+    /// Log lines represented (stored points × what compaction folded).
+    lines: u64,
+    /// Bumped by every change, so caches can tell a compacted series from a grown one.
+    version: u64,
 }
 
 impl RunSeries {
-    /// Append one parsed line (missing metrics become NaN in their columns).
+    /// Append one parsed line (missing metrics become NaN in their columns); halves the series
+    /// when it reaches twice [`MAX_POINTS`].
     pub fn push(&mut self, row: &MetricRow) {
+        self.push_row(row);
+        if self.steps.len() >= 2 * MAX_POINTS {
+            self.compact();
+        }
+    }
+
+    fn push_row(&mut self, row: &MetricRow) {
+        self.lines += 1;
+        self.version += 1;
+        for (k, v) in &row.values {
+            if let Some(v) = v.filter(|v| v.is_finite()) {
+                match self.last.get_mut(k) {
+                    Some(x) => *x = v,
+                    None => {
+                        self.last.insert(k.clone(), v);
+                    }
+                }
+            }
+        }
         let n = self.steps.len();
         self.steps.push(row.step as f32);
         let t = row.time.filter(|t| t.is_finite());
@@ -44,8 +75,61 @@ impl RunSeries {
         }
     }
 
+    /// Halve the stored points: every four become two, placed at the first and third of the
+    /// four x positions, holding each metric's minimum and maximum of the four in their original
+    /// order (a lone finite value is kept, the other slot is a gap). Fewer than four trailing
+    /// points are kept as they are.
+    pub fn compact(&mut self) {
+        let n = self.steps.len();
+        let full = n / 4 * 4;
+        if full == 0 {
+            return;
+        }
+        let keep = |v: &mut Vec<f32>, pick: &dyn Fn(&[f32]) -> [f32; 2]| {
+            let mut out = Vec::with_capacity(full / 2 + (n - full));
+            for g in v[..full].chunks_exact(4) {
+                out.extend_from_slice(&pick(g));
+            }
+            out.extend_from_slice(&v[full..]);
+            *v = out;
+        };
+        let positions = |g: &[f32]| [g[0], g[2]];
+        keep(&mut self.steps, &positions);
+        keep(&mut self.times, &positions);
+        let extremes = |g: &[f32]| {
+            let finite = g.iter().enumerate().filter(|(_, v)| v.is_finite());
+            let lo = finite.clone().min_by(|a, b| a.1.total_cmp(b.1));
+            let hi = finite.max_by(|a, b| a.1.total_cmp(b.1));
+            match (lo, hi) {
+                (Some((i, &a)), Some((j, &b))) if i != j => {
+                    if i < j {
+                        [a, b]
+                    } else {
+                        [b, a]
+                    }
+                }
+                (Some((_, &a)), _) => [a, f32::NAN],
+                _ => [f32::NAN, f32::NAN],
+            }
+        };
+        for col in self.values.values_mut() {
+            keep(col, &extremes);
+        }
+        self.version += 1;
+    }
+
     pub fn len(&self) -> usize {
         self.steps.len()
+    }
+
+    /// Log lines this series stands for (more than [`RunSeries::len`] once compacted).
+    pub fn lines(&self) -> u64 {
+        self.lines
+    }
+
+    /// Changes with every push and compaction.
+    pub fn version(&self) -> u64 {
+        self.version
     }
 
     pub fn is_empty(&self) -> bool {
@@ -78,13 +162,7 @@ impl RunSeries {
 
     /// The last finite value of a metric.
     pub fn last(&self, name: &str) -> Option<f64> {
-        self.values
-            .get(name)?
-            .iter()
-            .rev()
-            .copied()
-            .find(|v| v.is_finite())
-            .map(|v| v as f64)
+        self.last.get(name).copied()
     }
 }
 
@@ -260,5 +338,46 @@ mod tests {
         assert!(loss[1].is_nan() && loss[2].is_nan());
         assert!(s.column("reward").unwrap()[0].is_nan());
         assert_eq!(s.last("loss"), Some(2.0));
+    }
+
+    #[test]
+    fn compaction_keeps_extremes_order_and_the_exact_last_value() {
+        let mut s = RunSeries::default();
+        let n = 2 * MAX_POINTS + 3;
+        for i in 0..n {
+            let mut values = BTreeMap::new();
+            let v = if i == 70_001 {
+                100.0
+            } else if i == 90_002 {
+                -100.0
+            } else {
+                (i % 7) as f64
+            };
+            values.insert("loss".to_string(), Some(v));
+            if i % 10 == 0 {
+                values.insert("eval".to_string(), Some(i as f64));
+            }
+            s.push(&MetricRow {
+                step: i as u64,
+                time: Some(i as f64),
+                values,
+            });
+        }
+        // Compacted once, at 2 × MAX_POINTS: half of those, plus the 3 pushed after.
+        assert_eq!(s.len(), MAX_POINTS + 3);
+        assert_eq!(s.lines(), n as u64);
+        let loss = s.column("loss").unwrap();
+        assert!(
+            loss.contains(&100.0) && loss.contains(&-100.0),
+            "spikes survive"
+        );
+        let xs = s.xs(XAxis::Step);
+        assert!(xs.windows(2).all(|w| w[0] < w[1]), "x stays increasing");
+        let eval = s.column("eval").unwrap();
+        assert!(eval.iter().filter(|v| v.is_finite()).count() >= n / 10 - 1);
+        assert_eq!(s.last("loss"), Some(((n - 1) % 7) as f64));
+        assert_eq!(s.last("eval"), Some(((n - 1) / 10 * 10) as f64));
+        // Within a group the min and max keep their order: 0..3 of `i % 7` → min 0 first.
+        assert_eq!(&loss[..2], &[0.0, 3.0]);
     }
 }

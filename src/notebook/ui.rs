@@ -15,6 +15,27 @@ pub const MIN_WIDTH: u16 = 40;
 pub const MIN_HEIGHT: u16 = 12;
 
 pub fn draw(f: &mut Frame<'_>, app: &App) {
+    draw_panes(f, app);
+    strip_unsafe(f.buffer_mut());
+}
+
+/// The last guard for text from run folders: whatever a pane drew, no cell reaches the terminal
+/// with a control character or a bidirectional override ([`crate::untrusted::unsafe_char`]) —
+/// such characters are dropped from the cell (a stand-in would change its width).
+fn strip_unsafe(buf: &mut ratatui::buffer::Buffer) {
+    for cell in buf.content.iter_mut() {
+        if cell.symbol().chars().any(crate::untrusted::unsafe_char) {
+            let kept: String = cell
+                .symbol()
+                .chars()
+                .filter(|c| !crate::untrusted::unsafe_char(*c))
+                .collect();
+            cell.set_symbol(if kept.is_empty() { " " } else { &kept });
+        }
+    }
+}
+
+fn draw_panes(f: &mut Frame<'_>, app: &App) {
     let area = f.area();
     if area.width < MIN_WIDTH || area.height < MIN_HEIGHT {
         f.render_widget(

@@ -1,6 +1,6 @@
 //! Watching the experiments folder: notify-debouncer-full (recursive, 100 ms) when the native
 //! watcher works, a poll watcher when it does not, and a slow rescan every 3 s regardless, all
-//! feeding the event channel.
+//! feeding the event channel with the paths that changed.
 
 use super::event::Event;
 use notify::RecursiveMode;
@@ -37,8 +37,11 @@ pub fn start(root: &Path, tx: Sender<Event>) -> (Guard, String) {
         Duration::from_millis(100),
         None,
         move |res: notify_debouncer_full::DebounceEventResult| {
-            if res.is_ok() {
-                let _ = native_tx.send(Event::Fs);
+            if let Ok(events) = res {
+                let mut paths: Vec<_> = events.into_iter().flat_map(|e| e.event.paths).collect();
+                paths.sort();
+                paths.dedup();
+                let _ = native_tx.send(Event::Fs(paths));
             }
         },
     )
@@ -50,8 +53,10 @@ pub fn start(root: &Path, tx: Sender<Event>) -> (Guard, String) {
             let poll_tx = tx.clone();
             let cfg = notify::Config::default().with_poll_interval(Duration::from_millis(500));
             match notify::PollWatcher::new(
-                move |_res: notify::Result<notify::Event>| {
-                    let _ = poll_tx.send(Event::Fs);
+                move |res: notify::Result<notify::Event>| {
+                    if let Ok(e) = res {
+                        let _ = poll_tx.send(Event::Fs(e.paths));
+                    }
                 },
                 cfg,
             )

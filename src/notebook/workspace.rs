@@ -2,18 +2,50 @@
 //! run its status, metric series, samples, eval report and log tail, read incrementally. Polls
 //! are time-budgeted so a huge log never stalls a frame; missing or malformed files become
 //! notices, never errors.
+//!
+//! Scale: an idle notebook reads nothing. Runs are re-read when the watcher names a file of theirs
+//! ([`Workspace::mark_changed`]), while they load, and (every [`LIVE_EVERY`]) while they run; a
+//! full sweep every [`SWEEP_EVERY`] is the safety net. A metrics log over [`BIG_LOG`] shows its
+//! last [`PREVIEW_BYTES`] at once and is read whole on a background thread into a bounded series.
 
 use super::series::RunSeries;
-use crate::runfs::metrics::MetricsTail;
+use crate::runfs::metrics::{self as runmetrics, MetricRow, MetricsTail};
 use crate::runfs::tail::TailReader;
 use crate::runfs::{self, RunStatus, Status};
 use crate::spec::{self, Experiment};
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::time::{Instant, SystemTime};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime};
 
 /// Lines of `stdout.log` kept per run.
 const LOG_LINES: usize = 500;
+/// A metrics log larger than this is loaded in the background (after a preview of its end).
+pub const BIG_LOG: u64 = 16 << 20;
+/// How much of a big log's end is shown at once.
+pub const PREVIEW_BYTES: u64 = 2 << 20;
+/// How often running runs are re-read even without a watcher event.
+pub const LIVE_EVERY: Duration = Duration::from_millis(250);
+/// How often every run is re-read regardless (a watcher can miss events).
+pub const SWEEP_EVERY: Duration = Duration::from_secs(30);
+
+/// A big log being read on a background thread: its result, the rows appended meanwhile (to be
+/// added to the full series when it arrives), and a flag that stops the thread when the run
+/// goes away.
+#[derive(Debug)]
+struct Loader {
+    rx: mpsc::Receiver<(RunSeries, runmetrics::BadLines)>,
+    live: Vec<MetricRow>,
+    cancel: Arc<AtomicBool>,
+}
+
+impl Drop for Loader {
+    fn drop(&mut self) {
+        self.cancel.store(true, Ordering::Relaxed);
+    }
+}
 
 /// One line of `samples.jsonl`.
 #[derive(Debug, Clone, PartialEq)]
@@ -75,9 +107,14 @@ pub struct RunView {
     pub log: VecDeque<String>,
     pub bad_lines: u64,
     pub last_error: Option<String>,
-    /// More of `metrics.jsonl` is waiting (the last poll ran out of time).
+    /// More of `metrics.jsonl` is waiting (the last poll ran out of time, or a big log is being
+    /// read in the background).
     pub loading: bool,
+    /// A watcher event named one of the run's files since its last poll.
+    pub dirty: bool,
     metrics_tail: MetricsTail,
+    loader: Option<Loader>,
+    polled: bool,
     csv_loaded: bool,
     samples_tail: TailReader,
     log_tail: TailReader,
@@ -106,6 +143,9 @@ impl RunView {
             bad_lines: 0,
             last_error: None,
             loading: true,
+            dirty: true,
+            loader: None,
+            polled: false,
             csv_loaded: false,
             status_mtime: None,
         }
@@ -122,6 +162,7 @@ impl RunView {
 
     /// Read what changed; returns whether anything did.
     pub fn poll(&mut self, deadline: Instant) -> bool {
+        self.dirty = false;
         let mut changed = false;
         let rj = self.dir.join(runfs::RUN_JSON);
         let mt = mtime(&rj);
@@ -140,15 +181,32 @@ impl RunView {
                 self.eval = serde_json::from_str(&text).ok();
             }
         }
-        if let Ok(p) = self.metrics_tail.poll(Some(deadline)) {
-            self.loading = p.more;
+        if !self.polled {
+            self.polled = true;
+            changed |= self.start_big_load();
+        }
+        changed |= self.receive_big_load();
+        let polled = self.metrics_tail.poll(Some(deadline));
+        if let Err(e) = &polled {
+            // e.g. a folder named metrics.jsonl: say which file, once.
+            let msg = format!("{}: {e}", self.dir.join(runfs::METRICS).display());
+            changed |= self.last_error.as_ref() != Some(&msg);
+            self.last_error = Some(msg);
+            self.loading = false;
+        }
+        if let Ok(p) = polled {
             if p.reset {
                 self.series = RunSeries::default();
+                self.loader = None; // its rows are of the old file
             }
             changed |= p.reset || !p.rows.is_empty();
             for r in &p.rows {
                 self.series.push(r);
             }
+            if let Some(l) = &mut self.loader {
+                l.live.extend(p.rows);
+            }
+            self.loading = p.more || self.loader.is_some();
             self.bad_lines = self.metrics_tail.bad_lines;
             self.last_error = self.metrics_tail.last_error.clone();
         }
@@ -177,6 +235,89 @@ impl RunView {
             }
         }
         changed
+    }
+
+    /// A log over [`BIG_LOG`]: show the rows of its last [`PREVIEW_BYTES`] now, read everything
+    /// before them on a background thread, and tail from the end. Returns whether rows came.
+    fn start_big_load(&mut self) -> bool {
+        let path = self.dir.join(runfs::METRICS);
+        let Ok(len) = std::fs::metadata(&path).map(|m| m.len()) else {
+            return false;
+        };
+        if len <= BIG_LOG {
+            return false;
+        }
+        let Ok(end) = runmetrics::complete_lines_end(&path, len) else {
+            return false;
+        };
+        let _ = runmetrics::read_rows_range(&path, end.saturating_sub(PREVIEW_BYTES), end, |r| {
+            self.series.push(&r);
+            true
+        });
+        self.metrics_tail.start_at(end);
+        let (tx, rx) = mpsc::channel();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let stop = cancel.clone();
+        std::thread::spawn(move || {
+            let mut full = RunSeries::default();
+            let read = runmetrics::read_rows_range(&path, 0, end, |r| {
+                full.push(&r);
+                !stop.load(Ordering::Relaxed)
+            });
+            if let Ok(bad) = read {
+                let _ = tx.send((full, bad));
+            }
+        });
+        self.loader = Some(Loader {
+            rx,
+            live: Vec::new(),
+            cancel,
+        });
+        self.loading = true;
+        !self.series.is_empty()
+    }
+
+    /// Take the background load's result when it is there; returns whether it was.
+    fn receive_big_load(&mut self) -> bool {
+        let Some(l) = &mut self.loader else {
+            return false;
+        };
+        match l.rx.try_recv() {
+            Ok((mut full, bad)) => {
+                for r in l.live.drain(..) {
+                    full.push(&r);
+                }
+                self.series = full;
+                self.metrics_tail.bad_lines += bad.count;
+                if bad.first.is_some() {
+                    self.metrics_tail.last_error = bad.first;
+                }
+                self.loader = None;
+                true
+            }
+            Err(mpsc::TryRecvError::Empty) => false,
+            Err(mpsc::TryRecvError::Disconnected) => {
+                self.last_error = Some(format!(
+                    "{}: could not be read in full",
+                    self.dir.join(runfs::METRICS).display()
+                ));
+                self.loader = None;
+                true
+            }
+        }
+    }
+
+    /// Whether a poll is due: never read, named by a watcher event, still loading, or running
+    /// (`live`: the live interval has passed).
+    fn due(&self, live: bool) -> bool {
+        !self.polled
+            || self.dirty
+            || self.loading
+            || (live
+                && self
+                    .status
+                    .as_ref()
+                    .is_some_and(|s| s.status == Status::Running))
     }
 
     /// A `metrics.csv` written by another tool: read once (first row is the header).
@@ -229,6 +370,11 @@ pub struct ExperimentView {
     pub dir: PathBuf,
     pub spec: Result<Experiment, String>,
     pub runs: Vec<RunView>,
+    /// `experiment.toml`'s modification time when `spec` was read.
+    spec_mtime: Option<SystemTime>,
+    /// The names under `runs/` at the last full listing (a rescan that finds the same names
+    /// reads no run.json).
+    run_names: Vec<std::ffi::OsString>,
 }
 
 /// Everything under the notebook's root folder.
@@ -236,6 +382,10 @@ pub struct ExperimentView {
 pub struct Workspace {
     pub root: PathBuf,
     pub experiments: Vec<ExperimentView>,
+    /// Whether a watcher reports changes (else every rescan re-reads every run).
+    pub watched: bool,
+    last_live: Instant,
+    last_sweep: Instant,
 }
 
 impl Workspace {
@@ -243,9 +393,69 @@ impl Workspace {
         let mut w = Workspace {
             root: root.to_path_buf(),
             experiments: Vec::new(),
+            watched: true,
+            last_live: Instant::now(),
+            last_sweep: Instant::now(),
         };
         w.rescan();
         w
+    }
+
+    /// Note the paths a watcher reported: their runs are re-read at the next
+    /// [`Workspace::poll_changed`]. Returns whether a path is outside every known run (a new run
+    /// or experiment: the caller should [`Workspace::rescan_all`]).
+    pub fn mark_changed(&mut self, paths: &[PathBuf]) -> bool {
+        let mut unknown = false;
+        for p in paths {
+            let run = self
+                .experiments
+                .iter_mut()
+                .flat_map(|e| e.runs.iter_mut())
+                .find(|r| p.starts_with(&r.dir));
+            match run {
+                Some(r) => r.dirty = true,
+                None => unknown = true,
+            }
+        }
+        unknown
+    }
+
+    /// Re-read the runs that need it: named by the watcher, loading, running (at most every
+    /// [`LIVE_EVERY`]), or all of them every [`SWEEP_EVERY`] or when there is no watcher.
+    pub fn poll_changed(&mut self, first: Option<(usize, usize)>, deadline: Instant) -> bool {
+        let now = Instant::now();
+        let live = now.duration_since(self.last_live) >= LIVE_EVERY;
+        if live {
+            self.last_live = now;
+        }
+        if now.duration_since(self.last_sweep) >= SWEEP_EVERY {
+            self.last_sweep = now;
+            return self.poll_from(first, deadline);
+        }
+        let mut changed = false;
+        if let Some((e, r)) = first
+            && let Some(run) = self.experiments.get_mut(e).and_then(|x| x.runs.get_mut(r))
+            && run.due(live)
+        {
+            changed |= run.poll(deadline);
+        }
+        for e in &mut self.experiments {
+            for r in &mut e.runs {
+                if r.due(live) {
+                    changed |= r.poll(deadline);
+                }
+            }
+        }
+        changed
+    }
+
+    /// [`Workspace::rescan`] that also lists every experiment's runs again.
+    pub fn rescan_all(&mut self) -> bool {
+        for e in &mut self.experiments {
+            e.run_names.clear();
+            e.spec_mtime = None;
+        }
+        self.rescan()
     }
 
     fn experiment_dirs(&self) -> Vec<PathBuf> {
@@ -283,6 +493,8 @@ impl Workspace {
                         spec: Err(String::new()),
                         dir: d.clone(),
                         runs: Vec::new(),
+                        spec_mtime: None,
+                        run_names: Vec::new(),
                     });
                     changed = true;
                     self.experiments.len() - 1
@@ -290,11 +502,29 @@ impl Workspace {
             };
             let e = &mut self.experiments[idx];
             let spec_file = e.dir.join("experiment.toml");
-            e.spec = if spec_file.is_file() {
-                spec::load(&e.dir).map_err(|err| err.to_string())
-            } else {
-                Err("no experiment.toml (runs written by another tool)".into())
-            };
+            let spec_mtime = mtime(&spec_file);
+            if spec_mtime != e.spec_mtime || spec_mtime.is_none() {
+                e.spec_mtime = spec_mtime;
+                e.spec = if spec_file.is_file() {
+                    spec::load(&e.dir).map_err(|err| err.to_string())
+                } else {
+                    Err("no experiment.toml (runs written by another tool)".into())
+                };
+            }
+            // The folder names alone tell whether runs came or went; only then is each run.json
+            // read again to list and order them.
+            let mut names: Vec<std::ffi::OsString> = std::fs::read_dir(e.dir.join("runs"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|x| runfs::RunDir::new(x.path()).is_run())
+                .map(|x| x.file_name())
+                .collect();
+            names.sort();
+            if names == e.run_names && !e.run_names.is_empty() {
+                continue;
+            }
+            e.run_names = names;
             let runs = runfs::list_runs(&e.dir.join("runs"));
             let order: Vec<PathBuf> = runs.iter().map(|r| r.path.clone()).collect();
             let before = e.runs.len();
@@ -335,6 +565,14 @@ impl Workspace {
             }
         }
         changed
+    }
+
+    /// Whether some run is still loading (the event loop then polls every frame).
+    pub fn any_loading(&self) -> bool {
+        self.experiments
+            .iter()
+            .flat_map(|e| &e.runs)
+            .any(|r| r.loading)
     }
 
     /// All running runs' pids.

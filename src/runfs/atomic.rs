@@ -13,7 +13,12 @@ fn temp_beside(target: &Path) -> PathBuf {
     target.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
 
-/// Write `bytes` to `path` atomically (temp file, fsync, rename).
+/// `e` with `path` in its message (a full disk's "No space left on device" alone names no file).
+pub fn named(path: &Path, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}
+
+/// Write `bytes` to `path` atomically (temp file, fsync, rename). The error names `path`.
 pub fn write_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let tmp = temp_beside(path);
     let result = (|| {
@@ -25,7 +30,7 @@ pub fn write_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
-    result
+    result.map_err(|e| named(path, e))
 }
 
 /// Write `value` as pretty JSON to `path` atomically.

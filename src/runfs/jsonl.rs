@@ -18,6 +18,10 @@ impl JsonlWriter {
     /// Open (creating if needed) `path` for appending. A last line left incomplete by a crash
     /// is terminated first, so the next record starts on a line of its own.
     pub fn append(path: &Path) -> io::Result<JsonlWriter> {
+        Self::open(path).map_err(|e| super::atomic::named(path, e))
+    }
+
+    fn open(path: &Path) -> io::Result<JsonlWriter> {
         let mut file = OpenOptions::new().create(true).append(true).open(path)?;
         let len = file.metadata()?.len();
         if len > 0 {
@@ -37,12 +41,14 @@ impl JsonlWriter {
         })
     }
 
-    /// Append one record as one line, in one write.
+    /// Append one record as one line, in one write. The error names the file.
     pub fn write<T: Serialize>(&mut self, record: &T) -> io::Result<()> {
         self.buf.clear();
         serde_json::to_writer(&mut self.buf, record).map_err(io::Error::other)?;
         self.buf.push(b'\n');
-        self.file.write_all(&self.buf)
+        self.file
+            .write_all(&self.buf)
+            .map_err(|e| super::atomic::named(&self.path, e))
     }
 
     /// The file being written.

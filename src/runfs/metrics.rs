@@ -1,10 +1,15 @@
-//! Parsing `metrics.jsonl` lines into rows, and a tail that turns appended lines into rows while
-//! counting (not failing on) lines that are not valid records.
+//! Parsing `metrics.jsonl` lines into rows; a tail that turns appended lines into rows; a whole-file
+//! reader that streams; and the last values read from the end of the file. All of them count (never
+//! fail on) lines that are not valid records: torn writes, garbage, non-UTF-8 bytes, absurd steps.
 
 use super::tail::{Poll, TailReader};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::io::{BufRead, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
 use std::time::Instant;
+
+/// The largest step accepted (2^53: every step is exact as an f64, and an i64 column holds it).
+pub const MAX_STEP: u64 = 1 << 53;
 
 /// One line of `metrics.jsonl`: a step, an optional wall time, and named values (`None` where
 /// the writer had a non-finite number: a gap in the chart, not a zero).
@@ -15,7 +20,9 @@ pub struct MetricRow {
     pub values: BTreeMap<String, Option<f64>>,
 }
 
-/// Parse one line. Non-numeric fields (strings, objects) are ignored; `step` is required.
+/// Parse one line. Non-numeric fields (strings, objects) are ignored; `step` is required and
+/// at most [`MAX_STEP`]. Nesting is bounded by serde_json's recursion limit (128), so a line of
+/// 100,000 `[` is an error, not a stack overflow.
 pub fn parse_metric_line(line: &str) -> Result<MetricRow, String> {
     let v: serde_json::Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
     let obj = v.as_object().ok_or("not a JSON object")?;
@@ -26,6 +33,9 @@ pub fn parse_metric_line(line: &str) -> Result<MetricRow, String> {
                 .or_else(|| s.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
         })
         .ok_or("missing or negative `step`")?;
+    if step > MAX_STEP {
+        return Err(format!("`step` {step} is out of range (at most 2^53)"));
+    }
     let time = obj.get("time").and_then(|t| t.as_f64());
     let mut values = BTreeMap::new();
     for (k, v) in obj {
@@ -43,6 +53,175 @@ pub fn parse_metric_line(line: &str) -> Result<MetricRow, String> {
         }
     }
     Ok(MetricRow { step, time, values })
+}
+
+/// Lines skipped by a reader, and the first problem (`file:line: message`).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct BadLines {
+    pub count: u64,
+    pub first: Option<String>,
+}
+
+impl BadLines {
+    fn note(&mut self, path: &Path, line_no: u64, e: &str) {
+        self.count += 1;
+        if self.first.is_none() {
+            self.first = Some(format!("{}:{line_no}: {e}", path.display()));
+        }
+    }
+
+    /// `None`, or one sentence for the user: how many lines were skipped and the first reason.
+    pub fn summary(&self) -> Option<String> {
+        (self.count > 0).then(|| {
+            format!(
+                "skipped {} line(s) that are not metric records (first: {})",
+                self.count,
+                self.first.as_deref().unwrap_or("?")
+            )
+        })
+    }
+}
+
+/// Parse one raw line (any bytes: invalid UTF-8 is replaced, so it fails as JSON or keeps its
+/// text fields lossy, never rejecting the file). Blank lines are `None`.
+fn parse_raw(raw: &[u8]) -> Option<Result<MetricRow, String>> {
+    let raw = raw.strip_suffix(b"\n").unwrap_or(raw);
+    let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+    if raw.iter().all(u8::is_ascii_whitespace) {
+        return None;
+    }
+    Some(parse_metric_line(&String::from_utf8_lossy(raw)))
+}
+
+/// Stream every row of a metrics log to `each`, in file order, skipping bad lines; memory is one
+/// line at a time.
+pub fn read_rows(path: &Path, mut each: impl FnMut(MetricRow)) -> std::io::Result<BadLines> {
+    read_rows_range(path, 0, u64::MAX, |r| {
+        each(r);
+        true
+    })
+}
+
+/// [`read_rows`] over the bytes `[start, end)`: the line cut by `start` (when `start` > 0 and
+/// the byte before it is not a newline) is skipped; the lines end at `end` (a line cut by `end` is
+/// read as far as `end` and fails to parse unless complete there). Line numbers in messages
+/// count from `start`. `each` returns false to stop early.
+pub fn read_rows_range(
+    path: &Path,
+    start: u64,
+    end: u64,
+    mut each: impl FnMut(MetricRow) -> bool,
+) -> std::io::Result<BadLines> {
+    let named = |e| super::atomic::named(path, e);
+    let mut f = std::fs::File::open(path).map_err(named)?;
+    let mut line = Vec::new();
+    let mut cut = false;
+    if start > 0 {
+        f.seek(SeekFrom::Start(start - 1)).map_err(named)?;
+        let mut b = [0u8; 1];
+        cut = f.read(&mut b).map_err(named)? == 1 && b[0] != b'\n';
+    }
+    let mut r = std::io::BufReader::with_capacity(1 << 20, f.take(end.saturating_sub(start)));
+    if cut {
+        r.read_until(b'\n', &mut line).map_err(named)?;
+    }
+    let mut bad = BadLines::default();
+    let mut no = 0u64;
+    loop {
+        line.clear();
+        let n = r
+            .read_until(b'\n', &mut line)
+            .map_err(|e| super::atomic::named(path, e))?;
+        if n == 0 {
+            return Ok(bad);
+        }
+        no += 1;
+        let row = match parse_raw(&line) {
+            Some(Ok(row)) => row,
+            Some(Err(e)) => {
+                bad.note(path, no, &e);
+                continue;
+            }
+            None => continue,
+        };
+        if !each(row) {
+            return Ok(bad);
+        }
+    }
+}
+
+/// The offset just after the last newline of the file's first `len` bytes (0 when none): where
+/// the complete lines end.
+pub fn complete_lines_end(path: &Path, len: u64) -> std::io::Result<u64> {
+    let mut f = std::fs::File::open(path).map_err(|e| super::atomic::named(path, e))?;
+    let mut end = len;
+    let mut block = vec![0u8; 64 * 1024];
+    while end > 0 {
+        let start = end.saturating_sub(block.len() as u64);
+        let b = &mut block[..(end - start) as usize];
+        f.seek(SeekFrom::Start(start))?;
+        f.read_exact(b)?;
+        if let Some(i) = b.iter().rposition(|&c| c == b'\n') {
+            return Ok(start + i as u64 + 1);
+        }
+        end = start;
+    }
+    Ok(0)
+}
+
+/// The end of a metrics log: the last step, and the last finite value of each metric seen in the
+/// final `budget` bytes (read backwards in blocks; a metric logged only earlier is not found).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct LastValues {
+    pub step: Option<u64>,
+    pub values: BTreeMap<String, f64>,
+    /// Whether the whole file was read (else only its last `budget` bytes).
+    pub complete: bool,
+}
+
+/// Read [`LastValues`] from the end of `path`, at most `budget` bytes: memory and time are bounded
+/// by the budget, not the file (a 1 GB log costs what an 8 MB one does).
+pub fn last_values(path: &Path, budget: u64) -> std::io::Result<LastValues> {
+    const BLOCK: u64 = 256 * 1024;
+    let mut f = std::fs::File::open(path).map_err(|e| super::atomic::named(path, e))?;
+    let len = f.metadata()?.len();
+    let mut out = LastValues::default();
+    let mut end = len;
+    // Bytes of the line cut by the block boundary, carried into the next (earlier) block.
+    let mut carry: Vec<u8> = Vec::new();
+    let mut block = Vec::new();
+    while end > 0 && len - end < budget {
+        let start = end.saturating_sub(BLOCK);
+        block.resize((end - start) as usize, 0);
+        f.seek(SeekFrom::Start(start))?;
+        f.read_exact(&mut block)?;
+        block.extend_from_slice(&carry);
+        // The first line of the block may be cut unless the block starts the file.
+        let first_nl = if start == 0 {
+            None
+        } else {
+            block.iter().position(|&b| b == b'\n')
+        };
+        let (head, body) = match first_nl {
+            Some(i) => block.split_at(i + 1),
+            None if start == 0 => (&[][..], &block[..]),
+            None => (&block[..], &[][..]),
+        };
+        for raw in body.split(|&b| b == b'\n').rev() {
+            if let Some(Ok(row)) = parse_raw(raw) {
+                out.step.get_or_insert(row.step);
+                for (k, v) in row.values {
+                    if let Some(v) = v.filter(|v| v.is_finite()) {
+                        out.values.entry(k).or_insert(v);
+                    }
+                }
+            }
+        }
+        carry = head.to_vec();
+        end = start;
+    }
+    out.complete = end == 0;
+    Ok(out)
 }
 
 /// A tail of one `metrics.jsonl` that yields parsed rows.
@@ -70,6 +249,13 @@ impl MetricsTail {
             bad_lines: 0,
             last_error: None,
         }
+    }
+
+    /// Skip the file up to `offset` (a line end): see [`TailReader::start_at`].
+    pub fn start_at(&mut self, offset: u64) {
+        self.tail.start_at(offset);
+        self.bad_lines = 0;
+        self.last_error = None;
     }
 
     pub fn poll(&mut self, deadline: Option<Instant>) -> std::io::Result<MetricsPoll> {
@@ -123,6 +309,78 @@ mod tests {
         assert!(!r.values.contains_key("note"));
         assert!(parse_metric_line(r#"{"loss": 1}"#).is_err());
         assert!(parse_metric_line(r#"[1,2]"#).is_err());
+        // Steps beyond 2^53 (a 2^63 step panicked polars) and deep nesting are line errors.
+        assert!(parse_metric_line(r#"{"step": 9223372036854775808}"#).is_err());
+        assert!(parse_metric_line(r#"{"step": 1e300}"#).is_err());
+        let deep = format!("{{\"step\":1,\"x\":{}}}", "[".repeat(100_000));
+        assert!(parse_metric_line(&deep).is_err());
+    }
+
+    #[test]
+    fn read_rows_streams_past_non_utf8_and_bad_lines() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("metrics.jsonl");
+        let mut bytes = b"{\"step\":1,\"loss\":2.0}\n".to_vec();
+        bytes.extend_from_slice(b"{\"step\":2,\"note\":\"\xff\xfe\",\"loss\":1.5}\n");
+        bytes.extend_from_slice(b"\xff\xff garbage\n\n");
+        bytes.extend_from_slice(b"{\"step\":3,\"loss\":1.0}");
+        std::fs::write(&p, bytes).unwrap();
+        let mut steps = Vec::new();
+        let bad = read_rows(&p, |r| steps.push(r.step)).unwrap();
+        assert_eq!(steps, vec![1, 2, 3]);
+        assert_eq!(bad.count, 1);
+        assert!(bad.first.unwrap().contains("metrics.jsonl:3:"));
+    }
+
+    #[test]
+    fn a_range_skips_the_line_cut_by_its_start() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("metrics.jsonl");
+        let text = "{\"step\":1}\n{\"step\":2}\n{\"step\":3}\n";
+        std::fs::write(&p, text).unwrap();
+        let steps = |a, b| {
+            let mut v = Vec::new();
+            read_rows_range(&p, a, b, |r| {
+                v.push(r.step);
+                true
+            })
+            .unwrap();
+            v
+        };
+        assert_eq!(steps(0, u64::MAX), vec![1, 2, 3]);
+        assert_eq!(steps(3, u64::MAX), vec![2, 3], "cut line skipped");
+        assert_eq!(steps(11, u64::MAX), vec![2, 3], "starts on a line");
+        assert_eq!(steps(0, 22), vec![1, 2], "ends at a line end");
+    }
+
+    #[test]
+    fn last_values_read_from_the_end_match_a_full_read() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("metrics.jsonl");
+        let mut text = String::from("{\"step\":0,\"early\":7.0}\n");
+        for i in 1..=40_000 {
+            // Lines cross the 256 KB block edges; `reward` only every 1,000 steps.
+            text.push_str(&format!("{{\"step\":{i},\"loss\":{}", 1.0 / i as f64));
+            if i % 1000 == 0 {
+                text.push_str(&format!(",\"reward\":{}", i as f64));
+            }
+            text.push_str("}\n");
+        }
+        text.push_str("{\"step\":40001,\"loss\":null}\n{\"step\":40002,\"lo");
+        std::fs::write(&p, &text).unwrap();
+        let all = last_values(&p, u64::MAX).unwrap();
+        assert!(all.complete);
+        assert_eq!(all.step, Some(40_001));
+        assert_eq!(all.values["loss"], 1.0 / 40_000.0);
+        assert_eq!(all.values["reward"], 40_000.0);
+        assert_eq!(all.values["early"], 7.0);
+        // A small budget finds the recent values and says it stopped early.
+        let tail = last_values(&p, 300_000).unwrap();
+        assert!(!tail.complete);
+        assert_eq!(tail.step, all.step);
+        assert_eq!(tail.values["loss"], all.values["loss"]);
+        assert_eq!(tail.values["reward"], all.values["reward"]);
+        assert!(!tail.values.contains_key("early"));
     }
 
     #[test]

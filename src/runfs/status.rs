@@ -100,6 +100,16 @@ impl RunStatus {
         atomic::write_json(&dir.join(super::RUN_JSON), self)
     }
 
+    /// Overwrite `dir/run.json` in place: the fallback when [`RunStatus::save`] fails on a full
+    /// disk (a temp file needs new blocks; truncating and rewriting a small file usually does not),
+    /// so a failed run is not left `running`. Not atomic: only for the final status.
+    pub fn save_in_place(&self, dir: &Path) -> std::io::Result<()> {
+        let path = dir.join(super::RUN_JSON);
+        let mut bytes = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        bytes.push(b'\n');
+        std::fs::write(&path, bytes).map_err(|e| atomic::named(&path, e))
+    }
+
     /// Read `dir/run.json`; the error names the file and what is wrong with it.
     pub fn load(dir: &Path) -> Result<RunStatus, String> {
         let path = dir.join(super::RUN_JSON);
@@ -189,6 +199,42 @@ mod tests {
         // A pid beyond the kernel's maximum is never alive.
         s.pid = Some(4_194_305 + 7);
         assert_eq!(s.effective_status(), Status::Crashed);
+    }
+
+    #[test]
+    fn when_the_atomic_save_fails_the_in_place_save_still_records_the_end() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = RunStatus {
+            id: "r".into(),
+            experiment: "e".into(),
+            stage: "pre".into(),
+            kind: "pretrain".into(),
+            status: Status::Running,
+            pid: None,
+            started: None,
+            ended: None,
+            progress: Progress::default(),
+            config: serde_json::Value::Null,
+            init: None,
+            iteration: None,
+            error: None,
+            resumed_at: vec![],
+        };
+        s.save(d.path()).unwrap();
+        // The temp file cannot be created (a folder holds its name), as on a full disk.
+        std::fs::create_dir(
+            d.path()
+                .join(format!(".run.json.tmp-{}", std::process::id())),
+        )
+        .unwrap();
+        s.status = Status::Failed;
+        s.error = Some(RunError {
+            message: "disk full".into(),
+        });
+        let e = s.save(d.path()).unwrap_err();
+        assert!(e.to_string().contains("run.json"), "{e}");
+        s.save_in_place(d.path()).unwrap();
+        assert_eq!(RunStatus::load(d.path()).unwrap().status, Status::Failed);
     }
 
     #[test]

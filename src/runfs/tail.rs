@@ -68,6 +68,17 @@ impl TailReader {
         self.offset
     }
 
+    /// Skip what is already in the file up to `offset` (a line boundary), as if it had been read:
+    /// the next poll returns what comes after. The file's identity is taken now, so a later
+    /// replacement still resets.
+    pub fn start_at(&mut self, offset: u64) {
+        self.restart();
+        if let Ok(meta) = std::fs::metadata(&self.path) {
+            self.inode = inode_of(&meta);
+            self.offset = offset.min(meta.len());
+        }
+    }
+
     /// Read what was appended, until EOF or `deadline`.
     pub fn poll(&mut self, deadline: Option<Instant>) -> io::Result<Poll> {
         let mut out = Poll::default();

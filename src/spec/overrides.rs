@@ -21,7 +21,7 @@ pub fn apply(spec: &mut ExperimentSpec, sets: &[String]) -> Result<Applied, Spec
             .split_once('=')
             .ok_or_else(|| err("expected KEY=VALUE".into()))?;
         let (key, raw) = (key.trim(), raw.trim());
-        let value = parse_value(raw);
+        let value = parse_value(raw).map_err(err)?;
         let mut doc = toml::Value::try_from(&*spec).map_err(|e| err(e.to_string()))?;
         let parts: Vec<&str> = key.split('.').collect();
         let canonical = set_path(&mut doc, &parts).map_err(err)?;
@@ -35,10 +35,21 @@ pub fn apply(spec: &mut ExperimentSpec, sets: &[String]) -> Result<Applied, Spec
     Ok(applied)
 }
 
-fn parse_value(raw: &str) -> toml::Value {
+/// A TOML value; a bare word is a string, but a number TOML cannot hold is an error (else
+/// `seed=18446744073709551615` would become the string "18446744073709551615").
+fn parse_value(raw: &str) -> Result<toml::Value, String> {
     match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
-        Ok(mut t) => t.remove("v").unwrap_or(toml::Value::String(raw.into())),
-        Err(_) => toml::Value::String(raw.to_string()),
+        Ok(mut t) => Ok(t.remove("v").unwrap_or(toml::Value::String(raw.into()))),
+        Err(_) => {
+            let digits = raw.strip_prefix(['-', '+']).unwrap_or(raw).replace('_', "");
+            if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(format!(
+                    "`{raw}` is out of range: integers are at most {} (2^63 - 1)",
+                    i64::MAX
+                ));
+            }
+            Ok(toml::Value::String(raw.to_string()))
+        }
     }
 }
 
@@ -107,4 +118,24 @@ fn lookup_mut<'a>(doc: &'a mut toml::Value, path: &[String]) -> Option<&'a mut t
         };
     }
     Some(cur)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_value;
+
+    #[test]
+    fn numbers_toml_cannot_hold_are_errors_not_strings() {
+        let e = parse_value("18446744073709551615").unwrap_err();
+        assert!(
+            e.contains("out of range") && e.contains("9223372036854775807"),
+            "{e}"
+        );
+        assert!(parse_value("-99999999999999999999").is_err());
+        assert_eq!(parse_value("42").unwrap(), toml::Value::Integer(42));
+        assert_eq!(
+            parse_value("arith").unwrap(),
+            toml::Value::String("arith".into())
+        );
+    }
 }

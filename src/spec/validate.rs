@@ -490,7 +490,7 @@ pub fn memory_bytes(m: &crate::spec::ModelSpec, heldout: usize, c: &StageConfig)
 }
 
 /// This machine's memory (`MemTotal`), or 16 GB where it cannot be read.
-fn memory_limit() -> f64 {
+pub fn memory_limit() -> f64 {
     std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|t| {

@@ -5,7 +5,7 @@ use super::context::{Outcome, Reporter, StageCtx};
 use crate::runfs::{self, RunDir, RunError, RunStatus, Status, checkpoint, status::now};
 use crate::spec::{Experiment, StageConfig, StageKind};
 use anyhow::{Context, Result, bail};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
@@ -157,6 +157,36 @@ pub fn checkpoint_of_stage(exp: &Experiment, name: &str, needed_by: &str) -> Res
     })
 }
 
+/// Whether a run id names `stage`: `<yyyymmdd-HHMMSS>-<stage>`, or with a `-N` suffix.
+fn id_names_stage(id: &str, stage: &str) -> bool {
+    let Some(rest) = id.get(16..) else {
+        return false;
+    };
+    rest == stage
+        || rest.strip_prefix(stage).is_some_and(|t| {
+            t.strip_prefix('-')
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        })
+}
+
+/// The newest run folder of `stage` (by its id), when it is newer than every readable run of the
+/// stage and its `run.json` exists but cannot be read: `run` must not start over beside it
+/// silently. Returns the run and what is wrong with the file.
+fn unreadable_run_of(runs_dir: &Path, stage: &str) -> Option<(RunDir, String)> {
+    for (run, status) in runfs::runs_with_status(runs_dir).into_iter().rev() {
+        match status {
+            Some(s) if s.stage == stage => return None,
+            Some(_) => {}
+            None if id_names_stage(&run.id(), stage) && run.run_json().exists() => {
+                let problem = RunStatus::load(&run.path).err()?;
+                return Some((run, problem));
+            }
+            None => {}
+        }
+    }
+    None
+}
+
 fn run_one(
     exp: &Experiment,
     opts: &RunOptions,
@@ -172,6 +202,15 @@ fn run_one(
     let resumable = if opts.fresh {
         None
     } else {
+        if let Some((run, problem)) = unreadable_run_of(&exp.runs_dir(), &cfg.name) {
+            bail!(
+                "{problem}\n  the latest run of stage `{}` ({}) cannot be resumed while its \
+                 run.json is unreadable; fix or delete that file to resume from the run's newest \
+                 checkpoint, or pass --fresh to start a new run beside it",
+                cfg.name,
+                run.path.display()
+            );
+        }
         runfs::latest_run_of(&exp.runs_dir(), &cfg.name).filter(|(run, s)| {
             matches!(
                 s.effective_status(),
@@ -280,7 +319,11 @@ fn run_one(
             Err(anyhow::anyhow!("stage `{}` failed: {e:#}", status.stage))
         }
     };
-    status.save(&run.path)?;
+    // On a full disk the atomic save (a new temp file) fails; overwriting the small file in place
+    // usually still works, so the run is not left `running` with its error lost.
+    if let Err(e) = status.save(&run.path) {
+        status.save_in_place(&run.path).map_err(|_| e)?;
+    }
     ctx.reporter.finished(&status);
     outcome
 }

@@ -326,3 +326,142 @@ fn checkpoint_of_another_shape_and_bad_dataset_lines_are_named() {
         .code(1)
         .stderr(predicate::str::contains("/no/such/run: not a checkpoint"));
 }
+
+/// The single run folder of `exp` (the test ran one stage).
+fn only_run(exp: &Path) -> std::path::PathBuf {
+    let runs: Vec<_> = std::fs::read_dir(exp.join("runs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    runs[0].clone()
+}
+
+#[test]
+fn a_full_disk_fails_the_run_naming_the_file_and_records_it() {
+    // RLIMIT_FSIZE stands in for a full disk: writes past it fail (EFBIG instead of ENOSPC)
+    // through the same paths. 1,500 steps of metrics outgrow 64 KB; the tiny weights do not.
+    let d = tempfile::tempdir().unwrap();
+    let spec = TINY.replace("steps = 2", "steps = 1500");
+    std::fs::write(d.path().join("experiment.toml"), spec).unwrap();
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "trap '' XFSZ; ulimit -f 64; exec {} run {}",
+            env!("CARGO_BIN_EXE_stageloop"),
+            d.path().display()
+        ))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let run = only_run(d.path());
+    assert!(
+        err.contains(&run.join("metrics.jsonl").display().to_string()) && !err.contains("panicked"),
+        "the message names the file: {err}"
+    );
+    let status = stageloop::runfs::RunStatus::load(&run).unwrap();
+    assert_eq!(status.status, stageloop::runfs::Status::Failed);
+    let message = status.error.unwrap().message;
+    assert!(message.contains(&run.display().to_string()), "{message}");
+}
+
+#[test]
+fn a_corrupt_run_json_is_not_silently_restarted() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(
+        d.path().join("experiment.toml"),
+        TINY.replace("steps = 2", "steps = 3"),
+    )
+    .unwrap();
+    bin().arg("run").arg(d.path()).assert().success();
+    let run = only_run(d.path());
+    std::fs::write(run.join("run.json"), "{\"id\": \"x\", \"sta").unwrap();
+    run_fails(d.path(), &[])
+        .stderr(predicate::str::contains("run.json:1:"))
+        .stderr(predicate::str::contains("--fresh"));
+    assert_eq!(std::fs::read_dir(d.path().join("runs")).unwrap().count(), 1);
+    // --fresh starts a new run beside it.
+    bin()
+        .arg("run")
+        .arg(d.path())
+        .arg("--fresh")
+        .assert()
+        .success();
+    assert_eq!(std::fs::read_dir(d.path().join("runs")).unwrap().count(), 2);
+}
+
+#[test]
+fn one_bad_eval_json_does_not_hide_the_other_rows() {
+    let d = tempfile::tempdir().unwrap();
+    let spec = format!(
+        "{TINY}[[stage]]\nname = \"ev1\"\nkind = \"eval\"\ninit = \"pre\"\nk = 1\n[[stage]]\nname = \"ev2\"\nkind = \"eval\"\ninit = \"pre\"\nk = 1\n"
+    );
+    std::fs::write(d.path().join("experiment.toml"), spec).unwrap();
+    bin().arg("run").arg(d.path()).assert().success();
+    let ev1 = std::fs::read_dir(d.path().join("runs"))
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().ends_with("-ev1"))
+        .unwrap()
+        .path();
+    std::fs::write(ev1.join("eval.json"), "{\"pass@1\": ").unwrap();
+    let out = bin().arg("report").arg(d.path()).assert().code(1);
+    let stdout = String::from_utf8_lossy(&out.get_output().stdout);
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr);
+    assert!(
+        stdout.contains("ev2") && !stdout.contains("ev1"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains(&ev1.join("eval.json").display().to_string()),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn export_survives_huge_steps_deep_nesting_and_bad_bytes() {
+    let d = tempfile::tempdir().unwrap();
+    let run = d.path().join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    let mut log = b"{\"step\":1,\"loss\":2.0}\n".to_vec();
+    log.extend(b"{\"step\":9223372036854775808,\"loss\":1.0}\n");
+    log.extend(format!("{{\"step\":2,\"x\":{}}}\n", "[".repeat(100_000)).bytes());
+    log.extend(b"{\"step\":3,\"loss\":1.5,\"note\":\"\xff\xfe\"}\n");
+    log.extend(b"\xff\xff\xff\n{\"step\":4,\"loss\":1.0}\n");
+    std::fs::write(run.join("metrics.jsonl"), log).unwrap();
+    let out = bin()
+        .arg("export")
+        .arg(&run)
+        .args(["--format", "csv,parquet"])
+        .assert()
+        .success();
+    let err = String::from_utf8_lossy(&out.get_output().stderr);
+    assert!(
+        err.contains("skipped 3 line(s)") && err.contains("metrics.jsonl:2:"),
+        "{err}"
+    );
+    let csv = std::fs::read_to_string(run.join("export/metrics.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 4, "header + steps 1, 3, 4: {csv}");
+    // A folder where the log should be: an error naming it.
+    let other = d.path().join("other");
+    std::fs::create_dir_all(other.join("metrics.jsonl")).unwrap();
+    std::fs::write(other.join("run.json"), "{}").unwrap();
+    bin()
+        .arg("export")
+        .arg(&other)
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            other.join("metrics.jsonl").display().to_string(),
+        ));
+}
+
+#[test]
+fn set_with_an_integer_toml_cannot_hold_says_so() {
+    run_fails(&bundled(), &["--set", "seed=18446744073709551615"])
+        .stderr(predicate::str::contains("out of range"))
+        .stderr(predicate::str::contains("invalid type").not());
+}

@@ -5,6 +5,7 @@
 mod analysis_polars;
 mod cli;
 mod common;
+mod fuzz;
 mod grpo;
 mod model_decode;
 mod model_fused;

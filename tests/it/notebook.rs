@@ -463,3 +463,130 @@ fn tiny_terminal_and_broken_files_never_crash() {
         render(&a, 60, 16);
     }
 }
+
+#[test]
+fn bidi_overrides_and_controls_from_run_folders_never_reach_the_screen() {
+    let d = tempfile::tempdir().unwrap();
+    fixture(d.path());
+    let rl = d.path().join("demo/runs/20261130-010100-rl");
+    // A right-to-left override, an isolate and an OSC title in a stage name, a log line, a sample.
+    std::fs::write(
+        rl.join("run.json"),
+        run_json(
+            "20261130-010100-rl",
+            "rl\u{202e}txt.exe",
+            "grpo",
+            "done",
+            2,
+            3,
+            None,
+        )
+        .replace("\u{202e}", "\\u202e"),
+    )
+    .unwrap();
+    std::fs::write(
+        rl.join("stdout.log"),
+        "ok \u{2067}abc\u{2069} \u{1b}]0;title\u{7}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        rl.join("samples.jsonl"),
+        "{\"step\":1,\"prompt\":\"1+2=\\u202e\",\"completion\":\"<answer>3</answer>\\u202d\\u001b[2J\",\"answer\":\"3\",\"reward\":1.0}\n",
+    )
+    .unwrap();
+    let mut a = app(d.path());
+    a.on_key(key('j'));
+    a.on_key(key('j'));
+    let mut screens = Vec::new();
+    for c in ['1', '2', '3', '4'] {
+        a.on_key(key(c));
+        screens.push(render(&a, 120, 30));
+    }
+    let all = screens.concat();
+    assert!(all.contains("txt.exe"), "the stage is drawn: {all}");
+    for bad in [
+        '\u{202e}', '\u{202d}', '\u{2067}', '\u{2069}', '\u{1b}', '\u{7}',
+    ] {
+        assert!(!all.contains(bad), "{:?} reached the screen", bad);
+    }
+}
+
+#[test]
+fn a_folder_named_metrics_jsonl_is_an_error_naming_it() {
+    let d = tempfile::tempdir().unwrap();
+    fixture(d.path());
+    let ev = d.path().join("demo/runs/20261130-010200-ev");
+    std::fs::remove_file(ev.join("metrics.jsonl")).unwrap();
+    std::fs::create_dir(ev.join("metrics.jsonl")).unwrap();
+    let a = app(d.path());
+    let run = &a.ws.experiments[0].runs[2];
+    let err = run.last_error.as_deref().unwrap_or("");
+    assert!(
+        err.contains(&ev.join("metrics.jsonl").display().to_string()),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_idle_workspace_rereads_only_what_the_watcher_names() {
+    let d = tempfile::tempdir().unwrap();
+    fixture(d.path());
+    let mut a = app(d.path());
+    let pre = d.path().join("demo/runs/20261130-010000-pre");
+    let before = a.ws.experiments[0].runs[0].series.lines();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(pre.join("metrics.jsonl"))
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"{\"step\":5,\"loss\":1.0}\n"))
+        .unwrap();
+    // Not named, not running: an idle poll does not read it.
+    let soon = || Instant::now() + Duration::from_millis(50);
+    a.poll_changed(soon());
+    assert_eq!(a.ws.experiments[0].runs[0].series.lines(), before);
+    // Named by the watcher: read.
+    assert!(!a.ws.mark_changed(&[pre.join("metrics.jsonl")]));
+    assert!(a.poll_changed(soon()));
+    assert_eq!(a.ws.experiments[0].runs[0].series.lines(), before + 1);
+    // A path under no known run asks for a rescan.
+    assert!(a.ws.mark_changed(&[d.path().join("demo/runs/new-run/run.json")]));
+}
+
+#[test]
+fn a_big_log_shows_its_end_first_then_loads_in_the_background() {
+    use stageloop::notebook::workspace::BIG_LOG;
+    let d = tempfile::tempdir().unwrap();
+    fixture(d.path());
+    let pre = d.path().join("demo/runs/20261130-010000-pre");
+    let mut text = String::new();
+    let mut i = 0u64;
+    while (text.len() as u64) <= BIG_LOG + (1 << 20) {
+        i += 1;
+        text.push_str(&format!(
+            "{{\"step\":{i},\"loss\":{}}}\n",
+            if i == 7 { 99.0 } else { 1.0 }
+        ));
+    }
+    std::fs::write(pre.join("metrics.jsonl"), &text).unwrap();
+    let mut ws = Workspace::new(d.path());
+    ws.poll(Instant::now() + Duration::from_millis(1));
+    let run = &ws.experiments[0].runs[0];
+    assert!(run.loading, "the rest loads in the background");
+    assert!(
+        run.series.lines() > 0 && run.series.lines() < i,
+        "a preview of the end"
+    );
+    assert_eq!(run.series.last("loss"), Some(1.0));
+    let t0 = Instant::now();
+    while ws.experiments[0].runs[0].loading {
+        ws.poll(Instant::now() + Duration::from_millis(5));
+        std::thread::sleep(Duration::from_millis(10));
+        assert!(t0.elapsed() < Duration::from_secs(60), "never finished");
+    }
+    let run = &ws.experiments[0].runs[0];
+    assert_eq!(run.series.lines(), i, "every line, once");
+    assert!(run.series.len() <= 2 * stageloop::notebook::series::MAX_POINTS);
+    assert!(
+        run.series.column("loss").unwrap().contains(&99.0),
+        "the early spike"
+    );
+}

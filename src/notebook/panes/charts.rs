@@ -44,13 +44,13 @@ pub struct LineView {
 }
 
 /// Memo of each run's polylines for a metric and view settings, valid while the run's series
-/// keeps its length: a static chart of 200,000 points is smoothed and downsampled once, not
+/// keeps its version: a static chart of 200,000 points is smoothed and downsampled once, not
 /// every frame. Interior mutability keeps `draw` a function of `&Charts`.
 #[derive(Default)]
 pub struct ChartCache(RefCell<HashMap<CacheKey, CacheEntry>>);
 
-/// The series length the polylines were made from, and the polylines.
-type CacheEntry = (usize, Rc<Vec<Line>>);
+/// The series version the polylines were made from, and the polylines.
+type CacheEntry = (u64, Rc<Vec<Line>>);
 
 impl ChartCache {
     pub fn get(&self, run: &RunView, metric: &str, view: LineView) -> Rc<Vec<Line>> {
@@ -63,8 +63,8 @@ impl ChartCache {
             view.columns,
         );
         let mut map = self.0.borrow_mut();
-        if let Some((len, lines)) = map.get(&key)
-            && *len == run.series.len()
+        if let Some((version, lines)) = map.get(&key)
+            && *version == run.series.version()
         {
             return lines.clone();
         }
@@ -72,7 +72,7 @@ impl ChartCache {
             map.clear();
         }
         let lines = Rc::new(run_lines(run, metric, view));
-        map.insert(key, (run.series.len(), lines.clone()));
+        map.insert(key, (run.series.version(), lines.clone()));
         lines
     }
 }
