@@ -9,7 +9,7 @@ use crate::runfs::metrics::MetricRow;
 use std::collections::BTreeMap;
 
 /// Points kept per run before the series is halved ([`RunSeries::compact`]).
-pub const MAX_POINTS: usize = 1 << 17;
+pub const MAX_POINTS: usize = 1 << 15;
 
 /// All metrics of one run, column-wise and compact (f32: 12 bytes a point with one metric), so
 /// 50 runs × 200,000 points fit in memory. `values[name][i]` belongs to `steps[i]`; wall times
@@ -346,9 +346,9 @@ mod tests {
         let n = 2 * MAX_POINTS + 3;
         for i in 0..n {
             let mut values = BTreeMap::new();
-            let v = if i == 70_001 {
+            let v = if i == MAX_POINTS / 2 + 1 {
                 100.0
-            } else if i == 90_002 {
+            } else if i == MAX_POINTS + 2 {
                 -100.0
             } else {
                 (i % 7) as f64
