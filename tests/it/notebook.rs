@@ -590,3 +590,46 @@ fn a_big_log_shows_its_end_first_then_loads_in_the_background() {
         "the early spike"
     );
 }
+
+#[test]
+fn reading_runs_does_not_wake_the_watcher_but_writing_does() {
+    use stageloop::notebook::event::Event;
+    use stageloop::notebook::watch;
+    let d = tempfile::tempdir().unwrap();
+    fixture(d.path());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (guard, how) = watch::start(d.path(), tx);
+    if !matches!(guard, watch::Guard::Native(_)) {
+        eprintln!("no native watcher ({how}): skipping");
+        return;
+    }
+    let fs_events = |wait: Duration| {
+        let end = Instant::now() + wait;
+        let mut paths = Vec::new();
+        while let Ok(ev) = rx.recv_timeout(end.saturating_duration_since(Instant::now())) {
+            if let Event::Fs(p) = ev {
+                paths.extend(p);
+            }
+        }
+        paths
+    };
+    fs_events(Duration::from_millis(300));
+    // Opening and reading every file of every run (what a poll does) is not a change.
+    let mut ws = Workspace::new(d.path());
+    ws.poll(Instant::now() + Duration::from_secs(5));
+    let woke = fs_events(Duration::from_millis(600));
+    assert!(woke.is_empty(), "reads woke the watcher: {woke:?}");
+    // An appended line is.
+    let m = d.path().join("demo/runs/20261130-010000-pre/metrics.jsonl");
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&m)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"{\"step\":9}\n"))
+        .unwrap();
+    let woke = fs_events(Duration::from_millis(1000));
+    assert!(
+        woke.iter().any(|p| p.ends_with("metrics.jsonl")),
+        "{woke:?}"
+    );
+    drop(guard);
+}
