@@ -4,11 +4,11 @@
 # check that nothing was lost: every step of every stage is in metrics.jsonl, every run is done,
 # no half-written checkpoint folder is left, and the last checkpoint loads.
 #
-#   bash benches/kill_soak.sh [KILLS=20] [SEED=1]
+#   bash benches/kill_soak.sh [KILLS=25] [SEED=1]
 #
 # Prints one summary line per check and the figures for docs/PERF.md. Needs python3.
 set -euo pipefail
-KILLS=${1:-20}
+KILLS=${1:-25}
 SEED=${2:-1}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${STAGELOOP_BIN:-$ROOT/target/debug/stageloop}
@@ -20,11 +20,11 @@ mkdir -p "$EXP"
 cat > "$EXP/experiment.toml" <<'TOML'
 name = "soak"
 [model]
-d_model = 32
+d_model = 64
 layers = 2
 heads = 2
-mlp = 64
-ctx = 40
+mlp = 128
+ctx = 48
 [task]
 name = "arith"
 difficulty = 1
@@ -32,17 +32,17 @@ heldout = 20
 [[stage]]
 name = "pre"
 kind = "pretrain"
-steps = 600
-batch = 16
-checkpoint_every = 25
+steps = 1500
+batch = 32
+checkpoint_every = 50
 [[stage]]
 name = "rl"
 kind = "grpo"
 init = "pre"
-steps = 40
-prompts = 4
-group_size = 4
-checkpoint_every = 4
+steps = 600
+prompts = 8
+group_size = 8
+checkpoint_every = 10
 TOML
 
 RANDOM=$SEED
@@ -50,8 +50,8 @@ in_ckpt=0
 for i in $(seq 1 "$KILLS"); do
   "$BIN" run "$EXP" > "$WORK/out-$i.log" 2>&1 &
   pid=$!
-  # 0.2 – 3.0 s: early kills land in setup, later ones in training or a checkpoint write.
-  sleep "$(python3 -c "import random; random.seed($SEED*1000+$i); print(round(random.uniform(0.2, 3.0), 2))")"
+  # 0.2 – 4.0 s: early kills land in setup, later ones in training or a checkpoint write.
+  sleep "$(python3 -c "import random; random.seed($SEED*1000+$i); print(round(random.uniform(0.2, 4.0), 2))")"
   kill -9 "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
   if compgen -G "$EXP/runs/*/checkpoints/.step-*.tmp-*" > /dev/null; then
@@ -82,7 +82,7 @@ for run in sorted(glob.glob(os.path.join(exp, "runs", "*"))):
     latest = open(os.path.join(run, "checkpoints", "latest")).read().strip()
     ok = st["status"] == "done" and not missing and not leftovers
     bad += not ok
-    print(f"{st['stage']}: status {st['status']}, resumed {len(st.get('resumed_at', []))}×, "
+    print(f"{os.path.basename(run)} {st['stage']}: status {st['status']}, resumed {len(st.get('resumed_at', []))}×, "
           f"{total} steps, missing {len(missing)}, {lines} lines ({lines - len(steps) - torn} "
           f"re-logged after resumes, {torn} torn), leftover temp folders {len(leftovers)}, latest {latest}")
 sys.exit(1 if bad else 0)

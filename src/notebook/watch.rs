@@ -9,6 +9,17 @@ use std::path::Path;
 use std::sync::mpsc::Sender;
 use std::time::Duration;
 
+/// Whether an event is a change to react to: not a read (open, close without writing) and not a
+/// metadata update (a read can update the access time, which inotify reports as an attribute
+/// change).
+fn is_change(kind: &notify::EventKind) -> bool {
+    use notify::event::{EventKind, ModifyKind};
+    !matches!(
+        kind,
+        EventKind::Access(_) | EventKind::Modify(ModifyKind::Metadata(_))
+    )
+}
+
 /// Keeps the watcher alive; drop to stop watching.
 pub enum Guard {
     Native(
@@ -38,7 +49,16 @@ pub fn start(root: &Path, tx: Sender<Event>) -> (Guard, String) {
         None,
         move |res: notify_debouncer_full::DebounceEventResult| {
             if let Ok(events) = res {
-                let mut paths: Vec<_> = events.into_iter().flat_map(|e| e.event.paths).collect();
+                // Reads (the notebook's own opens among them) are not changes: reacting to them
+                // would make every poll cause the next.
+                let mut paths: Vec<_> = events
+                    .into_iter()
+                    .filter(|e| is_change(&e.event.kind))
+                    .flat_map(|e| e.event.paths)
+                    .collect();
+                if paths.is_empty() {
+                    return;
+                }
                 paths.sort();
                 paths.dedup();
                 let _ = native_tx.send(Event::Fs(paths));
@@ -54,7 +74,9 @@ pub fn start(root: &Path, tx: Sender<Event>) -> (Guard, String) {
             let cfg = notify::Config::default().with_poll_interval(Duration::from_millis(500));
             match notify::PollWatcher::new(
                 move |res: notify::Result<notify::Event>| {
-                    if let Ok(e) = res {
+                    if let Ok(e) = res
+                        && is_change(&e.kind)
+                    {
                         let _ = poll_tx.send(Event::Fs(e.paths));
                     }
                 },

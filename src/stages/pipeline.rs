@@ -57,6 +57,18 @@ pub fn run_pipeline(
         idx
     };
     let whole = opts.stages.is_empty();
+    // The whole pipeline, interrupted in some stage: the stages before it are done; go on there.
+    let mut resume_at = if whole && !opts.fresh {
+        interrupted_stage(exp)
+    } else {
+        None
+    };
+    if let Some((name, it)) = &resume_at {
+        reporter.message(&format!(
+            "the pipeline was interrupted in stage `{name}`{}: going on from there (--fresh reruns every stage)",
+            it.map(|i| format!(" (loop iteration {i})")).unwrap_or_default()
+        ));
+    }
     let mut pos = 0;
     let mut iterations = vec![1u32; exp.spec.loops.len()];
     while pos < selected.len() {
@@ -70,9 +82,19 @@ pub fn run_pipeline(
             stage: i,
             iteration: in_loop.map(|l| iterations[l]),
         };
-        match run_one(exp, opts, &step, stop.clone(), reporter)? {
-            Outcome::Stopped => return Ok(Outcome::Stopped),
-            Outcome::Done => {}
+        let skip = match &resume_at {
+            Some((name, it)) if exp.spec.stage[i].name == *name && step.iteration == *it => {
+                resume_at = None;
+                false
+            }
+            Some(_) => true,
+            None => false,
+        };
+        if !skip {
+            match run_one(exp, opts, &step, stop.clone(), reporter)? {
+                Outcome::Stopped => return Ok(Outcome::Stopped),
+                Outcome::Done => {}
+            }
         }
         // At the end of a loop span: go round again unless done.
         if let Some(l) = in_loop {
@@ -86,7 +108,32 @@ pub fn run_pipeline(
         }
         pos += 1;
     }
+    if let Some((name, it)) = resume_at {
+        bail!(
+            "the pipeline stopped in stage `{name}`{} but this plan never reaches it; \
+             run it alone (--stage {name}) or start over (--fresh)",
+            it.map(|i| format!(" (loop iteration {i})"))
+                .unwrap_or_default()
+        );
+    }
     Ok(Outcome::Done)
+}
+
+/// The stage (and loop iteration) where an earlier `run` of the whole pipeline stopped: the most
+/// recently started run of any stage, when it was stopped, failed or crashed and can resume.
+fn interrupted_stage(exp: &Experiment) -> Option<(String, Option<u32>)> {
+    let (run, s) = runfs::runs_with_status(&exp.runs_dir())
+        .into_iter()
+        .rev()
+        .find_map(|(r, s)| {
+            s.filter(|s| exp.stage_index(&s.stage).is_some())
+                .map(|s| (r, s))
+        })?;
+    let resumable = matches!(
+        s.effective_status(),
+        Status::Stopped | Status::Failed | Status::Crashed
+    ) && checkpoint::latest(&run.path).is_some();
+    resumable.then_some((s.stage, s.iteration))
 }
 
 fn span(exp: &Experiment, l: &crate::spec::LoopSpec) -> Option<(usize, usize)> {

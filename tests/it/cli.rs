@@ -465,3 +465,37 @@ fn set_with_an_integer_toml_cannot_hold_says_so() {
         .stderr(predicate::str::contains("out of range"))
         .stderr(predicate::str::contains("invalid type").not());
 }
+
+#[test]
+fn rerunning_an_interrupted_pipeline_goes_on_where_it_stopped() {
+    let d = tempfile::tempdir().unwrap();
+    let spec = format!(
+        "{TINY}[[stage]]\nname = \"more\"\nkind = \"pretrain\"\ninit = \"pre\"\nsteps = 3\nbatch = 4\ncheckpoint_every = 1\nsample_every = 0\n"
+    );
+    std::fs::write(d.path().join("experiment.toml"), spec).unwrap();
+    bin().arg("run").arg(d.path()).assert().success();
+    let more = std::fs::read_dir(d.path().join("runs"))
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().ends_with("-more"))
+        .unwrap()
+        .path();
+    // As if `more` had been stopped half way.
+    let mut st = stageloop::runfs::RunStatus::load(&more).unwrap();
+    st.status = stageloop::runfs::Status::Stopped;
+    st.save(&more).unwrap();
+    bin()
+        .arg("run")
+        .arg(d.path())
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("interrupted in stage `more`"));
+    let runs = std::fs::read_dir(d.path().join("runs")).unwrap().count();
+    assert_eq!(runs, 2, "pre was not run again, more resumed in place");
+    let st = stageloop::runfs::RunStatus::load(&more).unwrap();
+    assert_eq!(st.status, stageloop::runfs::Status::Done);
+    assert_eq!(st.resumed_at.len(), 1);
+    // Nothing interrupted: the whole pipeline runs again (new runs).
+    bin().arg("run").arg(d.path()).assert().success();
+    assert_eq!(std::fs::read_dir(d.path().join("runs")).unwrap().count(), 4);
+}
