@@ -54,7 +54,7 @@ for i in $(seq 1 "$KILLS"); do
   sleep "$(python3 -c "import random; random.seed($SEED*1000+$i); print(round(random.uniform(0.2, 4.0), 2))")"
   kill -9 "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
-  if compgen -G "$EXP/runs/*/checkpoints/.step-*.tmp-*" > /dev/null; then
+  if compgen -G "$EXP/runs/*/checkpoints/.*.tmp-*" > /dev/null; then
     in_ckpt=$((in_ckpt + 1))
   fi
 done
@@ -69,22 +69,28 @@ bad = 0
 for run in sorted(glob.glob(os.path.join(exp, "runs", "*"))):
     st = json.load(open(os.path.join(run, "run.json")))
     total = st["progress"]["total"]
-    steps, torn, lines = set(), 0, 0
+    # A resume rewinds to its checkpoint: lines whose step is below the highest seen so far were
+    # written again after a resume (a step may also have two lines, e.g. an eval line).
+    steps, torn, lines, relogged, top = set(), 0, 0, 0, -1
     with open(os.path.join(run, "metrics.jsonl"), "rb") as f:
         for raw in f:
             lines += 1
             try:
-                steps.add(int(json.loads(raw)["step"]))
+                step = int(json.loads(raw)["step"])
             except Exception:
                 torn += 1
+                continue
+            steps.add(step)
+            relogged += step < top
+            top = max(top, step)
     missing = [s for s in range(1, total + 1) if s not in steps]
-    leftovers = glob.glob(os.path.join(run, "checkpoints", ".*tmp*"))
+    leftovers = glob.glob(os.path.join(run, "checkpoints", ".*tmp*")) + glob.glob(os.path.join(run, ".*tmp*"))
     latest = open(os.path.join(run, "checkpoints", "latest")).read().strip()
     ok = st["status"] == "done" and not missing and not leftovers
     bad += not ok
     print(f"{os.path.basename(run)} {st['stage']}: status {st['status']}, resumed {len(st.get('resumed_at', []))}×, "
-          f"{total} steps, missing {len(missing)}, {lines} lines ({lines - len(steps) - torn} "
-          f"re-logged after resumes, {torn} torn), leftover temp folders {len(leftovers)}, latest {latest}")
+          f"{total} steps, missing {len(missing)}, {lines} lines ({relogged} "
+          f"re-logged after resumes, {torn} torn), leftover temp files {[os.path.basename(l) for l in leftovers]}, latest {latest}")
 sys.exit(1 if bad else 0)
 PY
 last=$(ls -d "$EXP"/runs/*-rl | tail -1)

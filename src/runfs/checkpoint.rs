@@ -101,24 +101,32 @@ pub fn latest(run_dir: &Path) -> Option<PathBuf> {
     named.or_else(|| newest(&checkpoints))
 }
 
-/// Remove checkpoint folders left half-written by a process that died while writing them
-/// (`.step-N.tmp-PID` whose PID is gone); returns how many were removed.
+/// Remove what a process that died mid-write left in a run folder or its checkpoints:
+/// `.step-N.tmp-PID` folders and `.latest.tmp-PID`, `.run.json.tmp-PID`… files whose PID is
+/// gone; returns how many were removed.
 pub fn remove_abandoned(run_dir: &Path) -> usize {
-    let Ok(entries) = std::fs::read_dir(run_dir.join(super::CHECKPOINTS)) else {
-        return 0;
-    };
     let mut removed = 0;
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let pid = name
-            .strip_prefix(".step-")
-            .and_then(|r| r.rsplit_once(".tmp-"))
-            .and_then(|(_, pid)| pid.parse::<u32>().ok());
-        if let Some(pid) = pid
-            && !super::status::pid_alive(pid)
-            && std::fs::remove_dir_all(e.path()).is_ok()
-        {
-            removed += 1;
+    for dir in [run_dir.to_path_buf(), run_dir.join(super::CHECKPOINTS)] {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            // `.<name>.tmp-<pid>`: a folder or file of `atomic` whose writer died before the rename.
+            let pid = name
+                .strip_prefix('.')
+                .and_then(|r| r.rsplit_once(".tmp-"))
+                .and_then(|(_, pid)| pid.parse::<u32>().ok());
+            let Some(pid) = pid else { continue };
+            if super::status::pid_alive(pid) {
+                continue;
+            }
+            let gone = if e.file_type().is_ok_and(|t| t.is_dir()) {
+                std::fs::remove_dir_all(e.path())
+            } else {
+                std::fs::remove_file(e.path())
+            };
+            removed += usize::from(gone.is_ok());
         }
     }
     removed
@@ -190,7 +198,13 @@ mod tests {
         let live = ck.join(format!(".step-000040.tmp-{}", std::process::id()));
         std::fs::create_dir_all(&dead).unwrap();
         std::fs::create_dir_all(&live).unwrap();
-        assert_eq!(remove_abandoned(d.path()), 1);
+        // Temp files of atomic writes, in the checkpoints folder and the run folder.
+        let dead_latest = ck.join(".latest.tmp-4194313");
+        let dead_status = d.path().join(".run.json.tmp-4194314");
+        std::fs::write(&dead_latest, "step-000030\n").unwrap();
+        std::fs::write(&dead_status, "{").unwrap();
+        assert_eq!(remove_abandoned(d.path()), 3);
         assert!(!dead.exists() && live.exists());
+        assert!(!dead_latest.exists() && !dead_status.exists());
     }
 }
