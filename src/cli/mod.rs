@@ -128,9 +128,23 @@ pub enum Command {
     },
     /// Read {prompt, completion} JSON lines on stdin and print each one's reward components.
     Score {
-        /// Task whose verifier scores the lines.
+        /// Task whose verifier scores `{prompt, completion}` lines.
+        #[arg(
+            long,
+            required_unless_present = "verifier",
+            conflicts_with = "verifier"
+        )]
+        task: Option<String>,
+        /// Or a dataset verifier (numeric, exact, choice, regex, countdown) scoring
+        /// `{completion, answer}` lines.
         #[arg(long)]
-        task: String,
+        verifier: Option<String>,
+        /// The `regex` verifier's pattern.
+        #[arg(long, requires = "verifier")]
+        pattern: Option<String>,
+        /// The `exact` verifier compares case too.
+        #[arg(long, requires = "verifier")]
+        case_sensitive: bool,
     },
     /// Export a run's charts (svg) and metrics (csv, parquet).
     Export {
@@ -221,7 +235,16 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
             k,
             json,
         }) => eval::run(&target, task.as_deref(), n, k, json),
-        Some(Command::Score { task }) => score::run(&task),
+        Some(Command::Score {
+            task,
+            verifier,
+            pattern,
+            case_sensitive,
+        }) => match (task, verifier) {
+            (Some(t), _) => score::run(&t),
+            (None, Some(v)) => score::run_verifier(&v, pattern.as_deref(), case_sensitive),
+            (None, None) => anyhow::bail!("give --task or --verifier"),
+        },
         Some(Command::Export { run, format, out }) => export::run(&run, &format, out),
         Some(Command::Data {
             command:

@@ -154,6 +154,7 @@ pub fn load_with(exp: &Path, sets: &[String]) -> Result<Experiment, SpecErrors> 
     } else {
         dir
     };
+    resolve_data_paths(&mut spec, &dir);
     let index = span::SpanIndex::parse(&text).expect("parsed once already");
     let errors = validate::validate(
         &spec,
@@ -175,6 +176,31 @@ pub fn load_with(exp: &Path, sets: &[String]) -> Result<Experiment, SpecErrors> 
         name,
         spec,
     })
+}
+
+/// Make a dataset task's relative `path` and `test` absolute: the first of the experiment folder,
+/// the project root (two levels up: `experiments/<exp>`) and the current folder that holds the
+/// file. A path found nowhere is left as written (validation reports it).
+fn resolve_data_paths(spec: &mut ExperimentSpec, dir: &Path) {
+    let t = &mut spec.task;
+    for p in [&mut t.path, &mut t.test].into_iter().flatten() {
+        let rel = PathBuf::from(&*p);
+        if rel.is_absolute() {
+            continue;
+        }
+        let candidates = [
+            Some(dir.join(&rel)),
+            dir.parent().and_then(Path::parent).map(|r| r.join(&rel)),
+            Some(rel.clone()),
+        ];
+        if let Some(found) = candidates.into_iter().flatten().find(|c| c.is_file()) {
+            *p = found
+                .canonicalize()
+                .unwrap_or(found)
+                .to_string_lossy()
+                .into_owned();
+        }
+    }
 }
 
 /// Load and validate an experiment as the file says.

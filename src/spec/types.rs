@@ -128,7 +128,7 @@ impl ModelOverride {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TaskSpec {
-    /// Generator name: `arith`, `countdown`, `parity` or `sort`.
+    /// Generator name: `arith`, `countdown`, `parity` or `sort`; or `dataset` (rows from a file).
     pub name: String,
     /// Difficulty knob, 1 (easy) to 5 (hard); each task documents what it scales.
     #[serde(default = "difficulty")]
@@ -145,6 +145,53 @@ pub struct TaskSpec {
     /// How the pretraining corpus is mixed.
     #[serde(default)]
     pub corpus: CorpusMix,
+    /// `dataset` only: the rows (JSONL or Parquet), relative to the experiment folder or the
+    /// project root; made absolute when the spec is loaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// `dataset` only: a separate file of held-out rows (else `heldout` rows by a seeded hash).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test: Option<String>,
+    /// `dataset` only: the field holding the prompt (default `prompt`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_field: Option<String>,
+    /// `dataset` only: the field holding the expected answer (default `answer`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer_field: Option<String>,
+    /// `dataset` only: the field holding a worked solution for SFT and pretraining (default
+    /// `solution`, when rows have it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub solution_field: Option<String>,
+    /// `dataset` only: the prompt the model sees, `{field}` replaced by the row's value (default
+    /// `{prompt}`; `{nums}>{target}:` for countdown rows without a prompt).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    /// `dataset` only: numeric (default), exact, choice, regex or countdown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verifier: Option<String>,
+    /// `dataset` with `verifier = "regex"`: the pattern the whole answer must match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<String>,
+    /// `dataset` with `verifier = "exact"`: compare case too.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub case_sensitive: bool,
+}
+
+impl TaskSpec {
+    /// The keys only a `dataset` task takes, with whether each is set.
+    pub fn dataset_keys(&self) -> [(&'static str, bool); 9] {
+        [
+            ("path", self.path.is_some()),
+            ("test", self.test.is_some()),
+            ("prompt_field", self.prompt_field.is_some()),
+            ("answer_field", self.answer_field.is_some()),
+            ("solution_field", self.solution_field.is_some()),
+            ("template", self.template.is_some()),
+            ("verifier", self.verifier.is_some()),
+            ("pattern", self.pattern.is_some()),
+            ("case_sensitive", self.case_sensitive),
+        ]
+    }
 }
 
 fn difficulty() -> u32 {

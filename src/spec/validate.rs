@@ -10,7 +10,9 @@ use std::collections::HashMap;
 use std::path::Path;
 
 /// Task generators known to this build (`crate::tasks` implements them).
-pub const TASKS: &[&str] = &["arith", "countdown", "parity", "sort"];
+pub const TASKS: &[&str] = &["arith", "countdown", "parity", "sort", "dataset"];
+/// Dataset verifiers (`crate::tasks::verify` implements them).
+pub const VERIFIERS: &[&str] = &["numeric", "exact", "choice", "regex", "countdown"];
 /// Reward functions a GRPO stage may weight.
 pub const REWARDS: &[&str] = &["accuracy", "format", "partial", "length"];
 /// Eval metrics a loop may stop on.
@@ -155,6 +157,57 @@ pub fn validate(spec: &ExperimentSpec, at: &Locator<'_>, dir: &Path) -> Vec<Spec
         &tk("difficulty"),
         "difficulty must be between 1 and 5",
     );
+    if t.name == "dataset" {
+        check(
+            t.path.is_some(),
+            &tk("name"),
+            "a dataset task needs `path` (a JSONL or Parquet file of rows)",
+        );
+        for (k, p) in [("path", &t.path), ("test", &t.test)] {
+            if let Some(p) = p {
+                check(
+                    Path::new(p).is_file(),
+                    &tk(k),
+                    &format!(
+                        "no such file `{p}` (looked in the experiment folder, the project root and the current folder)"
+                    ),
+                );
+            }
+        }
+        let v = t.verifier.as_deref().unwrap_or("numeric");
+        check(
+            VERIFIERS.contains(&v),
+            &tk("verifier"),
+            &format!("unknown verifier `{v}` (known: {})", VERIFIERS.join(", ")),
+        );
+        check(
+            v != "regex" || t.pattern.is_some(),
+            &tk("verifier"),
+            "verifier `regex` needs `pattern`",
+        );
+        if let Some(p) = &t.pattern {
+            let compiled = regex::Regex::new(p);
+            check(
+                compiled.is_ok(),
+                &tk("pattern"),
+                &format!(
+                    "invalid pattern: {}",
+                    compiled.err().map(|e| e.to_string()).unwrap_or_default()
+                ),
+            );
+        }
+    } else {
+        for (k, set) in t.dataset_keys() {
+            check(
+                !set,
+                &tk(k),
+                &format!(
+                    "`{k}` applies only to name = \"dataset\" (this task is `{}`)",
+                    t.name
+                ),
+            );
+        }
+    }
     check(
         (1..=MAX_HELDOUT).contains(&t.heldout),
         &tk("heldout"),

@@ -41,7 +41,7 @@ impl Task for Arith {
     fn name(&self) -> &'static str {
         "arith"
     }
-    fn alphabet(&self) -> &'static str {
+    fn alphabet(&self) -> &str {
         "0123456789+=,"
     }
     fn generate(&self, rng: &mut TaskRng, difficulty: u32) -> Problem {

@@ -126,7 +126,7 @@ pub fn eval(expr: &str) -> Option<(i64, Vec<i64>)> {
     (p.i == p.s.len()).then_some((v, p.used))
 }
 
-fn uses_exactly(used: &[i64], nums: &[i64]) -> bool {
+pub(crate) fn uses_exactly(used: &[i64], nums: &[i64]) -> bool {
     let mut a = used.to_vec();
     let mut b = nums.to_vec();
     a.sort_unstable();
@@ -138,7 +138,7 @@ impl Task for Countdown {
     fn name(&self) -> &'static str {
         "countdown"
     }
-    fn alphabet(&self) -> &'static str {
+    fn alphabet(&self) -> &str {
         "0123456789+-*/()=,>:;"
     }
     fn generate(&self, rng: &mut TaskRng, difficulty: u32) -> Problem {

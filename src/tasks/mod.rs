@@ -5,9 +5,11 @@
 
 pub mod arith;
 pub mod countdown;
+pub mod dataset;
 pub mod parity;
 pub mod rewards;
 pub mod sort;
+pub mod verify;
 
 use crate::spec::TaskSpec;
 use rand::{Rng, SeedableRng};
@@ -32,7 +34,7 @@ pub struct Problem {
 pub trait Task: Send + Sync {
     fn name(&self) -> &'static str;
     /// Every character prompts, traces and answers may use.
-    fn alphabet(&self) -> &'static str;
+    fn alphabet(&self) -> &str;
     /// A random problem at `difficulty` (1–5).
     fn generate(&self, rng: &mut TaskRng, difficulty: u32) -> Problem;
     /// 1.0 when `answer` is correct for `prompt`, else 0.0. Must not trust anything but the
@@ -49,6 +51,11 @@ pub trait Task: Send + Sync {
     /// A trace that searches: one or more failed attempts, then the problem's own trace. `None`
     /// for tasks that have a single way through (the corpus then writes the clean trace).
     fn search(&self, _p: &Problem, _rng: &mut TaskRng) -> Option<String> {
+        None
+    }
+    /// Held-out problems the task fixes itself (a dataset's split); `None` for generators,
+    /// whose held-out set is drawn from the seed.
+    fn fixed_heldout(&self) -> Option<Vec<Problem>> {
         None
     }
 }
@@ -119,12 +126,16 @@ pub enum Variant {
 
 impl TaskSet {
     pub fn new(spec: &TaskSpec) -> anyhow::Result<TaskSet> {
-        let task = by_name(&spec.name).ok_or_else(|| {
-            anyhow::anyhow!(
-                "unknown task `{}` (known: arith, countdown, parity, sort)",
-                spec.name
-            )
-        })?;
+        let task: Box<dyn Task> = if spec.name == "dataset" {
+            Box::new(dataset::Dataset::load(spec)?)
+        } else {
+            by_name(&spec.name).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "unknown task `{}` (known: arith, countdown, parity, sort, dataset)",
+                    spec.name
+                )
+            })?
+        };
         let max = crate::spec::validate::MAX_HELDOUT;
         anyhow::ensure!(
             (1..=max).contains(&spec.heldout),
@@ -138,8 +149,17 @@ impl TaskSet {
         );
         let mut heldout = Vec::with_capacity(spec.heldout);
         let mut seen = HashSet::new();
+        let fixed = task.fixed_heldout();
+        let generated = fixed.is_none();
+        if let Some(fixed) = fixed {
+            for p in fixed {
+                if seen.insert(p.prompt.clone()) {
+                    heldout.push(p);
+                }
+            }
+        }
         let mut i = 0u64;
-        while heldout.len() < spec.heldout && i < spec.heldout as u64 * 20 {
+        while generated && heldout.len() < spec.heldout && i < spec.heldout as u64 * 20 {
             let mut rng = TaskRng::seed_from_u64(item_seed(spec.seed, SALT_HELDOUT, i));
             let p = task.generate(&mut rng, spec.difficulty);
             if seen.insert(p.prompt.clone()) {

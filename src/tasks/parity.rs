@@ -20,7 +20,7 @@ impl Task for Parity {
     fn name(&self) -> &'static str {
         "parity"
     }
-    fn alphabet(&self) -> &'static str {
+    fn alphabet(&self) -> &str {
         "01="
     }
     fn generate(&self, rng: &mut TaskRng, difficulty: u32) -> Problem {

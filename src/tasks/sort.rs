@@ -26,7 +26,7 @@ impl Task for Sort {
     fn name(&self) -> &'static str {
         "sort"
     }
-    fn alphabet(&self) -> &'static str {
+    fn alphabet(&self) -> &str {
         "0123456789,="
     }
     fn generate(&self, rng: &mut TaskRng, difficulty: u32) -> Problem {

@@ -499,3 +499,150 @@ fn rerunning_an_interrupted_pipeline_goes_on_where_it_stopped() {
     bin().arg("run").arg(d.path()).assert().success();
     assert_eq!(std::fs::read_dir(d.path().join("runs")).unwrap().count(), 4);
 }
+
+#[test]
+fn a_dataset_task_runs_every_stage_end_to_end() {
+    let d = tempfile::tempdir().unwrap();
+    let mut rows = String::new();
+    for a in 1..=6 {
+        for b in 1..=6 {
+            rows.push_str(&format!(
+                "{{\"q\": \"{a}+{b}=\", \"answer\": \"The sum.\\n#### {}\", \"solution\": \"{a}+{b}\"}}\n",
+                a + b
+            ));
+        }
+    }
+    std::fs::write(d.path().join("sums.jsonl"), rows).unwrap();
+    let spec = "[model]\nd_model = 16\nlayers = 1\nheads = 2\nmlp = 32\nctx = 40\n\
+        [task]\nname = \"dataset\"\npath = \"sums.jsonl\"\nprompt_field = \"q\"\nheldout = 6\n\
+        [[stage]]\nname = \"pre\"\nkind = \"pretrain\"\nsteps = 2\nbatch = 4\nsample_every = 0\n\
+        [[stage]]\nname = \"sft\"\nkind = \"sft\"\ninit = \"pre\"\nsteps = 2\nbatch = 4\nexamples = 8\n\
+        [[stage]]\nname = \"rl\"\nkind = \"grpo\"\ninit = \"sft\"\nsteps = 2\nprompts = 2\ngroup_size = 2\n\
+        [[stage]]\nname = \"ev\"\nkind = \"eval\"\ninit = \"rl\"\nk = 2\n";
+    std::fs::write(d.path().join("experiment.toml"), spec).unwrap();
+    bin().arg("run").arg(d.path()).assert().success();
+    let out = bin()
+        .arg("report")
+        .arg(d.path())
+        .arg("--json")
+        .assert()
+        .success();
+    let v: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert_eq!(v[0]["stage"], "ev");
+    let eval: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            std::fs::read_dir(d.path().join("runs"))
+                .unwrap()
+                .flatten()
+                .find(|e| e.file_name().to_string_lossy().ends_with("-ev"))
+                .unwrap()
+                .path()
+                .join("eval.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(eval["n"], 6, "the six held-out rows: {eval}");
+    // The samples of the GRPO stage were scored against the rows' answers.
+    let rl = std::fs::read_dir(d.path().join("runs"))
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().ends_with("-rl"))
+        .unwrap()
+        .path();
+    assert!(
+        std::fs::read_to_string(rl.join("metrics.jsonl"))
+            .unwrap()
+            .contains("reward")
+    );
+}
+
+#[test]
+fn dataset_specs_are_checked_before_running() {
+    let d = tempfile::tempdir().unwrap();
+    let base = "[task]\nname = \"dataset\"\n{X}\n[[stage]]\nname = \"pre\"\nkind = \"pretrain\"\n";
+    for (x, says) in [
+        ("", "needs `path`"),
+        ("path = \"nope.jsonl\"", "no such file `nope.jsonl`"),
+        (
+            "path = \"rows.jsonl\"\nverifier = \"fuzzy\"",
+            "unknown verifier `fuzzy`",
+        ),
+        (
+            "path = \"rows.jsonl\"\nverifier = \"regex\"",
+            "needs `pattern`",
+        ),
+        (
+            "path = \"rows.jsonl\"\nverifier = \"regex\"\npattern = \"(\"",
+            "invalid pattern",
+        ),
+    ] {
+        std::fs::write(
+            d.path().join("rows.jsonl"),
+            "{\"prompt\":\"1\",\"answer\":\"1\"}\n",
+        )
+        .unwrap();
+        std::fs::write(d.path().join("experiment.toml"), base.replace("{X}", x)).unwrap();
+        bin()
+            .arg("check")
+            .arg(d.path())
+            .assert()
+            .code(1)
+            .stderr(predicate::str::contains(says))
+            .stderr(predicate::str::contains("experiment.toml:"));
+    }
+    // A dataset key on a generator task.
+    std::fs::write(
+        d.path().join("experiment.toml"),
+        "[task]\nname = \"arith\"\nverifier = \"numeric\"\n[[stage]]\nname = \"pre\"\nkind = \"pretrain\"\n",
+    )
+    .unwrap();
+    bin()
+        .arg("check")
+        .arg(d.path())
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "applies only to name = \"dataset\"",
+        ));
+}
+
+#[test]
+fn score_with_a_verifier_reads_completion_and_answer_lines() {
+    let line = |c: &str, a: serde_json::Value| {
+        serde_json::json!({"completion": c, "answer": a}).to_string()
+    };
+    let input = [
+        line(
+            "<think>48/2=24</think><answer>72</answer>",
+            "48/2 = 24\n#### 72".into(),
+        ),
+        line(
+            "<think>x</think><answer>72 or 73</answer>",
+            "#### 72".into(),
+        ),
+        line("<think><answer>72</answer></think>", "#### 72".into()),
+        line("<think>x</think><answer>1/2</answer>", 0.5.into()),
+    ]
+    .join("\n");
+    let out = bin()
+        .args(["score", "--verifier", "numeric"])
+        .write_stdin(input)
+        .assert()
+        .success();
+    let acc: Vec<f64> = String::from_utf8_lossy(&out.get_output().stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["accuracy"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(acc, vec![1.0, 0.0, 0.0, 1.0]);
+    bin()
+        .args(["score", "--verifier", "regex"])
+        .write_stdin("")
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("needs `pattern`"));
+}
