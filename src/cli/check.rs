@@ -27,5 +27,18 @@ pub fn run(exp: &Path, sets: &[String]) -> anyhow::Result<()> {
         loops,
         stages.join(" → ")
     );
+    // Programs of the user's own that `run` would start: shown before anything runs them.
+    for st in &s.stage {
+        if let Some(c) = e.resolved(&st.name) {
+            for (name, p) in c.reward_programs() {
+                println!(
+                    "runs: stage {} reward `{name}`: {} (in {})",
+                    st.name,
+                    p.shown(),
+                    e.dir.display()
+                );
+            }
+        }
+    }
     Ok(())
 }

@@ -53,6 +53,13 @@ pub enum Dialog {
         stage: String,
         pid: u32,
     },
+    /// Start a stage (`None`: the whole pipeline) whose spec runs programs of the user's own:
+    /// the commands are shown and must be confirmed.
+    RunsPrograms {
+        exp: PathBuf,
+        stage: Option<String>,
+        commands: Vec<String>,
+    },
 }
 
 /// Side effects for the event loop to carry out.
@@ -249,6 +256,15 @@ impl App {
                     return Vec::new();
                 };
                 let (exp, name) = (ex.dir.clone(), ex.name.clone());
+                let commands = programs_of(ex, None);
+                if !commands.is_empty() {
+                    self.dialog = Some(Dialog::RunsPrograms {
+                        exp,
+                        stage: None,
+                        commands,
+                    });
+                    return Vec::new();
+                }
                 self.notice(format!("starting the pipeline of {name}"));
                 return vec![Effect::Spawn { exp, stage: None }];
             }
@@ -308,11 +324,30 @@ impl App {
             return match dialog {
                 Dialog::Quit => vec![Effect::Quit],
                 Dialog::StartRunning { exp, stage, .. } => {
+                    let commands = self
+                        .selected_experiment()
+                        .map(|ex| programs_of(ex, Some(&stage)))
+                        .unwrap_or_default();
+                    if !commands.is_empty() {
+                        self.dialog = Some(Dialog::RunsPrograms {
+                            exp,
+                            stage: Some(stage),
+                            commands,
+                        });
+                        return Vec::new();
+                    }
                     self.notice(format!("starting stage {stage} again"));
                     vec![Effect::Spawn {
                         exp,
                         stage: Some(stage),
                     }]
+                }
+                Dialog::RunsPrograms { exp, stage, .. } => {
+                    self.notice(match &stage {
+                        Some(s) => format!("starting stage {s} (runs your reward programs)"),
+                        None => "starting the pipeline (runs your reward programs)".to_string(),
+                    });
+                    vec![Effect::Spawn { exp, stage }]
                 }
             };
         }
@@ -407,6 +442,15 @@ impl App {
             self.dialog = Some(Dialog::StartRunning { exp, stage, pid });
             return Vec::new();
         }
+        let commands = programs_of(ex, Some(&stage));
+        if !commands.is_empty() {
+            self.dialog = Some(Dialog::RunsPrograms {
+                exp,
+                stage: Some(stage),
+                commands,
+            });
+            return Vec::new();
+        }
         self.notice(format!("starting stage {stage}"));
         vec![Effect::Spawn {
             exp,
@@ -441,4 +485,23 @@ impl App {
         self.view = v;
         self.focus = Pane::Main;
     }
+}
+
+/// The external programs starting `stage` (`None`: every stage) would run, as
+/// `stage/reward: command` lines; empty when the spec does not load (the run would refuse).
+pub fn programs_of(ex: &ExperimentView, stage: Option<&str>) -> Vec<String> {
+    let Ok(e) = &ex.spec else {
+        return Vec::new();
+    };
+    e.spec
+        .stage
+        .iter()
+        .filter(|s| stage.is_none_or(|n| n == s.name))
+        .filter_map(|s| e.resolved(&s.name))
+        .flat_map(|c| {
+            c.reward_programs()
+                .map(|(name, p)| format!("{}/{name}: {}", c.name, p.shown()))
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }

@@ -106,6 +106,15 @@ fn draw_panes(f: &mut Frame<'_>, app: &App) {
                 "{stage} is running (pid {pid}); starting it again starts a second run beside it.\nStart? (y / any other key cancels)"
             ),
         ),
+        Some(Dialog::RunsPrograms { commands, .. }) => dialog(
+            f,
+            area,
+            "this runs programs from the spec",
+            &format!(
+                "The spec's reward programs will run on this machine, in the experiment folder:\n{}\nRun them? (y / any other key cancels)",
+                commands.join("\n")
+            ),
+        ),
         None => {}
     }
 }

@@ -1,7 +1,9 @@
 //! Per-kind defaults: turns a [`StageSpec`] (what the file says) into a [`StageConfig`] (every
 //! value concrete). The key lists here drive both validation and what `run.json` records.
 
-use super::types::{LossType, ModelSpec, ScaleRewards, StageKind, StageSpec};
+use super::types::{
+    LossType, ModelSpec, RewardProgram, RewardSpec, ScaleRewards, StageKind, StageSpec,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -111,7 +113,7 @@ pub struct StageConfig {
     pub mask_truncated: bool,
     pub overlong_buffer: usize,
     pub overlong_penalty: f64,
-    pub rewards: BTreeMap<String, f64>,
+    pub rewards: BTreeMap<String, RewardSpec>,
     pub shortest: bool,
     pub sft_init: Option<String>,
     pub teacher: Option<String>,
@@ -171,7 +173,10 @@ impl StageConfig {
             mask_truncated: false,
             overlong_buffer: 0,
             overlong_penalty: 1.0,
-            rewards: BTreeMap::from([("accuracy".to_string(), 1.0), ("format".to_string(), 0.1)]),
+            rewards: BTreeMap::from([
+                ("accuracy".to_string(), RewardSpec::Weight(1.0)),
+                ("format".to_string(), RewardSpec::Weight(0.1)),
+            ]),
             shortest: false,
             sft_init: None,
             teacher: None,
@@ -232,6 +237,22 @@ impl StageConfig {
     }
 
     /// The resolved values that apply to this kind, as recorded in `run.json`.
+    /// The built-in rewards and their weights.
+    pub fn reward_weights(&self) -> impl Iterator<Item = (&str, f64)> {
+        self.rewards.iter().filter_map(|(k, v)| match v {
+            RewardSpec::Weight(w) => Some((k.as_str(), *w)),
+            RewardSpec::Program(_) => None,
+        })
+    }
+
+    /// The external reward programs, by name.
+    pub fn reward_programs(&self) -> impl Iterator<Item = (&str, &RewardProgram)> {
+        self.rewards.iter().filter_map(|(k, v)| match v {
+            RewardSpec::Program(p) => Some((k.as_str(), p)),
+            RewardSpec::Weight(_) => None,
+        })
+    }
+
     pub fn to_json(&self) -> serde_json::Value {
         let full = serde_json::to_value(self).expect("config serialises");
         let mut keys = allowed_keys(self.kind);

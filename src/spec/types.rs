@@ -333,8 +333,9 @@ pub struct StageSpec {
     pub mask_truncated: Option<bool>,
     pub overlong_buffer: Option<usize>,
     pub overlong_penalty: Option<f64>,
-    /// Reward function weights, e.g. `{ accuracy = 1.0, format = 0.2 }`.
-    pub rewards: Option<BTreeMap<String, f64>>,
+    /// Reward function weights, e.g. `{ accuracy = 1.0, format = 0.2 }`; a program of the
+    /// user's own is `style = { command = ["python3", "style.py"], weight = 0.2 }`.
+    pub rewards: Option<BTreeMap<String, RewardSpec>>,
 
     // --- rejection / distill
     /// Keep only the shortest accepted completion per prompt.
@@ -358,6 +359,53 @@ pub enum LossType {
     DrGrpo,
     /// Token-level mean over the whole batch.
     Dapo,
+}
+
+/// One entry of a stage's `rewards`: a built-in reward's weight, or an external program.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum RewardSpec {
+    Weight(f64),
+    Program(RewardProgram),
+}
+
+/// A reward computed by a program of the user's own: one long-lived child per stage speaking
+/// JSON lines (`stages::reward_program`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RewardProgram {
+    /// The program and its arguments, run in the experiment folder (no shell).
+    pub command: Vec<String>,
+    #[serde(default = "unit_weight")]
+    pub weight: f64,
+    /// Seconds a batch of requests may take before the stage fails.
+    #[serde(default = "program_timeout")]
+    pub timeout: f64,
+}
+
+impl RewardProgram {
+    /// The command as one line for the user (words with spaces quoted; made safe to print).
+    pub fn shown(&self) -> String {
+        let words: Vec<String> = self
+            .command
+            .iter()
+            .map(|w| {
+                if w.contains(char::is_whitespace) || w.is_empty() {
+                    format!("{w:?}")
+                } else {
+                    w.clone()
+                }
+            })
+            .collect();
+        crate::untrusted::display(&words.join(" ")).into_owned()
+    }
+}
+
+fn unit_weight() -> f64 {
+    1.0
+}
+fn program_timeout() -> f64 {
+    60.0
 }
 
 /// How rewards are scaled into advantages (TRL's `scale_rewards`).

@@ -423,30 +423,45 @@ pub fn validate(spec: &ExperimentSpec, at: &Locator<'_>, dir: &Path) -> Vec<Spec
                 ));
             }
         }
-        for (name, w) in s.rewards.iter().flatten() {
-            if !REWARDS.contains(&name.as_str()) {
-                errs.push(at.key(
-                    &[
-                        Seg::Key("stage"),
-                        Seg::Index(i),
-                        Seg::Key("rewards"),
-                        Seg::Key(name),
-                    ],
-                    format!(
-                        "unknown reward function `{name}` (known: {})",
-                        REWARDS.join(", ")
-                    ),
-                ));
-            } else if !w.is_finite() {
-                errs.push(at.value(
-                    &[
-                        Seg::Key("stage"),
-                        Seg::Index(i),
-                        Seg::Key("rewards"),
-                        Seg::Key(name),
-                    ],
-                    "reward weights must be finite",
-                ));
+        for (name, r) in s.rewards.iter().flatten() {
+            let here = [
+                Seg::Key("stage"),
+                Seg::Index(i),
+                Seg::Key("rewards"),
+                Seg::Key(name),
+            ];
+            match r {
+                super::types::RewardSpec::Weight(w) => {
+                    if !REWARDS.contains(&name.as_str()) {
+                        errs.push(at.key(
+                            &here,
+                            format!(
+                                "unknown reward function `{name}` (known: {}; or a program: \
+                                 {{ command = [\"python3\", \"reward.py\"], weight = 0.2 }})",
+                                REWARDS.join(", ")
+                            ),
+                        ));
+                    } else if !w.is_finite() {
+                        errs.push(at.value(&here, "reward weights must be finite"));
+                    }
+                }
+                super::types::RewardSpec::Program(p) => {
+                    if REWARDS.contains(&name.as_str()) {
+                        errs.push(at.key(
+                            &here,
+                            format!("`{name}` is a built-in reward; name the program otherwise"),
+                        ));
+                    }
+                    if p.command.is_empty() || p.command[0].is_empty() {
+                        errs.push(at.value(&here, "command must name a program"));
+                    }
+                    if !p.weight.is_finite() {
+                        errs.push(at.value(&here, "reward weights must be finite"));
+                    }
+                    if !(p.timeout > 0.0 && p.timeout <= 3600.0) {
+                        errs.push(at.value(&here, "timeout must be between 0 and 3600 seconds"));
+                    }
+                }
             }
         }
     }

@@ -12,6 +12,7 @@ use super::common::{
 use super::context::{Outcome, StageCtx};
 pub use super::grpo_math::LossConfig;
 use super::grpo_math::{advantages, informative_groups, mean_std, overlong_penalty};
+use super::reward_program::{Request, RewardPrograms};
 use super::supervised;
 use crate::model::checkpoint::{self, RngState};
 use crate::model::sample::{Completion, generate};
@@ -25,6 +26,7 @@ use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde_json::json;
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 /// One prompt's group of completions.
@@ -39,13 +41,15 @@ struct Rollout {
     text: String,
     rewards: Rewards,
     total: f64,
+    /// External programs' rewards (and their components as `name/component`).
+    program: BTreeMap<String, f64>,
 }
 
 /// The weighted reward of one completion (plus DAPO's overlong shaping when configured).
 pub fn total_reward(cfg: &StageConfig, r: &Rewards, len: usize, max_len: usize) -> f64 {
     let mut total = 0.0;
-    for (name, w) in &cfg.rewards {
-        let v = match name.as_str() {
+    for (name, w) in cfg.reward_weights() {
+        let v = match name {
             "accuracy" => r.accuracy,
             "format" => r.format,
             "partial" => r.partial,
@@ -263,6 +267,8 @@ struct Grpo<'a> {
     infer: Device,
     device: Device,
     reference: Option<Gpt>,
+    /// The stage's external reward programs (none when it has no `command` rewards).
+    programs: std::cell::RefCell<RewardPrograms>,
 }
 
 /// The policy update's results for the metrics.
@@ -294,6 +300,14 @@ pub fn run(ctx: &mut StageCtx<'_>) -> Result<Outcome> {
         )?),
         _ => None,
     };
+    for (name, p) in cfg.reward_programs() {
+        ctx.reporter.message(&format!(
+            "reward `{name}` (weight {}) from the program: {}",
+            p.weight,
+            p.shown()
+        ));
+    }
+    let programs = RewardPrograms::start(cfg.reward_programs(), &ctx.exp.dir)?;
     let grpo = Grpo {
         setup: &setup,
         cfg: &cfg,
@@ -301,6 +315,7 @@ pub fn run(ctx: &mut StageCtx<'_>) -> Result<Outcome> {
         infer,
         device,
         reference,
+        programs: std::cell::RefCell::new(programs),
     };
     let (mut metrics, mut samples) = open_logs(&ctx.run)?;
     let mut rng = state.rng.restore();
@@ -335,7 +350,25 @@ pub fn run(ctx: &mut StageCtx<'_>) -> Result<Outcome> {
         let times = (t0.elapsed().as_secs_f64(), rollout_time);
         let line = step_metrics(&rollouts, &adv, &update, lr, times, state.num_tokens);
         if state.step % cfg.log_every == 0 || state.step == cfg.steps {
-            metrics.write(&metrics_line(state.step, &line))?;
+            // External programs' rewards: `rewards/<name>/mean` over the kept groups.
+            let mut program: BTreeMap<String, (f64, usize)> = BTreeMap::new();
+            for r in rollouts.groups.iter().flat_map(|g| &g.rollouts) {
+                for (k, v) in &r.program {
+                    let e = program.entry(format!("rewards/{k}/mean")).or_default();
+                    e.0 += v;
+                    e.1 += 1;
+                }
+            }
+            let means: Vec<(String, f64)> = program
+                .into_iter()
+                .map(|(k, (sum, n))| (k, sum / n as f64))
+                .collect();
+            let all: Vec<(&str, f64)> = line
+                .iter()
+                .copied()
+                .chain(means.iter().map(|(k, v)| (k.as_str(), *v)))
+                .collect();
+            metrics.write(&metrics_line(state.step, &all))?;
         }
         if cfg.sample_every > 0 && (state.step % cfg.sample_every == 0 || state.step == cfg.steps) {
             log_samples(&mut samples, state.step, &rollouts.groups, &adv)?;
@@ -399,10 +432,11 @@ impl Grpo<'_> {
             let outs = generate(policy, &batch, ctx_len, &opts, rng, &self.infer);
             let mut outs = outs.into_iter();
             for (problem, prompt_ids) in probs.into_iter().zip(prompt_ids) {
-                let rollouts: Vec<Rollout> = (&mut outs)
+                let mut rollouts: Vec<Rollout> = (&mut outs)
                     .take(g)
                     .map(|c| self.score(&problem, c, max_len))
                     .collect();
+                self.score_with_programs(&problem, &mut rollouts)?;
                 out.sampled.extend(rollouts.iter().map(|r| Sampled {
                     rewards: r.rewards,
                     total: r.total,
@@ -428,6 +462,40 @@ impl Grpo<'_> {
         Ok(out)
     }
 
+    /// Add the external programs' weighted rewards to one group's totals (one batch each).
+    fn score_with_programs(&self, problem: &Problem, rollouts: &mut [Rollout]) -> Result<()> {
+        let mut programs = self.programs.borrow_mut();
+        if programs.is_empty() {
+            return Ok(());
+        }
+        let task = self.setup.task.spec.name.as_str();
+        let batch: Vec<Request<'_>> = rollouts
+            .iter()
+            .map(|r| Request {
+                prompt: &problem.prompt,
+                completion: &r.text,
+                answer: &problem.answer,
+                task,
+            })
+            .collect();
+        let scored = programs.score(&batch)?;
+        for (r, (replies, weighted)) in rollouts.iter_mut().zip(scored) {
+            r.total += weighted;
+            r.program = replies
+                .into_iter()
+                .flat_map(|(name, reply)| {
+                    let parts: Vec<(String, f64)> = reply
+                        .components
+                        .into_iter()
+                        .map(|(k, v)| (format!("{name}/{k}"), v))
+                        .collect();
+                    std::iter::once((name, reply.reward)).chain(parts)
+                })
+                .collect();
+        }
+        Ok(())
+    }
+
     /// A completion's text and rewards.
     fn score(&self, problem: &Problem, c: Completion, max_len: usize) -> Rollout {
         let text = self.setup.tok.decode(&c.tokens);
@@ -438,6 +506,7 @@ impl Grpo<'_> {
             text,
             rewards,
             total,
+            program: BTreeMap::new(),
         }
     }
 
@@ -635,7 +704,8 @@ fn log_samples(samples: &mut JsonlWriter, step: u64, groups: &[Group], adv: &[f6
     for ((gi, gr, r), a) in rows.zip(adv) {
         samples.write(&json!({
             "step": step, "prompt": gr.problem.prompt, "completion": r.text,
-            "answer": gr.problem.answer, "rewards": r.rewards.as_map(), "reward": r.total,
+            "answer": gr.problem.answer, "reward": r.total,
+            "rewards": r.rewards.as_map().into_iter().chain(r.program.clone()).collect::<BTreeMap<_, _>>(),
             "advantage": a, "group": gi, "truncated": !r.completion.finished,
         }))?;
     }

@@ -11,6 +11,7 @@ pub mod grpo_math;
 pub mod pipeline;
 pub mod pretrain;
 pub mod rejection;
+pub mod reward_program;
 pub mod sft;
 pub mod supervised;
 

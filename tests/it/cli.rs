@@ -646,3 +646,112 @@ fn score_with_a_verifier_reads_completion_and_answer_lines() {
         .code(1)
         .stderr(predicate::str::contains("needs `pattern`"));
 }
+
+/// A tiny pipeline whose GRPO stage adds a reward program written by the test.
+fn with_program(dir: &Path, script: &str, timeout: f64) {
+    std::fs::write(dir.join("reward.py"), script).unwrap();
+    let spec = format!(
+        "{TINY}[[stage]]\nname = \"rl\"\nkind = \"grpo\"\ninit = \"pre\"\nsteps = 2\nprompts = 2\ngroup_size = 2\nsample_every = 1\n\
+         rewards = {{ accuracy = 1.0, style = {{ command = [\"python3\", \"reward.py\"], weight = 0.5, timeout = {timeout} }} }}\n"
+    );
+    std::fs::write(dir.join("experiment.toml"), spec).unwrap();
+}
+
+fn have_python() -> bool {
+    let ok = std::process::Command::new("python3")
+        .arg("-c")
+        .arg("pass")
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("python3 not installed: skipping the reward-program test");
+    }
+    ok
+}
+
+#[test]
+fn a_reward_program_scores_completions_and_check_shows_its_command() {
+    if !have_python() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    with_program(
+        d.path(),
+        "import json, sys\nfor line in sys.stdin:\n    r = json.loads(line)\n    short = 1.0 if len(r['completion']) < 20 else 0.0\n    print(json.dumps({'id': r['id'], 'reward': short, 'components': {'chars': len(r['completion'])}}), flush=True)\n",
+        30.0,
+    );
+    bin()
+        .arg("check")
+        .arg(d.path())
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(
+            "runs: stage rl reward `style`: python3 reward.py",
+        ));
+    bin()
+        .arg("run")
+        .arg(d.path())
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(
+            "from the program: python3 reward.py",
+        ));
+    let rl = std::fs::read_dir(d.path().join("runs"))
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().ends_with("-rl"))
+        .unwrap()
+        .path();
+    let samples = std::fs::read_to_string(rl.join("samples.jsonl")).unwrap();
+    let first: serde_json::Value = serde_json::from_str(samples.lines().next().unwrap()).unwrap();
+    let style = first["rewards"]["style"].as_f64().unwrap();
+    let chars = first["rewards"]["style/chars"].as_f64().unwrap();
+    let completion = first["completion"].as_str().unwrap();
+    assert_eq!(chars as usize, completion.chars().count());
+    assert_eq!(style, if chars < 20.0 { 1.0 } else { 0.0 });
+    let acc = first["rewards"]["accuracy"].as_f64().unwrap();
+    let total = first["reward"].as_f64().unwrap();
+    assert!((total - (acc + 0.5 * style)).abs() < 1e-9, "{first}");
+    assert!(
+        std::fs::read_to_string(rl.join("metrics.jsonl"))
+            .unwrap()
+            .contains("rewards/style/mean")
+    );
+}
+
+#[test]
+fn a_reward_program_that_crashes_hangs_or_babbles_fails_the_stage_naming_it() {
+    if !have_python() {
+        return;
+    }
+    for (script, timeout, says) in [
+        ("import sys\nsys.exit(3)\n", 30.0, "closed its output"),
+        ("import time\ntime.sleep(60)\n", 1.0, "no answer within 1 s"),
+        (
+            "import sys\nfor l in sys.stdin:\n    print('hello', flush=True)\n",
+            30.0,
+            "answered \"hello\"",
+        ),
+    ] {
+        let d = tempfile::tempdir().unwrap();
+        with_program(d.path(), script, timeout);
+        let out = bin().arg("run").arg(d.path()).assert().code(1);
+        let err = String::from_utf8_lossy(&out.get_output().stderr);
+        assert!(
+            err.contains("reward program `style` (python3 reward.py)") && err.contains(says),
+            "{says}: {err}"
+        );
+        assert!(
+            err.contains("request: prompt"),
+            "the request is named: {err}"
+        );
+        let rl = std::fs::read_dir(d.path().join("runs"))
+            .unwrap()
+            .flatten()
+            .find(|e| e.file_name().to_string_lossy().ends_with("-rl"))
+            .unwrap()
+            .path();
+        let st = stageloop::runfs::RunStatus::load(&rl).unwrap();
+        assert_eq!(st.status, stageloop::runfs::Status::Failed);
+    }
+}

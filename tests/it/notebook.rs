@@ -633,3 +633,41 @@ fn reading_runs_does_not_wake_the_watcher_but_writing_does() {
     );
     drop(guard);
 }
+
+#[test]
+fn starting_a_stage_that_runs_a_program_shows_the_command_and_asks() {
+    let d = tempfile::tempdir().unwrap();
+    fixture(d.path());
+    let spec = SPEC.replace(
+        "init = \"pre\"\nsteps = 3",
+        "init = \"pre\"\nsteps = 3\nrewards = { accuracy = 1.0, style = { command = [\"python3\", \"style.py\"] } }",
+    );
+    assert_ne!(spec, SPEC);
+    std::fs::write(d.path().join("demo/experiment.toml"), spec).unwrap();
+    let mut a = app(d.path());
+    // The whole pipeline includes `rl`: asked first, the command on screen.
+    let shift_r = KeyEvent::new(KeyCode::Char('R'), KeyModifiers::SHIFT);
+    assert!(a.on_key(shift_r).is_empty());
+    assert!(matches!(a.dialog, Some(Dialog::RunsPrograms { .. })));
+    let screen = render(&a, 120, 30);
+    assert!(screen.contains("rl/style: python3 style.py"), "{screen}");
+    assert!(a.on_key(key('n')).is_empty(), "any other key cancels");
+    assert_eq!(a.dialog, None);
+    a.on_key(shift_r);
+    assert_eq!(
+        a.on_key(key('y')),
+        vec![Effect::Spawn {
+            exp: d.path().join("demo"),
+            stage: None
+        }]
+    );
+    // A stage without programs starts at once.
+    a.on_key(code(KeyCode::Tab)); // pipeline, `pre` highlighted
+    assert_eq!(
+        a.on_key(key('r')),
+        vec![Effect::Spawn {
+            exp: d.path().join("demo"),
+            stage: Some("pre".into())
+        }]
+    );
+}
