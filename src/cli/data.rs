@@ -1,6 +1,7 @@
 //! `stageloop data gen`: write a task's generated data as JSONL (or Parquet by extension):
 //! `--kind sft` clean prompt/completion pairs, `--kind corpus` the mixed pretraining corpus,
-//! `--kind heldout` the held-out problems.
+//! `--kind heldout` the held-out problems. `data show FILE`: a dataset file's rows, fields,
+//! examples and answer parse rate. `data check EXP`: an experiment's dataset task.
 
 use crate::spec::TaskSpec;
 use crate::tasks::TaskSet;
@@ -75,5 +76,86 @@ pub fn generate(
         }
     }
     eprintln!("wrote {} rows to {}", rows.len(), out.display());
+    Ok(())
+}
+
+/// `stageloop data show FILE`.
+pub fn show(
+    file: &Path,
+    verifier: &str,
+    pattern: Option<&str>,
+    prompt_field: &str,
+    answer_field: &str,
+    n: usize,
+) -> anyhow::Result<()> {
+    use crate::untrusted::display;
+    let mut spec: TaskSpec = toml::from_str("name = \"dataset\"\nheldout = 1")?;
+    spec.verifier = Some(verifier.to_string());
+    spec.pattern = pattern.map(str::to_string);
+    spec.prompt_field = Some(prompt_field.to_string());
+    spec.answer_field = Some(answer_field.to_string());
+    let shown = crate::tasks::dataset::show(file, &spec)?;
+    println!(
+        "{}: {} rows",
+        display(&file.display().to_string()),
+        shown.rows
+    );
+    println!("fields:");
+    for (k, c) in &shown.fields {
+        println!("  {:<20} {c} rows", display(k));
+    }
+    let ds = shown.dataset?;
+    let usable = ds.train_len() + ds.heldout_len();
+    println!(
+        "{} usable rows (distinct prompts); verifier `{}` accepts {} of their reference answers ({:.1}%)",
+        usable,
+        ds.verifier().name(),
+        ds.self_check,
+        100.0 * ds.self_check as f64 / usable.max(1) as f64
+    );
+    let clip = |s: &str| {
+        let s: String = s.chars().take(100).collect();
+        display(&s).into_owned()
+    };
+    for (p, e, a) in ds.examples(n) {
+        println!(
+            "- prompt:   {}\n  expected: {}\n  answer:   {}",
+            clip(&p),
+            clip(&e),
+            clip(&a)
+        );
+    }
+    Ok(())
+}
+
+/// `stageloop data check EXP`.
+pub fn check(exp: &Path) -> anyhow::Result<()> {
+    let e = crate::spec::load(exp)?;
+    if e.spec.task.name != "dataset" {
+        println!(
+            "{}: task `{}` is generated from a seed (held-out prompts are never trained on); nothing to check",
+            e.name, e.spec.task.name
+        );
+        return Ok(());
+    }
+    let ds = crate::tasks::dataset::Dataset::load(&e.spec.task)?;
+    let usable = ds.train_len() + ds.heldout_len();
+    println!(
+        "ok: {} — {} training rows, {} held out{}; verifier `{}` accepts {} of {} reference answers",
+        e.name,
+        ds.train_len(),
+        ds.heldout_len(),
+        if ds.overlap > 0 {
+            format!(
+                "; {} training rows had a held-out prompt and are left out of training",
+                ds.overlap
+            )
+        } else {
+            String::new()
+        },
+        ds.verifier().name(),
+        ds.self_check,
+        usable
+    );
     Ok(())
 }

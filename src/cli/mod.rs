@@ -187,6 +187,26 @@ pub enum DataCommand {
         #[arg(long, default_value_t = 1234)]
         seed: u64,
     },
+    /// A dataset file: rows, fields, a few examples, and how many rows' answers the verifier
+    /// accepts from their own reference (their answer parses).
+    Show {
+        file: PathBuf,
+        /// numeric, exact, choice, regex, countdown.
+        #[arg(long, default_value = "numeric")]
+        verifier: String,
+        /// The regex verifier's pattern.
+        #[arg(long)]
+        pattern: Option<String>,
+        #[arg(long, default_value = "prompt")]
+        prompt_field: String,
+        #[arg(long, default_value = "answer")]
+        answer_field: String,
+        /// Rows to show.
+        #[arg(long, default_value_t = 3)]
+        n: usize,
+    },
+    /// An experiment's dataset task: every row parses, the splits and their overlap.
+    Check { exp: PathBuf },
 }
 
 /// Run a parsed command line. Errors are reported by `main` as one line each.
@@ -257,6 +277,27 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
                     seed,
                 },
         }) => data::generate(&task, n, &out, &kind, difficulty, seed),
+        Some(Command::Data {
+            command:
+                DataCommand::Show {
+                    file,
+                    verifier,
+                    pattern,
+                    prompt_field,
+                    answer_field,
+                    n,
+                },
+        }) => data::show(
+            &file,
+            &verifier,
+            pattern.as_deref(),
+            &prompt_field,
+            &answer_field,
+            n,
+        ),
+        Some(Command::Data {
+            command: DataCommand::Check { exp },
+        }) => data::check(&exp),
         Some(Command::Bench { command }) => bench::dispatch(command),
     }
 }

@@ -31,6 +31,10 @@ pub struct Dataset {
     heldout: Vec<Problem>,
     expected: HashMap<String, String>,
     alphabet: String,
+    /// Training rows dropped because the test file has their prompt.
+    pub overlap: usize,
+    /// Rows whose reference answer (what SFT writes) the verifier accepts.
+    pub self_check: usize,
 }
 
 const SALT_SPLIT: u64 = 4;
@@ -139,17 +143,20 @@ impl Dataset {
         let verifier = Verifier::new(verifier_name, spec.pattern.as_deref(), spec.case_sensitive)
             .map_err(|e| anyhow::anyhow!("[task] verifier: {e}"))?;
         let train = Self::rows(Path::new(path), spec, &verifier)?;
+        let mut overlap = 0;
         let (train, heldout) = match &spec.test {
             Some(test) => {
                 let mut test = Self::rows(Path::new(test), spec, &verifier)?;
                 test.truncate(spec.heldout);
                 let test_prompts: BTreeSet<&str> =
                     test.iter().map(|r| r.problem.prompt.as_str()).collect();
+                let before = train.len();
                 let train: Vec<Row> = train
                     .iter()
                     .filter(|r| !test_prompts.contains(r.problem.prompt.as_str()))
                     .cloned()
                     .collect();
+                overlap = before - train.len();
                 (train, test)
             }
             None => {
@@ -192,12 +199,19 @@ impl Dataset {
                 chars.extend(s.chars());
             }
         }
+        let self_check = train
+            .iter()
+            .chain(&heldout)
+            .filter(|r| verifier.score(&r.problem.answer, &r.expected) == 1.0)
+            .count();
         Ok(Dataset {
             verifier,
             heldout: heldout.into_iter().map(|r| r.problem).collect(),
             train,
             expected,
             alphabet: chars.into_iter().collect(),
+            overlap,
+            self_check,
         })
     }
 
@@ -276,6 +290,61 @@ impl Dataset {
     pub fn train_len(&self) -> usize {
         self.train.len()
     }
+
+    /// Held-out rows.
+    pub fn heldout_len(&self) -> usize {
+        self.heldout.len()
+    }
+
+    /// The verifier in use.
+    pub fn verifier(&self) -> &Verifier {
+        &self.verifier
+    }
+
+    /// The first `n` training rows as (prompt, expected answer, reference answer).
+    pub fn examples(&self, n: usize) -> Vec<(String, String, String)> {
+        self.train
+            .iter()
+            .take(n)
+            .map(|r| {
+                (
+                    r.problem.prompt.clone(),
+                    r.expected.clone(),
+                    r.problem.answer.clone(),
+                )
+            })
+            .collect()
+    }
+}
+
+/// What `stageloop data show` reports about a file: its rows, how many rows have each field,
+/// and the dataset it makes under `spec`.
+pub struct Shown {
+    pub rows: usize,
+    pub fields: std::collections::BTreeMap<String, usize>,
+    pub dataset: Result<Dataset>,
+}
+
+/// Read `path` raw (fields) and as a dataset under `spec` (its `path` replaced by this file).
+pub fn show(path: &Path, spec: &TaskSpec) -> Result<Shown> {
+    let raw = match path.extension().and_then(|e| e.to_str()) {
+        Some("parquet") => read_parquet(path)?,
+        _ => read_jsonl(path)?,
+    };
+    let mut fields = std::collections::BTreeMap::new();
+    for (_, r) in &raw {
+        for k in r.keys() {
+            *fields.entry(k.clone()).or_insert(0) += 1;
+        }
+    }
+    let mut spec = spec.clone();
+    spec.path = Some(path.display().to_string());
+    spec.test = None;
+    Ok(Shown {
+        rows: raw.len(),
+        fields,
+        dataset: Dataset::load(&spec),
+    })
 }
 
 impl Task for Dataset {

@@ -755,3 +755,54 @@ fn a_reward_program_that_crashes_hangs_or_babbles_fails_the_stage_naming_it() {
         assert_eq!(st.status, stageloop::runfs::Status::Failed);
     }
 }
+
+#[test]
+fn data_show_and_check_report_rows_fields_and_splits() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = bin()
+        .args(["data", "show"])
+        .arg(root.join("data/gsm_symbolic.jsonl"))
+        .args(["--prompt-field", "question", "--n", "1"])
+        .assert()
+        .success();
+    let text = String::from_utf8_lossy(&out.get_output().stdout);
+    assert!(
+        text.contains("300 rows") && text.contains("question"),
+        "{text}"
+    );
+    assert!(
+        text.contains("accepts 300 of their reference answers"),
+        "{text}"
+    );
+    bin()
+        .args(["data", "check"])
+        .arg(root.join("experiments/legs"))
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("3657 training rows, 300 held out"));
+    // A test file sharing prompts with the training file: the overlap is reported.
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(
+        d.path().join("train.jsonl"),
+        "{\"prompt\":\"a\",\"answer\":\"1\"}\n{\"prompt\":\"b\",\"answer\":\"2\"}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.path().join("test.jsonl"),
+        "{\"prompt\":\"b\",\"answer\":\"2\"}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.path().join("experiment.toml"),
+        "[task]\nname = \"dataset\"\npath = \"train.jsonl\"\ntest = \"test.jsonl\"\n[[stage]]\nname = \"pre\"\nkind = \"pretrain\"\n",
+    )
+    .unwrap();
+    bin()
+        .args(["data", "check"])
+        .arg(d.path())
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(
+            "1 training rows, 1 held out; 1 training rows had a held-out prompt",
+        ));
+}
