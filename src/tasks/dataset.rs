@@ -456,6 +456,28 @@ mod tests {
     }
 
     #[test]
+    fn parquet_rows_read_like_jsonl() {
+        use polars::prelude::*;
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("rows.parquet");
+        let prompts: Vec<String> = (0..5).map(|i| format!("{i}+1=")).collect();
+        let answers: Vec<i64> = (0..5).map(|i| i + 1).collect();
+        let mut df = DataFrame::new_infer_height(vec![
+            Column::new("prompt".into(), prompts),
+            Column::new("answer".into(), answers),
+        ])
+        .unwrap();
+        ParquetWriter::new(std::fs::File::create(&p).unwrap())
+            .finish(&mut df)
+            .unwrap();
+        let ds = Dataset::load(&spec("heldout = 1", &p)).unwrap();
+        assert_eq!(ds.train_len() + ds.heldout_len(), 5);
+        assert_eq!(ds.accuracy("3+1=", "4"), 1.0);
+        assert_eq!(ds.accuracy("3+1=", "5"), 0.0);
+        assert_eq!(ds.self_check, 5);
+    }
+
+    #[test]
     fn tinyzero_countdown_rows_use_the_builtin_prompt_and_checker() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("cd.jsonl");
