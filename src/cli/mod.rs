@@ -5,6 +5,7 @@ pub mod check;
 pub mod data;
 pub mod eval;
 pub mod export;
+pub mod inspect;
 pub mod new;
 pub mod report;
 pub mod run;
@@ -145,6 +146,14 @@ pub enum Command {
         /// The `exact` verifier compares case too.
         #[arg(long, requires = "verifier")]
         case_sensitive: bool,
+    },
+    /// Describe a model file (GGUF): architecture, hyperparameters, tensors and their types.
+    Inspect {
+        file: PathBuf,
+        /// One JSON line per tensor: name, shape, type, and the count, sum, sum of squares and
+        /// first values of its dequantised f32 values (to compare with another reader).
+        #[arg(long)]
+        stats: bool,
     },
     /// Export a run's charts (svg) and metrics (csv, parquet).
     Export {
@@ -299,5 +308,6 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
             command: DataCommand::Check { exp },
         }) => data::check(&exp),
         Some(Command::Bench { command }) => bench::dispatch(command),
+        Some(Command::Inspect { file, stats }) => inspect::run(&file, stats),
     }
 }

@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod config;
 mod engine;
 pub mod fused;
+pub mod gguf;
 pub mod sample;
 pub mod tokenizer;
 pub mod transformer;
