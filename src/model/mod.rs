@@ -17,6 +17,17 @@ pub use transformer::{Gpt, KvCache};
 
 use burn::tensor::Device;
 
+/// The name of the device [`device`] selects, as run.json records it: `cpu`, `cuda` or `wgpu`.
+pub fn device_name() -> String {
+    match std::env::var("STAGELOOP_DEVICE")
+        .unwrap_or_default()
+        .as_str()
+    {
+        "" | "cpu" | "flex" => "cpu".to_string(),
+        other => other.to_string(),
+    }
+}
+
 /// The device stages compute on: burn's `flex` CPU backend by default; `STAGELOOP_DEVICE=cuda`
 /// or `wgpu` selects a GPU when the binary was built with that cargo feature.
 pub fn device() -> anyhow::Result<Device> {

@@ -83,6 +83,9 @@ pub struct RunStatus {
     /// after that step were written again (readers start a new segment there).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub resumed_at: Vec<Resumed>,
+    /// Where the stage computes (`cpu`, `cuda`, `wgpu`); absent in runs of older builds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
 }
 
 /// One resume of a run (see [`RunStatus::resumed_at`]).
@@ -191,6 +194,7 @@ mod tests {
             iteration: None,
             error: None,
             resumed_at: vec![Resumed { step: 2, time: 5.0 }],
+            device: Some("cpu".into()),
         };
         s.save(d.path()).unwrap();
         let back = RunStatus::load(d.path()).unwrap();
@@ -219,6 +223,7 @@ mod tests {
             iteration: None,
             error: None,
             resumed_at: vec![],
+            device: None,
         };
         s.save(d.path()).unwrap();
         // The temp file cannot be created (a folder holds its name), as on a full disk.

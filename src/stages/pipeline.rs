@@ -293,6 +293,7 @@ fn run_one(
                 time: now(),
             });
             s.status = Status::Running;
+            s.device = Some(crate::model::device_name());
             s.pid = Some(std::process::id());
             s.ended = None;
             s.error = None;
@@ -328,6 +329,7 @@ fn run_one(
                 iteration: step.iteration,
                 error: None,
                 resumed_at: Vec::new(),
+                device: Some(crate::model::device_name()),
             };
             (run, s, None, lock)
         }

@@ -495,6 +495,11 @@ fn rerunning_an_interrupted_pipeline_goes_on_where_it_stopped() {
     let st = stageloop::runfs::RunStatus::load(&more).unwrap();
     assert_eq!(st.status, stageloop::runfs::Status::Done);
     assert_eq!(st.resumed_at.len(), 1);
+    assert_eq!(
+        st.device.as_deref(),
+        Some("cpu"),
+        "run.json names the device"
+    );
     // Nothing interrupted: the whole pipeline runs again (new runs).
     bin().arg("run").arg(d.path()).assert().success();
     assert_eq!(std::fs::read_dir(d.path().join("runs")).unwrap().count(), 4);

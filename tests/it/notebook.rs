@@ -671,3 +671,19 @@ fn starting_a_stage_that_runs_a_program_shows_the_command_and_asks() {
         }]
     );
 }
+
+#[test]
+fn the_overview_names_the_device_a_run_used() {
+    let d = tempfile::tempdir().unwrap();
+    fixture(d.path());
+    let pre = d.path().join("demo/runs/20261130-010000-pre/run.json");
+    let text = std::fs::read_to_string(&pre).unwrap();
+    std::fs::write(&pre, text.replacen('{', "{\"device\": \"cuda\", ", 1)).unwrap();
+    let mut a = app(d.path());
+    for _ in 0..3 {
+        a.on_key(key('j')); // demo → ev → rl → pre
+    }
+    a.on_key(key('3'));
+    let screen = render(&a, 120, 30);
+    assert!(screen.contains("device cuda"), "{screen}");
+}

@@ -37,8 +37,13 @@ pub fn draw(
                 Span::styled(st.clone(), Style::default().fg(status_color(&st))),
             ]));
             info.push(Line::from(format!(
-                "progress {}/{}",
-                s.progress.step, s.progress.total
+                "progress {}/{}{}",
+                s.progress.step,
+                s.progress.total,
+                s.device
+                    .as_deref()
+                    .map(|d| format!(" · device {d}"))
+                    .unwrap_or_default()
             )));
             if let Some(init) = &s.init {
                 info.push(Line::from(format!("init {init}")));
