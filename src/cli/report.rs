@@ -41,6 +41,7 @@ pub fn rows(exp: &spec::Experiment) -> (Vec<Value>, Vec<String>) {
             "stage": s.name, "evaluated": evaluated, "evaluated_kind": evaluated_kind, "run": run.id(),
             "pass@1": e["pass@1"], "greedy": e["greedy"], "pass@k": e["pass@k"], "k": e["k"],
             "maj@k": e["maj@k"], "format_rate": e["format_rate"], "mean_length": e["mean_length"],
+            "pass_at": e["pass_at"],
         }));
     }
     (out, problems)

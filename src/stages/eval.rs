@@ -30,6 +30,17 @@ pub struct EvalReport {
     pub maj_at_k: f64,
     pub format_rate: f64,
     pub mean_length: f64,
+    /// pass@j for every power of two j ≤ k (unbiased estimator over the k samples), keyed by
+    /// j as text: the capability curve of Yue et al. 2025. Absent in reports of older builds.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub pass_at: std::collections::BTreeMap<String, f64>,
+}
+
+/// The powers of two up to `k`: the k values of a pass@k curve.
+pub fn curve_ks(k: usize) -> Vec<usize> {
+    std::iter::successors(Some(1usize), |j| j.checked_mul(2))
+        .take_while(|&j| j <= k)
+        .collect()
 }
 
 /// Chen et al. (2021): 1 − C(n−c, k) / C(n, k), computed as a stable product.
@@ -78,6 +89,8 @@ pub fn evaluate(
     };
     let (mut acc_sum, mut greedy_sum, mut passk_sum, mut maj_sum) = (0.0, 0.0, 0.0, 0.0);
     let (mut fmt_sum, mut len_sum, mut count) = (0.0, 0.0, 0usize);
+    let ks = curve_ks(k);
+    let mut curve_sums = vec![0.0; ks.len()];
     let chunk = (256 / (k + 1)).max(1);
     for (ci, group) in probs.chunks(chunk).enumerate() {
         // One greedy completion and k sampled ones per prompt, generated as two batches.
@@ -126,6 +139,9 @@ pub fn evaluate(
             }
             acc_sum += correct as f64 / k as f64;
             passk_sum += pass_at_k(k, correct, k);
+            for (sum, &j) in curve_sums.iter_mut().zip(&ks) {
+                *sum += pass_at_k(k, correct, j);
+            }
             let maj = majority(answers.iter().map(|a| a.as_deref()));
             maj_sum += maj
                 .map(|a| setup.task.task.accuracy(&p.prompt, a))
@@ -144,6 +160,11 @@ pub fn evaluate(
         maj_at_k: maj_sum / n,
         format_rate: fmt_sum / count.max(1) as f64,
         mean_length: len_sum / count.max(1) as f64,
+        pass_at: ks
+            .iter()
+            .zip(&curve_sums)
+            .map(|(j, s)| (j.to_string(), s / n))
+            .collect(),
     })
 }
 
@@ -205,6 +226,14 @@ pub fn run(ctx: &mut StageCtx<'_>) -> Result<Outcome> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn curve_ks_are_the_powers_of_two_up_to_k() {
+        assert_eq!(curve_ks(1), vec![1]);
+        assert_eq!(curve_ks(8), vec![1, 2, 4, 8]);
+        assert_eq!(curve_ks(12), vec![1, 2, 4, 8]);
+        assert_eq!(curve_ks(256).len(), 9);
+    }
 
     #[test]
     fn pass_at_k_matches_the_closed_form() {

@@ -534,6 +534,18 @@ fn a_dataset_task_runs_every_stage_end_to_end() {
         .success();
     let v: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
     assert_eq!(v[0]["stage"], "ev");
+    // The pass@k curve: pass_at["1"] is pass@1, pass_at["k"] is pass@k.
+    let num = |x: &serde_json::Value| x.as_f64().unwrap();
+    assert!(
+        (num(&v[0]["pass_at"]["1"]) - num(&v[0]["pass@1"])).abs() < 1e-9,
+        "{}",
+        v[0]
+    );
+    assert!(
+        (num(&v[0]["pass_at"]["2"]) - num(&v[0]["pass@k"])).abs() < 1e-9,
+        "{}",
+        v[0]
+    );
     let eval: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(
             std::fs::read_dir(d.path().join("runs"))

@@ -124,6 +124,7 @@ fn pretrain_sft_eval_end_to_end() {
             "n",
             "pass@1",
             "pass@k",
+            "pass_at",
             "task"
         ]
     );
