@@ -2,8 +2,9 @@
 //! the `runs` table, and CSV/Parquet export. Not used on the notebook's per-frame path.
 
 pub mod export;
+pub mod health;
 
-use crate::runfs::metrics::{BadLines, last_values, read_rows};
+use crate::runfs::metrics::{BadLines, read_rows};
 use crate::runfs::{RunDir, RunStatus};
 use anyhow::{Context, Result};
 use polars::prelude::*;
@@ -126,18 +127,51 @@ pub struct RunRow {
     pub total: u64,
     /// Last finite value of each metric.
     pub last: BTreeMap<String, f64>,
+    /// Names of the health alerts active for the run ([`health::alerts`]).
+    pub alerts: Vec<String>,
 }
 
 /// How much of a metrics log `runs` reads, from its end, for the last values.
 pub const LAST_VALUES_BUDGET: u64 = 8 << 20;
 
-/// Summarise one run: its status and the last value of each metric (from the end of its log, at
-/// most [`LAST_VALUES_BUDGET`] bytes, so a 1 GB log costs what an 8 MB one does).
+/// Summarise one run: its status, the last value of each metric and its health alerts, from the
+/// end of its log (at most [`LAST_VALUES_BUDGET`] bytes, so a 1 GB log costs what an 8 MB one
+/// does).
 pub fn run_row(run: &RunDir) -> RunRow {
     let status = RunStatus::load(&run.path).ok();
-    let tail = last_values(&run.metrics(), LAST_VALUES_BUDGET).unwrap_or_default();
-    let last = tail.values;
-    let last_step = tail.step.unwrap_or(0);
+    let path = run.metrics();
+    let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    let mut steps = 0usize;
+    let mut last_step = 0;
+    let mut cols: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let _ = crate::runfs::metrics::read_rows_range(
+        &path,
+        len.saturating_sub(LAST_VALUES_BUDGET),
+        u64::MAX,
+        |r| {
+            last_step = r.step;
+            for (k, v) in r.values {
+                let col = cols.entry(k).or_insert_with(|| vec![f64::NAN; steps]);
+                col.push(v.unwrap_or(f64::NAN));
+            }
+            steps += 1;
+            for col in cols.values_mut() {
+                if col.len() < steps {
+                    col.push(f64::NAN);
+                }
+            }
+            true
+        },
+    );
+    let last: BTreeMap<String, f64> = cols
+        .iter()
+        .filter_map(|(k, v)| Some((k.clone(), v.iter().rev().copied().find(|x| x.is_finite())?)))
+        .collect();
+    let names: Vec<String> = cols.keys().cloned().collect();
+    let alerts = health::alerts(&names, &|n| cols.get(n).cloned())
+        .into_iter()
+        .map(|a| a.name.to_string())
+        .collect();
     RunRow {
         id: run.id(),
         stage: status.as_ref().map(|s| s.stage.clone()).unwrap_or_default(),
@@ -152,6 +186,7 @@ pub fn run_row(run: &RunDir) -> RunRow {
             .unwrap_or(last_step),
         total: status.as_ref().map(|s| s.progress.total).unwrap_or(0),
         last,
+        alerts,
     }
 }
 

@@ -34,13 +34,16 @@ pub fn table(rows: &[analysis::RunRow]) -> String {
         .copied()
         .filter(|h| rows.iter().any(|r| r.last.contains_key(*h)))
         .collect();
-    let mut cells: Vec<Vec<String>> = vec![
-        ["id", "stage", "status", "steps"]
-            .iter()
-            .chain(&heads)
-            .map(|s| s.to_string())
-            .collect(),
-    ];
+    let any_alerts = rows.iter().any(|r| !r.alerts.is_empty());
+    let mut header: Vec<String> = ["id", "stage", "status", "steps"]
+        .iter()
+        .chain(&heads)
+        .map(|s| s.to_string())
+        .collect();
+    if any_alerts {
+        header.push("alerts".into());
+    }
+    let mut cells: Vec<Vec<String>> = vec![header];
     for r in rows {
         let mut line = vec![
             display(&r.id).into_owned(),
@@ -70,7 +73,7 @@ pub fn table(rows: &[analysis::RunRow]) -> String {
     for line in &cells {
         let mut text = String::new();
         for (i, cell) in line.iter().enumerate() {
-            if i >= 3 {
+            if i >= 3 && !(any_alerts && i + 1 == line.len()) {
                 text.push_str(&format!("{cell:>w$}  ", w = widths[i]));
             } else {
                 text.push_str(&format!("{cell:<w$}  ", w = widths[i]));
@@ -98,6 +101,7 @@ mod tests {
                 step: i,
                 total: 500,
                 last: [("loss".to_string(), 1.0 / (i + 1) as f64)].into(),
+                alerts: vec![],
             })
             .collect();
         let t = table(&rows);

@@ -112,6 +112,12 @@ pub struct RunView {
     pub loading: bool,
     /// A watcher event named one of the run's files since its last poll.
     pub dirty: bool,
+    /// Health alerts of the run's metrics ([`crate::analysis::health`]), kept up to date with
+    /// its series.
+    pub alerts: Vec<crate::analysis::health::Alert>,
+    /// What looks alarming but is not (e.g. GRPO's loss near 0).
+    pub health_notes: Vec<String>,
+    alerts_version: u64,
     metrics_tail: MetricsTail,
     loader: Option<Loader>,
     polled: bool,
@@ -144,6 +150,9 @@ impl RunView {
             last_error: None,
             loading: true,
             dirty: true,
+            alerts: Vec::new(),
+            health_notes: Vec::new(),
+            alerts_version: u64::MAX,
             loader: None,
             polled: false,
             csv_loaded: false,
@@ -209,6 +218,14 @@ impl RunView {
             self.loading = p.more || self.loader.is_some();
             self.bad_lines = self.metrics_tail.bad_lines;
             self.last_error = self.metrics_tail.last_error.clone();
+        }
+        if self.series.version() != self.alerts_version {
+            self.alerts_version = self.series.version();
+            let names: Vec<String> = self.series.names().cloned().collect();
+            let column = |n: &str| self.series.column(n);
+            self.alerts = crate::analysis::health::alerts(&names, &column);
+            let kind = self.status.as_ref().map_or("", |s| s.kind.as_str());
+            self.health_notes = crate::analysis::health::notes(kind, &names, &column);
         }
         if self.series.is_empty() && !self.csv_loaded {
             self.csv_loaded = true;

@@ -131,6 +131,11 @@ fn runs_lists_runs_as_json() {
     assert_eq!(v[0]["id"], "20261130-000000-pre");
     assert_eq!(v[0]["status"], "done");
     assert_eq!(v[0]["last"]["loss"], 2.0);
+    assert_eq!(
+        v[0]["alerts"],
+        serde_json::json!([]),
+        "too few points for any alert"
+    );
     bin()
         .arg("runs")
         .arg(d.path())

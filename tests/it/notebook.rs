@@ -687,3 +687,34 @@ fn the_overview_names_the_device_a_run_used() {
     let screen = render(&a, 120, 30);
     assert!(screen.contains("device cuda"), "{screen}");
 }
+
+#[test]
+fn health_alerts_show_as_a_badge_and_in_the_overview() {
+    let d = tempfile::tempdir().unwrap();
+    fixture(d.path());
+    // The grpo run's entropy collapses; its loss sits near 0 (a note, not an alert).
+    let rl = d.path().join("demo/runs/20261130-010100-rl");
+    let mut m = String::new();
+    for i in 1..=30 {
+        let e = 1.0 - 0.99 * (i as f64 - 1.0) / 29.0;
+        m.push_str(&format!(
+            "{{\"step\":{i},\"entropy\":{e},\"loss\":0.0001}}\n"
+        ));
+    }
+    std::fs::write(rl.join("metrics.jsonl"), m).unwrap();
+    let mut a = app(d.path());
+    let run = &a.ws.experiments[0].runs[1];
+    assert_eq!(run.id, "20261130-010100-rl");
+    assert_eq!(
+        run.alerts.iter().map(|x| x.name).collect::<Vec<_>>(),
+        vec!["entropy_collapse"]
+    );
+    let screen = render(&a, 220, 30);
+    assert!(screen.contains("⚑1") || screen.contains("⚑ 1"), "{screen}");
+    a.on_key(key('j'));
+    a.on_key(key('j'));
+    a.on_key(key('3'));
+    let screen = render(&a, 160, 40);
+    assert!(screen.contains("entropy_collapse"), "{screen}");
+    assert!(screen.contains("loss near 0 is normal"), "{screen}");
+}

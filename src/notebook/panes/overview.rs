@@ -48,6 +48,18 @@ pub fn draw(
             if let Some(init) = &s.init {
                 info.push(Line::from(format!("init {init}")));
             }
+            for a in &run.alerts {
+                info.push(Line::styled(
+                    format!("⚑ {}: {}", a.name, a.message),
+                    Style::default().fg(Color::Red),
+                ));
+            }
+            for n in &run.health_notes {
+                info.push(Line::styled(
+                    format!("· {n}"),
+                    Style::default().fg(Color::DarkGray),
+                ));
+            }
             if let Some(e) = &s.error {
                 info.push(Line::styled(
                     format!("error: {}", e.message),

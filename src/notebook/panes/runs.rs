@@ -195,6 +195,14 @@ fn draw(pane: &Runs, f: &mut Frame<'_>, area: Rect, ws: &Workspace, ctx: Ctx<'_>
                     Span::raw(" "),
                     Span::styled(status.clone(), Style::default().fg(status_color(&status))),
                 ];
+                // Health alerts right after the status, where a narrow pane still shows them
+                // (the overview says what each means).
+                if !run.alerts.is_empty() {
+                    spans.push(Span::styled(
+                        format!(" ⚑{}", run.alerts.len()),
+                        Style::default().fg(Color::Red),
+                    ));
+                }
                 if let Some(s) = &run.status
                     && s.progress.total > 0
                 {

@@ -1,0 +1,233 @@
+//! Run health alerts from metric histories, for stageloop's runs and for other programs' runs
+//! that use TRL's metric names. Each rule compares the first and last thirds of a metric (at
+//! least [`MIN_POINTS`] logged values) and says in one sentence what it means and what to try.
+//! Pure functions over value columns; the `runs` command and the notebook both call them.
+
+/// Values a rule needs before it says anything.
+pub const MIN_POINTS: usize = 9;
+
+/// One active alert.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Alert {
+    pub name: &'static str,
+    pub message: String,
+}
+
+/// Means of the first and last thirds of the finite values, when there are enough.
+fn thirds(v: &[f64]) -> Option<(f64, f64)> {
+    let v: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.len() < MIN_POINTS {
+        return None;
+    }
+    let t = v.len() / 3;
+    let mean = |s: &[f64]| s.iter().sum::<f64>() / s.len() as f64;
+    Some((mean(&v[..t]), mean(&v[v.len() - t..])))
+}
+
+/// The alerts of a run whose metric columns `column` returns (values in step order; NaN where a
+/// line lacked the metric), given the metric names it has.
+pub fn alerts(names: &[String], column: &dyn Fn(&str) -> Option<Vec<f64>>) -> Vec<Alert> {
+    let mut out = Vec::new();
+    let get = |n: &str| column(n).and_then(|v| thirds(&v));
+    let find = |pred: &dyn Fn(&str) -> bool| names.iter().find(|n| pred(n)).map(String::as_str);
+    let accuracy =
+        find(&|n| n.starts_with("rewards/") && n.contains("accuracy") && n.ends_with("/mean"));
+    let format =
+        find(&|n| n.starts_with("rewards/") && n.contains("format") && n.ends_with("/mean"));
+    if let Some((a0, a1)) = accuracy.and_then(get) {
+        let rising = |m: Option<&str>| m.and_then(get).is_some_and(|(x0, x1)| x1 - x0 > 0.1);
+        if a1 - a0 <= 0.02 && (rising(format) || rising(Some("reward"))) {
+            out.push(Alert {
+                name: "reward_hacking",
+                message: format!(
+                    "reward is rising while accuracy is not ({a0:.2} → {a1:.2}): the policy may be earning the format or another reward without solving the task — read the samples, lower the other rewards' weights"
+                ),
+            });
+        }
+    }
+    if let Some((e0, e1)) = get("entropy")
+        && e0 > 0.05
+        && e1 < 0.3 * e0
+    {
+        out.push(Alert {
+            name: "entropy_collapse",
+            message: format!(
+                "entropy fell from {e0:.3} to {e1:.3}: sampling has become nearly deterministic and GRPO's groups stop differing — raise the temperature, lower the learning rate, or use clip-higher (epsilon_high)"
+            ),
+        });
+    }
+    let length = get("completions/mean_length");
+    if let Some((l0, l1)) = length
+        && l1 < 0.5 * l0
+    {
+        out.push(Alert {
+            name: "length_collapse",
+            message: format!(
+                "completions shrank from {l0:.1} to {l1:.1} tokens: the policy may be dropping its reasoning — check a length or format reward, and the samples"
+            ),
+        });
+    }
+    let clipped = get("completions/clipped_ratio");
+    if let (Some((l0, l1)), Some((_, c1))) = (length, clipped)
+        && l1 > 2.0 * l0
+        && c1 > 0.2
+    {
+        out.push(Alert {
+            name: "length_runaway",
+            message: format!(
+                "completions grew from {l0:.1} to {l1:.1} tokens and {:.0}% hit the limit: rambling — add an overlong penalty or mask truncated completions",
+                100.0 * c1
+            ),
+        });
+    } else if let Some((_, c1)) = clipped
+        && c1 > 0.3
+    {
+        out.push(Alert {
+            name: "truncation",
+            message: format!(
+                "{:.0}% of completions hit the token limit: their rewards are mostly noise — raise max_new_tokens or mask truncated completions",
+                100.0 * c1
+            ),
+        });
+    }
+    if let Some((_, z1)) = get("frac_reward_zero_std")
+        && z1 > 0.8
+    {
+        out.push(Alert {
+            name: "no_learning_signal",
+            message: format!(
+                "{:.0}% of groups have equal rewards (zero advantage): little to learn from — the task is too easy or too hard for the model; use dynamic sampling or change the difficulty",
+                100.0 * z1
+            ),
+        });
+    }
+    if let Some((k0, k1)) = get("kl")
+        && (k1 > 1.0 || (k1 > 0.2 && k1 > 10.0 * k0.max(1e-3)))
+    {
+        out.push(Alert {
+            name: "kl_blowup",
+            message: format!(
+                "KL to the reference rose from {k0:.3} to {k1:.3}: the policy is drifting fast — lower the learning rate or raise beta"
+            ),
+        });
+    }
+    let clip = find(&|n| n == "clip_ratio/region_mean" || n == "clip_ratio").and_then(get);
+    if let Some((_, c1)) = clip
+        && c1 > 0.3
+    {
+        out.push(Alert {
+            name: "clip_blowup",
+            message: format!(
+                "{:.0}% of tokens are clipped: updates are too large for the trust region — lower the learning rate or num_iterations",
+                100.0 * c1
+            ),
+        });
+    }
+    out
+}
+
+/// Notes on what looks alarming but is not (shown beside the alerts).
+pub fn notes(
+    kind: &str,
+    names: &[String],
+    column: &dyn Fn(&str) -> Option<Vec<f64>>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    let last = |n: &str| column(n)?.into_iter().rev().find(|x| x.is_finite());
+    if kind == "grpo"
+        && names.iter().any(|n| n == "loss")
+        && last("loss").is_some_and(|l| l.abs() < 1e-2)
+    {
+        out.push(
+            "loss near 0 is normal in GRPO (advantages average to zero within each group): watch the reward and accuracy instead".to_string(),
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn run(cols: &[(&str, Vec<f64>)]) -> Vec<&'static str> {
+        let m: BTreeMap<String, Vec<f64>> = cols
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        let names: Vec<String> = m.keys().cloned().collect();
+        alerts(&names, &|n| m.get(n).cloned())
+            .into_iter()
+            .map(|a| a.name)
+            .collect()
+    }
+
+    fn ramp(a: f64, b: f64) -> Vec<f64> {
+        (0..30).map(|i| a + (b - a) * i as f64 / 29.0).collect()
+    }
+
+    #[test]
+    fn each_rule_fires_on_its_pattern_and_not_on_a_healthy_run() {
+        let healthy = run(&[
+            ("rewards/accuracy/mean", ramp(0.2, 0.8)),
+            ("rewards/format/mean", ramp(0.5, 1.0)),
+            ("reward", ramp(0.3, 0.9)),
+            ("entropy", ramp(1.0, 0.6)),
+            ("completions/mean_length", ramp(30.0, 35.0)),
+            ("completions/clipped_ratio", ramp(0.0, 0.05)),
+            ("frac_reward_zero_std", ramp(0.3, 0.4)),
+            ("kl", ramp(0.0, 0.05)),
+            ("clip_ratio/region_mean", ramp(0.0, 0.02)),
+        ]);
+        assert!(healthy.is_empty(), "{healthy:?}");
+        assert_eq!(
+            run(&[
+                ("rewards/accuracy_reward/mean", ramp(0.3, 0.3)),
+                ("rewards/format_reward/mean", ramp(0.1, 0.9))
+            ]),
+            vec!["reward_hacking"],
+            "TRL's names"
+        );
+        assert_eq!(
+            run(&[("entropy", ramp(1.0, 0.05))]),
+            vec!["entropy_collapse"]
+        );
+        assert_eq!(
+            run(&[("completions/mean_length", ramp(40.0, 10.0))]),
+            vec!["length_collapse"]
+        );
+        assert_eq!(
+            run(&[
+                ("completions/mean_length", ramp(20.0, 90.0)),
+                ("completions/clipped_ratio", ramp(0.0, 0.6))
+            ]),
+            vec!["length_runaway"]
+        );
+        assert_eq!(
+            run(&[("completions/clipped_ratio", ramp(0.4, 0.6))]),
+            vec!["truncation"]
+        );
+        assert_eq!(
+            run(&[("frac_reward_zero_std", ramp(0.9, 0.95))]),
+            vec!["no_learning_signal"]
+        );
+        assert_eq!(run(&[("kl", ramp(0.01, 3.0))]), vec!["kl_blowup"]);
+        assert_eq!(
+            run(&[("clip_ratio/region_mean", ramp(0.2, 0.6))]),
+            vec!["clip_blowup"]
+        );
+        // Too few points say nothing; NaN gaps are skipped.
+        assert!(run(&[("entropy", vec![1.0, 0.5, 0.01])]).is_empty());
+        let mut gappy = ramp(1.0, 0.01);
+        gappy[3] = f64::NAN;
+        assert_eq!(run(&[("entropy", gappy)]), vec!["entropy_collapse"]);
+    }
+
+    #[test]
+    fn a_zero_grpo_loss_gets_a_reassuring_note() {
+        let names = vec!["loss".to_string()];
+        let zero = |_: &str| Some(vec![0.3, 0.001]);
+        assert_eq!(notes("grpo", &names, &zero).len(), 1);
+        assert!(notes("pretrain", &names, &zero).is_empty());
+    }
+}
