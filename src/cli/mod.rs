@@ -62,8 +62,12 @@ pub enum Command {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
         /// Override the experiment's seed.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "seeds")]
         seed: Option<u64>,
+        /// Run the pipeline once per seed, in order (`--seeds 0,1,2`); a seed whose stages are
+        /// all done is skipped, an interrupted one resumes.
+        #[arg(long, value_delimiter = ',')]
+        seeds: Vec<u64>,
         /// Start new runs even where an unfinished run of the stage could be resumed.
         #[arg(long)]
         fresh: bool,
@@ -234,8 +238,15 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
             stage,
             set,
             seed,
+            seeds,
             fresh,
-        }) => run::run(&exp, &stage, &set, seed, fresh),
+        }) => {
+            if seeds.is_empty() {
+                run::run(&exp, &stage, &set, seed, fresh)
+            } else {
+                run::run_seeds(&exp, &stage, &set, &seeds, fresh)
+            }
+        }
         Some(Command::Runs { exp, json }) => runs::run(&exp, json),
         Some(Command::Report { exp, json }) => report::run(&exp, json),
         Some(Command::Sample {

@@ -38,6 +38,40 @@ pub fn run(
     }
 }
 
+/// `run --seeds 0,1,2`: the pipeline once per seed, in order. A seed whose every stage has a
+/// finished run is skipped (unless `--fresh`), so the same command resumes an interrupted sweep.
+pub fn run_seeds(
+    exp: &Path,
+    stage: &[String],
+    sets: &[String],
+    seeds: &[u64],
+    fresh: bool,
+) -> anyhow::Result<()> {
+    let e = spec::load_with(exp, sets)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone())?;
+    }
+    let mut reporter = CliReporter::new();
+    for &seed in seeds {
+        if !fresh && stage.is_empty() && stages::pipeline::pipeline_done(&e, seed) {
+            println!("seed {seed}: every stage is done (--fresh runs it again)");
+            continue;
+        }
+        println!("seed {seed}");
+        let opts = RunOptions {
+            stages: stage.to_vec(),
+            seed: Some(seed),
+            fresh,
+        };
+        if let Outcome::Stopped = stages::run_pipeline(&e, &opts, stop.clone(), &mut reporter)? {
+            eprintln!("stopped at seed {seed}; run the same command again to resume");
+            std::process::exit(130);
+        }
+    }
+    Ok(())
+}
+
 /// Progress for a person: an indicatif bar on a terminal, a line every few seconds otherwise.
 /// Every line (progress every 5 s, messages, start and end) is also appended to the run's
 /// `stdout.log`, which the notebook's logs pane shows.

@@ -86,6 +86,10 @@ pub struct RunStatus {
     /// Where the stage computes (`cpu`, `cuda`, `wgpu`); absent in runs of older builds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
+    /// The experiment seed the run used (`--seed`/`--seeds` or the spec's); absent in runs of
+    /// older builds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
 }
 
 /// One resume of a run (see [`RunStatus::resumed_at`]).
@@ -195,6 +199,7 @@ mod tests {
             error: None,
             resumed_at: vec![Resumed { step: 2, time: 5.0 }],
             device: Some("cpu".into()),
+            seed: Some(3),
         };
         s.save(d.path()).unwrap();
         let back = RunStatus::load(d.path()).unwrap();
@@ -224,6 +229,7 @@ mod tests {
             error: None,
             resumed_at: vec![],
             device: None,
+            seed: None,
         };
         s.save(d.path()).unwrap();
         // The temp file cannot be created (a folder holds its name), as on a full disk.

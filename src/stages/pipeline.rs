@@ -59,7 +59,7 @@ pub fn run_pipeline(
     let whole = opts.stages.is_empty();
     // The whole pipeline, interrupted in some stage: the stages before it are done; go on there.
     let mut resume_at = if whole && !opts.fresh {
-        interrupted_stage(exp)
+        interrupted_stage(exp, opts.seed.unwrap_or(exp.spec.seed))
     } else {
         None
     };
@@ -119,14 +119,32 @@ pub fn run_pipeline(
     Ok(Outcome::Done)
 }
 
+/// Whether a run belongs to `seed` (runs of builds that did not record seeds belong to all).
+fn same_seed(s: &RunStatus, seed: u64) -> bool {
+    s.seed.is_none_or(|x| x == seed)
+}
+
+/// Whether every stage of the pipeline has a finished run of `seed` and none was interrupted
+/// since: `run --seeds` skips such a seed.
+pub fn pipeline_done(exp: &Experiment, seed: u64) -> bool {
+    let runs = runfs::runs_with_status(&exp.runs_dir());
+    exp.spec.stage.iter().all(|st| {
+        runs.iter()
+            .rev()
+            .filter_map(|(_, s)| s.as_ref())
+            .find(|s| s.stage == st.name && same_seed(s, seed))
+            .is_some_and(|s| s.status == Status::Done)
+    })
+}
+
 /// The stage (and loop iteration) where an earlier `run` of the whole pipeline stopped: the most
 /// recently started run of any stage, when it was stopped, failed or crashed and can resume.
-fn interrupted_stage(exp: &Experiment) -> Option<(String, Option<u32>)> {
+fn interrupted_stage(exp: &Experiment, seed: u64) -> Option<(String, Option<u32>)> {
     let (run, s) = runfs::runs_with_status(&exp.runs_dir())
         .into_iter()
         .rev()
         .find_map(|(r, s)| {
-            s.filter(|s| exp.stage_index(&s.stage).is_some())
+            s.filter(|s| exp.stage_index(&s.stage).is_some() && same_seed(s, seed))
                 .map(|s| (r, s))
         })?;
     let resumable = matches!(
@@ -258,13 +276,19 @@ fn run_one(
                 run.path.display()
             );
         }
-        runfs::latest_run_of(&exp.runs_dir(), &cfg.name).filter(|(run, s)| {
-            matches!(
-                s.effective_status(),
-                Status::Stopped | Status::Failed | Status::Crashed
-            ) && s.iteration == step.iteration
-                && checkpoint::latest(&run.path).is_some()
-        })
+        let seed = opts.seed.unwrap_or(exp.spec.seed);
+        runfs::runs_with_status(&exp.runs_dir())
+            .into_iter()
+            .rev()
+            .filter_map(|(r, s)| s.map(|s| (r, s)))
+            .find(|(_, s)| s.stage == cfg.name && same_seed(s, seed))
+            .filter(|(run, s)| {
+                matches!(
+                    s.effective_status(),
+                    Status::Stopped | Status::Failed | Status::Crashed
+                ) && s.iteration == step.iteration
+                    && checkpoint::latest(&run.path).is_some()
+            })
     };
     // One writer per run folder: the lock is taken before anything is written (a second resume
     // of the same run stops there) and held until this function returns or the process dies.
@@ -330,6 +354,7 @@ fn run_one(
                 error: None,
                 resumed_at: Vec::new(),
                 device: Some(crate::model::device_name()),
+                seed: Some(opts.seed.unwrap_or(exp.spec.seed)),
             };
             (run, s, None, lock)
         }

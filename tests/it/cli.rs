@@ -828,3 +828,52 @@ fn data_show_and_check_report_rows_fields_and_splits() {
             "1 training rows, 1 held out; 1 training rows had a held-out prompt",
         ));
 }
+
+#[test]
+fn seeds_run_the_pipeline_once_per_seed_and_resume_a_sweep() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("experiment.toml"), TINY).unwrap();
+    bin()
+        .arg("run")
+        .arg(d.path())
+        .args(["--seeds", "0,1"])
+        .assert()
+        .success();
+    let seeds = || {
+        let mut v: Vec<(u64, stageloop::runfs::Status)> = std::fs::read_dir(d.path().join("runs"))
+            .unwrap()
+            .flatten()
+            .map(|e| stageloop::runfs::RunStatus::load(&e.path()).unwrap())
+            .map(|s| (s.seed.unwrap(), s.status))
+            .collect();
+        v.sort_by_key(|x| x.0);
+        v
+    };
+    let done = stageloop::runfs::Status::Done;
+    assert_eq!(seeds(), vec![(0, done), (1, done)]);
+    // Seed 1's run was interrupted: the sweep resumes it and adds seed 2, seed 0 is skipped.
+    let one = std::fs::read_dir(d.path().join("runs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| stageloop::runfs::RunStatus::load(p).unwrap().seed == Some(1))
+        .unwrap();
+    let mut st = stageloop::runfs::RunStatus::load(&one).unwrap();
+    st.status = stageloop::runfs::Status::Stopped;
+    st.save(&one).unwrap();
+    bin()
+        .arg("run")
+        .arg(d.path())
+        .args(["--seeds", "0,1,2"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("seed 0: every stage is done"));
+    assert_eq!(seeds(), vec![(0, done), (1, done), (2, done)]);
+    assert_eq!(
+        stageloop::runfs::RunStatus::load(&one)
+            .unwrap()
+            .resumed_at
+            .len(),
+        1
+    );
+}
