@@ -130,6 +130,31 @@ impl App {
         }
     }
 
+    /// Put the cursor on the most recently started running run, else on the most recently
+    /// started run: what a user opening the notebook wants to see first.
+    pub fn select_most_recent(&mut self) {
+        let started = |r: &RunView| r.status.as_ref().and_then(|s| s.started).unwrap_or(0.0);
+        let rows = self.runs.rows(&self.ws);
+        let pick = |running: bool| {
+            rows.iter()
+                .enumerate()
+                .filter_map(|(i, row)| match *row {
+                    super::panes::runs::Row::Run(e, r) => {
+                        let run = &self.ws.experiments[e].runs[r];
+                        let ok = !running
+                            || run.effective_status() == Some(crate::runfs::Status::Running);
+                        ok.then_some((i, started(run)))
+                    }
+                    _ => None,
+                })
+                .max_by(|a, b| a.1.total_cmp(&b.1))
+                .map(|(i, _)| i)
+        };
+        if let Some(i) = pick(true).or_else(|| pick(false)) {
+            self.runs.cursor = i;
+        }
+    }
+
     pub fn notice(&mut self, msg: impl Into<String>) {
         if self.notices.len() == 5 {
             self.notices.pop_front();

@@ -194,6 +194,9 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
 
     let mut app = App::new(workspace::Workspace::new(&root));
     app.ws.watched = !matches!(guard, watch::Guard::None);
+    // Statuses first (run.json is read before any log), then open on the run that matters now.
+    app.poll(Instant::now() + POLL_BUDGET);
+    app.select_most_recent();
     app.notice(how);
     terminal::install_abort_guard();
     let mut terminal = ratatui::try_init()?;

@@ -718,3 +718,30 @@ fn health_alerts_show_as_a_badge_and_in_the_overview() {
     assert!(screen.contains("entropy_collapse"), "{screen}");
     assert!(screen.contains("loss near 0 is normal"), "{screen}");
 }
+
+#[test]
+fn the_notebook_opens_on_the_running_run_else_the_latest() {
+    let d = tempfile::tempdir().unwrap();
+    fixture(d.path());
+    let mut a = app(d.path());
+    a.select_most_recent();
+    assert_eq!(
+        a.selected_run().unwrap().id,
+        "20261130-010100-rl",
+        "the running one"
+    );
+    // Nothing running: the most recently started run.
+    let rl = d.path().join("demo/runs/20261130-010100-rl/run.json");
+    let pre = d.path().join("demo/runs/20261130-010000-pre/run.json");
+    let text = std::fs::read_to_string(&rl)
+        .unwrap()
+        .replace("\"running\"", "\"done\"");
+    std::fs::write(&rl, text).unwrap();
+    let text = std::fs::read_to_string(&pre)
+        .unwrap()
+        .replace("1000.0", "5000.0");
+    std::fs::write(&pre, text).unwrap();
+    let mut a = app(d.path());
+    a.select_most_recent();
+    assert_eq!(a.selected_run().unwrap().id, "20261130-010000-pre");
+}
