@@ -11,6 +11,15 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
+/// A flag SIGINT and SIGTERM set: the running stage finishes its step, checkpoints and stops.
+fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone())?;
+    }
+    Ok(stop)
+}
+
 pub fn run(
     exp: &Path,
     stage: &[String],
@@ -19,10 +28,7 @@ pub fn run(
     fresh: bool,
 ) -> anyhow::Result<()> {
     let e = spec::load_with(exp, sets)?;
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, stop.clone())?;
-    }
+    let stop = stop_flag()?;
     let opts = RunOptions {
         stages: stage.to_vec(),
         seed,
@@ -48,10 +54,7 @@ pub fn run_seeds(
     fresh: bool,
 ) -> anyhow::Result<()> {
     let e = spec::load_with(exp, sets)?;
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, stop.clone())?;
-    }
+    let stop = stop_flag()?;
     let mut reporter = CliReporter::new();
     for &seed in seeds {
         if !fresh && stage.is_empty() && stages::pipeline::pipeline_done(&e, seed) {

@@ -281,17 +281,7 @@ impl App {
                     return Vec::new();
                 };
                 let (exp, name) = (ex.dir.clone(), ex.name.clone());
-                let commands = programs_of(ex, None);
-                if !commands.is_empty() {
-                    self.dialog = Some(Dialog::RunsPrograms {
-                        exp,
-                        stage: None,
-                        commands,
-                    });
-                    return Vec::new();
-                }
-                self.notice(format!("starting the pipeline of {name}"));
-                return vec![Effect::Spawn { exp, stage: None }];
+                return self.spawn_or_ask(exp, None, format!("starting the pipeline of {name}"));
             }
             Action::Stop => match self.selected_running() {
                 Some((run, pid)) => {
@@ -349,23 +339,8 @@ impl App {
             return match dialog {
                 Dialog::Quit => vec![Effect::Quit],
                 Dialog::StartRunning { exp, stage, .. } => {
-                    let commands = self
-                        .selected_experiment()
-                        .map(|ex| programs_of(ex, Some(&stage)))
-                        .unwrap_or_default();
-                    if !commands.is_empty() {
-                        self.dialog = Some(Dialog::RunsPrograms {
-                            exp,
-                            stage: Some(stage),
-                            commands,
-                        });
-                        return Vec::new();
-                    }
-                    self.notice(format!("starting stage {stage} again"));
-                    vec![Effect::Spawn {
-                        exp,
-                        stage: Some(stage),
-                    }]
+                    let msg = format!("starting stage {stage} again");
+                    self.spawn_or_ask(exp, Some(stage), msg)
                 }
                 Dialog::RunsPrograms { exp, stage, .. } => {
                     self.notice(match &stage {
@@ -467,20 +442,27 @@ impl App {
             self.dialog = Some(Dialog::StartRunning { exp, stage, pid });
             return Vec::new();
         }
-        let commands = programs_of(ex, Some(&stage));
+        let msg = format!("starting stage {stage}");
+        self.spawn_or_ask(exp, Some(stage), msg)
+    }
+
+    /// Start `stage` (`None`: the pipeline) of the selected experiment — or, when that runs
+    /// reward programs from the spec, show their commands and ask first.
+    fn spawn_or_ask(&mut self, exp: PathBuf, stage: Option<String>, msg: String) -> Vec<Effect> {
+        let commands = self
+            .selected_experiment()
+            .map(|ex| programs_of(ex, stage.as_deref()))
+            .unwrap_or_default();
         if !commands.is_empty() {
             self.dialog = Some(Dialog::RunsPrograms {
                 exp,
-                stage: Some(stage),
+                stage,
                 commands,
             });
             return Vec::new();
         }
-        self.notice(format!("starting stage {stage}"));
-        vec![Effect::Spawn {
-            exp,
-            stage: Some(stage),
-        }]
+        self.notice(msg);
+        vec![Effect::Spawn { exp, stage }]
     }
 
     /// The folder and pid of the selected run (or, on an experiment row or in the pipeline

@@ -204,14 +204,20 @@ fn runs_and_export_print_no_escape_sequences_and_write_safe_files() {
     );
 }
 
-/// The `pre` run of the experiment in `exp` and its latest checkpoint.
-fn pre_run(exp: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
-    let run = std::fs::read_dir(exp.join("runs"))
+/// The run folder of `exp` whose id ends with `-<stage>` (the test ran one of each).
+fn run_named(exp: &Path, stage: &str) -> std::path::PathBuf {
+    let suffix = format!("-{stage}");
+    std::fs::read_dir(exp.join("runs"))
         .unwrap()
         .flatten()
-        .find(|e| e.file_name().to_string_lossy().ends_with("-pre"))
-        .unwrap()
-        .path();
+        .find(|e| e.file_name().to_string_lossy().ends_with(&suffix))
+        .unwrap_or_else(|| panic!("no run of `{stage}` in {}", exp.display()))
+        .path()
+}
+
+/// The `pre` run of the experiment in `exp` and its latest checkpoint.
+fn pre_run(exp: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let run = run_named(exp, "pre");
     let ck = stageloop::runfs::checkpoint::latest(&run).unwrap();
     (run, ck)
 }
@@ -406,12 +412,7 @@ fn one_bad_eval_json_does_not_hide_the_other_rows() {
     );
     std::fs::write(d.path().join("experiment.toml"), spec).unwrap();
     bin().arg("run").arg(d.path()).assert().success();
-    let ev1 = std::fs::read_dir(d.path().join("runs"))
-        .unwrap()
-        .flatten()
-        .find(|e| e.file_name().to_string_lossy().ends_with("-ev1"))
-        .unwrap()
-        .path();
+    let ev1 = run_named(d.path(), "ev1");
     std::fs::write(ev1.join("eval.json"), "{\"pass@1\": ").unwrap();
     let out = bin().arg("report").arg(d.path()).assert().code(1);
     let stdout = String::from_utf8_lossy(&out.get_output().stdout);
@@ -479,12 +480,7 @@ fn rerunning_an_interrupted_pipeline_goes_on_where_it_stopped() {
     );
     std::fs::write(d.path().join("experiment.toml"), spec).unwrap();
     bin().arg("run").arg(d.path()).assert().success();
-    let more = std::fs::read_dir(d.path().join("runs"))
-        .unwrap()
-        .flatten()
-        .find(|e| e.file_name().to_string_lossy().ends_with("-more"))
-        .unwrap()
-        .path();
+    let more = run_named(d.path(), "more");
     // As if `more` had been stopped half way.
     let mut st = stageloop::runfs::RunStatus::load(&more).unwrap();
     st.status = stageloop::runfs::Status::Stopped;
@@ -552,26 +548,12 @@ fn a_dataset_task_runs_every_stage_end_to_end() {
         v[0]
     );
     let eval: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(
-            std::fs::read_dir(d.path().join("runs"))
-                .unwrap()
-                .flatten()
-                .find(|e| e.file_name().to_string_lossy().ends_with("-ev"))
-                .unwrap()
-                .path()
-                .join("eval.json"),
-        )
-        .unwrap(),
+        &std::fs::read_to_string(run_named(d.path(), "ev").join("eval.json")).unwrap(),
     )
     .unwrap();
     assert_eq!(eval["n"], 6, "the six held-out rows: {eval}");
     // The samples of the GRPO stage were scored against the rows' answers.
-    let rl = std::fs::read_dir(d.path().join("runs"))
-        .unwrap()
-        .flatten()
-        .find(|e| e.file_name().to_string_lossy().ends_with("-rl"))
-        .unwrap()
-        .path();
+    let rl = run_named(d.path(), "rl");
     assert!(
         std::fs::read_to_string(rl.join("metrics.jsonl"))
             .unwrap()
@@ -718,12 +700,7 @@ fn a_reward_program_scores_completions_and_check_shows_its_command() {
         .stdout(predicate::str::contains(
             "from the program: python3 reward.py",
         ));
-    let rl = std::fs::read_dir(d.path().join("runs"))
-        .unwrap()
-        .flatten()
-        .find(|e| e.file_name().to_string_lossy().ends_with("-rl"))
-        .unwrap()
-        .path();
+    let rl = run_named(d.path(), "rl");
     let samples = std::fs::read_to_string(rl.join("samples.jsonl")).unwrap();
     let first: serde_json::Value = serde_json::from_str(samples.lines().next().unwrap()).unwrap();
     let style = first["rewards"]["style"].as_f64().unwrap();
@@ -767,12 +744,7 @@ fn a_reward_program_that_crashes_hangs_or_babbles_fails_the_stage_naming_it() {
             err.contains("request: prompt"),
             "the request is named: {err}"
         );
-        let rl = std::fs::read_dir(d.path().join("runs"))
-            .unwrap()
-            .flatten()
-            .find(|e| e.file_name().to_string_lossy().ends_with("-rl"))
-            .unwrap()
-            .path();
+        let rl = run_named(d.path(), "rl");
         let st = stageloop::runfs::RunStatus::load(&rl).unwrap();
         assert_eq!(st.status, stageloop::runfs::Status::Failed);
     }
