@@ -58,18 +58,10 @@ fn progress(screen: &str) -> Option<u64> {
 
 #[test]
 fn start_watch_and_stop_a_stage_from_the_keyboard() {
-    if Command::new("tmux").arg("-V").output().is_err() {
-        assert!(
-            std::env::var("CI").is_err(),
-            "tmux is required in CI (.ci/run installs it)"
-        );
-        eprintln!("tmux not installed: skipping");
+    if !have_tmux() {
         return;
     }
-    let d = tempfile::tempdir().unwrap();
-    let exp = d.path().join("tiny");
-    std::fs::create_dir_all(&exp).unwrap();
-    std::fs::write(exp.join("experiment.toml"), TINY).unwrap();
+    let (d, exp) = tiny_workspace();
     let session = format!("stageloop-test-{}", std::process::id());
     let cmd = format!(
         "{} tui {}",
@@ -141,6 +133,15 @@ fn scopeguard(s: &str) -> Guard {
     Guard(s.to_string())
 }
 
+/// A folder holding the `tiny` experiment (the folder the notebook opens, and the experiment).
+fn tiny_workspace() -> (tempfile::TempDir, std::path::PathBuf) {
+    let d = tempfile::tempdir().unwrap();
+    let exp = d.path().join("tiny");
+    std::fs::create_dir_all(&exp).unwrap();
+    std::fs::write(exp.join("experiment.toml"), TINY).unwrap();
+    (d, exp)
+}
+
 fn have_tmux() -> bool {
     if Command::new("tmux").arg("-V").output().is_err() {
         assert!(
@@ -160,10 +161,7 @@ fn an_abort_leaves_the_terminal_usable() {
     if !have_tmux() {
         return;
     }
-    let d = tempfile::tempdir().unwrap();
-    let exp = d.path().join("tiny");
-    std::fs::create_dir_all(&exp).unwrap();
-    std::fs::write(exp.join("experiment.toml"), TINY).unwrap();
+    let (d, _exp) = tiny_workspace();
     let session = format!("stageloop-abort-{}", std::process::id());
     // The notebook runs under `sh`, which stays: after the abort its `read` shows whether the
     // terminal echoes typed text again.
