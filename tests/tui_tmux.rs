@@ -68,17 +68,7 @@ fn start_watch_and_stop_a_stage_from_the_keyboard() {
         env!("CARGO_BIN_EXE_stageloop"),
         d.path().display()
     );
-    tmux(&[
-        "new-session",
-        "-d",
-        "-s",
-        &session,
-        "-x",
-        "150",
-        "-y",
-        "40",
-        &cmd,
-    ]);
+    start_session(&session, 150, 40, &[&cmd]);
     let guard = scopeguard(&session);
 
     wait_for(&session, "the notebook", |s| s.contains("pipeline: tiny"));
@@ -142,6 +132,14 @@ fn tiny_workspace() -> (tempfile::TempDir, std::path::PathBuf) {
     (d, exp)
 }
 
+/// A detached tmux session of `w`×`h` running `cmd` (its words).
+fn start_session(session: &str, w: u16, h: u16, cmd: &[&str]) {
+    let (w, h) = (w.to_string(), h.to_string());
+    let mut args = vec!["new-session", "-d", "-s", session, "-x", &w, "-y", &h];
+    args.extend_from_slice(cmd);
+    tmux(&args);
+}
+
 fn have_tmux() -> bool {
     if Command::new("tmux").arg("-V").output().is_err() {
         assert!(
@@ -170,19 +168,7 @@ fn an_abort_leaves_the_terminal_usable() {
         env!("CARGO_BIN_EXE_stageloop"),
         d.path().display()
     );
-    tmux(&[
-        "new-session",
-        "-d",
-        "-s",
-        &session,
-        "-x",
-        "120",
-        "-y",
-        "30",
-        "sh",
-        "-c",
-        &cmd,
-    ]);
+    start_session(&session, 120, 30, &["sh", "-c", &cmd]);
     let _guard = scopeguard(&session);
     wait_for(&session, "the notebook", |s| s.contains("pipeline: tiny"));
     let alt = || tmux(&["display", "-p", "-t", &session, "#{alternate_on}"]);
