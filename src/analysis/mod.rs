@@ -4,7 +4,7 @@
 pub mod export;
 pub mod health;
 
-use crate::runfs::metrics::{BadLines, read_rows};
+use crate::runfs::metrics::{BadLines, read_columns};
 use crate::runfs::{RunDir, RunStatus};
 use anyhow::{Context, Result};
 use polars::prelude::*;
@@ -44,29 +44,15 @@ pub fn load_run_counted(run: &RunDir) -> Result<(DataFrame, BadLines)> {
 /// reader, which panics on a step ≥ 2^63 and recurses without limit on nested arrays): bad lines
 /// are skipped and counted, memory is the columns (f64) and one line.
 fn load_jsonl(path: &std::path::Path) -> Result<(DataFrame, BadLines)> {
-    let mut steps: Vec<i64> = Vec::new();
-    let mut times: Vec<Option<f64>> = Vec::new();
-    let mut cols: BTreeMap<String, Vec<Option<f64>>> = BTreeMap::new();
-    let bad = read_rows(path, |r| {
-        let n = steps.len();
-        steps.push(r.step as i64); // at most 2^53 (parse_metric_line)
-        times.push(r.time);
-        for (k, v) in r.values {
-            let col = cols.entry(k).or_insert_with(|| vec![None; n]);
-            col.push(v);
-        }
-        for col in cols.values_mut() {
-            if col.len() == n {
-                col.push(None);
-            }
-        }
-    })
-    .with_context(|| format!("{}: cannot read", path.display()))?;
+    let (cols, bad) =
+        read_columns(path, 0).with_context(|| format!("{}: cannot read", path.display()))?;
+    // Steps are at most 2^53 (parse_metric_line): exact as i64.
+    let steps: Vec<i64> = cols.steps.iter().map(|&s| s as i64).collect();
     let mut columns = vec![
         Column::new("step".into(), steps),
-        Column::new("time".into(), times),
+        Column::new("time".into(), cols.times),
     ];
-    for (name, vals) in cols {
+    for (name, vals) in cols.values {
         if name == "run" {
             continue; // the column added by load_run
         }
@@ -141,28 +127,13 @@ pub fn run_row(run: &RunDir) -> RunRow {
     let status = RunStatus::load(&run.path).ok();
     let path = run.metrics();
     let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-    let mut steps = 0usize;
-    let mut last_step = 0;
-    let mut cols: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-    let _ = crate::runfs::metrics::read_rows_range(
-        &path,
-        len.saturating_sub(LAST_VALUES_BUDGET),
-        u64::MAX,
-        |r| {
-            last_step = r.step;
-            for (k, v) in r.values {
-                let col = cols.entry(k).or_insert_with(|| vec![f64::NAN; steps]);
-                col.push(v.unwrap_or(f64::NAN));
-            }
-            steps += 1;
-            for col in cols.values_mut() {
-                if col.len() < steps {
-                    col.push(f64::NAN);
-                }
-            }
-            true
-        },
-    );
+    let (cols, _) = read_columns(&path, len.saturating_sub(LAST_VALUES_BUDGET)).unwrap_or_default();
+    let last_step = cols.steps.last().copied().unwrap_or(0);
+    let cols: BTreeMap<String, Vec<f64>> = cols
+        .values
+        .into_iter()
+        .map(|(k, v)| (k, v.into_iter().map(|x| x.unwrap_or(f64::NAN)).collect()))
+        .collect();
     let last: BTreeMap<String, f64> = cols
         .iter()
         .filter_map(|(k, v)| Some((k.clone(), v.iter().rev().copied().find(|x| x.is_finite())?)))

@@ -121,12 +121,12 @@ pub fn handle(app: &mut App, ev: Option<Event>, tx: &mpsc::Sender<Event>) -> Opt
         }
         Event::Tick => dirty |= app.poll_changed(budget()),
         Event::Rescan => {
-            if app.ws.watched {
-                dirty |= app.ws.rescan();
+            // Without a watcher nothing marks changed runs: re-list and re-read them all.
+            dirty |= if app.ws.watched {
+                app.ws.rescan() | app.poll_changed(budget())
             } else {
-                dirty |= app.ws.rescan_all() | app.poll(budget());
-            }
-            dirty |= app.poll_changed(budget());
+                app.ws.rescan_all() | app.poll(budget())
+            };
         }
         Event::ChildExit { pid, code } => {
             dirty = true;

@@ -1,5 +1,5 @@
 //! Parsing `metrics.jsonl` lines into rows; a tail that turns appended lines into rows; a whole-file
-//! reader that streams; and the last values read from the end of the file. All of them count (never
+//! (or from-an-offset) reader that streams, and the same as columns. All of them count (never
 //! fail on) lines that are not valid records: torn writes, garbage, non-UTF-8 bytes, absurd steps.
 
 use super::tail::{Poll, TailReader};
@@ -169,59 +169,43 @@ pub fn complete_lines_end(path: &Path, len: u64) -> std::io::Result<u64> {
     Ok(0)
 }
 
-/// The end of a metrics log: the last step, and the last finite value of each metric seen in the
-/// final `budget` bytes (read backwards in blocks; a metric logged only earlier is not found).
+/// Rows as columns: steps, wall times and one column per metric, each as long as `steps`
+/// (`None` where a line lacked the metric or had a non-finite value).
 #[derive(Debug, Default, Clone, PartialEq)]
-pub struct LastValues {
-    pub step: Option<u64>,
-    pub values: BTreeMap<String, f64>,
-    /// Whether the whole file was read (else only its last `budget` bytes).
-    pub complete: bool,
+pub struct Columns {
+    pub steps: Vec<u64>,
+    pub times: Vec<Option<f64>>,
+    pub values: BTreeMap<String, Vec<Option<f64>>>,
 }
 
-/// Read [`LastValues`] from the end of `path`, at most `budget` bytes: memory and time are bounded
-/// by the budget, not the file (a 1 GB log costs what an 8 MB one does).
-pub fn last_values(path: &Path, budget: u64) -> std::io::Result<LastValues> {
-    const BLOCK: u64 = 256 * 1024;
-    let mut f = std::fs::File::open(path).map_err(|e| super::atomic::named(path, e))?;
-    let len = f.metadata()?.len();
-    let mut out = LastValues::default();
-    let mut end = len;
-    // Bytes of the line cut by the block boundary, carried into the next (earlier) block.
-    let mut carry: Vec<u8> = Vec::new();
-    let mut block = Vec::new();
-    while end > 0 && len - end < budget {
-        let start = end.saturating_sub(BLOCK);
-        block.resize((end - start) as usize, 0);
-        f.seek(SeekFrom::Start(start))?;
-        f.read_exact(&mut block)?;
-        block.extend_from_slice(&carry);
-        // The first line of the block may be cut unless the block starts the file.
-        let first_nl = if start == 0 {
-            None
-        } else {
-            block.iter().position(|&b| b == b'\n')
-        };
-        let (head, body) = match first_nl {
-            Some(i) => block.split_at(i + 1),
-            None if start == 0 => (&[][..], &block[..]),
-            None => (&block[..], &[][..]),
-        };
-        for raw in body.split(|&b| b == b'\n').rev() {
-            if let Some(Ok(row)) = parse_raw(raw) {
-                out.step.get_or_insert(row.step);
-                for (k, v) in row.values {
-                    if let Some(v) = v.filter(|v| v.is_finite()) {
-                        out.values.entry(k).or_insert(v);
-                    }
-                }
+impl Columns {
+    /// Append one row, padding the columns it lacks and starting the ones it adds.
+    pub fn push(&mut self, row: MetricRow) {
+        let n = self.steps.len();
+        self.steps.push(row.step);
+        self.times.push(row.time);
+        for (k, v) in row.values {
+            self.values
+                .entry(k)
+                .or_insert_with(|| vec![None; n])
+                .push(v);
+        }
+        for col in self.values.values_mut() {
+            if col.len() == n {
+                col.push(None);
             }
         }
-        carry = head.to_vec();
-        end = start;
     }
-    out.complete = end == 0;
-    Ok(out)
+}
+
+/// The rows of `path` from byte `start` (a cut first line skipped) to the end, as columns.
+pub fn read_columns(path: &Path, start: u64) -> std::io::Result<(Columns, BadLines)> {
+    let mut cols = Columns::default();
+    let bad = read_rows_range(path, start, u64::MAX, |r| {
+        cols.push(r);
+        true
+    })?;
+    Ok((cols, bad))
 }
 
 /// A tail of one `metrics.jsonl` that yields parsed rows.
@@ -354,33 +338,19 @@ mod tests {
     }
 
     #[test]
-    fn last_values_read_from_the_end_match_a_full_read() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("metrics.jsonl");
-        let mut text = String::from("{\"step\":0,\"early\":7.0}\n");
-        for i in 1..=40_000 {
-            // Lines cross the 256 KB block edges; `reward` only every 1,000 steps.
-            text.push_str(&format!("{{\"step\":{i},\"loss\":{}", 1.0 / i as f64));
-            if i % 1000 == 0 {
-                text.push_str(&format!(",\"reward\":{}", i as f64));
-            }
-            text.push_str("}\n");
+    fn columns_pad_missing_metrics_and_start_new_ones() {
+        let mut c = Columns::default();
+        for line in [
+            r#"{"step":1,"loss":2.0}"#,
+            r#"{"step":2,"reward":0.5,"time":7.0}"#,
+            r#"{"step":3,"loss":null}"#,
+        ] {
+            c.push(parse_metric_line(line).unwrap());
         }
-        text.push_str("{\"step\":40001,\"loss\":null}\n{\"step\":40002,\"lo");
-        std::fs::write(&p, &text).unwrap();
-        let all = last_values(&p, u64::MAX).unwrap();
-        assert!(all.complete);
-        assert_eq!(all.step, Some(40_001));
-        assert_eq!(all.values["loss"], 1.0 / 40_000.0);
-        assert_eq!(all.values["reward"], 40_000.0);
-        assert_eq!(all.values["early"], 7.0);
-        // A small budget finds the recent values and says it stopped early.
-        let tail = last_values(&p, 300_000).unwrap();
-        assert!(!tail.complete);
-        assert_eq!(tail.step, all.step);
-        assert_eq!(tail.values["loss"], all.values["loss"]);
-        assert_eq!(tail.values["reward"], all.values["reward"]);
-        assert!(!tail.values.contains_key("early"));
+        assert_eq!(c.steps, vec![1, 2, 3]);
+        assert_eq!(c.times, vec![None, Some(7.0), None]);
+        assert_eq!(c.values["loss"], vec![Some(2.0), None, None]);
+        assert_eq!(c.values["reward"], vec![None, Some(0.5), None]);
     }
 
     #[test]

@@ -107,6 +107,14 @@ fn read_parquet(path: &Path) -> Result<Vec<(usize, serde_json::Map<String, serde
         .collect())
 }
 
+/// The rows of a Parquet file (by its extension) or a JSONL file.
+fn read_rows(path: &Path) -> Result<Vec<(usize, serde_json::Map<String, serde_json::Value>)>> {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("parquet") => read_parquet(path),
+        _ => read_jsonl(path),
+    }
+}
+
 /// `template` with every `{field}` replaced by the row's value; an unknown field is an error.
 fn fill(
     template: &str,
@@ -217,10 +225,7 @@ impl Dataset {
 
     /// The usable rows of one file: prompts distinct (the first row of a prompt wins).
     fn rows(path: &Path, spec: &TaskSpec, verifier: &Verifier) -> Result<Vec<Row>> {
-        let raw = match path.extension().and_then(|e| e.to_str()) {
-            Some("parquet") => read_parquet(path)?,
-            _ => read_jsonl(path)?,
-        };
+        let raw = read_rows(path)?;
         if raw.is_empty() {
             bail!("{}: no rows", path.display());
         }
@@ -327,10 +332,7 @@ pub struct Shown {
 
 /// Read `path` raw (fields) and as a dataset under `spec` (its `path` replaced by this file).
 pub fn show(path: &Path, spec: &TaskSpec) -> Result<Shown> {
-    let raw = match path.extension().and_then(|e| e.to_str()) {
-        Some("parquet") => read_parquet(path)?,
-        _ => read_jsonl(path)?,
-    };
+    let raw = read_rows(path)?;
     let mut fields = std::collections::BTreeMap::new();
     for (_, r) in &raw {
         for k in r.keys() {
