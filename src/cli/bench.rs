@@ -96,6 +96,7 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
             mlp: a.mlp,
             ctx: a.ctx,
             rope_theta: 10_000.0,
+            arch: Default::default(),
         },
         batch: a.batch,
         prompts: a.prompts,

@@ -12,7 +12,7 @@
 //! block ([`Band`]: the masked half is zero and skipped); the element-wise loops are compiled a
 //! second time with AVX2/FMA, chosen at run time.
 
-use super::math::{exp, rope_table, rotate};
+use super::math::{RopeSpec, exp, rope_table, rotate};
 use super::packed::{Band, Packed};
 use super::simd::{Uninit, avx2_dispatch, write, written};
 use rayon::prelude::*;
@@ -40,8 +40,8 @@ pub struct Rope {
 }
 
 impl Rope {
-    pub fn new(len: usize, head_dim: usize, theta: f64) -> Rope {
-        let (cos, sin) = rope_table(0, len, head_dim, theta);
+    pub fn new(len: usize, head_dim: usize, rope: RopeSpec) -> Rope {
+        let (cos, sin) = rope_table(0, len, head_dim, rope);
         Rope { cos, sin }
     }
 }
@@ -230,14 +230,14 @@ avx2_dispatch!(
 
 /// Causal attention of `qkv` (`[b, t, 3, heads, head_dim]`): the output `[b, t, d]` and the
 /// log-sum-exp of every query's scores (`[b, heads, t]`), which the backward pass needs.
-pub fn forward(qkv: &[f32], s: &Shape, theta: f64) -> (Vec<f32>, Vec<f32>) {
+pub fn forward(qkv: &[f32], s: &Shape, rope: RopeSpec) -> (Vec<f32>, Vec<f32>) {
     let (t, d) = (s.len, s.d());
     assert_eq!(
         qkv.len(),
         s.batch * t * 3 * d,
         "attention: qkv is not {s:?}"
     );
-    let rope = Rope::new(t, s.head_dim, theta);
+    let rope = Rope::new(t, s.head_dim, rope);
     let mut lse = vec![0.0f32; s.batch * s.heads * t];
     // SAFETY: the chunks of `t·d` cover the whole output and `forward_one` writes every
     // element of its chunk.
@@ -260,10 +260,10 @@ pub fn backward(
     lse: &[f32],
     dout: &[f32],
     s: &Shape,
-    theta: f64,
+    rope: RopeSpec,
 ) -> Vec<f32> {
     let (t, d) = (s.len, s.d());
-    let rope = Rope::new(t, s.head_dim, theta);
+    let rope = Rope::new(t, s.head_dim, rope);
     // SAFETY: the chunks of `3·t·d` cover the whole output and `backward_one` writes every
     // element of its chunk.
     unsafe {

@@ -8,7 +8,7 @@
 //! log-probabilities and greedy tokens against the burn path.
 
 use super::arena::Floats;
-use super::math::{exp, rope_table, rotate};
+use super::math::{RopeSpec, exp, rope_table, rotate};
 use super::packed::{Packed, Threads};
 use super::pair::Pair;
 use super::rows::{rms_block, swiglu_block};
@@ -18,9 +18,10 @@ use super::simd::{as_uninit, avx2_dispatch};
 struct Layer {
     attn_norm: Vec<f32>,
     attn_eps: f32,
-    /// `[d, 3d]`: queries, keys, values, each head-major.
+    /// `[d, q + 2·kv]`: queries, keys, values, each head-major.
     qkv: Packed,
-    /// `[d, d]`.
+    extras: LayerExtras,
+    /// `[q, d]`.
     out: Packed,
     mlp_norm: Vec<f32>,
     mlp_eps: f32,
@@ -34,6 +35,8 @@ struct Layer {
 pub struct Engine {
     d: usize,
     heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
     mlp: usize,
     vocab: usize,
     ctx: usize,
@@ -55,13 +58,26 @@ pub struct Engine {
 pub struct Weights {
     pub d_model: usize,
     pub heads: usize,
-    pub rope_theta: f64,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub rope: RopeSpec,
     /// `[vocab, d]`.
     pub embed: Vec<f32>,
     /// Per block, the attention's and the MLP's norm.
     pub norms: Vec<[(Vec<f32>, f32); 2]>,
+    /// Per block, what pretrained architectures add (empty: none for any block).
+    pub extras: Vec<LayerExtras>,
     pub norm: (Vec<f32>, f32),
     pub matrices: Vec<(usize, usize)>,
+}
+
+/// A block's optional parts: biases of the QKV projection (Qwen2), and RMSNorms (gain,
+/// epsilon) over each query and key head before RoPE (Qwen3).
+#[derive(Debug, Clone, Default)]
+pub struct LayerExtras {
+    pub qkv_bias: Option<Vec<f32>>,
+    pub q_norm: Option<(Vec<f32>, f32)>,
+    pub k_norm: Option<(Vec<f32>, f32)>,
 }
 
 /// The KV cache of a batch of sequences, allocated for the whole context in two buffers on
@@ -127,13 +143,15 @@ fn rms_norm(x: &[f32], g: &[f32], eps: f32, out: &mut [f32]) {
 
 /// Attention of one query (all heads; `q` is `heads · head_dim`) over the first `len`
 /// positions of a row's layer in the cache, laid out as in [`Cache`]: `keys`
-/// `[block][head][head_dim][KEY_BLOCK]` and `values` `[position][heads · head_dim]`.
+/// `[block][kv_head][head_dim][KEY_BLOCK]` and `values` `[position][kv_heads · head_dim]`.
+/// Query head `h` reads key/value head `h / (heads / kv_heads)` (grouped-query attention).
 struct Query<'a> {
     q: &'a [f32],
     keys: &'a [f32],
     values: &'a [f32],
     len: usize,
     heads: usize,
+    kv_heads: usize,
     scale: f32,
 }
 
@@ -268,20 +286,23 @@ fn add_weighted_values(w: &[f32], values: &[f32], stride: usize, out: &mut [f32]
 
 #[inline(always)]
 fn attend_generic(a: &Query<'_>, scores: &mut [f32], out: &mut [f32]) {
-    let (d, len, heads) = (a.q.len(), a.len, a.heads);
-    let hd = d / heads;
+    let (len, heads) = (a.len, a.heads);
+    let hd = a.q.len() / heads;
+    let groups = heads / a.kv_heads;
+    let kvd = a.kv_heads * hd;
     let q: Vec<f32> = a.q.iter().map(|x| x * a.scale).collect();
     let scores = &mut scores[..heads * len];
     // Scores in one pass over the keys: blocks in order, each head's part of a block in turn.
     let block = hd * KEY_BLOCK;
     for (b, keys) in a
         .keys
-        .chunks_exact(heads * block)
+        .chunks_exact(a.kv_heads * block)
         .take(len.div_ceil(KEY_BLOCK))
         .enumerate()
     {
         let (p0, n) = (b * KEY_BLOCK, KEY_BLOCK.min(len - b * KEY_BLOCK));
-        for (h, (qh, kh)) in q.chunks_exact(hd).zip(keys.chunks_exact(block)).enumerate() {
+        for (h, qh) in q.chunks_exact(hd).enumerate() {
+            let kh = &keys[(h / groups) * block..(h / groups + 1) * block];
             score_block(qh, kh, &mut scores[h * len + p0..h * len + p0 + n]);
         }
     }
@@ -303,7 +324,7 @@ fn attend_generic(a: &Query<'_>, scores: &mut [f32], out: &mut [f32]) {
         let p1 = (p0 + VALUE_CHUNK).min(len);
         for (h, o) in out.chunks_exact_mut(hd).enumerate() {
             let w = &scores[h * len + p0..h * len + p1];
-            add_weighted_values(w, &a.values[p0 * d + h * hd..], d, o);
+            add_weighted_values(w, &a.values[p0 * kvd + (h / groups) * hd..], kvd, o);
         }
     }
     for (o, inv) in out.chunks_exact_mut(hd).zip(inv) {
@@ -329,10 +350,11 @@ impl Engine {
         matrix: impl Fn(usize) -> V + Sync,
     ) -> Engine {
         let d = w.d_model;
-        let hd = d / w.heads;
-        let (cos, sin) = rope_table(0, ctx, hd, w.rope_theta);
+        let hd = w.head_dim;
+        let (cos, sin) = rope_table(0, ctx, hd, w.rope);
         let mut packed = Packed::new_all(&w.matrices, matrix).into_iter();
         let mut next = || packed.next().expect("every matrix packed");
+        let mut extras = w.extras.into_iter();
         let layers: Vec<Layer> = w
             .norms
             .into_iter()
@@ -340,6 +362,7 @@ impl Engine {
                 attn_norm,
                 attn_eps,
                 qkv: next(),
+                extras: extras.next().unwrap_or_default(),
                 out: next(),
                 mlp_norm,
                 mlp_eps,
@@ -352,6 +375,8 @@ impl Engine {
         Engine {
             d,
             heads: w.heads,
+            kv_heads: w.kv_heads,
+            head_dim: hd,
             mlp,
             vocab: w.embed.len() / d,
             ctx,
@@ -372,7 +397,10 @@ impl Engine {
     /// An empty cache for `rows` sequences.
     pub fn cache(&self, rows: usize) -> Cache {
         let layers = self.layers.len();
-        let (row_k, row_v) = (layers * self.layer_keys(), layers * self.ctx * self.d);
+        let (row_k, row_v) = (
+            layers * self.layer_keys(),
+            layers * self.ctx * self.kv_dim(),
+        );
         Cache {
             k: Floats::zeroed(rows * row_k),
             v: Floats::zeroed(rows * row_v),
@@ -384,7 +412,12 @@ impl Engine {
 
     /// Floats of one layer's keys in a row of a [`Cache`] (whole blocks of [`KEY_BLOCK`]).
     fn layer_keys(&self) -> usize {
-        self.ctx.div_ceil(KEY_BLOCK) * KEY_BLOCK * self.d
+        self.ctx.div_ceil(KEY_BLOCK) * KEY_BLOCK * self.kv_dim()
+    }
+
+    /// Width of the keys (or values) of one position: `kv_heads · head_dim`.
+    fn kv_dim(&self) -> usize {
+        self.kv_heads * self.head_dim
     }
 
     /// Feed `tokens` to each listed row of the cache (appended after what the row holds) and
@@ -475,7 +508,9 @@ impl Engine {
         all: bool,
         threads: Threads<'_>,
     ) -> Vec<f32> {
-        let (d, hd) = (self.d, self.d / self.heads);
+        let (d, hd) = (self.d, self.head_dim);
+        let (qd, kvd) = (self.heads * hd, self.kv_dim());
+        let row = qd + 2 * kvd;
         let half = hd / 2;
         // Where each fed token goes: (job, position).
         let mut at: Vec<(usize, usize)> = Vec::new();
@@ -497,44 +532,58 @@ impl Engine {
         let n = at.len();
         let m = self.mlp;
         let mut h = vec![0.0f32; n * d];
-        let mut qkv = vec![0.0f32; n * 3 * d];
-        let mut att = vec![0.0f32; n * d];
+        let mut qkv = vec![0.0f32; n * row];
+        let mut att = vec![0.0f32; n * qd];
+        let mut normed = vec![0.0f32; qd];
         let mut gu = vec![0.0f32; n * 2 * m];
         let mut act = vec![0.0f32; n * m];
         let mut scores = vec![0.0f32; self.heads * self.ctx];
-        let (layer_keys, layer_values) = (self.layer_keys(), self.ctx * d);
+        let (layer_keys, layer_values) = (self.layer_keys(), self.ctx * kvd);
         let scale = 1.0 / (hd as f32).sqrt();
         for (li, l) in self.layers.iter().enumerate() {
             rms_norm(&x, &l.attn_norm, l.attn_eps, &mut h);
             l.qkv.matmul(&mut qkv, &h, n, false, threads);
+            if let Some(bias) = &l.extras.qkv_bias {
+                for r in qkv.chunks_exact_mut(row) {
+                    r.iter_mut().zip(bias).for_each(|(x, b)| *x += b);
+                }
+            }
             // For each new token: RoPE on its query and key, key and value into the cache,
             // attention.
             let (keys, values) = (li * layer_keys, li * layer_values);
             for (t, &(job, pos)) in at.iter().enumerate() {
                 let cs = &self.cos[pos * half..(pos + 1) * half];
                 let sn = &self.sin[pos * half..(pos + 1) * half];
-                let r = &mut qkv[t * 3 * d..(t + 1) * 3 * d];
-                rope(&mut r[..2 * d], hd, cs, sn);
+                let r = &mut qkv[t * row..(t + 1) * row];
+                for (part, norm) in [(0..qd, &l.extras.q_norm), (qd..qd + kvd, &l.extras.k_norm)] {
+                    if let Some((g, eps)) = norm {
+                        let out = &mut normed[..part.len()];
+                        rms_norm(&r[part.clone()], g, *eps, out);
+                        r[part].copy_from_slice(out);
+                    }
+                }
+                rope(&mut r[..qd + kvd], hd, cs, sn);
                 let rc = &mut jobs[job].0;
                 // Key dimension i of head h goes to row h·head_dim + i of its block.
-                let at = keys + (pos / KEY_BLOCK) * d * KEY_BLOCK + pos % KEY_BLOCK;
-                for (c, &kc) in r[d..2 * d].iter().enumerate() {
+                let at = keys + (pos / KEY_BLOCK) * kvd * KEY_BLOCK + pos % KEY_BLOCK;
+                for (c, &kc) in r[qd..qd + kvd].iter().enumerate() {
                     rc.k[at + c * KEY_BLOCK] = kc;
                 }
-                let at = values + pos * d;
-                rc.v[at..at + d].copy_from_slice(&r[2 * d..]);
+                let at = values + pos * kvd;
+                rc.v[at..at + kvd].copy_from_slice(&r[qd + kvd..]);
                 // Causal attention over the row's cache, right after the writes, which have
                 // brought the lines of the key's block into cache for it (a row's tokens come
                 // in order, so its earlier ones are already written).
                 let query = Query {
-                    q: &qkv[t * 3 * d..t * 3 * d + d],
+                    q: &qkv[t * row..t * row + qd],
                     keys: &rc.k[keys..keys + layer_keys],
                     values: &rc.v[values..values + layer_values],
                     len: pos + 1,
                     heads: self.heads,
+                    kv_heads: self.kv_heads,
                     scale,
                 };
-                attend(&query, &mut scores, &mut att[t * d..(t + 1) * d]);
+                attend(&query, &mut scores, &mut att[t * qd..(t + 1) * qd]);
             }
             l.out.matmul(&mut x, &att, n, true, threads);
             rms_norm(&x, &l.mlp_norm, l.mlp_eps, &mut h);
@@ -576,8 +625,10 @@ mod tests {
     fn naive(a: &Query<'_>) -> Vec<f32> {
         let d = a.q.len();
         let hd = d / a.heads;
+        let kvd = a.kv_heads * hd;
+        let g = a.heads / a.kv_heads;
         let key = |h: usize, i: usize, p: usize| {
-            a.keys[((p / KEY_BLOCK) * d + h * hd + i) * KEY_BLOCK + p % KEY_BLOCK]
+            a.keys[((p / KEY_BLOCK) * kvd + (h / g) * hd + i) * KEY_BLOCK + p % KEY_BLOCK]
         };
         let mut out = vec![0.0f32; d];
         for h in 0..a.heads {
@@ -589,7 +640,7 @@ mod tests {
             let sum: f32 = e.iter().sum();
             for i in 0..hd {
                 out[h * hd + i] = (0..a.len)
-                    .map(|p| e[p] * a.values[p * d + h * hd + i])
+                    .map(|p| e[p] * a.values[p * kvd + (h / g) * hd + i])
                     .sum::<f32>()
                     / sum;
             }
@@ -602,27 +653,31 @@ mod tests {
         // Head sizes with and without the dedicated kernels; lengths that end in each quarter
         // of a block (the kernels read one to four vectors of the last one), on a block edge,
         // and in a last block that runs past the context.
-        for (heads, hd, ctx, len) in [
-            (2, 64, 80usize, 5),
-            (2, 64, 80, 50),
-            (2, 64, 80, 64),
-            (2, 64, 80, 75),
-            (2, 64, 128, 128),
-            (3, 8, 40, 7),
-            (1, 33, 70, 69),
+        for (heads, kv_heads, hd, ctx, len) in [
+            (2, 2, 64, 80usize, 5),
+            (2, 2, 64, 80, 50),
+            (2, 2, 64, 80, 64),
+            (2, 2, 64, 80, 75),
+            (2, 2, 64, 128, 128),
+            (3, 3, 8, 40, 7),
+            (1, 1, 33, 70, 69),
+            (6, 2, 64, 80, 75),
+            (4, 1, 8, 40, 33),
         ] {
             let d = heads * hd;
+            let kvd = kv_heads * hd;
             let val = |i: usize, m: usize| ((i * m) % 23) as f32 / 11.0 - 1.0;
             let q: Vec<f32> = (0..d).map(|i| val(i, 7)).collect();
             let blocks = ctx.div_ceil(KEY_BLOCK);
-            let keys: Vec<f32> = (0..blocks * KEY_BLOCK * d).map(|i| val(i, 13)).collect();
-            let values: Vec<f32> = (0..ctx * d).map(|i| val(i, 17)).collect();
+            let keys: Vec<f32> = (0..blocks * KEY_BLOCK * kvd).map(|i| val(i, 13)).collect();
+            let values: Vec<f32> = (0..ctx * kvd).map(|i| val(i, 17)).collect();
             let query = Query {
                 q: &q,
                 keys: &keys,
                 values: &values,
                 len,
                 heads,
+                kv_heads,
                 scale: 0.3,
             };
             let mut scores = vec![0.0f32; heads * ctx];

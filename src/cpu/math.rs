@@ -32,18 +32,69 @@ pub fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + exp(-x))
 }
 
+/// Llama 3's RoPE frequency scaling (`rope_scaling` with `rope_type = "llama3"` in a Hugging
+/// Face `config.json`): long wavelengths are divided by `factor`, short ones kept, and those in
+/// between blended.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RopeScaling {
+    pub factor: f64,
+    pub low_freq_factor: f64,
+    pub high_freq_factor: f64,
+    pub original_max_position_embeddings: f64,
+}
+
+/// How positions are rotated: the base `theta` and an optional frequency scaling.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RopeSpec {
+    pub theta: f64,
+    pub scaling: Option<RopeScaling>,
+}
+
+impl RopeSpec {
+    pub fn plain(theta: f64) -> RopeSpec {
+        RopeSpec {
+            theta,
+            scaling: None,
+        }
+    }
+
+    /// Frequency of pair `i` of a head of `head_dim`: `theta^(−2i / head_dim)`, then scaled as
+    /// transformers' `_compute_llama3_parameters` does.
+    pub fn freq(&self, i: usize, head_dim: usize) -> f64 {
+        let f = 1.0 / self.theta.powf(2.0 * i as f64 / head_dim as f64);
+        let Some(s) = self.scaling else { return f };
+        let low_wavelen = s.original_max_position_embeddings / s.low_freq_factor;
+        let high_wavelen = s.original_max_position_embeddings / s.high_freq_factor;
+        let wavelen = 2.0 * std::f64::consts::PI / f;
+        if wavelen < high_wavelen {
+            f
+        } else if wavelen > low_wavelen {
+            f / s.factor
+        } else {
+            let smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor)
+                / (s.high_freq_factor - s.low_freq_factor);
+            (1.0 - smooth) * f / s.factor + smooth * f
+        }
+    }
+}
+
 /// cos and sin of the RoPE angles of positions `start..start + len`, `[len][head_dim / 2]`
-/// each: frequency `theta^(−2i / head_dim)` for pair `i`, in f64, then rounded. Every path
-/// (burn's composite ops, the fused attention, the decoder) uses these tables.
-pub fn rope_table(start: usize, len: usize, head_dim: usize, theta: f64) -> (Vec<f32>, Vec<f32>) {
+/// each: frequency [`RopeSpec::freq`] for pair `i`, in f64, then rounded. Every path (burn's
+/// composite ops, the fused attention, the decoder) uses these tables.
+pub fn rope_table(
+    start: usize,
+    len: usize,
+    head_dim: usize,
+    rope: RopeSpec,
+) -> (Vec<f32>, Vec<f32>) {
     let half = head_dim / 2;
+    let freqs: Vec<f64> = (0..half).map(|i| rope.freq(i, head_dim)).collect();
     let (mut cos, mut sin) = (
         Vec::with_capacity(len * half),
         Vec::with_capacity(len * half),
     );
     for p in start..start + len {
-        for i in 0..half {
-            let freq = 1.0 / theta.powf(2.0 * i as f64 / head_dim as f64);
+        for &freq in &freqs {
             let a = p as f64 * freq;
             cos.push(a.cos() as f32);
             sin.push(a.sin() as f32);

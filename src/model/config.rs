@@ -1,6 +1,8 @@
 //! The model's shape, with the vocabulary size from the tokenizer. Stored as `config.json` in
 //! every checkpoint and compared on load.
 
+pub use crate::cpu::math::RopeScaling;
+use crate::cpu::math::RopeSpec;
 use crate::spec::ModelSpec;
 use serde::{Deserialize, Serialize};
 
@@ -13,6 +15,53 @@ pub struct ModelConfig {
     pub mlp: usize,
     pub ctx: usize,
     pub rope_theta: f64,
+    /// What pretrained architectures add to the from-scratch shape; absent (all defaults) for
+    /// stageloop's own models, so their `config.json` is unchanged.
+    #[serde(default, skip_serializing_if = "Arch::is_plain")]
+    pub arch: Arch,
+}
+
+/// The Llama / Qwen2 / Qwen3 variations of the block.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Arch {
+    /// Key/value heads (grouped-query attention); `None` = `heads`.
+    pub kv_heads: Option<usize>,
+    /// Size of a head when it is not `d_model / heads` (Qwen3).
+    pub head_dim: Option<usize>,
+    /// Biases on the query, key and value projections (Qwen2).
+    pub qkv_bias: bool,
+    /// RMSNorm over each query and key head before RoPE (Qwen3).
+    pub qk_norm: bool,
+    /// The output head is the embedding, transposed.
+    pub tied: bool,
+    /// Epsilon of every RMSNorm.
+    pub norm_eps: f64,
+    pub rope_scaling: Option<RopeScaling>,
+    /// The Hugging Face `model_type` it was loaded from (`llama`, `qwen2`, `qwen3`), used when
+    /// exporting; `None` for stageloop's own models.
+    pub family: Option<String>,
+}
+
+impl Default for Arch {
+    fn default() -> Self {
+        Arch {
+            kv_heads: None,
+            head_dim: None,
+            qkv_bias: false,
+            qk_norm: false,
+            tied: false,
+            norm_eps: 1e-5,
+            rope_scaling: None,
+            family: None,
+        }
+    }
+}
+
+impl Arch {
+    pub fn is_plain(&self) -> bool {
+        *self == Arch::default()
+    }
 }
 
 impl ModelConfig {
@@ -25,6 +74,7 @@ impl ModelConfig {
             mlp: spec.mlp_width(),
             ctx: spec.ctx,
             rope_theta: spec.rope_theta,
+            arch: Arch::default(),
         }
     }
 
@@ -43,16 +93,41 @@ impl ModelConfig {
             return bad(&format!("layers must be between 1 and {MAX_LAYERS}"));
         }
         if self.heads == 0
-            || !self.d_model.is_multiple_of(self.heads)
+            || (self.arch.head_dim.is_none() && !self.d_model.is_multiple_of(self.heads))
             || !self.head_dim().is_multiple_of(2)
+            || !(2..=1024).contains(&self.head_dim())
         {
-            return bad("heads must divide d_model into an even head size");
+            return bad("heads must divide d_model into an even head size (at most 1024)");
+        }
+        let kv = self.kv_heads();
+        if kv == 0 || !self.heads.is_multiple_of(kv) {
+            return bad("kv_heads must divide heads");
+        }
+        if !(self.arch.norm_eps.is_finite() && self.arch.norm_eps > 0.0 && self.arch.norm_eps < 1.0)
+        {
+            return bad("norm_eps must be between 0 and 1");
+        }
+        if let Some(r) = self.arch.rope_scaling {
+            let ok = [
+                r.factor,
+                r.low_freq_factor,
+                r.high_freq_factor,
+                r.original_max_position_embeddings,
+            ]
+            .iter()
+            .all(|x| x.is_finite() && *x > 0.0)
+                && r.high_freq_factor > r.low_freq_factor;
+            if !ok {
+                return bad(
+                    "rope_scaling needs positive factors and high_freq_factor > low_freq_factor",
+                );
+            }
         }
         if !(1..=4 * MAX_WIDTH).contains(&self.mlp) {
             return bad(&format!("mlp must be between 1 and {}", 4 * MAX_WIDTH));
         }
-        if !(8..=4096).contains(&self.ctx) {
-            return bad("ctx must be between 8 and 4096");
+        if !(8..=1 << 17).contains(&self.ctx) {
+            return bad("ctx must be between 8 and 131072");
         }
         if !(self.rope_theta.is_finite() && self.rope_theta > 1.0) {
             return bad("rope_theta must be greater than 1");
@@ -72,13 +147,42 @@ impl ModelConfig {
     }
 
     pub fn head_dim(&self) -> usize {
-        self.d_model / self.heads
+        self.arch
+            .head_dim
+            .unwrap_or(self.d_model / self.heads.max(1))
     }
 
-    /// Parameter count (embedding and head untied).
+    pub fn kv_heads(&self) -> usize {
+        self.arch.kv_heads.unwrap_or(self.heads)
+    }
+
+    /// Width of the attention's queries (`heads · head_dim`) and of its keys or values.
+    pub fn q_dim(&self) -> usize {
+        self.heads * self.head_dim()
+    }
+    pub fn kv_dim(&self) -> usize {
+        self.kv_heads() * self.head_dim()
+    }
+
+    pub fn rope(&self) -> RopeSpec {
+        RopeSpec {
+            theta: self.rope_theta,
+            scaling: self.arch.rope_scaling,
+        }
+    }
+
+    /// Parameter count (the head counted once when tied).
     pub fn params(&self) -> usize {
         let d = self.d_model;
-        let per_layer = 2 * d + d * 3 * d + d * d + d * 2 * self.mlp + self.mlp * d;
-        self.vocab * d + self.layers * per_layer + d + d * self.vocab
+        let qkv = self.q_dim() + 2 * self.kv_dim();
+        let mut per_layer = 2 * d + d * qkv + self.q_dim() * d + d * 2 * self.mlp + self.mlp * d;
+        if self.arch.qkv_bias {
+            per_layer += qkv;
+        }
+        if self.arch.qk_norm {
+            per_layer += 2 * self.head_dim();
+        }
+        let head = if self.arch.tied { 0 } else { d * self.vocab };
+        self.vocab * d + self.layers * per_layer + d + head
     }
 }

@@ -1,8 +1,8 @@
 //! The glue between the burn model and the CPU decoder ([`crate::cpu::decoder`]): reads a
 //! [`Gpt`]'s weights out of burn (any backend) into the decoder's layout.
 
-use super::transformer::Gpt;
-use crate::cpu::decoder::{Engine, Weights};
+use super::transformer::{Gpt, NormWeights};
+use crate::cpu::decoder::{Engine, LayerExtras, Weights};
 use burn::tensor::{Tensor, TensorData};
 
 /// The values as `f32` (one copy; a conversion first if the backend stores another type).
@@ -32,12 +32,20 @@ impl Gpt {
         let w = self.weights();
         let mut tensors = Vec::new();
         let mut norms = Vec::new();
+        let mut extras = Vec::new();
+        let gain = |n: NormWeights| (f32s(n.0), n.1 as f32);
         for b in w.blocks {
             tensors.extend([b.qkv, b.out, b.gate_up, b.down]);
-            norms.push([
-                (f32s(b.attn_norm.0), b.attn_norm.1 as f32),
-                (f32s(b.mlp_norm.0), b.mlp_norm.1 as f32),
-            ]);
+            norms.push([gain(b.attn_norm), gain(b.mlp_norm)]);
+            let (q_norm, k_norm) = match b.qk_norm {
+                Some((q, k)) => (Some(gain(q)), Some(gain(k))),
+                None => (None, None),
+            };
+            extras.push(LayerExtras {
+                qkv_bias: b.qkv_bias.map(f32s),
+                q_norm,
+                k_norm,
+            });
         }
         tensors.push(w.head);
         let matrices = tensors
@@ -50,9 +58,12 @@ impl Gpt {
         let spec = Weights {
             d_model: w.d_model,
             heads: w.heads,
-            rope_theta: w.rope_theta,
+            kv_heads: w.kv_heads,
+            head_dim: w.head_dim,
+            rope: w.rope,
             embed: f32s(w.embed),
             norms,
+            extras,
             norm: (f32s(w.norm.0), w.norm.1 as f32),
             matrices,
         };

@@ -11,6 +11,7 @@
 
 use crate::cpu::attention;
 use crate::cpu::gemm::{View, matmul};
+use crate::cpu::math::RopeSpec;
 use crate::cpu::rows::{rms_backward, rms_forward, swiglu_backward, swiglu_forward};
 use burn::backend::autodiff::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -30,9 +31,9 @@ pub trait FusedOps: burn::backend::Backend {
     /// `[b, t, 2m]` (gate then up on the last axis) and `w` `[m, d]`. The `[b, t, m]` product
     /// is recomputed in the backward pass instead of saved.
     fn swiglu_down(gate_up: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self>;
-    /// Causal self-attention with RoPE (angles from `theta`) on a `[b, t, 3·d]` QKV projection
+    /// Causal self-attention with RoPE (angles from `rope`) on a `[b, t, 3·d]` QKV projection
     /// (`[b, t, 3, heads, d / heads]`): the `[b, t, d]` result, see [`crate::cpu::attention`].
-    fn causal_attention(qkv: FloatTensor<Self>, heads: usize, theta: f64) -> FloatTensor<Self>;
+    fn causal_attention(qkv: FloatTensor<Self>, heads: usize, rope: RopeSpec) -> FloatTensor<Self>;
     /// A dense layer without bias: `x · w` for `x` `[.., k]` and `w` `[k, n]`, as `[.., n]`.
     fn linear(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self>;
 }
@@ -62,11 +63,11 @@ pub fn rms_norm<const D: usize>(x: Tensor<D>, gamma: Tensor<1>, eps: f64) -> Ten
 }
 
 /// [`FusedOps::causal_attention`] on tensors.
-pub fn causal_attention(qkv: Tensor<3>, heads: usize, theta: f64) -> Tensor<3> {
+pub fn causal_attention(qkv: Tensor<3>, heads: usize, rope: RopeSpec) -> Tensor<3> {
     Tensor::from_dispatch(<Dispatch as FusedOps>::causal_attention(
         qkv.into_dispatch(),
         heads,
-        theta,
+        rope,
     ))
 }
 
@@ -140,9 +141,9 @@ fn attention_shape(qkv: &FlexTensor, heads: usize) -> attention::Shape {
 }
 
 /// Attention forward: the output and the log-sum-exps.
-fn attention_flex(qkv: &FlexTensor, heads: usize, theta: f64) -> (FlexTensor, Vec<f32>) {
+fn attention_flex(qkv: &FlexTensor, heads: usize, rope: RopeSpec) -> (FlexTensor, Vec<f32>) {
     let s = attention_shape(qkv, heads);
-    let (out, lse) = attention::forward(slice(qkv), &s, theta);
+    let (out, lse) = attention::forward(slice(qkv), &s, rope);
     (tensor(out, vec![s.batch, s.len, s.heads * s.head_dim]), lse)
 }
 
@@ -183,8 +184,8 @@ impl FusedOps for Flex {
         swiglu_down_flex(gate_up, w)
     }
 
-    fn causal_attention(qkv: FlexTensor, heads: usize, theta: f64) -> FlexTensor {
-        attention_flex(&contiguous(qkv), heads, theta).0
+    fn causal_attention(qkv: FlexTensor, heads: usize, rope: RopeSpec) -> FlexTensor {
+        attention_flex(&contiguous(qkv), heads, rope).0
     }
 
     fn rms_norm(x: FlexTensor, gamma: FlexTensor, eps: f32) -> FlexTensor {
@@ -219,16 +220,16 @@ impl Backward<Flex, 2> for RmsNormBackward {
 struct AttentionBackward;
 
 impl Backward<Flex, 1> for AttentionBackward {
-    /// Input, output, log-sum-exps, heads and RoPE theta.
-    type State = (FlexTensor, FlexTensor, Vec<f32>, usize, f64);
+    /// Input, output, log-sum-exps, heads and RoPE.
+    type State = (FlexTensor, FlexTensor, Vec<f32>, usize, RopeSpec);
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [node] = ops.parents;
         let dout = contiguous(grads.consume::<Flex>(&ops.node));
-        let (qkv, out, lse, heads, theta) = ops.state;
+        let (qkv, out, lse, heads, rope) = ops.state;
         if let Some(node) = node {
             let s = attention_shape(&qkv, heads);
-            let dqkv = attention::backward(slice(&qkv), slice(&out), &lse, slice(&dout), &s, theta);
+            let dqkv = attention::backward(slice(&qkv), slice(&out), &lse, slice(&dout), &s, rope);
             grads.register::<Flex>(node.id, tensor(dqkv, dims(&qkv)));
         }
     }
@@ -325,7 +326,7 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
         }
     }
 
-    fn causal_attention(qkv: FloatTensor<Self>, heads: usize, theta: f64) -> FloatTensor<Self> {
+    fn causal_attention(qkv: FloatTensor<Self>, heads: usize, rope: RopeSpec) -> FloatTensor<Self> {
         match AttentionBackward
             .prepare::<C>([qkv.node()])
             .compute_bound()
@@ -333,11 +334,11 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
         {
             OpsKind::Tracked(prep) => {
                 let qkv = contiguous(qkv.into_primitive());
-                let (out, lse) = attention_flex(&qkv, heads, theta);
-                prep.finish((qkv, out.clone(), lse, heads, theta), out)
+                let (out, lse) = attention_flex(&qkv, heads, rope);
+                prep.finish((qkv, out.clone(), lse, heads, rope), out)
             }
             OpsKind::UnTracked(prep) => {
-                prep.finish(attention_flex(&contiguous(qkv.into_primitive()), heads, theta).0)
+                prep.finish(attention_flex(&contiguous(qkv.into_primitive()), heads, rope).0)
             }
         }
     }

@@ -1,10 +1,10 @@
 //! The decoder-only transformer: token embedding, RoPE, RMSNorm, SwiGLU MLP and causal
-//! multi-head attention, from burn's `nn` modules, plus an incremental forward over a
-//! [`KvCache`] for decoding.
+//! attention with grouped-query heads (and the Qwen variations: q/k/v biases, q/k norms), from
+//! burn's `nn` modules, plus an incremental forward over a [`KvCache`] for decoding.
 
 use super::config::ModelConfig;
 use super::fused;
-use crate::cpu::math::rope_table;
+use crate::cpu::math::{RopeSpec, rope_table};
 use burn::module::{Module, ModuleMapper, Param, ParamId};
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig};
 use burn::tensor::activation::silu;
@@ -16,12 +16,19 @@ use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 #[derive(Module, Debug)]
 pub struct Block {
     attn_norm: RmsNorm,
+    /// Queries, keys and values in one product: `[d, (heads + 2·kv_heads) · head_dim]`, each
+    /// part head-major; with biases on Qwen2.
     qkv: Linear,
+    /// Per-head RMSNorm of queries and keys before RoPE (Qwen3).
+    q_norm: Option<RmsNorm>,
+    k_norm: Option<RmsNorm>,
     out: Linear,
     mlp_norm: RmsNorm,
     gate_up: Linear,
     down: Linear,
     heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
     mlp: usize,
 }
 
@@ -31,12 +38,16 @@ pub struct Gpt {
     embed: Embedding,
     blocks: Vec<Block>,
     norm: RmsNorm,
-    head: Linear,
+    /// `None` when tied to the embedding.
+    head: Option<Linear>,
     heads: usize,
     rope_theta: f64,
+    #[module(skip)]
+    rope: RopeSpec,
 }
 
-/// Keys and values of every layer for the positions seen so far, `[batch, heads, t, head_dim]`.
+/// Keys and values of every layer for the positions seen so far, `[batch, kv_heads, t,
+/// head_dim]`.
 #[derive(Debug, Clone)]
 pub struct KvCache {
     layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
@@ -68,11 +79,19 @@ impl KvCache {
     }
 }
 
-/// `x · W` for `x` of shape `[b, t, d_in]`, as one `[b·t, d_in] × [d_in, d_out]` matmul: one
-/// large GEMM instead of `b` small batched ones (measured: faster, and large enough for the
+/// `x · W + b` for `x` of shape `[b, t, d_in]`, as one `[b·t, d_in] × [d_in, d_out]` matmul:
+/// one large GEMM instead of `b` small batched ones (measured: faster, and large enough for the
 /// backend to use every core); the fused op on the CPU backend.
 fn dense(layer: &Linear, x: Tensor<3>) -> Tensor<3> {
-    let w = layer.weight.val();
+    let y = product(x, layer.weight.val());
+    match &layer.bias {
+        Some(b) => y + b.val().unsqueeze::<3>(),
+        None => y,
+    }
+}
+
+/// `x · w` for `x` `[b, t, k]` and `w` `[k, n]`.
+fn product(x: Tensor<3>, w: Tensor<2>) -> Tensor<3> {
     if fused::available(&x.device()) {
         return fused::linear(x, w);
     }
@@ -98,8 +117,12 @@ fn swiglu(gate_up: Tensor<3>, m: usize) -> Tensor<3> {
     silu(gate) * up
 }
 
-fn linear(d_in: usize, d_out: usize, device: &Device) -> Linear {
-    LinearConfig::new(d_in, d_out).with_bias(false).init(device)
+fn linear(d_in: usize, d_out: usize, bias: bool, device: &Device) -> Linear {
+    LinearConfig::new(d_in, d_out).with_bias(bias).init(device)
+}
+
+fn rms(d: usize, eps: f64, device: &Device) -> RmsNorm {
+    RmsNormConfig::new(d).with_epsilon(eps).init(device)
 }
 
 /// cos and sin tables for `len` positions from `start`, shaped `[1, 1, len, head_dim / 2]`.
@@ -107,17 +130,17 @@ fn rope_tables(
     start: usize,
     len: usize,
     head_dim: usize,
-    theta: f64,
+    rope: RopeSpec,
     device: &Device,
 ) -> (Tensor<4>, Tensor<4>) {
     let half = head_dim / 2;
-    let (cos, sin) = rope_table(start, len, head_dim, theta);
+    let (cos, sin) = rope_table(start, len, head_dim, rope);
     let t = |v: Vec<f32>| Tensor::<4>::from_data(TensorData::new(v, [1, 1, len, half]), device);
     (t(cos), t(sin))
 }
 
 /// Rotate pairs (i, i + half) of the last axis by the position's angle.
-fn rope(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
+fn rotate_pairs(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
     let [b, h, t, d] = x.dims();
     let half = d / 2;
     let x1 = x.clone().slice([0..b, 0..h, 0..t, 0..half]);
@@ -131,19 +154,73 @@ fn rope(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
     )
 }
 
+/// Each of `kv` heads repeated for the `groups` query heads that share it, on axis `axis` of
+/// `x` (heads of `head_dim` on that axis and the next).
+fn repeat_heads<const D: usize, const E: usize>(
+    x: Tensor<D>,
+    axis: usize,
+    groups: usize,
+) -> Tensor<D> {
+    if groups == 1 {
+        return x;
+    }
+    let dims = x.dims();
+    let mut grown = [0usize; E];
+    let mut out = dims;
+    for i in 0..E {
+        grown[i] = match i.cmp(&(axis + 1)) {
+            std::cmp::Ordering::Less => dims[i],
+            std::cmp::Ordering::Equal => groups,
+            std::cmp::Ordering::Greater => dims[i - 1],
+        };
+    }
+    out[axis] = dims[axis] * groups;
+    x.unsqueeze_dim::<E>(axis + 1).expand(grown).reshape(out)
+}
+
 impl Block {
     fn new(cfg: &ModelConfig, device: &Device) -> Self {
-        let d = cfg.d_model;
+        let (d, eps, hd) = (cfg.d_model, cfg.arch.norm_eps, cfg.head_dim());
+        let qk_norm = || cfg.arch.qk_norm.then(|| rms(hd, eps, device));
         Block {
-            attn_norm: RmsNormConfig::new(d).init(device),
-            qkv: linear(d, 3 * d, device),
-            out: linear(d, d, device),
-            mlp_norm: RmsNormConfig::new(d).init(device),
-            gate_up: linear(d, 2 * cfg.mlp, device),
-            down: linear(cfg.mlp, d, device),
+            attn_norm: rms(d, eps, device),
+            qkv: linear(d, cfg.q_dim() + 2 * cfg.kv_dim(), cfg.arch.qkv_bias, device),
+            q_norm: qk_norm(),
+            k_norm: qk_norm(),
+            out: linear(cfg.q_dim(), d, false, device),
+            mlp_norm: rms(d, eps, device),
+            gate_up: linear(d, 2 * cfg.mlp, false, device),
+            down: linear(cfg.mlp, d, false, device),
             heads: cfg.heads,
+            kv_heads: cfg.kv_heads(),
+            head_dim: hd,
             mlp: cfg.mlp,
         }
+    }
+
+    /// The projection split into queries `[b, t, heads, hd]`, keys and values
+    /// `[b, t, kv_heads, hd]`, queries and keys normed when the block has q/k norms.
+    fn project(&self, x: Tensor<3>) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
+        let [b, t, _] = x.dims();
+        let (h, kv, hd) = (self.heads, self.kv_heads, self.head_dim);
+        let qkv = dense(&self.qkv, norm(&self.attn_norm, x));
+        let (qd, kd) = (h * hd, kv * hd);
+        let mut q = qkv
+            .clone()
+            .slice([0..b, 0..t, 0..qd])
+            .reshape([b, t, h, hd]);
+        let mut k = qkv
+            .clone()
+            .slice([0..b, 0..t, qd..qd + kd])
+            .reshape([b, t, kv, hd]);
+        let v = qkv
+            .slice([0..b, 0..t, qd + kd..qd + 2 * kd])
+            .reshape([b, t, kv, hd]);
+        if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
+            q = norm(qn, q);
+            k = norm(kn, k);
+        }
+        (q, k, v)
     }
 
     /// `x`: `[b, t, d]`. With a cache, keys/values of earlier positions are reused and the new
@@ -156,22 +233,11 @@ impl Block {
         cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
         mask: Option<Tensor<4, Bool>>,
     ) -> Tensor<3> {
-        let [b, t, d] = x.dims();
-        let (h, hd) = (self.heads, d / self.heads);
-        let qkv = dense(&self.qkv, norm(&self.attn_norm, x.clone())).reshape([b, t, 3, h, hd]);
-        // Queries and keys rotated together: one RoPE over 2h heads instead of two over h.
-        let qk = qkv
-            .clone()
-            .slice([0..b, 0..t, 0..2, 0..h, 0..hd])
-            .reshape([b, t, 2 * h, hd])
-            .swap_dims(1, 2);
-        let qk = rope(qk, &rope_cs.0, &rope_cs.1);
-        let q = qk.clone().slice([0..b, 0..h, 0..t, 0..hd]);
-        let mut k = qk.slice([0..b, h..2 * h, 0..t, 0..hd]);
-        let mut v = qkv
-            .slice([0..b, 0..t, 2..3, 0..h, 0..hd])
-            .reshape([b, t, h, hd])
-            .swap_dims(1, 2);
+        let [b, t, _] = x.dims();
+        let (q, k, v) = self.project(x.clone());
+        let q = rotate_pairs(q.swap_dims(1, 2), &rope_cs.0, &rope_cs.1);
+        let mut k = rotate_pairs(k.swap_dims(1, 2), &rope_cs.0, &rope_cs.1);
+        let mut v = v.swap_dims(1, 2);
         if let Some(slot) = cache {
             if let Some((pk, pv)) = slot.take() {
                 k = Tensor::cat(vec![pk, k], 2);
@@ -179,20 +245,47 @@ impl Block {
             }
             *slot = Some((k.clone(), v.clone()));
         }
+        let groups = self.heads / self.kv_heads;
+        let (k, v) = (
+            repeat_heads::<4, 5>(k, 1, groups),
+            repeat_heads::<4, 5>(v, 1, groups),
+        );
         let opts = AttentionModuleOptions {
             is_causal: mask.is_none(),
             ..Default::default()
         };
         let a = attention(q, k, v, mask, None, opts)
             .swap_dims(1, 2)
-            .reshape([b, t, d]);
+            .reshape([b, t, self.heads * self.head_dim]);
         self.mlp(x + dense(&self.out, a))
     }
 
     /// [`Block::forward`] over a whole sequence with the fused causal attention (CPU backend).
-    fn forward_fused(&self, x: Tensor<3>, rope_theta: f64) -> Tensor<3> {
-        let qkv = dense(&self.qkv, norm(&self.attn_norm, x.clone()));
-        let a = fused::causal_attention(qkv, self.heads, rope_theta);
+    /// Grouped-query heads are repeated and q/k norms applied before the fused op, which takes
+    /// one key and value per query head.
+    fn forward_fused(&self, x: Tensor<3>, rope: RopeSpec) -> Tensor<3> {
+        let plain = self.kv_heads == self.heads && self.q_norm.is_none();
+        let qkv = if plain {
+            dense(&self.qkv, norm(&self.attn_norm, x.clone()))
+        } else {
+            let [b, t, _] = x.dims();
+            let (q, k, v) = self.project(x.clone());
+            let groups = self.heads / self.kv_heads;
+            let (k, v) = (
+                repeat_heads::<4, 5>(k, 2, groups),
+                repeat_heads::<4, 5>(v, 2, groups),
+            );
+            let qd = self.heads * self.head_dim;
+            Tensor::cat(
+                vec![
+                    q.reshape([b, t, qd]),
+                    k.reshape([b, t, qd]),
+                    v.reshape([b, t, qd]),
+                ],
+                2,
+            )
+        };
+        let a = fused::causal_attention(qkv, self.heads, rope);
         self.mlp(x + dense(&self.out, a))
     }
 
@@ -223,16 +316,26 @@ impl Gpt {
         let model = Gpt {
             embed: EmbeddingConfig::new(cfg.vocab, cfg.d_model).init(device),
             blocks: (0..cfg.layers).map(|_| Block::new(cfg, device)).collect(),
-            norm: RmsNormConfig::new(cfg.d_model).init(device),
-            head: linear(cfg.d_model, cfg.vocab, device),
+            norm: rms(cfg.d_model, cfg.arch.norm_eps, device),
+            head: (!cfg.arch.tied).then(|| linear(cfg.d_model, cfg.vocab, false, device)),
             heads: cfg.heads,
             rope_theta: cfg.rope_theta,
+            rope: cfg.rope(),
         };
         model.map(&mut StableIds(0))
     }
 
-    fn head_dim(&self, d: usize) -> usize {
-        d / self.heads
+    fn head_dim(&self) -> usize {
+        self.blocks.first().map_or(0, |b| b.head_dim)
+    }
+
+    /// Logits from the last hidden states: the head, or the embedding transposed when tied.
+    fn logits(&self, x: Tensor<3>) -> Tensor<3> {
+        let x = norm(&self.norm, x);
+        match &self.head {
+            Some(head) => dense(head, x),
+            None => product(x, self.embed.weight.val().transpose()),
+        }
     }
 
     /// Logits `[b, t, vocab]` for a batch of right-padded sequences (causal attention; padding
@@ -243,16 +346,15 @@ impl Gpt {
         let mut x = self.embed.forward(tokens);
         if fused::available(&device) {
             for block in &self.blocks {
-                x = block.forward_fused(x, self.rope_theta);
+                x = block.forward_fused(x, self.rope);
             }
         } else {
-            let d = x.dims()[2];
-            let cs = rope_tables(0, t, self.head_dim(d), self.rope_theta, &device);
+            let cs = rope_tables(0, t, self.head_dim(), self.rope, &device);
             for block in &self.blocks {
                 x = block.forward(x, &cs, None, None);
             }
         }
-        dense(&self.head, norm(&self.norm, x))
+        self.logits(x)
     }
 
     /// Logits for `tokens` (`[b, t]`) at positions `cache.len..`, reusing and extending the
@@ -269,8 +371,7 @@ impl Gpt {
         let start = cache.len;
         let total = start + t;
         let mut x = self.embed.forward(tokens);
-        let d = x.dims()[2];
-        let cs = rope_tables(start, t, self.head_dim(d), self.rope_theta, &device);
+        let cs = rope_tables(start, t, self.head_dim(), self.rope, &device);
         // Always an explicit mask here: causal by absolute position, plus padding.
         let mut m = Vec::with_capacity(b * t * total);
         for row in 0..b {
@@ -296,7 +397,7 @@ impl Gpt {
             x = block.forward(x, &cs, Some(slot), mask.clone());
         }
         cache.len = total;
-        dense(&self.head, norm(&self.norm, x))
+        self.logits(x)
     }
 
     pub fn layers(&self) -> usize {
@@ -309,7 +410,9 @@ impl Gpt {
         Weights {
             d_model: self.embed.weight.dims()[1],
             heads: self.heads,
-            rope_theta: self.rope_theta,
+            kv_heads: self.blocks.first().map_or(self.heads, |b| b.kv_heads),
+            head_dim: self.head_dim(),
+            rope: self.rope,
             embed: self.embed.weight.val(),
             blocks: self
                 .blocks
@@ -317,6 +420,12 @@ impl Gpt {
                 .map(|b| BlockWeights {
                     attn_norm: norm(&b.attn_norm),
                     qkv: b.qkv.weight.val(),
+                    qkv_bias: b.qkv.bias.as_ref().map(|p| p.val()),
+                    qk_norm: b
+                        .q_norm
+                        .as_ref()
+                        .zip(b.k_norm.as_ref())
+                        .map(|(q, k)| (norm(q), norm(k))),
                     out: b.out.weight.val(),
                     mlp_norm: norm(&b.mlp_norm),
                     gate_up: b.gate_up.weight.val(),
@@ -324,8 +433,40 @@ impl Gpt {
                 })
                 .collect(),
             norm: norm(&self.norm),
-            head: self.head.weight.val(),
+            head: match &self.head {
+                Some(h) => h.weight.val(),
+                None => self.embed.weight.val().transpose(),
+            },
         }
+    }
+
+    /// The model built from given weights (a pretrained checkpoint's), in [`Gpt::weights`]'
+    /// layout; shapes are checked against `cfg` by the caller ([`super::pretrained`]).
+    pub fn from_weights(cfg: &ModelConfig, w: Weights, device: &Device) -> Self {
+        let mut model = Gpt::new(cfg, device);
+        let set1 = |n: &mut RmsNorm, g: Tensor<1>| n.gamma = Param::from_tensor(g);
+        let set2 = |l: &mut Linear, t: Tensor<2>| l.weight = Param::from_tensor(t);
+        model.embed.weight = Param::from_tensor(w.embed);
+        for (b, bw) in model.blocks.iter_mut().zip(w.blocks) {
+            set1(&mut b.attn_norm, bw.attn_norm.0);
+            set2(&mut b.qkv, bw.qkv);
+            if let (Some(bias), Some(v)) = (&mut b.qkv.bias, bw.qkv_bias) {
+                *bias = Param::from_tensor(v);
+            }
+            if let (Some(qn), Some(kn), Some((q, k))) = (&mut b.q_norm, &mut b.k_norm, bw.qk_norm) {
+                set1(qn, q.0);
+                set1(kn, k.0);
+            }
+            set2(&mut b.out, bw.out);
+            set1(&mut b.mlp_norm, bw.mlp_norm.0);
+            set2(&mut b.gate_up, bw.gate_up);
+            set2(&mut b.down, bw.down);
+        }
+        set1(&mut model.norm, w.norm.0);
+        if let Some(h) = &mut model.head {
+            set2(h, w.head);
+        }
+        model.map(&mut StableIds(0))
     }
 }
 
@@ -335,7 +476,12 @@ pub type NormWeights = (Tensor<1>, f64);
 /// The weights of one block (see [`Gpt::weights`]).
 pub struct BlockWeights {
     pub attn_norm: NormWeights,
+    /// `[d, (heads + 2·kv_heads) · head_dim]`.
     pub qkv: Tensor<2>,
+    pub qkv_bias: Option<Tensor<1>>,
+    /// Query and key norms (Qwen3).
+    pub qk_norm: Option<(NormWeights, NormWeights)>,
+    /// `[heads · head_dim, d]`.
     pub out: Tensor<2>,
     pub mlp_norm: NormWeights,
     pub gate_up: Tensor<2>,
@@ -346,9 +492,12 @@ pub struct BlockWeights {
 pub struct Weights {
     pub d_model: usize,
     pub heads: usize,
-    pub rope_theta: f64,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub rope: RopeSpec,
     pub embed: Tensor<2>,
     pub blocks: Vec<BlockWeights>,
     pub norm: NormWeights,
+    /// `[d, vocab]` (the embedding transposed when tied).
     pub head: Tensor<2>,
 }

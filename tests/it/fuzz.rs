@@ -235,6 +235,7 @@ fn checkpoint_mutations_are_errors_not_panics() {
         mlp: 32,
         ctx: 16,
         rope_theta: 10_000.0,
+        arch: Default::default(),
     };
     let device = Device::flex();
     checkpoint::save_model(&dir, &Gpt::new(&cfg, &device), &cfg, &tok).unwrap();

@@ -128,6 +128,7 @@ fn one_step_raises_the_logprob_of_a_positive_advantage_completion() {
         mlp: 64,
         ctx: 16,
         rope_theta: 1e4,
+        arch: Default::default(),
     };
     let mut model = Gpt::new(&cfg, &device);
     let seq: Vec<i64> = vec![1, 8, 9, 10, 11, 12, 2];

@@ -17,6 +17,7 @@ fn cfg() -> ModelConfig {
         mlp: 64,
         ctx: 40,
         rope_theta: 10_000.0,
+        arch: Default::default(),
     }
 }
 
@@ -28,10 +29,17 @@ fn ids(rows: &[Vec<u32>], device: &Device) -> Tensor<2, Int> {
 #[test]
 fn incremental_logits_match_the_full_forward() {
     let device = Device::flex();
-    device.seed(7);
-    let model = Gpt::new(&cfg(), &device);
+    for (name, c) in crate::model_fused::arch_variants(cfg()) {
+        device.seed(7);
+        let model = Gpt::new(&c, &device);
+        incremental_matches_full(&model, &device, name);
+    }
+}
+
+fn incremental_matches_full(model: &Gpt, device: &Device, name: &str) {
+    let (model, device) = (model, device.clone());
     let seq: Vec<u32> = vec![1, 9, 12, 7, 15, 8, 10, 11, 13, 14];
-    let full = full_logits(&model, &seq, &device);
+    let full = full_logits(model, &seq, &device);
     let mut cache = KvCache::new(2);
     let mut inc: Vec<f32> = model
         .forward_cached(ids(&[seq[..4].to_vec()], &device), &mut cache, None)
@@ -47,7 +55,7 @@ fn incremental_logits_match_the_full_forward() {
         );
     }
     let max = max_diff(&full, &inc);
-    assert!(max < 1e-4, "max abs diff {max}");
+    assert!(max < 1e-4, "{name}: max abs diff {max}");
 }
 
 #[test]
@@ -97,7 +105,14 @@ fn full_logits(model: &Gpt, seq: &[u32], device: &Device) -> Vec<f32> {
 #[test]
 fn engine_logits_match_the_burn_model_for_prefill_and_decode() {
     let device = Device::flex();
-    for (seed, c) in [
+    // Every architecture variation (grouped-query heads, biases, q/k norms, tied head, RoPE
+    // scaling) on the small shape, then the plain one at a size that splits products.
+    let variants = crate::model_fused::arch_variants(cfg());
+    let variants = variants
+        .into_iter()
+        .enumerate()
+        .map(|(i, (_, c))| (20 + i as u64, c));
+    for (seed, c) in variants.chain([
         (11, cfg()),
         // Large enough that the projections run on several threads.
         (
@@ -110,9 +125,10 @@ fn engine_logits_match_the_burn_model_for_prefill_and_decode() {
                 layers: 2,
                 ctx: 64,
                 rope_theta: 10_000.0,
+                arch: Default::default(),
             },
         ),
-    ] {
+    ]) {
         device.seed(seed);
         let model = Gpt::new(&c, &device);
         let engine = model.engine(c.ctx);
@@ -135,7 +151,7 @@ fn engine_logits_match_the_burn_model_for_prefill_and_decode() {
             let want = full_logits(&model, s, &device);
             let got = &all[off..off + s.len() * v];
             let d = max_diff(&want, got);
-            assert!(d < 1e-4, "prefill, d_model {}: max abs diff {d}", c.d_model);
+            assert!(d < 1e-4, "prefill, {:?}: max abs diff {d}", c.arch);
             off += s.len() * v;
         }
         // One sequence alone, each product split with the spinning helper: prefill, then
@@ -220,6 +236,7 @@ fn engine_prefill_larger_than_one_pass_keeps_every_row_in_order() {
         layers: 2,
         ctx: 64,
         rope_theta: 10_000.0,
+        arch: Default::default(),
     };
     let device = Device::flex();
     device.seed(13);

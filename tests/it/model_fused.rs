@@ -6,6 +6,7 @@
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
+use stageloop::cpu::math::RopeSpec;
 use stageloop::model::fused;
 use stageloop::model::{Gpt, ModelConfig};
 
@@ -98,6 +99,7 @@ fn cfg() -> ModelConfig {
         mlp: 64,
         ctx: 24,
         rope_theta: 10_000.0,
+        arch: Default::default(),
     }
 }
 
@@ -203,29 +205,89 @@ fn fused_ops_match_the_composite_ops_in_values_and_gradients() {
             let grads = (y.clone() * w.clone()).sum().backward();
             (y.inner(), x.grad(&grads).unwrap())
         };
-        let (y1, dx1) = run(&|x| fused::causal_attention(x, heads, 10_000.0));
+        let (y1, dx1) = run(&|x| fused::causal_attention(x, heads, RopeSpec::plain(10_000.0)));
         let (y2, dx2) = run(&|x| attention_composite(x, heads, 10_000.0));
         assert!(max_diff(y1, y2) < 1e-4, "attention value, t {t}");
         assert!(max_diff(dx1, dx2) < 1e-4, "attention grad, t {t}");
     }
 
-    // The whole model: loss and every parameter's gradient, fused and composite.
-    let model = Gpt::new(&cfg(), &device);
-    let seq: Vec<i64> = (0..2 * 24).map(|i| (i * 7 % 20) as i64).collect();
-    let tokens = Tensor::<2, Int>::from_data(TensorData::new(seq, [2, 24]), &device);
-    let (loss_f, grads_f) = model_loss_and_grads(&model, &tokens);
-    fused::set_enabled(false);
-    let (loss_c, grads_c) = model_loss_and_grads(&model, &tokens);
-    fused::set_enabled(true);
-    assert!(
-        (loss_f - loss_c).abs() < 1e-4 * loss_c.abs().max(1.0),
-        "{loss_f} vs {loss_c}"
-    );
-    assert_eq!(grads_f.len(), grads_c.len());
-    let worst = grads_f
-        .iter()
-        .zip(&grads_c)
-        .map(|(a, b)| (a - b).abs() / b.abs().max(1e-2))
-        .fold(0.0f32, f32::max);
-    assert!(worst < 1e-3, "worst relative gradient difference {worst}");
+    // The whole model: loss and every parameter's gradient, fused and composite, for the
+    // plain block and each pretrained variation (grouped-query heads, q/k/v biases, q/k norms,
+    // an explicit head size, a tied head, Llama 3 RoPE scaling).
+    for (name, c) in arch_variants(cfg()) {
+        device.seed(5);
+        let model = Gpt::new(&c, &device);
+        let seq: Vec<i64> = (0..2 * 24).map(|i| (i * 7 % 20) as i64).collect();
+        let tokens = Tensor::<2, Int>::from_data(TensorData::new(seq, [2, 24]), &device);
+        let (loss_f, grads_f) = model_loss_and_grads(&model, &tokens);
+        fused::set_enabled(false);
+        let (loss_c, grads_c) = model_loss_and_grads(&model, &tokens);
+        fused::set_enabled(true);
+        assert!(
+            (loss_f - loss_c).abs() < 1e-4 * loss_c.abs().max(1.0),
+            "{name}: {loss_f} vs {loss_c}"
+        );
+        assert_eq!(grads_f.len(), grads_c.len(), "{name}");
+        let worst = grads_f
+            .iter()
+            .zip(&grads_c)
+            .map(|(a, b)| (a - b).abs() / b.abs().max(1e-2))
+            .fold(0.0f32, f32::max);
+        assert!(
+            worst < 1e-3,
+            "{name}: worst relative gradient difference {worst}"
+        );
+    }
+}
+
+/// `base` and each architecture variation on it, named.
+pub fn arch_variants(base: ModelConfig) -> Vec<(&'static str, ModelConfig)> {
+    use stageloop::model::config::{Arch, RopeScaling};
+    let with = |arch: Arch| ModelConfig {
+        arch,
+        ..base.clone()
+    };
+    vec![
+        ("plain", base.clone()),
+        (
+            "gqa+tied",
+            with(Arch {
+                kv_heads: Some(2),
+                tied: true,
+                ..Arch::default()
+            }),
+        ),
+        (
+            "qwen2 (gqa, bias)",
+            with(Arch {
+                kv_heads: Some(1),
+                qkv_bias: true,
+                norm_eps: 1e-6,
+                ..Arch::default()
+            }),
+        ),
+        (
+            "qwen3 (qk norm, head_dim)",
+            with(Arch {
+                kv_heads: Some(2),
+                head_dim: Some(12),
+                qk_norm: true,
+                tied: true,
+                ..Arch::default()
+            }),
+        ),
+        (
+            "llama3 rope scaling",
+            with(Arch {
+                kv_heads: Some(2),
+                rope_scaling: Some(RopeScaling {
+                    factor: 8.0,
+                    low_freq_factor: 1.0,
+                    high_freq_factor: 4.0,
+                    original_max_position_embeddings: 16.0,
+                }),
+                ..Arch::default()
+            }),
+        ),
+    ]
 }
