@@ -90,11 +90,14 @@ pub enum Command {
     },
     /// Complete a prompt with a checkpoint (a checkpoint folder, or a run folder's latest).
     Sample {
-        /// Run folder or checkpoint folder.
+        /// Run folder, checkpoint folder, Hugging Face model folder or .gguf file.
         target: PathBuf,
         /// The prompt, e.g. `37+5+82=`.
         #[arg(long)]
         prompt: String,
+        /// Wrap the prompt in a pretrained model's chat template (as a user message).
+        #[arg(long)]
+        chat: bool,
         /// How many completions.
         #[arg(short, long, default_value_t = 1)]
         n: usize,
@@ -252,6 +255,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Sample {
             target,
             prompt,
+            chat,
             n,
             temperature,
             top_p,
@@ -267,6 +271,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
             max_new_tokens,
             seed,
             json,
+            chat,
         }),
         Some(Command::Eval {
             target,

@@ -2,6 +2,7 @@
 //! prompt box runs this with `--json`).
 
 use crate::model::sample::{SampleOptions, generate};
+use crate::model::pretrained::{self, tokenizer::Message};
 use crate::model::{checkpoint, device};
 use crate::runfs;
 use crate::stages::common::Setup;
@@ -19,6 +20,8 @@ pub struct Args<'a> {
     pub max_new_tokens: usize,
     pub seed: u64,
     pub json: bool,
+    /// Wrap the prompt in the model's chat template as a user message (pretrained models).
+    pub chat: bool,
 }
 
 /// Refuse sampling settings that would panic, hang or allocate without bound.
@@ -44,6 +47,13 @@ fn check_args(a: &Args<'_>) -> anyhow::Result<()> {
 
 pub fn run(a: Args<'_>) -> anyhow::Result<()> {
     check_args(&a)?;
+    if pretrained::is_pretrained(a.target) {
+        return run_pretrained(&a);
+    }
+    anyhow::ensure!(
+        !a.chat,
+        "--chat needs a pretrained model (a Hugging Face folder or a .gguf file)"
+    );
     let dir = runfs::checkpoint::resolve(a.target).with_context(|| {
         format!(
             "{}: not a checkpoint or a run folder with checkpoints",
@@ -85,7 +95,7 @@ pub fn run(a: Args<'_>) -> anyhow::Result<()> {
                 serde_json::json!({
                     "prompt": a.prompt, "completion": text, "rewards": r.as_map(),
                     "reward": r.accuracy, "finished": c.finished, "tokens": c.tokens.len(),
-                    "checkpoint": dir.display().to_string(),
+                    "token_ids": c.tokens, "checkpoint": dir.display().to_string(),
                 })
             );
         } else {
@@ -96,6 +106,67 @@ pub fn run(a: Args<'_>) -> anyhow::Result<()> {
                 r.accuracy,
                 r.format
             );
+        }
+    }
+    Ok(())
+}
+
+/// New tokens when `--max-new-tokens` is 0 for a pretrained model (its own context is long).
+const PRETRAINED_NEW_TOKENS: usize = 256;
+
+/// `sample` on a Hugging Face folder or a GGUF file: the prompt as it is (with what the
+/// tokenizer adds, as transformers' `tokenizer(prompt)`) or, with `--chat`, as a user message
+/// in the model's chat template.
+fn run_pretrained(a: &Args<'_>) -> anyhow::Result<()> {
+    let dev = device()?;
+    let p = pretrained::load(a.target, &dev)?;
+    let ids = if a.chat {
+        let text = p.tokenizer.chat(
+            &[Message {
+                role: "user".into(),
+                content: a.prompt.to_string(),
+            }],
+            true,
+        )?;
+        p.tokenizer.encode(&text, false)?
+    } else {
+        p.tokenizer.encode(a.prompt, true)?
+    };
+    anyhow::ensure!(!ids.is_empty(), "the prompt is empty after tokenizing");
+    let new = if a.max_new_tokens == 0 {
+        PRETRAINED_NEW_TOKENS
+    } else {
+        a.max_new_tokens
+    };
+    let ctx = p.cfg.ctx.min(ids.len() + new);
+    anyhow::ensure!(
+        ids.len() < ctx,
+        "the prompt is {} tokens; the model's context is {}",
+        ids.len(),
+        p.cfg.ctx
+    );
+    let opts = SampleOptions {
+        temperature: a.temperature,
+        top_p: a.top_p,
+        max_new_tokens: new,
+        ..Default::default()
+    }
+    .with_eos(&p.tokenizer.eos);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(a.seed);
+    let outs = generate(&p.model, &vec![ids.clone(); a.n], ctx, &opts, &mut rng, &dev);
+    for c in outs {
+        let text = p.tokenizer.decode(&c.tokens, false);
+        if a.json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "prompt": a.prompt, "completion": text, "finished": c.finished,
+                    "tokens": c.tokens.len(), "token_ids": c.tokens, "prompt_ids": ids,
+                    "model": p.path.display().to_string(),
+                })
+            );
+        } else {
+            println!("{}{}", display(a.prompt), display(&text));
         }
     }
     Ok(())

@@ -27,6 +27,22 @@ pub struct SampleOptions {
     pub ignore_eos: bool,
     /// On the CPU, decode with the dedicated fast path; false = burn's ops (the reference).
     pub engine: bool,
+    /// Ids that end a completion (a pretrained model may have several; unused slots repeat
+    /// the first). The character tokenizer's EOS by default.
+    pub eos: [u32; 4],
+}
+
+impl SampleOptions {
+    /// These options stopping at `ids` (up to four; none leaves them unchanged).
+    pub fn with_eos(mut self, ids: &[u32]) -> Self {
+        if let Some(&first) = ids.first() {
+            self.eos = [first; 4];
+            for (slot, &id) in self.eos.iter_mut().zip(ids) {
+                *slot = id;
+            }
+        }
+        self
+    }
 }
 
 impl Default for SampleOptions {
@@ -39,6 +55,7 @@ impl Default for SampleOptions {
             use_cache: true,
             ignore_eos: false,
             engine: true,
+            eos: [EOS; 4],
         }
     }
 }
@@ -176,11 +193,13 @@ pub fn generate(
         let mut next = Vec::new();
         for (slot, &row) in active.iter().enumerate() {
             if opts.ignore_eos {
-                logits[slot][EOS as usize] = f32::NEG_INFINITY;
+                for &e in &opts.eos {
+                    logits[slot][e as usize] = f32::NEG_INFINITY;
+                }
             }
             let (tok, lp) = pick(&logits[slot], opts, rng);
             out[row].logprobs.push(lp);
-            if tok == EOS {
+            if opts.eos.contains(&tok) {
                 out[row].finished = true;
             } else {
                 out[row].tokens.push(tok);
@@ -255,11 +274,13 @@ fn generate_engine(
             for (slot, &row) in active.iter().enumerate() {
                 let l = &mut logits[slot * vocab..(slot + 1) * vocab];
                 if opts.ignore_eos {
-                    l[EOS as usize] = f32::NEG_INFINITY;
+                    for &e in &opts.eos {
+                        l[e as usize] = f32::NEG_INFINITY;
+                    }
                 }
                 let (tok, lp) = pick(l, opts, rng);
                 out[row].logprobs.push(lp);
-                if tok == EOS {
+                if opts.eos.contains(&tok) {
                     out[row].finished = true;
                 } else {
                     out[row].tokens.push(tok);
