@@ -1,10 +1,20 @@
-//! `stageloop export RUN`: a run's charts (SVG) and metric table (CSV or Parquet).
+//! `stageloop export RUN`: a run's charts (SVG) and metric table (CSV or Parquet); with
+//! `--format hf`, its latest checkpoint (or a checkpoint, or a pretrained model) as a Hugging
+//! Face folder.
 
 use crate::analysis::export::export_run;
 use crate::runfs::RunDir;
+use anyhow::Context;
 use std::path::{Path, PathBuf};
 
 pub fn run(run: &Path, formats: &[String], out: Option<PathBuf>) -> anyhow::Result<()> {
+    if formats.iter().any(|f| f == "hf") {
+        anyhow::ensure!(
+            formats.len() == 1,
+            "--format hf writes a model folder; export charts and tables separately"
+        );
+        return export_hf(run, out);
+    }
     let rd = RunDir::new(run);
     if !rd.is_run() {
         anyhow::bail!(
@@ -21,5 +31,37 @@ pub fn run(run: &Path, formats: &[String], out: Option<PathBuf>) -> anyhow::Resu
     if let Some(s) = done.bad.summary() {
         eprintln!("{}", crate::untrusted::display(&s));
     }
+    Ok(())
+}
+
+/// The model of a run (its latest checkpoint), a checkpoint folder, or a pretrained model, as a
+/// Hugging Face folder.
+fn export_hf(target: &Path, out: Option<PathBuf>) -> anyhow::Result<()> {
+    use crate::model::pretrained::{self, export};
+    let dev = crate::model::device()?;
+    let (written, out) = if pretrained::is_pretrained(target) {
+        let out = out.context("--out DIR is needed to export a pretrained model")?;
+        let p = pretrained::load(target, &dev)?;
+        let tok = export::TokenizerFiles::of_pretrained(&p.tokenizer)?;
+        (export::write_folder(&out, &p.model, &p.cfg, &tok)?, out)
+    } else {
+        let dir = crate::runfs::checkpoint::resolve(target).with_context(|| {
+            format!(
+                "{}: not a run, a checkpoint, a Hugging Face folder or a .gguf file",
+                target.display()
+            )
+        })?;
+        let out = out.unwrap_or_else(|| target.join("export").join("hf"));
+        let (model, cfg, tok) = crate::model::checkpoint::load_model(&dir, &dev)?;
+        let files = export::TokenizerFiles::of_chars(&tok);
+        (export::write_folder(&out, &model, &cfg, &files)?, out)
+    };
+    for f in written {
+        println!("{}", crate::untrusted::display(&f.display().to_string()));
+    }
+    eprintln!(
+        "load it with AutoModelForCausalLM.from_pretrained({:?})",
+        out.display().to_string()
+    );
     Ok(())
 }

@@ -162,11 +162,12 @@ pub enum Command {
         #[arg(long)]
         stats: bool,
     },
-    /// Export a run's charts (svg) and metrics (csv, parquet).
+    /// Export a run's charts (svg) and metrics (csv, parquet), or its model as a Hugging Face
+    /// folder (hf).
     Export {
-        /// Run folder.
+        /// Run folder (hf: also a checkpoint, a Hugging Face folder or a .gguf file).
         run: PathBuf,
-        /// Formats, repeatable or comma-separated: svg, csv, parquet.
+        /// Formats, repeatable or comma-separated: svg, csv, parquet; or hf alone.
         #[arg(long = "format", value_delimiter = ',', default_values_t = vec!["svg".to_string(), "csv".to_string()])]
         format: Vec<String>,
         /// Output folder (default: RUN/export).

@@ -1,8 +1,8 @@
 //! `stageloop sample RUN|CKPT --prompt TEXT`: complete a prompt with a checkpoint (the notebook's
 //! prompt box runs this with `--json`).
 
-use crate::model::sample::{SampleOptions, generate};
 use crate::model::pretrained::{self, tokenizer::Message};
+use crate::model::sample::{SampleOptions, generate};
 use crate::model::{checkpoint, device};
 use crate::runfs;
 use crate::stages::common::Setup;
@@ -153,7 +153,14 @@ fn run_pretrained(a: &Args<'_>) -> anyhow::Result<()> {
     }
     .with_eos(&p.tokenizer.eos);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(a.seed);
-    let outs = generate(&p.model, &vec![ids.clone(); a.n], ctx, &opts, &mut rng, &dev);
+    let outs = generate(
+        &p.model,
+        &vec![ids.clone(); a.n],
+        ctx,
+        &opts,
+        &mut rng,
+        &dev,
+    );
     for c in outs {
         let text = p.tokenizer.decode(&c.tokens, false);
         if a.json {

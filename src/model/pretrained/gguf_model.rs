@@ -53,7 +53,9 @@ pub fn config(g: &Gguf) -> Result<ModelConfig> {
         );
     }
     if g.tensor("rope_freqs.weight").is_some() {
-        bail!("rope_freqs.weight (llama.cpp's precomputed RoPE scaling) is not supported; load the Hugging Face folder instead");
+        bail!(
+            "rope_freqs.weight (llama.cpp's precomputed RoPE scaling) is not supported; load the Hugging Face folder instead"
+        );
     }
     let k = |s: &str| format!("{arch}.{s}");
     let heads = meta_u(g, &k("attention.head_count"))?;
@@ -61,16 +63,27 @@ pub fn config(g: &Gguf) -> Result<ModelConfig> {
     let embd = g
         .tensor("token_embd.weight")
         .context("tensor token_embd.weight is missing")?;
-    let vocab = *embd.dims.get(1).context("token_embd.weight is not a matrix")? as usize;
-    let head_dim = g.get(&k("attention.key_length")).and_then(Value::as_u64).map(|v| v as usize);
+    let vocab = *embd
+        .dims
+        .get(1)
+        .context("token_embd.weight is not a matrix")? as usize;
+    let head_dim = g
+        .get(&k("attention.key_length"))
+        .and_then(Value::as_u64)
+        .map(|v| v as usize);
     let cfg = ModelConfig {
         vocab,
         d_model,
         layers: meta_u(g, &k("block_count"))?,
         heads,
         mlp: meta_u(g, &k("feed_forward_length"))?,
-        ctx: meta_u(g, &k("context_length")).unwrap_or(2048).clamp(8, MAX_CTX),
-        rope_theta: g.get(&k("rope.freq_base")).and_then(Value::as_f64).unwrap_or(10_000.0),
+        ctx: meta_u(g, &k("context_length"))
+            .unwrap_or(2048)
+            .clamp(8, MAX_CTX),
+        rope_theta: g
+            .get(&k("rope.freq_base"))
+            .and_then(Value::as_f64)
+            .unwrap_or(10_000.0),
         arch: Arch {
             kv_heads: Some(meta_u(g, &k("attention.head_count_kv")).unwrap_or(heads)),
             head_dim: head_dim.filter(|&h| h * heads != d_model || arch == "qwen3"),
@@ -154,13 +167,17 @@ impl Source for GgufSource<'_> {
         // ggml lists the contiguous axis first.
         let dims: Vec<usize> = t.dims.iter().rev().map(|&d| d as usize).collect();
         if dims != shape {
-            bail!("{path}: tensor {gname} has shape {dims:?}, expected {shape:?} from the metadata");
+            bail!(
+                "{path}: tensor {gname} has shape {dims:?}, expected {shape:?} from the metadata"
+            );
         }
         let v = self.g.read_f32(t);
         let llama = self.cfg.arch.family.as_deref() == Some("llama");
         Ok(match (llama, gname.rsplit('.').nth(1)) {
             (true, Some("attn_q")) => unpermute(&v, self.cfg.heads, *shape.last().unwrap_or(&1)),
-            (true, Some("attn_k")) => unpermute(&v, self.cfg.kv_heads(), *shape.last().unwrap_or(&1)),
+            (true, Some("attn_k")) => {
+                unpermute(&v, self.cfg.kv_heads(), *shape.last().unwrap_or(&1))
+            }
             _ => v,
         })
     }
@@ -174,7 +191,10 @@ fn strings<'a>(g: &'a Gguf, key: &str) -> Result<Vec<&'a str>> {
     match g.get(key) {
         Some(Value::Array(a)) => a
             .iter()
-            .map(|v| v.as_str().with_context(|| format!("metadata {key} holds a non-string")))
+            .map(|v| {
+                v.as_str()
+                    .with_context(|| format!("metadata {key} holds a non-string"))
+            })
             .collect(),
         _ => bail!("metadata {key} is missing or not a list"),
     }
@@ -196,16 +216,23 @@ fn pre_tokenizer(pre: &str) -> Result<serde_json::Value> {
         "llama-bpe" | "llama3" => json!({"type": "Sequence", "pretokenizers": [
             split(r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"),
             byte_level(false)]}),
-        other => bail!("tokenizer.ggml.pre {other:?} is not supported (gpt2, smollm, qwen2, llama-bpe)"),
+        other => {
+            bail!("tokenizer.ggml.pre {other:?} is not supported (gpt2, smollm, qwen2, llama-bpe)")
+        }
     })
 }
 
 /// The file's byte-level BPE tokenizer (`tokenizer.ggml.model = "gpt2"`) as a `tokenizer.json`.
 pub fn tokenizer_json(g: &Gguf) -> Result<String> {
     use serde_json::json;
-    let model = g.get("tokenizer.ggml.model").and_then(Value::as_str).unwrap_or("");
+    let model = g
+        .get("tokenizer.ggml.model")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     if model != "gpt2" {
-        bail!("tokenizer.ggml.model {model:?} is not supported (only byte-level BPE, \"gpt2\"; SentencePiece GGUFs: load the Hugging Face folder)");
+        bail!(
+            "tokenizer.ggml.model {model:?} is not supported (only byte-level BPE, \"gpt2\"; SentencePiece GGUFs: load the Hugging Face folder)"
+        );
     }
     let tokens = strings(g, "tokenizer.ggml.tokens")?;
     let merges = strings(g, "tokenizer.ggml.merges")?;
@@ -213,16 +240,24 @@ pub fn tokenizer_json(g: &Gguf) -> Result<String> {
         Some(Value::Array(a)) => a.iter().map(|v| v.as_u64().unwrap_or(1)).collect(),
         _ => vec![1; tokens.len()],
     };
-    let pre = g.get("tokenizer.ggml.pre").and_then(Value::as_str).unwrap_or("gpt2");
-    let vocab: serde_json::Map<String, serde_json::Value> =
-        tokens.iter().enumerate().map(|(i, t)| (t.to_string(), json!(i))).collect();
+    let pre = g
+        .get("tokenizer.ggml.pre")
+        .and_then(Value::as_str)
+        .unwrap_or("gpt2");
+    let vocab: serde_json::Map<String, serde_json::Value> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.to_string(), json!(i)))
+        .collect();
     // Control (3) and user-defined (4) tokens are matched whole before the BPE.
     let added: Vec<serde_json::Value> = tokens
         .iter()
         .enumerate()
         .filter(|(i, _)| matches!(types.get(*i), Some(3) | Some(4)))
-        .map(|(i, t)| json!({"id": i, "content": t, "single_word": false, "lstrip": false,
-            "rstrip": false, "normalized": false, "special": types[i] == 3}))
+        .map(|(i, t)| {
+            json!({"id": i, "content": t, "single_word": false, "lstrip": false,
+            "rstrip": false, "normalized": false, "special": types[i] == 3})
+        })
         .collect();
     let doc = json!({
         "version": "1.0",
@@ -245,9 +280,18 @@ pub fn tokenizer_json(g: &Gguf) -> Result<String> {
 pub fn tokenizer(g: &Gguf) -> Result<HfTokenizer> {
     let json = tokenizer_json(g).map_err(|e| anyhow::anyhow!("{}: {e:#}", g.path.display()))?;
     let id = |k: &str| g.get(k).and_then(Value::as_u64).map(|v| v as u32);
-    let template = g.get("tokenizer.chat_template").and_then(Value::as_str).map(str::to_string);
+    let template = g
+        .get("tokenizer.chat_template")
+        .and_then(Value::as_str)
+        .map(str::to_string);
     let eos = id("tokenizer.ggml.eos_token_id").into_iter().collect();
-    HfTokenizer::from_json(&json, id("tokenizer.ggml.bos_token_id"), eos, template, &g.path)
+    HfTokenizer::from_json(
+        &json,
+        id("tokenizer.ggml.bos_token_id"),
+        eos,
+        template,
+        &g.path,
+    )
 }
 
 #[cfg(test)]
@@ -256,9 +300,18 @@ mod tests {
 
     #[test]
     fn names_map_to_gguf() {
-        assert_eq!(gguf_name("model.layers.3.self_attn.q_proj.weight").unwrap(), "blk.3.attn_q.weight");
-        assert_eq!(gguf_name("model.layers.0.self_attn.k_proj.bias").unwrap(), "blk.0.attn_k.bias");
-        assert_eq!(gguf_name("model.layers.1.mlp.down_proj.weight").unwrap(), "blk.1.ffn_down.weight");
+        assert_eq!(
+            gguf_name("model.layers.3.self_attn.q_proj.weight").unwrap(),
+            "blk.3.attn_q.weight"
+        );
+        assert_eq!(
+            gguf_name("model.layers.0.self_attn.k_proj.bias").unwrap(),
+            "blk.0.attn_k.bias"
+        );
+        assert_eq!(
+            gguf_name("model.layers.1.mlp.down_proj.weight").unwrap(),
+            "blk.1.ffn_down.weight"
+        );
         assert_eq!(gguf_name("lm_head.weight").unwrap(), "output.weight");
         assert!(gguf_name("model.layers.1.mlp.nope.weight").is_none());
     }
@@ -275,7 +328,8 @@ mod tests {
                 for j in 0..half {
                     let src = h * hd + i * half + j;
                     let dst = h * hd + j * 2 + i;
-                    permuted[dst * cols..(dst + 1) * cols].copy_from_slice(&w[src * cols..(src + 1) * cols]);
+                    permuted[dst * cols..(dst + 1) * cols]
+                        .copy_from_slice(&w[src * cols..(src + 1) * cols]);
                 }
             }
         }

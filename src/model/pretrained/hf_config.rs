@@ -25,8 +25,12 @@ pub struct Specials {
 /// Read `dir/config.json`.
 pub fn read(dir: &Path) -> Result<(ModelConfig, Specials)> {
     let path = dir.join("config.json");
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("{}: cannot read (is this a Hugging Face model folder?)", path.display()))?;
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "{}: cannot read (is this a Hugging Face model folder?)",
+            path.display()
+        )
+    })?;
     let v: Value = serde_json::from_str(&text)
         .map_err(|e| anyhow::anyhow!("{}:{}:{}: {e}", path.display(), e.line(), e.column()))?;
     parse(&v).map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))
@@ -49,14 +53,18 @@ fn need(v: &Value, key: &str) -> Result<usize> {
 fn float(v: &Value, key: &str, default: f64) -> Result<f64> {
     match v.get(key) {
         None | Some(Value::Null) => Ok(default),
-        Some(x) => x.as_f64().with_context(|| format!("{key} must be a number (got {x})")),
+        Some(x) => x
+            .as_f64()
+            .with_context(|| format!("{key} must be a number (got {x})")),
     }
 }
 
 fn flag(v: &Value, key: &str, default: bool) -> Result<bool> {
     match v.get(key) {
         None | Some(Value::Null) => Ok(default),
-        Some(x) => x.as_bool().with_context(|| format!("{key} must be true or false (got {x})")),
+        Some(x) => x
+            .as_bool()
+            .with_context(|| format!("{key} must be true or false (got {x})")),
     }
 }
 
@@ -107,7 +115,16 @@ pub fn parse(v: &Value) -> Result<(ModelConfig, Specials)> {
     let d_model = need(v, "hidden_size")?;
     let kv_heads = uint(v, "num_key_value_heads")?.unwrap_or(heads);
     let head_dim = uint(v, "head_dim")?;
-    let rope_scaling = match v.get("rope_scaling") {
+    // transformers 5 writes `rope_parameters` (theta and scaling in one object); 4 writes
+    // `rope_theta` and `rope_scaling`.
+    let params = v.get("rope_parameters").filter(|p| p.is_object());
+    let rope_theta = match params.and_then(|p| p.get("rope_theta")) {
+        Some(t) => t
+            .as_f64()
+            .with_context(|| format!("rope_parameters.rope_theta must be a number (got {t})"))?,
+        None => float(v, "rope_theta", 10_000.0)?,
+    };
+    let rope_scaling = match v.get("rope_scaling").filter(|s| !s.is_null()).or(params) {
         None | Some(Value::Null) => None,
         Some(s) => {
             let kind = s
@@ -117,13 +134,20 @@ pub fn parse(v: &Value) -> Result<(ModelConfig, Specials)> {
                 .unwrap_or("");
             match kind {
                 "default" => None,
+                "" if params.is_some() => None,
                 "llama3" => Some(RopeScaling {
                     factor: float(s, "factor", 0.0)?,
                     low_freq_factor: float(s, "low_freq_factor", 0.0)?,
                     high_freq_factor: float(s, "high_freq_factor", 0.0)?,
-                    original_max_position_embeddings: float(s, "original_max_position_embeddings", 0.0)?,
+                    original_max_position_embeddings: float(
+                        s,
+                        "original_max_position_embeddings",
+                        0.0,
+                    )?,
                 }),
-                other => bail!("rope_scaling type {other:?} is not supported (only \"llama3\")"),
+                other => bail!(
+                    "rope_scaling type {other:?} is not supported (only \"default\" and \"llama3\")"
+                ),
             }
         }
     };
@@ -135,7 +159,7 @@ pub fn parse(v: &Value) -> Result<(ModelConfig, Specials)> {
         heads,
         mlp: need(v, "intermediate_size")?,
         ctx: max_pos.clamp(8, MAX_CTX),
-        rope_theta: float(v, "rope_theta", 10_000.0)?,
+        rope_theta,
         arch: Arch {
             kv_heads: Some(kv_heads),
             head_dim: head_dim.filter(|&h| h * heads != d_model || ty == "qwen3"),
@@ -172,21 +196,55 @@ mod tests {
     #[test]
     fn a_llama_config_reads_into_the_shape() {
         let (c, s) = parse(&llama()).unwrap();
-        assert_eq!((c.d_model, c.layers, c.heads, c.kv_heads(), c.mlp), (64, 2, 4, 2, 96));
+        assert_eq!(
+            (c.d_model, c.layers, c.heads, c.kv_heads(), c.mlp),
+            (64, 2, 4, 2, 96)
+        );
         assert_eq!((c.vocab, c.ctx, c.head_dim()), (100, 256, 16));
         assert!(c.arch.tied && !c.arch.qkv_bias && !c.arch.qk_norm);
         assert_eq!((s.bos, s.eos), (Some(1), vec![2, 3]));
     }
 
     #[test]
+    fn transformers_5_rope_parameters_are_read() {
+        let mut v = llama();
+        v.as_object_mut().unwrap().remove("rope_theta");
+        v["rope_parameters"] = serde_json::json!({"rope_theta": 500000.0, "rope_type": "llama3",
+            "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 64});
+        let (c, _) = parse(&v).unwrap();
+        assert_eq!(c.rope_theta, 500000.0);
+        assert_eq!(c.arch.rope_scaling.unwrap().factor, 8.0);
+        v["rope_parameters"] = serde_json::json!({"rope_theta": 1e6, "rope_type": "default"});
+        let (c, _) = parse(&v).unwrap();
+        assert_eq!((c.rope_theta, c.arch.rope_scaling), (1e6, None));
+    }
+
+    #[test]
     fn what_the_loader_cannot_honour_is_named() {
         let cases = [
-            ("model_type", serde_json::json!("mixtral"), "model_type \"mixtral\" is not supported (supported: llama, qwen2, qwen3)"),
+            (
+                "model_type",
+                serde_json::json!("mixtral"),
+                "model_type \"mixtral\" is not supported (supported: llama, qwen2, qwen3)",
+            ),
             ("hidden_act", serde_json::json!("gelu"), "hidden_act"),
             ("attention_bias", serde_json::json!(true), "attention_bias"),
-            ("rope_scaling", serde_json::json!({"rope_type": "yarn", "factor": 4.0}), "rope_scaling type \"yarn\""),
-            ("num_key_value_heads", serde_json::json!(3), "kv_heads must divide heads"),
-            ("hidden_size", serde_json::json!("big"), "hidden_size must be a non-negative integer"),
+            (
+                "rope_scaling",
+                serde_json::json!({"rope_type": "yarn", "factor": 4.0}),
+                "rope_scaling type \"yarn\"",
+            ),
+            (
+                "num_key_value_heads",
+                serde_json::json!(3),
+                "kv_heads must divide heads",
+            ),
+            (
+                "hidden_size",
+                serde_json::json!("big"),
+                "hidden_size must be a non-negative integer",
+            ),
         ];
         for (key, value, want) in cases {
             let mut v = llama();

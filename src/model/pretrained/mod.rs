@@ -4,6 +4,7 @@
 //! and chat template. Llama (2, 3.x with `llama3` RoPE scaling, TinyLlama, SmolLM/SmolLM2), Qwen2
 //! / Qwen2.5 and Qwen3.
 
+pub mod export;
 pub mod gguf_model;
 pub mod hf_config;
 pub mod safetensors;
@@ -47,7 +48,9 @@ pub struct Pretrained {
 /// `config.json` and safetensors weights) rather than a stageloop checkpoint or run.
 pub fn is_pretrained(path: &Path) -> bool {
     if path.is_file() {
-        return path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+        return path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
     }
     path.join("config.json").is_file()
         && (path.join("model.safetensors").is_file()
@@ -57,11 +60,22 @@ pub fn is_pretrained(path: &Path) -> bool {
 /// Load a Hugging Face folder or a GGUF file.
 pub fn load(path: &Path, device: &Device) -> Result<Pretrained> {
     if path.is_file() {
-        if !path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
-            bail!("{}: not a .gguf file or a Hugging Face folder", path.display());
+        if !path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+        {
+            bail!(
+                "{}: not a .gguf file or a Hugging Face folder",
+                path.display()
+            );
         }
         let (cfg, model, tokenizer) = gguf_model::load(path, device)?;
-        return Ok(Pretrained { cfg, model, tokenizer, path: path.to_path_buf() });
+        return Ok(Pretrained {
+            cfg,
+            model,
+            tokenizer,
+            path: path.to_path_buf(),
+        });
     }
     if !path.is_dir() {
         bail!("{}: no such file or folder", path.display());
@@ -78,7 +92,12 @@ pub fn load(path: &Path, device: &Device) -> Result<Pretrained> {
     }
     let tensors = safetensors::Tensors::open_folder(path)?;
     let model = build(&cfg, &tensors, device)?;
-    Ok(Pretrained { cfg, model, tokenizer, path: path.to_path_buf() })
+    Ok(Pretrained {
+        cfg,
+        model,
+        tokenizer,
+        path: path.to_path_buf(),
+    })
 }
 
 /// `rows × cols` row-major, transposed.
@@ -97,7 +116,9 @@ pub fn transpose(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 pub fn build(cfg: &ModelConfig, src: &dyn Source, device: &Device) -> Result<Gpt> {
     let (d, m, v) = (cfg.d_model, cfg.mlp, cfg.vocab);
     let (qd, kvd, hd) = (cfg.q_dim(), cfg.kv_dim(), cfg.head_dim());
-    let t2 = |data: Vec<f32>, shape: [usize; 2]| Tensor::<2>::from_data(TensorData::new(data, shape), device);
+    let t2 = |data: Vec<f32>, shape: [usize; 2]| {
+        Tensor::<2>::from_data(TensorData::new(data, shape), device)
+    };
     let t1 = |data: Vec<f32>| {
         let n = data.len();
         Tensor::<1>::from_data(TensorData::new(data, [n]), device)
@@ -133,10 +154,19 @@ pub fn build(cfg: &ModelConfig, src: &dyn Source, device: &Device) -> Result<Gpt
             qkv: t2(transpose(&qkv, rows, d), [d, rows]),
             qkv_bias,
             qk_norm,
-            out: t2(transpose(&src.get(&p("self_attn.o_proj.weight"), &[d, qd])?, d, qd), [qd, d]),
-            mlp_norm: (t1(src.get(&p("post_attention_layernorm.weight"), &[d])?), eps),
+            out: t2(
+                transpose(&src.get(&p("self_attn.o_proj.weight"), &[d, qd])?, d, qd),
+                [qd, d],
+            ),
+            mlp_norm: (
+                t1(src.get(&p("post_attention_layernorm.weight"), &[d])?),
+                eps,
+            ),
             gate_up: t2(transpose(&gate_up, 2 * m, d), [d, 2 * m]),
-            down: t2(transpose(&src.get(&p("mlp.down_proj.weight"), &[d, m])?, d, m), [m, d]),
+            down: t2(
+                transpose(&src.get(&p("mlp.down_proj.weight"), &[d, m])?, d, m),
+                [m, d],
+            ),
         });
     }
     let embed = src.get("model.embed_tokens.weight", &[v, d])?;
@@ -147,7 +177,10 @@ pub fn build(cfg: &ModelConfig, src: &dyn Source, device: &Device) -> Result<Gpt
             src.get("lm_head.weight", &[v, d])
                 .context("tie_word_embeddings is false, so the model needs lm_head.weight")?;
         }
-        t2(transpose(&src.get("lm_head.weight", &[v, d])?, v, d), [d, v])
+        t2(
+            transpose(&src.get("lm_head.weight", &[v, d])?, v, d),
+            [d, v],
+        )
     };
     let weights = Weights {
         d_model: d,

@@ -87,14 +87,20 @@ impl Tensors {
         for s in shards {
             // Shard names are data: only plain file names inside the folder.
             if s.contains('/') || s.contains('\\') || s.starts_with('.') {
-                bail!("{}: shard name {s:?} is not a file in the folder", index.display());
+                bail!(
+                    "{}: shard name {s:?} is not a file in the folder",
+                    index.display()
+                );
             }
             paths.push(dir.join(s));
         }
         let t = Tensors::open(&paths)?;
         for (name, file) in &idx.weight_map {
             if !t.entries.contains_key(name) {
-                bail!("{}: lists {name} in {file}, which does not hold it", index.display());
+                bail!(
+                    "{}: lists {name} in {file}, which does not hold it",
+                    index.display()
+                );
             }
         }
         Ok(t)
@@ -107,12 +113,22 @@ impl Tensors {
         for (fi, path) in paths.iter().enumerate() {
             let bytes =
                 std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-            let table = parse_header(&bytes).map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))?;
+            let table =
+                parse_header(&bytes).map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))?;
             for (name, (dtype, shape, start, end)) in table {
                 if entries.contains_key(&name) {
                     bail!("{}: tensor {name} is also in another shard", path.display());
                 }
-                entries.insert(name, Entry { dtype, shape, file: fi, start, end });
+                entries.insert(
+                    name,
+                    Entry {
+                        dtype,
+                        shape,
+                        file: fi,
+                        start,
+                        end,
+                    },
+                );
             }
             files.push((path.clone(), bytes));
         }
@@ -121,7 +137,9 @@ impl Tensors {
 
     /// The file that holds `name`, for messages.
     pub fn file_of(&self, name: &str) -> Option<&Path> {
-        self.entries.get(name).map(|e| self.files[e.file].0.as_path())
+        self.entries
+            .get(name)
+            .map(|e| self.files[e.file].0.as_path())
     }
 
     /// A tensor's values as f32 (row-major), checked to have `shape`.
@@ -129,7 +147,10 @@ impl Tensors {
         let e = self.entries.get(name).with_context(|| {
             format!(
                 "{}: tensor {name} is missing",
-                self.files.first().map_or(Path::new("?"), |f| f.0.as_path()).display()
+                self.files
+                    .first()
+                    .map_or(Path::new("?"), |f| f.0.as_path())
+                    .display()
             )
         })?;
         let path = &self.files[e.file].0;
@@ -142,9 +163,18 @@ impl Tensors {
         }
         let raw = &self.files[e.file].1[e.start..e.end];
         Ok(match e.dtype {
-            Dtype::F32 => raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-            Dtype::F16 => raw.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-            Dtype::Bf16 => raw.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            Dtype::F32 => raw
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            Dtype::F16 => raw
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            Dtype::Bf16 => raw
+                .chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
         })
     }
 }
@@ -154,11 +184,17 @@ type Table = BTreeMap<String, (Dtype, Vec<usize>, usize, usize)>;
 /// The header's tensors: dtype, shape and absolute byte range, each checked.
 fn parse_header(bytes: &[u8]) -> Result<Table> {
     if bytes.len() < 8 {
-        bail!("{} bytes: too short for a safetensors header (truncated?)", bytes.len());
+        bail!(
+            "{} bytes: too short for a safetensors header (truncated?)",
+            bytes.len()
+        );
     }
     let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
     if n > (bytes.len() - 8) as u64 || n > 100 << 20 {
-        bail!("header of {n} bytes does not fit the file of {} bytes (truncated?)", bytes.len());
+        bail!(
+            "header of {n} bytes does not fit the file of {} bytes (truncated?)",
+            bytes.len()
+        );
     }
     let header = &bytes[8..8 + n as usize];
     let raw: BTreeMap<String, serde_json::Value> =
@@ -172,7 +208,10 @@ fn parse_header(bytes: &[u8]) -> Result<Table> {
         let e: RawEntry = serde_json::from_value(v)
             .with_context(|| format!("tensor {name}: not a tensor entry"))?;
         let dtype = Dtype::parse(&e.dtype).with_context(|| {
-            format!("tensor {name} is {}, which is not supported (F32, F16, BF16)", e.dtype)
+            format!(
+                "tensor {name} is {}, which is not supported (F32, F16, BF16)",
+                e.dtype
+            )
         })?;
         let elements = e
             .shape
@@ -182,7 +221,11 @@ fn parse_header(bytes: &[u8]) -> Result<Table> {
             .with_context(|| format!("tensor {name}: shape {:?} overflows", e.shape))?;
         let [s, t] = e.data_offsets;
         if t < s || t - s != elements * dtype.size() as u64 {
-            bail!("tensor {name}: data_offsets {s}..{t} do not hold shape {:?} of {}", e.shape, e.dtype);
+            bail!(
+                "tensor {name}: data_offsets {s}..{t} do not hold shape {:?} of {}",
+                e.shape,
+                e.dtype
+            );
         }
         if data as u64 + t > bytes.len() as u64 {
             bail!("tensor {name}: data ends past the end of the file (truncated?)");
@@ -228,5 +271,6 @@ pub fn write(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)], dtype: Dty
             }
         }
     }
-    crate::runfs::atomic::write_file(path, &out).with_context(|| format!("{}: cannot write", path.display()))
+    crate::runfs::atomic::write_file(path, &out)
+        .with_context(|| format!("{}: cannot write", path.display()))
 }

@@ -97,11 +97,22 @@ impl HfTokenizer {
     }
 
     /// A tokenizer from its `tokenizer.json` text (a GGUF's vocabulary turned into one).
-    pub fn from_json(json: &str, bos: Option<u32>, eos: Vec<u32>, chat_template: Option<String>, origin: &Path) -> Result<HfTokenizer> {
+    pub fn from_json(
+        json: &str,
+        bos: Option<u32>,
+        eos: Vec<u32>,
+        chat_template: Option<String>,
+        origin: &Path,
+    ) -> Result<HfTokenizer> {
         let inner: tokenizers::Tokenizer = json
             .parse()
             .map_err(|e| anyhow::anyhow!("{}: the tokenizer: {e}", origin.display()))?;
-        let tok = HfTokenizer { inner, bos, eos, chat_template };
+        let tok = HfTokenizer {
+            inner,
+            bos,
+            eos,
+            chat_template,
+        };
         tok.check(origin)?;
         Ok(tok)
     }
@@ -110,11 +121,17 @@ impl HfTokenizer {
         let n = self.vocab_size() as u32;
         for id in self.bos.iter().chain(&self.eos) {
             if *id >= n {
-                bail!("{}: special token id {id} is outside the vocabulary of {n}", origin.display());
+                bail!(
+                    "{}: special token id {id} is outside the vocabulary of {n}",
+                    origin.display()
+                );
             }
         }
         if self.eos.is_empty() {
-            bail!("{}: no EOS token id (eos_token_id in config.json or generation_config.json)", origin.display());
+            bail!(
+                "{}: no EOS token id (eos_token_id in config.json or generation_config.json)",
+                origin.display()
+            );
         }
         Ok(())
     }
@@ -147,7 +164,9 @@ impl HfTokenizer {
 
     /// The tokenizer as `tokenizer.json` text (for export).
     pub fn to_json(&self) -> Result<String> {
-        self.inner.to_string(true).map_err(|e| anyhow::anyhow!("{e}"))
+        self.inner
+            .to_string(true)
+            .map_err(|e| anyhow::anyhow!("{e}"))
     }
 
     /// `messages` rendered with the chat template, ending with the assistant's turn opened
@@ -160,12 +179,21 @@ impl HfTokenizer {
         let mut env = minijinja::Environment::new();
         minijinja_contrib::add_to_environment(&mut env);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
-        });
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    msg,
+                ))
+            },
+        );
         env.add_template("chat", template)
             .map_err(|e| anyhow::anyhow!("chat template: {e:#}"))?;
-        let tok = |id: Option<u32>| id.and_then(|i| self.inner.id_to_token(i)).unwrap_or_default();
+        let tok = |id: Option<u32>| {
+            id.and_then(|i| self.inner.id_to_token(i))
+                .unwrap_or_default()
+        };
         env.get_template("chat")
             .and_then(|t| {
                 t.render(minijinja::context! {
