@@ -8,6 +8,7 @@ pub mod config;
 mod engine;
 pub mod fused;
 pub mod gguf;
+pub mod gguf_write;
 pub mod pretrained;
 pub mod sample;
 pub mod tokenizer;

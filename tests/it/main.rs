@@ -10,5 +10,6 @@ mod grpo;
 mod model_decode;
 mod model_fused;
 mod notebook;
+mod pretrained;
 mod spec_validation;
 mod stages_e2e;

@@ -90,7 +90,7 @@ fn grads_of(
     )
 }
 
-fn cfg() -> ModelConfig {
+pub fn cfg() -> ModelConfig {
     ModelConfig {
         vocab: 20,
         d_model: 32,
