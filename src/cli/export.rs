@@ -53,7 +53,12 @@ fn export_hf(target: &Path, out: Option<PathBuf>) -> anyhow::Result<()> {
         })?;
         let out = out.unwrap_or_else(|| target.join("export").join("hf"));
         let (model, cfg, tok) = crate::model::checkpoint::load_model(&dir, &dev)?;
-        let files = export::TokenizerFiles::of_chars(&tok);
+        let files = match &tok {
+            crate::model::text::Text::Chars(t) => export::TokenizerFiles::of_chars(t),
+            crate::model::text::Text::Pretrained(c) => {
+                export::TokenizerFiles::of_pretrained(&c.tok)?
+            }
+        };
         (export::write_folder(&out, &model, &cfg, &files)?, out)
     };
     for f in written {

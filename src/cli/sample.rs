@@ -76,7 +76,8 @@ pub fn run(a: Args<'_>) -> anyhow::Result<()> {
         top_p: a.top_p,
         max_new_tokens: a.max_new_tokens,
         ..Default::default()
-    };
+    }
+    .with_eos(&setup.tok.eos());
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(a.seed);
     let outs = generate(
         &model,

@@ -4,6 +4,8 @@
 //! says which one is wrong.
 
 use super::config::ModelConfig;
+use super::pretrained;
+use super::text::{self, Text};
 use super::tokenizer::Tokenizer;
 use super::transformer::Gpt;
 use anyhow::{Context, Result, bail};
@@ -74,13 +76,16 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
 }
 
 /// Write model files (weights, config, tokenizer) into `dir`.
-pub fn save_model(dir: &Path, model: &Gpt, cfg: &ModelConfig, tok: &Tokenizer) -> Result<()> {
+pub fn save_model(dir: &Path, model: &Gpt, cfg: &ModelConfig, tok: &Text) -> Result<()> {
     let mut store = SafetensorsStore::from_file(dir.join(WEIGHTS));
     model
         .save_into(&mut store)
         .map_err(|e| anyhow::anyhow!("{}: cannot write weights: {e}", dir.display()))?;
     crate::runfs::atomic::write_json(&dir.join(CONFIG), cfg)?;
-    crate::runfs::atomic::write_json(&dir.join(TOKENIZER), tok)?;
+    match tok {
+        Text::Chars(t) => crate::runfs::atomic::write_json(&dir.join(TOKENIZER), t)?,
+        Text::Pretrained(c) => text::save_pretrained(dir, c)?,
+    }
     Ok(())
 }
 
@@ -90,15 +95,23 @@ pub fn save_state(dir: &Path, state: &TrainState) -> Result<()> {
     Ok(())
 }
 
-/// Read a checkpoint's shape and tokenizer without loading weights.
-pub fn read_meta(dir: &Path) -> Result<(ModelConfig, Tokenizer)> {
+/// Read a checkpoint's shape and tokenizer without loading weights. A pretrained model (a
+/// Hugging Face folder or a GGUF file) reads as one, with the default prompt style.
+pub fn read_meta(dir: &Path) -> Result<(ModelConfig, Text)> {
+    if pretrained::is_pretrained(dir) {
+        return text::pretrained_meta(dir, text::style(None, None));
+    }
     if !dir.is_dir() {
         bail!("{}: no such checkpoint folder", dir.display());
     }
     let cfg: ModelConfig = read_json(&dir.join(CONFIG))?;
     cfg.check()
         .map_err(|e| anyhow::anyhow!("{}: {e}", dir.join(CONFIG).display()))?;
-    Ok((cfg, read_json(&dir.join(TOKENIZER))?))
+    if dir.join(text::TEXT_META).is_file() {
+        return Ok((cfg, text::load_pretrained(dir)?));
+    }
+    let tok: Tokenizer = read_json(&dir.join(TOKENIZER))?;
+    Ok((cfg, Text::Chars(tok)))
 }
 
 /// Write the task settings the model was trained on into `dir`.
@@ -117,8 +130,13 @@ pub fn read_state(dir: &Path) -> Result<TrainState> {
     read_json(&dir.join(STATE))
 }
 
-/// Load a model from `dir` onto `device`.
-pub fn load_model(dir: &Path, device: &Device) -> Result<(Gpt, ModelConfig, Tokenizer)> {
+/// Load a model from `dir` (a checkpoint, or a pretrained model) onto `device`.
+pub fn load_model(dir: &Path, device: &Device) -> Result<(Gpt, ModelConfig, Text)> {
+    if pretrained::is_pretrained(dir) {
+        let (_, text) = read_meta(dir)?;
+        let p = pretrained::load(dir, device)?;
+        return Ok((p.model, p.cfg, text));
+    }
     let (cfg, tok) = read_meta(dir)?;
     if cfg.vocab != tok.vocab_size() {
         bail!(
@@ -157,11 +175,19 @@ pub fn load_model(dir: &Path, device: &Device) -> Result<(Gpt, ModelConfig, Toke
 pub fn load_expecting(
     dir: &Path,
     want_cfg: &ModelConfig,
-    want_tok: &Tokenizer,
+    want_tok: &Text,
     device: &Device,
 ) -> Result<Gpt> {
+    if pretrained::is_pretrained(dir) {
+        // The pretrained model's own context is longer than the stage's working one.
+        let p = pretrained::load(dir, device)?;
+        if (ModelConfig { ctx: want_cfg.ctx, ..p.cfg }) != *want_cfg {
+            bail!("{}: the model's shape differs from the experiment's", dir.display());
+        }
+        return Ok(p.model);
+    }
     let (cfg, tok) = read_meta(dir)?;
-    if &tok != want_tok {
+    if tok.vocab_size() != want_tok.vocab_size() || tok.chars() != want_tok.chars() {
         bail!(
             "{}: checkpoint tokenizer differs from the task's (another task's checkpoint?)",
             dir.join(TOKENIZER).display()

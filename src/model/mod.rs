@@ -11,6 +11,7 @@ pub mod gguf;
 pub mod gguf_write;
 pub mod pretrained;
 pub mod sample;
+pub mod text;
 pub mod tokenizer;
 pub mod transformer;
 

@@ -70,6 +70,8 @@ pub struct Completion {
     pub logprobs: Vec<f32>,
     /// Ended with EOS (otherwise it ran out of budget: truncated).
     pub finished: bool,
+    /// Which of the EOS ids ended it (a model may have several).
+    pub eos: Option<u32>,
 }
 
 fn log_softmax(x: &[f32]) -> Vec<f32> {
@@ -156,6 +158,7 @@ pub fn generate(
             tokens: Vec::new(),
             logprobs: Vec::new(),
             finished: false,
+            eos: None,
         })
         .collect();
     if prompts.is_empty() {
@@ -201,6 +204,7 @@ pub fn generate(
             out[row].logprobs.push(lp);
             if opts.eos.contains(&tok) {
                 out[row].finished = true;
+                out[row].eos = Some(tok);
             } else {
                 out[row].tokens.push(tok);
                 still.push(slot);
@@ -282,6 +286,8 @@ fn generate_engine(
                 out[row].logprobs.push(lp);
                 if opts.eos.contains(&tok) {
                     out[row].finished = true;
+                    out[row].eos = Some(tok);
+                out[row].eos = Some(tok);
                 } else {
                     out[row].tokens.push(tok);
                     next.push((row, tok));

@@ -178,12 +178,14 @@ pub fn load_with(exp: &Path, sets: &[String]) -> Result<Experiment, SpecErrors> 
     })
 }
 
-/// Make a dataset task's relative `path` and `test` absolute: the first of the experiment folder,
-/// the project root (two levels up: `experiments/<exp>`) and the current folder that holds the
-/// file. A path found nowhere is left as written (validation reports it).
+/// Make a dataset task's relative `path` and `test`, and `[model] from`, absolute: the first of
+/// the experiment folder, the project root (two levels up: `experiments/<exp>`) and the current
+/// folder that holds the file or folder. A path found nowhere is left as written (validation
+/// reports it).
 fn resolve_data_paths(spec: &mut ExperimentSpec, dir: &Path) {
     let t = &mut spec.task;
-    for p in [&mut t.path, &mut t.test].into_iter().flatten() {
+    let from = spec.model.from.as_mut();
+    for p in [&mut t.path, &mut t.test].into_iter().flatten().chain(from) {
         let rel = PathBuf::from(&*p);
         if rel.is_absolute() {
             continue;
@@ -193,7 +195,7 @@ fn resolve_data_paths(spec: &mut ExperimentSpec, dir: &Path) {
             dir.parent().and_then(Path::parent).map(|r| r.join(&rel)),
             Some(rel.clone()),
         ];
-        if let Some(found) = candidates.into_iter().flatten().find(|c| c.is_file()) {
+        if let Some(found) = candidates.into_iter().flatten().find(|c| c.exists()) {
             *p = found
                 .canonicalize()
                 .unwrap_or(found)

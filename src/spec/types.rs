@@ -49,6 +49,18 @@ pub struct ModelSpec {
     /// RoPE base.
     #[serde(default = "rope_theta")]
     pub rope_theta: f64,
+    /// Start from a pretrained model instead of a fresh one of the shape above: a Hugging Face
+    /// folder or a `.gguf` file, relative to the experiment or the project root. Its own shape
+    /// and tokenizer are used; `ctx` still bounds prompt + completion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// With `from`: render prompts with the model's chat template (default true when it has one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat: Option<bool>,
+    /// With `from`: the system message of chat prompts (default: the R1 system prompt; "" for
+    /// none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<String>,
 }
 
 fn d_model() -> usize {
@@ -76,6 +88,9 @@ impl Default for ModelSpec {
             mlp: None,
             ctx: ctx(),
             rope_theta: rope_theta(),
+            from: None,
+            chat: None,
+            system: None,
         }
     }
 }

@@ -143,6 +143,17 @@ pub fn validate(spec: &ExperimentSpec, at: &Locator<'_>, dir: &Path) -> Vec<Spec
         &mk("rope_theta"),
         "rope_theta must be greater than 1",
     );
+    if let Some(from) = &m.from {
+        let p = Path::new(from);
+        check(
+            crate::model::pretrained::is_pretrained(p),
+            &mk("from"),
+            &format!(
+                "{from}: not a Hugging Face model folder (config.json + safetensors) or a .gguf file{}",
+                if p.exists() { "" } else { " (no such file or folder)" }
+            ),
+        );
+    }
 
     // [task]
     let t = &spec.task;

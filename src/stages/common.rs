@@ -2,7 +2,8 @@
 //! loss mask, the masked language-model loss, the learning-rate schedule, gradient-norm clipping,
 //! and writing metrics and samples to the run folder.
 
-use crate::model::tokenizer::{BOS, EOS, PAD, Tokenizer};
+use crate::model::text::{self, Text};
+use crate::model::tokenizer::{PAD, Tokenizer};
 use crate::model::{Gpt, ModelConfig};
 use crate::runfs::jsonl::JsonlWriter;
 use crate::spec::{Experiment, ModelSpec, StageConfig, TaskSpec};
@@ -17,7 +18,7 @@ use serde_json::{Map, Value, json};
 /// The experiment's task, tokenizer and model shape.
 pub struct Setup {
     pub task: TaskSet,
-    pub tok: Tokenizer,
+    pub tok: Text,
     pub model_cfg: ModelConfig,
 }
 
@@ -26,13 +27,26 @@ impl Setup {
         Setup::from_specs(&exp.spec.task, &exp.spec.model)
     }
 
+    /// The task and model of a spec: a fresh shape with the task's character tokenizer, or
+    /// (`[model] from`) a pretrained model's shape and tokenizer with `ctx` as the working
+    /// context.
     pub fn from_specs(task: &TaskSpec, model: &ModelSpec) -> Result<Setup> {
         let task = TaskSet::new(task)?;
+        if let Some(from) = &model.from {
+            let style = text::style(model.chat, model.system.as_deref());
+            let (mut model_cfg, tok) = text::pretrained_meta(std::path::Path::new(from), style)?;
+            model_cfg.ctx = model.ctx;
+            return Ok(Setup {
+                task,
+                tok,
+                model_cfg,
+            });
+        }
         let tok = Tokenizer::new(task.task.alphabet());
         let model_cfg = ModelConfig::from_spec(model, tok.vocab_size());
         Ok(Setup {
             task,
-            tok,
+            tok: Text::Chars(tok),
             model_cfg,
         })
     }
@@ -48,7 +62,9 @@ impl Setup {
         }
         let task = TaskSet::new(&task_spec)
             .with_context(|| format!("{}", dir.join(crate::model::checkpoint::TASK).display()))?;
-        if Tokenizer::new(task.task.alphabet()) != tok {
+        if let Some(chars) = tok.chars()
+            && Tokenizer::new(task.task.alphabet()) != *chars
+        {
             bail!(
                 "{}: the checkpoint's tokenizer does not cover task `{}`",
                 dir.display(),
@@ -62,7 +78,12 @@ impl Setup {
         })
     }
 
-    /// Each problem's prompt ids, repeated `copies` times in a row (a batch of groups).
+    /// The sampling settings of a stage, stopping at this model's EOS ids.
+    pub fn sampling(&self, cfg: &StageConfig) -> crate::model::sample::SampleOptions {
+        sampling(cfg).with_eos(&self.tok.eos())
+    }
+
+/// Each problem's prompt ids, repeated `copies` times in a row (a batch of groups).
     pub fn grouped_prompts(
         &self,
         problems: &[crate::tasks::Problem],
@@ -76,11 +97,9 @@ impl Setup {
         Ok(out)
     }
 
-    /// Prompt ids as the model sees them: BOS + prompt.
+    /// Prompt ids as the model sees them: BOS + prompt, or a pretrained model's chat prompt.
     pub fn prompt_ids(&self, prompt: &str) -> Result<Vec<u32>> {
-        let mut ids = vec![BOS];
-        ids.extend(self.tok.encode(prompt).map_err(anyhow::Error::msg)?);
-        Ok(ids)
+        self.tok.prompt_ids(prompt)
     }
 }
 
@@ -106,19 +125,18 @@ pub struct Example {
 
 /// Encode an example; with `prompt_loss` false only completion tokens (and EOS) are learned.
 pub fn encode_example(
-    tok: &Tokenizer,
+    tok: &Text,
     prompt: &str,
     completion: &str,
     ctx: usize,
     prompt_loss: bool,
 ) -> Result<Example> {
-    let p = tok.encode(prompt).map_err(anyhow::Error::msg)?;
-    let c = tok.encode(completion).map_err(anyhow::Error::msg)?;
-    let mut tokens = Vec::with_capacity(p.len() + c.len() + 2);
-    tokens.push(BOS);
+    let p = tok.prompt_ids(prompt)?;
+    let c = tok.completion_ids(completion)?;
+    let mut tokens = Vec::with_capacity(p.len() + c.len() + 1);
     tokens.extend(&p);
     tokens.extend(&c);
-    tokens.push(EOS);
+    tokens.push(tok.eos()[0]);
     if tokens.len() > ctx + 1 {
         bail!(
             "example of {} tokens does not fit the model's ctx {} (prompt {prompt:?}); raise [model] ctx or lower the task difficulty",
@@ -126,7 +144,8 @@ pub fn encode_example(
             ctx
         );
     }
-    let first_completion_target = p.len(); // target j predicts tokens[j+1]; tokens[1+p.len()] starts the completion
+    // Target j predicts tokens[j + 1]; tokens[p.len()] starts the completion.
+    let first_completion_target = p.len() - 1;
     let loss = (0..tokens.len() - 1)
         .map(|j| prompt_loss || j >= first_completion_target)
         .collect();

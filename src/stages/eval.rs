@@ -3,7 +3,7 @@
 //! pass@k (Chen et al.'s unbiased estimator over the k samples), maj@k, format rate and mean
 //! completion length. Writes `eval.json`, `eval/*` metrics and every completion as a sample.
 
-use super::common::{Setup, metrics_line, open_logs, sampling};
+use super::common::{Setup, metrics_line, open_logs};
 use super::context::{Outcome, StageCtx};
 use crate::model::sample::{SampleOptions, generate};
 use crate::model::{self, Gpt, checkpoint};
@@ -82,7 +82,7 @@ pub fn evaluate(
     let probs: Vec<_> = setup.task.heldout().iter().take(cfg.prompts).collect();
     let k = cfg.k.max(1);
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xE7A1);
-    let sampled = sampling(cfg);
+    let sampled = setup.sampling(cfg);
     let greedy_opts = SampleOptions {
         temperature: 0.0,
         ..sampled
@@ -174,7 +174,11 @@ pub fn run(ctx: &mut StageCtx<'_>) -> Result<Outcome> {
     // The checkpoint's own shape (a distilled student differs from `[model]`), on the
     // experiment's task.
     let (model, _, _) = checkpoint::load_model(&dir, &device)?;
-    let setup = Setup::from_checkpoint(&dir, None)?;
+    let setup = if crate::model::pretrained::is_pretrained(&dir) {
+        Setup::new(ctx.exp)?
+    } else {
+        Setup::from_checkpoint(&dir, None)?
+    };
     if setup.task.spec != ctx.exp.spec.task {
         anyhow::bail!(
             "{}: checkpoint was trained on other task settings than this experiment's [task]",

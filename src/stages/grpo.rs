@@ -6,7 +6,7 @@
 //! advantage; every TRL-named metric (README, "Run folders") is logged each step.
 
 use super::common::{
-    Setup, clip_grad_norm, lr_at, metrics_line, open_logs, sampling, target_logprobs,
+    Setup, clip_grad_norm, lr_at, metrics_line, open_logs, target_logprobs,
     target_logprobs_with,
 };
 use super::context::{Outcome, StageCtx};
@@ -16,7 +16,7 @@ use super::reward_program::{Request, RewardPrograms};
 use super::supervised;
 use crate::model::checkpoint::{self, RngState};
 use crate::model::sample::{Completion, generate};
-use crate::model::tokenizer::{EOS, PAD};
+use crate::model::tokenizer::PAD;
 use crate::model::{self, Gpt};
 use crate::runfs::jsonl::JsonlWriter;
 use crate::spec::{LossType, StageConfig};
@@ -202,8 +202,8 @@ fn rollout_batch(
         .map(|(p, c)| {
             let mut s = p.to_vec();
             s.extend(&c.tokens);
-            if c.finished {
-                s.push(EOS);
+            if let Some(eos) = c.eos.filter(|_| c.finished) {
+                s.push(eos);
             }
             (s, p.len(), c.finished)
         })
@@ -408,7 +408,7 @@ impl Grpo<'_> {
     ) -> Result<Rollouts> {
         let (cfg, setup, g) = (self.cfg, self.setup, self.cfg.group_size);
         let ctx_len = setup.model_cfg.ctx;
-        let opts = sampling(cfg);
+        let opts = setup.sampling(cfg);
         let mut out = Rollouts {
             groups: Vec::new(),
             sampled: Vec::new(),

@@ -194,7 +194,10 @@ fn init_checkpoint(exp: &Experiment, cfg: &StageConfig, step: &Step) -> Result<O
             }
         }
     }
-    let Some(name) = from else { return Ok(None) };
+    // Without an `init` stage a stage starts from `[model] from`, the pretrained model.
+    let Some(name) = from else {
+        return Ok(exp.spec.model.from.as_ref().map(PathBuf::from));
+    };
     checkpoint_of_stage(exp, &name, &cfg.name).map(Some)
 }
 

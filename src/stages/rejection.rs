@@ -4,7 +4,7 @@
 //! and `dataset.parquet`, then SFT on them, starting from `sft_init` (default: `init`).
 //! `distill` reuses the sampling half with a teacher and a smaller student.
 
-use super::common::{Setup, metrics_line, open_logs, sampling};
+use super::common::{Setup, metrics_line, open_logs};
 use super::context::{Outcome, StageCtx};
 use super::{pipeline, sft, supervised};
 use crate::model::sample::generate;
@@ -29,7 +29,7 @@ pub fn accepted_samples(
     mut progress: impl FnMut(usize, usize),
 ) -> Result<(Vec<(String, String)>, f64)> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x4EEC);
-    let opts = sampling(cfg);
+    let opts = setup.sampling(cfg);
     let k = cfg.k.max(1);
     let chunk = (256 / k).max(1);
     let mut rows = Vec::new();

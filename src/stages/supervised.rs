@@ -108,7 +108,8 @@ pub fn write_samples(
     let opts = SampleOptions {
         temperature: 0.0,
         ..Default::default()
-    };
+    }
+    .with_eos(&setup.tok.eos());
     let outs = generate(model, &prompts, setup.model_cfg.ctx, &opts, rng, device);
     let mut correct = 0.0;
     for (p, c) in probs.iter().zip(outs) {

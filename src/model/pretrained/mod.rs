@@ -52,9 +52,15 @@ pub fn is_pretrained(path: &Path) -> bool {
             .extension()
             .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
     }
-    path.join("config.json").is_file()
-        && (path.join("model.safetensors").is_file()
-            || path.join("model.safetensors.index.json").is_file())
+    // stageloop's checkpoints also hold config.json and model.safetensors; a Hugging Face
+    // config names its `model_type`.
+    let has_weights = path.join("model.safetensors").is_file()
+        || path.join("model.safetensors.index.json").is_file();
+    has_weights
+        && std::fs::read_to_string(path.join("config.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .is_some_and(|v| v.get("model_type").is_some())
 }
 
 /// Load a Hugging Face folder or a GGUF file.
