@@ -306,10 +306,13 @@ pub fn validate(spec: &ExperimentSpec, at: &Locator<'_>, dir: &Path) -> Vec<Spec
             s.kind,
             StageKind::Grpo | StageKind::Rejection | StageKind::Eval
         );
-        if needs_init && s.init.is_none() {
+        if needs_init && s.init.is_none() && spec.model.from.is_none() {
             errs.push(at.key(
                 &[Seg::Key("stage"), Seg::Index(i), Seg::Key("name")],
-                format!("a {} stage needs `init` (the stage it starts from)", s.kind),
+                format!(
+                    "a {} stage needs `init` (the stage it starts from) or [model] from",
+                    s.kind
+                ),
             ));
         }
         if s.kind == StageKind::Distill && s.teacher.is_none() {
