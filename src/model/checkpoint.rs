@@ -4,6 +4,7 @@
 //! says which one is wrong.
 
 use super::config::ModelConfig;
+use super::lora;
 use super::pretrained;
 use super::text::{self, Text};
 use super::tokenizer::Tokenizer;
@@ -75,12 +76,24 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
         .map_err(|e| anyhow::anyhow!("{}:{}:{}: {e}", path.display(), e.line(), e.column()))
 }
 
-/// Write model files (weights, config, tokenizer) into `dir`.
-pub fn save_model(dir: &Path, model: &Gpt, cfg: &ModelConfig, tok: &Text) -> Result<()> {
-    let mut store = SafetensorsStore::from_file(dir.join(WEIGHTS));
-    model
-        .save_into(&mut store)
-        .map_err(|e| anyhow::anyhow!("{}: cannot write weights: {e}", dir.display()))?;
+/// Write model files (weights, config, tokenizer) into `dir`; for a model with LoRA adapters
+/// (`adapters` says what they adapt), the adapters instead of the weights.
+pub fn save_model(
+    dir: &Path,
+    model: &Gpt,
+    cfg: &ModelConfig,
+    tok: &Text,
+    adapters: Option<&lora::AdapterMeta>,
+) -> Result<()> {
+    match adapters {
+        Some(meta) => lora::save(dir, model, meta)?,
+        None => {
+            let mut store = SafetensorsStore::from_file(dir.join(WEIGHTS));
+            model
+                .save_into(&mut store)
+                .map_err(|e| anyhow::anyhow!("{}: cannot write weights: {e}", dir.display()))?;
+        }
+    }
     crate::runfs::atomic::write_json(&dir.join(CONFIG), cfg)?;
     match tok {
         Text::Chars(t) => crate::runfs::atomic::write_json(&dir.join(TOKENIZER), t)?,
@@ -130,8 +143,36 @@ pub fn read_state(dir: &Path) -> Result<TrainState> {
     read_json(&dir.join(STATE))
 }
 
-/// Load a model from `dir` (a checkpoint, or a pretrained model) onto `device`.
+/// Load a model from `dir` (a checkpoint, a LoRA checkpoint with its base, or a pretrained
+/// model) onto `device`.
 pub fn load_model(dir: &Path, device: &Device) -> Result<(Gpt, ModelConfig, Text)> {
+    load_model_within(dir, device, 0)
+}
+
+/// LoRA checkpoints can stack (a LoRA stage started from another's checkpoint); a chain longer
+/// than this is a loop in the files.
+const MAX_ADAPTER_DEPTH: usize = 32;
+
+fn load_model_within(
+    dir: &Path,
+    device: &Device,
+    depth: usize,
+) -> Result<(Gpt, ModelConfig, Text)> {
+    if lora::is_adapter(dir) {
+        let meta_path = dir.join(lora::ADAPTER_META);
+        if depth >= MAX_ADAPTER_DEPTH {
+            bail!(
+                "{}: more than {MAX_ADAPTER_DEPTH} LoRA checkpoints stacked (a loop of bases?)",
+                meta_path.display()
+            );
+        }
+        let (cfg, tok) = read_meta(dir)?;
+        let meta = lora::read_meta(dir)?;
+        let (base, base_cfg, _) = load_model_within(&meta.base, device, depth + 1)
+            .with_context(|| format!("{}: loading the base model", meta_path.display()))?;
+        let model = lora::load_values(dir, meta.attach(base, &base_cfg))?;
+        return Ok((model, cfg, tok));
+    }
     if pretrained::is_pretrained(dir) {
         let (_, text) = read_meta(dir)?;
         let p = pretrained::load(dir, device)?;
@@ -181,8 +222,15 @@ pub fn load_expecting(
     if pretrained::is_pretrained(dir) {
         // The pretrained model's own context is longer than the stage's working one.
         let p = pretrained::load(dir, device)?;
-        if (ModelConfig { ctx: want_cfg.ctx, ..p.cfg }) != *want_cfg {
-            bail!("{}: the model's shape differs from the experiment's", dir.display());
+        if (ModelConfig {
+            ctx: want_cfg.ctx,
+            ..p.cfg
+        }) != *want_cfg
+        {
+            bail!(
+                "{}: the model's shape differs from the experiment's",
+                dir.display()
+            );
         }
         return Ok(p.model);
     }

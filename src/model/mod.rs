@@ -9,6 +9,7 @@ mod engine;
 pub mod fused;
 pub mod gguf;
 pub mod gguf_write;
+pub mod lora;
 pub mod pretrained;
 pub mod sample;
 pub mod text;

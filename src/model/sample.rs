@@ -287,7 +287,7 @@ fn generate_engine(
                 if opts.eos.contains(&tok) {
                     out[row].finished = true;
                     out[row].eos = Some(tok);
-                out[row].eos = Some(tok);
+                    out[row].eos = Some(tok);
                 } else {
                     out[row].tokens.push(tok);
                     next.push((row, tok));

@@ -146,7 +146,8 @@ pub fn style(chat: Option<bool>, system: Option<&str>) -> PromptStyle {
 pub fn pretrained_meta(path: &Path, style: PromptStyle) -> Result<(ModelConfig, Text)> {
     let (cfg, tok) = if path.is_file() {
         let g = Gguf::open(path)?;
-        let cfg = gguf_model::config(&g).map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))?;
+        let cfg =
+            gguf_model::config(&g).map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))?;
         (cfg, gguf_model::tokenizer(&g)?)
     } else {
         let (cfg, specials) = hf_config::read(path)?;

@@ -5,7 +5,7 @@
 use super::config::ModelConfig;
 use super::fused;
 use crate::cpu::math::{RopeSpec, rope_table};
-use burn::module::{Module, ModuleMapper, Param, ParamId};
+use burn::module::{Lora, Module, ModuleMapper, Param, ParamGroup, ParamId};
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig};
 use burn::tensor::activation::silu;
 use burn::tensor::module::attention;
@@ -81,9 +81,17 @@ impl KvCache {
 
 /// `x · W + b` for `x` of shape `[b, t, d_in]`, as one `[b·t, d_in] × [d_in, d_out]` matmul:
 /// one large GEMM instead of `b` small batched ones (measured: faster, and large enough for the
-/// backend to use every core); the fused op on the CPU backend.
+/// backend to use every core); the fused op on the CPU backend. A LoRA-adapted `W` is applied as
+/// `x · W₀ + s · (x · A) · B`, so the frozen `W₀` gets no gradient (the merged `W₀ + s·A·B`
+/// would cost a full `[d_in, d_out]` weight gradient per step).
 fn dense(layer: &Linear, x: Tensor<3>) -> Tensor<3> {
-    let y = product(x, layer.weight.val());
+    let y = match layer.weight.adapter() {
+        Some(ad) => {
+            let low = product(product(x.clone(), ad.a.val()), ad.b.val());
+            product(x, layer.weight.base()) + low.mul_scalar(ad.scale)
+        }
+        None => product(x, layer.weight.val()),
+    };
     match &layer.bias {
         Some(b) => y + b.val().unsqueeze::<3>(),
         None => y,
@@ -179,6 +187,17 @@ fn repeat_heads<const D: usize, const E: usize>(
 }
 
 impl Block {
+    /// The weight matrix LoRA calls `name`.
+    fn matrix(&self, name: &str) -> Option<&Linear> {
+        match name {
+            "qkv" => Some(&self.qkv),
+            "out" => Some(&self.out),
+            "gate_up" => Some(&self.gate_up),
+            "down" => Some(&self.down),
+            _ => None,
+        }
+    }
+
     fn new(cfg: &ModelConfig, device: &Device) -> Self {
         let (d, eps, hd) = (cfg.d_model, cfg.arch.norm_eps, cfg.head_dim());
         let qk_norm = || cfg.arch.qk_norm.then(|| rms(hd, eps, device));
@@ -292,7 +311,7 @@ impl Block {
     /// The MLP half with its residual.
     fn mlp(&self, x: Tensor<3>) -> Tensor<3> {
         let gu = dense(&self.gate_up, norm(&self.mlp_norm, x.clone()));
-        if fused::available(&gu.device()) {
+        if fused::available(&gu.device()) && self.down.weight.adapter().is_none() {
             return x + fused::swiglu_down(gu, self.down.weight.val());
         }
         x + dense(&self.down, swiglu(gu, self.mlp))
@@ -323,6 +342,40 @@ impl Gpt {
             rope: cfg.rope(),
         };
         model.map(&mut StableIds(0))
+    }
+
+    /// LoRA adapters of rank `rank` (scale `alpha / rank`) on the block matrices named in
+    /// `targets` (`qkv`, `out`, `gate_up`, `down`); every other weight is frozen. Parameter ids
+    /// are renumbered so that a model rebuilt the same way matches its optimizer state.
+    pub fn with_lora(self, rank: usize, alpha: f64, targets: &[&str]) -> Self {
+        let ids = self
+            .blocks
+            .iter()
+            .flat_map(|b| {
+                targets
+                    .iter()
+                    .filter_map(move |t| b.matrix(t).map(|l| l.weight.id))
+            })
+            .collect();
+        let lora = Lora::new(rank, alpha).set_param_group(ParamGroup::from_ids(ids));
+        self.apply_lora(lora).map(&mut StableIds(0))
+    }
+
+    /// Whether any weight carries a LoRA adapter.
+    pub fn has_lora(&self) -> bool {
+        self.blocks.iter().any(|b| {
+            [&b.qkv, &b.out, &b.gate_up, &b.down]
+                .iter()
+                .any(|l| l.weight.adapter().is_some())
+        })
+    }
+
+    /// The same model with every adapter merged into its weight (`W₀ + s·A·B`), all weights
+    /// trainable again.
+    pub fn merged(&self, cfg: &ModelConfig) -> Gpt {
+        let device = self.embed.weight.device();
+        let w = self.weights().detached();
+        Gpt::from_weights(cfg, w, &device)
     }
 
     fn head_dim(&self) -> usize {
@@ -486,6 +539,33 @@ pub struct BlockWeights {
     pub mlp_norm: NormWeights,
     pub gate_up: Tensor<2>,
     pub down: Tensor<2>,
+}
+
+impl Weights {
+    /// The same weights cut from any autodiff graph.
+    pub fn detached(self) -> Weights {
+        let n = |(g, e): NormWeights| (g.detach(), e);
+        Weights {
+            embed: self.embed.detach(),
+            blocks: self
+                .blocks
+                .into_iter()
+                .map(|b| BlockWeights {
+                    attn_norm: n(b.attn_norm),
+                    qkv: b.qkv.detach(),
+                    qkv_bias: b.qkv_bias.map(|t| t.detach()),
+                    qk_norm: b.qk_norm.map(|(q, k)| (n(q), n(k))),
+                    out: b.out.detach(),
+                    mlp_norm: n(b.mlp_norm),
+                    gate_up: b.gate_up.detach(),
+                    down: b.down.detach(),
+                })
+                .collect(),
+            norm: n(self.norm),
+            head: self.head.detach(),
+            ..self
+        }
+    }
 }
 
 /// The weights of a whole model (see [`Gpt::weights`]).

@@ -2,7 +2,7 @@
 //! value concrete). The key lists here drive both validation and what `run.json` records.
 
 use super::types::{
-    LossType, ModelSpec, RewardProgram, RewardSpec, ScaleRewards, StageKind, StageSpec,
+    LoraSpec, LossType, ModelSpec, RewardProgram, RewardSpec, ScaleRewards, StageKind, StageSpec,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -55,16 +55,17 @@ pub fn allowed_keys(kind: StageKind) -> Vec<&'static str> {
         StageKind::Pretrain => keys.extend(OPTIM),
         StageKind::Sft => {
             keys.extend(OPTIM);
-            keys.extend(["examples", "dataset"]);
+            keys.extend(["examples", "dataset", "lora"]);
         }
         StageKind::Grpo => {
             keys.extend(OPTIM.iter().filter(|k| **k != "batch"));
             keys.extend(GRPO);
+            keys.push("lora");
         }
         StageKind::Rejection => {
             keys.extend(OPTIM);
             keys.extend(SAMPLING);
-            keys.extend(["shortest", "sft_init"]);
+            keys.extend(["shortest", "sft_init", "lora"]);
         }
         StageKind::Distill => {
             keys.extend(OPTIM);
@@ -119,6 +120,8 @@ pub struct StageConfig {
     pub teacher: Option<String>,
     /// Distill: the student's full shape (the experiment's `[model]` with the stage's changes).
     pub student: Option<ModelSpec>,
+    /// LoRA adapters instead of full fine-tuning.
+    pub lora: Option<LoraSpec>,
 }
 
 impl StageConfig {
@@ -181,6 +184,7 @@ impl StageConfig {
             sft_init: None,
             teacher: None,
             student: None,
+            lora: None,
         }
     }
 
@@ -230,6 +234,7 @@ impl StageConfig {
         c.dataset = s.dataset.clone();
         c.sft_init = s.sft_init.clone();
         c.teacher = s.teacher.clone();
+        c.lora = s.lora.clone();
         if s.kind == StageKind::Distill {
             c.student = Some(s.model.clone().unwrap_or_default().apply(model));
         }

@@ -362,6 +362,65 @@ pub struct StageSpec {
     pub teacher: Option<String>,
     /// Distill: the student's shape, as changes to `[model]`.
     pub model: Option<ModelOverride>,
+
+    // --- parameter-efficient training
+    /// Train low-rank adapters on the named weight matrices instead of every weight.
+    pub lora: Option<LoraSpec>,
+}
+
+/// `lora = { rank, alpha, targets }`: LoRA (Hu et al. 2021). Each target matrix `W` becomes
+/// `W + (alpha / rank) · A·B` with `A` `[d_in, rank]` random and `B` `[rank, d_out]` zero, and
+/// only `A` and `B` train. Checkpoints hold the adapters and name the model they adapt.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LoraSpec {
+    /// Rank of the update.
+    pub rank: usize,
+    /// Scale numerator: the update is multiplied by `alpha / rank` (default `2 · rank`).
+    pub alpha: Option<f64>,
+    /// Weight matrices to adapt: `qkv`, `out`, `gate_up`, `down` (default all four), or their
+    /// Hugging Face names (`q_proj`, `k_proj`, `v_proj` adapt the fused `qkv`; `o_proj` is
+    /// `out`; `gate_proj`, `up_proj` are `gate_up`; `down_proj` is `down`), or `all-linear`.
+    #[serde(default)]
+    pub targets: Vec<String>,
+}
+
+/// The weight matrices of a block LoRA can adapt.
+pub const LORA_TARGETS: [&str; 4] = ["qkv", "out", "gate_up", "down"];
+
+impl LoraSpec {
+    /// The scale numerator, default applied.
+    pub fn alpha(&self) -> f64 {
+        self.alpha.unwrap_or(2.0 * self.rank as f64)
+    }
+
+    /// The targets as block matrix names (sorted, deduplicated), or the first name that is
+    /// not one.
+    pub fn matrices(&self) -> Result<Vec<&'static str>, String> {
+        if self.targets.is_empty() {
+            return Ok(LORA_TARGETS.to_vec());
+        }
+        let mut out = Vec::new();
+        for t in &self.targets {
+            let names: &[&'static str] = match t.as_str() {
+                "all-linear" | "all" => &LORA_TARGETS,
+                "qkv" | "q_proj" | "k_proj" | "v_proj" => &["qkv"],
+                "out" | "o_proj" => &["out"],
+                "gate_up" | "gate_proj" | "up_proj" => &["gate_up"],
+                "down" | "down_proj" => &["down"],
+                other => {
+                    return Err(format!(
+                        "unknown LoRA target `{}` (known: qkv, out, gate_up, down, their Hugging Face names q_proj/k_proj/v_proj/o_proj/gate_proj/up_proj/down_proj, or all-linear)",
+                        crate::untrusted::display(other)
+                    ));
+                }
+            };
+            out.extend_from_slice(names);
+        }
+        out.sort_by_key(|n| LORA_TARGETS.iter().position(|t| t == n));
+        out.dedup();
+        Ok(out)
+    }
 }
 
 /// The GRPO loss normaliser (TRL's `loss_type`).

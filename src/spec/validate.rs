@@ -150,7 +150,11 @@ pub fn validate(spec: &ExperimentSpec, at: &Locator<'_>, dir: &Path) -> Vec<Spec
             &mk("from"),
             &format!(
                 "{from}: not a Hugging Face model folder (config.json + safetensors) or a .gguf file{}",
-                if p.exists() { "" } else { " (no such file or folder)" }
+                if p.exists() {
+                    ""
+                } else {
+                    " (no such file or folder)"
+                }
             ),
         );
     }
@@ -314,6 +318,27 @@ pub fn validate(spec: &ExperimentSpec, at: &Locator<'_>, dir: &Path) -> Vec<Spec
                     s.kind
                 ),
             ));
+        }
+        if let Some(lora) = &s.lora {
+            let path = stage_path(i, "lora");
+            if s.init.is_none() && spec.model.from.is_none() {
+                errs.push(at.value(
+                    &path,
+                    "LoRA adapts an existing model: give the stage `init` or [model] from",
+                ));
+            }
+            if !(1..=MAX_LORA_RANK).contains(&lora.rank) {
+                errs.push(at.value(
+                    &path,
+                    format!("lora rank must be between 1 and {MAX_LORA_RANK}"),
+                ));
+            }
+            if !(lora.alpha() > 0.0 && lora.alpha().is_finite()) {
+                errs.push(at.value(&path, "lora alpha must be a finite number above 0"));
+            }
+            if let Err(msg) = lora.matrices() {
+                errs.push(at.value(&path, msg));
+            }
         }
         if s.kind == StageKind::Distill && s.teacher.is_none() {
             errs.push(at.key(&stage_path(i, "name"), "a distill stage needs `teacher`"));
@@ -537,6 +562,7 @@ pub const MAX_EXAMPLES: usize = 10_000_000;
 pub const MAX_SAMPLES: usize = 4_096;
 pub const MAX_BATCH: usize = 65_536;
 pub const MAX_ITERATIONS: usize = 1_000;
+pub const MAX_LORA_RANK: usize = 1_024;
 
 /// Bytes a stage needs at most, roughly: weights, gradients and AdamW's two moments (plus a
 /// frozen reference for GRPO), the activations of one training batch, the KV cache of the

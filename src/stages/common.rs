@@ -83,7 +83,7 @@ impl Setup {
         sampling(cfg).with_eos(&self.tok.eos())
     }
 
-/// Each problem's prompt ids, repeated `copies` times in a row (a batch of groups).
+    /// Each problem's prompt ids, repeated `copies` times in a row (a batch of groups).
     pub fn grouped_prompts(
         &self,
         problems: &[crate::tasks::Problem],

@@ -6,8 +6,7 @@
 //! advantage; every TRL-named metric (README, "Run folders") is logged each step.
 
 use super::common::{
-    Setup, clip_grad_norm, lr_at, metrics_line, open_logs, target_logprobs,
-    target_logprobs_with,
+    Setup, clip_grad_norm, lr_at, metrics_line, open_logs, target_logprobs, target_logprobs_with,
 };
 use super::context::{Outcome, StageCtx};
 pub use super::grpo_math::LossConfig;

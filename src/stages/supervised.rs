@@ -56,18 +56,43 @@ pub fn start(ctx: &StageCtx<'_>, setup: &Setup, device: &Device, kind: &str) -> 
         task: setup.task.spec.name.clone(),
         num_tokens: 0,
     };
-    let model = match &ctx.init {
+    device.seed(ctx.seed);
+    let mut model = match &ctx.init {
         Some(dir) => checkpoint::load_expecting(dir, &setup.model_cfg, &setup.tok, device)?,
-        None => {
-            device.seed(ctx.seed);
-            Gpt::new(&setup.model_cfg, device)
-        }
+        None => Gpt::new(&setup.model_cfg, device),
     };
+    if model.has_lora() {
+        // A LoRA checkpoint as the start: its adapters become part of the weights.
+        model = model.merged(&setup.model_cfg);
+    }
+    if let Some(meta) = adapter_meta(ctx)? {
+        model = meta.attach(model, &setup.model_cfg);
+    }
     Ok(Start {
         model,
         optim,
         state,
     })
+}
+
+/// What a LoRA stage's checkpoints record about their adapters (None for full fine-tuning):
+/// the stage's LoRA settings and the model it starts from.
+pub fn adapter_meta(ctx: &StageCtx<'_>) -> Result<Option<model::lora::AdapterMeta>> {
+    let Some(spec) = &ctx.cfg.lora else {
+        return Ok(None);
+    };
+    let base = ctx
+        .init
+        .as_ref()
+        .context("a LoRA stage needs a model to adapt (`init` or [model] from)")?;
+    let base = std::fs::canonicalize(base).unwrap_or_else(|_| base.clone());
+    let targets = spec.matrices().map_err(anyhow::Error::msg)?;
+    Ok(Some(model::lora::AdapterMeta {
+        rank: spec.rank,
+        alpha: spec.alpha(),
+        targets: targets.iter().map(|t| t.to_string()).collect(),
+        base,
+    }))
 }
 
 /// Write a checkpoint of a training stage.
@@ -79,7 +104,8 @@ pub fn save(
     state: &TrainState,
 ) -> Result<()> {
     runfs::checkpoint::save(&ctx.run.checkpoints(), state.step, 2, |dir| {
-        checkpoint::save_model(dir, model, &setup.model_cfg, &setup.tok)?;
+        let adapters = adapter_meta(ctx)?;
+        checkpoint::save_model(dir, model, &setup.model_cfg, &setup.tok, adapters.as_ref())?;
         checkpoint::save_task(dir, &setup.task.spec)?;
         optim
             .save(dir.join(checkpoint::OPTIMIZER))

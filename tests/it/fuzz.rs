@@ -238,7 +238,14 @@ fn checkpoint_mutations_are_errors_not_panics() {
         arch: Default::default(),
     };
     let device = Device::flex();
-    checkpoint::save_model(&dir, &Gpt::new(&cfg, &device), &cfg, &stageloop::model::text::Text::Chars(tok.clone())).unwrap();
+    checkpoint::save_model(
+        &dir,
+        &Gpt::new(&cfg, &device),
+        &cfg,
+        &stageloop::model::text::Text::Chars(tok.clone()),
+        None,
+    )
+    .unwrap();
     checkpoint::load_model(&dir, &device).expect("the clean checkpoint loads");
     let files: Vec<(String, Vec<u8>)> = ["model.safetensors", "config.json", "tokenizer.json"]
         .iter()

@@ -7,6 +7,7 @@ mod cli;
 mod common;
 mod fuzz;
 mod grpo;
+mod lora;
 mod model_decode;
 mod model_fused;
 mod notebook;
