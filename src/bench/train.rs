@@ -1,6 +1,7 @@
 //! `stageloop bench train`: training and sampling throughput of one model shape on this
-//! machine, and peak memory. Random weights and tokens: the figures are about speed, not
-//! learning.
+//! machine, and peak memory. Random tokens, and random weights unless a pretrained model is
+//! given: the figures are about speed, not learning. Training is full fine-tuning, or LoRA
+//! adapters on every block matrix.
 
 use super::{median, peak_rss_bytes};
 use crate::model::sample::{SampleOptions, generate};
@@ -22,6 +23,13 @@ pub struct BenchConfig {
     pub prompts: usize,
     pub new_tokens: usize,
     pub train_steps: usize,
+    /// Pretrained weights (a Hugging Face folder or a GGUF file) instead of random ones; the
+    /// shape is then the file's, with `model.ctx` as the context.
+    pub weights: Option<std::path::PathBuf>,
+    /// Train LoRA adapters of this rank (alpha 2·rank) instead of every weight.
+    pub lora: Option<usize>,
+    /// Skip the sampling run without a KV cache (slow at real-model size).
+    pub cache_only: bool,
 }
 
 /// The figures, as `--json` prints them.
@@ -29,9 +37,12 @@ pub struct BenchConfig {
 pub struct BenchReport {
     pub train_tokens_per_sec: f64,
     pub sample_tokens_per_sec_cache: f64,
-    pub sample_tokens_per_sec_nocache: f64,
+    /// `None` with `cache_only`.
+    pub sample_tokens_per_sec_nocache: Option<f64>,
     pub peak_rss_bytes: u64,
     pub params: usize,
+    /// Parameters that train (all of them, or the adapters).
+    pub trainable_params: usize,
 }
 
 /// Time over which sampling calls are repeated, and the most calls timed.
@@ -41,10 +52,26 @@ const SAMPLE_CALLS: usize = 10;
 pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
     let infer = device()?;
     let train = infer.clone().autodiff();
-    let m = &cfg.model;
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     train.seed(0);
-    let mut model = Gpt::new(m, &train);
+    let (mut model, shape) = match &cfg.weights {
+        Some(path) => {
+            let p = crate::model::pretrained::load(path, &train)?;
+            (
+                p.model,
+                ModelConfig {
+                    ctx: cfg.model.ctx,
+                    ..p.cfg
+                },
+            )
+        }
+        None => (Gpt::new(&cfg.model, &train), cfg.model.clone()),
+    };
+    let m = &shape;
+    if let Some(rank) = cfg.lora {
+        model = model.with_lora(rank, 2.0 * rank as f64, &crate::spec::LORA_TARGETS);
+    }
+    let trainable = model.num_params_trainable();
     let mut optim = AdamWConfig::new().init();
     let examples: Vec<Example> = (0..cfg.batch)
         .map(|_| Example {
@@ -100,12 +127,13 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
         median(&mut rates)
     };
     let cache = sample_tps(true);
-    let nocache = sample_tps(false);
+    let nocache = (!cfg.cache_only).then(|| sample_tps(false));
     Ok(BenchReport {
         train_tokens_per_sec: train_tps,
         sample_tokens_per_sec_cache: cache,
         sample_tokens_per_sec_nocache: nocache,
         peak_rss_bytes: peak_rss_bytes(),
         params: m.params(),
+        trainable_params: trainable,
     })
 }

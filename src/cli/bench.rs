@@ -45,6 +45,39 @@ pub struct TrainArgs {
     /// ones buy.
     #[arg(long)]
     pub composite: bool,
+    /// A named shape instead of the shape flags: `smollm2-135m` (d 576, 30 layers, 9 heads / 3
+    /// KV heads, MLP 1536, vocab 49152, tied head).
+    #[arg(long, value_parser = ["smollm2-135m"], conflicts_with = "model")]
+    pub preset: Option<String>,
+    /// Pretrained weights (a Hugging Face folder or a .gguf file) instead of random ones; the
+    /// shape is the file's.
+    #[arg(long, value_name = "PATH")]
+    pub model: Option<std::path::PathBuf>,
+    /// Train LoRA adapters of this rank on every block matrix instead of every weight.
+    #[arg(long, value_name = "RANK")]
+    pub lora: Option<usize>,
+    /// Skip the sampling run without a KV cache (minutes at real-model size).
+    #[arg(long)]
+    pub cache_only: bool,
+}
+
+/// The SmolLM2-135M shape (its config.json).
+fn smollm2_135m(ctx: usize) -> ModelConfig {
+    ModelConfig {
+        vocab: 49_152,
+        d_model: 576,
+        layers: 30,
+        heads: 9,
+        mlp: 1536,
+        ctx,
+        rope_theta: 100_000.0,
+        arch: crate::model::config::Arch {
+            kv_heads: Some(3),
+            tied: true,
+            family: Some("llama".into()),
+            ..Default::default()
+        },
+    }
 }
 
 /// The flags of `stageloop bench notebook`.
@@ -87,8 +120,12 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
     if a.new_tokens + 2 > a.ctx {
         anyhow::bail!("--new-tokens must leave room for a prompt within --ctx");
     }
-    let cfg = BenchConfig {
-        model: ModelConfig {
+    if a.lora == Some(0) {
+        anyhow::bail!("--lora must be a rank of at least 1");
+    }
+    let model = match a.preset.as_deref() {
+        Some(_) => smollm2_135m(a.ctx),
+        None => ModelConfig {
             vocab: 64,
             d_model: a.d_model,
             layers: a.layers,
@@ -98,10 +135,16 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
             rope_theta: 10_000.0,
             arch: Default::default(),
         },
+    };
+    let cfg = BenchConfig {
+        model,
         batch: a.batch,
         prompts: a.prompts,
         new_tokens: a.new_tokens,
         train_steps: a.steps,
+        weights: a.model,
+        lora: a.lora,
+        cache_only: a.cache_only,
     };
     crate::model::fused::set_enabled(!a.composite);
     let r = measure(&cfg)?;
@@ -109,6 +152,7 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&r)?);
     } else {
         println!("params                         {}", r.params);
+        println!("trainable params               {}", r.trainable_params);
         println!(
             "train tokens/s                 {:.0}",
             r.train_tokens_per_sec
@@ -117,14 +161,13 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
             "sample tokens/s (KV cache)     {:.0}",
             r.sample_tokens_per_sec_cache
         );
-        println!(
-            "sample tokens/s (no cache)     {:.0}",
-            r.sample_tokens_per_sec_nocache
-        );
-        println!(
-            "cache speed-up                 {:.1}×",
-            r.sample_tokens_per_sec_cache / r.sample_tokens_per_sec_nocache
-        );
+        if let Some(nocache) = r.sample_tokens_per_sec_nocache {
+            println!("sample tokens/s (no cache)     {nocache:.0}");
+            println!(
+                "cache speed-up                 {:.1}×",
+                r.sample_tokens_per_sec_cache / nocache
+            );
+        }
         println!(
             "peak RSS                       {:.0} MB",
             r.peak_rss_bytes as f64 / 1e6

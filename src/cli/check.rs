@@ -16,13 +16,25 @@ pub fn run(exp: &Path, sets: &[String]) -> anyhow::Result<()> {
     } else {
         format!(", {} loop(s)", s.loops.len())
     };
+    // A pretrained model's shape is its files' (read without loading the weights).
+    let model = match &s.model.from {
+        Some(from) => {
+            let (cfg, _) = crate::model::checkpoint::read_meta(Path::new(from))?;
+            format!(
+                "model {} (d{}×{}L, {}M params)",
+                crate::untrusted::display(from),
+                cfg.d_model,
+                cfg.layers,
+                cfg.params() / 1_000_000
+            )
+        }
+        None => format!("model d{}×{}L", s.model.d_model, s.model.layers),
+    };
     println!(
-        "ok: {} — task {} (difficulty {}), model d{}×{}L, {} stages{}: {}",
+        "ok: {} — task {} (difficulty {}), {model}, {} stages{}: {}",
         e.name,
         s.task.name,
         s.task.difficulty,
-        s.model.d_model,
-        s.model.layers,
         s.stage.len(),
         loops,
         stages.join(" → ")

@@ -108,6 +108,18 @@ impl Cache {
         self.lens[row] = 0;
     }
 
+    /// Make row `to` hold what row `from` holds (a prompt shared by several rows is prefilled
+    /// once and copied).
+    pub fn copy_row(&mut self, from: usize, to: usize) {
+        if from == to {
+            return;
+        }
+        for (buf, n) in [(&mut self.k, self.row_k), (&mut self.v, self.row_v)] {
+            buf.copy_within(from * n..(from + 1) * n, to * n);
+        }
+        self.lens[to] = self.lens[from];
+    }
+
     /// Each row's part, for the rows to be fed.
     fn rows(&mut self) -> Vec<Option<RowCache<'_>>> {
         self.k

@@ -261,7 +261,20 @@ fn generate_engine(
     let engine = model.engine(ctx);
     let vocab = engine.vocab();
     let mut cache = engine.cache(prompts.len());
-    let feed: Vec<(usize, &[u32])> = prompts.iter().map(Vec::as_slice).enumerate().collect();
+    // With a cache, each distinct prompt is prefilled once and copied to the rows that repeat
+    // it (GRPO groups and eval samples repeat every prompt; a chat template makes prompts long).
+    let first: Vec<usize> = if opts.use_cache {
+        let mut seen = std::collections::HashMap::new();
+        (0..prompts.len())
+            .map(|i| *seen.entry(prompts[i].as_slice()).or_insert(i))
+            .collect()
+    } else {
+        (0..prompts.len()).collect()
+    };
+    let feed: Vec<(usize, &[u32])> = (0..prompts.len())
+        .filter(|&i| first[i] == i)
+        .map(|i| (i, prompts[i].as_slice()))
+        .collect();
     // Full sequences so far (prompt + new tokens): only the no-cache path re-feeds them.
     let mut seqs: Vec<Vec<u32>> = if opts.use_cache {
         Vec::new()
@@ -272,6 +285,19 @@ fn generate_engine(
     // too short to hand to rayon's sleeping workers.
     with_pair(|pair| {
         let mut logits = engine.forward_on(&mut cache, &feed, false, pair);
+        if feed.len() < prompts.len() {
+            let slot: std::collections::HashMap<usize, usize> = feed
+                .iter()
+                .enumerate()
+                .map(|(s, &(row, _))| (row, s))
+                .collect();
+            let mut all = Vec::with_capacity(prompts.len() * vocab);
+            for (row, &src) in first.iter().enumerate() {
+                cache.copy_row(src, row);
+                all.extend_from_slice(&logits[slot[&src] * vocab..(slot[&src] + 1) * vocab]);
+            }
+            logits = all;
+        }
         let mut active: Vec<usize> = (0..prompts.len()).collect();
         for step in 0..budget {
             let mut next = Vec::new();
@@ -286,7 +312,6 @@ fn generate_engine(
                 out[row].logprobs.push(lp);
                 if opts.eos.contains(&tok) {
                     out[row].finished = true;
-                    out[row].eos = Some(tok);
                     out[row].eos = Some(tok);
                 } else {
                     out[row].tokens.push(tok);

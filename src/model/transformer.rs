@@ -361,6 +361,23 @@ impl Gpt {
         self.apply_lora(lora).map(&mut StableIds(0))
     }
 
+    /// Parameters that receive gradients (on an autodiff device): all of them for full
+    /// fine-tuning, the adapter factors with LoRA.
+    pub fn num_params_trainable(&self) -> usize {
+        struct Count(usize);
+        impl burn::module::ModuleVisitor for Count {
+            fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+                let t = p.val();
+                if t.is_require_grad() {
+                    self.0 += t.shape().num_elements();
+                }
+            }
+        }
+        let mut c = Count(0);
+        self.visit(&mut c);
+        c.0
+    }
+
     /// Whether any weight carries a LoRA adapter.
     pub fn has_lora(&self) -> bool {
         self.blocks.iter().any(|b| {

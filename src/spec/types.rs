@@ -114,9 +114,20 @@ pub struct ModelOverride {
 }
 
 impl ModelOverride {
-    /// `base` with the keys this override sets replaced.
+    /// `base` with the keys this override sets replaced. A shape key over a pretrained model
+    /// (`[model] from`) makes a fresh student of that shape, with the task's own tokenizer:
+    /// a pretrained model's shape cannot change.
     pub fn apply(&self, base: &ModelSpec) -> ModelSpec {
         let mut m = base.clone();
+        let reshaped = self.d_model.is_some()
+            || self.layers.is_some()
+            || self.heads.is_some()
+            || self.mlp.is_some();
+        if reshaped && m.from.is_some() {
+            m.from = None;
+            m.chat = None;
+            m.system = None;
+        }
         if let Some(v) = self.d_model {
             m.d_model = v;
             if self.mlp.is_none() {
