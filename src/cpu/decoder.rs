@@ -7,7 +7,7 @@
 //! relative, so the logits equal the padded reference's). `tests/it/model_decode.rs` checks logits,
 //! log-probabilities and greedy tokens against the burn path.
 
-use super::arena::Floats;
+use super::arena::{Floats, Spares};
 use super::math::{RopeSpec, exp, rope_table, rotate};
 use super::packed::{Packed, Threads};
 use super::pair::Pair;
@@ -130,6 +130,9 @@ impl Cache {
             .collect()
     }
 }
+
+/// Kept KV-cache buffers (a key and a value buffer of the last size asked for).
+static CACHE_SPARES: Spares = Spares::new();
 
 /// One row of a [`Cache`].
 struct RowCache<'a> {
@@ -413,9 +416,12 @@ impl Engine {
             layers * self.layer_keys(),
             layers * self.ctx * self.kv_dim(),
         );
+        // Buffers of earlier calls are reused (GRPO samples the same number of rows every
+        // step): their old contents are never read, as a row reads only its first `len`
+        // positions.
         Cache {
-            k: Floats::zeroed(rows * row_k),
-            v: Floats::zeroed(rows * row_v),
+            k: Floats::reused_from(&CACHE_SPARES, rows * row_k),
+            v: Floats::reused_from(&CACHE_SPARES, rows * row_v),
             lens: vec![0; rows],
             row_k,
             row_v,

@@ -81,6 +81,12 @@ fn log_softmax(x: &[f32]) -> Vec<f32> {
 }
 
 /// Pick a token from one row of logits; returns (token, its log-probability).
+///
+/// With top-k or top-p, candidates are taken in order of probability (ties by id), cut, and
+/// the draw walks them in that order; without either, it walks the ids in turn (the same
+/// distribution, no order needed). Only as much of the order as the cut and the draw reach
+/// is sorted (chunks of [`ORDER_CHUNK`] selected, then sorted): a full sort of a 49,152-token
+/// vocabulary per sampled token cost more than the decoder step at real-model size.
 pub fn pick(logits: &[f32], opts: &SampleOptions, rng: &mut ChaCha8Rng) -> (u32, f32) {
     if opts.temperature <= 0.0 {
         let lp = log_softmax(logits);
@@ -94,33 +100,89 @@ pub fn pick(logits: &[f32], opts: &SampleOptions, rng: &mut ChaCha8Rng) -> (u32,
     }
     let scaled: Vec<f32> = logits.iter().map(|v| v / opts.temperature as f32).collect();
     let lp = log_softmax(&scaled);
-    let mut order: Vec<usize> = (0..lp.len()).collect();
-    order.sort_by(|&a, &b| lp[b].total_cmp(&lp[a]));
-    if opts.top_k > 0 {
-        order.truncate(opts.top_k);
+    if opts.top_k == 0 && opts.top_p >= 1.0 {
+        // Nothing is cut, so no order is needed: the draw walks the ids in turn.
+        let total: f64 = lp.iter().map(|&v| v.exp() as f64).sum();
+        let mut u = rng.random::<f64>() * total;
+        for (i, &v) in lp.iter().enumerate() {
+            u -= v.exp() as f64;
+            if u <= 0.0 {
+                return (i as u32, v);
+            }
+        }
+        let last = lp.iter().rposition(|v| v.is_finite()).unwrap_or(lp.len() - 1);
+        return (last as u32, lp[last]);
     }
-    if opts.top_p < 1.0 {
-        let mut mass = 0.0;
-        let mut keep = 0;
-        for &i in &order {
-            mass += lp[i].exp() as f64;
+    let mut order = Ordered::new(&lp);
+    let limit = if opts.top_k > 0 {
+        opts.top_k.min(lp.len())
+    } else {
+        lp.len()
+    };
+    // The candidates: the first `keep` of the order, and their total mass.
+    let (keep, total) = if opts.top_p < 1.0 {
+        let (mut mass, mut keep) = (0.0, 0);
+        while keep < limit {
+            mass += lp[order.at(keep)].exp() as f64;
             keep += 1;
             if mass >= opts.top_p {
                 break;
             }
         }
-        order.truncate(keep.max(1));
-    }
-    let total: f64 = order.iter().map(|&i| lp[i].exp() as f64).sum();
+        let keep = keep.max(1);
+        (keep, (0..keep).map(|j| lp[order.at(j)].exp() as f64).sum())
+    } else if limit < lp.len() {
+        (limit, (0..limit).map(|j| lp[order.at(j)].exp() as f64).sum())
+    } else {
+        (limit, lp.iter().map(|&v| v.exp() as f64).sum::<f64>())
+    };
     let mut u = rng.random::<f64>() * total;
-    for &i in &order {
+    for j in 0..keep {
+        let i = order.at(j);
         u -= lp[i].exp() as f64;
         if u <= 0.0 {
             return (i as u32, lp[i]);
         }
     }
-    let last = *order.last().expect("at least one candidate");
+    let last = order.at(keep - 1);
     (last as u32, lp[last])
+}
+
+/// Positions of the order sorted at a time.
+const ORDER_CHUNK: usize = 256;
+
+/// Token ids by decreasing log-probability (ties by id), sorted lazily a chunk at a time.
+struct Ordered<'a> {
+    lp: &'a [f32],
+    ids: Vec<usize>,
+    /// `ids[..sorted]` is the order's prefix; the rest are the remaining ids, unordered.
+    sorted: usize,
+}
+
+impl<'a> Ordered<'a> {
+    fn new(lp: &'a [f32]) -> Self {
+        Ordered {
+            lp,
+            ids: (0..lp.len()).collect(),
+            sorted: 0,
+        }
+    }
+
+    /// The `j`-th id of the order (`j` < the vocabulary).
+    fn at(&mut self, j: usize) -> usize {
+        while j >= self.sorted {
+            let lp = self.lp;
+            let cmp = |a: &usize, b: &usize| lp[*b].total_cmp(&lp[*a]).then(a.cmp(b));
+            let rest = &mut self.ids[self.sorted..];
+            let n = ORDER_CHUNK.min(rest.len());
+            if n < rest.len() {
+                rest.select_nth_unstable_by(n - 1, cmp);
+            }
+            rest[..n].sort_unstable_by(cmp);
+            self.sorted += n;
+        }
+        self.ids[j]
+    }
 }
 
 fn int_tensor(rows: &[Vec<u32>], device: &Device) -> Tensor<2, Int> {
@@ -390,5 +452,68 @@ mod tests {
             .count();
         let share = ones as f64 / n as f64;
         assert!((share - 0.75).abs() < 0.015, "{share}");
+    }
+
+    /// The full-sort pick this file used before the lazy order: the specification of the
+    /// truncated cases (the untruncated one walks ids in turn, checked by
+    /// `sampling_follows_the_distribution`).
+    fn pick_by_full_sort(logits: &[f32], opts: &SampleOptions, rng: &mut ChaCha8Rng) -> (u32, f32) {
+        let scaled: Vec<f32> = logits.iter().map(|v| v / opts.temperature as f32).collect();
+        let lp = log_softmax(&scaled);
+        let mut order: Vec<usize> = (0..lp.len()).collect();
+        order.sort_by(|&a, &b| lp[b].total_cmp(&lp[a]));
+        if opts.top_k > 0 {
+            order.truncate(opts.top_k);
+        }
+        if opts.top_p < 1.0 {
+            let (mut mass, mut keep) = (0.0, 0);
+            for &i in &order {
+                mass += lp[i].exp() as f64;
+                keep += 1;
+                if mass >= opts.top_p {
+                    break;
+                }
+            }
+            order.truncate(keep.max(1));
+        }
+        let total: f64 = order.iter().map(|&i| lp[i].exp() as f64).sum();
+        let mut u = rng.random::<f64>() * total;
+        for &i in &order {
+            u -= lp[i].exp() as f64;
+            if u <= 0.0 {
+                return (i as u32, lp[i]);
+            }
+        }
+        let last = *order.last().unwrap();
+        (last as u32, lp[last])
+    }
+
+    #[test]
+    fn the_lazy_order_picks_what_a_full_sort_picks() {
+        let mut src = ChaCha8Rng::seed_from_u64(7);
+        // A vocabulary several chunks long, with ties (rounded logits) and a flat tail.
+        let logits: Vec<f32> = (0..3000)
+            .map(|_| (src.random::<f32>() * 8.0).round() / 2.0 - 3.0)
+            .collect();
+        for (top_k, top_p, temperature) in [
+            (0, 0.95, 0.6),
+            (0, 0.999, 2.0),
+            (40, 1.0, 1.0),
+            (700, 0.9, 1.5),
+            (1, 1.0, 1.0),
+        ] {
+            let o = SampleOptions {
+                top_k,
+                top_p,
+                temperature,
+                ..Default::default()
+            };
+            let (mut a, mut b) = (ChaCha8Rng::seed_from_u64(3), ChaCha8Rng::seed_from_u64(3));
+            for _ in 0..300 {
+                let want = pick_by_full_sort(&logits, &o, &mut a);
+                let got = pick(&logits, &o, &mut b);
+                assert_eq!(got, want, "top_k {top_k} top_p {top_p} T {temperature}");
+            }
+        }
     }
 }
