@@ -194,11 +194,16 @@ fn engine_samples_the_same_tokens_and_logprobs_as_the_reference() {
     let device = Device::flex();
     device.seed(5);
     let model = Gpt::new(&cfg(), &device);
+    // Repeated prompts (as in GRPO groups): the engine prefills each once and copies it; the
+    // runs reuse the engine's KV-cache buffers, dirty from the run before.
     let prompts = vec![
         vec![1, 9, 12],
         vec![1, 15, 8, 10, 11, 7],
+        vec![1, 9, 12],
         vec![1, 13],
         vec![1, 4, 4, 4],
+        vec![1, 13],
+        vec![1, 9, 12],
     ];
     for temperature in [0.0, 1.0] {
         for use_cache in [true, false] {
