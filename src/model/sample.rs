@@ -110,7 +110,10 @@ pub fn pick(logits: &[f32], opts: &SampleOptions, rng: &mut ChaCha8Rng) -> (u32,
                 return (i as u32, v);
             }
         }
-        let last = lp.iter().rposition(|v| v.is_finite()).unwrap_or(lp.len() - 1);
+        let last = lp
+            .iter()
+            .rposition(|v| v.is_finite())
+            .unwrap_or(lp.len() - 1);
         return (last as u32, lp[last]);
     }
     let mut order = Ordered::new(&lp);
@@ -132,7 +135,10 @@ pub fn pick(logits: &[f32], opts: &SampleOptions, rng: &mut ChaCha8Rng) -> (u32,
         let keep = keep.max(1);
         (keep, (0..keep).map(|j| lp[order.at(j)].exp() as f64).sum())
     } else if limit < lp.len() {
-        (limit, (0..limit).map(|j| lp[order.at(j)].exp() as f64).sum())
+        (
+            limit,
+            (0..limit).map(|j| lp[order.at(j)].exp() as f64).sum(),
+        )
     } else {
         (limit, lp.iter().map(|&v| v.exp() as f64).sum::<f64>())
     };

@@ -522,3 +522,57 @@ pub struct LoopSpec {
 fn one() -> u32 {
     1
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_student_reshaped_from_a_pretrained_model_is_a_fresh_model() {
+        let teacher = ModelSpec {
+            from: Some("models/x.gguf".into()),
+            chat: Some(true),
+            system: Some("s".into()),
+            ctx: 96,
+            ..Default::default()
+        };
+        let student = ModelOverride {
+            d_model: Some(64),
+            layers: Some(2),
+            ..Default::default()
+        }
+        .apply(&teacher);
+        assert_eq!(student.from, None);
+        assert_eq!((student.chat, student.system), (None, None));
+        assert_eq!((student.d_model, student.layers, student.ctx), (64, 2, 96));
+        // Only a longer context: still the pretrained model.
+        let same = ModelOverride {
+            ctx: Some(128),
+            ..Default::default()
+        }
+        .apply(&teacher);
+        assert_eq!(same.from.as_deref(), Some("models/x.gguf"));
+    }
+
+    #[test]
+    fn lora_targets_accept_hugging_face_names() {
+        let spec = |t: &[&str]| LoraSpec {
+            rank: 4,
+            alpha: None,
+            targets: t.iter().map(|s| s.to_string()).collect(),
+        };
+        assert_eq!(spec(&[]).matrices().unwrap(), LORA_TARGETS);
+        assert_eq!(
+            spec(&["down_proj", "q_proj", "v_proj"]).matrices().unwrap(),
+            ["qkv", "down"]
+        );
+        assert_eq!(spec(&["all-linear"]).matrices().unwrap(), LORA_TARGETS);
+        assert!(
+            spec(&["lm_head"])
+                .matrices()
+                .unwrap_err()
+                .contains("lm_head")
+        );
+        assert_eq!(spec(&[]).alpha(), 8.0);
+    }
+}

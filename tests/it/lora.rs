@@ -94,7 +94,7 @@ fn char_tok() -> Tokenizer {
 
 /// A tiny Llama-shaped HF folder (tied head, grouped-query heads) for the arith task (whose
 /// alphabet the character tokenizer covers).
-fn pretrained_folder(dir: &Path) {
+pub(crate) fn pretrained_folder(dir: &Path) {
     let tok = char_tok();
     let mut cfg = cfg();
     cfg.vocab = tok.vocab_size();
