@@ -81,7 +81,7 @@ pub fn run(a: Args<'_>) -> anyhow::Result<()> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(a.seed);
     let outs = generate(
         &model,
-        &vec![ids; a.n],
+        &vec![ids.clone(); a.n],
         setup.model_cfg.ctx,
         &opts,
         &mut rng,
@@ -96,7 +96,7 @@ pub fn run(a: Args<'_>) -> anyhow::Result<()> {
                 serde_json::json!({
                     "prompt": a.prompt, "completion": text, "rewards": r.as_map(),
                     "reward": r.accuracy, "finished": c.finished, "tokens": c.tokens.len(),
-                    "token_ids": c.tokens, "checkpoint": dir.display().to_string(),
+                    "token_ids": c.tokens, "prompt_ids": ids, "checkpoint": dir.display().to_string(),
                 })
             );
         } else {
