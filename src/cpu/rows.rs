@@ -2,7 +2,7 @@
 //! compiled a second time with AVX2/FMA (chosen at run time) and the rows are split over
 //! rayon's threads in blocks of [`ROWS_PER_TASK`].
 
-use super::math::sigmoid;
+use super::math::{exp, sigmoid};
 use super::simd::{Uninit, avx2_dispatch, written};
 use rayon::prelude::*;
 
@@ -174,5 +174,132 @@ pub fn swiglu_backward(dh: &[f32], gu: &[f32], m: usize) -> Vec<f32> {
                 .zip(dh.par_chunks(m * ROWS_PER_TASK))
                 .for_each(|((dgu, gu), dh)| swiglu_block_backward(dgu, gu, dh, m))
         })
+    }
+}
+
+// ---- log-probabilities of targets over a vocabulary ------------------------------------------
+
+/// `log Σ_j exp(s·x_j)` of each row (of `v` logits) of `x`.
+#[inline(always)]
+fn lse_rows(lse: &mut [f32], x: &[f32], v: usize, s: f32) {
+    for (l, row) in lse.iter_mut().zip(x.chunks(v)) {
+        let m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) * s;
+        // Eight partial sums: a sum over 49,152 terms in one chain would wait on each add.
+        let mut acc = [0.0f32; 8];
+        let mut chunks = row.chunks_exact(8);
+        for c in &mut chunks {
+            for (a, &x) in acc.iter_mut().zip(c) {
+                *a += exp(x * s - m);
+            }
+        }
+        let tail: f32 = chunks.remainder().iter().map(|&x| exp(x * s - m)).sum();
+        *l = m + (acc.iter().sum::<f32>() + tail).ln();
+    }
+}
+
+/// `dx_j = g · s · (1[j = target] − exp(s·x_j − lse))` for each row.
+#[inline(always)]
+fn target_rows_backward(
+    dx: &mut [Uninit],
+    x: &[f32],
+    targets: &[u32],
+    lse: &[f32],
+    dy: &[f32],
+    v: usize,
+    s: f32,
+) {
+    for ((((dx, row), &t), &l), &g) in dx
+        .chunks_mut(v)
+        .zip(x.chunks(v))
+        .zip(targets)
+        .zip(lse)
+        .zip(dy)
+    {
+        let gs = g * s;
+        for (d, &x) in dx.iter_mut().zip(row) {
+            d.write(-gs * exp(x * s - l));
+        }
+        // SAFETY: the element was written just above.
+        let at = unsafe { dx[t as usize].assume_init_mut() };
+        *at += gs;
+    }
+}
+
+avx2_dispatch!(fn lse_block(lse: &mut [f32], x: &[f32], v: usize, s: f32) = lse_rows;);
+avx2_dispatch!(fn target_block_backward(dx: &mut [Uninit], x: &[f32], targets: &[u32], lse: &[f32], dy: &[f32], v: usize, s: f32) = target_rows_backward;);
+
+/// Rows per parallel task of the vocabulary-wide kernels (a row is ~200 KB at 49,152 tokens).
+const VOCAB_ROWS_PER_TASK: usize = 4;
+
+/// Log-probability of each row's target under `softmax(s · row)` for rows of `v` logits, and
+/// each row's log-sum-exp (for [`target_logprob_backward`]). No `[rows, v]` tensor is written:
+/// what the composite `log_softmax` + `gather` would materialise twice.
+pub fn target_logprob_forward(
+    x: &[f32],
+    targets: &[u32],
+    v: usize,
+    s: f32,
+) -> (Vec<f32>, Vec<f32>) {
+    let mut lse = vec![0.0f32; targets.len()];
+    lse.par_chunks_mut(VOCAB_ROWS_PER_TASK)
+        .zip(x.par_chunks(v * VOCAB_ROWS_PER_TASK))
+        .for_each(|(lse, x)| lse_block(lse, x, v, s));
+    let out = targets
+        .iter()
+        .zip(&lse)
+        .enumerate()
+        .map(|(r, (&t, &l))| x[r * v + t as usize] * s - l)
+        .collect();
+    (out, lse)
+}
+
+/// The gradient of the logits from the gradient `dy` of [`target_logprob_forward`]'s output.
+pub fn target_logprob_backward(
+    dy: &[f32],
+    x: &[f32],
+    targets: &[u32],
+    lse: &[f32],
+    v: usize,
+    s: f32,
+) -> Vec<f32> {
+    let n = VOCAB_ROWS_PER_TASK;
+    // SAFETY: the chunks cover the whole output and the row kernel writes every element of
+    // its chunk (as many rows as the input's).
+    unsafe {
+        written(x.len(), |dx| {
+            dx.par_chunks_mut(v * n)
+                .zip(x.par_chunks(v * n))
+                .zip(targets.par_chunks(n))
+                .zip(lse.par_chunks(n))
+                .zip(dy.par_chunks(n))
+                .for_each(|((((dx, x), t), l), dy)| target_block_backward(dx, x, t, l, dy, v, s))
+        })
+    }
+}
+
+#[cfg(test)]
+mod target_tests {
+    #[test]
+    fn target_logprobs_and_their_gradient_match_a_direct_computation() {
+        let v = 37;
+        let x: Vec<f32> = (0..3 * v)
+            .map(|i| ((i * 17) % 23) as f32 * 0.3 - 3.0)
+            .collect();
+        let targets = [0u32, 36, 11];
+        let s = 1.0 / 0.7;
+        let (out, lse) = super::target_logprob_forward(&x, &targets, v, s);
+        let dy = [0.5f32, -1.0, 2.0];
+        let dx = super::target_logprob_backward(&dy, &x, &targets, &lse, v, s);
+        for (r, &t) in targets.iter().enumerate() {
+            let row = &x[r * v..(r + 1) * v];
+            let z: f64 = row.iter().map(|&a| (a as f64 * s as f64).exp()).sum();
+            let want = row[t as usize] as f64 * s as f64 - z.ln();
+            assert!((out[r] as f64 - want).abs() < 1e-5, "row {r}");
+            for j in 0..v {
+                let p = (row[j] as f64 * s as f64).exp() / z;
+                let g = dy[r] as f64 * s as f64 * ((j == t as usize) as u8 as f64 - p);
+                assert!((dx[r * v + j] as f64 - g).abs() < 1e-5, "row {r} col {j}");
+            }
+        }
     }
 }

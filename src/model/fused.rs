@@ -1,5 +1,6 @@
 //! Fused training ops for burn's CPU backend (`flex`): RMSNorm, SwiGLU with the MLP's output
-//! projection, causal attention with RoPE, and the dense layers' products, each one op with a
+//! projection, causal attention with RoPE, the dense layers' products, and the targets'
+//! log-probabilities over the vocabulary, each one op with a
 //! hand-written forward and backward pass instead of the five to twenty small ops (and saved
 //! intermediates) burn's autodiff graph builds for them. This file is only the burn glue: the
 //! kernels are [`crate::cpu`]'s (`rows`, `attention`, `gemm`), on plain slices.
@@ -12,7 +13,10 @@
 use crate::cpu::attention;
 use crate::cpu::gemm::{View, matmul};
 use crate::cpu::math::RopeSpec;
-use crate::cpu::rows::{rms_backward, rms_forward, swiglu_backward, swiglu_forward};
+use crate::cpu::rows::{
+    rms_backward, rms_forward, swiglu_backward, swiglu_forward, target_logprob_backward,
+    target_logprob_forward,
+};
 use burn::backend::autodiff::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -36,6 +40,14 @@ pub trait FusedOps: burn::backend::Backend {
     fn causal_attention(qkv: FloatTensor<Self>, heads: usize, rope: RopeSpec) -> FloatTensor<Self>;
     /// A dense layer without bias: `x · w` for `x` `[.., k]` and `w` `[k, n]`, as `[.., n]`.
     fn linear(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// The log-probability of each target under `softmax(scale · logits)` over the last axis:
+    /// `[b, t]` from logits `[b, t, v]` and target ids `[b, t]` (as floats), without the
+    /// `[b, t, v]` log-softmax tensor.
+    fn target_logprobs(
+        logits: FloatTensor<Self>,
+        targets: FloatTensor<Self>,
+        scale: f32,
+    ) -> FloatTensor<Self>;
 }
 
 static ENABLED: AtomicBool = AtomicBool::new(true);
@@ -76,6 +88,15 @@ pub fn linear(x: Tensor<3>, w: Tensor<2>) -> Tensor<3> {
     Tensor::from_dispatch(<Dispatch as FusedOps>::linear(
         x.into_dispatch(),
         w.into_dispatch(),
+    ))
+}
+
+/// [`FusedOps::target_logprobs`] on tensors.
+pub fn target_logprobs(logits: Tensor<3>, targets: Tensor<2>, scale: f64) -> Tensor<2> {
+    Tensor::from_dispatch(<Dispatch as FusedOps>::target_logprobs(
+        logits.into_dispatch(),
+        targets.into_dispatch(),
+        scale as f32,
     ))
 }
 
@@ -175,7 +196,28 @@ fn swiglu_down_flex(gu: FlexTensor, w: FlexTensor) -> FlexTensor {
     linear_flex(&swiglu_flex(gu), &contiguous(w))
 }
 
+/// Target ids from a float tensor of them.
+fn ids(t: FlexTensor) -> Vec<u32> {
+    slice(&contiguous(t)).iter().map(|&v| v as u32).collect()
+}
+
+/// [`FusedOps::target_logprobs`]' result and each row's log-sum-exp.
+fn target_logprobs_flex(
+    logits: &FlexTensor,
+    targets: &[u32],
+    scale: f32,
+) -> (FlexTensor, Vec<f32>) {
+    let shape = dims(logits);
+    let v = shape[shape.len() - 1];
+    let (out, lse) = target_logprob_forward(slice(logits), targets, v, scale);
+    (tensor(out, shape[..shape.len() - 1].to_vec()), lse)
+}
+
 impl FusedOps for Flex {
+    fn target_logprobs(logits: FlexTensor, targets: FlexTensor, scale: f32) -> FlexTensor {
+        target_logprobs_flex(&contiguous(logits), &ids(targets), scale).0
+    }
+
     fn linear(x: FlexTensor, w: FlexTensor) -> FlexTensor {
         linear_flex(&contiguous(x), &contiguous(w))
     }
@@ -283,7 +325,50 @@ impl Backward<Flex, 2> for LinearBackward {
     }
 }
 
+#[derive(Debug)]
+struct TargetLogprobsBackward;
+
+impl Backward<Flex, 1> for TargetLogprobsBackward {
+    /// Logits, target ids, log-sum-exps and the scale.
+    type State = (FlexTensor, Vec<u32>, Vec<f32>, f32);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node] = ops.parents;
+        let dy = contiguous(grads.consume::<Flex>(&ops.node));
+        let (logits, targets, lse, scale) = ops.state;
+        if let Some(node) = node {
+            let shape = dims(&logits);
+            let v = shape[shape.len() - 1];
+            let dx = target_logprob_backward(slice(&dy), slice(&logits), &targets, &lse, v, scale);
+            grads.register::<Flex>(node.id, tensor(dx, shape));
+        }
+    }
+}
+
 impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
+    fn target_logprobs(
+        logits: FloatTensor<Self>,
+        targets: FloatTensor<Self>,
+        scale: f32,
+    ) -> FloatTensor<Self> {
+        let targets = ids(targets.into_primitive());
+        match TargetLogprobsBackward
+            .prepare::<C>([logits.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let x = contiguous(logits.into_primitive());
+                let (out, lse) = target_logprobs_flex(&x, &targets, scale);
+                prep.finish((x, targets, lse, scale), out)
+            }
+            OpsKind::UnTracked(prep) => {
+                let x = contiguous(logits.into_primitive());
+                prep.finish(target_logprobs_flex(&x, &targets, scale).0)
+            }
+        }
+    }
+
     fn linear(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
         match LinearBackward
             .prepare::<C>([x.node(), w.node()])

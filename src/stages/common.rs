@@ -216,7 +216,22 @@ pub fn target_logprobs_with(
     entropy: bool,
 ) -> (Tensor<2>, Option<Tensor<2>>) {
     let mut logits = model.forward(inputs);
-    if temperature > 0.0 && temperature != 1.0 {
+    let scale = if temperature > 0.0 && temperature != 1.0 {
+        1.0 / temperature
+    } else {
+        1.0
+    };
+    if crate::model::fused::available(&logits.device()) {
+        // One pass over the logits for the targets' log-probabilities (and their gradient);
+        // the entropy, when wanted, from the detached logits.
+        let h = entropy.then(|| {
+            let lp = log_softmax(logits.clone().detach().mul_scalar(scale), 2);
+            (lp.clone().exp() * lp).sum_dim(2).neg().squeeze_dim::<2>(2)
+        });
+        let picked = crate::model::fused::target_logprobs(logits, targets.float(), scale);
+        return (picked, h);
+    }
+    if scale != 1.0 {
         logits = logits.div_scalar(temperature);
     }
     let logp = log_softmax(logits, 2);

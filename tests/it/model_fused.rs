@@ -1,4 +1,5 @@
-//! The fused CPU ops (RMSNorm, SwiGLU with the output projection, causal attention with RoPE)
+//! The fused CPU ops (RMSNorm, SwiGLU with the output projection, causal attention with RoPE,
+//! target log-probabilities)
 //! compute the same values and gradients as burn's
 //! composite ops, op by op and through the whole model. One test function: the fused ops are
 //! switched off process-wide for the reference pass.
@@ -290,4 +291,32 @@ pub fn arch_variants(base: ModelConfig) -> Vec<(&'static str, ModelConfig)> {
             }),
         ),
     ]
+}
+
+#[test]
+fn fused_target_logprobs_match_log_softmax_and_gather() {
+    let device = Device::flex().autodiff();
+    device.seed(11);
+    let (b, t, v) = (2, 5, 300);
+    let logits = Tensor::<3>::random([b, t, v], Distribution::Normal(0.0, 3.0), &device);
+    let ids: Vec<i64> = (0..b * t).map(|i| ((i * 97) % v) as i64).collect();
+    let targets = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, t]), &device);
+    let w = Tensor::<2>::random([b, t], Distribution::Normal(0.0, 1.0), &device);
+    for temperature in [1.0, 0.7] {
+        let run = |fused_path: bool| {
+            let x = logits.clone().require_grad();
+            let y = if fused_path {
+                fused::target_logprobs(x.clone(), targets.clone().float(), 1.0 / temperature)
+            } else {
+                burn::tensor::activation::log_softmax(x.clone().div_scalar(temperature), 2)
+                    .gather(2, targets.clone().unsqueeze_dim::<3>(2))
+                    .squeeze_dim::<2>(2)
+            };
+            let grads = (y.clone() * w.clone()).sum().backward();
+            (y.inner(), x.grad(&grads).unwrap())
+        };
+        let ((y1, g1), (y2, g2)) = (run(true), run(false));
+        assert!(max_diff(y1, y2) < 1e-4, "values at T {temperature}");
+        assert!(max_diff(g1, g2) < 1e-5, "gradients at T {temperature}");
+    }
 }
