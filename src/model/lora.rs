@@ -7,7 +7,7 @@
 
 use super::config::ModelConfig;
 use super::transformer::Gpt;
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use burn::module::Module;
 use burn::store::{ModuleSnapshot, SafetensorsStore};
 use serde::{Deserialize, Serialize};
@@ -49,10 +49,7 @@ pub fn is_adapter(dir: &Path) -> bool {
 /// Read `adapter.json`.
 pub fn read_meta(dir: &Path) -> Result<AdapterMeta> {
     let path = dir.join(ADAPTER_META);
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("{}: cannot read", path.display()))?;
-    let meta: AdapterMeta = serde_json::from_str(&text)
-        .map_err(|e| anyhow::anyhow!("{}:{}:{}: {e}", path.display(), e.line(), e.column()))?;
+    let meta: AdapterMeta = crate::runfs::atomic::read_json(&path)?;
     if meta.rank == 0 || meta.targets.is_empty() {
         bail!("{}: rank and targets must be set", path.display());
     }

@@ -184,11 +184,7 @@ pub fn save_pretrained(dir: &Path, c: &Chat) -> Result<()> {
 
 /// Read what [`save_pretrained`] wrote.
 pub fn load_pretrained(dir: &Path) -> Result<Text> {
-    let meta_path = dir.join(TEXT_META);
-    let text = std::fs::read_to_string(&meta_path)
-        .with_context(|| format!("{}: cannot read", meta_path.display()))?;
-    let meta: TextMeta = serde_json::from_str(&text)
-        .map_err(|e| anyhow::anyhow!("{}:{}:{}: {e}", meta_path.display(), e.line(), e.column()))?;
+    let meta: TextMeta = crate::runfs::atomic::read_json(&dir.join(TEXT_META))?;
     let tok_path = dir.join(super::checkpoint::TOKENIZER);
     let json = std::fs::read_to_string(&tok_path)
         .with_context(|| format!("{}: cannot read", tok_path.display()))?;

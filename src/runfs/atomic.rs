@@ -33,6 +33,15 @@ pub fn write_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
     result.map_err(|e| named(path, e))
 }
 
+/// Read a JSON file written by [`write_json`]: an unreadable file or bad JSON is an error
+/// naming the file (and line and column).
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
+    let text = fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
+    serde_json::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{}:{}:{}: {e}", path.display(), e.line(), e.column()))
+}
+
 /// Write `value` as pretty JSON to `path` atomically.
 pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> io::Result<()> {
     let mut bytes = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
