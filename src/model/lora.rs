@@ -8,7 +8,6 @@
 use super::config::ModelConfig;
 use super::transformer::Gpt;
 use anyhow::{Result, bail};
-use burn::module::Module;
 use burn::store::{ModuleSnapshot, SafetensorsStore};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -75,7 +74,8 @@ pub fn load_values(dir: &Path, mut model: Gpt) -> Result<Gpt> {
     if !path.is_file() {
         bail!("{}: missing", path.display());
     }
-    let expected = adapter_count(&model);
+    // An A and a B factor per adapted matrix.
+    let expected = 2 * model.adapted_matrices();
     let mut store = SafetensorsStore::from_file(&path)
         .with_regex(LORA_PATHS)
         .allow_partial(true);
@@ -96,25 +96,4 @@ pub fn load_values(dir: &Path, mut model: Gpt) -> Result<Gpt> {
         );
     }
     Ok(model)
-}
-
-/// How many adapter factors `model` has.
-fn adapter_count(model: &Gpt) -> usize {
-    struct Count(usize, Vec<String>);
-    impl burn::module::ModuleVisitor for Count {
-        fn enter_module(&mut self, name: &str, _: &str) {
-            self.1.push(name.to_string());
-        }
-        fn exit_module(&mut self, _: &str, _: &str) {
-            self.1.pop();
-        }
-        fn visit_float<const D: usize>(&mut self, _: &burn::module::Param<burn::Tensor<D>>) {
-            if self.1.iter().any(|n| n == "lora") {
-                self.0 += 1;
-            }
-        }
-    }
-    let mut c = Count(0, Vec::new());
-    model.visit(&mut c);
-    c.0
 }

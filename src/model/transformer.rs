@@ -5,6 +5,7 @@
 use super::config::ModelConfig;
 use super::fused;
 use crate::cpu::math::{RopeSpec, rope_table};
+use crate::spec::LORA_TARGETS;
 use burn::module::{Lora, Module, ModuleMapper, Param, ParamGroup, ParamId};
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig};
 use burn::tensor::activation::silu;
@@ -378,13 +379,18 @@ impl Gpt {
         c.0
     }
 
+    /// How many weight matrices carry a LoRA adapter.
+    pub fn adapted_matrices(&self) -> usize {
+        self.blocks
+            .iter()
+            .flat_map(|b| LORA_TARGETS.iter().filter_map(|t| b.matrix(t)))
+            .filter(|l| l.weight.adapter().is_some())
+            .count()
+    }
+
     /// Whether any weight carries a LoRA adapter.
     pub fn has_lora(&self) -> bool {
-        self.blocks.iter().any(|b| {
-            [&b.qkv, &b.out, &b.gate_up, &b.down]
-                .iter()
-                .any(|l| l.weight.adapter().is_some())
-        })
+        self.adapted_matrices() > 0
     }
 
     /// The same model with every adapter merged into its weight (`W₀ + s·A·B`), all weights

@@ -224,10 +224,8 @@ pub fn target_logprobs_with(
     if crate::model::fused::available(&logits.device()) {
         // One pass over the logits for the targets' log-probabilities (and their gradient);
         // the entropy, when wanted, from the detached logits.
-        let h = entropy.then(|| {
-            let lp = log_softmax(logits.clone().detach().mul_scalar(scale), 2);
-            (lp.clone().exp() * lp).sum_dim(2).neg().squeeze_dim::<2>(2)
-        });
+        let h =
+            entropy.then(|| entropy_of(log_softmax(logits.clone().detach().mul_scalar(scale), 2)));
         let picked = crate::model::fused::target_logprobs(logits, targets.float(), scale);
         return (picked, h);
     }
@@ -235,14 +233,16 @@ pub fn target_logprobs_with(
         logits = logits.div_scalar(temperature);
     }
     let logp = log_softmax(logits, 2);
-    let h = entropy.then(|| {
-        let lp = logp.clone().detach();
-        (lp.clone().exp() * lp).sum_dim(2).neg().squeeze_dim::<2>(2)
-    });
+    let h = entropy.then(|| entropy_of(logp.clone().detach()));
     let picked = logp
         .gather(2, targets.unsqueeze_dim::<3>(2))
         .squeeze_dim::<2>(2);
     (picked, h)
+}
+
+/// Per-position entropy `-Σ p·log p` of log-probabilities `[b, t, vocab]`, as `[b, t]`.
+fn entropy_of(lp: Tensor<3>) -> Tensor<2> {
+    (lp.clone().exp() * lp).sum_dim(2).neg().squeeze_dim::<2>(2)
 }
 
 /// Mean negative log-likelihood over the masked positions.

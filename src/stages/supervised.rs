@@ -57,17 +57,17 @@ pub fn start(ctx: &StageCtx<'_>, setup: &Setup, device: &Device, kind: &str) -> 
         num_tokens: 0,
     };
     device.seed(ctx.seed);
-    let mut model = match &ctx.init {
+    let model = match &ctx.init {
         Some(dir) => checkpoint::load_expecting(dir, &setup.model_cfg, &setup.tok, device)?,
         None => Gpt::new(&setup.model_cfg, device),
     };
-    if model.has_lora() {
-        // A LoRA checkpoint as the start: its adapters become part of the weights.
-        model = model.merged(&setup.model_cfg);
-    }
-    if let Some(meta) = adapter_meta(ctx)? {
-        model = meta.attach(model, &setup.model_cfg);
-    }
+    // A LoRA checkpoint as the start: its adapters become part of the weights (`attach`
+    // merges them before adding this stage's).
+    let model = match adapter_meta(ctx)? {
+        Some(meta) => meta.attach(model, &setup.model_cfg),
+        None if model.has_lora() => model.merged(&setup.model_cfg),
+        None => model,
+    };
     Ok(Start {
         model,
         optim,
