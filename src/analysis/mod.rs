@@ -1,8 +1,11 @@
 //! The analytic side, on polars: whole metric histories of one or many runs as one DataFrame,
 //! the `runs` table, and CSV/Parquet export. Not used on the notebook's per-frame path.
 
+pub mod compute;
+pub mod evals;
 pub mod export;
 pub mod health;
+pub mod svg;
 
 use crate::runfs::metrics::{BadLines, read_columns};
 use crate::runfs::{RunDir, RunStatus};

@@ -80,13 +80,18 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// The per-stage eval table (pass@1, pass@k, maj@k, format rate, length) of an experiment.
+    /// The per-stage eval table (pass@1, pass@k, maj@k, format rate, length, compute) of an
+    /// experiment, over seeds.
     Report {
         /// Experiment folder or its experiment.toml.
         exp: PathBuf,
-        /// Print one JSON array, in pipeline order.
-        #[arg(long)]
+        /// Same as `--format json`: one object per finished eval run, in pipeline order.
+        #[arg(long, conflicts_with = "format")]
         json: bool,
+        /// `text` (the table), `json`, `md` (tables for a write-up) or `svg` (the pass@k and
+        /// compute charts; redirect to a file).
+        #[arg(long, value_enum, default_value = "text")]
+        format: report::Format,
     },
     /// Complete a prompt with a checkpoint (a checkpoint folder, or a run folder's latest).
     Sample {
@@ -252,7 +257,9 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Some(Command::Runs { exp, json }) => runs::run(&exp, json),
-        Some(Command::Report { exp, json }) => report::run(&exp, json),
+        Some(Command::Report { exp, json, format }) => {
+            report::run(&exp, if json { report::Format::Json } else { format })
+        }
         Some(Command::Sample {
             target,
             prompt,

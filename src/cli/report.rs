@@ -1,56 +1,51 @@
-//! `stageloop report EXP`: the per-stage eval table across the latest run of each eval stage, in
-//! pipeline order (`--json`: one array of objects).
+//! `stageloop report EXP`: the eval table of an experiment, one line per eval stage in pipeline
+//! order (mean ± standard deviation over seeds when several ran). `--format json`: one object
+//! per finished eval run (latest per stage and seed) with its pass@k curve and the compute along
+//! its lineage; `md`: the tables for a write-up; `svg`: the pass@k and compute charts.
 
-use crate::runfs::{self, Status};
-use crate::spec::{self, StageKind};
+use crate::analysis::evals::{self, EvalRow, Spread, StageSummary};
+use crate::analysis::svg::{self, Chart, Series};
+use crate::spec;
 use crate::untrusted::display;
 use serde_json::{Value, json};
 use std::path::Path;
 
-/// One row per eval stage that has a finished run, and one message per eval.json that could not
-/// be read (its stage is left out; the others are still reported).
-pub fn rows(exp: &spec::Experiment) -> (Vec<Value>, Vec<String>) {
-    let mut out = Vec::new();
-    let mut problems = Vec::new();
-    for s in exp.spec.stage.iter().filter(|s| s.kind == StageKind::Eval) {
-        let Some((run, st)) = runfs::latest_run_of(&exp.runs_dir(), &s.name) else {
-            continue;
-        };
-        if st.status != Status::Done {
-            continue;
-        }
-        let path = run.eval_json();
-        let e: Value = match std::fs::read_to_string(&path)
-            .map_err(|e| format!("{}: cannot read: {e}", path.display()))
-            .and_then(|text| {
-                serde_json::from_str(&text)
-                    .map_err(|e| format!("{}:{}:{}: {e}", path.display(), e.line(), e.column()))
-            }) {
-            Ok(v) => v,
-            Err(p) => {
-                problems.push(format!("eval stage `{}`: {p}", s.name));
-                continue;
-            }
-        };
-        let evaluated = s.init.clone().unwrap_or_default();
-        let evaluated_kind = exp
-            .stage(&evaluated)
-            .map(|x| x.kind.to_string())
-            .unwrap_or_default();
-        out.push(json!({
-            "stage": s.name, "evaluated": evaluated, "evaluated_kind": evaluated_kind, "run": run.id(),
-            "pass@1": e["pass@1"], "greedy": e["greedy"], "pass@k": e["pass@k"], "k": e["k"],
-            "maj@k": e["maj@k"], "format_rate": e["format_rate"], "mean_length": e["mean_length"],
-            "pass_at": e["pass_at"],
-        }));
-    }
-    (out, problems)
+/// What `report` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+    Md,
+    Svg,
 }
 
-pub fn run(exp: &Path, json_out: bool) -> anyhow::Result<()> {
+/// The JSON object of one row.
+pub fn row_json(r: &EvalRow) -> Value {
+    let e = &r.report;
+    json!({
+        "stage": r.stage, "evaluated": r.evaluated, "evaluated_kind": r.evaluated_kind,
+        "run": r.run.id(), "seed": r.seed,
+        "pass@1": e["pass@1"], "greedy": e["greedy"], "pass@k": e["pass@k"], "k": e["k"],
+        "maj@k": e["maj@k"], "format_rate": e["format_rate"], "mean_length": e["mean_length"],
+        "pass_at": e["pass_at"],
+        "compute": r.compute.flops, "compute_stages": r.compute.stages,
+        "compute_partial": r.compute.partial, "eval_flops": r.eval_flops,
+    })
+}
+
+pub fn run(exp: &Path, format: Format) -> anyhow::Result<()> {
     let e = spec::load(exp)?;
-    let (rows, problems) = rows(&e);
-    print_rows(&e, &rows, json_out)?;
+    let (rows, problems) = evals::eval_rows(&e);
+    let out = match format {
+        Format::Json => serde_json::to_string(&rows.iter().map(row_json).collect::<Vec<_>>())?,
+        Format::Text if rows.is_empty() => {
+            format!("no finished eval runs in {}", e.runs_dir().display())
+        }
+        Format::Text => text(&evals::summarise(&rows)),
+        Format::Md => markdown(&e, &evals::summarise(&rows)),
+        Format::Svg => charts(&evals::summarise(&rows)),
+    };
+    println!("{}", out.trim_end());
     if problems.is_empty() {
         return Ok(());
     }
@@ -63,51 +58,230 @@ pub fn run(exp: &Path, json_out: bool) -> anyhow::Result<()> {
     )
 }
 
-fn print_rows(e: &spec::Experiment, rows: &[Value], json_out: bool) -> anyhow::Result<()> {
-    if json_out {
-        println!("{}", serde_json::to_string(&rows)?);
-        return Ok(());
+/// `0.745` for one seed, `0.745±0.019` (standard deviation) for several.
+fn cell(s: Option<&Spread>, seeds: usize, decimals: usize) -> String {
+    match s {
+        None => "-".into(),
+        Some(s) if seeds > 1 => format!("{:.*}±{:.*}", decimals, s.mean, decimals, s.std),
+        Some(s) => format!("{:.*}", decimals, s.mean),
     }
-    if rows.is_empty() {
-        println!("no finished eval runs in {}", e.runs_dir().display());
-        return Ok(());
+}
+
+/// FLOPs in engineering notation (`3.2e15`).
+fn flops(x: f64) -> String {
+    if x > 0.0 {
+        format!("{x:.2e}")
+    } else {
+        "-".into()
     }
-    // Names come from run.json files: printed through `untrusted::display`.
-    let text = |v: &Value| display(v.as_str().unwrap_or("")).into_owned();
-    let evaluated =
-        |r: &Value| format!("{} ({})", text(&r["evaluated"]), text(&r["evaluated_kind"]));
-    let stage = |r: &Value| text(&r["stage"]);
-    // Columns as wide as their longest entry.
-    let width = |cell: &dyn Fn(&Value) -> String, header: &str| {
-        rows.iter()
-            .map(|r| cell(r).len())
-            .fold(header.len(), usize::max)
+}
+
+fn evaluated(s: &StageSummary) -> String {
+    format!("{} ({})", display(&s.evaluated), display(&s.evaluated_kind))
+}
+
+/// Names come from run.json files: printed through `untrusted::display`.
+fn text(sums: &[StageSummary]) -> String {
+    let cols = ["pass@1", "greedy", "pass@k", "maj@k", "format_rate"];
+    let header = ["pass@1", "greedy", "pass@k", "maj@k", "format"];
+    let rows: Vec<Vec<String>> = sums
+        .iter()
+        .map(|s| {
+            let n = s.seeds.len();
+            let mut r = vec![display(&s.stage).into_owned(), evaluated(s), n.to_string()];
+            r.extend(cols.iter().map(|c| cell(s.metrics.get(c), n, 3)));
+            r.push(cell(s.metrics.get("mean_length"), n, 1));
+            r.push(flops(s.compute.mean));
+            r
+        })
+        .collect();
+    let mut head = vec!["eval stage", "evaluated", "seeds"];
+    head.extend(header);
+    head.extend(["length", "compute"]);
+    let widths: Vec<usize> = (0..head.len())
+        .map(|i| {
+            rows.iter()
+                .map(|r| r[i].chars().count())
+                .fold(head[i].len(), usize::max)
+        })
+        .collect();
+    let line = |cells: Vec<&str>| {
+        cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if i < 2 {
+                    format!("{c:<w$}", w = widths[i])
+                } else {
+                    format!("{c:>w$}", w = widths[i])
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("  ")
     };
-    let (w1, w2) = (width(&stage, "eval stage"), width(&evaluated, "evaluated"));
-    println!(
-        "{:<w1$}  {:<w2$} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7}",
-        "eval stage", "evaluated", "pass@1", "greedy", "pass@k", "maj@k", "format", "length"
-    );
-    let f = |v: &Value| {
-        v.as_f64()
-            .map(|x| format!("{x:.3}"))
-            .unwrap_or_else(|| "-".into())
-    };
-    for r in rows {
-        println!(
-            "{:<w1$}  {:<w2$} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7}",
-            stage(r),
-            evaluated(r),
-            f(&r["pass@1"]),
-            f(&r["greedy"]),
-            f(&r["pass@k"]),
-            f(&r["maj@k"]),
-            f(&r["format_rate"]),
-            r["mean_length"]
-                .as_f64()
-                .map(|x| format!("{x:.1}"))
-                .unwrap_or_default()
+    let mut out = line(head.clone()) + "\n";
+    for r in &rows {
+        out += &line(r.iter().map(String::as_str).collect());
+        out.push('\n');
+    }
+    if sums.iter().any(|s| s.seeds.len() > 1) {
+        out += "(±: standard deviation over seeds)\n";
+    }
+    out
+}
+
+/// Markdown text from a run folder: no table breaks, no HTML, no controls.
+fn md(s: &str) -> String {
+    display(s)
+        .replace('|', "\\|")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+fn markdown(e: &spec::Experiment, sums: &[StageSummary]) -> String {
+    let mut out = format!("## {}: evaluation\n\n", md(&e.name));
+    if sums.is_empty() {
+        return out + "No finished eval runs.\n";
+    }
+    let many = sums.iter().any(|s| s.seeds.len() > 1);
+    out += "| eval stage | evaluated | seeds | pass@1 | greedy | pass@k (k) | maj@k | format | compute (FLOPs) |\n";
+    out += "|---|---|---|---|---|---|---|---|---|\n";
+    for s in sums {
+        let n = s.seeds.len();
+        let k = s.pass_at.last().map(|p| p.0).unwrap_or(1);
+        out += &format!(
+            "| {} | {} ({}) | {} | {} | {} | {} ({k}) | {} | {} | {} |\n",
+            md(&s.stage),
+            md(&s.evaluated),
+            md(&s.evaluated_kind),
+            n,
+            cell(s.metrics.get("pass@1"), n, 3),
+            cell(s.metrics.get("greedy"), n, 3),
+            cell(s.metrics.get("pass@k"), n, 3),
+            cell(s.metrics.get("maj@k"), n, 3),
+            cell(s.metrics.get("format_rate"), n, 3),
+            flops(s.compute.mean),
         );
     }
-    Ok(())
+    if many {
+        out += "\n± is the standard deviation over seeds.\n";
+    }
+    let mut ks: Vec<usize> = sums
+        .iter()
+        .flat_map(|s| s.pass_at.iter().map(|p| p.0))
+        .collect();
+    ks.sort_unstable();
+    ks.dedup();
+    out += "\n### pass@k\n\n| eval stage |";
+    for k in &ks {
+        out += &format!(" {k} |");
+    }
+    out += "\n|---|";
+    out += &"---|".repeat(ks.len());
+    out.push('\n');
+    for s in sums {
+        out += &format!("| {} |", md(&s.stage));
+        for k in &ks {
+            let p = s.pass_at.iter().find(|p| p.0 == *k).map(|p| &p.1);
+            out += &format!(" {} |", cell(p, s.seeds.len(), 3));
+        }
+        out.push('\n');
+    }
+    if let Some(line) = crossing_note(sums) {
+        out += &format!("\n{}\n", md(&line));
+    }
+    out += "\nCompute counts every matrix product and attention's query-key work of training \
+            (3× a forward pass, 2× with LoRA) and sampling (a forward pass over prompt and \
+            completion) along the evaluated checkpoint's lineage, from a fresh model on; a \
+            pretrained model's own training is not counted.\n";
+    out
+}
+
+/// Where the first eval stage's curve (the base model) crosses each later one, in words.
+fn crossing_note(sums: &[StageSummary]) -> Option<String> {
+    let means = |s: &StageSummary| -> Vec<(usize, f64)> {
+        s.pass_at.iter().map(|(k, v)| (*k, v.mean)).collect()
+    };
+    let base = sums.first()?;
+    let notes: Vec<String> = sums[1..]
+        .iter()
+        .map(|s| match evals::crossing(&means(base), &means(s)) {
+            Some(k) => format!("{} crosses {} at k ≈ {k:.1}", base.stage, s.stage),
+            None => format!(
+                "{} and {} do not cross up to k = {}",
+                base.stage,
+                s.stage,
+                s.pass_at.last().map_or(1, |p| p.0)
+            ),
+        })
+        .collect();
+    (!notes.is_empty()).then(|| notes.join("; ") + ".")
+}
+
+fn charts(sums: &[StageSummary]) -> String {
+    let passk = Chart {
+        title: "pass@k by eval stage (mean, min–max over seeds)".into(),
+        x_label: "k".into(),
+        y_label: "pass@k".into(),
+        log_x: true,
+        series: sums
+            .iter()
+            .map(|s| Series {
+                name: format!("{} ({})", s.stage, s.evaluated),
+                points: s.pass_at.iter().map(|(k, v)| (*k as f64, v.mean)).collect(),
+                band: if s.seeds.len() > 1 {
+                    s.pass_at
+                        .iter()
+                        .map(|(k, v)| (*k as f64, v.min, v.max))
+                        .collect()
+                } else {
+                    vec![]
+                },
+            })
+            .collect(),
+        marks: sums
+            .first()
+            .into_iter()
+            .flat_map(|base| {
+                let m = |s: &StageSummary| {
+                    s.pass_at
+                        .iter()
+                        .map(|(k, v)| (*k, v.mean))
+                        .collect::<Vec<_>>()
+                };
+                sums[1..].iter().filter_map(move |s| {
+                    evals::crossing(&m(base), &m(s))
+                        .map(|k| (k, format!("{} = {}", base.stage, s.stage)))
+                })
+            })
+            .collect(),
+    };
+    let pts: Vec<&StageSummary> = sums.iter().filter(|s| s.compute.mean > 0.0).collect();
+    let compute = Chart {
+        title: "pass@1 against compute along the lineage".into(),
+        x_label: "FLOPs".into(),
+        y_label: "pass@1".into(),
+        log_x: true,
+        series: pts
+            .iter()
+            .filter_map(|s| {
+                let p = s.metrics.get("pass@1")?;
+                Some(Series {
+                    name: s.stage.clone(),
+                    points: vec![(s.compute.mean, p.mean)],
+                    band: vec![],
+                })
+            })
+            .chain(std::iter::once(Series {
+                name: "pipeline order".into(),
+                points: pts
+                    .iter()
+                    .filter_map(|s| Some((s.compute.mean, s.metrics.get("pass@1")?.mean)))
+                    .collect(),
+                band: vec![],
+            }))
+            .collect(),
+        marks: vec![],
+    };
+    svg::render(&[passk, compute], 560.0, 380.0)
 }

@@ -63,6 +63,10 @@ pub struct TrainState {
     /// checkpoints written before it was kept.
     #[serde(default)]
     pub num_tokens: u64,
+    /// FLOPs the stage has spent so far (`ModelConfig::forward_flops`: training, sampling and
+    /// the frozen models' passes), so a resumed run counts on; 0 in older checkpoints.
+    #[serde(default)]
+    pub flops: f64,
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {

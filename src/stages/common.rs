@@ -114,6 +114,21 @@ pub fn sampling(cfg: &StageConfig) -> crate::model::sample::SampleOptions {
     }
 }
 
+/// FLOPs of sampling `outs` after `prompts` (row by row): a forward pass over each prompt and
+/// its completion, which is what the KV-cached decoder computes (a prompt shared by a group is
+/// prefilled once on the CPU, but each row is counted as if prefilled alone).
+pub fn sampling_flops(
+    cfg: &ModelConfig,
+    prompts: &[Vec<u32>],
+    outs: &[crate::model::sample::Completion],
+) -> f64 {
+    prompts
+        .iter()
+        .zip(outs)
+        .map(|(p, c)| cfg.forward_flops(p.len() + c.tokens.len()))
+        .sum()
+}
+
 /// One training sequence: `BOS prompt completion EOS`, and per target position whether it
 /// counts in the loss.
 #[derive(Debug, Clone, PartialEq)]

@@ -17,7 +17,7 @@ pub fn run(ctx: &mut StageCtx<'_>) -> Result<Outcome> {
     let teacher_dir = pipeline::checkpoint_of_stage(ctx.exp, &teacher, &ctx.cfg.name)?;
     let student_spec = ctx.cfg.student.clone().context("student shape")?;
     let student = Setup::from_specs(&ctx.exp.spec.task, &student_spec)?;
-    let mut rows = rejection::dataset_for_run(ctx, &teacher_dir)?;
+    let (mut rows, sampled) = rejection::dataset_for_run(ctx, &teacher_dir)?;
     // A pretrained teacher writes text the student's character tokenizer may not cover
     // (spaces, letters): such rows are left out, and counted.
     let before = rows.len();
@@ -43,5 +43,5 @@ pub fn run(ctx: &mut StageCtx<'_>) -> Result<Outcome> {
         student.model_cfg.layers
     ));
     let source = |i: u64| Ok(rows[(i % rows.len() as u64) as usize].clone());
-    supervised::train(ctx, &student, "distill", false, &source)
+    supervised::train(ctx, &student, "distill", false, sampled, &source)
 }

@@ -3,7 +3,7 @@
 //! pass@k (Chen et al.'s unbiased estimator over the k samples), maj@k, format rate and mean
 //! completion length. Writes `eval.json`, `eval/*` metrics and every completion as a sample.
 
-use super::common::{Setup, metrics_line, open_logs};
+use super::common::{Setup, metrics_line, open_logs, sampling_flops};
 use super::context::{Outcome, StageCtx};
 use crate::model::sample::{SampleOptions, generate};
 use crate::model::{self, Gpt, checkpoint};
@@ -34,6 +34,10 @@ pub struct EvalReport {
     /// j as text: the capability curve of Yue et al. 2025. Absent in reports of older builds.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub pass_at: std::collections::BTreeMap<String, f64>,
+    /// FLOPs the eval's sampling took (`ModelConfig::forward_flops` per prompt + completion);
+    /// 0 in reports of older builds.
+    #[serde(default)]
+    pub flops: f64,
 }
 
 /// The powers of two up to `k`: the k values of a pass@k curve.
@@ -91,6 +95,7 @@ pub fn evaluate(
     let (mut fmt_sum, mut len_sum, mut count) = (0.0, 0.0, 0usize);
     let ks = curve_ks(k);
     let mut curve_sums = vec![0.0; ks.len()];
+    let mut flops = 0.0;
     let chunk = (256 / (k + 1)).max(1);
     for (ci, group) in probs.chunks(chunk).enumerate() {
         // One greedy completion and k sampled ones per prompt, generated as two batches.
@@ -113,6 +118,8 @@ pub fn evaluate(
             &mut rng,
             device,
         );
+        flops += sampling_flops(&setup.model_cfg, &greedy_ids, &g)
+            + sampling_flops(&setup.model_cfg, &sample_ids, &s);
         for (pi, p) in group.iter().enumerate() {
             let gtext = setup.tok.decode(&g[pi].tokens);
             let gr = setup.task.rewards(&p.prompt, &gtext);
@@ -165,6 +172,7 @@ pub fn evaluate(
             .zip(&curve_sums)
             .map(|(j, s)| (j.to_string(), s / n))
             .collect(),
+        flops,
     })
 }
 
@@ -210,6 +218,7 @@ pub fn run(ctx: &mut StageCtx<'_>) -> Result<Outcome> {
             ("eval/maj@k", report.maj_at_k),
             ("eval/format_rate", report.format_rate),
             ("eval/mean_length", report.mean_length),
+            ("compute/flops", report.flops),
         ],
     ))?;
     ctx.reporter.message(&format!(

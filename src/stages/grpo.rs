@@ -6,7 +6,8 @@
 //! advantage; every TRL-named metric (README, "Run folders") is logged each step.
 
 use super::common::{
-    Setup, clip_grad_norm, lr_at, metrics_line, open_logs, target_logprobs, target_logprobs_with,
+    Setup, clip_grad_norm, lr_at, metrics_line, open_logs, sampling_flops, target_logprobs,
+    target_logprobs_with,
 };
 use super::context::{Outcome, StageCtx};
 pub use super::grpo_math::LossConfig;
@@ -255,6 +256,8 @@ struct Rollouts {
     /// Groups sampled, and those among them whose rewards were all equal.
     sampled_groups: usize,
     zero_std_groups: usize,
+    /// FLOPs of sampling every group, the dropped ones included.
+    flops: f64,
 }
 
 /// What a GRPO step works with besides the model: the stage's setup and settings, the devices
@@ -278,6 +281,8 @@ struct Update {
     stats: LossStats,
     entropy: f64,
     tokens: usize,
+    /// FLOPs of the update: training passes, and the frozen models' forward passes.
+    flops: f64,
 }
 
 pub fn run(ctx: &mut StageCtx<'_>) -> Result<Outcome> {
@@ -346,8 +351,10 @@ pub fn run(ctx: &mut StageCtx<'_>) -> Result<Outcome> {
         )?;
         state.step += 1;
         state.num_tokens += update.tokens as u64;
+        state.flops += rollouts.flops + update.flops;
         let times = (t0.elapsed().as_secs_f64(), rollout_time);
-        let line = step_metrics(&rollouts, &adv, &update, lr, times, state.num_tokens);
+        let mut line = step_metrics(&rollouts, &adv, &update, lr, times, state.num_tokens);
+        line.push(("compute/flops", state.flops));
         if state.step % cfg.log_every == 0 || state.step == cfg.steps {
             // External programs' rewards: `rewards/<name>/mean` over the kept groups.
             let mut program: BTreeMap<String, (f64, usize)> = BTreeMap::new();
@@ -413,6 +420,7 @@ impl Grpo<'_> {
             sampled: Vec::new(),
             sampled_groups: 0,
             zero_std_groups: 0,
+            flops: 0.0,
         };
         for _attempt in 0..4 {
             let need = cfg.prompts - out.groups.len();
@@ -429,6 +437,7 @@ impl Grpo<'_> {
                 cfg.max_new_tokens
             };
             let outs = generate(policy, &batch, ctx_len, &opts, rng, &self.infer);
+            out.flops += sampling_flops(&setup.model_cfg, &batch, &outs);
             let mut outs = outs.into_iter();
             for (problem, prompt_ids) in probs.into_iter().zip(prompt_ids) {
                 let mut rollouts: Vec<Rollout> = (&mut outs)
@@ -528,6 +537,19 @@ impl Grpo<'_> {
         }
         let parts = self.micro_batches(policy, groups, adv);
         up.tokens = parts.iter().map(|p| p.count).sum();
+        let lens = groups.iter().flat_map(|g| {
+            g.rollouts
+                .iter()
+                .map(|r| g.prompt_ids.len() + r.completion.tokens.len())
+        });
+        let (c, lora) = (&self.setup.model_cfg, model.has_lora());
+        let frozen = self.reference.is_some() as usize + (self.cfg.num_iterations > 1) as usize;
+        up.flops = lens
+            .map(|l| {
+                self.cfg.num_iterations as f64 * c.train_flops(l, lora)
+                    + frozen as f64 * c.forward_flops(l)
+            })
+            .sum();
         let norm = Norm {
             rows: groups.iter().map(|g| g.rollouts.len()).sum(),
             tokens: up.tokens as f64,

@@ -11,5 +11,5 @@ pub fn run(ctx: &mut StageCtx<'_>) -> anyhow::Result<Outcome> {
         let (p, completion, _) = setup.task.corpus_example(i);
         Ok((p.prompt, completion))
     };
-    supervised::train(ctx, &setup, "pretrain", true, &source)
+    supervised::train(ctx, &setup, "pretrain", true, 0.0, &source)
 }

@@ -4,7 +4,7 @@
 //! and `dataset.parquet`, then SFT on them, starting from `sft_init` (default: `init`).
 //! `distill` reuses the sampling half with a teacher and a smaller student.
 
-use super::common::{Setup, metrics_line, open_logs};
+use super::common::{Setup, metrics_line, open_logs, sampling_flops};
 use super::context::{Outcome, StageCtx};
 use super::{pipeline, sft, supervised};
 use crate::model::sample::generate;
@@ -17,9 +17,17 @@ use std::path::Path;
 
 pub const DATASET: &str = "dataset.jsonl";
 pub const DATASET_PARQUET: &str = "dataset.parquet";
+/// What sampling the dataset cost (`{"flops": …}`), so a stage resumed after it counts it.
+pub const DATASET_META: &str = "dataset.json";
+
+/// The meta file beside the dataset.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct DatasetMeta {
+    flops: f64,
+}
 
 /// Sample `k` completions per training prompt from `model` and keep the accepted ones.
-/// Returns the rows and the share of samples accepted.
+/// Returns the rows, the share of samples accepted and the FLOPs sampling took.
 pub fn accepted_samples(
     setup: &Setup,
     model: &Gpt,
@@ -27,8 +35,9 @@ pub fn accepted_samples(
     seed: u64,
     device: &burn::tensor::Device,
     mut progress: impl FnMut(usize, usize),
-) -> Result<(Vec<(String, String)>, f64)> {
+) -> Result<(Vec<(String, String)>, f64, f64)> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x4EEC);
+    let mut flops = 0.0;
     let opts = setup.sampling(cfg);
     let k = cfg.k.max(1);
     let chunk = (256 / k).max(1);
@@ -42,6 +51,7 @@ pub fn accepted_samples(
             .collect();
         let batch = setup.grouped_prompts(&probs, k)?;
         let outs = generate(model, &batch, setup.model_cfg.ctx, &opts, &mut rng, device);
+        flops += sampling_flops(&setup.model_cfg, &batch, &outs);
         for (pi, p) in probs.iter().enumerate() {
             let mut ok: Vec<String> = Vec::new();
             for c in &outs[pi * k..(pi + 1) * k] {
@@ -62,7 +72,7 @@ pub fn accepted_samples(
         i += n as u64;
         progress(i as usize, cfg.prompts);
     }
-    Ok((rows, kept as f64 / seen.max(1) as f64))
+    Ok((rows, kept as f64 / seen.max(1) as f64, flops))
 }
 
 /// Write the accepted rows as JSONL and Parquet into `dir` (each atomically).
@@ -92,14 +102,21 @@ pub fn write_dataset(dir: &Path, rows: &[(String, String)]) -> Result<()> {
     Ok(())
 }
 
-/// Sample (or reuse, when resuming) the accepted dataset of this run.
+/// Sample (or reuse, when resuming) the accepted dataset of this run, with the FLOPs sampling
+/// it took.
 pub fn dataset_for_run(
     ctx: &mut StageCtx<'_>,
     sampler_dir: &Path,
-) -> Result<Vec<(String, String)>> {
+) -> Result<(Vec<(String, String)>, f64)> {
     let path = ctx.run.path.join(DATASET);
     if path.is_file() {
-        return sft::read_dataset(&path);
+        let meta = ctx.run.path.join(DATASET_META);
+        let flops = if meta.is_file() {
+            atomic::read_json::<DatasetMeta>(&meta)?.flops
+        } else {
+            0.0
+        };
+        return Ok((sft::read_dataset(&path)?, flops));
     }
     let device = model::device()?;
     let (sampler, _, _) = checkpoint::load_model(sampler_dir, &device)?;
@@ -107,9 +124,10 @@ pub fn dataset_for_run(
         .or_else(|_| Setup::from_specs(&ctx.exp.spec.task, &ctx.exp.spec.model))?;
     let cfg = ctx.cfg.clone();
     let seed = ctx.seed;
-    let (rows, rate) = accepted_samples(&sampler_setup, &sampler, &cfg, seed, &device, |d, n| {
-        ctx.reporter.message(&format!("sampled {d}/{n} prompts"))
-    })?;
+    let (rows, rate, flops) =
+        accepted_samples(&sampler_setup, &sampler, &cfg, seed, &device, |d, n| {
+            ctx.reporter.message(&format!("sampled {d}/{n} prompts"))
+        })?;
     ctx.reporter.message(&format!(
         "accepted {} completions ({:.1}% of {} samples)",
         rows.len(),
@@ -122,6 +140,7 @@ pub fn dataset_for_run(
         &[
             ("rejection/acceptance_rate", rate),
             ("rejection/accepted", rows.len() as f64),
+            ("compute/flops", flops),
         ],
     ))?;
     if rows.is_empty() {
@@ -131,14 +150,15 @@ pub fn dataset_for_run(
             cfg.k
         );
     }
+    atomic::write_json(&ctx.run.path.join(DATASET_META), &DatasetMeta { flops })?;
     write_dataset(&ctx.run.path, &rows)?;
-    Ok(rows)
+    Ok((rows, flops))
 }
 
 pub fn run(ctx: &mut StageCtx<'_>) -> Result<Outcome> {
     let setup = Setup::new(ctx.exp)?;
     let sampler = ctx.init.clone().context("a rejection stage needs `init`")?;
-    let rows = dataset_for_run(ctx, &sampler)?;
+    let (rows, sampled) = dataset_for_run(ctx, &sampler)?;
     if let Some(name) = ctx.cfg.sft_init.clone() {
         ctx.init = Some(pipeline::checkpoint_of_stage(
             ctx.exp,
@@ -147,5 +167,5 @@ pub fn run(ctx: &mut StageCtx<'_>) -> Result<Outcome> {
         )?);
     }
     let source = |i: u64| Ok(rows[(i % rows.len() as u64) as usize].clone());
-    supervised::train(ctx, &setup, "rejection", false, &source)
+    supervised::train(ctx, &setup, "rejection", false, sampled, &source)
 }

@@ -72,5 +72,5 @@ pub fn run(ctx: &mut StageCtx<'_>) -> Result<Outcome> {
             .collect(),
     };
     let source = |i: u64| Ok(rows[(i % rows.len() as u64) as usize].clone());
-    supervised::train(ctx, &setup, "sft", false, &source)
+    supervised::train(ctx, &setup, "sft", false, 0.0, &source)
 }

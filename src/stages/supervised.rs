@@ -5,6 +5,7 @@
 
 use super::common::{
     Setup, clip_grad_norm, encode_example, lm_loss, lr_at, make_batch, metrics_line, open_logs,
+    sampling_flops,
 };
 use super::context::{Outcome, StageCtx};
 use crate::model::checkpoint::{self, RngState, TrainState};
@@ -55,6 +56,7 @@ pub fn start(ctx: &StageCtx<'_>, setup: &Setup, device: &Device, kind: &str) -> 
         kind: kind.to_string(),
         task: setup.task.spec.name.clone(),
         num_tokens: 0,
+        flops: 0.0,
     };
     device.seed(ctx.seed);
     let model = match &ctx.init {
@@ -116,7 +118,8 @@ pub fn save(
     Ok(())
 }
 
-/// A few greedy and sampled completions on held-out prompts, scored, appended to samples.jsonl.
+/// A few greedy completions on held-out prompts, scored, appended to samples.jsonl: their
+/// accuracy and the FLOPs sampling them took.
 pub fn write_samples(
     w: &mut runfs::jsonl::JsonlWriter,
     setup: &Setup,
@@ -125,7 +128,7 @@ pub fn write_samples(
     n: usize,
     device: &Device,
     rng: &mut ChaCha8Rng,
-) -> Result<f64> {
+) -> Result<(f64, f64)> {
     let probs: Vec<_> = setup.task.heldout().iter().take(n).collect();
     let prompts = probs
         .iter()
@@ -137,6 +140,7 @@ pub fn write_samples(
     }
     .with_eos(&setup.tok.eos());
     let outs = generate(model, &prompts, setup.model_cfg.ctx, &opts, rng, device);
+    let flops = sampling_flops(&setup.model_cfg, &prompts, &outs);
     let mut correct = 0.0;
     for (p, c) in probs.iter().zip(outs) {
         let text = setup.tok.decode(&c.tokens);
@@ -147,16 +151,18 @@ pub fn write_samples(
             "rewards": r.as_map(), "reward": r.accuracy, "truncated": !c.finished,
         }))?;
     }
-    Ok(correct / n.max(1) as f64)
+    Ok((correct / n.max(1) as f64, flops))
 }
 
 /// Run a supervised stage. `source(i)` gives example `i` of the stream as (prompt, completion);
-/// `prompt_loss` also trains on prompt tokens (pretraining).
+/// `prompt_loss` also trains on prompt tokens (pretraining); `prior_flops` is what the stage
+/// spent before training (sampling its dataset), counted into a fresh run's `compute/flops`.
 pub fn train(
     ctx: &mut StageCtx<'_>,
     setup: &Setup,
     kind: &str,
     prompt_loss: bool,
+    prior_flops: f64,
     source: &dyn Fn(u64) -> Result<(String, String)>,
 ) -> Result<Outcome> {
     let infer_device = model::device()?;
@@ -166,6 +172,9 @@ pub fn train(
         mut optim,
         mut state,
     } = start(ctx, setup, &device, kind)?;
+    if ctx.resume.is_none() {
+        state.flops = prior_flops;
+    }
     let (mut metrics, mut samples) = open_logs(&ctx.run)?;
     let mut rng = state.rng.restore();
     let cfg = ctx.cfg.clone();
@@ -201,6 +210,11 @@ pub fn train(
         let dt = t0.elapsed().as_secs_f64();
         let toks: u64 = examples.iter().map(|e| e.tokens.len() as u64 - 1).sum();
         state.num_tokens += toks;
+        let lora = model.has_lora();
+        state.flops += examples
+            .iter()
+            .map(|e| setup.model_cfg.train_flops(e.tokens.len() - 1, lora))
+            .sum::<f64>();
         let values = [
             ("loss", loss_val),
             ("learning_rate", lr),
@@ -208,6 +222,7 @@ pub fn train(
             ("tokens_per_sec", toks as f64 / dt),
             ("step_time", dt),
             ("num_tokens", state.num_tokens as f64),
+            ("compute/flops", state.flops),
         ];
         if state.step % cfg.log_every == 0 || state.step == cfg.steps {
             metrics.write(&metrics_line(state.step, &values))?;
@@ -215,7 +230,7 @@ pub fn train(
         let stopping = ctx.should_stop();
         let last = state.step == cfg.steps;
         if cfg.sample_every > 0 && (state.step % cfg.sample_every == 0 || last) {
-            let acc = write_samples(
+            let (acc, flops) = write_samples(
                 &mut samples,
                 setup,
                 &model.valid(),
@@ -224,7 +239,11 @@ pub fn train(
                 &infer_device,
                 &mut rng,
             )?;
-            metrics.write(&metrics_line(state.step, &[("samples/accuracy", acc)]))?;
+            state.flops += flops;
+            metrics.write(&metrics_line(
+                state.step,
+                &[("samples/accuracy", acc), ("compute/flops", state.flops)],
+            ))?;
         }
         ctx.progress(state.step, cfg.steps, &[("loss", loss_val), ("lr", lr)]);
         if state.step % cfg.checkpoint_every == 0 || last || stopping {

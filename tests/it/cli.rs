@@ -547,6 +547,64 @@ fn a_dataset_task_runs_every_stage_end_to_end() {
         "{}",
         v[0]
     );
+    // Compute along the lineage: the GRPO checkpoint's own FLOPs plus SFT's and pretraining's.
+    assert_eq!(
+        v[0]["compute_stages"],
+        serde_json::json!(["rl", "sft", "pre"])
+    );
+    let stage_flops = |name: &str| {
+        let run = run_named(d.path(), name);
+        let latest = std::fs::read_to_string(run.join("checkpoints/latest")).unwrap();
+        let state: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(
+                run.join("checkpoints")
+                    .join(latest.trim())
+                    .join("state.json"),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        num(&state["flops"])
+    };
+    let (pre, sft, rl) = (stage_flops("pre"), stage_flops("sft"), stage_flops("rl"));
+    assert!(pre > 0.0 && sft > 0.0 && rl > 0.0, "{pre} {sft} {rl}");
+    assert!(
+        (num(&v[0]["compute"]) - (pre + sft + rl)).abs() < 1.0,
+        "{}",
+        v[0]
+    );
+    assert!(num(&v[0]["eval_flops"]) > 0.0);
+    // The cumulative metric ends at the checkpoint's figure.
+    let last_logged = std::fs::read_to_string(run_named(d.path(), "rl").join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).ok()?["compute/flops"].as_f64()
+        })
+        .last()
+        .unwrap();
+    assert_eq!(last_logged, rl);
+    for format in ["md", "svg", "text"] {
+        let out = bin()
+            .args(["report", "--format", format])
+            .arg(d.path())
+            .assert()
+            .success();
+        let text = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+        assert!(text.contains("ev"), "{format}: {text}");
+        if format == "svg" {
+            assert!(
+                text.starts_with("<svg") && text.contains("<polyline"),
+                "{text}"
+            );
+        }
+        if format == "md" {
+            assert!(
+                text.contains("| ev |") && text.contains("### pass@k"),
+                "{text}"
+            );
+        }
+    }
     let eval: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(run_named(d.path(), "ev").join("eval.json")).unwrap(),
     )

@@ -1,0 +1,279 @@
+//! Eval results across an experiment: one row per finished eval run (the latest of each eval
+//! stage and seed) with its pass@k curve and the compute along the evaluated checkpoint's
+//! lineage; rows of one stage summarised over seeds (mean, min, max, standard deviation); where
+//! two pass@k curves cross. `stageloop report` and the notebook's eval view read these.
+
+use super::compute::{self, Lineage};
+use crate::runfs::{self, RunDir, Status};
+use crate::spec::{Experiment, StageKind};
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// The scalar metrics of `eval.json` a row carries, in table order.
+pub const METRICS: [&str; 6] = [
+    "pass@1",
+    "greedy",
+    "pass@k",
+    "maj@k",
+    "format_rate",
+    "mean_length",
+];
+
+/// One finished eval run.
+#[derive(Debug, Clone)]
+pub struct EvalRow {
+    pub stage: String,
+    /// The stage whose checkpoint was evaluated (the eval stage's `init`) and its kind.
+    pub evaluated: String,
+    pub evaluated_kind: String,
+    pub run: RunDir,
+    pub seed: Option<u64>,
+    /// `eval.json` as written.
+    pub report: Value,
+    /// pass@k by k, ascending (from `pass_at`; just k = 1 and the eval's k for older reports).
+    pub pass_at: Vec<(usize, f64)>,
+    /// FLOPs along the evaluated checkpoint's lineage (see [`compute::lineage`]).
+    pub compute: Lineage,
+    /// FLOPs of the eval's own sampling.
+    pub eval_flops: f64,
+}
+
+impl EvalRow {
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        self.report.get(name)?.as_f64()
+    }
+}
+
+/// The rows of an experiment, in pipeline order then seed, and one message per `eval.json`
+/// that could not be read (its run is left out; the others are still returned).
+pub fn eval_rows(exp: &Experiment) -> (Vec<EvalRow>, Vec<String>) {
+    let runs = runfs::runs_with_status(&exp.runs_dir());
+    let mut out = Vec::new();
+    let mut problems = Vec::new();
+    for s in exp.spec.stage.iter().filter(|s| s.kind == StageKind::Eval) {
+        // The latest finished run per seed (runs are listed oldest first).
+        let mut latest: BTreeMap<Option<u64>, (RunDir, runfs::RunStatus)> = BTreeMap::new();
+        for (run, st) in &runs {
+            if let Some(st) = st
+                && st.stage == s.name
+                && st.status == Status::Done
+            {
+                latest.insert(st.seed, (run.clone(), st.clone()));
+            }
+        }
+        for (seed, (run, st)) in latest {
+            let path = run.eval_json();
+            let report: Value = match std::fs::read_to_string(&path)
+                .map_err(|e| format!("{}: cannot read: {e}", path.display()))
+                .and_then(|text| {
+                    serde_json::from_str(&text)
+                        .map_err(|e| format!("{}:{}:{}: {e}", path.display(), e.line(), e.column()))
+                }) {
+                Ok(v) => v,
+                Err(p) => {
+                    problems.push(format!("eval stage `{}`: {p}", s.name));
+                    continue;
+                }
+            };
+            let evaluated = s.init.clone().unwrap_or_default();
+            let evaluated_kind = exp
+                .stage(&evaluated)
+                .map(|x| x.kind.to_string())
+                .unwrap_or_default();
+            let compute = st
+                .init
+                .as_deref()
+                .map(|init| compute::lineage(&compute::locate(init, Some(&exp.runs_dir()))))
+                .unwrap_or_default();
+            out.push(EvalRow {
+                stage: s.name.clone(),
+                evaluated,
+                evaluated_kind,
+                seed,
+                pass_at: curve(&report),
+                eval_flops: report.get("flops").and_then(Value::as_f64).unwrap_or(0.0),
+                report,
+                compute,
+                run,
+            });
+        }
+    }
+    (out, problems)
+}
+
+/// The pass@k points of an `eval.json`, ascending in k.
+fn curve(report: &Value) -> Vec<(usize, f64)> {
+    let mut pts: Vec<(usize, f64)> = report
+        .get("pass_at")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.parse().ok()?, v.as_f64()?)))
+                .collect()
+        })
+        .unwrap_or_default();
+    if pts.is_empty() {
+        let get = |n: &str| report.get(n).and_then(Value::as_f64);
+        let k = report.get("k").and_then(Value::as_u64).unwrap_or(1) as usize;
+        pts.extend(get("pass@1").map(|v| (1, v)));
+        if k > 1 {
+            pts.extend(get("pass@k").map(|v| (k, v)));
+        }
+    }
+    pts.sort_by_key(|p| p.0);
+    pts
+}
+
+/// Mean, extremes and sample standard deviation of one figure over seeds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct Spread {
+    pub mean: f64,
+    pub min: f64,
+    pub max: f64,
+    /// 0 for a single value.
+    pub std: f64,
+}
+
+impl Spread {
+    pub fn of(xs: &[f64]) -> Option<Spread> {
+        let xs: Vec<f64> = xs.iter().copied().filter(|x| x.is_finite()).collect();
+        if xs.is_empty() {
+            return None;
+        }
+        let n = xs.len() as f64;
+        let mean = xs.iter().sum::<f64>() / n;
+        let var = if xs.len() > 1 {
+            xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)
+        } else {
+            0.0
+        };
+        Some(Spread {
+            mean,
+            min: xs.iter().copied().fold(f64::INFINITY, f64::min),
+            max: xs.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+            std: var.sqrt(),
+        })
+    }
+}
+
+/// One eval stage over its seeds.
+#[derive(Debug, Clone)]
+pub struct StageSummary {
+    pub stage: String,
+    pub evaluated: String,
+    pub evaluated_kind: String,
+    pub seeds: Vec<Option<u64>>,
+    pub metrics: BTreeMap<&'static str, Spread>,
+    /// pass@k by k over the seeds that reached that k.
+    pub pass_at: Vec<(usize, Spread)>,
+    pub compute: Spread,
+}
+
+/// The rows grouped by stage (in the rows' order).
+pub fn summarise(rows: &[EvalRow]) -> Vec<StageSummary> {
+    let mut out: Vec<StageSummary> = Vec::new();
+    let mut stages: Vec<&str> = Vec::new();
+    for r in rows {
+        if !stages.contains(&r.stage.as_str()) {
+            stages.push(&r.stage);
+        }
+    }
+    for stage in stages {
+        let group: Vec<&EvalRow> = rows.iter().filter(|r| r.stage == stage).collect();
+        let first = group[0];
+        let metrics = METRICS
+            .iter()
+            .filter_map(|&m| {
+                let xs: Vec<f64> = group.iter().filter_map(|r| r.metric(m)).collect();
+                Some((m, Spread::of(&xs)?))
+            })
+            .collect();
+        let mut ks: Vec<usize> = group
+            .iter()
+            .flat_map(|r| r.pass_at.iter().map(|p| p.0))
+            .collect();
+        ks.sort_unstable();
+        ks.dedup();
+        let pass_at = ks
+            .into_iter()
+            .filter_map(|k| {
+                let xs: Vec<f64> = group
+                    .iter()
+                    .filter_map(|r| r.pass_at.iter().find(|p| p.0 == k).map(|p| p.1))
+                    .collect();
+                Some((k, Spread::of(&xs)?))
+            })
+            .collect();
+        let flops: Vec<f64> = group.iter().map(|r| r.compute.flops).collect();
+        out.push(StageSummary {
+            stage: stage.to_string(),
+            evaluated: first.evaluated.clone(),
+            evaluated_kind: first.evaluated_kind.clone(),
+            seeds: group.iter().map(|r| r.seed).collect(),
+            metrics,
+            pass_at,
+            compute: Spread::of(&flops).unwrap_or_default(),
+        });
+    }
+    out
+}
+
+/// Where curve `a` stops being above curve `b` or starts being above it: the first k (between
+/// two common points, interpolated in log k) at which `a − b` changes sign. For a base model
+/// `a` and an RL model `b`, a crossing at k means RL wins below k and the base model at or
+/// beyond it (Yue et al. 2025).
+pub fn crossing(a: &[(usize, f64)], b: &[(usize, f64)]) -> Option<f64> {
+    let common: Vec<(f64, f64)> = a
+        .iter()
+        .filter_map(|&(k, va)| {
+            let vb = b.iter().find(|p| p.0 == k)?.1;
+            Some(((k as f64).log2(), va - vb))
+        })
+        .collect();
+    for w in common.windows(2) {
+        let ((x0, d0), (x1, d1)) = (w[0], w[1]);
+        if d0 == 0.0 {
+            continue;
+        }
+        if d0.signum() != d1.signum() || d1 == 0.0 {
+            let x = x0 + (x1 - x0) * d0 / (d0 - d1);
+            return Some(2f64.powf(x));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spread_is_mean_extremes_and_sample_std() {
+        let s = Spread::of(&[1.0, 2.0, 3.0, f64::NAN]).unwrap();
+        assert_eq!((s.mean, s.min, s.max, s.std), (2.0, 1.0, 3.0, 1.0));
+        assert_eq!(Spread::of(&[5.0]).unwrap().std, 0.0);
+        assert!(Spread::of(&[]).is_none());
+    }
+
+    #[test]
+    fn curves_cross_where_the_difference_changes_sign() {
+        // RL above at small k, the base model catching up and passing at large k.
+        let base = [(1, 0.5), (2, 0.6), (4, 0.8), (8, 0.9)];
+        let rl = [(1, 0.7), (2, 0.75), (4, 0.8), (8, 0.82)];
+        assert_eq!(crossing(&base, &rl), Some(4.0));
+        let base2 = [(1, 0.5), (2, 0.6), (4, 0.7), (8, 0.95)];
+        let k = crossing(&base2, &rl).unwrap();
+        // −0.1 at k 4, +0.13 at k 8: interpolated at 2^(2 + 0.1/0.23).
+        assert!((k - 2f64.powf(2.0 + 0.1 / 0.23)).abs() < 1e-9, "{k}");
+        assert_eq!(crossing(&rl, &rl), None);
+        assert_eq!(crossing(&[(1, 0.1), (2, 0.2)], &[(1, 0.5), (2, 0.6)]), None);
+    }
+
+    #[test]
+    fn an_old_report_without_pass_at_gives_its_two_points() {
+        let v = serde_json::json!({"pass@1": 0.5, "pass@k": 0.9, "k": 8});
+        assert_eq!(curve(&v), vec![(1, 0.5), (8, 0.9)]);
+        let v = serde_json::json!({"pass_at": {"1": 0.5, "16": 0.95, "2": 0.7}});
+        assert_eq!(curve(&v), vec![(1, 0.5), (2, 0.7), (16, 0.95)]);
+    }
+}
