@@ -13,8 +13,17 @@ use std::path::Path;
 pub const TASKS: &[&str] = &["arith", "countdown", "parity", "sort", "dataset"];
 /// Dataset verifiers (`crate::tasks::verify` implements them).
 pub const VERIFIERS: &[&str] = &["numeric", "exact", "choice", "regex", "countdown"];
-/// Reward functions a GRPO stage may weight.
-pub const REWARDS: &[&str] = &["accuracy", "format", "partial", "length"];
+/// Reward functions a GRPO stage may weight. `random` (a fair coin per completion) and
+/// `incorrect` (1 − accuracy) are controls: a gain they also produce does not come from the
+/// task's reward (Shao et al. 2025, "Spurious rewards").
+pub const REWARDS: &[&str] = &[
+    "accuracy",
+    "format",
+    "partial",
+    "length",
+    "random",
+    "incorrect",
+];
 /// Eval metrics a loop may stop on.
 pub const EVAL_METRICS: &[&str] = &[
     "pass@1",

@@ -25,6 +25,7 @@ use anyhow::Result;
 use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use rand::Rng;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -45,8 +46,9 @@ struct Rollout {
     program: BTreeMap<String, f64>,
 }
 
-/// The weighted reward of one completion (plus DAPO's overlong shaping when configured).
-pub fn total_reward(cfg: &StageConfig, r: &Rewards, len: usize, max_len: usize) -> f64 {
+/// The weighted reward of one completion (plus DAPO's overlong shaping when configured);
+/// `coin` is the completion's fair coin (0 or 1) for the `random` control reward.
+pub fn total_reward(cfg: &StageConfig, r: &Rewards, len: usize, max_len: usize, coin: f64) -> f64 {
     let mut total = 0.0;
     for (name, w) in cfg.reward_weights() {
         let v = match name {
@@ -54,6 +56,8 @@ pub fn total_reward(cfg: &StageConfig, r: &Rewards, len: usize, max_len: usize) 
             "format" => r.format,
             "partial" => r.partial,
             "length" => 1.0 - len as f64 / max_len.max(1) as f64,
+            "random" => coin,
+            "incorrect" => 1.0 - r.accuracy,
             _ => 0.0,
         };
         total += w * v;
@@ -438,11 +442,20 @@ impl Grpo<'_> {
             };
             let outs = generate(policy, &batch, ctx_len, &opts, rng, &self.infer);
             out.flops += sampling_flops(&setup.model_cfg, &batch, &outs);
-            let mut outs = outs.into_iter();
+            // The `random` control's coins, drawn only when it is weighted (so other runs
+            // sample exactly as before).
+            let coins: Vec<f64> = if cfg.reward_weights().any(|(n, _)| n == "random") {
+                (0..outs.len())
+                    .map(|_| rng.random_bool(0.5) as u8 as f64)
+                    .collect()
+            } else {
+                vec![0.0; outs.len()]
+            };
+            let mut outs = outs.into_iter().zip(coins);
             for (problem, prompt_ids) in probs.into_iter().zip(prompt_ids) {
                 let mut rollouts: Vec<Rollout> = (&mut outs)
                     .take(g)
-                    .map(|c| self.score(&problem, c, max_len))
+                    .map(|(c, coin)| self.score(&problem, c, max_len, coin))
                     .collect();
                 self.score_with_programs(&problem, &mut rollouts)?;
                 out.sampled.extend(rollouts.iter().map(|r| Sampled {
@@ -505,10 +518,10 @@ impl Grpo<'_> {
     }
 
     /// A completion's text and rewards.
-    fn score(&self, problem: &Problem, c: Completion, max_len: usize) -> Rollout {
+    fn score(&self, problem: &Problem, c: Completion, max_len: usize, coin: f64) -> Rollout {
         let text = self.setup.tok.decode(&c.tokens);
         let rewards = self.setup.task.rewards(&problem.prompt, &text);
-        let total = total_reward(self.cfg, &rewards, c.tokens.len(), max_len);
+        let total = total_reward(self.cfg, &rewards, c.tokens.len(), max_len, coin);
         Rollout {
             completion: c,
             text,

@@ -372,3 +372,39 @@ fn loops_repeat_a_span_in_distinct_run_folders_and_chain_init() {
             .starts_with(first_rl.path.to_str().unwrap())
     );
 }
+
+#[test]
+fn spurious_reward_controls_pay_a_coin_or_the_inverted_accuracy() {
+    let lines = |spec: &str| {
+        let d = tempfile::tempdir().unwrap();
+        let spec = spec
+            .replace("steps = 60", "steps = 10")
+            .replace("steps = 24", "steps = 3");
+        common::run_experiment(d.path(), &spec);
+        let (run, _) = runfs::latest_run_of(&d.path().join("runs"), "rl").unwrap();
+        std::fs::read_to_string(run.metrics())
+            .unwrap()
+            .lines()
+            .filter_map(|l| parse_metric_line(l).ok())
+            .filter(|r| r.values.contains_key("reward"))
+            .map(|r| {
+                let v = |n: &str| r.values.get(n).copied().flatten().unwrap();
+                (v("reward"), v("rewards/accuracy/mean"))
+            })
+            .collect::<Vec<_>>()
+    };
+    let inverted = lines(&TINY_RL.replace("{ format = 1.0 }", "{ incorrect = 1.0 }"));
+    assert_eq!(inverted.len(), 3);
+    for (reward, acc) in &inverted {
+        assert!((reward - (1.0 - acc)).abs() < 1e-9, "{inverted:?}");
+    }
+    // A fair coin per completion: 64 a step, so each step's mean is near 1/2 whatever the
+    // accuracy, and not the same every step.
+    let random = lines(&TINY_RL.replace("{ format = 1.0 }", "{ random = 1.0 }"));
+    assert_eq!(random.len(), 3);
+    assert!(
+        random.iter().all(|(r, _)| (0.25..=0.75).contains(r)),
+        "{random:?}"
+    );
+    assert!(random.windows(2).any(|w| w[0].0 != w[1].0), "{random:?}");
+}
