@@ -101,6 +101,42 @@ pub fn eval_rows(exp: &Experiment) -> (Vec<EvalRow>, Vec<String>) {
     (out, problems)
 }
 
+/// Rows from runs already read (the notebook's): `(run, run.json, eval.json, lineage)`, oldest
+/// first; like [`eval_rows`], the latest finished run of each eval stage and seed, in pipeline
+/// order.
+pub fn rows_of(
+    exp: &Experiment,
+    runs: &[(RunDir, &runfs::RunStatus, &Value, Lineage)],
+) -> Vec<EvalRow> {
+    let mut out = Vec::new();
+    for s in exp.spec.stage.iter().filter(|s| s.kind == StageKind::Eval) {
+        let mut latest = BTreeMap::new();
+        for r in runs {
+            if r.1.stage == s.name && r.1.status == Status::Done {
+                latest.insert(r.1.seed, r);
+            }
+        }
+        for (seed, (run, _, report, lineage)) in latest {
+            let evaluated = s.init.clone().unwrap_or_default();
+            out.push(EvalRow {
+                stage: s.name.clone(),
+                evaluated_kind: exp
+                    .stage(&evaluated)
+                    .map(|x| x.kind.to_string())
+                    .unwrap_or_default(),
+                evaluated,
+                run: run.clone(),
+                seed,
+                pass_at: curve(report),
+                eval_flops: report.get("flops").and_then(Value::as_f64).unwrap_or(0.0),
+                report: (*report).clone(),
+                compute: lineage.clone(),
+            });
+        }
+    }
+    out
+}
+
 /// The pass@k points of an `eval.json`, ascending in k.
 fn curve(report: &Value) -> Vec<(usize, f64)> {
     let mut pts: Vec<(usize, f64)> = report

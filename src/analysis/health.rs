@@ -45,6 +45,30 @@ pub fn alerts(names: &[String], column: &dyn Fn(&str) -> Option<Vec<f64>>) -> Ve
             });
         }
     }
+    if let Some((t0, t1)) = get("completions/trace_agreement")
+        && t0 - t1 > 0.1
+    {
+        out.push(Alert {
+            name: "reward_hacking_trace",
+            message: format!(
+                "answers agree with their own reasoning less and less ({t0:.2} → {t1:.2}): the policy may be guessing or copying answers the trace does not support — read the samples whose answer and trace differ"
+            ),
+        });
+    }
+    let drift = get("sampling/sampling_logp_difference/mean");
+    let ratio = get("sampling/importance_sampling_ratio/mean");
+    if let Some(d1) = drift
+        .map(|d| d.1)
+        .filter(|d| *d > 0.1)
+        .or_else(|| ratio.map(|r| (r.1 - 1.0).abs()).filter(|r| *r > 0.1))
+    {
+        out.push(Alert {
+            name: "sampler_drift",
+            message: format!(
+                "the sampler's and the trainer's log-probabilities differ ({d1:.3}) before any update: generation and training disagree on the model (precision, a stale sampler, mismatched settings) — compare their settings, or correct with importance sampling"
+            ),
+        });
+    }
     if let Some((e0, e1)) = get("entropy")
         && e0 > 0.05
         && e1 < 0.3 * e0
@@ -180,6 +204,25 @@ mod tests {
             ("clip_ratio/region_mean", ramp(0.0, 0.02)),
         ]);
         assert!(healthy.is_empty(), "{healthy:?}");
+        let healthy_rl = run(&[
+            ("completions/trace_agreement", ramp(0.90, 0.96)),
+            ("sampling/sampling_logp_difference/mean", ramp(1e-7, 2e-7)),
+            ("sampling/importance_sampling_ratio/mean", ramp(1.0, 1.0)),
+        ]);
+        assert!(healthy_rl.is_empty(), "{healthy_rl:?}");
+        assert_eq!(
+            run(&[("completions/trace_agreement", ramp(0.9, 0.6))]),
+            vec!["reward_hacking_trace"]
+        );
+        assert_eq!(
+            run(&[("sampling/sampling_logp_difference/mean", ramp(0.01, 0.3))]),
+            vec!["sampler_drift"]
+        );
+        assert_eq!(
+            run(&[("sampling/importance_sampling_ratio/mean", ramp(1.0, 1.4))]),
+            vec!["sampler_drift"],
+            "TRL logs only the ratio"
+        );
         assert_eq!(
             run(&[
                 ("rewards/accuracy_reward/mean", ramp(0.3, 0.3)),

@@ -31,6 +31,8 @@ pub enum View {
     Samples,
     Overview,
     Logs,
+    Evals,
+    Compare,
 }
 
 /// A text input in progress.
@@ -40,6 +42,8 @@ pub enum Input {
     MetricFilter,
     Prompt,
     RewardRange,
+    /// `--set`-style overrides for forking the highlighted stage.
+    Fork,
 }
 
 /// A question the notebook asks before it acts; `y` confirms, any other key cancels.
@@ -69,6 +73,16 @@ pub enum Effect {
     Spawn {
         exp: PathBuf,
         stage: Option<String>,
+    },
+    /// `stageloop run EXP --stage NAME --fresh --set K=V …`: a fork of a stage with overrides.
+    Fork {
+        exp: PathBuf,
+        stage: String,
+        sets: Vec<String>,
+    },
+    /// Open a notes file in the user's editor (the terminal handed over and restored).
+    EditNotes {
+        path: PathBuf,
     },
     /// SIGTERM to the stage writing `run` (when its process `pid` holds the run's lock).
     Stop {
@@ -104,6 +118,8 @@ pub struct App {
     pub charts: Charts,
     pub samples: Samples,
     pub prompt_output: Vec<String>,
+    /// A notes file to open in the editor once the loop can hand over the terminal.
+    pub editor: Option<PathBuf>,
     pub notices: VecDeque<String>,
     /// "Now" for ETAs, set by the loop (tests fix it).
     pub now: f64,
@@ -125,6 +141,7 @@ impl App {
             charts: Charts::default(),
             samples: Samples::default(),
             prompt_output: Vec::new(),
+            editor: None,
             notices: VecDeque::new(),
             now: 0.0,
         }
@@ -268,6 +285,35 @@ impl App {
             Action::ViewSamples => self.set_view(View::Samples),
             Action::ViewOverview => self.set_view(View::Overview),
             Action::ViewLogs => self.set_view(View::Logs),
+            Action::ViewEvals => self.set_view(View::Evals),
+            Action::ViewCompare => self.set_view(View::Compare),
+            Action::EditNotes => {
+                let on_run = matches!(
+                    self.runs.rows(&self.ws).get(self.runs.cursor),
+                    Some(super::panes::runs::Row::Run(..))
+                );
+                let dir = match (on_run, self.selected_run(), self.selected_experiment()) {
+                    (true, Some(r), _) => Some(r.dir.clone()),
+                    (_, _, Some(e)) => Some(e.dir.clone()),
+                    _ => None,
+                };
+                if let Some(dir) = dir {
+                    return vec![Effect::EditNotes {
+                        path: dir.join(super::workspace::NOTES),
+                    }];
+                }
+            }
+            Action::EditExperimentNotes => {
+                if let Some(e) = self.selected_experiment() {
+                    return vec![Effect::EditNotes {
+                        path: e.dir.join(super::workspace::NOTES),
+                    }];
+                }
+            }
+            Action::Fork => match self.highlighted_stage() {
+                Some(_) => self.start_input(Input::Fork, ""),
+                None => self.notice("highlight a stage in the pipeline pane to fork it"),
+            },
             Action::Maximize => self.maximized = !self.maximized,
             Action::Filter => self.start_input(Input::RunFilter, &self.runs.filter.clone()),
             Action::MetricFilter => {
@@ -362,7 +408,7 @@ impl App {
                     Input::RunFilter => self.runs.filter.clear(),
                     Input::MetricFilter => self.charts.metric_filter.clear(),
                     Input::RewardRange => self.samples.reward_range = None,
-                    Input::Prompt => {}
+                    Input::Prompt | Input::Fork => {}
                 }
             }
             Action::Confirm => {
@@ -396,9 +442,62 @@ impl App {
                 }
                 self.notice("select a run with a checkpoint first");
             }
+            Input::Fork => return self.fork(),
             Input::RunFilter | Input::MetricFilter => {}
         }
         Vec::new()
+    }
+
+    /// The stage highlighted in the pipeline pane: (experiment folder, stage name).
+    fn highlighted_stage(&self) -> Option<(PathBuf, String)> {
+        let ex = self.selected_experiment()?;
+        let spec = ex.spec.as_ref().ok()?;
+        let stage = spec.spec.stage.get(self.pipeline.cursor)?;
+        Some((ex.dir.clone(), stage.name.clone()))
+    }
+
+    /// Enter on the fork input: the overrides are checked as `--set` checks them (against the
+    /// experiment's spec) before anything starts; a fork always makes a new run.
+    fn fork(&mut self) -> Vec<Effect> {
+        let text = std::mem::take(&mut self.input_buf);
+        let Some((exp, stage)) = self.highlighted_stage() else {
+            return Vec::new();
+        };
+        let sets: Vec<String> = text
+            .split_whitespace()
+            .map(|kv| {
+                if kv.starts_with("stage.") || kv.starts_with("model.") || kv.starts_with("task.") {
+                    kv.to_string()
+                } else {
+                    format!("stage.{stage}.{kv}")
+                }
+            })
+            .collect();
+        if sets.is_empty() {
+            self.notice("fork: type overrides like lr=1e-4 beta=0.04 (stage keys) or model.ctx=96");
+            return Vec::new();
+        }
+        let programs = self
+            .selected_experiment()
+            .map(|ex| programs_of(ex, Some(&stage)))
+            .unwrap_or_default();
+        if !programs.is_empty() {
+            self.notice(format!(
+                "fork: {stage} runs reward programs ({}); fork it from the command line: stageloop run EXP --stage {stage} --fresh --set …",
+                programs.join(", ")
+            ));
+            return Vec::new();
+        }
+        match crate::spec::load_with(&exp, &sets) {
+            Ok(_) => {
+                self.notice(format!("forking {stage} with {}", sets.join(" ")));
+                vec![Effect::Fork { exp, stage, sets }]
+            }
+            Err(e) => {
+                self.notice(format!("fork: {e:#}"));
+                Vec::new()
+            }
+        }
     }
 
     /// The input's text changed: filters follow it as it is typed.

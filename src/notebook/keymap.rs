@@ -78,6 +78,14 @@ pub enum Action {
     ViewSamples,
     ViewOverview,
     ViewLogs,
+    ViewEvals,
+    ViewCompare,
+    /// Open the selected run's notes (an experiment row: the experiment's) in `$EDITOR`.
+    EditNotes,
+    /// Open the experiment's notes in `$EDITOR`.
+    EditExperimentNotes,
+    /// Fork the highlighted stage into a new run with typed `--set` overrides.
+    Fork,
     Maximize,
     SmoothMore,
     SmoothLess,
@@ -190,6 +198,41 @@ pub const KEYMAP: &[Binding] = &[
         "main view: the run's output",
     ),
     b(
+        Char('5'),
+        Global,
+        A::ViewEvals,
+        "evals",
+        "main view: evals (pass@k, compute, seeds)",
+    ),
+    b(
+        Char('6'),
+        Global,
+        A::ViewCompare,
+        "compare",
+        "main view: compare the selected + marked runs",
+    ),
+    b(
+        Char('n'),
+        Global,
+        A::EditNotes,
+        "notes",
+        "edit the run's notes.md ($EDITOR)",
+    ),
+    b(
+        Char('N'),
+        Global,
+        A::EditExperimentNotes,
+        "",
+        "edit the experiment's notes.md ($EDITOR)",
+    ),
+    b(
+        Char('F'),
+        Pipeline,
+        A::Fork,
+        "fork",
+        "fork the stage with overrides (key=value …)",
+    ),
+    b(
         Char('z'),
         Global,
         A::Maximize,
@@ -227,8 +270,8 @@ pub const KEYMAP: &[Binding] = &[
         Char(' '),
         Runs,
         A::ToggleMark,
-        "overlay",
-        "mark a run to overlay on the charts",
+        "mark",
+        "mark a run to overlay (1) and compare (6)",
     ),
     b(
         Char('/'),

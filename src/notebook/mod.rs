@@ -36,8 +36,23 @@ const IDLE_WAIT: Duration = workspace::LIVE_EVERY;
 pub fn apply(app: &mut App, effect: Effect, tx: &mpsc::Sender<Event>) -> bool {
     match effect {
         Effect::Quit => return false,
+        Effect::EditNotes { path } => app.editor = Some(path),
+        Effect::Fork { exp, stage, sets } => {
+            let mut extra = vec!["--fresh".to_string()];
+            for s in &sets {
+                extra.extend(["--set".to_string(), s.clone()]);
+            }
+            match supervisor::spawn_stage(&exp, Some(&stage), &extra, tx.clone()) {
+                Ok(pid) => app.notice(format!(
+                    "started pid {pid}: stageloop run {} --stage {stage} {}",
+                    exp.display(),
+                    extra.join(" ")
+                )),
+                Err(e) => app.notice(format!("could not start the fork: {e}")),
+            }
+        }
         Effect::Spawn { exp, stage } => {
-            match supervisor::spawn_stage(&exp, stage.as_deref(), tx.clone()) {
+            match supervisor::spawn_stage(&exp, stage.as_deref(), &[], tx.clone()) {
                 Ok(pid) => app.notice(format!(
                     "started pid {pid}: stageloop run {}{}",
                     exp.display(),
@@ -150,6 +165,38 @@ pub fn handle(app: &mut App, ev: Option<Event>, tx: &mpsc::Sender<Event>) -> Opt
     Some(dirty)
 }
 
+/// The editor the user chose: `$VISUAL`, else `$EDITOR`, else `vi` (words split on spaces, so
+/// `code -w` works).
+pub fn editor_command() -> Vec<String> {
+    ["VISUAL", "EDITOR"]
+        .iter()
+        .filter_map(|v| std::env::var(v).ok())
+        .map(|v| v.split_whitespace().map(String::from).collect::<Vec<_>>())
+        .find(|w| !w.is_empty())
+        .unwrap_or_else(|| vec!["vi".into()])
+}
+
+/// Open `path` (created with a heading when absent) in the user's editor and wait for it.
+fn edit_file(path: &Path) -> anyhow::Result<()> {
+    if !path.exists() {
+        let what = path
+            .parent()
+            .and_then(|p| p.file_name())
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        std::fs::write(path, format!("# Notes: {what}\n\n"))
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    }
+    let cmd = editor_command();
+    let status = std::process::Command::new(&cmd[0])
+        .args(&cmd[1..])
+        .arg(path)
+        .status()
+        .map_err(|e| anyhow::anyhow!("cannot start `{}`: {e} (set $EDITOR)", cmd[0]))?;
+    anyhow::ensure!(status.success(), "`{}` exited with {status}", cmd.join(" "));
+    Ok(())
+}
+
 /// Run the notebook on `root` until the user quits (or SIGTERM/SIGHUP arrive).
 pub fn run(root: &Path) -> anyhow::Result<()> {
     let root = if root.exists() {
@@ -167,9 +214,16 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
     let (tx, rx) = mpsc::channel();
     let (guard, how) = watch::start(&root, tx.clone());
     let input_tx = tx.clone();
+    // Set while an editor has the terminal: the input thread stops reading keys.
+    let input_paused = Arc::new(AtomicBool::new(false));
+    let paused = input_paused.clone();
     std::thread::spawn(move || {
         loop {
-            match crossterm::event::poll(Duration::from_millis(250)) {
+            if paused.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+            match crossterm::event::poll(Duration::from_millis(100)) {
                 Ok(true) => {
                     let ev = match crossterm::event::read() {
                         Ok(crossterm::event::Event::Key(k)) => Event::Key(k),
@@ -221,6 +275,23 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
             match handle(&mut app, ev, &tx) {
                 Some(changed) => dirty |= changed,
                 None => return Ok(()),
+            }
+            if let Some(path) = app.editor.take() {
+                input_paused.store(true, Ordering::Relaxed);
+                // The input thread's poll returns within 100 ms and then sleeps.
+                std::thread::sleep(Duration::from_millis(150));
+                ratatui::restore();
+                let outcome = edit_file(&path);
+                terminal = ratatui::try_init()?;
+                terminal.clear()?;
+                input_paused.store(false, Ordering::Relaxed);
+                app.notice(match outcome {
+                    Ok(()) => format!("notes saved in {}", path.display()),
+                    Err(e) => format!("editor: {e}"),
+                });
+                app.ws.rescan_all();
+                app.poll(Instant::now() + POLL_BUDGET);
+                dirty = true;
             }
         }
     })();

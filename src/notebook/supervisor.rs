@@ -11,9 +11,15 @@ fn exe() -> std::io::Result<std::path::PathBuf> {
     std::env::current_exe()
 }
 
-/// Start a stage (or the whole pipeline) of the experiment in `exp`. The launcher's own output
-/// goes to `runs/.launcher.log`; the stage writes its run folder itself.
-pub fn spawn_stage(exp: &Path, stage: Option<&str>, tx: Sender<Event>) -> std::io::Result<u32> {
+/// Start a stage (or the whole pipeline) of the experiment in `exp`, with `extra` arguments
+/// (a fork's `--fresh --set …`). The launcher's own output goes to `runs/.launcher.log`; the
+/// stage writes its run folder itself.
+pub fn spawn_stage(
+    exp: &Path,
+    stage: Option<&str>,
+    extra: &[String],
+    tx: Sender<Event>,
+) -> std::io::Result<u32> {
     let runs = exp.join("runs");
     std::fs::create_dir_all(&runs)?;
     let log = std::fs::OpenOptions::new()
@@ -25,6 +31,7 @@ pub fn spawn_stage(exp: &Path, stage: Option<&str>, tx: Sender<Event>) -> std::i
     if let Some(s) = stage {
         cmd.args(["--stage", s]);
     }
+    cmd.args(extra);
     cmd.stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);

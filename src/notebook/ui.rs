@@ -137,18 +137,27 @@ fn runs(f: &mut Frame<'_>, area: Rect, app: &App) {
 }
 
 fn pipeline(f: &mut Frame<'_>, area: Rect, app: &App) {
-    let c = ctx(app, Pane::Pipeline, &[]);
+    let c = ctx(app, Pane::Pipeline, &[Input::Fork]);
     app.pipeline.draw(f, area, app.selected_experiment(), c);
 }
 
 fn main_view(f: &mut Frame<'_>, area: Rect, app: &App) {
     let [tabs, content] = Layout::vertical([Constraint::Length(1), Constraint::Min(1)]).areas(area);
-    let titles = ["1 charts", "2 samples", "3 overview", "4 logs"];
+    let titles = [
+        "1 charts",
+        "2 samples",
+        "3 overview",
+        "4 logs",
+        "5 evals",
+        "6 compare",
+    ];
     let selected = match app.view {
         View::Charts => 0,
         View::Samples => 1,
         View::Overview => 2,
         View::Logs => 3,
+        View::Evals => 4,
+        View::Compare => 5,
     };
     f.render_widget(
         Tabs::new(titles).select(selected).highlight_style(
@@ -178,6 +187,14 @@ fn main_view(f: &mut Frame<'_>, area: Rect, app: &App) {
             panes::overview::draw(f, content, run, ex, focused);
         }
         View::Logs => panes::logs::draw(f, content, app.selected_run(), focused),
+        View::Evals => {
+            let c = ctx(app, Pane::Main, &[]);
+            panes::evals::draw(f, content, app.selected_experiment(), c);
+        }
+        View::Compare => {
+            let c = ctx(app, Pane::Main, &[]);
+            panes::compare::draw(f, content, &app.chart_runs(), c);
+        }
     }
     if prompt.height > 0 {
         prompt_box(f, prompt, app);

@@ -104,6 +104,12 @@ pub struct RunView {
     pub series: RunSeries,
     pub samples: Vec<Sample>,
     pub eval: Option<serde_json::Value>,
+    /// For an eval run: the compute along the evaluated checkpoint's lineage, read when its
+    /// eval report is.
+    pub lineage: Option<crate::analysis::compute::Lineage>,
+    /// The run's `notes.md` (the user's), as last read.
+    pub notes: Option<String>,
+    notes_mtime: Option<SystemTime>,
     pub log: VecDeque<String>,
     pub bad_lines: u64,
     pub last_error: Option<String>,
@@ -131,6 +137,28 @@ fn mtime(p: &Path) -> Option<SystemTime> {
     std::fs::metadata(p).and_then(|m| m.modified()).ok()
 }
 
+/// The file of a run's or an experiment's notes (markdown, the user's own).
+pub const NOTES: &str = "notes.md";
+/// How much of a notes file the notebook reads.
+const NOTES_BUDGET: u64 = 64 << 10;
+
+/// `dir/notes.md` (its first 64 KiB) when its modification time differs from `seen`; else
+/// nothing new. Returns the text (None when absent) and the time.
+fn read_notes(dir: &Path, seen: Option<SystemTime>) -> (Option<String>, Option<SystemTime>) {
+    let path = dir.join(NOTES);
+    let t = mtime(&path);
+    if t == seen {
+        return (None, seen);
+    }
+    use std::io::Read;
+    let mut buf = Vec::new();
+    let text = std::fs::File::open(&path)
+        .and_then(|f| f.take(NOTES_BUDGET).read_to_end(&mut buf))
+        .ok()
+        .map(|_| String::from_utf8_lossy(&buf).into_owned());
+    (text, t)
+}
+
 impl RunView {
     pub fn new(dir: PathBuf) -> RunView {
         let r = runfs::RunDir::new(dir.clone());
@@ -145,6 +173,9 @@ impl RunView {
             series: RunSeries::default(),
             samples: Vec::new(),
             eval: None,
+            lineage: None,
+            notes: None,
+            notes_mtime: None,
             log: VecDeque::new(),
             bad_lines: 0,
             last_error: None,
@@ -188,7 +219,17 @@ impl RunView {
             }
             if let Ok(text) = std::fs::read_to_string(self.dir.join(runfs::EVAL_JSON)) {
                 self.eval = serde_json::from_str(&text).ok();
+                let init = self.status.as_ref().and_then(|s| s.init.as_deref());
+                self.lineage = init.map(|i| {
+                    let ck = crate::analysis::compute::locate(i, self.dir.parent());
+                    crate::analysis::compute::lineage(&ck)
+                });
             }
+        }
+        let (notes, notes_mtime) = read_notes(&self.dir, self.notes_mtime);
+        if notes_mtime != self.notes_mtime {
+            (self.notes, self.notes_mtime) = (notes, notes_mtime);
+            changed = true;
         }
         if !self.polled {
             self.polled = true;
@@ -387,6 +428,9 @@ pub struct ExperimentView {
     pub dir: PathBuf,
     pub spec: Result<Experiment, String>,
     pub runs: Vec<RunView>,
+    /// The experiment's `notes.md`, as last read.
+    pub notes: Option<String>,
+    notes_mtime: Option<SystemTime>,
     /// `experiment.toml`'s modification time when `spec` was read.
     spec_mtime: Option<SystemTime>,
     /// The names under `runs/` at the last full listing (a rescan that finds the same names
@@ -510,6 +554,8 @@ impl Workspace {
                         spec: Err(String::new()),
                         dir: d.clone(),
                         runs: Vec::new(),
+                        notes: None,
+                        notes_mtime: None,
                         spec_mtime: None,
                         run_names: Vec::new(),
                     });
@@ -518,6 +564,11 @@ impl Workspace {
                 }
             };
             let e = &mut self.experiments[idx];
+            let (notes, notes_mtime) = read_notes(&e.dir, e.notes_mtime);
+            if notes_mtime != e.notes_mtime {
+                (e.notes, e.notes_mtime) = (notes, notes_mtime);
+                changed = true;
+            }
             let spec_file = e.dir.join("experiment.toml");
             let spec_mtime = mtime(&spec_file);
             if spec_mtime != e.spec_mtime || spec_mtime.is_none() {

@@ -193,15 +193,28 @@ struct Part {
     adv: Tensor<2>,
     ref_logp: Option<Tensor<2>>,
     old_logp: Option<Tensor<2>>,
+    /// The sampler's log-probability of each completion target, by flat position `row · t + j`.
+    sampler_logp: Vec<(usize, f32)>,
 }
 
-/// Right-padded training rows for the rollouts: inputs, targets and the completion mask.
+/// Right-padded training rows for the rollouts.
+struct RolloutBatch {
+    inputs: Tensor<2, Int>,
+    targets: Tensor<2, Int>,
+    /// Completion targets that count in the loss.
+    mask: Tensor<2>,
+    count: usize,
+    sampler_logp: Vec<(usize, f32)>,
+}
+
+/// Right-padded training rows for the rollouts: inputs, targets, the completion mask and the
+/// sampler's log-probabilities of the completion targets.
 fn rollout_batch(
     rows: &[(&[u32], &Completion)],
     mask_truncated: bool,
     device: &Device,
-) -> (Tensor<2, Int>, Tensor<2, Int>, Tensor<2>, usize) {
-    let seqs: Vec<(Vec<u32>, usize, bool)> = rows
+) -> RolloutBatch {
+    let seqs: Vec<(Vec<u32>, usize, &Completion)> = rows
         .iter()
         .map(|(p, c)| {
             let mut s = p.to_vec();
@@ -209,20 +222,29 @@ fn rollout_batch(
             if let Some(eos) = c.eos.filter(|_| c.finished) {
                 s.push(eos);
             }
-            (s, p.len(), c.finished)
+            (s, p.len(), *c)
         })
         .collect();
     let t = seqs.iter().map(|s| s.0.len() - 1).max().unwrap_or(1).max(1);
     let n = seqs.len();
     let (mut inp, mut tgt, mut msk) = (Vec::new(), Vec::new(), Vec::new());
+    let mut sampler_logp = Vec::new();
     let mut count = 0;
-    for (s, plen, finished) in &seqs {
-        let keep = !mask_truncated || *finished;
+    for (row, (s, plen, c)) in seqs.iter().enumerate() {
+        let keep = !mask_truncated || c.finished;
         for j in 0..t {
             if j + 1 < s.len() {
                 inp.push(s[j] as i64);
                 tgt.push(s[j + 1] as i64);
-                let m = keep && j + 1 >= *plen;
+                let completion = j + 1 >= *plen;
+                if let Some(lp) = c
+                    .logprobs
+                    .get((j + 1).wrapping_sub(*plen))
+                    .filter(|_| completion)
+                {
+                    sampler_logp.push((row * t + j, *lp));
+                }
+                let m = keep && completion;
                 count += m as usize;
                 msk.push(if m { 1.0f32 } else { 0.0 });
             } else {
@@ -232,12 +254,13 @@ fn rollout_batch(
             }
         }
     }
-    (
-        Tensor::from_data(TensorData::new(inp, [n, t]), device),
-        Tensor::from_data(TensorData::new(tgt, [n, t]), device),
-        Tensor::from_data(TensorData::new(msk, [n, t]), device),
+    RolloutBatch {
+        inputs: Tensor::from_data(TensorData::new(inp, [n, t]), device),
+        targets: Tensor::from_data(TensorData::new(tgt, [n, t]), device),
+        mask: Tensor::from_data(TensorData::new(msk, [n, t]), device),
         count,
-    )
+        sampler_logp,
+    }
 }
 
 fn stats(xs: impl Iterator<Item = f64>) -> (f64, f64) {
@@ -251,6 +274,8 @@ struct Sampled {
     total: f64,
     len: usize,
     finished: bool,
+    /// Whether its answer is the one its own trace arrives at (tasks that can tell).
+    agrees: Option<bool>,
 }
 
 /// One step's rollouts: the groups to train on, and what was sampled to get them.
@@ -287,6 +312,8 @@ struct Update {
     tokens: usize,
     /// FLOPs of the update: training passes, and the frozen models' forward passes.
     flops: f64,
+    /// Trainer minus sampler log-probability of each completion token, first iteration.
+    drift: Vec<f64>,
 }
 
 pub fn run(ctx: &mut StageCtx<'_>) -> Result<Outcome> {
@@ -463,6 +490,7 @@ impl Grpo<'_> {
                     total: r.total,
                     len: r.completion.tokens.len(),
                     finished: r.completion.finished,
+                    agrees: setup.task.agrees_with_trace(&r.text),
                 }));
                 let totals: Vec<f64> = rollouts.iter().map(|r| r.total).collect();
                 let informative = !informative_groups(&totals, g).is_empty();
@@ -583,6 +611,20 @@ impl Grpo<'_> {
                     // Token entropy of the sampling distribution (detached).
                     entropy_sum += (h * part.mask.clone()).sum().into_scalar::<f32>() as f64;
                 }
+                if it == 0 {
+                    // The trainer's log-probabilities against the sampler's, before any update:
+                    // they differ only by numerics unless the two paths disagree.
+                    let lp = logp
+                        .clone()
+                        .into_data()
+                        .convert::<f32>()
+                        .try_to_vec::<f32>();
+                    if let Ok(lp) = lp {
+                        for &(i, s) in &part.sampler_logp {
+                            up.drift.push(lp[i] as f64 - s as f64);
+                        }
+                    }
+                }
                 let old_logp = match &part.old_logp {
                     Some(o) => o.clone(),
                     None => logp.clone().detach(),
@@ -635,8 +677,13 @@ impl Grpo<'_> {
             .into_iter()
             .map(|idx| {
                 let sub: Vec<(&[u32], &Completion)> = idx.iter().map(|&i| rows[i]).collect();
-                let (inputs, targets, mask, count) =
-                    rollout_batch(&sub, self.cfg.mask_truncated, device);
+                let RolloutBatch {
+                    inputs,
+                    targets,
+                    mask,
+                    count,
+                    sampler_logp,
+                } = rollout_batch(&sub, self.cfg.mask_truncated, device);
                 let adv_t: Tensor<2> = Tensor::from_data(
                     TensorData::new(
                         idx.iter().map(|&i| adv[i] as f32).collect::<Vec<_>>(),
@@ -661,6 +708,7 @@ impl Grpo<'_> {
                     mask,
                     count,
                     adv: adv_t,
+                    sampler_logp,
                 }
             })
             .collect()
@@ -687,7 +735,11 @@ fn step_metrics(
     let (len_m, _) = mean_std(&lens);
     let truncated = s.iter().filter(|x| !x.finished).count() as f64 / s.len().max(1) as f64;
     let (adv_m, adv_s) = mean_std(adv);
-    vec![
+    let agreement: Vec<f64> = s
+        .iter()
+        .filter_map(|x| Some(x.agrees? as u8 as f64))
+        .collect();
+    let mut out = vec![
         ("loss", up.loss),
         ("learning_rate", lr),
         ("grad_norm", up.grad_norm),
@@ -726,7 +778,28 @@ fn step_metrics(
         ("tokens_per_sec", up.tokens as f64 / dt),
         ("num_tokens", num_tokens as f64),
         ("groups", r.groups.len() as f64),
-    ]
+    ];
+    if !up.drift.is_empty() {
+        // TRL's names for the sampler/trainer mismatch (vLLM importance sampling).
+        let n = up.drift.len() as f64;
+        let ratio: Vec<f64> = up.drift.iter().map(|d| d.exp()).collect();
+        out.push((
+            "sampling/sampling_logp_difference/mean",
+            up.drift.iter().map(|d| d.abs()).sum::<f64>() / n,
+        ));
+        out.push((
+            "sampling/sampling_logp_difference/max",
+            up.drift.iter().fold(0.0, |m, d| m.max(d.abs())),
+        ));
+        out.push((
+            "sampling/importance_sampling_ratio/mean",
+            ratio.iter().sum::<f64>() / n,
+        ));
+    }
+    if !agreement.is_empty() {
+        out.push(("completions/trace_agreement", mean_std(&agreement).0));
+    }
+    out
 }
 
 /// Every completion of the step's groups to `samples.jsonl`, with its rewards and advantage.

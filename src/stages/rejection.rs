@@ -26,8 +26,15 @@ struct DatasetMeta {
     flops: f64,
 }
 
+/// What rejection sampling kept: the accepted rows, the share of samples accepted and the
+/// FLOPs sampling took.
+pub struct Accepted {
+    pub rows: Vec<(String, String)>,
+    pub rate: f64,
+    pub flops: f64,
+}
+
 /// Sample `k` completions per training prompt from `model` and keep the accepted ones.
-/// Returns the rows, the share of samples accepted and the FLOPs sampling took.
 pub fn accepted_samples(
     setup: &Setup,
     model: &Gpt,
@@ -35,7 +42,7 @@ pub fn accepted_samples(
     seed: u64,
     device: &burn::tensor::Device,
     mut progress: impl FnMut(usize, usize),
-) -> Result<(Vec<(String, String)>, f64, f64)> {
+) -> Result<Accepted> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x4EEC);
     let mut flops = 0.0;
     let opts = setup.sampling(cfg);
@@ -72,7 +79,11 @@ pub fn accepted_samples(
         i += n as u64;
         progress(i as usize, cfg.prompts);
     }
-    Ok((rows, kept as f64 / seen.max(1) as f64, flops))
+    Ok(Accepted {
+        rows,
+        rate: kept as f64 / seen.max(1) as f64,
+        flops,
+    })
 }
 
 /// Write the accepted rows as JSONL and Parquet into `dir` (each atomically).
@@ -124,7 +135,7 @@ pub fn dataset_for_run(
         .or_else(|_| Setup::from_specs(&ctx.exp.spec.task, &ctx.exp.spec.model))?;
     let cfg = ctx.cfg.clone();
     let seed = ctx.seed;
-    let (rows, rate, flops) =
+    let Accepted { rows, rate, flops } =
         accepted_samples(&sampler_setup, &sampler, &cfg, seed, &device, |d, n| {
             ctx.reporter.message(&format!("sampled {d}/{n} prompts"))
         })?;

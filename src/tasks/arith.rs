@@ -44,6 +44,11 @@ impl Task for Arith {
     fn alphabet(&self) -> &str {
         "0123456789+=,"
     }
+    /// The last running sum, un-reversed: `5,21` → `12`.
+    fn trace_answer(&self, think: &str) -> Option<String> {
+        let last = think.rsplit(',').next()?.trim();
+        (!last.is_empty() && last.bytes().all(|b| b.is_ascii_digit())).then(|| reversed(last))
+    }
     fn generate(&self, rng: &mut TaskRng, difficulty: u32) -> Problem {
         let (lo, hi, max_digits) = shape(difficulty);
         let n = rng.random_range(lo..=hi);
@@ -133,6 +138,19 @@ pub fn add_no_carry(mut a: u64, mut b: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_trace_implies_its_last_running_sum() {
+        let a = Arith;
+        let p = Problem {
+            prompt: "37+5+82=".into(),
+            answer: "124".into(),
+            trace: trace_of(&[37, 5, 82]),
+        };
+        assert_eq!(a.trace_answer(&p.trace).as_deref(), Some("124"));
+        assert_eq!(a.trace_answer("24,"), None);
+        assert_eq!(a.trace_answer("x"), None);
+    }
 
     #[test]
     fn verifier_recomputes_from_the_prompt() {

@@ -53,6 +53,12 @@ pub trait Task: Send + Sync {
     fn search(&self, _p: &Problem, _rng: &mut TaskRng) -> Option<String> {
         None
     }
+    /// The answer a think block's trace arrives at, for tasks whose traces end on it (arith's
+    /// last running sum); `None` when the task cannot tell. Rising disagreement between a
+    /// completion's answer and its own trace is a sign of reward hacking.
+    fn trace_answer(&self, _think: &str) -> Option<String> {
+        None
+    }
     /// Held-out problems the task fixes itself (a dataset's split); `None` for generators,
     /// whose held-out set is drawn from the seed.
     fn fixed_heldout(&self) -> Option<Vec<Problem>> {
@@ -247,6 +253,14 @@ impl TaskSet {
             (Variant::Clean, self.completion(&p))
         };
         (p, completion, variant)
+    }
+
+    /// Whether a completion's answer is the one its own trace arrives at; `None` when it has
+    /// no think block, no answer, or the task cannot read its traces.
+    pub fn agrees_with_trace(&self, completion: &str) -> Option<bool> {
+        let parsed = rewards::parse(completion);
+        let implied = self.task.trace_answer(parsed.think.as_deref()?)?;
+        Some(parsed.answer? == implied)
     }
 
     /// Score a completion against its prompt.

@@ -578,10 +578,8 @@ fn a_dataset_task_runs_every_stage_end_to_end() {
     let last_logged = std::fs::read_to_string(run_named(d.path(), "rl").join("metrics.jsonl"))
         .unwrap()
         .lines()
-        .filter_map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).ok()?["compute/flops"].as_f64()
-        })
-        .last()
+        .rev()
+        .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["compute/flops"].as_f64())
         .unwrap();
     assert_eq!(last_logged, rl);
     for format in ["md", "svg", "text"] {

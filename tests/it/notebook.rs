@@ -745,3 +745,153 @@ fn the_notebook_opens_on_the_running_run_else_the_latest() {
     a.select_most_recent();
     assert_eq!(a.selected_run().unwrap().id, "20261130-010000-pre");
 }
+
+/// The fixture plus a second seed of the eval stage, pass@k curves in both reports, and a
+/// checkpoint with recorded FLOPs for the evaluated stage.
+fn lab_fixture(root: &Path) {
+    fixture(root);
+    let runs = root.join("demo/runs");
+    let ck = runs.join("20261130-010100-rl/checkpoints/step-000003");
+    std::fs::create_dir_all(&ck).unwrap();
+    std::fs::write(ck.join("state.json"), r#"{"step": 3, "flops": 2.5e12}"#).unwrap();
+    let report = |p1: f64, p2: f64, p4: f64| {
+        format!(
+            r#"{{"task":"arith","n":10,"pass@1":{p1},"greedy":0.5,"pass@k":{p4},"k":4,"maj@k":0.5,"format_rate":0.98,"mean_length":11.5,"pass_at":{{"1":{p1},"2":{p2},"4":{p4}}}}}"#
+        )
+    };
+    let ev = runs.join("20261130-010200-ev");
+    std::fs::write(ev.join("eval.json"), report(0.42, 0.55, 0.70)).unwrap();
+    let with = |text: String, seed: u64| {
+        text.replacen('{', &format!("{{\"seed\": {seed}, "), 1)
+            .replace("runs/x/checkpoints/step-000004", &ck.display().to_string())
+    };
+    let text = std::fs::read_to_string(ev.join("run.json")).unwrap();
+    std::fs::write(ev.join("run.json"), with(text, 0)).unwrap();
+    let ev1 = runs.join("20261130-010300-ev");
+    std::fs::create_dir_all(&ev1).unwrap();
+    std::fs::write(
+        ev1.join("run.json"),
+        with(
+            run_json("20261130-010300-ev", "ev", "eval", "done", 10, 10, None),
+            1,
+        ),
+    )
+    .unwrap();
+    std::fs::write(ev1.join("eval.json"), report(0.50, 0.60, 0.72)).unwrap();
+}
+
+#[test]
+fn evals_view_groups_seeds_and_shows_pass_at_k_and_compute() {
+    let d = tempfile::tempdir().unwrap();
+    lab_fixture(d.path());
+    let mut a = app(d.path());
+    a.on_key(key('5'));
+    assert_eq!(a.view, View::Evals);
+    let screen = render(&a, 140, 36);
+    // Two seeds of `ev`: mean ± sample standard deviation; the lineage's FLOPs.
+    assert!(screen.contains("0.460±0.057"), "{screen}");
+    assert!(screen.contains("2.50e12"), "{screen}");
+    assert!(screen.contains("pass@k (log k)"), "{screen}");
+    insta::assert_snapshot!("evals", screen);
+}
+
+#[test]
+fn compare_view_shows_only_what_differs_and_last_and_best_values() {
+    let d = tempfile::tempdir().unwrap();
+    fixture(d.path());
+    let mut a = app(d.path());
+    a.on_key(key('j'));
+    a.on_key(key('j')); // rl
+    a.on_key(key(' '));
+    a.on_key(key('j')); // pre, with rl marked
+    a.on_key(key('6'));
+    assert_eq!(a.view, View::Compare);
+    let screen = render(&a, 140, 30);
+    assert!(screen.contains("stage"), "{screen}");
+    assert!(
+        !screen.contains("lr "),
+        "lr is the same in both runs and is not listed: {screen}"
+    );
+    insta::assert_snapshot!("compare", screen);
+    // One run alone: a hint instead.
+    a.on_key(code(KeyCode::Tab)); // back to the runs pane
+    a.on_key(key('k'));
+    a.on_key(key(' ')); // unmark rl
+    assert!(render(&a, 140, 30).contains("mark runs to compare"));
+}
+
+#[test]
+fn help_lists_the_lab_notebook_keys() {
+    let d = tempfile::tempdir().unwrap();
+    fixture(d.path());
+    let mut a = app(d.path());
+    a.on_key(key('?'));
+    let screen = render(&a, 140, 60);
+    for what in ["evals", "compare", "notes.md", "fork"] {
+        assert!(screen.contains(what), "{what}: {screen}");
+    }
+}
+
+#[test]
+fn notes_open_in_the_editor_and_show_in_the_overview() {
+    let d = tempfile::tempdir().unwrap();
+    fixture(d.path());
+    let mut a = app(d.path());
+    a.on_key(key('j')); // the ev run
+    let run = a.selected_run().unwrap().dir.clone();
+    assert_eq!(
+        a.on_key(key('n')),
+        vec![Effect::EditNotes {
+            path: run.join("notes.md")
+        }]
+    );
+    // On the experiment row (and with N anywhere): the experiment's notes.
+    a.on_key(key('k'));
+    let exp = d.path().join("demo");
+    assert_eq!(
+        a.on_key(key('n')),
+        vec![Effect::EditNotes {
+            path: exp.join("notes.md")
+        }]
+    );
+    std::fs::write(run.join("notes.md"), "# ev\nlooks \u{1b}[31mfine\n").unwrap();
+    std::fs::write(exp.join("notes.md"), "lr sweep next\n").unwrap();
+    a.ws.rescan_all();
+    a.poll(Instant::now() + Duration::from_secs(5));
+    a.on_key(key('j'));
+    a.on_key(key('3'));
+    let screen = render(&a, 140, 40);
+    assert!(screen.contains("run notes"), "{screen}");
+    assert!(
+        screen.contains("looks [31mfine"),
+        "controls dropped: {screen}"
+    );
+    assert!(screen.contains("lr sweep next"), "{screen}");
+}
+
+#[test]
+fn a_fork_checks_its_overrides_before_starting() {
+    let d = tempfile::tempdir().unwrap();
+    fixture(d.path());
+    let mut a = app(d.path());
+    a.on_key(code(KeyCode::Tab)); // pipeline, `pre` highlighted
+    a.on_key(key('F'));
+    for c in "lr=oops".chars() {
+        a.on_key(key(c));
+    }
+    assert!(render(&a, 140, 30).contains("fork pre with: lr=oops"));
+    assert!(a.on_key(code(KeyCode::Enter)).is_empty());
+    assert!(a.notices.back().unwrap().contains("lr"), "{:?}", a.notices);
+    a.on_key(key('F'));
+    for c in "lr=0.01 model.ctx=48".chars() {
+        a.on_key(key(c));
+    }
+    assert_eq!(
+        a.on_key(code(KeyCode::Enter)),
+        vec![Effect::Fork {
+            exp: d.path().join("demo"),
+            stage: "pre".into(),
+            sets: vec!["stage.pre.lr=0.01".into(), "model.ctx=48".into()],
+        }]
+    );
+}

@@ -116,6 +116,7 @@ fn pretrain_sft_eval_end_to_end() {
     assert_eq!(
         keys,
         [
+            "flops",
             "format_rate",
             "greedy",
             "k",
@@ -129,6 +130,7 @@ fn pretrain_sft_eval_end_to_end() {
         ]
     );
     assert_eq!(report["n"], 10);
+    assert!(report["flops"].as_f64().unwrap() > 0.0, "{report}");
     for k in ["pass@1", "greedy", "pass@k", "maj@k", "format_rate"] {
         let v = report[k].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&v), "{k} = {v}");

@@ -3,6 +3,8 @@
 //! pane imports the [`App`](super::app::App): it hands each one what it draws.
 
 pub mod charts;
+pub mod compare;
+pub mod evals;
 pub mod help;
 pub mod logs;
 pub mod overview;

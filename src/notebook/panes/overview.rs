@@ -81,6 +81,19 @@ pub fn draw(
                 .unwrap_or_else(|| "no run.json (external run)".into()),
         )),
     }
+    let notes = [
+        ("run notes", run.notes.as_deref()),
+        ("experiment notes", ex.and_then(|e| e.notes.as_deref())),
+    ];
+    for (what, text) in notes {
+        if let Some(text) = text.filter(|t| !t.trim().is_empty()) {
+            info.push(Line::styled(
+                format!("{what} (n edits):"),
+                Style::default().add_modifier(Modifier::BOLD),
+            ));
+            info.extend(text.lines().take(12).map(|l| Line::from(format!("  {l}"))));
+        }
+    }
     if run.bad_lines > 0 {
         info.push(Line::styled(
             format!(

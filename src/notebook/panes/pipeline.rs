@@ -49,11 +49,12 @@ impl Pipeline {
 
     /// The stages of `ex` with the status of each one's latest run.
     pub fn draw(&self, f: &mut Frame<'_>, area: Rect, ex: Option<&ExperimentView>, ctx: Ctx<'_>) {
-        draw(self.cursor, f, area, ex, ctx.focused)
+        draw(self.cursor, f, area, ex, ctx)
     }
 }
 
-fn draw(cursor: usize, f: &mut Frame<'_>, area: Rect, ex: Option<&ExperimentView>, focused: bool) {
+fn draw(cursor: usize, f: &mut Frame<'_>, area: Rect, ex: Option<&ExperimentView>, ctx: Ctx<'_>) {
+    let focused = ctx.focused;
     let Some(ex) = ex else {
         f.render_widget(Paragraph::new("").block(block("pipeline", focused)), area);
         return;
@@ -110,8 +111,12 @@ fn draw(cursor: usize, f: &mut Frame<'_>, area: Rect, ex: Option<&ExperimentView
             Span::styled(init, Style::default().fg(Color::DarkGray)),
         ])));
     }
+    let title = match (ctx.typing, spec.spec.stage.get(cursor)) {
+        (Some(t), Some(s)) => format!("fork {} with: {t}▏ (enter starts, esc cancels)", s.name),
+        _ => format!("pipeline: {}", ex.name),
+    };
     let list = List::new(items)
-        .block(block(&format!("pipeline: {}", ex.name), focused))
+        .block(block(&title, focused))
         .highlight_style(if focused {
             Style::default().bg(Color::DarkGray)
         } else {
