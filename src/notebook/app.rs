@@ -123,6 +123,17 @@ pub struct App {
     pub notices: VecDeque<String>,
     /// "Now" for ETAs, set by the loop (tests fix it).
     pub now: f64,
+    /// The screen's size at the last draw (mouse clicks are routed by it).
+    pub area: ratatui::layout::Rect,
+    /// A stage the notebook started: its first new run gets the cursor when it appears.
+    pub follow: Option<Follow>,
+}
+
+/// The experiment a started stage writes to and the runs it had before.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Follow {
+    pub exp: PathBuf,
+    pub known: Vec<PathBuf>,
 }
 
 impl App {
@@ -144,6 +155,8 @@ impl App {
             editor: None,
             notices: VecDeque::new(),
             now: 0.0,
+            area: ratatui::layout::Rect::default(),
+            follow: None,
         }
     }
 
@@ -234,6 +247,128 @@ impl App {
     /// Footer hints for the current scope.
     pub fn hints(&self) -> Vec<(String, &'static str)> {
         keymap::hints(self.scope())
+    }
+
+    /// A mouse event: a click focuses the pane under it (and in the runs or pipeline pane
+    /// selects the row); the wheel moves the selection or scrolls the pane under it.
+    pub fn on_mouse(&mut self, m: crossterm::event::MouseEvent) -> Vec<Effect> {
+        use crossterm::event::{MouseButton, MouseEventKind};
+        if self.dialog.is_some() || self.input.is_some() {
+            return Vec::new();
+        }
+        let r = super::ui::regions(self.area, self);
+        let at = ratatui::layout::Position::new(m.column, m.row);
+        let (pane, rect) = if r.runs.contains(at) {
+            (Pane::Runs, r.runs)
+        } else if r.pipeline.contains(at) {
+            (Pane::Pipeline, r.pipeline)
+        } else if r.main.contains(at) {
+            (Pane::Main, r.main)
+        } else {
+            return Vec::new();
+        };
+        match m.kind {
+            MouseEventKind::Down(MouseButton::Left) => {
+                self.focus = pane;
+                // The list's first visible row (ratatui scrolls just enough to show the
+                // cursor) plus the row clicked inside the border.
+                let visible = rect.height.saturating_sub(2) as usize;
+                let line = (m.row.saturating_sub(rect.y + 1)) as usize;
+                if m.row <= rect.y || line >= visible {
+                    return Vec::new();
+                }
+                match pane {
+                    Pane::Runs => {
+                        let n = self.runs.rows(&self.ws).len();
+                        let first = self.runs.cursor.saturating_sub(visible.saturating_sub(1));
+                        if first + line < n {
+                            let delta = (first + line) as i64 - self.runs.cursor as i64;
+                            self.move_selection(delta);
+                        }
+                    }
+                    Pane::Pipeline => {
+                        let ex = self.selected_experiment();
+                        let n = super::panes::pipeline::stages(ex).len();
+                        let first = self
+                            .pipeline
+                            .cursor
+                            .saturating_sub(visible.saturating_sub(1));
+                        if first + line < n {
+                            self.pipeline.cursor = first + line;
+                        }
+                    }
+                    Pane::Main => {}
+                }
+            }
+            MouseEventKind::ScrollDown | MouseEventKind::ScrollUp => {
+                self.focus = pane;
+                let down = m.kind == MouseEventKind::ScrollDown;
+                if pane == Pane::Runs {
+                    self.move_selection(if down { 1 } else { -1 });
+                } else {
+                    self.pane_action(if down { Action::Down } else { Action::Up });
+                }
+            }
+            _ => {}
+        }
+        Vec::new()
+    }
+
+    /// Remember the runs of `exp` so that the next new one is selected when it appears.
+    pub fn follow_next_run(&mut self, exp: &std::path::Path) {
+        let known = self
+            .ws
+            .experiments
+            .iter()
+            .find(|e| e.dir == exp)
+            .map(|e| e.runs.iter().map(|r| r.dir.clone()).collect())
+            .unwrap_or_default();
+        self.follow = Some(Follow {
+            exp: exp.to_path_buf(),
+            known,
+        });
+    }
+
+    /// Put the cursor on the started stage's new run once the workspace lists it; whether it
+    /// moved.
+    pub fn select_followed_run(&mut self) -> bool {
+        let Some(f) = &self.follow else {
+            return false;
+        };
+        let Some(ei) = self.ws.experiments.iter().position(|e| e.dir == f.exp) else {
+            return false;
+        };
+        let Some(ri) = self.ws.experiments[ei]
+            .runs
+            .iter()
+            .position(|r| !f.known.contains(&r.dir))
+        else {
+            return false;
+        };
+        self.follow = None;
+        let rows = self.runs.rows(&self.ws);
+        match rows.iter().position(|r| *r == Row::Run(ei, ri)) {
+            Some(i) => {
+                self.runs.cursor = i;
+                self.samples.reset_position();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Move the runs pane's cursor by `delta` rows, as the arrow keys do.
+    fn move_selection(&mut self, delta: i64) {
+        let (action, n) = if delta < 0 {
+            (Action::Up, -delta)
+        } else {
+            (Action::Down, delta)
+        };
+        let focus = std::mem::replace(&mut self.focus, Pane::Runs);
+        for _ in 0..n {
+            self.pane_action(action);
+        }
+        self.focus = focus;
     }
 
     /// Handle one key; returns the effects to carry out.

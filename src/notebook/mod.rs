@@ -42,6 +42,7 @@ pub fn apply(app: &mut App, effect: Effect, tx: &mpsc::Sender<Event>) -> bool {
             for s in &sets {
                 extra.extend(["--set".to_string(), s.clone()]);
             }
+            app.follow_next_run(&exp);
             match supervisor::spawn_stage(&exp, Some(&stage), &extra, tx.clone()) {
                 Ok(pid) => app.notice(format!(
                     "started pid {pid}: stageloop run {} --stage {stage} {}",
@@ -52,6 +53,7 @@ pub fn apply(app: &mut App, effect: Effect, tx: &mpsc::Sender<Event>) -> bool {
             }
         }
         Effect::Spawn { exp, stage } => {
+            app.follow_next_run(&exp);
             match supervisor::spawn_stage(&exp, stage.as_deref(), &[], tx.clone()) {
                 Ok(pid) => app.notice(format!(
                     "started pid {pid}: stageloop run {}{}",
@@ -127,7 +129,14 @@ pub fn handle(app: &mut App, ev: Option<Event>, tx: &mpsc::Sender<Event>) -> Opt
             }
         }
         Event::Resize(..) => dirty = true,
-        Event::Mouse(_) => {}
+        Event::Mouse(m) => {
+            dirty = true;
+            for eff in app.on_mouse(m) {
+                if !apply(app, eff, tx) {
+                    return None;
+                }
+            }
+        }
         Event::Fs(paths) => {
             if app.ws.mark_changed(&paths) {
                 dirty |= app.ws.rescan_all();
@@ -161,6 +170,9 @@ pub fn handle(app: &mut App, ev: Option<Event>, tx: &mpsc::Sender<Event>) -> Opt
             dirty = true;
             app.prompt_output = lines;
         }
+    }
+    if app.follow.is_some() {
+        dirty |= app.select_followed_run();
     }
     Some(dirty)
 }
@@ -254,6 +266,7 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
     app.notice(how);
     terminal::install_abort_guard();
     let mut terminal = ratatui::try_init()?;
+    let _ = crossterm::execute!(std::io::stdout(), crossterm::event::EnableMouseCapture);
     let result = (|| -> anyhow::Result<()> {
         let mut dirty = true;
         let mut last_draw = Instant::now() - FRAME;
@@ -263,6 +276,8 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
             }
             if dirty && last_draw.elapsed() >= FRAME {
                 app.now = crate::runfs::status::now();
+                let size = terminal.size()?;
+                app.area = ratatui::layout::Rect::new(0, 0, size.width, size.height);
                 terminal.draw(|f| ui::draw(f, &app))?;
                 last_draw = Instant::now();
                 dirty = false;
@@ -280,9 +295,13 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
                 input_paused.store(true, Ordering::Relaxed);
                 // The input thread's poll returns within 100 ms and then sleeps.
                 std::thread::sleep(Duration::from_millis(150));
+                let _ =
+                    crossterm::execute!(std::io::stdout(), crossterm::event::DisableMouseCapture);
                 ratatui::restore();
                 let outcome = edit_file(&path);
                 terminal = ratatui::try_init()?;
+                let _ =
+                    crossterm::execute!(std::io::stdout(), crossterm::event::EnableMouseCapture);
                 terminal.clear()?;
                 input_paused.store(false, Ordering::Relaxed);
                 app.notice(match outcome {
@@ -295,6 +314,7 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
             }
         }
     })();
+    let _ = crossterm::execute!(std::io::stdout(), crossterm::event::DisableMouseCapture);
     ratatui::restore();
     result
 }

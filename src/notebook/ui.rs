@@ -54,25 +54,15 @@ fn draw_panes(f: &mut Frame<'_>, app: &App) {
         Constraint::Length(1),
     ])
     .areas(area);
-    if app.maximized {
-        match app.focus {
-            Pane::Runs => runs(f, body, app),
-            Pane::Pipeline => pipeline(f, body, app),
-            Pane::Main => main_view(f, body, app),
-        }
-    } else {
-        let left_w = if body.width >= 110 {
-            46
-        } else {
-            body.width * 2 / 5
-        };
-        let [left, right] =
-            Layout::horizontal([Constraint::Length(left_w), Constraint::Min(10)]).areas(body);
-        let [runs, pipeline] =
-            Layout::vertical([Constraint::Percentage(60), Constraint::Percentage(40)]).areas(left);
-        self::runs(f, runs, app);
-        self::pipeline(f, pipeline, app);
-        main_view(f, right, app);
+    let r = regions(area, app);
+    if r.runs.area() > 0 {
+        runs(f, r.runs, app);
+    }
+    if r.pipeline.area() > 0 {
+        pipeline(f, r.pipeline, app);
+    }
+    if r.main.area() > 0 {
+        main_view(f, r.main, app);
     }
     let note = app.notices.back().cloned().unwrap_or_default();
     f.render_widget(
@@ -116,6 +106,50 @@ fn draw_panes(f: &mut Frame<'_>, app: &App) {
             ),
         ),
         None => {}
+    }
+}
+
+/// Where each pane is drawn on a screen of `area` (empty when hidden by a maximised pane): the
+/// layout `draw` uses, also read to route mouse clicks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Regions {
+    pub runs: Rect,
+    pub pipeline: Rect,
+    pub main: Rect,
+}
+
+pub fn regions(area: Rect, app: &App) -> Regions {
+    if area.width < MIN_WIDTH || area.height < MIN_HEIGHT {
+        return Regions::default();
+    }
+    let [body, _, _] = Layout::vertical([
+        Constraint::Min(1),
+        Constraint::Length(1),
+        Constraint::Length(1),
+    ])
+    .areas(area);
+    if app.maximized {
+        let mut r = Regions::default();
+        *match app.focus {
+            Pane::Runs => &mut r.runs,
+            Pane::Pipeline => &mut r.pipeline,
+            Pane::Main => &mut r.main,
+        } = body;
+        return r;
+    }
+    let left_w = if body.width >= 110 {
+        46
+    } else {
+        body.width * 2 / 5
+    };
+    let [left, main] =
+        Layout::horizontal([Constraint::Length(left_w), Constraint::Min(10)]).areas(body);
+    let [runs, pipeline] =
+        Layout::vertical([Constraint::Percentage(60), Constraint::Percentage(40)]).areas(left);
+    Regions {
+        runs,
+        pipeline,
+        main,
     }
 }
 
@@ -174,6 +208,16 @@ fn main_view(f: &mut Frame<'_>, area: Rect, app: &App) {
     };
     let focused = app.focus == Pane::Main;
     match app.view {
+        // An eval run has one point per metric: its table and curves say more.
+        View::Charts
+            if app.chart_runs().len() == 1
+                && app.selected_run().is_some_and(|r| {
+                    r.eval.is_some() && r.status.as_ref().is_some_and(|s| s.kind == "eval")
+                }) =>
+        {
+            let c = ctx(app, Pane::Main, &[]);
+            panes::evals::draw(f, content, app.selected_experiment(), c);
+        }
         View::Charts => {
             let c = ctx(app, Pane::Main, &[Input::MetricFilter]);
             app.charts.draw(f, content, &app.chart_runs(), c);

@@ -895,3 +895,63 @@ fn a_fork_checks_its_overrides_before_starting() {
         }]
     );
 }
+
+#[test]
+fn a_click_selects_and_the_wheel_scrolls() {
+    use crossterm::event::{MouseButton, MouseEvent, MouseEventKind};
+    let d = tempfile::tempdir().unwrap();
+    fixture(d.path());
+    let mut a = app(d.path());
+    a.area = ratatui::layout::Rect::new(0, 0, 120, 32);
+    let at = |kind, column, row| MouseEvent {
+        kind,
+        column,
+        row,
+        modifiers: KeyModifiers::NONE,
+    };
+    // Rows inside the runs pane's border: demo, ev, rl, pre, …
+    a.on_mouse(at(MouseEventKind::Down(MouseButton::Left), 5, 3));
+    assert_eq!(a.selected_run().unwrap().id, "20261130-010100-rl");
+    a.on_mouse(at(MouseEventKind::ScrollDown, 5, 10));
+    assert_eq!(a.selected_run().unwrap().id, "20261130-010000-pre");
+    a.on_mouse(at(MouseEventKind::ScrollUp, 5, 10));
+    a.on_mouse(at(MouseEventKind::ScrollUp, 5, 10));
+    assert_eq!(a.selected_run().unwrap().id, "20261130-010200-ev");
+    // The pipeline pane is below (60% of the 30 body rows): its second stage.
+    let top = ui::regions(a.area, &a).pipeline.y;
+    a.on_mouse(at(MouseEventKind::Down(MouseButton::Left), 5, top + 2));
+    assert_eq!(a.focus, Pane::Pipeline);
+    assert_eq!(a.pipeline.cursor, 1);
+    // The main view takes the focus on a click.
+    a.on_mouse(at(MouseEventKind::Down(MouseButton::Left), 80, 10));
+    assert_eq!(a.focus, Pane::Main);
+}
+
+#[test]
+fn a_started_stage_gets_the_cursor_when_its_run_appears() {
+    let d = tempfile::tempdir().unwrap();
+    fixture(d.path());
+    let mut a = app(d.path());
+    let exp = d.path().join("demo");
+    a.follow_next_run(&exp);
+    assert!(!a.select_followed_run(), "nothing new yet");
+    let new = exp.join("runs/20261130-020000-pre");
+    std::fs::create_dir_all(&new).unwrap();
+    std::fs::write(
+        new.join("run.json"),
+        run_json(
+            "20261130-020000-pre",
+            "pre",
+            "pretrain",
+            "running",
+            0,
+            4,
+            None,
+        ),
+    )
+    .unwrap();
+    a.ws.rescan_all();
+    assert!(a.select_followed_run());
+    assert_eq!(a.selected_run().unwrap().id, "20261130-020000-pre");
+    assert!(a.follow.is_none());
+}
