@@ -84,6 +84,11 @@ pub enum Effect {
     EditNotes {
         path: PathBuf,
     },
+    /// Append one line to the run's `bookmarks.jsonl`.
+    Bookmark {
+        run: PathBuf,
+        line: String,
+    },
     /// SIGTERM to the stage writing `run` (when its process `pid` holds the run's lock).
     Stop {
         run: PathBuf,
@@ -442,6 +447,22 @@ impl App {
                 if let Some(e) = self.selected_experiment() {
                     return vec![Effect::EditNotes {
                         path: e.dir.join(super::workspace::NOTES),
+                    }];
+                }
+            }
+            Action::Bookmark => {
+                let Some(run) = self.selected_run() else {
+                    return Vec::new();
+                };
+                let visible = self.samples.visible(Some(run));
+                if let Some(s) =
+                    visible.get(self.samples.index.min(visible.len().saturating_sub(1)))
+                {
+                    let on = !run.bookmarks.contains(&s.key());
+                    let line = super::workspace::bookmark_line(s, on);
+                    return vec![Effect::Bookmark {
+                        run: run.dir.clone(),
+                        line,
                     }];
                 }
             }

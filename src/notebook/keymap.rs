@@ -86,6 +86,10 @@ pub enum Action {
     EditExperimentNotes,
     /// Fork the highlighted stage into a new run with typed `--set` overrides.
     Fork,
+    /// Bookmark the selected sample (again: remove the bookmark).
+    Bookmark,
+    /// List the run's bookmarked samples (enter jumps to one's step).
+    Bookmarks,
     Maximize,
     SmoothMore,
     SmoothLess,
@@ -356,6 +360,20 @@ pub const KEYMAP: &[Binding] = &[
         A::GroupView,
         "group",
         "all completions of the sample's group",
+    ),
+    b(
+        Char('b'),
+        Samples,
+        A::Bookmark,
+        "bookmark",
+        "bookmark the sample (again removes it)",
+    ),
+    b(
+        Char('B'),
+        Samples,
+        A::Bookmarks,
+        "bookmarks",
+        "list bookmarked samples; enter jumps to the step",
     ),
     b(
         Char('p'),

@@ -37,6 +37,22 @@ pub fn apply(app: &mut App, effect: Effect, tx: &mpsc::Sender<Event>) -> bool {
     match effect {
         Effect::Quit => return false,
         Effect::EditNotes { path } => app.editor = Some(path),
+        Effect::Bookmark { run, line } => {
+            // One write per line, appended: the file is a log like the run's others.
+            use std::io::Write;
+            let path = run.join(workspace::BOOKMARKS);
+            let wrote = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()));
+            match wrote {
+                Ok(()) => {
+                    app.poll(Instant::now() + POLL_BUDGET);
+                }
+                Err(e) => app.notice(format!("{}: {e}", path.display())),
+            }
+        }
         Effect::Fork { exp, stage, sets } => {
             let mut extra = vec!["--fresh".to_string()];
             for s in &sets {

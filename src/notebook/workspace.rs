@@ -61,6 +61,11 @@ pub struct Sample {
 }
 
 impl Sample {
+    /// What identifies a sample in `bookmarks.jsonl`: its step, prompt and completion.
+    pub fn key(&self) -> (u64, String, String) {
+        (self.step, self.prompt.clone(), self.completion.clone())
+    }
+
     pub fn parse(line: &str) -> Option<Sample> {
         let v: serde_json::Value = serde_json::from_str(line).ok()?;
         let s = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_string();
@@ -110,6 +115,11 @@ pub struct RunView {
     /// The run's `notes.md` (the user's), as last read.
     pub notes: Option<String>,
     notes_mtime: Option<SystemTime>,
+    /// Bookmarked samples (step, prompt, completion), from `bookmarks.jsonl`.
+    pub bookmarks: std::collections::BTreeSet<(u64, String, String)>,
+    /// Modification time and length of `bookmarks.jsonl` when read (appends within one
+    /// timestamp tick still change the length).
+    bookmarks_stamp: Option<(SystemTime, u64)>,
     pub log: VecDeque<String>,
     pub bad_lines: u64,
     pub last_error: Option<String>,
@@ -135,6 +145,41 @@ pub struct RunView {
 
 fn mtime(p: &Path) -> Option<SystemTime> {
     std::fs::metadata(p).and_then(|m| m.modified()).ok()
+}
+
+/// A run's bookmarked samples: one JSON line per toggle (`step`, `prompt`, `completion`, `on`),
+/// appended by the notebook; the last line about a sample decides.
+pub const BOOKMARKS: &str = "bookmarks.jsonl";
+
+/// The line that bookmarks (`on`) or un-bookmarks a sample.
+pub fn bookmark_line(s: &Sample, on: bool) -> String {
+    serde_json::json!({"step": s.step, "prompt": s.prompt, "completion": s.completion, "on": on})
+        .to_string()
+}
+
+/// The bookmarked samples of a `bookmarks.jsonl` (bad lines skipped).
+fn read_bookmarks(path: &Path) -> std::collections::BTreeSet<(u64, String, String)> {
+    let mut out = std::collections::BTreeSet::new();
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    for line in text.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let (Some(step), Some(p), Some(c)) = (
+            v["step"].as_u64(),
+            v["prompt"].as_str(),
+            v["completion"].as_str(),
+        ) else {
+            continue;
+        };
+        let key = (step, p.to_string(), c.to_string());
+        if v["on"].as_bool().unwrap_or(true) {
+            out.insert(key);
+        } else {
+            out.remove(&key);
+        }
+    }
+    out
 }
 
 /// The file of a run's or an experiment's notes (markdown, the user's own).
@@ -176,6 +221,8 @@ impl RunView {
             lineage: None,
             notes: None,
             notes_mtime: None,
+            bookmarks: Default::default(),
+            bookmarks_stamp: None,
             log: VecDeque::new(),
             bad_lines: 0,
             last_error: None,
@@ -225,6 +272,14 @@ impl RunView {
                     crate::analysis::compute::lineage(&ck)
                 });
             }
+        }
+        let bm = std::fs::metadata(self.dir.join(BOOKMARKS))
+            .and_then(|m| Ok((m.modified()?, m.len())))
+            .ok();
+        if bm != self.bookmarks_stamp {
+            self.bookmarks_stamp = bm;
+            self.bookmarks = read_bookmarks(&self.dir.join(BOOKMARKS));
+            changed = true;
         }
         let (notes, notes_mtime) = read_notes(&self.dir, self.notes_mtime);
         if notes_mtime != self.notes_mtime {

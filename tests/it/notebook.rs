@@ -424,7 +424,7 @@ fn snapshots_of_each_view() {
     a.focus = Pane::Main;
     insta::assert_snapshot!("logs", render(&a, 120, 32));
     a.on_key(key('?'));
-    insta::assert_snapshot!("help", render(&a, 120, 40));
+    insta::assert_snapshot!("help", render(&a, 120, 48));
     a.on_key(key('?'));
     a.on_key(key('1'));
     a.on_key(code(KeyCode::Enter));
@@ -954,4 +954,43 @@ fn a_started_stage_gets_the_cursor_when_its_run_appears() {
     assert!(a.select_followed_run());
     assert_eq!(a.selected_run().unwrap().id, "20261130-020000-pre");
     assert!(a.follow.is_none());
+}
+
+#[test]
+fn bookmarks_are_saved_in_the_run_listed_and_jumped_to() {
+    let d = tempfile::tempdir().unwrap();
+    fixture(d.path());
+    let mut a = app(d.path());
+    let (tx, _rx) = std::sync::mpsc::channel();
+    a.on_key(key('j'));
+    a.on_key(key('j')); // the grpo run
+    a.on_key(key('2'));
+    a.on_key(code(KeyCode::Left)); // step 1
+    a.on_key(key('j')); // its second sample: "<think>4</think><answer>4</answer>"
+    for eff in a.on_key(key('b')) {
+        assert!(matches!(eff, Effect::Bookmark { .. }));
+        assert!(stageloop::notebook::apply(&mut a, eff, &tx));
+    }
+    let run = a.selected_run().unwrap();
+    assert_eq!(run.bookmarks.len(), 1);
+    let line = std::fs::read_to_string(run.dir.join("bookmarks.jsonl")).unwrap();
+    assert!(
+        line.contains("\"on\":true") && line.contains("<answer>4"),
+        "{line}"
+    );
+    // Listed from another step, then jumped to.
+    a.on_key(code(KeyCode::Right));
+    a.on_key(key('B'));
+    assert_eq!(a.samples.mode, SampleMode::Bookmarks);
+    assert!(render(&a, 140, 30).contains("★"));
+    a.on_key(code(KeyCode::Enter));
+    assert_eq!(a.samples.mode, SampleMode::Step);
+    assert_eq!(a.samples.step(a.selected_run()), Some(1));
+    let shown = a.samples.visible(a.selected_run())[a.samples.index];
+    assert!(shown.completion.contains("<answer>4"));
+    // b again removes it (an appended line says so).
+    for eff in a.on_key(key('b')) {
+        assert!(stageloop::notebook::apply(&mut a, eff, &tx));
+    }
+    assert!(a.selected_run().unwrap().bookmarks.is_empty());
 }

@@ -59,6 +59,8 @@ pub enum SampleMode {
     Group(u64),
     /// One prompt across all steps.
     Prompt(String),
+    /// The run's bookmarked samples, all steps.
+    Bookmarks,
 }
 
 /// `lo..hi` with either side optional (`0.5..`, `..0`); empty text clears the range.
@@ -123,6 +125,7 @@ impl Samples {
                 SampleMode::Step => Some(s.step) == step,
                 SampleMode::Group(g) => Some(s.step) == step && s.group == Some(*g),
                 SampleMode::Prompt(p) => &s.prompt == p,
+                SampleMode::Bookmarks => r.bookmarks.contains(&s.key()),
             })
             .filter(|s| self.filter.keeps(s))
             .filter(|s| {
@@ -177,6 +180,28 @@ impl Samples {
             }
             Action::SampleFilter => {
                 self.filter = self.filter.next();
+                self.index = 0;
+            }
+            Action::Select if self.mode == SampleMode::Bookmarks => {
+                // Jump to the bookmarked sample's step, on that sample.
+                if let Some(s) = selected(self) {
+                    let steps = Samples::steps(run);
+                    let pos = steps.iter().position(|x| *x == s.step).unwrap_or(0);
+                    let key = s.key();
+                    self.step_back = steps.len() - 1 - pos;
+                    self.mode = SampleMode::Step;
+                    self.index = 0;
+                    if let Some(i) = self.visible(run).iter().position(|x| x.key() == key) {
+                        self.index = i;
+                    }
+                }
+            }
+            Action::Bookmarks => {
+                self.mode = if self.mode == SampleMode::Bookmarks {
+                    SampleMode::Step
+                } else {
+                    SampleMode::Bookmarks
+                };
                 self.index = 0;
             }
             Action::GroupView | Action::Select => {
@@ -244,14 +269,19 @@ pub fn highlight(completion: &str, correct: bool) -> Vec<Span<'static>> {
     spans
 }
 
-fn item(s: &Sample) -> ListItem<'static> {
+fn item(s: &Sample, bookmarked: bool) -> ListItem<'static> {
     let mark = if s.correct() {
         Span::styled("✓ ", Style::default().fg(Color::Green))
     } else {
         Span::styled("✗ ", Style::default().fg(Color::Red))
     };
+    let star = Span::styled(
+        if bookmarked { "★ " } else { "" },
+        Style::default().fg(Color::Yellow),
+    );
     let adv = s.advantage.map(|a| format!("{a:+.2} ")).unwrap_or_default();
     let mut spans = vec![
+        star,
         mark,
         Span::styled(
             format!("{:.2} {adv}", s.reward),
@@ -272,6 +302,7 @@ fn draw(pane: &Samples, f: &mut Frame<'_>, area: Rect, run: Option<&RunView>, ct
         SampleMode::Step => "".to_string(),
         SampleMode::Group(g) => format!(" · group {g}"),
         SampleMode::Prompt(p) => format!(" · prompt {p} across steps"),
+        SampleMode::Bookmarks => " · bookmarks (enter jumps)".to_string(),
     };
     let mode = match (ctx.typing, pane.reward_range) {
         (Some(text), _) => format!("{mode} · reward {text}▏"),
@@ -291,6 +322,8 @@ fn draw(pane: &Samples, f: &mut Frame<'_>, area: Rect, run: Option<&RunView>, ct
     if samples.is_empty() {
         let msg = if steps.is_empty() {
             "no samples in this run"
+        } else if pane.mode == SampleMode::Bookmarks {
+            "no bookmarks in this run (b bookmarks the selected sample)"
         } else {
             "no sample matches the filter (f cycles it)"
         };
@@ -303,9 +336,14 @@ fn draw(pane: &Samples, f: &mut Frame<'_>, area: Rect, run: Option<&RunView>, ct
     let mut state = ListState::default();
     state.select(Some(sel));
     f.render_stateful_widget(
-        List::new(samples.iter().map(|s| item(s)).collect::<Vec<_>>())
-            .block(block(&title, focused))
-            .highlight_style(Style::default().bg(Color::DarkGray)),
+        List::new(
+            samples
+                .iter()
+                .map(|s| item(s, run.is_some_and(|r| r.bookmarks.contains(&s.key()))))
+                .collect::<Vec<_>>(),
+        )
+        .block(block(&title, focused))
+        .highlight_style(Style::default().bg(Color::DarkGray)),
         list_area,
         &mut state,
     );
