@@ -1,12 +1,19 @@
-//! `stageloop runs EXP`: one row per run of an experiment.
+//! `stageloop runs EXP`: one row per run of an experiment, or of a folder of another program's
+//! runs (`EXP/runs/*/metrics.jsonl` or `metrics.csv`, no `experiment.toml`).
 
 use crate::untrusted::display;
 use crate::{analysis, runfs, spec};
 use std::path::Path;
 
 pub fn run(exp: &Path, json: bool) -> anyhow::Result<()> {
-    let e = spec::load(exp)?;
-    let rows: Vec<_> = runfs::list_runs(&e.runs_dir())
+    // Another program's runs: a folder with `runs/` and no spec is listed as it is.
+    let runs_dir =
+        if exp.is_dir() && !exp.join("experiment.toml").exists() && exp.join("runs").is_dir() {
+            exp.join("runs")
+        } else {
+            spec::load(exp)?.runs_dir()
+        };
+    let rows: Vec<_> = runfs::list_runs(&runs_dir)
         .iter()
         .map(analysis::run_row)
         .collect();
@@ -15,7 +22,7 @@ pub fn run(exp: &Path, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     if rows.is_empty() {
-        println!("no runs yet in {}", e.runs_dir().display());
+        println!("no runs yet in {}", runs_dir.display());
         return Ok(());
     }
     print!("{}", table(&rows));

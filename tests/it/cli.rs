@@ -905,3 +905,50 @@ fn seeds_run_the_pipeline_once_per_seed_and_resume_a_sweep() {
         1
     );
 }
+
+#[test]
+fn runs_of_another_program_get_alerts_and_a_healthy_one_none() {
+    let d = tempfile::tempdir().unwrap();
+    // Three runs written by another program with TRL's metric names, no experiment.toml.
+    let write = |name: &str, f: &dyn Fn(f64) -> serde_json::Value| {
+        let dir = d.path().join("runs").join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut text = String::new();
+        for i in 0..30 {
+            let mut v = f(i as f64 / 29.0);
+            v["step"] = serde_json::json!(i + 1);
+            text.push_str(&format!("{v}\n"));
+        }
+        std::fs::write(dir.join("metrics.jsonl"), text).unwrap();
+    };
+    write("hack", &|t| {
+        serde_json::json!({"reward": 0.3 + 0.6 * t, "rewards/accuracy_reward/mean": 0.3,
+            "rewards/format_reward/mean": 0.1 + 0.8 * t, "entropy": 0.8})
+    });
+    write(
+        "collapse",
+        &|t| serde_json::json!({"reward": 0.5, "entropy": 1.0 - 0.97 * t}),
+    );
+    write("healthy", &|t| {
+        serde_json::json!({"reward": 0.3 + 0.5 * t, "rewards/accuracy_reward/mean": 0.2 + 0.5 * t,
+            "rewards/format_reward/mean": 0.6 + 0.3 * t, "entropy": 1.0 - 0.3 * t,
+            "completions/mean_length": 30.0 + 5.0 * t, "kl": 0.01 * t, "frac_reward_zero_std": 0.3})
+    });
+    let out = bin()
+        .args(["runs", "--json"])
+        .arg(d.path())
+        .assert()
+        .success();
+    let rows: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    let alerts = |id: &str| {
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["id"] == id)
+            .unwrap_or_else(|| panic!("{id}: {rows}"))["alerts"]
+            .clone()
+    };
+    assert_eq!(alerts("hack"), serde_json::json!(["reward_hacking"]));
+    assert_eq!(alerts("collapse"), serde_json::json!(["entropy_collapse"]));
+    assert_eq!(alerts("healthy"), serde_json::json!([]));
+}
