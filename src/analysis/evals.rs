@@ -9,15 +9,9 @@ use crate::spec::{Experiment, StageKind};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
-/// The scalar metrics of `eval.json` a row carries, in table order.
-pub const METRICS: [&str; 6] = [
-    "pass@1",
-    "greedy",
-    "pass@k",
-    "maj@k",
-    "format_rate",
-    "mean_length",
-];
+/// The scalar metrics of `eval.json` a row carries, in table order: the ones a loop may stop
+/// on.
+pub const METRICS: &[&str] = crate::spec::validate::EVAL_METRICS;
 
 /// One finished eval run.
 #[derive(Debug, Clone)]

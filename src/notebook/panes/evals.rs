@@ -3,7 +3,7 @@
 //! dashed line where the base model's curve crosses a later one: capability vs sharpening), and
 //! pass@1 against the compute spent along each evaluated checkpoint's lineage.
 
-use super::{Ctx, block};
+use super::{Ctx, PALETTE as COLORS, block};
 use crate::analysis::evals::{self, StageSummary};
 use crate::notebook::workspace::ExperimentView;
 use crate::runfs::RunDir;
@@ -13,15 +13,6 @@ use ratatui::style::{Color, Modifier, Style};
 use ratatui::symbols::Marker;
 use ratatui::text::Line;
 use ratatui::widgets::{Axis, Chart, Dataset, GraphType, Paragraph, Row, Table};
-
-const COLORS: [Color; 6] = [
-    Color::Cyan,
-    Color::Magenta,
-    Color::Yellow,
-    Color::Green,
-    Color::LightBlue,
-    Color::LightRed,
-];
 
 /// The experiment's eval stages over seeds, from what the workspace has read.
 pub fn summaries(ex: &ExperimentView) -> Vec<StageSummary> {

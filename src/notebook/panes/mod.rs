@@ -62,18 +62,20 @@ pub fn status_color(s: &str) -> Color {
     }
 }
 
+/// The colours of runs and curves, in order.
+pub const PALETTE: [Color; 8] = [
+    Color::Cyan,
+    Color::Magenta,
+    Color::Yellow,
+    Color::Green,
+    Color::LightBlue,
+    Color::LightRed,
+    Color::LightGreen,
+    Color::LightMagenta,
+];
+
 /// A stable colour for a run, by its id.
 pub fn run_color(id: &str) -> Color {
-    const PALETTE: [Color; 8] = [
-        Color::Cyan,
-        Color::Magenta,
-        Color::Yellow,
-        Color::Green,
-        Color::LightBlue,
-        Color::LightRed,
-        Color::LightGreen,
-        Color::LightMagenta,
-    ];
     let h = id
         .bytes()
         .fold(2166136261u32, |h, b| (h ^ b as u32).wrapping_mul(16777619));
