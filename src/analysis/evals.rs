@@ -39,60 +39,57 @@ impl EvalRow {
 }
 
 /// The rows of an experiment, in pipeline order then seed, and one message per `eval.json`
-/// that could not be read (its run is left out; the others are still returned).
+/// that could not be read (its run is left out; the others are still returned). Reads only the
+/// latest finished run of each eval stage and seed, then selects as [`rows_of`] does.
 pub fn eval_rows(exp: &Experiment) -> (Vec<EvalRow>, Vec<String>) {
-    let runs = runfs::runs_with_status(&exp.runs_dir());
-    let mut out = Vec::new();
-    let mut problems = Vec::new();
-    for s in exp.spec.stage.iter().filter(|s| s.kind == StageKind::Eval) {
-        // The latest finished run per seed (runs are listed oldest first).
-        let mut latest: BTreeMap<Option<u64>, (RunDir, runfs::RunStatus)> = BTreeMap::new();
-        for (run, st) in &runs {
-            if let Some(st) = st
-                && st.stage == s.name
-                && st.status == Status::Done
-            {
-                latest.insert(st.seed, (run.clone(), st.clone()));
-            }
-        }
-        for (seed, (run, st)) in latest {
-            let path = run.eval_json();
-            let report: Value = match std::fs::read_to_string(&path)
-                .map_err(|e| format!("{}: cannot read: {e}", path.display()))
-                .and_then(|text| {
-                    serde_json::from_str(&text)
-                        .map_err(|e| format!("{}:{}:{}: {e}", path.display(), e.line(), e.column()))
-                }) {
-                Ok(v) => v,
-                Err(p) => {
-                    problems.push(format!("eval stage `{}`: {p}", s.name));
-                    continue;
-                }
-            };
-            let evaluated = s.init.clone().unwrap_or_default();
-            let evaluated_kind = exp
-                .stage(&evaluated)
-                .map(|x| x.kind.to_string())
-                .unwrap_or_default();
-            let compute = st
-                .init
-                .as_deref()
-                .map(|init| compute::lineage(&compute::locate(init, Some(&exp.runs_dir()))))
-                .unwrap_or_default();
-            out.push(EvalRow {
-                stage: s.name.clone(),
-                evaluated,
-                evaluated_kind,
-                seed,
-                pass_at: curve(&report),
-                eval_flops: report.get("flops").and_then(Value::as_f64).unwrap_or(0.0),
-                report,
-                compute,
-                run,
-            });
+    let evals: Vec<&str> = exp
+        .spec
+        .stage
+        .iter()
+        .filter(|s| s.kind == StageKind::Eval)
+        .map(|s| s.name.as_str())
+        .collect();
+    // The latest finished run per eval stage and seed (runs are listed oldest first).
+    let mut latest: BTreeMap<(String, Option<u64>), (RunDir, runfs::RunStatus)> = BTreeMap::new();
+    for (run, st) in runfs::runs_with_status(&exp.runs_dir()) {
+        if let Some(st) = st
+            && evals.contains(&st.stage.as_str())
+            && st.status == Status::Done
+        {
+            latest.insert((st.stage.clone(), st.seed), (run, st));
         }
     }
-    (out, problems)
+    let mut problems = Vec::new();
+    let mut read = Vec::new();
+    // Read in pipeline order, so problems are reported in that order.
+    let mut latest: Vec<_> = latest.into_iter().collect();
+    latest.sort_by_key(|((stage, seed), _)| (evals.iter().position(|e| e == stage), *seed));
+    for (_, (run, st)) in latest {
+        let path = run.eval_json();
+        let report: Value = match std::fs::read_to_string(&path)
+            .map_err(|e| format!("{}: cannot read: {e}", path.display()))
+            .and_then(|text| {
+                serde_json::from_str(&text)
+                    .map_err(|e| format!("{}:{}:{}: {e}", path.display(), e.line(), e.column()))
+            }) {
+            Ok(v) => v,
+            Err(p) => {
+                problems.push(format!("eval stage `{}`: {p}", st.stage));
+                continue;
+            }
+        };
+        let lineage = st
+            .init
+            .as_deref()
+            .map(|init| compute::lineage(&compute::locate(init, Some(&exp.runs_dir()))))
+            .unwrap_or_default();
+        read.push((run, st, report, lineage));
+    }
+    let refs: Vec<_> = read
+        .iter()
+        .map(|(run, st, report, lineage)| (run.clone(), st, report, lineage.clone()))
+        .collect();
+    (rows_of(exp, &refs), problems)
 }
 
 /// Rows from runs already read (the notebook's): `(run, run.json, eval.json, lineage)`, oldest
