@@ -227,9 +227,10 @@ impl App {
         self.runs.selected_run(&self.ws)
     }
 
-    /// Runs drawn on the charts: the selected one first, then the marked ones.
+    /// Runs drawn on the charts: the selected one first, then the marked ones; with seeds
+    /// grouped (`G`), the selected run and its other seeds.
     pub fn chart_runs(&self) -> Vec<&RunView> {
-        self.runs.chart_runs(&self.ws)
+        chart_runs(&self.runs, &self.ws, self.charts.group_seeds)
     }
 
     /// The keymap scope keys are looked up in: a dialog or input takes every key.
@@ -521,8 +522,14 @@ impl App {
                 self.pipeline.on_action(action, ex);
             }
             (Pane::Main, View::Charts) => {
-                let runs = self.runs.chart_runs(&self.ws);
+                let runs = chart_runs(&self.runs, &self.ws, self.charts.group_seeds);
                 self.charts.on_action(action, &runs);
+                if action == Action::GroupSeeds
+                    && self.charts.group_seeds
+                    && self.chart_runs().len() < 2
+                {
+                    self.notice("no other seeds of this run (same stage and settings) to group");
+                }
             }
             (Pane::Main, View::Samples) => {
                 let run = self.runs.selected_run(&self.ws);
@@ -766,4 +773,17 @@ pub fn programs_of(ex: &ExperimentView, stage: Option<&str>) -> Vec<String> {
                 .collect::<Vec<_>>()
         })
         .collect()
+}
+
+/// [`App::chart_runs`] over the runs pane and workspace (borrowed apart from the charts).
+fn chart_runs<'a>(runs: &Runs, ws: &'a Workspace, group_seeds: bool) -> Vec<&'a RunView> {
+    if group_seeds
+        && let (Some(e), Some(run)) = (runs.selected_experiment(ws), runs.selected_run(ws))
+    {
+        let group = ws.experiments[e].seed_group(run);
+        if !group.is_empty() {
+            return group;
+        }
+    }
+    runs.chart_runs(ws)
 }

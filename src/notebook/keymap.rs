@@ -86,6 +86,8 @@ pub enum Action {
     EditExperimentNotes,
     /// Fork the highlighted stage into a new run with typed `--set` overrides.
     Fork,
+    /// Charts: the selected run's seeds as one mean line with a min–max band.
+    GroupSeeds,
     /// Bookmark the selected sample (again: remove the bookmark).
     Bookmark,
     /// List the run's bookmarked samples (enter jumps to one's step).
@@ -332,6 +334,13 @@ pub const KEYMAP: &[Binding] = &[
         A::XAxis,
         "x-axis",
         "x axis: step → relative time → wall time",
+    ),
+    b(
+        Char('G'),
+        Charts,
+        A::GroupSeeds,
+        "seeds",
+        "the run's seeds as one mean with a min–max band",
     ),
     b(
         Char('m'),

@@ -214,6 +214,44 @@ pub fn smooth(values: &[f64], weight: f64) -> Vec<f64> {
     out
 }
 
+/// Several runs' values of one metric aligned by step (`(steps, values)` per run): at each
+/// step any run logged, the mean, minimum and maximum over the runs with a finite value there.
+/// Steps ascending.
+pub fn seed_band(runs: &[(Vec<f64>, Vec<f64>)]) -> Band {
+    let mut at: std::collections::BTreeMap<i64, (f64, f64, f64, usize)> = Default::default();
+    for (steps, vals) in runs {
+        for (&s, &v) in steps.iter().zip(vals) {
+            if !(s.is_finite() && v.is_finite()) {
+                continue;
+            }
+            let e = at
+                .entry(s as i64)
+                .or_insert((0.0, f64::INFINITY, f64::NEG_INFINITY, 0));
+            e.0 += v;
+            e.1 = e.1.min(v);
+            e.2 = e.2.max(v);
+            e.3 += 1;
+        }
+    }
+    let mut out = Band::default();
+    for (s, (sum, lo, hi, n)) in at {
+        out.steps.push(s as f64);
+        out.mean.push(sum / n as f64);
+        out.min.push(lo);
+        out.max.push(hi);
+    }
+    out
+}
+
+/// [`seed_band`]'s columns.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Band {
+    pub steps: Vec<f64>,
+    pub mean: Vec<f64>,
+    pub min: Vec<f64>,
+    pub max: Vec<f64>,
+}
+
 /// Split point indices where x goes backwards (a resumed run): each segment is `[start, end)`.
 pub fn segments(xs: &[f64]) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
@@ -280,6 +318,19 @@ pub fn downsample(xs: &[f64], ys: &[f64], columns: usize) -> Vec<(f64, f64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn seed_bands_align_by_step_and_skip_gaps() {
+        let b = seed_band(&[
+            (vec![1.0, 2.0, 3.0], vec![1.0, 2.0, f64::NAN]),
+            (vec![1.0, 2.0, 3.0], vec![3.0, 4.0, 5.0]),
+            (vec![2.0], vec![6.0]),
+        ]);
+        assert_eq!(b.steps, vec![1.0, 2.0, 3.0]);
+        assert_eq!(b.mean, vec![2.0, 4.0, 5.0]);
+        assert_eq!(b.min, vec![1.0, 2.0, 5.0]);
+        assert_eq!(b.max, vec![3.0, 6.0, 5.0]);
+    }
 
     #[test]
     fn debiased_ema_matches_tensorboard() {

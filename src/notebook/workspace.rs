@@ -493,6 +493,33 @@ pub struct ExperimentView {
     run_names: Vec<std::ffi::OsString>,
 }
 
+impl ExperimentView {
+    /// Runs of `run`'s stage with the same settings that differ only in seed (`run` first),
+    /// when `run` has a seed and there is at least one other.
+    pub fn seed_group<'a>(&'a self, run: &'a RunView) -> Vec<&'a RunView> {
+        let Some(s) = &run.status else {
+            return vec![];
+        };
+        let Some(seed) = s.seed else {
+            return vec![];
+        };
+        let mut out = vec![run];
+        for r in &self.runs {
+            if let Some(o) = &r.status
+                && o.stage == s.stage
+                && o.config == s.config
+                && o.seed.is_some_and(|x| x != seed)
+                && !out
+                    .iter()
+                    .any(|x| x.status.as_ref().and_then(|y| y.seed) == o.seed)
+            {
+                out.push(r);
+            }
+        }
+        if out.len() < 2 { vec![] } else { out }
+    }
+}
+
 /// Everything under the notebook's root folder.
 #[derive(Debug)]
 pub struct Workspace {

@@ -994,3 +994,63 @@ fn bookmarks_are_saved_in_the_run_listed_and_jumped_to() {
     }
     assert!(a.selected_run().unwrap().bookmarks.is_empty());
 }
+
+#[test]
+fn seeds_of_a_stage_chart_as_a_mean_with_a_band() {
+    let d = tempfile::tempdir().unwrap();
+    fixture(d.path());
+    let runs = d.path().join("demo/runs");
+    let pre = runs.join("20261130-010000-pre");
+    let text = std::fs::read_to_string(pre.join("run.json")).unwrap();
+    std::fs::write(
+        pre.join("run.json"),
+        text.replacen('{', "{\"seed\": 0, ", 1),
+    )
+    .unwrap();
+    let pre1 = runs.join("20261130-010500-pre");
+    std::fs::create_dir_all(&pre1).unwrap();
+    std::fs::write(
+        pre1.join("run.json"),
+        run_json("20261130-010500-pre", "pre", "pretrain", "done", 4, 4, None).replacen(
+            '{',
+            "{\"seed\": 1, ",
+            1,
+        ),
+    )
+    .unwrap();
+    let mut m = String::new();
+    for (s, l) in [(1, 3.4), (2, 2.7), (3, 2.4), (4, 1.9)] {
+        m.push_str(&format!(
+            "{{\"step\":{s},\"time\":{},\"loss\":{l}}}\n",
+            2000 + s * 10
+        ));
+    }
+    std::fs::write(pre1.join("metrics.jsonl"), m).unwrap();
+    let mut a = app(d.path());
+    // rows: demo, pre (seed 1), ev, rl, pre (seed 0)
+    a.on_key(key('j'));
+    assert_eq!(a.selected_run().unwrap().id, "20261130-010500-pre");
+    a.on_key(key('1'));
+    assert_eq!(a.chart_runs().len(), 1);
+    a.charts.smoothing = 0.0;
+    a.on_key(key('G'));
+    assert_eq!(
+        a.chart_runs()
+            .iter()
+            .map(|r| r.id.as_str())
+            .collect::<Vec<_>>(),
+        vec!["20261130-010500-pre", "20261130-010000-pre"]
+    );
+    let screen = render(&a, 120, 32);
+    assert!(screen.contains("2 seeds: mean, min–max dim"), "{screen}");
+    insta::assert_snapshot!("seed_band", screen);
+    // The rl run has no other seed: the toggle says so and the chart shows it alone.
+    a.on_key(key('G'));
+    a.on_key(code(KeyCode::Tab));
+    a.on_key(key('j'));
+    a.on_key(key('j'));
+    a.focus = Pane::Main;
+    a.on_key(key('G'));
+    assert_eq!(a.chart_runs().len(), 1);
+    assert!(a.notices.back().unwrap().contains("no other seeds"));
+}

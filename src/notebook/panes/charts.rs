@@ -6,7 +6,7 @@
 
 use super::{Ctx, block, run_color, step_index};
 use crate::notebook::keymap::Action;
-use crate::notebook::series::{XAxis, downsample, segments, smooth};
+use crate::notebook::series::{XAxis, downsample, seed_band, segments, smooth};
 use crate::notebook::workspace::RunView;
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
@@ -91,6 +91,8 @@ pub struct Charts {
     pub cursor: f64,
     /// Case-insensitive text a metric name must contain.
     pub metric_filter: String,
+    /// The runs are one stage's seeds: draw their mean with the min and max dim (by step).
+    pub group_seeds: bool,
     cache: ChartCache,
     /// Columns of the grid as last drawn (↑/↓ move by a row of them).
     columns: Cell<usize>,
@@ -106,6 +108,7 @@ impl Default for Charts {
             zoom: false,
             cursor: 1.0,
             metric_filter: String::new(),
+            group_seeds: false,
             cache: ChartCache::default(),
             columns: Cell::new(2),
         }
@@ -176,6 +179,7 @@ impl Charts {
             }
             Action::LogY => self.log_y = !self.log_y,
             Action::XAxis => self.x_axis = self.x_axis.next(),
+            Action::GroupSeeds => self.group_seeds = !self.group_seeds,
             _ => return false,
         }
         true
@@ -247,6 +251,42 @@ pub fn run_lines(run: &RunView, metric: &str, view: LineView) -> Vec<Line> {
         }
     }
     out
+}
+
+/// One stage's seeds as three lines by step: the mean of each run's smoothed values, and their
+/// min and max drawn dim (the band).
+pub fn seed_lines(runs: &[&RunView], metric: &str, view: LineView) -> Vec<Line> {
+    let cols: Vec<(Vec<f64>, Vec<f64>)> = runs
+        .iter()
+        .filter_map(|r| {
+            let ys = r.series.column(metric)?;
+            let ys: Vec<f64> = if view.log_y {
+                ys.iter()
+                    .map(|&v| if v > 0.0 { v.log10() } else { f64::NAN })
+                    .collect()
+            } else {
+                ys
+            };
+            Some((r.series.xs(XAxis::Step), smooth(&ys, view.smoothing)))
+        })
+        .collect();
+    let band = seed_band(&cols);
+    let color = runs.first().map_or(Color::Cyan, |r| run_color(&r.id));
+    let line = |ys: &[f64], dim: bool, name: Option<String>| Line {
+        color,
+        name,
+        points: downsample(&band.steps, ys, view.columns * 2),
+        dim,
+    };
+    vec![
+        line(&band.min, true, None),
+        line(&band.max, true, None),
+        line(
+            &band.mean,
+            false,
+            Some(format!("mean of {} seeds", runs.len())),
+        ),
+    ]
 }
 
 fn short_name(run: &RunView) -> String {
@@ -322,13 +362,20 @@ fn draw_one(f: &mut Frame<'_>, area: Rect, c: &Charts, runs: &[&RunView], one: O
         zoomed,
     } = one;
     let cols = area.width.saturating_sub(10) as usize;
+    let grouped = c.group_seeds && runs.len() > 1;
+    // Seeds are aligned by step, whatever the x axis setting.
+    let axis = if grouped { XAxis::Step } else { c.x_axis };
     let view = LineView {
         smoothing: c.smoothing,
         log_y: c.log_y,
-        axis: c.x_axis,
+        axis,
         columns: cols.max(1),
     };
-    let per_run: Vec<Rc<Vec<Line>>> = runs.iter().map(|r| c.cache.get(r, metric, view)).collect();
+    let per_run: Vec<Rc<Vec<Line>>> = if grouped {
+        vec![Rc::new(seed_lines(runs, metric, view))]
+    } else {
+        runs.iter().map(|r| c.cache.get(r, metric, view)).collect()
+    };
     let mut extra: Vec<Line> = Vec::new();
     let mut title = metric.to_string();
     if c.log_y {
@@ -345,7 +392,7 @@ fn draw_one(f: &mut Frame<'_>, area: Rect, c: &Charts, runs: &[&RunView], one: O
         let xc = xb[0] + c.cursor * (xb[1] - xb[0]);
         let mut readout = Vec::new();
         for run in runs {
-            let xs = xs_of(run, c.x_axis);
+            let xs = xs_of(run, axis);
             if let Some(ys) = run.series.column(metric) {
                 let sm = smooth(&ys, c.smoothing);
                 if let Some(i) = (0..xs.len())
@@ -358,8 +405,8 @@ fn draw_one(f: &mut Frame<'_>, area: Rect, c: &Charts, runs: &[&RunView], one: O
         }
         title = format!(
             "{title} @ {} {}: {}",
-            c.x_axis.label(),
-            fmt_x(xc, c.x_axis),
+            axis.label(),
+            fmt_x(xc, axis),
             readout.join("  ")
         );
         extra.push(Line {
@@ -402,10 +449,7 @@ fn draw_one(f: &mut Frame<'_>, area: Rect, c: &Charts, runs: &[&RunView], one: O
             Axis::default()
                 .bounds(xb)
                 .style(Style::default().fg(Color::DarkGray))
-                .labels([
-                    Span::raw(fmt_x(xb[0], c.x_axis)),
-                    Span::raw(fmt_x(xb[1], c.x_axis)),
-                ]),
+                .labels([Span::raw(fmt_x(xb[0], axis)), Span::raw(fmt_x(xb[1], axis))]),
         )
         .y_axis(
             Axis::default()
@@ -434,6 +478,9 @@ fn draw(c: &Charts, f: &mut Frame<'_>, area: Rect, runs: &[&RunView], ctx: Ctx<'
     ];
     if c.log_y {
         parts.push("log-y".into());
+    }
+    if c.group_seeds && runs.len() > 1 {
+        parts.push(format!("{} seeds: mean, min–max dim, by step", runs.len()));
     }
     let filter = match ctx.typing {
         Some(text) => Some(format!("metrics /{text}▏")),
