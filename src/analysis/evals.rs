@@ -151,6 +151,54 @@ fn curve(report: &Value) -> Vec<(usize, f64)> {
     pts
 }
 
+/// Per problem (prompt) of an eval: its correct samples and its samples, from `(prompt,
+/// correct)` of each sampled completion (leave the greedy ones out).
+pub fn problem_scores<'a>(
+    samples: impl IntoIterator<Item = (&'a str, bool)>,
+) -> BTreeMap<String, (usize, usize)> {
+    let mut out: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    for (prompt, correct) in samples {
+        let e = out.entry(prompt.to_string()).or_default();
+        e.0 += correct as usize;
+        e.1 += 1;
+    }
+    out
+}
+
+/// One problem's (correct samples, samples).
+pub type Score = (usize, usize);
+/// A problem solved by one eval only: its prompt and both evals' scores.
+pub type DiffRow = (String, Score, Score);
+
+/// Two evals compared problem by problem, over the problems both sampled: a problem is solved
+/// when at least one of its samples is correct (what pass@k counts).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct ProblemDiff {
+    pub both: usize,
+    pub neither: usize,
+    /// Solved by the first eval only, with both evals' (correct, samples).
+    pub only_a: Vec<DiffRow>,
+    /// Solved by the second eval only.
+    pub only_b: Vec<DiffRow>,
+}
+
+pub fn problem_diff(
+    a: &BTreeMap<String, (usize, usize)>,
+    b: &BTreeMap<String, (usize, usize)>,
+) -> ProblemDiff {
+    let mut d = ProblemDiff::default();
+    for (p, &sa) in a {
+        let Some(&sb) = b.get(p) else { continue };
+        match (sa.0 > 0, sb.0 > 0) {
+            (true, true) => d.both += 1,
+            (false, false) => d.neither += 1,
+            (true, false) => d.only_a.push((p.clone(), sa, sb)),
+            (false, true) => d.only_b.push((p.clone(), sa, sb)),
+        }
+    }
+    d
+}
+
 /// Mean, extremes and sample standard deviation of one figure over seeds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
 pub struct Spread {
@@ -273,6 +321,23 @@ pub fn crossing(a: &[(usize, f64)], b: &[(usize, f64)]) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn problems_solved_by_one_eval_only_are_listed_with_both_scores() {
+        let a = problem_scores([
+            ("1+1", true),
+            ("1+1", false),
+            ("2+2", false),
+            ("3+3", true),
+            ("9", true),
+        ]);
+        let b = problem_scores([("1+1", false), ("1+1", false), ("2+2", true), ("3+3", true)]);
+        assert_eq!(a["1+1"], (1, 2));
+        let d = problem_diff(&a, &b);
+        assert_eq!((d.both, d.neither), (1, 0));
+        assert_eq!(d.only_a, vec![("1+1".to_string(), (1, 2), (0, 2))]);
+        assert_eq!(d.only_b, vec![("2+2".to_string(), (0, 1), (1, 1))]);
+    }
 
     #[test]
     fn spread_is_mean_extremes_and_sample_std() {

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod check;
 pub mod data;
+pub mod diff;
 pub mod eval;
 pub mod export;
 pub mod inspect;
@@ -71,6 +72,16 @@ pub enum Command {
         /// Start new runs even where an unfinished run of the stage could be resumed.
         #[arg(long)]
         fresh: bool,
+    },
+    /// Two eval runs problem by problem: what one solves and the other does not.
+    Diff {
+        /// An eval run folder.
+        a: PathBuf,
+        /// Another eval run folder (e.g. the same eval stage after RL).
+        b: PathBuf,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
     },
     /// List an experiment's runs: id, stage, status, steps, last metrics.
     Runs {
@@ -257,6 +268,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Some(Command::Runs { exp, json }) => runs::run(&exp, json),
+        Some(Command::Diff { a, b, json }) => diff::run(&a, &b, json),
         Some(Command::Report { exp, json, format }) => {
             report::run(&exp, if json { report::Format::Json } else { format })
         }

@@ -467,6 +467,16 @@ impl App {
                     }];
                 }
             }
+            Action::EvalDiff => {
+                let runs = chart_runs(&self.runs, &self.ws, false);
+                let outcome = match runs.first() {
+                    Some(here) => self.samples.cycle_diff(here, runs.get(1).copied()),
+                    None => Ok(()),
+                };
+                if let Err(msg) = outcome {
+                    self.notice(msg);
+                }
+            }
             Action::Fork => match self.highlighted_stage() {
                 Some(_) => self.start_input(Input::Fork, ""),
                 None => self.notice("highlight a stage in the pipeline pane to fork it"),

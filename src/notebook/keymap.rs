@@ -92,6 +92,9 @@ pub enum Action {
     Bookmark,
     /// List the run's bookmarked samples (enter jumps to one's step).
     Bookmarks,
+    /// Samples of an eval run: the problems it solves and the marked eval run does not (again:
+    /// the reverse; again: off).
+    EvalDiff,
     Maximize,
     SmoothMore,
     SmoothLess,
@@ -383,6 +386,13 @@ pub const KEYMAP: &[Binding] = &[
         A::Bookmarks,
         "bookmarks",
         "list bookmarked samples; enter jumps to the step",
+    ),
+    b(
+        Char('d'),
+        Samples,
+        A::EvalDiff,
+        "diff",
+        "vs the marked eval: solved here only, there only",
     ),
     b(
         Char('p'),

@@ -58,6 +58,8 @@ pub struct Sample {
     pub reward: f64,
     pub advantage: Option<f64>,
     pub group: Option<u64>,
+    /// An eval's greedy completion (not one of its k samples).
+    pub greedy: bool,
 }
 
 impl Sample {
@@ -86,6 +88,7 @@ impl Sample {
             reward: v.get("reward").and_then(|x| x.as_f64()).unwrap_or(0.0),
             advantage: v.get("advantage").and_then(|x| x.as_f64()),
             group: v.get("group").and_then(|x| x.as_u64()),
+            greedy: v.get("greedy").and_then(|x| x.as_bool()).unwrap_or(false),
         })
     }
 

@@ -952,3 +952,63 @@ fn runs_of_another_program_get_alerts_and_a_healthy_one_none() {
     assert_eq!(alerts("collapse"), serde_json::json!(["entropy_collapse"]));
     assert_eq!(alerts("healthy"), serde_json::json!([]));
 }
+
+#[test]
+fn diff_lists_the_problems_one_eval_solves_and_the_other_does_not() {
+    let d = tempfile::tempdir().unwrap();
+    let write = |name: &str, rows: &[(&str, f64, bool)]| {
+        let dir = d.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let text: String = rows
+            .iter()
+            .map(|(p, acc, greedy)| {
+                format!(
+                    "{}\n",
+                    serde_json::json!({"step": 0, "prompt": p, "completion": "c", "answer": "a",
+                        "rewards": {"accuracy": acc}, "reward": acc, "greedy": greedy})
+                )
+            })
+            .collect();
+        std::fs::write(dir.join("samples.jsonl"), text + "{torn").unwrap();
+        dir
+    };
+    let a = write(
+        "a",
+        &[
+            ("1+1=", 1.0, false),
+            ("2+2=", 0.0, false),
+            ("3+3=", 1.0, false),
+        ],
+    );
+    let b = write(
+        "b",
+        &[
+            ("1+1=", 0.0, false),
+            ("1+1=", 1.0, true),
+            ("2+2=", 1.0, false),
+            ("3+3=", 1.0, false),
+        ],
+    );
+    let out = bin()
+        .arg("diff")
+        .arg(&a)
+        .arg(&b)
+        .arg("--json")
+        .assert()
+        .success();
+    let v: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert_eq!(v["both"], 1);
+    assert_eq!(v["only_a"], serde_json::json!([["1+1=", [1, 1], [0, 1]]]));
+    assert_eq!(v["only_b"], serde_json::json!([["2+2=", [0, 1], [1, 1]]]));
+    let out = bin().arg("diff").arg(&a).arg(&b).assert().success();
+    let text = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+    assert!(text.contains("only A 1, only B 1"), "{text}");
+    // A folder that is not an eval run: an error naming the file.
+    bin()
+        .arg("diff")
+        .arg(d.path())
+        .arg(&b)
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("samples.jsonl"));
+}

@@ -1054,3 +1054,48 @@ fn seeds_of_a_stage_chart_as_a_mean_with_a_band() {
     assert_eq!(a.chart_runs().len(), 1);
     assert!(a.notices.back().unwrap().contains("no other seeds"));
 }
+
+#[test]
+fn two_evals_diff_problem_by_problem_in_the_samples() {
+    let d = tempfile::tempdir().unwrap();
+    lab_fixture(d.path());
+    let runs = d.path().join("demo/runs");
+    let line = |prompt: &str, acc: f64, greedy: bool| {
+        format!(
+            "{{\"step\":0,\"prompt\":\"{prompt}\",\"completion\":\"<answer>x</answer>\",\"answer\":\"3\",\"rewards\":{{\"accuracy\":{acc},\"format\":1.0}},\"reward\":{acc},\"greedy\":{greedy}}}\n"
+        )
+    };
+    // Seed 0's eval solves 1+2 only; seed 1's solves 2+2 only (its greedy answer to 1+2 is
+    // right, but greedy completions are not among the k samples).
+    let s0 = line("1+2=", 1.0, false) + &line("1+2=", 0.0, false) + &line("2+2=", 0.0, false);
+    let s1 = line("1+2=", 1.0, true) + &line("1+2=", 0.0, false) + &line("2+2=", 1.0, false);
+    std::fs::write(runs.join("20261130-010200-ev/samples.jsonl"), s0).unwrap();
+    std::fs::write(runs.join("20261130-010300-ev/samples.jsonl"), s1).unwrap();
+    let mut a = app(d.path());
+    a.on_key(key('j')); // ev, seed 1
+    a.on_key(key('2'));
+    assert!(a.on_key(key('d')).is_empty());
+    assert!(a.notices.back().unwrap().contains("mark another eval run"));
+    a.on_key(code(KeyCode::Tab)); // runs pane
+    a.on_key(key('j'));
+    a.on_key(key(' ')); // mark ev, seed 0
+    a.on_key(key('k'));
+    a.on_key(key('2'));
+    let prompts = |a: &App| {
+        let mut v: Vec<String> = a
+            .samples
+            .visible(a.selected_run())
+            .iter()
+            .map(|s| s.prompt.clone())
+            .collect();
+        v.dedup();
+        v
+    };
+    a.on_key(key('d'));
+    assert_eq!(prompts(&a), vec!["2+2="], "solved here only");
+    assert!(render(&a, 140, 30).contains("1 problems solved here, not by 20261130-010200-ev"));
+    a.on_key(key('d'));
+    assert_eq!(prompts(&a), vec!["1+2="], "solved there only");
+    a.on_key(key('d'));
+    assert!(a.samples.diff.is_none());
+}

@@ -81,9 +81,21 @@ pub fn parse_range(text: &str) -> Option<Option<(f64, f64)>> {
     Some(Some((side(a, f64::NEG_INFINITY)?, side(b, f64::INFINITY)?)))
 }
 
+/// A problem-level diff of two eval runs shown in the browser: the prompts solved (at least
+/// one correct sample) by this run and not by `against`, or the reverse.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SampleDiff {
+    pub against: String,
+    /// The problems the selected run solves and `against` does not (else the reverse).
+    pub here_only: bool,
+    pub prompts: std::collections::BTreeSet<String>,
+}
+
 /// The samples browser's state.
 #[derive(Debug, Default)]
 pub struct Samples {
+    /// Only the problems of a diff against another eval run.
+    pub diff: Option<SampleDiff>,
     pub filter: SampleFilter,
     /// Only samples whose total reward lies in `[lo, hi]` (typed as `lo..hi`; either side may be
     /// empty).
@@ -129,6 +141,11 @@ impl Samples {
             })
             .filter(|s| self.filter.keeps(s))
             .filter(|s| {
+                self.diff
+                    .as_ref()
+                    .is_none_or(|d| d.prompts.contains(&s.prompt))
+            })
+            .filter(|s| {
                 self.reward_range
                     .is_none_or(|(lo, hi)| lo <= s.reward && s.reward <= hi)
             })
@@ -139,6 +156,45 @@ impl Samples {
     pub fn reset_position(&mut self) {
         self.index = 0;
         self.step_back = 0;
+        self.diff = None;
+    }
+
+    /// `d`: the next diff of eval run `here` against eval run `there` (solved here only →
+    /// solved there only → off); an error message when the two cannot be compared.
+    pub fn cycle_diff(&mut self, here: &RunView, there: Option<&RunView>) -> Result<(), String> {
+        let next_here_only = match &self.diff {
+            None => true,
+            Some(d) if d.here_only => false,
+            Some(_) => {
+                self.diff = None;
+                return Ok(());
+            }
+        };
+        let there =
+            there.ok_or("mark another eval run (space in the runs pane) to diff against")?;
+        let scores = |r: &RunView| {
+            crate::analysis::evals::problem_scores(
+                r.samples
+                    .iter()
+                    .filter(|s| !s.greedy)
+                    .map(|s| (s.prompt.as_str(), s.correct())),
+            )
+        };
+        let d = crate::analysis::evals::problem_diff(&scores(here), &scores(there));
+        if d.both + d.neither + d.only_a.len() + d.only_b.len() == 0 {
+            return Err(format!(
+                "{} and {} share no eval problems",
+                here.id, there.id
+            ));
+        }
+        let side = if next_here_only { d.only_a } else { d.only_b };
+        self.diff = Some(SampleDiff {
+            against: there.id.clone(),
+            here_only: next_here_only,
+            prompts: side.into_iter().map(|(p, _, _)| p).collect(),
+        });
+        self.index = 0;
+        Ok(())
     }
 
     /// The reward range as it is typed (`lo..hi`), for editing.
@@ -303,6 +359,19 @@ fn draw(pane: &Samples, f: &mut Frame<'_>, area: Rect, run: Option<&RunView>, ct
         SampleMode::Group(g) => format!(" · group {g}"),
         SampleMode::Prompt(p) => format!(" · prompt {p} across steps"),
         SampleMode::Bookmarks => " · bookmarks (enter jumps)".to_string(),
+    };
+    let mode = match &pane.diff {
+        Some(d) => format!(
+            "{mode} · {} problems solved {} {}",
+            d.prompts.len(),
+            if d.here_only {
+                "here, not by"
+            } else {
+                "by, not here:"
+            },
+            d.against
+        ),
+        None => mode,
     };
     let mode = match (ctx.typing, pane.reward_range) {
         (Some(text), _) => format!("{mode} · reward {text}▏"),
