@@ -260,6 +260,19 @@ mod tests {
     }
 
     #[test]
+    fn pass_at_k_is_monotone_in_k_for_every_count_up_to_256() {
+        for n in [1, 2, 3, 8, 64, 100, 256] {
+            for c in 0..=n {
+                let curve: Vec<f64> = curve_ks(n).iter().map(|&k| pass_at_k(n, c, k)).collect();
+                for w in curve.windows(2) {
+                    assert!(w[0] <= w[1] + 1e-12, "n {n} c {c}: {curve:?}");
+                }
+                assert!(curve.iter().all(|p| (0.0..=1.0 + 1e-12).contains(p)));
+            }
+        }
+    }
+
+    #[test]
     fn majority_vote_ignores_missing_answers_and_breaks_ties_by_first_seen() {
         assert_eq!(majority([Some("3"), None, Some("4"), Some("3")]), Some("3"));
         assert_eq!(majority([Some("4"), Some("3")]), Some("4"));

@@ -547,6 +547,12 @@ fn a_dataset_task_runs_every_stage_end_to_end() {
         "{}",
         v[0]
     );
+    // The curve is monotone in k.
+    let curve: Vec<f64> = ["1", "2"]
+        .iter()
+        .map(|k| num(&v[0]["pass_at"][k]))
+        .collect();
+    assert!(curve[0] <= curve[1], "{curve:?}");
     // Compute along the lineage: the GRPO checkpoint's own FLOPs plus SFT's and pretraining's.
     assert_eq!(
         v[0]["compute_stages"],
