@@ -2,7 +2,8 @@
 //! problems one solves (at least one correct sample of its k) and the other does not, with
 //! both runs' correct / sampled counts; `--json` for programs.
 
-use crate::analysis::evals::{self, ProblemDiff};
+use crate::analysis::evals::{self, ProblemDiff, Score};
+use crate::notebook::workspace::Sample;
 use crate::runfs::RunDir;
 use crate::untrusted::display;
 use anyhow::Context;
@@ -11,22 +12,19 @@ use std::path::Path;
 
 /// An eval run's sampled completions (its greedy ones left out), scored per problem. Lines that
 /// do not parse are skipped, as everywhere else.
-pub fn scores(run: &Path) -> anyhow::Result<BTreeMap<String, (usize, usize)>> {
+pub fn scores(run: &Path) -> anyhow::Result<BTreeMap<String, Score>> {
     let path = RunDir::new(run).samples();
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("{}: cannot read (is this an eval run?)", path.display()))?;
-    let rows: Vec<(String, bool)> = text
+    // Parsed and judged as the notebook's samples browser does (one rule for "correct").
+    let rows: Vec<Sample> = text
         .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| !v["greedy"].as_bool().unwrap_or(false))
-        .filter_map(|v| {
-            let acc = v["rewards"]["accuracy"].as_f64().or(v["reward"].as_f64())?;
-            Some((v["prompt"].as_str()?.to_string(), acc >= 1.0))
-        })
+        .filter_map(Sample::parse)
+        .filter(|s| !s.greedy)
         .collect();
     anyhow::ensure!(!rows.is_empty(), "{}: no scored samples", path.display());
     Ok(evals::problem_scores(
-        rows.iter().map(|(p, c)| (p.as_str(), *c)),
+        rows.iter().map(|s| (s.prompt.as_str(), s.correct())),
     ))
 }
 
