@@ -35,6 +35,9 @@ pub trait FusedOps: burn::backend::Backend {
     /// `[b, t, 2m]` (gate then up on the last axis) and `w` `[m, d]`. The `[b, t, m]` product
     /// is recomputed in the backward pass instead of saved.
     fn swiglu_down(gate_up: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// SwiGLU alone, `silu(gate) · up` as `[b, t, m]` (for a LoRA-adapted output projection,
+    /// which then runs as its own product).
+    fn swiglu(gate_up: FloatTensor<Self>) -> FloatTensor<Self>;
     /// Causal self-attention with RoPE (angles from `rope`) on a `[b, t, 3·d]` QKV projection
     /// (`[b, t, 3, heads, d / heads]`): the `[b, t, d]` result, see [`crate::cpu::attention`].
     fn causal_attention(qkv: FloatTensor<Self>, heads: usize, rope: RopeSpec) -> FloatTensor<Self>;
@@ -72,6 +75,11 @@ pub fn rms_norm<const D: usize>(x: Tensor<D>, gamma: Tensor<1>, eps: f64) -> Ten
         gamma.into_dispatch(),
         eps as f32,
     ))
+}
+
+/// [`FusedOps::swiglu`] on tensors.
+pub fn swiglu(gate_up: Tensor<3>) -> Tensor<3> {
+    Tensor::from_dispatch(<Dispatch as FusedOps>::swiglu(gate_up.into_dispatch()))
 }
 
 /// [`FusedOps::causal_attention`] on tensors.
@@ -226,6 +234,10 @@ impl FusedOps for Flex {
         swiglu_down_flex(gate_up, w)
     }
 
+    fn swiglu(gate_up: FlexTensor) -> FlexTensor {
+        swiglu_flex(contiguous(gate_up))
+    }
+
     fn causal_attention(qkv: FlexTensor, heads: usize, rope: RopeSpec) -> FlexTensor {
         attention_flex(&contiguous(qkv), heads, rope).0
     }
@@ -299,6 +311,26 @@ impl Backward<Flex, 2> for SwigluDownBackward {
             let shape = dims(&gu);
             let m = shape[shape.len() - 1] / 2;
             let dgu = swiglu_backward(&dh, slice(&gu), m);
+            grads.register::<Flex>(node.id, tensor(dgu, shape));
+        }
+    }
+}
+
+#[derive(Debug)]
+struct SwigluBackward;
+
+impl Backward<Flex, 1> for SwigluBackward {
+    /// The `[.., 2m]` input.
+    type State = FlexTensor;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node] = ops.parents;
+        let dh = contiguous(grads.consume::<Flex>(&ops.node));
+        let gu = ops.state;
+        if let Some(node) = node {
+            let shape = dims(&gu);
+            let m = shape[shape.len() - 1] / 2;
+            let dgu = swiglu_backward(slice(&dh), slice(&gu), m);
             grads.register::<Flex>(node.id, tensor(dgu, shape));
         }
     }
@@ -408,6 +440,23 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
                 gate_up.into_primitive(),
                 w.into_primitive(),
             )),
+        }
+    }
+
+    fn swiglu(gate_up: FloatTensor<Self>) -> FloatTensor<Self> {
+        match SwigluBackward
+            .prepare::<C>([gate_up.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let gu = contiguous(gate_up.into_primitive());
+                let h = swiglu_flex(gu.clone());
+                prep.finish(gu, h)
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(swiglu_flex(contiguous(gate_up.into_primitive())))
+            }
         }
     }
 

@@ -312,8 +312,12 @@ impl Block {
     /// The MLP half with its residual.
     fn mlp(&self, x: Tensor<3>) -> Tensor<3> {
         let gu = dense(&self.gate_up, norm(&self.mlp_norm, x.clone()));
-        if fused::available(&gu.device()) && self.down.weight.adapter().is_none() {
-            return x + fused::swiglu_down(gu, self.down.weight.val());
+        if fused::available(&gu.device()) {
+            if self.down.weight.adapter().is_none() {
+                return x + fused::swiglu_down(gu, self.down.weight.val());
+            }
+            // An adapted output projection runs as `dense`'s split product.
+            return x + dense(&self.down, fused::swiglu(gu));
         }
         x + dense(&self.down, swiglu(gu, self.mlp))
     }

@@ -166,6 +166,22 @@ fn fused_ops_match_the_composite_ops_in_values_and_gradients() {
     assert!(max_diff(y1, y2) < 1e-4, "swiglu_down value");
     assert!(max_diff(dgu1, dgu2) < 1e-4, "swiglu_down grad of gate_up");
     assert!(max_diff(dw1, dw2) < 1e-3, "swiglu_down grad of w");
+    // SwiGLU alone (a LoRA-adapted output projection runs after it): value and gradient.
+    let wh = Tensor::<3>::random([3, 7, 24], Distribution::Normal(0.0, 1.0), &device);
+    let run_h = |f: &dyn Fn(Tensor<3>) -> Tensor<3>| {
+        let g = gu.clone().require_grad();
+        let y = f(g.clone());
+        let grads = (y.clone() * wh.clone()).sum().backward();
+        (y.inner(), g.grad(&grads).unwrap())
+    };
+    let (h1, dh1) = run_h(&|g| fused::swiglu(g));
+    let (h2, dh2) = run_h(&|g| {
+        let gate = g.clone().slice([0..3, 0..7, 0..24]);
+        let up = g.slice([0..3, 0..7, 24..48]);
+        burn::tensor::activation::silu(gate) * up
+    });
+    assert!(max_diff(h1, h2) < 1e-4, "swiglu value");
+    assert!(max_diff(dh1, dh2) < 1e-4, "swiglu grad");
 
     // The dense layers' product, from plain and from strided (transposed) input and weight;
     // gradients of both.
