@@ -88,8 +88,10 @@ impl KvCache {
 fn dense(layer: &Linear, x: Tensor<3>) -> Tensor<3> {
     let y = match layer.weight.adapter() {
         Some(ad) => {
-            let low = product(product(x.clone(), ad.a.val()), ad.b.val());
-            product(x, layer.weight.base()) + low.mul_scalar(ad.scale)
+            // The scale on the small `A` rather than on the `[b·t, d_out]` product: the same
+            // sum, one pass over a large tensor fewer each way.
+            let low = product(product(x.clone(), ad.a.val().mul_scalar(ad.scale)), ad.b.val());
+            product(x, layer.weight.base()) + low
         }
         None => product(x, layer.weight.val()),
     };
