@@ -90,7 +90,10 @@ fn dense(layer: &Linear, x: Tensor<3>) -> Tensor<3> {
         Some(ad) => {
             // The scale on the small `A` rather than on the `[b·t, d_out]` product: the same
             // sum, one pass over a large tensor fewer each way.
-            let low = product(product(x.clone(), ad.a.val().mul_scalar(ad.scale)), ad.b.val());
+            let low = product(
+                product(x.clone(), ad.a.val().mul_scalar(ad.scale)),
+                ad.b.val(),
+            );
             product(x, layer.weight.base()) + low
         }
         None => product(x, layer.weight.val()),
