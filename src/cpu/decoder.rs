@@ -95,6 +95,8 @@ pub struct Cache {
     /// Floats of one row's keys and of its values.
     row_k: usize,
     row_v: usize,
+    /// Positions a row has room for.
+    ctx: usize,
 }
 
 impl Cache {
@@ -126,7 +128,14 @@ impl Cache {
             .chunks_exact_mut(self.row_k)
             .zip(self.v.chunks_exact_mut(self.row_v))
             .zip(self.lens.iter_mut())
-            .map(|((k, v), len)| Some(RowCache { k, v, len }))
+            .map(|((k, v), len)| {
+                Some(RowCache {
+                    k,
+                    v,
+                    len,
+                    ctx: self.ctx,
+                })
+            })
             .collect()
     }
 }
@@ -139,6 +148,8 @@ struct RowCache<'a> {
     k: &'a mut [f32],
     v: &'a mut [f32],
     len: &'a mut usize,
+    /// Positions the row has room for.
+    ctx: usize,
 }
 
 /// Tokens fed at once from which a batch is split between threads (below it, waking a thread
@@ -409,13 +420,20 @@ impl Engine {
         self.vocab
     }
 
-    /// An empty cache for `rows` sequences.
+    /// An empty cache for `rows` sequences of up to the whole context.
     pub fn cache(&self, rows: usize) -> Cache {
+        self.cache_for(rows, self.ctx)
+    }
+
+    /// An empty cache for `rows` sequences of up to `positions` tokens (at most the context):
+    /// sampling sizes it to the longest prompt plus the token budget, so the memory it
+    /// touches is what the sequences use. Rounded up to whole key blocks, so that calls whose
+    /// longest prompt differs by a few tokens (GRPO's steps) get the same size and reuse the
+    /// kept buffers.
+    pub fn cache_for(&self, rows: usize, positions: usize) -> Cache {
+        let ctx = positions.max(1).next_multiple_of(KEY_BLOCK).min(self.ctx);
         let layers = self.layers.len();
-        let (row_k, row_v) = (
-            layers * self.layer_keys(),
-            layers * self.ctx * self.kv_dim(),
-        );
+        let (row_k, row_v) = (layers * self.layer_keys(ctx), layers * ctx * self.kv_dim());
         // Buffers of earlier calls are reused (GRPO samples the same number of rows every
         // step): their old contents are never read, as a row reads only its first `len`
         // positions.
@@ -425,12 +443,14 @@ impl Engine {
             lens: vec![0; rows],
             row_k,
             row_v,
+            ctx,
         }
     }
 
-    /// Floats of one layer's keys in a row of a [`Cache`] (whole blocks of [`KEY_BLOCK`]).
-    fn layer_keys(&self) -> usize {
-        self.ctx.div_ceil(KEY_BLOCK) * KEY_BLOCK * self.kv_dim()
+    /// Floats of one layer's keys in a row of a [`Cache`] of `ctx` positions (whole blocks of
+    /// [`KEY_BLOCK`]).
+    fn layer_keys(&self, ctx: usize) -> usize {
+        ctx.div_ceil(KEY_BLOCK) * KEY_BLOCK * self.kv_dim()
     }
 
     /// Width of the keys (or values) of one position: `kv_heads · head_dim`.
@@ -455,6 +475,22 @@ impl Engine {
         all: bool,
         pair: Option<&Pair>,
     ) -> Vec<f32> {
+        let mut logits = Vec::new();
+        self.forward_into(cache, feed, all, pair, &mut logits);
+        logits
+    }
+
+    /// [`Self::forward_on`] into `logits` (resized to the outputs): a decoding loop passes the
+    /// same buffer at every step, so tens of MB of logits are neither copied nor page-faulted
+    /// afresh per token.
+    pub fn forward_into(
+        &self,
+        cache: &mut Cache,
+        feed: &[(usize, &[u32])],
+        all: bool,
+        pair: Option<&Pair>,
+        logits: &mut Vec<f32>,
+    ) {
         let mut slots = cache.rows();
         let mut jobs: Vec<(RowCache<'_>, &[u32])> = feed
             .iter()
@@ -465,10 +501,19 @@ impl Engine {
                 (slot, toks)
             })
             .collect();
+        let outputs = |jobs: &[(RowCache<'_>, &[u32])]| -> usize {
+            if all {
+                jobs.iter().map(|(_, t)| t.len()).sum()
+            } else {
+                jobs.len()
+            }
+        };
+        logits.clear();
+        logits.resize(outputs(&jobs) * self.vocab, 0.0);
         // Rows in groups of at most PASS_TOKENS tokens (a row is never split), so that the
         // scratch buffers of a large prefill stay bounded.
-        let mut logits = Vec::new();
         let mut rest = jobs.as_mut_slice();
+        let mut out = logits.as_mut_slice();
         while !rest.is_empty() {
             let mut tokens = 0;
             let n = rest
@@ -480,24 +525,27 @@ impl Engine {
                 .unwrap_or(rest.len())
                 .max(1);
             let (group, tail) = rest.split_at_mut(n);
-            logits.extend(self.forward_group(group, all, pair));
+            let (here, later) = out.split_at_mut(outputs(group) * self.vocab);
+            self.forward_group(group, all, pair, here);
             rest = tail;
+            out = later;
         }
-        logits
     }
 
-    /// [`Self::forward`] over one group of rows: split in two halves on two threads when it
-    /// has enough tokens, else each product split (with a pair) or only large ones (rayon).
+    /// [`Self::forward`] over one group of rows into `out` (its logits): split in two halves
+    /// on two threads when it has enough tokens, else each product split (with a pair) or
+    /// only large ones (rayon).
     fn forward_group(
         &self,
         jobs: &mut [(RowCache<'_>, &[u32])],
         all: bool,
         pair: Option<&Pair>,
-    ) -> Vec<f32> {
+        out: &mut [f32],
+    ) {
         let total: usize = jobs.iter().map(|(_, t)| t.len()).sum();
         if jobs.len() < 2 || total < SPLIT_TOKENS || rayon::current_num_threads() < 2 {
             let threads = pair.map_or(Threads::Rayon, Threads::Pair);
-            return self.forward_rows(jobs, all, threads);
+            return self.forward_rows(jobs, all, threads, out);
         }
         // Two halves of about equal token counts.
         let mut acc = 0;
@@ -509,23 +557,29 @@ impl Engine {
             })
             .map_or(jobs.len() / 2, |i| (i + 1).min(jobs.len() - 1));
         let (left, right) = jobs.split_at_mut(cut);
-        let mine = || self.forward_rows(left, all, Threads::One);
-        let theirs = || self.forward_rows(right, all, Threads::One);
-        let (mut a, b) = match pair {
+        let left_outputs = if all {
+            left.iter().map(|(_, t)| t.len()).sum()
+        } else {
+            left.len()
+        };
+        let (out_left, out_right) = out.split_at_mut(left_outputs * self.vocab);
+        let mine = || self.forward_rows(left, all, Threads::One, out_left);
+        let theirs = || self.forward_rows(right, all, Threads::One, out_right);
+        match pair {
             Some(pair) => pair.join(mine, theirs),
             None => rayon::join(mine, theirs),
         };
-        a.extend(b);
-        a
     }
 
-    /// [`Self::forward`] over one group of rows, on this thread (its products on `threads`).
+    /// [`Self::forward`] over one group of rows into `logits`, on this thread (its products on
+    /// `threads`).
     fn forward_rows(
         &self,
         jobs: &mut [(RowCache<'_>, &[u32])],
         all: bool,
         threads: Threads<'_>,
-    ) -> Vec<f32> {
+        logits: &mut [f32],
+    ) {
         let (d, hd) = (self.d, self.head_dim);
         let (qd, kvd) = (self.heads * hd, self.kv_dim());
         let row = qd + 2 * kvd;
@@ -537,9 +591,9 @@ impl Engine {
             assert!(!toks.is_empty(), "nothing to feed to a row");
             let start = *rc.len;
             assert!(
-                start + toks.len() <= self.ctx,
-                "sequence longer than the context ({})",
-                self.ctx
+                start + toks.len() <= rc.ctx,
+                "sequence longer than its cache ({} positions)",
+                rc.ctx
             );
             for (i, &t) in toks.iter().enumerate() {
                 at.push((job, start + i));
@@ -555,8 +609,10 @@ impl Engine {
         let mut normed = vec![0.0f32; qd];
         let mut gu = vec![0.0f32; n * 2 * m];
         let mut act = vec![0.0f32; n * m];
-        let mut scores = vec![0.0f32; self.heads * self.ctx];
-        let (layer_keys, layer_values) = (self.layer_keys(), self.ctx * kvd);
+        // Every row of a cache has the same room.
+        let ctx = jobs.first().map_or(self.ctx, |(rc, _)| rc.ctx);
+        let mut scores = vec![0.0f32; self.heads * ctx];
+        let (layer_keys, layer_values) = (self.layer_keys(ctx), ctx * kvd);
         let scale = 1.0 / (hd as f32).sqrt();
         for (li, l) in self.layers.iter().enumerate() {
             rms_norm(&x, &l.attn_norm, l.attn_eps, &mut h);
@@ -628,9 +684,7 @@ impl Engine {
         let rows = picked.len() / d;
         let mut hn = vec![0.0f32; rows * d];
         rms_norm(&picked, &self.norm, self.norm_eps, &mut hn);
-        let mut logits = vec![0.0f32; rows * self.vocab];
-        self.head.matmul(&mut logits, &hn, rows, false, threads);
-        logits
+        self.head.matmul(logits, &hn, rows, false, threads);
     }
 }
 

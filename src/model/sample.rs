@@ -6,6 +6,7 @@
 
 use super::tokenizer::{EOS, PAD};
 use super::transformer::{Gpt, KvCache};
+use crate::cpu::math::exp;
 use crate::cpu::pair::with_pair;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::Rng;
@@ -88,34 +89,36 @@ fn log_softmax(x: &[f32]) -> Vec<f32> {
 /// is sorted (chunks of [`ORDER_CHUNK`] selected, then sorted): a full sort of a 49,152-token
 /// vocabulary per sampled token cost more than the decoder step at real-model size.
 pub fn pick(logits: &[f32], opts: &SampleOptions, rng: &mut ChaCha8Rng) -> (u32, f32) {
+    pick_with(logits, opts, draw(opts, rng))
+}
+
+/// The uniform draw [`pick`] makes for one row (none when greedy): drawn in row order before
+/// the rows are picked on two threads, so the sequence of draws stays that of one thread.
+pub fn draw(opts: &SampleOptions, rng: &mut ChaCha8Rng) -> f64 {
     if opts.temperature <= 0.0 {
-        let lp = log_softmax(logits);
-        let (i, _) = logits
+        0.0
+    } else {
+        rng.random::<f64>()
+    }
+}
+
+/// [`pick`] with its uniform draw `u` in `[0, 1)` already made ([`draw`]).
+pub fn pick_with(logits: &[f32], opts: &SampleOptions, u: f64) -> (u32, f32) {
+    if opts.temperature <= 0.0 {
+        let (i, max) = logits
             .iter()
             .enumerate()
             .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
                 if v > best.1 { (i, v) } else { best }
             });
-        return (i as u32, lp[i]);
+        let sum: f32 = logits.iter().map(|&v| weight(v - max)).sum();
+        return (i as u32, logits[i] - (max + sum.ln()));
+    }
+    if opts.top_k == 0 && opts.top_p >= 1.0 {
+        return pick_untruncated(logits, opts.temperature as f32, u);
     }
     let scaled: Vec<f32> = logits.iter().map(|v| v / opts.temperature as f32).collect();
     let lp = log_softmax(&scaled);
-    if opts.top_k == 0 && opts.top_p >= 1.0 {
-        // Nothing is cut, so no order is needed: the draw walks the ids in turn.
-        let total: f64 = lp.iter().map(|&v| v.exp() as f64).sum();
-        let mut u = rng.random::<f64>() * total;
-        for (i, &v) in lp.iter().enumerate() {
-            u -= v.exp() as f64;
-            if u <= 0.0 {
-                return (i as u32, v);
-            }
-        }
-        let last = lp
-            .iter()
-            .rposition(|v| v.is_finite())
-            .unwrap_or(lp.len() - 1);
-        return (last as u32, lp[last]);
-    }
     let mut order = Ordered::new(&lp);
     let limit = if opts.top_k > 0 {
         opts.top_k.min(lp.len())
@@ -142,7 +145,7 @@ pub fn pick(logits: &[f32], opts: &SampleOptions, rng: &mut ChaCha8Rng) -> (u32,
     } else {
         (limit, lp.iter().map(|&v| v.exp() as f64).sum::<f64>())
     };
-    let mut u = rng.random::<f64>() * total;
+    let mut u = u * total;
     for j in 0..keep {
         let i = order.at(j);
         u -= lp[i].exp() as f64;
@@ -152,6 +155,38 @@ pub fn pick(logits: &[f32], opts: &SampleOptions, rng: &mut ChaCha8Rng) -> (u32,
     }
     let last = order.at(keep - 1);
     (last as u32, lp[last])
+}
+
+/// Nothing is cut, so no order is needed: the draw walks the ids in turn over
+/// `exp(logit / t - max)`, computed once into a per-thread buffer (one exponential per id; this
+/// runs for every sampled token of every row).
+fn pick_untruncated(logits: &[f32], t: f32, u: f64) -> (u32, f32) {
+    thread_local! {
+        static WEIGHTS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v / t));
+    WEIGHTS.with_borrow_mut(|w| {
+        w.clear();
+        w.extend(logits.iter().map(|&v| weight(v / t - max)));
+        let total: f64 = w.iter().map(|&e| e as f64).sum();
+        let lse = max + (total as f32).ln();
+        let mut u = u * total;
+        for (i, &e) in w.iter().enumerate() {
+            u -= e as f64;
+            if u <= 0.0 && e > 0.0 {
+                return (i as u32, logits[i] / t - lse);
+            }
+        }
+        let last = w.iter().rposition(|&e| e > 0.0).unwrap_or(w.len() - 1);
+        (last as u32, logits[last] / t - lse)
+    })
+}
+
+/// `exp(x)` for a logit minus the row's maximum, exactly 0 below `exp`'s range (a masked id's
+/// `-inf` must never be drawn, and [`exp`] clamps its argument).
+#[inline(always)]
+fn weight(x: f32) -> f32 {
+    if x < -87.0 { 0.0 } else { exp(x) }
 }
 
 /// Positions of the order sorted at a time.
@@ -328,7 +363,10 @@ fn generate_engine(
 ) -> Vec<Completion> {
     let engine = model.engine(ctx);
     let vocab = engine.vocab();
-    let mut cache = engine.cache(prompts.len());
+    // Room for the longest prompt and the budget (the no-cache path re-feeds whole sequences
+    // into the same room).
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let mut cache = engine.cache_for(prompts.len(), longest + budget);
     // With a cache, each distinct prompt is prefilled once and copied to the rows that repeat
     // it (GRPO groups and eval samples repeat every prompt; a chat template makes prompts long).
     let first: Vec<usize> = if opts.use_cache {
@@ -367,16 +405,20 @@ fn generate_engine(
             logits = all;
         }
         let mut active: Vec<usize> = (0..prompts.len()).collect();
+        let mut picks = Vec::new();
         for step in 0..budget {
-            let mut next = Vec::new();
-            for (slot, &row) in active.iter().enumerate() {
-                let l = &mut logits[slot * vocab..(slot + 1) * vocab];
-                if opts.ignore_eos {
+            if opts.ignore_eos {
+                for l in logits.chunks_exact_mut(vocab) {
                     for &e in &opts.eos {
                         l[e as usize] = f32::NEG_INFINITY;
                     }
                 }
-                let (tok, lp) = pick(l, opts, rng);
+            }
+            // The draws in row order on this thread, then the rows picked on both threads.
+            let draws: Vec<f64> = active.iter().map(|_| draw(opts, rng)).collect();
+            pick_rows(&logits, vocab, &draws, opts, pair, &mut picks);
+            let mut next = Vec::new();
+            for (&row, &(tok, lp)) in active.iter().zip(&picks) {
                 out[row].logprobs.push(lp);
                 if opts.eos.contains(&tok) {
                     out[row].finished = true;
@@ -390,14 +432,14 @@ fn generate_engine(
                 break;
             }
             active = next.iter().map(|&(row, _)| row).collect();
-            logits = if opts.use_cache {
+            if opts.use_cache {
                 let toks: Vec<[u32; 1]> = next.iter().map(|&(_, t)| [t]).collect();
                 let feed: Vec<(usize, &[u32])> = next
                     .iter()
                     .zip(&toks)
                     .map(|(&(row, _), t)| (row, t.as_slice()))
                     .collect();
-                engine.forward_on(&mut cache, &feed, false, pair)
+                engine.forward_into(&mut cache, &feed, false, pair, &mut logits);
             } else {
                 for &(row, tok) in &next {
                     seqs[row].push(tok);
@@ -407,11 +449,39 @@ fn generate_engine(
                     .iter()
                     .map(|&row| (row, seqs[row].as_slice()))
                     .collect();
-                engine.forward_on(&mut cache, &feed, false, pair)
-            };
+                engine.forward_into(&mut cache, &feed, false, pair, &mut logits);
+            }
         }
         out
     })
+}
+
+/// Rows of picks from rows of logits (`vocab` wide), one per draw, into `picks`: half the rows
+/// on `pair`'s helper when there are several (each pick passes over the whole vocabulary).
+fn pick_rows(
+    logits: &[f32],
+    vocab: usize,
+    draws: &[f64],
+    opts: &SampleOptions,
+    pair: Option<&crate::cpu::pair::Pair>,
+    picks: &mut Vec<(u32, f32)>,
+) {
+    let run = |rows: &[f32], draws: &[f64], out: &mut [(u32, f32)]| {
+        for ((l, &u), o) in rows.chunks_exact(vocab).zip(draws).zip(out) {
+            *o = pick_with(l, opts, u);
+        }
+    };
+    picks.clear();
+    picks.resize(draws.len(), (0, 0.0));
+    match pair {
+        Some(pair) if draws.len() >= 2 => {
+            let half = draws.len() / 2;
+            let (a, b) = logits[..draws.len() * vocab].split_at(half * vocab);
+            let (pa, pb) = picks.split_at_mut(half);
+            pair.join(|| run(a, &draws[..half], pa), || run(b, &draws[half..], pb));
+        }
+        _ => run(logits, draws, picks),
+    }
 }
 
 #[cfg(test)]
@@ -445,6 +515,37 @@ mod tests {
         let (_, lp) = pick(&logits, &k1, &mut rng);
         let lse = logits.iter().map(|v: &f32| v.exp()).sum::<f32>().ln();
         assert!((lp - (2.0 - lse)).abs() < 1e-5);
+    }
+
+    #[test]
+    fn untruncated_pick_walks_the_cumulative_distribution_and_skips_masked_ids() {
+        // Masked ids (-inf, as `ignore_eos` sets them) last, so a draw near 1 would land on
+        // them if they had any weight.
+        let logits = [1.0f32, -0.5, 2.0, 0.3, f32::NEG_INFINITY, f32::NEG_INFINITY];
+        let t = 0.7;
+        let o = SampleOptions {
+            temperature: t,
+            ..Default::default()
+        };
+        let scaled: Vec<f32> = logits.iter().map(|v| v / t as f32).collect();
+        let lp = log_softmax(&scaled);
+        for u in [0.0, 0.1, 0.25, 0.5, 0.8, 0.97, 1.0 - 1e-12] {
+            // The first id whose cumulative probability reaches u.
+            let mut acc = 0.0f64;
+            let want = (0..logits.len())
+                .find(|&i| {
+                    acc += (lp[i] as f64).exp();
+                    acc >= u && lp[i].is_finite()
+                })
+                .unwrap_or(3);
+            let (got, got_lp) = pick_with(&logits, &o, u);
+            assert_eq!(got as usize, want, "u {u}");
+            assert!(
+                (got_lp - lp[want]).abs() < 1e-5,
+                "u {u}: {got_lp} vs {}",
+                lp[want]
+            );
+        }
     }
 
     #[test]

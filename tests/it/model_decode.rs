@@ -143,7 +143,9 @@ fn engine_logits_match_the_burn_model_for_prefill_and_decode() {
                     .collect()
             })
             .collect();
-        let mut cache = engine.cache(seqs.len());
+        // Room for the longest (11) plus the five decode steps below, less than the context:
+        // a cache's row layout follows its own room, not the model's context.
+        let mut cache = engine.cache_for(seqs.len(), 16);
         let feed: Vec<(usize, &[u32])> = seqs.iter().map(Vec::as_slice).enumerate().collect();
         let all = engine.forward(&mut cache, &feed, true);
         let mut off = 0;
