@@ -152,9 +152,33 @@ struct RowCache<'a> {
     ctx: usize,
 }
 
+/// One thread's share of a layer's per-token work ([`Engine::attend_share`]): some of the
+/// rows, their tokens' `(job, position)` (jobs counted from `first`), and their tokens' rows
+/// of the QKV projection and of the attention output.
+struct Share<'s, 'c, 't> {
+    jobs: &'s mut [(RowCache<'c>, &'t [u32])],
+    tokens: &'s [(usize, usize)],
+    first: usize,
+    qkv: &'s mut [f32],
+    att: &'s mut [f32],
+}
+
+/// Per-thread scratch of the per-token work: attention scores and a normed head.
+struct Scratch {
+    scores: Vec<f32>,
+    normed: Vec<f32>,
+}
+
 /// Tokens fed at once from which a batch is split between threads (below it, waking a thread
 /// costs more than it saves).
 const SPLIT_TOKENS: usize = 8;
+
+/// Rows fed at once from which a batch runs as two halves, one per thread, each streaming
+/// every weight; below it the pair splits each product's panels (each thread streams half the
+/// weights, for all rows) and the per-token work. Few rows are bound by reading the weights,
+/// many by the products' arithmetic, where halves save the joins and the serial parts between
+/// products (docs/PERF.md: 16 and 32 prompts faster split, 64 faster in halves).
+const HALVES_ROWS: usize = 48;
 
 /// Tokens per forward pass over the batch: larger feeds (a big prefill) run in consecutive
 /// groups, so scratch memory stays bounded (~20 KB a token at the bench's shape).
@@ -532,9 +556,10 @@ impl Engine {
         }
     }
 
-    /// [`Self::forward`] over one group of rows into `out` (its logits): split in two halves
-    /// on two threads when it has enough tokens, else each product split (with a pair) or
-    /// only large ones (rayon).
+    /// [`Self::forward`] over one group of rows into `out` (its logits). With a pair: fewer
+    /// than [`HALVES_ROWS`] rows split each product and the per-token work between the two
+    /// threads, more run as two halves. With rayon: two halves when there are enough tokens,
+    /// else only large products split.
     fn forward_group(
         &self,
         jobs: &mut [(RowCache<'_>, &[u32])],
@@ -543,9 +568,11 @@ impl Engine {
         out: &mut [f32],
     ) {
         let total: usize = jobs.iter().map(|(_, t)| t.len()).sum();
+        if let Some(pair) = pair.filter(|_| jobs.len() < HALVES_ROWS) {
+            return self.forward_rows(jobs, all, Threads::Pair(pair), out);
+        }
         if jobs.len() < 2 || total < SPLIT_TOKENS || rayon::current_num_threads() < 2 {
-            let threads = pair.map_or(Threads::Rayon, Threads::Pair);
-            return self.forward_rows(jobs, all, threads, out);
+            return self.forward_rows(jobs, all, Threads::Rayon, out);
         }
         // Two halves of about equal token counts.
         let mut acc = 0;
@@ -571,6 +598,62 @@ impl Engine {
         };
     }
 
+    /// Layer `li`'s per-token work for one share of the rows: for each token, q/k norms and
+    /// RoPE on its query and key, its key and value into the row's cache, and causal
+    /// attention over the row's cache into `share.att`.
+    fn attend_share(
+        &self,
+        l: &Layer,
+        li: usize,
+        ctx: usize,
+        share: &mut Share<'_, '_, '_>,
+        scratch: &mut Scratch,
+    ) {
+        let (hd, qd, kvd) = (self.head_dim, self.heads * self.head_dim, self.kv_dim());
+        let (row, half) = (qd + 2 * kvd, hd / 2);
+        let (layer_keys, layer_values) = (self.layer_keys(ctx), ctx * kvd);
+        let (keys, values) = (li * layer_keys, li * layer_values);
+        let scale = 1.0 / (hd as f32).sqrt();
+        for (t, &(job, pos)) in share.tokens.iter().enumerate() {
+            let cs = &self.cos[pos * half..(pos + 1) * half];
+            let sn = &self.sin[pos * half..(pos + 1) * half];
+            let r = &mut share.qkv[t * row..(t + 1) * row];
+            for (part, norm) in [(0..qd, &l.extras.q_norm), (qd..qd + kvd, &l.extras.k_norm)] {
+                if let Some((g, eps)) = norm {
+                    let out = &mut scratch.normed[..part.len()];
+                    rms_norm(&r[part.clone()], g, *eps, out);
+                    r[part].copy_from_slice(out);
+                }
+            }
+            rope(&mut r[..qd + kvd], hd, cs, sn);
+            let rc = &mut share.jobs[job - share.first].0;
+            // Key dimension i of head h goes to row h·head_dim + i of its block.
+            let at = keys + (pos / KEY_BLOCK) * kvd * KEY_BLOCK + pos % KEY_BLOCK;
+            for (c, &kc) in r[qd..qd + kvd].iter().enumerate() {
+                rc.k[at + c * KEY_BLOCK] = kc;
+            }
+            let at = values + pos * kvd;
+            rc.v[at..at + kvd].copy_from_slice(&r[qd + kvd..]);
+            // Causal attention over the row's cache, right after the writes, which have
+            // brought the lines of the key's block into cache for it (a row's tokens come in
+            // order, so its earlier ones are already written).
+            let query = Query {
+                q: &share.qkv[t * row..t * row + qd],
+                keys: &rc.k[keys..keys + layer_keys],
+                values: &rc.v[values..values + layer_values],
+                len: pos + 1,
+                heads: self.heads,
+                kv_heads: self.kv_heads,
+                scale,
+            };
+            attend(
+                &query,
+                &mut scratch.scores,
+                &mut share.att[t * qd..(t + 1) * qd],
+            );
+        }
+    }
+
     /// [`Self::forward`] over one group of rows into `logits`, on this thread (its products on
     /// `threads`).
     fn forward_rows(
@@ -583,7 +666,6 @@ impl Engine {
         let (d, hd) = (self.d, self.head_dim);
         let (qd, kvd) = (self.heads * hd, self.kv_dim());
         let row = qd + 2 * kvd;
-        let half = hd / 2;
         // Where each fed token goes: (job, position).
         let mut at: Vec<(usize, usize)> = Vec::new();
         let mut x: Vec<f32> = Vec::new();
@@ -606,14 +688,35 @@ impl Engine {
         let mut h = vec![0.0f32; n * d];
         let mut qkv = vec![0.0f32; n * row];
         let mut att = vec![0.0f32; n * qd];
-        let mut normed = vec![0.0f32; qd];
         let mut gu = vec![0.0f32; n * 2 * m];
         let mut act = vec![0.0f32; n * m];
         // Every row of a cache has the same room.
         let ctx = jobs.first().map_or(self.ctx, |(rc, _)| rc.ctx);
-        let mut scores = vec![0.0f32; self.heads * ctx];
-        let (layer_keys, layer_values) = (self.layer_keys(ctx), ctx * kvd);
-        let scale = 1.0 / (hd as f32).sqrt();
+        // With a pair, the per-token work is split too: the first half of the rows (and their
+        // tokens, which come first) on this thread, the rest on the helper.
+        let pair = match threads {
+            Threads::Pair(p) if jobs.len() >= 2 => Some(p),
+            _ => None,
+        };
+        let cut = if pair.is_some() {
+            jobs.len() / 2
+        } else {
+            jobs.len()
+        };
+        let cut_tokens: usize = jobs[..cut].iter().map(|(_, t)| t.len()).sum();
+        let mut scratch = [(); 2].map(|_| Scratch {
+            scores: vec![0.0; self.heads * ctx],
+            normed: vec![0.0; qd],
+        });
+        let both = |mine: &mut (dyn FnMut() + Send), theirs: &mut (dyn FnMut() + Send)| match pair {
+            Some(p) => {
+                p.join(mine, theirs);
+            }
+            None => {
+                mine();
+                theirs();
+            }
+        };
         for (li, l) in self.layers.iter().enumerate() {
             rms_norm(&x, &l.attn_norm, l.attn_eps, &mut h);
             l.qkv.matmul(&mut qkv, &h, n, false, threads);
@@ -622,48 +725,43 @@ impl Engine {
                     r.iter_mut().zip(bias).for_each(|(x, b)| *x += b);
                 }
             }
-            // For each new token: RoPE on its query and key, key and value into the cache,
-            // attention.
-            let (keys, values) = (li * layer_keys, li * layer_values);
-            for (t, &(job, pos)) in at.iter().enumerate() {
-                let cs = &self.cos[pos * half..(pos + 1) * half];
-                let sn = &self.sin[pos * half..(pos + 1) * half];
-                let r = &mut qkv[t * row..(t + 1) * row];
-                for (part, norm) in [(0..qd, &l.extras.q_norm), (qd..qd + kvd, &l.extras.k_norm)] {
-                    if let Some((g, eps)) = norm {
-                        let out = &mut normed[..part.len()];
-                        rms_norm(&r[part.clone()], g, *eps, out);
-                        r[part].copy_from_slice(out);
-                    }
-                }
-                rope(&mut r[..qd + kvd], hd, cs, sn);
-                let rc = &mut jobs[job].0;
-                // Key dimension i of head h goes to row h·head_dim + i of its block.
-                let at = keys + (pos / KEY_BLOCK) * kvd * KEY_BLOCK + pos % KEY_BLOCK;
-                for (c, &kc) in r[qd..qd + kvd].iter().enumerate() {
-                    rc.k[at + c * KEY_BLOCK] = kc;
-                }
-                let at = values + pos * kvd;
-                rc.v[at..at + kvd].copy_from_slice(&r[qd + kvd..]);
-                // Causal attention over the row's cache, right after the writes, which have
-                // brought the lines of the key's block into cache for it (a row's tokens come
-                // in order, so its earlier ones are already written).
-                let query = Query {
-                    q: &qkv[t * row..t * row + qd],
-                    keys: &rc.k[keys..keys + layer_keys],
-                    values: &rc.v[values..values + layer_values],
-                    len: pos + 1,
-                    heads: self.heads,
-                    kv_heads: self.kv_heads,
-                    scale,
+            {
+                let (jobs_a, jobs_b) = jobs.split_at_mut(cut);
+                let (at_a, at_b) = at.split_at(cut_tokens);
+                let (qkv_a, qkv_b) = qkv.split_at_mut(cut_tokens * row);
+                let (att_a, att_b) = att.split_at_mut(cut_tokens * qd);
+                let [sa, sb] = &mut scratch;
+                let mut a = Share {
+                    jobs: jobs_a,
+                    tokens: at_a,
+                    first: 0,
+                    qkv: qkv_a,
+                    att: att_a,
                 };
-                attend(&query, &mut scores, &mut att[t * qd..(t + 1) * qd]);
+                let mut b = Share {
+                    jobs: jobs_b,
+                    tokens: at_b,
+                    first: cut,
+                    qkv: qkv_b,
+                    att: att_b,
+                };
+                both(
+                    &mut || self.attend_share(l, li, ctx, &mut a, sa),
+                    &mut || self.attend_share(l, li, ctx, &mut b, sb),
+                );
             }
             l.out.matmul(&mut x, &att, n, true, threads);
             rms_norm(&x, &l.mlp_norm, l.mlp_eps, &mut h);
             l.gate_up.matmul(&mut gu, &h, n, false, threads);
-            // SAFETY: the kernel stores only initialised floats through the view.
-            swiglu_block(unsafe { as_uninit(&mut act) }, &gu, m);
+            {
+                let (gu_a, gu_b) = gu.split_at(cut_tokens * 2 * m);
+                let (act_a, act_b) = act.split_at_mut(cut_tokens * m);
+                // SAFETY: the kernel stores only initialised floats through the views.
+                both(
+                    &mut || swiglu_block(unsafe { as_uninit(act_a) }, gu_a, m),
+                    &mut || swiglu_block(unsafe { as_uninit(act_b) }, gu_b, m),
+                );
+            }
             l.down.matmul(&mut x, &act, n, true, threads);
         }
         for (rc, toks) in jobs.iter_mut() {

@@ -156,6 +156,21 @@ fn engine_logits_match_the_burn_model_for_prefill_and_decode() {
             assert!(d < 1e-4, "prefill, {:?}: max abs diff {d}", c.arch);
             off += s.len() * v;
         }
+        // The same rows on the spinning pair: 24 rows split each product and the per-token
+        // work between the threads, 48 (every row twice) run as two halves.
+        with_pair(|pair| {
+            for copies in [1, 2] {
+                let rows: Vec<&[u32]> = (0..copies)
+                    .flat_map(|_| seqs.iter().map(Vec::as_slice))
+                    .collect();
+                let mut cache = engine.cache_for(rows.len(), 16);
+                let feed: Vec<(usize, &[u32])> = rows.iter().copied().enumerate().collect();
+                let got = engine.forward_on(&mut cache, &feed, true, pair);
+                let want: Vec<f32> = (0..copies).flat_map(|_| all.iter().copied()).collect();
+                let d = max_diff(&want, &got);
+                assert!(d < 1e-5, "{} rows on a pair: max abs diff {d}", rows.len());
+            }
+        });
         // One sequence alone, each product split with the spinning helper: prefill, then
         // decode steps.
         with_pair(|pair| {
