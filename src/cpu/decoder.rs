@@ -152,6 +152,16 @@ struct RowCache<'a> {
     ctx: usize,
 }
 
+/// Rows of logits a forward pass over `jobs` returns: one per fed token when `all`, else one
+/// per row.
+fn outputs(jobs: &[(RowCache<'_>, &[u32])], all: bool) -> usize {
+    if all {
+        jobs.iter().map(|(_, t)| t.len()).sum()
+    } else {
+        jobs.len()
+    }
+}
+
 /// One thread's share of a layer's per-token work ([`Engine::attend_share`]): some of the
 /// rows, their tokens' `(job, position)` (jobs counted from `first`), and their tokens' rows
 /// of the QKV projection and of the attention output.
@@ -490,8 +500,9 @@ impl Engine {
         self.forward_on(cache, feed, all, None)
     }
 
-    /// [`Self::forward`] on this thread and `pair`'s helper (rayon's pool when `None`): halves
-    /// of a batch, or halves of each product for a few rows (one sequence's decoding).
+    /// [`Self::forward`] on this thread and `pair`'s helper (rayon's pool when `None`): under
+    /// [`HALVES_ROWS`] rows each product's panels and the per-token work are split between
+    /// the two, from it the batch runs as two halves.
     pub fn forward_on(
         &self,
         cache: &mut Cache,
@@ -525,15 +536,8 @@ impl Engine {
                 (slot, toks)
             })
             .collect();
-        let outputs = |jobs: &[(RowCache<'_>, &[u32])]| -> usize {
-            if all {
-                jobs.iter().map(|(_, t)| t.len()).sum()
-            } else {
-                jobs.len()
-            }
-        };
         logits.clear();
-        logits.resize(outputs(&jobs) * self.vocab, 0.0);
+        logits.resize(outputs(&jobs, all) * self.vocab, 0.0);
         // Rows in groups of at most PASS_TOKENS tokens (a row is never split), so that the
         // scratch buffers of a large prefill stay bounded.
         let mut rest = jobs.as_mut_slice();
@@ -549,7 +553,7 @@ impl Engine {
                 .unwrap_or(rest.len())
                 .max(1);
             let (group, tail) = rest.split_at_mut(n);
-            let (here, later) = out.split_at_mut(outputs(group) * self.vocab);
+            let (here, later) = out.split_at_mut(outputs(group, all) * self.vocab);
             self.forward_group(group, all, pair, here);
             rest = tail;
             out = later;
@@ -584,12 +588,7 @@ impl Engine {
             })
             .map_or(jobs.len() / 2, |i| (i + 1).min(jobs.len() - 1));
         let (left, right) = jobs.split_at_mut(cut);
-        let left_outputs = if all {
-            left.iter().map(|(_, t)| t.len()).sum()
-        } else {
-            left.len()
-        };
-        let (out_left, out_right) = out.split_at_mut(left_outputs * self.vocab);
+        let (out_left, out_right) = out.split_at_mut(outputs(left, all) * self.vocab);
         let mine = || self.forward_rows(left, all, Threads::One, out_left);
         let theirs = || self.forward_rows(right, all, Threads::One, out_right);
         match pair {
