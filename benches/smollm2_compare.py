@@ -95,6 +95,8 @@ def main():
                 run(cmd + ["--prompts", "1", "--lora", str(a.lora)]))
         print(f"round {r + 1} done", file=sys.stderr)
 
+    print(json.dumps({f"{k[0]}/{k[1]}/{k[2]}": v for k, v in res.items()}), file=sys.stderr)
+
     def med(tool, mode, n, key):
         return statistics.median(x[key] for x in res[(tool, mode, n)])
 
@@ -121,16 +123,17 @@ def main():
     plen = max(a.ctx // 8, 2)
     anchor = llama_cpp_decode(a.gguf, plen, a.new_tokens, a.threads)
     bw = bandwidth_gbs()
-    params = res[("stageloop", "full", 1)][0]["params"]
+    params = res[("stageloop", "lora", 1)][0]["params"]
     f32_bytes = params * 4
     q_bytes = os.path.getsize(a.gguf)
-    single = med("stageloop", "full", 1, "sample_tokens_per_sec_cache")
+    # stageloop's own single stream, when one-prompt sampling was among the counts.
+    single = (f"{med('stageloop', 'full', 1, 'sample_tokens_per_sec_cache'):.1f}"
+              if 1 in counts else "not run")
     print(f"\nllama.cpp single-stream decode on the Q4_1 GGUF: {anchor:.1f} tokens/s "
-          f"(stageloop, f32 weights: {single:.1f})")
+          f"(stageloop, f32 weights: {single})")
     print(f"memory copy bandwidth: {bw:.1f} GB/s; bound at one stream = bandwidth / weight "
           f"bytes per token: f32 {f32_bytes / 1e6:.0f} MB -> {bw * 1e9 / f32_bytes:.0f} tokens/s, "
           f"Q4_1 file {q_bytes / 1e6:.0f} MB -> {bw * 1e9 / q_bytes:.0f} tokens/s")
-    print(json.dumps({f"{k[0]}/{k[1]}/{k[2]}": v for k, v in res.items()}), file=sys.stderr)
 
 
 if __name__ == "__main__":
