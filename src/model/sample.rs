@@ -6,6 +6,7 @@
 
 use super::tokenizer::{EOS, PAD};
 use super::transformer::{Gpt, KvCache};
+use crate::cpu::decoder::Engine;
 use crate::cpu::math::exp;
 use crate::cpu::pair::with_pair;
 use burn::tensor::{Device, Int, Tensor, TensorData};
@@ -255,6 +256,57 @@ pub fn generate(
     rng: &mut ChaCha8Rng,
     device: &Device,
 ) -> Vec<Completion> {
+    Sampler::new(model).generate(prompts, ctx, opts, rng, device)
+}
+
+/// A model held for several [`generate`] calls with the same weights: on the CPU the decoder's
+/// packed copy of the weights is built at the first call and reused by the next ones (an eval
+/// samples hundreds of batches from one checkpoint, and packing a 135M-parameter model's
+/// weights is a copy of half a gigabyte). The model must not change while it is held.
+pub struct Sampler<'a> {
+    model: &'a Gpt,
+    /// The decoder and the context it was built for.
+    engine: Option<(usize, Engine)>,
+}
+
+impl<'a> Sampler<'a> {
+    pub fn new(model: &'a Gpt) -> Self {
+        Sampler {
+            model,
+            engine: None,
+        }
+    }
+
+    /// [`generate`] on the held model.
+    pub fn generate(
+        &mut self,
+        prompts: &[Vec<u32>],
+        ctx: usize,
+        opts: &SampleOptions,
+        rng: &mut ChaCha8Rng,
+        device: &Device,
+    ) -> Vec<Completion> {
+        generate_on(self, prompts, ctx, opts, rng, device)
+    }
+
+    /// The decoder for `ctx`, built on first use.
+    fn engine(&mut self, ctx: usize) -> &Engine {
+        if self.engine.as_ref().is_none_or(|(c, _)| *c != ctx) {
+            self.engine = Some((ctx, self.model.engine(ctx)));
+        }
+        &self.engine.as_ref().expect("built above").1
+    }
+}
+
+fn generate_on(
+    sampler: &mut Sampler<'_>,
+    prompts: &[Vec<u32>],
+    ctx: usize,
+    opts: &SampleOptions,
+    rng: &mut ChaCha8Rng,
+    device: &Device,
+) -> Vec<Completion> {
+    let model = sampler.model;
     let mut out: Vec<Completion> = prompts
         .iter()
         .map(|_| Completion {
@@ -274,7 +326,7 @@ pub fn generate(
         opts.max_new_tokens.min(ctx.saturating_sub(plen))
     };
     if opts.engine && *device == Device::flex() && prompts.iter().all(|p| !p.is_empty()) {
-        return generate_engine(model, prompts, ctx, budget, opts, rng, out);
+        return generate_engine(sampler.engine(ctx), prompts, budget, opts, rng, out);
     }
     // Left-pad so every prompt ends at the same position (RoPE is relative, so the padding
     // changes nothing once it is masked out).
@@ -353,15 +405,13 @@ pub fn generate(
 
 /// [`generate`] on the CPU decoder: the same rows, the same random draws in the same order.
 fn generate_engine(
-    model: &Gpt,
+    engine: &Engine,
     prompts: &[Vec<u32>],
-    ctx: usize,
     budget: usize,
     opts: &SampleOptions,
     rng: &mut ChaCha8Rng,
     mut out: Vec<Completion>,
 ) -> Vec<Completion> {
-    let engine = model.engine(ctx);
     let vocab = engine.vocab();
     // Room for the longest prompt and the budget (the no-cache path re-feeds whole sequences
     // into the same room).

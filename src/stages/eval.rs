@@ -5,7 +5,7 @@
 
 use super::common::{Setup, metrics_line, open_logs, sampling_flops};
 use super::context::{Outcome, StageCtx};
-use crate::model::sample::{SampleOptions, generate};
+use crate::model::sample::{SampleOptions, Sampler};
 use crate::model::{self, Gpt, checkpoint};
 use crate::runfs::atomic;
 use anyhow::{Context, Result};
@@ -97,27 +97,21 @@ pub fn evaluate(
     let mut curve_sums = vec![0.0; ks.len()];
     let mut flops = 0.0;
     let chunk = (256 / (k + 1)).max(1);
+    // One decoder for every chunk: the checkpoint does not change during an eval.
+    let mut sampler = Sampler::new(model);
     for (ci, group) in probs.chunks(chunk).enumerate() {
         // One greedy completion and k sampled ones per prompt, generated as two batches.
         let problems: Vec<crate::tasks::Problem> = group.iter().map(|p| (*p).clone()).collect();
         let greedy_ids = setup.grouped_prompts(&problems, 1)?;
         let sample_ids = setup.grouped_prompts(&problems, k)?;
-        let g = generate(
-            model,
+        let g = sampler.generate(
             &greedy_ids,
             setup.model_cfg.ctx,
             &greedy_opts,
             &mut rng,
             device,
         );
-        let s = generate(
-            model,
-            &sample_ids,
-            setup.model_cfg.ctx,
-            &sampled,
-            &mut rng,
-            device,
-        );
+        let s = sampler.generate(&sample_ids, setup.model_cfg.ctx, &sampled, &mut rng, device);
         flops += sampling_flops(&setup.model_cfg, &greedy_ids, &g)
             + sampling_flops(&setup.model_cfg, &sample_ids, &s);
         for (pi, p) in group.iter().enumerate() {

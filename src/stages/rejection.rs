@@ -7,7 +7,7 @@
 use super::common::{Setup, metrics_line, open_logs, sampling_flops};
 use super::context::{Outcome, StageCtx};
 use super::{pipeline, sft, supervised};
-use crate::model::sample::generate;
+use crate::model::sample::Sampler;
 use crate::model::{self, Gpt, checkpoint};
 use crate::runfs::atomic;
 use anyhow::{Context, Result};
@@ -51,13 +51,15 @@ pub fn accepted_samples(
     let mut rows = Vec::new();
     let (mut seen, mut kept) = (0usize, 0usize);
     let mut i = 0u64;
+    // One decoder for every batch: the model does not change while it is sampled.
+    let mut sampler = Sampler::new(model);
     while (i as usize) < cfg.prompts {
         let n = chunk.min(cfg.prompts - i as usize);
         let probs: Vec<_> = (0..n as u64)
             .map(|j| setup.task.train_problem(i + j))
             .collect();
         let batch = setup.grouped_prompts(&probs, k)?;
-        let outs = generate(model, &batch, setup.model_cfg.ctx, &opts, &mut rng, device);
+        let outs = sampler.generate(&batch, setup.model_cfg.ctx, &opts, &mut rng, device);
         flops += sampling_flops(&setup.model_cfg, &batch, &outs);
         for (pi, p) in probs.iter().enumerate() {
             let mut ok: Vec<String> = Vec::new();

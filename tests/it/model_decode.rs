@@ -5,7 +5,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use stageloop::cpu::pair::with_pair;
-use stageloop::model::sample::{SampleOptions, generate};
+use stageloop::model::sample::{SampleOptions, Sampler, generate};
 use stageloop::model::{Gpt, KvCache, ModelConfig};
 
 fn cfg() -> ModelConfig {
@@ -244,6 +244,18 @@ fn engine_samples_the_same_tokens_and_logprobs_as_the_reference() {
             }
             assert!(fast.iter().map(|c| c.tokens.len()).sum::<usize>() > 10);
         }
+    }
+    // One Sampler for several calls (its decoder built once) draws what separate calls draw.
+    let opts = SampleOptions {
+        max_new_tokens: 25,
+        ..Default::default()
+    };
+    let (mut a, mut b) = (ChaCha8Rng::seed_from_u64(3), ChaCha8Rng::seed_from_u64(3));
+    let mut held = Sampler::new(&model);
+    for ctx in [40, 40, 32] {
+        let want = generate(&model, &prompts, ctx, &opts, &mut a, &device);
+        let got = held.generate(&prompts, ctx, &opts, &mut b, &device);
+        assert_eq!(want, got, "ctx {ctx}");
     }
 }
 
