@@ -286,7 +286,101 @@ impl<'a> Sampler<'a> {
         rng: &mut ChaCha8Rng,
         device: &Device,
     ) -> Vec<Completion> {
-        generate_on(self, prompts, ctx, opts, rng, device)
+        let model = self.model;
+        let mut out: Vec<Completion> = prompts
+            .iter()
+            .map(|_| Completion {
+                tokens: Vec::new(),
+                logprobs: Vec::new(),
+                finished: false,
+                eos: None,
+            })
+            .collect();
+        if prompts.is_empty() {
+            return out;
+        }
+        let plen = prompts.iter().map(Vec::len).max().unwrap_or(0);
+        let budget = if opts.max_new_tokens == 0 {
+            ctx.saturating_sub(plen)
+        } else {
+            opts.max_new_tokens.min(ctx.saturating_sub(plen))
+        };
+        if opts.engine && *device == Device::flex() && prompts.iter().all(|p| !p.is_empty()) {
+            return generate_engine(self.engine(ctx), prompts, budget, opts, rng, out);
+        }
+        // Left-pad so every prompt ends at the same position (RoPE is relative, so the padding
+        // changes nothing once it is masked out).
+        let mut rows: Vec<Vec<u32>> = prompts
+            .iter()
+            .map(|p| {
+                let mut r = vec![PAD; plen - p.len()];
+                r.extend_from_slice(p);
+                r
+            })
+            .collect();
+        let mut pad: Vec<Vec<bool>> = prompts
+            .iter()
+            .map(|p| (0..plen).map(|i| i < plen - p.len()).collect())
+            .collect();
+        let mut active: Vec<usize> = (0..prompts.len()).collect();
+        let mut cache = KvCache::new(model.layers());
+        let mut logits =
+            last_logits(model.forward_cached(int_tensor(&rows, device), &mut cache, Some(&pad)));
+        for step in 0..budget {
+            let mut still = Vec::new();
+            let mut next = Vec::new();
+            for (slot, &row) in active.iter().enumerate() {
+                if opts.ignore_eos {
+                    for &e in &opts.eos {
+                        logits[slot][e as usize] = f32::NEG_INFINITY;
+                    }
+                }
+                let (tok, lp) = pick(&logits[slot], opts, rng);
+                out[row].logprobs.push(lp);
+                if opts.eos.contains(&tok) {
+                    out[row].finished = true;
+                    out[row].eos = Some(tok);
+                } else {
+                    out[row].tokens.push(tok);
+                    still.push(slot);
+                    next.push(tok);
+                }
+            }
+            if still.is_empty() || step + 1 == budget {
+                break;
+            }
+            let kept: Vec<usize> = still.iter().map(|&s| active[s]).collect();
+            if opts.use_cache {
+                if still.len() < active.len() {
+                    cache.retain_rows(&still, device);
+                }
+                pad = still.iter().map(|&s| pad[s].clone()).collect();
+                for p in pad.iter_mut() {
+                    p.push(false);
+                }
+                let toks: Vec<Vec<u32>> = next.iter().map(|&t| vec![t]).collect();
+                logits = last_logits(model.forward_cached(
+                    int_tensor(&toks, device),
+                    &mut cache,
+                    Some(&pad),
+                ));
+            } else {
+                rows = still.iter().map(|&s| rows[s].clone()).collect();
+                pad = still.iter().map(|&s| pad[s].clone()).collect();
+                for ((r, p), &t) in rows.iter_mut().zip(pad.iter_mut()).zip(&next) {
+                    r.push(t);
+                    p.push(false);
+                }
+                let mut fresh = KvCache::new(model.layers());
+                logits = last_logits(model.forward_cached(
+                    int_tensor(&rows, device),
+                    &mut fresh,
+                    Some(&pad),
+                ));
+            }
+            active = kept;
+        }
+        out
     }
 
     /// The decoder for `ctx`, built on first use.
@@ -296,111 +390,6 @@ impl<'a> Sampler<'a> {
         }
         &self.engine.as_ref().expect("built above").1
     }
-}
-
-fn generate_on(
-    sampler: &mut Sampler<'_>,
-    prompts: &[Vec<u32>],
-    ctx: usize,
-    opts: &SampleOptions,
-    rng: &mut ChaCha8Rng,
-    device: &Device,
-) -> Vec<Completion> {
-    let model = sampler.model;
-    let mut out: Vec<Completion> = prompts
-        .iter()
-        .map(|_| Completion {
-            tokens: Vec::new(),
-            logprobs: Vec::new(),
-            finished: false,
-            eos: None,
-        })
-        .collect();
-    if prompts.is_empty() {
-        return out;
-    }
-    let plen = prompts.iter().map(Vec::len).max().unwrap_or(0);
-    let budget = if opts.max_new_tokens == 0 {
-        ctx.saturating_sub(plen)
-    } else {
-        opts.max_new_tokens.min(ctx.saturating_sub(plen))
-    };
-    if opts.engine && *device == Device::flex() && prompts.iter().all(|p| !p.is_empty()) {
-        return generate_engine(sampler.engine(ctx), prompts, budget, opts, rng, out);
-    }
-    // Left-pad so every prompt ends at the same position (RoPE is relative, so the padding
-    // changes nothing once it is masked out).
-    let mut rows: Vec<Vec<u32>> = prompts
-        .iter()
-        .map(|p| {
-            let mut r = vec![PAD; plen - p.len()];
-            r.extend_from_slice(p);
-            r
-        })
-        .collect();
-    let mut pad: Vec<Vec<bool>> = prompts
-        .iter()
-        .map(|p| (0..plen).map(|i| i < plen - p.len()).collect())
-        .collect();
-    let mut active: Vec<usize> = (0..prompts.len()).collect();
-    let mut cache = KvCache::new(model.layers());
-    let mut logits =
-        last_logits(model.forward_cached(int_tensor(&rows, device), &mut cache, Some(&pad)));
-    for step in 0..budget {
-        let mut still = Vec::new();
-        let mut next = Vec::new();
-        for (slot, &row) in active.iter().enumerate() {
-            if opts.ignore_eos {
-                for &e in &opts.eos {
-                    logits[slot][e as usize] = f32::NEG_INFINITY;
-                }
-            }
-            let (tok, lp) = pick(&logits[slot], opts, rng);
-            out[row].logprobs.push(lp);
-            if opts.eos.contains(&tok) {
-                out[row].finished = true;
-                out[row].eos = Some(tok);
-            } else {
-                out[row].tokens.push(tok);
-                still.push(slot);
-                next.push(tok);
-            }
-        }
-        if still.is_empty() || step + 1 == budget {
-            break;
-        }
-        let kept: Vec<usize> = still.iter().map(|&s| active[s]).collect();
-        if opts.use_cache {
-            if still.len() < active.len() {
-                cache.retain_rows(&still, device);
-            }
-            pad = still.iter().map(|&s| pad[s].clone()).collect();
-            for p in pad.iter_mut() {
-                p.push(false);
-            }
-            let toks: Vec<Vec<u32>> = next.iter().map(|&t| vec![t]).collect();
-            logits = last_logits(model.forward_cached(
-                int_tensor(&toks, device),
-                &mut cache,
-                Some(&pad),
-            ));
-        } else {
-            rows = still.iter().map(|&s| rows[s].clone()).collect();
-            pad = still.iter().map(|&s| pad[s].clone()).collect();
-            for ((r, p), &t) in rows.iter_mut().zip(pad.iter_mut()).zip(&next) {
-                r.push(t);
-                p.push(false);
-            }
-            let mut fresh = KvCache::new(model.layers());
-            logits = last_logits(model.forward_cached(
-                int_tensor(&rows, device),
-                &mut fresh,
-                Some(&pad),
-            ));
-        }
-        active = kept;
-    }
-    out
 }
 
 /// [`generate`] on the CPU decoder: the same rows, the same random draws in the same order.
