@@ -262,7 +262,7 @@ pub fn generate(
 /// A model held for several [`generate`] calls with the same weights: on the CPU the decoder's
 /// packed copy of the weights is built at the first call and reused by the next ones (an eval
 /// samples hundreds of batches from one checkpoint, and packing a 135M-parameter model's
-/// weights is a copy of half a gigabyte). The model must not change while it is held.
+/// weights is a copy of half a gigabyte). The model stays borrowed, so it cannot change meanwhile.
 pub struct Sampler<'a> {
     model: &'a Gpt,
     /// The decoder and the context it was built for.
@@ -286,8 +286,7 @@ impl<'a> Sampler<'a> {
         rng: &mut ChaCha8Rng,
         device: &Device,
     ) -> Vec<Completion> {
-        let model = self.model;
-        let mut out: Vec<Completion> = prompts
+        let out: Vec<Completion> = prompts
             .iter()
             .map(|_| Completion {
                 tokens: Vec::new(),
@@ -308,79 +307,7 @@ impl<'a> Sampler<'a> {
         if opts.engine && *device == Device::flex() && prompts.iter().all(|p| !p.is_empty()) {
             return generate_engine(self.engine(ctx), prompts, budget, opts, rng, out);
         }
-        // Left-pad so every prompt ends at the same position (RoPE is relative, so the padding
-        // changes nothing once it is masked out).
-        let mut rows: Vec<Vec<u32>> = prompts
-            .iter()
-            .map(|p| {
-                let mut r = vec![PAD; plen - p.len()];
-                r.extend_from_slice(p);
-                r
-            })
-            .collect();
-        let mut pad: Vec<Vec<bool>> = prompts
-            .iter()
-            .map(|p| (0..plen).map(|i| i < plen - p.len()).collect())
-            .collect();
-        let mut active: Vec<usize> = (0..prompts.len()).collect();
-        let mut cache = KvCache::new(model.layers());
-        let mut logits =
-            last_logits(model.forward_cached(int_tensor(&rows, device), &mut cache, Some(&pad)));
-        for step in 0..budget {
-            let mut still = Vec::new();
-            let mut next = Vec::new();
-            for (slot, &row) in active.iter().enumerate() {
-                if opts.ignore_eos {
-                    for &e in &opts.eos {
-                        logits[slot][e as usize] = f32::NEG_INFINITY;
-                    }
-                }
-                let (tok, lp) = pick(&logits[slot], opts, rng);
-                out[row].logprobs.push(lp);
-                if opts.eos.contains(&tok) {
-                    out[row].finished = true;
-                    out[row].eos = Some(tok);
-                } else {
-                    out[row].tokens.push(tok);
-                    still.push(slot);
-                    next.push(tok);
-                }
-            }
-            if still.is_empty() || step + 1 == budget {
-                break;
-            }
-            let kept: Vec<usize> = still.iter().map(|&s| active[s]).collect();
-            if opts.use_cache {
-                if still.len() < active.len() {
-                    cache.retain_rows(&still, device);
-                }
-                pad = still.iter().map(|&s| pad[s].clone()).collect();
-                for p in pad.iter_mut() {
-                    p.push(false);
-                }
-                let toks: Vec<Vec<u32>> = next.iter().map(|&t| vec![t]).collect();
-                logits = last_logits(model.forward_cached(
-                    int_tensor(&toks, device),
-                    &mut cache,
-                    Some(&pad),
-                ));
-            } else {
-                rows = still.iter().map(|&s| rows[s].clone()).collect();
-                pad = still.iter().map(|&s| pad[s].clone()).collect();
-                for ((r, p), &t) in rows.iter_mut().zip(pad.iter_mut()).zip(&next) {
-                    r.push(t);
-                    p.push(false);
-                }
-                let mut fresh = KvCache::new(model.layers());
-                logits = last_logits(model.forward_cached(
-                    int_tensor(&rows, device),
-                    &mut fresh,
-                    Some(&pad),
-                ));
-            }
-            active = kept;
-        }
-        out
+        generate_burn(self.model, prompts, budget, opts, rng, device, out)
     }
 
     /// The decoder for `ctx`, built on first use.
@@ -390,6 +317,93 @@ impl<'a> Sampler<'a> {
         }
         &self.engine.as_ref().expect("built above").1
     }
+}
+
+/// [`generate`] on burn's ops (the reference, and the path on other devices): prompts
+/// left-padded to the longest, padded positions masked.
+fn generate_burn(
+    model: &Gpt,
+    prompts: &[Vec<u32>],
+    budget: usize,
+    opts: &SampleOptions,
+    rng: &mut ChaCha8Rng,
+    device: &Device,
+    mut out: Vec<Completion>,
+) -> Vec<Completion> {
+    let plen = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    // Left-pad so every prompt ends at the same position (RoPE is relative, so the padding
+    // changes nothing once it is masked out).
+    let mut rows: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| {
+            let mut r = vec![PAD; plen - p.len()];
+            r.extend_from_slice(p);
+            r
+        })
+        .collect();
+    let mut pad: Vec<Vec<bool>> = prompts
+        .iter()
+        .map(|p| (0..plen).map(|i| i < plen - p.len()).collect())
+        .collect();
+    let mut active: Vec<usize> = (0..prompts.len()).collect();
+    let mut cache = KvCache::new(model.layers());
+    let mut logits =
+        last_logits(model.forward_cached(int_tensor(&rows, device), &mut cache, Some(&pad)));
+    for step in 0..budget {
+        let mut still = Vec::new();
+        let mut next = Vec::new();
+        for (slot, &row) in active.iter().enumerate() {
+            if opts.ignore_eos {
+                for &e in &opts.eos {
+                    logits[slot][e as usize] = f32::NEG_INFINITY;
+                }
+            }
+            let (tok, lp) = pick(&logits[slot], opts, rng);
+            out[row].logprobs.push(lp);
+            if opts.eos.contains(&tok) {
+                out[row].finished = true;
+                out[row].eos = Some(tok);
+            } else {
+                out[row].tokens.push(tok);
+                still.push(slot);
+                next.push(tok);
+            }
+        }
+        if still.is_empty() || step + 1 == budget {
+            break;
+        }
+        let kept: Vec<usize> = still.iter().map(|&s| active[s]).collect();
+        if opts.use_cache {
+            if still.len() < active.len() {
+                cache.retain_rows(&still, device);
+            }
+            pad = still.iter().map(|&s| pad[s].clone()).collect();
+            for p in pad.iter_mut() {
+                p.push(false);
+            }
+            let toks: Vec<Vec<u32>> = next.iter().map(|&t| vec![t]).collect();
+            logits = last_logits(model.forward_cached(
+                int_tensor(&toks, device),
+                &mut cache,
+                Some(&pad),
+            ));
+        } else {
+            rows = still.iter().map(|&s| rows[s].clone()).collect();
+            pad = still.iter().map(|&s| pad[s].clone()).collect();
+            for ((r, p), &t) in rows.iter_mut().zip(pad.iter_mut()).zip(&next) {
+                r.push(t);
+                p.push(false);
+            }
+            let mut fresh = KvCache::new(model.layers());
+            logits = last_logits(model.forward_cached(
+                int_tensor(&rows, device),
+                &mut fresh,
+                Some(&pad),
+            ));
+        }
+        active = kept;
+    }
+    out
 }
 
 /// [`generate`] on the CPU decoder: the same rows, the same random draws in the same order.
