@@ -9,7 +9,7 @@
 
 use super::arena::{Floats, Spares};
 use super::math::{RopeSpec, exp, rope_table, rotate};
-use super::packed::{Packed, Threads};
+use super::packed::{Order, Packed, Threads};
 use super::pair::Pair;
 use super::rows::{rms_block, swiglu_block};
 use super::simd::{as_uninit, avx2_dispatch};
@@ -41,7 +41,7 @@ pub struct Engine {
     vocab: usize,
     ctx: usize,
     /// `[vocab, d]`.
-    embed: Vec<f32>,
+    embed: Values,
     layers: Vec<Layer>,
     norm: Vec<f32>,
     norm_eps: f32,
@@ -53,8 +53,8 @@ pub struct Engine {
 }
 
 /// What [`Engine::new`] needs besides the matrices: the shape, every norm's gain and epsilon,
-/// the embedding, and the `[k, n]` shape of each matrix in order (per block `qkv`, `out`,
-/// `gate_up`, `down`; then the head).
+/// the embedding, and the `[k, n]` shape and value order of each matrix in order (per block
+/// `qkv`, `out`, `gate_up`, `down`; then the head).
 pub struct Weights {
     pub d_model: usize,
     pub heads: usize,
@@ -62,14 +62,18 @@ pub struct Weights {
     pub head_dim: usize,
     pub rope: RopeSpec,
     /// `[vocab, d]`.
-    pub embed: Vec<f32>,
+    pub embed: Values,
     /// Per block, the attention's and the MLP's norm.
     pub norms: Vec<[(Vec<f32>, f32); 2]>,
     /// Per block, what pretrained architectures add (empty: none for any block).
     pub extras: Vec<LayerExtras>,
     pub norm: (Vec<f32>, f32),
-    pub matrices: Vec<(usize, usize)>,
+    pub matrices: Vec<(usize, usize, Order)>,
 }
+
+/// Floats the decoder reads where they are (the embedding, in the model's own memory: a
+/// copy of it at every build would be 113 MB at SmolLM2's size).
+pub type Values = Box<dyn AsRef<[f32]> + Send + Sync>;
 
 /// A block's optional parts: biases of the QKV projection (Qwen2), and RMSNorms (gain,
 /// epsilon) over each query and key head before RoPE (Qwen3).
@@ -438,7 +442,7 @@ impl Engine {
             kv_heads: w.kv_heads,
             head_dim: hd,
             mlp,
-            vocab: w.embed.len() / d,
+            vocab: (*w.embed).as_ref().len() / d,
             ctx,
             embed: w.embed,
             layers,
@@ -679,7 +683,7 @@ impl Engine {
             for (i, &t) in toks.iter().enumerate() {
                 at.push((job, start + i));
                 let t = t as usize;
-                x.extend_from_slice(&self.embed[t * d..(t + 1) * d]);
+                x.extend_from_slice(&(*self.embed).as_ref()[t * d..(t + 1) * d]);
             }
         }
         let n = at.len();

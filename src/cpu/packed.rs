@@ -52,8 +52,18 @@ enum Data {
     },
 }
 
-/// A matrix to pack: row-major values and shape `[k, n]`.
-type Matrix<'a> = (&'a [f32], usize, usize);
+/// A matrix to pack: its values, shape `[k, n]` and how the values are laid out.
+type Matrix<'a> = (&'a [f32], usize, usize, Order);
+
+/// How the values of a `[k, n]` matrix to pack are laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// Row-major `[k, n]`.
+    Rows,
+    /// Its transpose, row-major `[n, k]`: a tied head packed straight from the `[vocab, d]`
+    /// embedding, without a transposed copy of it first.
+    Columns,
+}
 
 impl Packed {
     /// Pack a row-major `[k, n]` matrix.
@@ -62,7 +72,11 @@ impl Packed {
         // its operands at every call, so packing time counts).
         // SAFETY: `pack_into` writes every element of the packed layout (the last panel's
         // missing columns as zeros).
-        let data = unsafe { written(Packed::size(k, n), |out| pack_into((w, k, n), out)) };
+        let data = unsafe {
+            written(Packed::size(k, n), |out| {
+                pack_into((w, k, n, Order::Rows), out)
+            })
+        };
         Packed {
             k,
             n,
@@ -70,16 +84,16 @@ impl Packed {
         }
     }
 
-    /// Pack matrices of the given `[k, n]` shapes into one buffer on huge pages (see
-    /// [`super::arena`]: a model's weights are streamed from memory at every decoding step,
-    /// and on 4 KB pages that costs a TLB miss every 4 KB), on rayon's threads. `values(i)`
-    /// gives matrix `i`'s row-major values; it is called once for each, by the thread that
+    /// Pack matrices of the given `[k, n]` shapes and value orders into one buffer on huge
+    /// pages (see [`super::arena`]: a model's weights are streamed from memory at every
+    /// decoding step, and on 4 KB pages that costs a TLB miss every 4 KB), on rayon's threads.
+    /// `values(i)` gives matrix `i`'s values; it is called once for each, by the thread that
     /// packs it, so only a matrix per thread is held at once.
     pub fn new_all<V: AsRef<[f32]>>(
-        shapes: &[(usize, usize)],
+        shapes: &[(usize, usize, Order)],
         values: impl Fn(usize) -> V + Sync,
     ) -> Vec<Packed> {
-        let sizes: Vec<usize> = shapes.iter().map(|&(k, n)| Packed::size(k, n)).collect();
+        let sizes: Vec<usize> = shapes.iter().map(|&(k, n, _)| Packed::size(k, n)).collect();
         // Every float is written below, so a kept buffer's old values do not matter.
         let mut buf = Floats::reused(sizes.iter().sum());
         let mut parts = Vec::with_capacity(shapes.len());
@@ -93,16 +107,18 @@ impl Packed {
             .into_par_iter()
             .zip(shapes)
             .enumerate()
-            .for_each(|(i, (part, &(k, n)))| {
+            .for_each(|(i, (part, &(k, n, order)))| {
                 // SAFETY: the kernel stores only initialised floats through the view.
-                pack_into((values(i).as_ref(), k, n), unsafe { as_uninit(part) });
+                pack_into((values(i).as_ref(), k, n, order), unsafe {
+                    as_uninit(part)
+                });
             });
         let buf = Arc::new(buf);
         let mut start = 0;
         shapes
             .iter()
             .zip(sizes)
-            .map(|(&(k, n), len)| {
+            .map(|(&(k, n, _), len)| {
                 let data = Data::Shared {
                     buf: Arc::clone(&buf),
                     start,
@@ -305,14 +321,33 @@ impl Packed {
 }
 
 /// Write `w`'s panels into `out` (`Packed::size` floats).
-fn pack_into((w, k, n): Matrix<'_>, out: &mut [Uninit]) {
+fn pack_into((w, k, n, order): Matrix<'_>, out: &mut [Uninit]) {
     assert_eq!(w.len(), k * n, "matrix is not {k}×{n}");
     assert_eq!(out.len(), Packed::size(k, n));
     for (p, panel) in out.chunks_exact_mut(k * NR).enumerate() {
         let cols = NR.min(n - p * NR);
-        for (kk, dst) in panel.chunks_exact_mut(NR).enumerate() {
-            write(dst, &w[kk * n + p * NR..kk * n + p * NR + cols]);
-            write(&mut dst[cols..], &[0.0; NR]);
+        match order {
+            Order::Rows => {
+                for (kk, dst) in panel.chunks_exact_mut(NR).enumerate() {
+                    write(dst, &w[kk * n + p * NR..kk * n + p * NR + cols]);
+                    write(&mut dst[cols..], &[0.0; NR]);
+                }
+            }
+            // The panel's columns are `cols` contiguous rows of `w`: read each once and
+            // scatter it down the panel (a panel is k·NR floats, so it stays in cache).
+            Order::Columns => {
+                for (j, row) in w[p * NR * k..(p * NR + cols) * k]
+                    .chunks_exact(k)
+                    .enumerate()
+                {
+                    for (dst, &v) in panel[j..].iter_mut().step_by(NR).zip(row) {
+                        dst.write(v);
+                    }
+                }
+                for dst in panel.chunks_exact_mut(NR) {
+                    write(&mut dst[cols..], &[0.0; NR]);
+                }
+            }
         }
     }
 }
@@ -505,6 +540,20 @@ mod tests {
     }
 
     #[test]
+    fn a_matrix_packed_from_its_transpose_equals_it_packed_from_rows() {
+        // Column counts below, at and off the panel width (the last panel's padding).
+        for &(k, n) in &[(5, 3), (7, 16), (9, 37), (64, 100)] {
+            let w: Vec<f32> = (0..k * n).map(|i| ((i * 31) % 17) as f32 - 8.0).collect();
+            let wt: Vec<f32> = (0..n * k).map(|i| w[(i % k) * n + i / k]).collect();
+            let packed = Packed::new_all(&[(k, n, Order::Rows), (k, n, Order::Columns)], |i| {
+                if i == 0 { &w } else { &wt }
+            });
+            assert_eq!(packed[0].data(), packed[1].data(), "{k}×{n}");
+            assert_eq!(packed[0].data(), Packed::new(&w, k, n).data(), "{k}×{n}");
+        }
+    }
+
+    #[test]
     fn packed_product_matches_the_plain_one_for_every_shape_edge() {
         // Rows not a multiple of MR, columns not a multiple of NR, one row, sizes that split
         // between threads; each matrix packed on its own and all of them into one buffer
@@ -525,7 +574,10 @@ mod tests {
                     .collect()
             })
             .collect();
-        let kn: Vec<(usize, usize)> = shapes.iter().map(|&(_, k, n)| (k, n)).collect();
+        let kn: Vec<(usize, usize, Order)> = shapes
+            .iter()
+            .map(|&(_, k, n)| (k, n, Order::Rows))
+            .collect();
         let shared = Packed::new_all(&kn, |i| &ws[i]);
         for ((&(m, k, n), w), together) in shapes.iter().zip(&ws).zip(&shared) {
             let a: Vec<f32> = (0..m * k).map(|i| ((i * 37) % 11) as f32 - 5.0).collect();

@@ -3,7 +3,10 @@
 
 use super::transformer::{Gpt, NormWeights};
 use crate::cpu::decoder::{Engine, LayerExtras, Weights};
-use burn::tensor::{Tensor, TensorData};
+use crate::cpu::packed::Order;
+use burn::backend::flex::FlexTensor;
+use burn::backend::{DispatchTensor, DispatchTensorKind};
+use burn::tensor::Tensor;
 
 /// The values as `f32` (one copy; a conversion first if the backend stores another type).
 fn f32s<const D: usize>(t: Tensor<D>) -> Vec<f32> {
@@ -13,21 +16,46 @@ fn f32s<const D: usize>(t: Tensor<D>) -> Vec<f32> {
         .expect("data converted to f32 reads back as f32")
 }
 
-/// Data converted to `f32`, as a slice.
-struct F32s(TensorData);
+/// A tensor's `f32` values: read in place from burn's CPU backend when they are contiguous
+/// `f32` there (the model's own memory, shared, not copied), a converted copy otherwise.
+enum F32s {
+    Flex(FlexTensor),
+    Copy(Vec<f32>),
+}
+
+impl F32s {
+    fn of<const D: usize>(t: Tensor<D>) -> F32s {
+        let flex = match t.clone().into_dispatch() {
+            DispatchTensor {
+                kind: DispatchTensorKind::Flex(t),
+                ..
+            } => Some(t.float()),
+            // A tensor of another backend (or tracked by autodiff) is read out below.
+            #[allow(unreachable_patterns)]
+            _ => None,
+        };
+        match flex {
+            Some(f) if f.as_slice::<f32>().is_some() => F32s::Flex(f),
+            _ => F32s::Copy(f32s(t)),
+        }
+    }
+}
 
 impl AsRef<[f32]> for F32s {
     fn as_ref(&self) -> &[f32] {
-        self.0
-            .as_slice::<f32>()
-            .expect("data converted to f32 reads back as f32")
+        match self {
+            F32s::Flex(t) => t
+                .as_slice::<f32>()
+                .expect("checked contiguous f32 in F32s::of"),
+            F32s::Copy(v) => v,
+        }
     }
 }
 
 impl Gpt {
-    /// A CPU decoder of this model for contexts up to `ctx`. The matrices are read out of burn
-    /// and packed a matrix at a time on each core (packed straight from burn's data: reading
-    /// them out of burn already copies them twice).
+    /// A CPU decoder of this model for contexts up to `ctx`. The matrices are packed a matrix
+    /// at a time on each core, read where burn keeps them (a tied head straight from the
+    /// embedding, which the decoder also reads in place).
     pub fn engine(&self, ctx: usize) -> Engine {
         let w = self.weights();
         let mut tensors = Vec::new();
@@ -47,26 +75,35 @@ impl Gpt {
                 k_norm,
             });
         }
-        tensors.push(w.head);
-        let matrices = tensors
+        let mut matrices: Vec<(usize, usize, Order)> = tensors
             .iter()
             .map(|t| {
                 let [k, n] = t.dims();
-                (k, n)
+                (k, n, Order::Rows)
             })
             .collect();
+        let embed = w.embed;
+        if self.tied() {
+            let [v, d] = embed.dims();
+            matrices.push((d, v, Order::Columns));
+            tensors.push(embed.clone());
+        } else {
+            let [k, n] = w.head.dims();
+            matrices.push((k, n, Order::Rows));
+            tensors.push(w.head);
+        }
         let spec = Weights {
             d_model: w.d_model,
             heads: w.heads,
             kv_heads: w.kv_heads,
             head_dim: w.head_dim,
             rope: w.rope,
-            embed: f32s(w.embed),
+            embed: Box::new(F32s::of(embed)),
             norms,
             extras,
             norm: (f32s(w.norm.0), w.norm.1 as f32),
             matrices,
         };
-        Engine::new(spec, ctx, |i| F32s(tensors[i].to_data().convert::<f32>()))
+        Engine::new(spec, ctx, |i| F32s::of(tensors[i].clone()))
     }
 }

@@ -397,6 +397,11 @@ impl Gpt {
             .count()
     }
 
+    /// Whether the head is the embedding transposed (no head matrix of its own).
+    pub fn tied(&self) -> bool {
+        self.head.is_none()
+    }
+
     /// Whether any weight carries a LoRA adapter.
     pub fn has_lora(&self) -> bool {
         self.adapted_matrices() > 0
