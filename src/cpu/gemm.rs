@@ -4,12 +4,25 @@
 //! aligned buffer (its allocation reports byte alignment), so every product paid a page-faulting
 //! zeroing and a full copy on the calling thread (docs/PERF.md has the profile).
 //! Here the same `gemm` crate writes its result into uninitialised memory that becomes the
-//! output tensor as is. Operands are strided views, so transposes cost nothing.
+//! output tensor as is. Operands are strided views, so transposes cost nothing, except a
+//! column-major right-hand side `gemm` would lay out on one thread: that one is copied
+//! row-major on every core first ([`super::transpose`]).
 
 use super::simd::{Uninit, written};
+use super::transpose::transpose;
 
 /// Products from this many multiply-adds run on every core (burn flex's threshold).
 const PARALLEL_OPS: usize = 192 * 192 * 192;
+
+/// Left-hand rows from which a column-major right-hand side is copied row-major first (see
+/// [`matmul`]).
+const TRANSPOSE_ROWS: usize = 64;
+
+thread_local! {
+    /// The row-major copy's buffer, kept between products (a fresh one per product is
+    /// megabytes of pages to fault in and zero at every backward step).
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 
 /// A `[rows, cols]` matrix view: element `(i, j)` is `data[i·row_stride + j·col_stride]`.
 #[derive(Debug, Clone, Copy)]
@@ -65,11 +78,39 @@ pub fn matmul(a: View<'_>, b: View<'_>) -> Vec<f32> {
     if k == 0 {
         return vec![0.0; m * n];
     }
-    let parallelism = if m.saturating_mul(n).saturating_mul(k) >= PARALLEL_OPS {
+    let parallel = m.saturating_mul(n).saturating_mul(k) >= PARALLEL_OPS;
+    let parallelism = if parallel {
         gemm::Parallelism::Rayon(0)
     } else {
         gemm::Parallelism::None
     };
+    // A column-major `b` with no more columns than rows (a backward pass's `dy · Wᵀ`) is one
+    // `gemm` re-lays out on the calling thread at every call, the other cores waiting; copied
+    // row-major here on every core first, the product runs as fast as a forward one
+    // (docs/PERF.md). With more columns (the tied head's `embedᵀ`), `gemm` packs it on every
+    // core itself.
+    if parallel
+        && b.row_stride == 1
+        && b.col_stride != 1
+        && m >= TRANSPOSE_ROWS
+        && n <= k
+        && let Some(out) = SCRATCH.with(|s| {
+            // Busy only if a product is nested in one: that one leaves `b` to `gemm`.
+            let mut buf = s.try_borrow_mut().ok()?;
+            let len = buf.len().max(k * n);
+            buf.resize(len, 0.0);
+            transpose(b.data, k, n, b.col_stride, &mut buf[..k * n], n);
+            Some(gemm_into(a, View::new(&buf[..k * n], k, n), parallelism))
+        })
+    {
+        return out;
+    }
+    gemm_into(a, b, parallelism)
+}
+
+/// `a · b` by `gemm` into fresh memory (`k > 0`, shapes and bounds checked by the caller).
+fn gemm_into(a: View<'_>, b: View<'_>, parallelism: gemm::Parallelism) -> Vec<f32> {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
     let stride = |s: usize| isize::try_from(s).expect("matmul: stride fits isize");
     let fill = |out: &mut [Uninit]| {
         // SAFETY: out holds m·n elements, written row-major (column stride 1, row stride n);
@@ -122,7 +163,14 @@ mod tests {
     #[test]
     fn products_of_plain_and_transposed_views_match_the_naive_product() {
         // Small (one thread) and large (split between threads) shapes, off the kernel's edges.
-        for &(m, k, n) in &[(3, 5, 7), (37, 19, 41), (200, 192, 210)] {
+        // The last two: a transposed right-hand side copied row-major first (see `matmul`).
+        for &(m, k, n) in &[
+            (3, 5, 7),
+            (37, 19, 41),
+            (200, 192, 210),
+            (100, 400, 200),
+            (70, 351, 301),
+        ] {
             let a: Vec<f32> = (0..m * k).map(|i| ((i * 37) % 11) as f32 - 5.0).collect();
             let b: Vec<f32> = (0..k * n).map(|i| ((i * 53) % 13) as f32 * 0.25).collect();
             let (va, vb) = (View::new(&a, m, k), View::new(&b, k, n));

@@ -1,7 +1,7 @@
 //! Hand-written CPU kernels on plain `f32` slices: the training ops' products and attention,
-//! the row kernels, the small-batch packed products and the decoder. Imports nothing from the
-//! rest of the crate; `model` wraps them for burn (`model::fused`) and builds the decoder from
-//! a model (`Gpt::engine`).
+//! the row kernels, the small-batch packed products, the decoder, and a transposition.
+//! Imports nothing from the rest of the crate; `model` wraps them for burn (`model::fused`)
+//! and builds the decoder from a model (`Gpt::engine`).
 
 pub mod arena;
 pub mod attention;
@@ -12,3 +12,4 @@ pub mod packed;
 pub mod pair;
 pub mod rows;
 pub(crate) mod simd;
+pub mod transpose;

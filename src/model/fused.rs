@@ -183,12 +183,28 @@ fn rows_of(x: &FlexTensor) -> View<'_> {
     View::new(slice(x), shape.iter().product::<usize>() / k, k)
 }
 
-/// A `[k, n]` weight (contiguous) as a matrix view.
+/// A `[k, n]` weight as it is laid out when that is a plain strided `f32` matrix (a
+/// transposed view: the tied head's `embedᵀ`), a contiguous copy otherwise.
+fn matrix(w: FlexTensor) -> FlexTensor {
+    let plain = w.as_slice::<f32>().is_some()
+        || (w.dtype() == burn::tensor::DType::F32
+            && w.layout().as_2d_strides().is_some()
+            && w.layout().has_positive_strides());
+    if plain { w } else { w.to_contiguous() }
+}
+
+/// A `[k, n]` weight (see [`matrix`]) as a matrix view.
 fn weight(w: &FlexTensor) -> View<'_> {
-    let [k, n] = dims(w)[..] else {
+    let Some((k, n, rs, cs)) = w.layout().as_2d_strides() else {
         panic!("weight must be a matrix")
     };
-    View::new(slice(w), k, n)
+    View {
+        data: &w.storage::<f32>()[w.layout().start_offset()..],
+        rows: k,
+        cols: n,
+        row_stride: rs.unsigned_abs(),
+        col_stride: cs.unsigned_abs(),
+    }
 }
 
 /// `x · w` as `[.., n]`, for contiguous `x` `[.., k]` and `w` `[k, n]`.
@@ -227,7 +243,7 @@ impl FusedOps for Flex {
     }
 
     fn linear(x: FlexTensor, w: FlexTensor) -> FlexTensor {
-        linear_flex(&contiguous(x), &contiguous(w))
+        linear_flex(&contiguous(x), &matrix(w))
     }
 
     fn swiglu_down(gate_up: FlexTensor, w: FlexTensor) -> FlexTensor {
@@ -340,7 +356,7 @@ impl Backward<Flex, 1> for SwigluBackward {
 struct LinearBackward;
 
 impl Backward<Flex, 2> for LinearBackward {
-    /// The `[.., k]` input and the `[k, n]` weight, both contiguous.
+    /// The contiguous `[.., k]` input and the `[k, n]` weight (see [`matrix`]).
     type State = (FlexTensor, FlexTensor);
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
@@ -408,10 +424,7 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let (x, w) = (
-                    contiguous(x.into_primitive()),
-                    contiguous(w.into_primitive()),
-                );
+                let (x, w) = (contiguous(x.into_primitive()), matrix(w.into_primitive()));
                 let y = linear_flex(&x, &w);
                 prep.finish((x, w), y)
             }
