@@ -1,8 +1,10 @@
 //! Hand-written CPU kernels on plain `f32` slices: the training ops' products and attention,
-//! the row kernels, the small-batch packed products, the decoder, and a transposition.
+//! the row kernels, the small-batch packed products, the decoder, a transposition and
+//! the fused AdamW step.
 //! Imports nothing from the rest of the crate; `model` wraps them for burn (`model::fused`)
 //! and builds the decoder from a model (`Gpt::engine`).
 
+pub mod adamw;
 pub mod arena;
 pub mod attention;
 pub mod decoder;

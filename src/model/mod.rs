@@ -10,6 +10,7 @@ pub mod fused;
 pub mod gguf;
 pub mod gguf_write;
 pub mod lora;
+pub mod optim;
 pub mod pretrained;
 pub mod sample;
 pub mod text;

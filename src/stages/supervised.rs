@@ -9,12 +9,13 @@ use super::common::{
 };
 use super::context::{Outcome, StageCtx};
 use crate::model::checkpoint::{self, RngState, TrainState};
+use crate::model::optim::FusedAdamW;
 use crate::model::sample::{SampleOptions, generate};
 use crate::model::{self, Gpt};
 use crate::runfs;
 use anyhow::{Context, Result};
 use burn::module::Module;
-use burn::optim::{AdamWConfig, GradientsParams};
+use burn::optim::GradientsParams;
 use burn::tensor::Device;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -30,11 +31,7 @@ pub struct Start {
 
 /// Build or load the model and optimizer for a training stage on `device` (autodiff).
 pub fn start(ctx: &StageCtx<'_>, setup: &Setup, device: &Device, kind: &str) -> Result<Start> {
-    let optim_cfg = AdamWConfig::new()
-        .with_beta_2(0.95)
-        .with_epsilon(1e-8)
-        .with_weight_decay(ctx.cfg.weight_decay as f32);
-    let optim = optim_cfg.init();
+    let optim = FusedAdamW::new(0.9, 0.95, 1e-8, ctx.cfg.weight_decay as f32).init();
     if let Some(dir) = &ctx.resume {
         let model = checkpoint::load_expecting(dir, &setup.model_cfg, &setup.tok, device)?;
         let opt_path = dir.join(checkpoint::OPTIMIZER);

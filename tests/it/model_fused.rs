@@ -5,10 +5,11 @@
 //! switched off process-wide for the reference pass.
 
 use burn::module::{Module, ModuleVisitor, Param};
-use burn::optim::GradientsParams;
+use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 use stageloop::cpu::math::RopeSpec;
 use stageloop::model::fused;
+use stageloop::model::optim::{self, FusedAdamW};
 use stageloop::model::{Gpt, ModelConfig};
 
 fn max_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
@@ -334,5 +335,71 @@ fn fused_target_logprobs_match_log_softmax_and_gather() {
         let ((y1, g1), (y2, g2)) = (run(true), run(false));
         assert!(max_diff(y1, y2) < 1e-4, "values at T {temperature}");
         assert!(max_diff(g1, g2) < 1e-5, "gradients at T {temperature}");
+    }
+}
+
+/// Every parameter's values, in visiting order.
+fn params_of(model: &Gpt) -> Vec<f32> {
+    struct Collect<'a>(&'a mut Vec<f32>);
+    impl ModuleVisitor for Collect<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            self.0.extend(param.val().into_data().iter::<f32>());
+        }
+    }
+    let mut flat = Vec::new();
+    model.visit(&mut Collect(&mut flat));
+    flat
+}
+
+#[test]
+fn fused_adamw_steps_like_burns_adamw_and_resumes_from_its_record() {
+    let device = Device::flex().autodiff();
+    device.seed(11);
+    let model = Gpt::new(&cfg(), &device);
+    let seq: Vec<i64> = (0..2 * 24).map(|i| (i * 5 % 20) as i64).collect();
+    let tokens = Tensor::<2, Int>::from_data(TensorData::new(seq, [2, 24]), &device);
+    let grads = |m: &Gpt| {
+        let logits = m.forward(tokens.clone());
+        let loss = logits.clone().powf_scalar(2.0).mean() + logits.sum() * 0.01;
+        GradientsParams::from_grads(loss.backward(), m)
+    };
+    let burn_adamw = || {
+        AdamWConfig::new()
+            .with_beta_2(0.95)
+            .with_epsilon(1e-8)
+            .with_weight_decay(0.1)
+            .init()
+    };
+    let fused_adamw = || FusedAdamW::new(0.9, 0.95, 1e-8, 0.1).init();
+    let (mut plain, mut fast) = (burn_adamw(), fused_adamw());
+    let (mut a, mut b) = (model.clone(), model.clone());
+    for step in 0..3 {
+        a = plain.step(1e-2, a.clone(), grads(&a));
+        let before = optim::fused_updates();
+        b = fast.step(1e-2, b.clone(), grads(&b));
+        assert!(optim::fused_updates() > before, "the fused path ran");
+        let (pa, pb) = (params_of(&a), params_of(&b));
+        let worst = pa
+            .iter()
+            .zip(&pb)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max);
+        assert!(worst < 1e-5, "step {step}: worst difference {worst}");
+        // The steps moved the parameters (a test that cannot fail otherwise).
+        assert!(params_of(&model).iter().zip(&pb).any(|(x, y)| x != y));
+    }
+    // Its record is burn's AdamW state: loaded into either optimizer, the next step agrees.
+    let mut from_fused = fused_adamw().load_record(fast.to_record());
+    let mut into_burn = burn_adamw().load_record(fast.to_record());
+    let g = grads(&b);
+    let next = fast.step(1e-2, b.clone(), g);
+    for other in [&mut from_fused, &mut into_burn] {
+        let stepped = other.step(1e-2, b.clone(), grads(&b));
+        let worst = params_of(&next)
+            .iter()
+            .zip(&params_of(&stepped))
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max);
+        assert!(worst < 1e-5, "resumed step: worst difference {worst}");
     }
 }
