@@ -1,7 +1,7 @@
 //! The language model: shape ([`config`]), tokenizer, transformer with KV cache, sampler,
 //! checkpoint (de)serialisation, and the thin burn glue over [`crate::cpu`]'s kernels (the
-//! fused training ops, and `Gpt::engine` for the CPU decoder). Knows nothing of stages or
-//! screens.
+//! fused training ops, the fused AdamW, and `Gpt::engine` for the CPU decoder). Knows nothing
+//! of stages or screens.
 
 pub mod checkpoint;
 pub mod config;
