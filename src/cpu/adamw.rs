@@ -3,7 +3,7 @@
 //! which at 135M parameters was a fifth of a full fine-tuning step (docs/PERF.md). The
 //! arithmetic is burn's, in its order, so the two give the same values.
 
-use super::simd::avx2_dispatch;
+use super::simd::{Uninit, avx2_dispatch, written};
 use rayon::prelude::*;
 
 /// Elements per parallel task.
@@ -47,18 +47,39 @@ impl Hyper {
     }
 }
 
+/// One element's update: the moments in place, the new parameter returned.
+#[inline(always)]
+fn update(p: f32, g: f32, m: &mut f32, v: &mut f32, h: Hyper) -> f32 {
+    *m = *m * h.beta_1 + g * (1.0 - h.beta_1);
+    *v = *v * h.beta_2 + g * g * (1.0 - h.beta_2);
+    let delta = (*m / h.correction_1) / ((*v / h.correction_2).sqrt() + h.epsilon);
+    p * h.decay - delta * h.lr
+}
+
 #[inline(always)]
 fn step_rows(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], h: Hyper) {
-    let (f1, f2) = (1.0 - h.beta_1, 1.0 - h.beta_2);
     for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
-        *m = *m * h.beta_1 + g * f1;
-        *v = *v * h.beta_2 + g * g * f2;
-        let delta = (*m / h.correction_1) / ((*v / h.correction_2).sqrt() + h.epsilon);
-        *p = *p * h.decay - delta * h.lr;
+        *p = update(*p, g, m, v, h);
+    }
+}
+
+#[inline(always)]
+fn step_rows_into(
+    out: &mut [Uninit],
+    p: &[f32],
+    g: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    h: Hyper,
+) {
+    let moments = m.iter_mut().zip(v.iter_mut());
+    for (((o, &p), &g), (m, v)) in out.iter_mut().zip(p).zip(g).zip(moments) {
+        o.write(update(p, g, m, v, h));
     }
 }
 
 avx2_dispatch!(fn step_block(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], h: Hyper) = step_rows;);
+avx2_dispatch!(fn step_block_into(out: &mut [Uninit], p: &[f32], g: &[f32], m: &mut [f32], v: &mut [f32], h: Hyper) = step_rows_into;);
 
 /// Update `p`, `m` and `v` in place with gradient `g`, in chunks on rayon's threads. Moments
 /// of a first step are zeros. Panics if the lengths differ.
@@ -73,6 +94,26 @@ pub fn step(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], h: Hyper) {
         .zip(m.par_chunks_mut(CHUNK))
         .zip(v.par_chunks_mut(CHUNK))
         .for_each(|(((p, g), m), v)| step_block(p, g, m, v, h));
+}
+
+/// [`step`] for a parameter that cannot be updated in place (its memory is shared): the new
+/// values in fresh memory, the moments still in place.
+pub fn step_into(p: &[f32], g: &[f32], m: &mut [f32], v: &mut [f32], h: Hyper) -> Vec<f32> {
+    let n = p.len();
+    assert!(
+        g.len() == n && m.len() == n && v.len() == n,
+        "adamw: lengths differ"
+    );
+    let fill = |out: &mut [Uninit]| {
+        out.par_chunks_mut(CHUNK)
+            .zip(p.par_chunks(CHUNK))
+            .zip(g.par_chunks(CHUNK))
+            .zip(m.par_chunks_mut(CHUNK))
+            .zip(v.par_chunks_mut(CHUNK))
+            .for_each(|((((o, p), g), m), v)| step_block_into(o, p, g, m, v, h));
+    };
+    // SAFETY: the chunks of `out` cover it and each element is written once.
+    unsafe { written(n, fill) }
 }
 
 #[cfg(test)]

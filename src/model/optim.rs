@@ -92,10 +92,15 @@ fn contiguous(f: Option<FlexTensor>) -> FlexTensor {
 /// when it is strided or its memory is shared).
 fn owned(f: Option<FlexTensor>) -> FlexTensor {
     let mut f = contiguous(f);
-    if f.try_storage_mut::<f32>().is_none() || whole(&f).is_none() {
+    if !unique(&mut f) {
         f = FlexTensor::from_data(f.clone().into_data());
     }
     f
+}
+
+/// Whether a contiguous tensor's memory is its own (not shared with another handle).
+fn unique(f: &mut FlexTensor) -> bool {
+    f.try_storage_mut::<f32>().is_some()
 }
 
 /// The range of its storage a contiguous tensor covers.
@@ -153,7 +158,8 @@ impl Optimizer for FusedAdamW {
             Some((m, v)) => (m.ok(), v.ok()),
             None => (Some(zeros()), Some(zeros())),
         };
-        let (mut t, mut m, mut v) = (owned(t.ok()), owned(m), owned(v));
+        let (mut m, mut v) = (owned(m), owned(v));
+        let mut t = contiguous(t.ok());
         let g = contiguous(g.ok());
         let h = Hyper::at(
             time,
@@ -164,7 +170,15 @@ impl Optimizer for FusedAdamW {
             self.weight_decay,
         );
         let g = g.as_slice::<f32>().expect("made contiguous above");
-        adamw::step(values(&mut t), g, values(&mut m), values(&mut v), h);
+        // The parameter in place, or into fresh memory when another handle shares it (GRPO
+        // keeps the step's policy, a copy of the model's handles, through its update).
+        if unique(&mut t) {
+            adamw::step(values(&mut t), g, values(&mut m), values(&mut v), h);
+        } else {
+            let p = t.as_slice::<f32>().expect("made contiguous above");
+            let new = adamw::step_into(p, g, values(&mut m), values(&mut v), h);
+            t = FlexTensor::from_data(TensorData::new(new, shape.clone()));
+        }
         FUSED_UPDATES.fetch_add(1, Ordering::Relaxed);
         let state = AdamWState::new(AdaptiveMomentumState {
             time,

@@ -376,8 +376,20 @@ fn fused_adamw_steps_like_burns_adamw_and_resumes_from_its_record() {
     for step in 0..3 {
         a = plain.step(1e-2, a.clone(), grads(&a));
         let before = optim::fused_updates();
-        b = fast.step(1e-2, b.clone(), grads(&b));
+        // At the second step another handle shares the parameters (as GRPO's policy does):
+        // they are updated into fresh memory and the held copy keeps its values.
+        // Otherwise the model is moved into the step, its parameters updated in place.
+        let held = (step == 1).then(|| (b.valid(), params_of(&b)));
+        let g = grads(&b);
+        b = fast.step(1e-2, b, g);
         assert!(optim::fused_updates() > before, "the fused path ran");
+        if let Some((held, values)) = held {
+            assert_eq!(
+                params_of(&held),
+                values,
+                "a shared parameter was updated in place"
+            );
+        }
         let (pa, pb) = (params_of(&a), params_of(&b));
         let worst = pa
             .iter()
