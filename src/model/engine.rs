@@ -1,11 +1,11 @@
 //! The glue between the burn model and the CPU decoder ([`crate::cpu::decoder`]): reads a
 //! [`Gpt`]'s weights out of burn (any backend) into the decoder's layout.
 
+use super::flex;
 use super::transformer::{Gpt, NormWeights};
 use crate::cpu::decoder::{Engine, LayerExtras, Weights};
 use crate::cpu::packed::Order;
 use burn::backend::flex::FlexTensor;
-use burn::backend::{DispatchTensor, DispatchTensorKind};
 use burn::tensor::Tensor;
 
 /// The values as `f32` (one copy; a conversion first if the backend stores another type).
@@ -25,18 +25,10 @@ enum F32s {
 
 impl F32s {
     fn of<const D: usize>(t: Tensor<D>) -> F32s {
-        let flex = match t.clone().into_dispatch() {
-            DispatchTensor {
-                kind: DispatchTensorKind::Flex(t),
-                ..
-            } => Some(t.float()),
-            // A tensor of another backend (or tracked by autodiff) is read out below.
-            #[allow(unreachable_patterns)]
-            _ => None,
-        };
-        match flex {
-            Some(f) if f.as_slice::<f32>().is_some() => F32s::Flex(f),
-            _ => F32s::Copy(f32s(t)),
+        match flex::of(t) {
+            Ok(f) if f.as_slice::<f32>().is_some() => F32s::Flex(f),
+            Ok(f) => F32s::Copy(f32s(flex::tensor::<D>(f))),
+            Err(t) => F32s::Copy(f32s(*t)),
         }
     }
 }

@@ -10,6 +10,7 @@
 //! model uses them only on the flex device ([`available`]); other backends keep the composite
 //! ops, which `tests/it/model_fused.rs` checks give the same values and gradients.
 
+use super::flex::contiguous;
 use crate::cpu::attention;
 use crate::cpu::gemm::{View, matmul};
 use crate::cpu::math::RopeSpec;
@@ -117,15 +118,6 @@ pub fn swiglu_down(gate_up: Tensor<3>, w: Tensor<2>) -> Tensor<3> {
 }
 
 // ---- flex tensors as slices ------------------------------------------------------------------
-
-/// A contiguous f32 view of a flex tensor (copied only when it is strided).
-fn contiguous(t: FlexTensor) -> FlexTensor {
-    if t.as_slice::<f32>().is_some() {
-        t
-    } else {
-        t.to_contiguous()
-    }
-}
 
 fn slice(t: &FlexTensor) -> &[f32] {
     t.as_slice::<f32>()

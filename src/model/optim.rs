@@ -2,9 +2,9 @@
 //! ([`crate::cpu::adamw`]), and burn's own AdamW on other backends. Its state is burn's
 //! `AdamWState`, so optimizer checkpoints are the same files either way.
 
+use super::flex;
 use crate::cpu::adamw::{self, Hyper};
 use burn::backend::flex::FlexTensor;
-use burn::backend::{BackendTensor, DispatchAutodiffContext, DispatchTensor, DispatchTensorKind};
 use burn::optim::{
     AdamW, AdamWConfig, AdamWState, AdaptiveMomentumState, LearningRate, ModuleOptimizer, Optimizer,
 };
@@ -53,39 +53,16 @@ impl FusedAdamW {
     }
 }
 
-/// The flex tensor behind `t`, if it is one (and not tracked by autodiff).
-fn flex<const D: usize>(t: Tensor<D>) -> Flexed<D> {
-    match t.into_dispatch() {
-        DispatchTensor {
-            kind: DispatchTensorKind::Flex(BackendTensor::Float(f)),
-            autodiff: DispatchAutodiffContext::Disabled,
-        } => Ok(f),
-        other => Err(Box::new(Tensor::from_dispatch(other))),
-    }
-}
-
-fn from_flex<const D: usize>(f: FlexTensor) -> Tensor<D> {
-    Tensor::from_dispatch(DispatchTensor {
-        kind: DispatchTensorKind::Flex(BackendTensor::Float(f)),
-        autodiff: DispatchAutodiffContext::Disabled,
-    })
-}
-
 /// A flex tensor, or the tensor given back when it is not one.
 type Flexed<const D: usize> = Result<FlexTensor, Box<Tensor<D>>>;
 
 fn back<const D: usize>(x: Flexed<D>) -> Tensor<D> {
-    x.map_or_else(|t| *t, from_flex)
+    x.map_or_else(|t| *t, flex::tensor)
 }
 
-/// An `f32` flex tensor, contiguous.
+/// A tensor checked to be an `f32` flex tensor, contiguous.
 fn contiguous(f: Option<FlexTensor>) -> FlexTensor {
-    let f = f.expect("checked to be a flex tensor");
-    if f.as_slice::<f32>().is_some() {
-        f
-    } else {
-        f.to_contiguous()
-    }
+    flex::contiguous(f.expect("checked to be a flex tensor"))
 }
 
 /// An `f32` flex tensor as a contiguous one of its own, so it can be updated in place (copied
@@ -136,8 +113,8 @@ impl Optimizer for FusedAdamW {
         };
         // Moved, not cloned, into flex tensors: a second handle would make each one shared and
         // force a copy before the update in place.
-        let (t, g) = (flex(tensor), flex(grad));
-        let moments = moments.map(|(m, v)| (flex(m), flex(v)));
+        let (t, g) = (flex::of(tensor), flex::of(grad));
+        let moments = moments.map(|(m, v)| (flex::of(m), flex::of(v)));
         let fused = |t: &Flexed<D>, g: &Flexed<D>, m: Option<(&Flexed<D>, &Flexed<D>)>| {
             let f32 = |x: &Flexed<D>| matches!(x, Ok(f) if f.dtype() == DType::F32);
             f32(t) && f32(g) && m.is_none_or(|(m, v)| f32(m) && f32(v))
@@ -182,11 +159,11 @@ impl Optimizer for FusedAdamW {
         FUSED_UPDATES.fetch_add(1, Ordering::Relaxed);
         let state = AdamWState::new(AdaptiveMomentumState {
             time,
-            moment_1: from_flex(m),
-            moment_2: from_flex(v),
+            moment_1: flex::tensor(m),
+            moment_2: flex::tensor(v),
             max_moment_2: None,
         });
-        (from_flex(t), Some(state))
+        (flex::tensor(t), Some(state))
     }
 
     fn to_device<const D: usize>(state: Self::State<D>, device: &Device) -> Self::State<D> {
