@@ -60,15 +60,10 @@ fn back<const D: usize>(x: Flexed<D>) -> Tensor<D> {
     x.map_or_else(|t| *t, flex::tensor)
 }
 
-/// A tensor checked to be an `f32` flex tensor, contiguous.
-fn contiguous(f: Option<FlexTensor>) -> FlexTensor {
-    flex::contiguous(f.expect("checked to be a flex tensor"))
-}
-
 /// An `f32` flex tensor as a contiguous one of its own, so it can be updated in place (copied
 /// when it is strided or its memory is shared).
-fn owned(f: Option<FlexTensor>) -> FlexTensor {
-    let mut f = contiguous(f);
+fn owned(f: FlexTensor) -> FlexTensor {
+    let mut f = flex::contiguous(f);
     if !unique(&mut f) {
         f = FlexTensor::from_data(f.clone().into_data());
     }
@@ -115,11 +110,8 @@ impl Optimizer for FusedAdamW {
         // force a copy before the update in place.
         let (t, g) = (flex::of(tensor), flex::of(grad));
         let moments = moments.map(|(m, v)| (flex::of(m), flex::of(v)));
-        let fused = |t: &Flexed<D>, g: &Flexed<D>, m: Option<(&Flexed<D>, &Flexed<D>)>| {
-            let f32 = |x: &Flexed<D>| matches!(x, Ok(f) if f.dtype() == DType::F32);
-            f32(t) && f32(g) && m.is_none_or(|(m, v)| f32(m) && f32(v))
-        };
-        if !fused(&t, &g, moments.as_ref().map(|(m, v)| (m, v))) {
+        let f32 = |x: &Flexed<D>| matches!(x, Ok(f) if f.dtype() == DType::F32);
+        if !(f32(&t) && f32(&g) && moments.as_ref().is_none_or(|(m, v)| f32(m) && f32(v))) {
             let state = moments.map(|(m, v)| {
                 AdamWState::new(AdaptiveMomentumState {
                     time: time - 1,
@@ -131,13 +123,17 @@ impl Optimizer for FusedAdamW {
             return self.other.step(lr, back(t), back(g), state);
         }
         let zeros = || FlexTensor::from_data(TensorData::zeros::<f32, _>(shape.clone()));
+        let (Ok(t), Ok(g)) = (t, g) else {
+            unreachable!("checked to be flex tensors above")
+        };
         let (m, v) = match moments {
-            Some((m, v)) => (m.ok(), v.ok()),
-            None => (Some(zeros()), Some(zeros())),
+            Some((Ok(m), Ok(v))) => (m, v),
+            None => (zeros(), zeros()),
+            Some(_) => unreachable!("checked to be flex tensors above"),
         };
         let (mut m, mut v) = (owned(m), owned(v));
-        let mut t = contiguous(t.ok());
-        let g = contiguous(g.ok());
+        let mut t = flex::contiguous(t);
+        let g = flex::contiguous(g);
         let h = Hyper::at(
             time,
             lr,
