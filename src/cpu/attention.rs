@@ -15,6 +15,7 @@
 use super::math::{RopeSpec, exp, rope_table, rotate};
 use super::packed::{Band, Packed};
 use super::simd::{Uninit, avx2_dispatch, write, written};
+use super::transpose::transposed;
 use rayon::prelude::*;
 
 /// Shape of one attention call.
@@ -88,17 +89,6 @@ fn gather(qkv: &[f32], s: &Shape, rope: &Rope, h: usize) -> Head {
         }
     }
     head
-}
-
-/// `[rows][cols]` → `[cols][rows]`.
-fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut out = vec![0.0f32; x.len()];
-    for (r, row) in x.chunks_exact(cols).enumerate() {
-        for (c, &v) in row.iter().enumerate() {
-            out[c * rows + r] = v;
-        }
-    }
-    out
 }
 
 /// `a · b` for row-major `a` `[m, k]` and `b` `[k, n]`, with the packed register kernel,
@@ -186,8 +176,8 @@ fn backward_sequence(
             dsrow[i + 1..].fill(0.0);
         }
         let dq = product(&ds, t, &head.k, t, hd, Band::LowerLeft);
-        let dk = product(&transpose(&ds, t, t), t, &head.q, t, hd, Band::UpperLeft);
-        let dv = product(&transpose(&p, t, t), t, &go, t, hd, Band::UpperLeft);
+        let dk = product(&transposed(&ds, t, t), t, &head.q, t, hd, Band::UpperLeft);
+        let dv = product(&transposed(&p, t, t), t, &go, t, hd, Band::UpperLeft);
         // Back through the scaling and rotation, into the [t, 3, heads, hd] gradient.
         let (mut dqi, mut dki) = (vec![0.0f32; hd], vec![0.0f32; hd]);
         for i in 0..t {

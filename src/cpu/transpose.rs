@@ -48,6 +48,15 @@ pub fn transpose(
         });
 }
 
+/// A row-major `[rows, cols]` matrix as its row-major `[cols, rows]` transpose, in fresh
+/// memory.
+pub fn transposed(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    assert_eq!(x.len(), rows * cols, "transposed: not {rows}×{cols}");
+    let mut out = vec![0.0f32; x.len()];
+    transpose(x, cols, rows, cols, &mut out, rows);
+    out
+}
+
 /// One `h × w` tile: output rows `i0..i0 + h` (the band `dst` starts at) and columns
 /// `j0..j0 + w`.
 #[allow(clippy::too_many_arguments)]
@@ -164,6 +173,14 @@ mod tests {
                 for j in 0..out_stride {
                     let want = if j < cols { src[j * stride + i] } else { -1.0 };
                     assert_eq!(out[i * out_stride + j], want, "{rows}×{cols} at ({i}, {j})");
+                }
+            }
+            // The allocating form, on an unpadded `[rows, cols]` matrix.
+            let x: Vec<f32> = (0..rows * cols).map(|v| v as f32).collect();
+            let t = transposed(&x, rows, cols);
+            for (c, out_row) in t.chunks_exact(rows).enumerate() {
+                for (r, &v) in out_row.iter().enumerate() {
+                    assert_eq!(v, x[r * cols + c], "transposed {rows}×{cols} at ({c}, {r})");
                 }
             }
         }

@@ -6,7 +6,7 @@
 //! `generation_config.json`.
 
 use super::safetensors::{self, Dtype};
-use super::transpose;
+use crate::cpu::transpose::transposed;
 use crate::model::config::ModelConfig;
 use crate::model::tokenizer::{BOS, EOS, PAD, Tokenizer};
 use crate::model::transformer::Gpt;
@@ -37,7 +37,7 @@ pub fn hf_tensors(model: &Gpt, cfg: &ModelConfig) -> Vec<(String, Vec<usize>, Ve
         let p = |s: &str| format!("model.layers.{i}.{s}");
         let rows = qd + 2 * kvd;
         // [d, rows] → [rows, d]: q, k, v rows in order.
-        let qkv = transpose(&f32s(b.qkv), d, rows);
+        let qkv = transposed(&f32s(b.qkv), d, rows);
         out.push((p("input_layernorm.weight"), vec![d], f32s(b.attn_norm.0)));
         out.push((
             p("self_attn.q_proj.weight"),
@@ -75,20 +75,20 @@ pub fn hf_tensors(model: &Gpt, cfg: &ModelConfig) -> Vec<(String, Vec<usize>, Ve
         out.push((
             p("self_attn.o_proj.weight"),
             vec![d, qd],
-            transpose(&f32s(b.out), qd, d),
+            transposed(&f32s(b.out), qd, d),
         ));
         out.push((
             p("post_attention_layernorm.weight"),
             vec![d],
             f32s(b.mlp_norm.0),
         ));
-        let gu = transpose(&f32s(b.gate_up), d, 2 * m);
+        let gu = transposed(&f32s(b.gate_up), d, 2 * m);
         out.push((p("mlp.gate_proj.weight"), vec![m, d], gu[..m * d].to_vec()));
         out.push((p("mlp.up_proj.weight"), vec![m, d], gu[m * d..].to_vec()));
         out.push((
             p("mlp.down_proj.weight"),
             vec![d, m],
-            transpose(&f32s(b.down), m, d),
+            transposed(&f32s(b.down), m, d),
         ));
     }
     out.push(("model.norm.weight".to_string(), vec![d], f32s(w.norm.0)));
@@ -96,7 +96,7 @@ pub fn hf_tensors(model: &Gpt, cfg: &ModelConfig) -> Vec<(String, Vec<usize>, Ve
         out.push((
             "lm_head.weight".to_string(),
             vec![v, d],
-            transpose(&f32s(w.head), d, v),
+            transposed(&f32s(w.head), d, v),
         ));
     }
     out

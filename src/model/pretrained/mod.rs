@@ -12,6 +12,7 @@ pub mod tokenizer;
 
 use super::config::ModelConfig;
 use super::transformer::{BlockWeights, Gpt, Weights};
+use crate::cpu::transpose::transposed;
 use anyhow::{Context, Result, bail};
 use burn::tensor::{Device, Tensor, TensorData};
 use std::path::{Path, PathBuf};
@@ -106,17 +107,6 @@ pub fn load(path: &Path, device: &Device) -> Result<Pretrained> {
     })
 }
 
-/// `rows × cols` row-major, transposed.
-pub fn transpose(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut out = vec![0.0f32; v.len()];
-    for (r, row) in v.chunks_exact(cols).enumerate() {
-        for (c, &x) in row.iter().enumerate() {
-            out[c * rows + r] = x;
-        }
-    }
-    out
-}
-
 /// The model from Hugging Face-named weights: q/k/v stacked into one projection and gate/up
 /// into another, each transposed to burn's `[in, out]`.
 pub fn build(cfg: &ModelConfig, src: &dyn Source, device: &Device) -> Result<Gpt> {
@@ -157,34 +147,34 @@ pub fn build(cfg: &ModelConfig, src: &dyn Source, device: &Device) -> Result<Gpt
         let rows = qd + 2 * kvd;
         blocks.push(BlockWeights {
             attn_norm: (t1(src.get(&p("input_layernorm.weight"), &[d])?), eps),
-            qkv: t2(transpose(&qkv, rows, d), [d, rows]),
+            qkv: t2(transposed(&qkv, rows, d), [d, rows]),
             qkv_bias,
             qk_norm,
             out: t2(
-                transpose(&src.get(&p("self_attn.o_proj.weight"), &[d, qd])?, d, qd),
+                transposed(&src.get(&p("self_attn.o_proj.weight"), &[d, qd])?, d, qd),
                 [qd, d],
             ),
             mlp_norm: (
                 t1(src.get(&p("post_attention_layernorm.weight"), &[d])?),
                 eps,
             ),
-            gate_up: t2(transpose(&gate_up, 2 * m, d), [d, 2 * m]),
+            gate_up: t2(transposed(&gate_up, 2 * m, d), [d, 2 * m]),
             down: t2(
-                transpose(&src.get(&p("mlp.down_proj.weight"), &[d, m])?, d, m),
+                transposed(&src.get(&p("mlp.down_proj.weight"), &[d, m])?, d, m),
                 [m, d],
             ),
         });
     }
     let embed = src.get("model.embed_tokens.weight", &[v, d])?;
     let head = if cfg.arch.tied {
-        t2(transpose(&embed, v, d), [d, v])
+        t2(transposed(&embed, v, d), [d, v])
     } else {
         if !src.has("lm_head.weight") {
             src.get("lm_head.weight", &[v, d])
                 .context("tie_word_embeddings is false, so the model needs lm_head.weight")?;
         }
         t2(
-            transpose(&src.get("lm_head.weight", &[v, d])?, v, d),
+            transposed(&src.get("lm_head.weight", &[v, d])?, v, d),
             [d, v],
         )
     };
