@@ -9,7 +9,8 @@
 //! after a short spin when no job comes (or when the caller is slow to collect a result), so a
 //! busy machine is not starved.
 
-use std::cell::UnsafeCell;
+use std::cell::{Cell, UnsafeCell};
+use std::marker::PhantomData;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -20,7 +21,20 @@ const SPINS: u32 = 2_000;
 type Job = *const (dyn Fn() + Sync);
 
 /// A caller thread and one spinning helper; see [`with_pair`].
+///
+/// Sound by construction: the handle is neither `Send` nor `Sync` (a `Cell` and a raw-pointer
+/// marker), so only the thread that called [`with_pair`] can reach it, and a job handed to the
+/// helper (which must be `Send`) cannot capture it; a [`Pair::join`] nested inside the caller's
+/// own half panics before it touches the job slot.
 pub struct Pair {
+    shared: Shared,
+    /// Set while a join is in flight on this (the only) caller thread.
+    busy: Cell<bool>,
+    _not_send: PhantomData<*const ()>,
+}
+
+/// What the caller and the helper both see.
+struct Shared {
     /// Bumped (Release) after `job` is written; the helper runs each new epoch's job once.
     epoch: AtomicUsize,
     /// The last epoch whose job the helper finished (Release after the job's writes).
@@ -29,10 +43,12 @@ pub struct Pair {
     job: UnsafeCell<Option<Job>>,
 }
 
-// SAFETY: `job` is written only by the caller thread before it publishes a new epoch, and read
-// by the helper only after it observes that epoch (Acquire) and before it reports it done; the
-// caller does not write it again until then. The job itself is `Sync`.
-unsafe impl Sync for Pair {}
+// SAFETY: `job` is written only through a `Pair`, which one thread owns (it is `!Send` and
+// `!Sync`) and which refuses a join while one is in flight (`busy`), and only before it
+// publishes a new epoch; the helper reads it only after it observes that epoch (Acquire) and
+// before it reports it done, and the caller does not write it again until then. The job itself
+// is `Sync`.
+unsafe impl Sync for Shared {}
 
 /// Wait until `ready()`, spinning first and then yielding the core between checks.
 fn wait(ready: impl Fn() -> bool) {
@@ -50,12 +66,21 @@ fn wait(ready: impl Fn() -> bool) {
 impl Pair {
     /// Run `mine` on this thread and `theirs` on the helper; return both results when both
     /// are done.
+    ///
+    /// # Panics
+    /// When called from inside `mine` of another join on this pair (the helper may still be
+    /// running that join's other half), and when either half panics.
     pub fn join<A, B, RA, RB>(&self, mine: A, theirs: B) -> (RA, RB)
     where
         A: FnOnce() -> RA,
         B: FnOnce() -> RB + Send,
         RB: Send,
     {
+        assert!(
+            !self.busy.replace(true),
+            "Pair::join inside a join on the same pair: run the inner work on one thread"
+        );
+        let shared = &self.shared;
         let theirs = Mutex::new(Some(theirs));
         let result = Mutex::new(None);
         // A panic in `theirs` is caught on the helper and resumed here, as rayon::join does.
@@ -72,16 +97,18 @@ impl Pair {
         // SAFETY: the lifetime is erased only for the helper's call, which finishes before
         // this function returns (it waits for `done` below, even if `mine` panics: see Guard).
         let job: Job = unsafe { std::mem::transmute::<&(dyn Fn() + Sync), Job>(job) };
-        let epoch = self.epoch.load(Ordering::Relaxed) + 1;
-        // SAFETY: the helper finished the previous epoch's job (every join waits for it), so
-        // no one reads `job` now.
-        unsafe { *self.job.get() = Some(job) };
-        self.epoch.store(epoch, Ordering::Release);
-        /// Waits for the helper even when `mine` unwinds, so the job outlives its use.
+        let epoch = shared.epoch.load(Ordering::Relaxed) + 1;
+        // SAFETY: the helper finished the previous epoch's job (every join waits for it, and
+        // `busy` refused a nested one), so no one reads `job` now.
+        unsafe { *shared.job.get() = Some(job) };
+        shared.epoch.store(epoch, Ordering::Release);
+        /// Waits for the helper even when `mine` unwinds, so the job outlives its use; then
+        /// the pair takes joins again.
         struct Guard<'a>(&'a Pair, usize);
         impl Drop for Guard<'_> {
             fn drop(&mut self) {
-                wait(|| self.0.done.load(Ordering::Acquire) >= self.1);
+                wait(|| self.0.shared.done.load(Ordering::Acquire) >= self.1);
+                self.0.busy.set(false);
             }
         }
         let guard = Guard(self, epoch);
@@ -96,7 +123,9 @@ impl Pair {
             Err(panic) => std::panic::resume_unwind(panic),
         }
     }
+}
 
+impl Shared {
     /// The helper's loop: run each new epoch's job until stopped.
     fn serve(&self) {
         let mut seen = 0;
@@ -131,21 +160,26 @@ pub fn with_pair<R>(f: impl FnOnce(Option<&Pair>) -> R) -> R {
         return f(None);
     }
     let pair = Pair {
-        epoch: AtomicUsize::new(0),
-        done: AtomicUsize::new(0),
-        stop: AtomicBool::new(false),
-        job: UnsafeCell::new(None),
+        shared: Shared {
+            epoch: AtomicUsize::new(0),
+            done: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
+            job: UnsafeCell::new(None),
+        },
+        busy: Cell::new(false),
+        _not_send: PhantomData,
     };
+    let shared = &pair.shared;
     std::thread::scope(|s| {
-        s.spawn(|| pair.serve());
+        s.spawn(move || shared.serve());
         /// Stops the helper even when `f` unwinds, so the scope can end.
-        struct Stop<'a>(&'a Pair);
+        struct Stop<'a>(&'a Shared);
         impl Drop for Stop<'_> {
             fn drop(&mut self) {
                 self.0.stop.store(true, Ordering::Release);
             }
         }
-        let _stop = Stop(&pair);
+        let _stop = Stop(shared);
         f(Some(&pair))
     })
 }
@@ -185,6 +219,37 @@ mod tests {
             10_000
         };
         assert_eq!(total.load(Ordering::Relaxed), expected);
+    }
+
+    /// Compiles only while `Pair` is neither `Send` nor `Sync`: a type that implements a
+    /// trait makes the `Ambiguous` call below ambiguous (the static-assertions trick), so
+    /// sharing the handle with another thread stays a compile error.
+    #[test]
+    fn the_handle_cannot_reach_another_thread() {
+        trait Ambiguous<A> {
+            fn some_item() {}
+        }
+        impl<T: ?Sized> Ambiguous<()> for T {}
+        struct IfSend;
+        impl<T: ?Sized + Send> Ambiguous<IfSend> for T {}
+        struct IfSync;
+        impl<T: ?Sized + Sync> Ambiguous<IfSync> for T {}
+        let _ = <Pair as Ambiguous<_>>::some_item;
+        let _ = <&Pair as Ambiguous<_>>::some_item;
+    }
+
+    #[test]
+    fn a_join_nested_in_the_callers_half_panics_and_the_pair_still_works() {
+        with_pair(|pair| {
+            let Some(pair) = pair else { return };
+            let nested = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                pair.join(|| pair.join(|| 1, || 2), || 3)
+            }));
+            let message = nested.expect_err("a nested join is refused");
+            let text = message.downcast_ref::<&str>().copied().unwrap_or_default();
+            assert!(text.contains("inside a join"), "{text}");
+            assert_eq!(pair.join(|| 4, || 5), (4, 5));
+        });
     }
 
     #[test]
