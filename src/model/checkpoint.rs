@@ -17,7 +17,7 @@ use std::path::Path;
 
 pub const WEIGHTS: &str = "model.safetensors";
 pub const CONFIG: &str = "config.json";
-pub const TOKENIZER: &str = "tokenizer.json";
+pub use super::text::TOKENIZER;
 pub const OPTIMIZER: &str = "optimizer.bpk";
 pub const STATE: &str = "state.json";
 pub const TASK: &str = "task.json";

@@ -168,10 +168,14 @@ struct TextMeta {
 /// The file of a pretrained-derived checkpoint that says its text is not the character tokenizer.
 pub const TEXT_META: &str = "text.json";
 
+/// A checkpoint's tokenizer: the character tokenizer's JSON, or a pretrained model's
+/// `tokenizer.json`.
+pub const TOKENIZER: &str = "tokenizer.json";
+
 /// Write a pretrained text side into a checkpoint folder (`tokenizer.json` + `text.json`).
 pub fn save_pretrained(dir: &Path, c: &Chat) -> Result<()> {
     let json = c.tok.to_json()?;
-    crate::runfs::atomic::write_file(&dir.join(super::checkpoint::TOKENIZER), json.as_bytes())?;
+    crate::runfs::atomic::write_file(&dir.join(TOKENIZER), json.as_bytes())?;
     let meta = TextMeta {
         bos: c.tok.bos,
         eos: c.tok.eos.clone(),
@@ -185,7 +189,7 @@ pub fn save_pretrained(dir: &Path, c: &Chat) -> Result<()> {
 /// Read what [`save_pretrained`] wrote.
 pub fn load_pretrained(dir: &Path) -> Result<Text> {
     let meta: TextMeta = crate::runfs::atomic::read_json(&dir.join(TEXT_META))?;
-    let tok_path = dir.join(super::checkpoint::TOKENIZER);
+    let tok_path = dir.join(TOKENIZER);
     let json = std::fs::read_to_string(&tok_path)
         .with_context(|| format!("{}: cannot read", tok_path.display()))?;
     let tok = HfTokenizer::from_json(&json, meta.bos, meta.eos, meta.chat_template, &tok_path)?;

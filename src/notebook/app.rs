@@ -255,22 +255,19 @@ impl App {
         keymap::hints(self.scope())
     }
 
-    /// A mouse event: a click focuses the pane under it (and in the runs or pipeline pane
-    /// selects the row); the wheel moves the selection or scrolls the pane under it.
-    pub fn on_mouse(&mut self, m: crossterm::event::MouseEvent) -> Vec<Effect> {
+    /// A mouse event over `hit`, the pane under the pointer and where it is drawn (the caller
+    /// asks the layout, `ui::Regions::pane_at`): a click focuses the pane (and in the runs or
+    /// pipeline pane selects the row); the wheel moves the selection or scrolls the pane.
+    pub fn on_mouse(
+        &mut self,
+        m: crossterm::event::MouseEvent,
+        hit: Option<(Pane, ratatui::layout::Rect)>,
+    ) -> Vec<Effect> {
         use crossterm::event::{MouseButton, MouseEventKind};
         if self.dialog.is_some() || self.input.is_some() {
             return Vec::new();
         }
-        let r = super::ui::regions(self.area, self);
-        let at = ratatui::layout::Position::new(m.column, m.row);
-        let (pane, rect) = if r.runs.contains(at) {
-            (Pane::Runs, r.runs)
-        } else if r.pipeline.contains(at) {
-            (Pane::Pipeline, r.pipeline)
-        } else if r.main.contains(at) {
-            (Pane::Main, r.main)
-        } else {
+        let Some((pane, rect)) = hit else {
             return Vec::new();
         };
         match m.kind {
@@ -429,16 +426,7 @@ impl App {
             Action::ViewEvals => self.set_view(View::Evals),
             Action::ViewCompare => self.set_view(View::Compare),
             Action::EditNotes => {
-                let on_run = matches!(
-                    self.runs.rows(&self.ws).get(self.runs.cursor),
-                    Some(super::panes::runs::Row::Run(..))
-                );
-                let dir = match (on_run, self.selected_run(), self.selected_experiment()) {
-                    (true, Some(r), _) => Some(r.dir.clone()),
-                    (_, _, Some(e)) => Some(e.dir.clone()),
-                    _ => None,
-                };
-                if let Some(dir) = dir {
+                if let Some(dir) = self.runs.notes_dir(&self.ws) {
                     return vec![Effect::EditNotes {
                         path: dir.join(super::workspace::NOTES),
                     }];
@@ -455,12 +443,7 @@ impl App {
                 let Some(run) = self.selected_run() else {
                     return Vec::new();
                 };
-                let visible = self.samples.visible(Some(run));
-                if let Some(s) =
-                    visible.get(self.samples.index.min(visible.len().saturating_sub(1)))
-                {
-                    let on = !run.bookmarks.contains(&s.key());
-                    let line = super::workspace::bookmark_line(s, on);
+                if let Some(line) = self.samples.bookmark_toggle(run) {
                     return vec![Effect::Bookmark {
                         run: run.dir.clone(),
                         line,

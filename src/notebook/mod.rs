@@ -147,7 +147,8 @@ pub fn handle(app: &mut App, ev: Option<Event>, tx: &mpsc::Sender<Event>) -> Opt
         Event::Resize(..) => dirty = true,
         Event::Mouse(m) => {
             dirty = true;
-            for eff in app.on_mouse(m) {
+            let hit = ui::regions(app.area, app).pane_at(m.column, m.row);
+            for eff in app.on_mouse(m, hit) {
                 if !apply(app, eff, tx) {
                     return None;
                 }

@@ -118,6 +118,20 @@ pub struct Regions {
     pub main: Rect,
 }
 
+impl Regions {
+    /// The pane drawn under the cell at (`column`, `row`), and its area.
+    pub fn pane_at(&self, column: u16, row: u16) -> Option<(Pane, Rect)> {
+        let at = ratatui::layout::Position::new(column, row);
+        [
+            (Pane::Runs, self.runs),
+            (Pane::Pipeline, self.pipeline),
+            (Pane::Main, self.main),
+        ]
+        .into_iter()
+        .find(|(_, r)| r.contains(at))
+    }
+}
+
 pub fn regions(area: Rect, app: &App) -> Regions {
     if area.width < MIN_WIDTH || area.height < MIN_HEIGHT {
         return Regions::default();

@@ -6,6 +6,7 @@
 
 pub mod overrides;
 pub mod resolve;
+pub mod source;
 pub mod span;
 pub mod types;
 pub mod validate;

@@ -4,7 +4,9 @@
 use super::overrides::Applied;
 use super::resolve::{StageConfig, allowed_keys};
 use super::span::{Seg, SpanIndex};
-use super::types::{ExperimentSpec, StageKind};
+use super::types::{
+    ExperimentSpec, LoraSpec, ModelSpec, RewardSpec, StageKind, StageSpec, TaskSpec,
+};
 use super::{Origin, SpecError};
 use std::collections::HashMap;
 use std::path::Path;
@@ -106,136 +108,123 @@ fn stage_path(i: usize, key: &str) -> [Seg<'_>; 3] {
     [Seg::Key("stage"), Seg::Index(i), Seg::Key(key)]
 }
 
+/// The error accumulator the section checks share: every problem found, with its place.
+struct Checks<'a> {
+    at: &'a Locator<'a>,
+    errs: Vec<SpecError>,
+}
+
+impl Checks<'_> {
+    /// An error on the value at `path` unless `ok`.
+    fn value(&mut self, ok: bool, path: &[Seg<'_>], msg: impl Into<String>) {
+        if !ok {
+            self.errs.push(self.at.value(path, msg));
+        }
+    }
+
+    /// An error on the key at `path` unless `ok`.
+    fn key(&mut self, ok: bool, path: &[Seg<'_>], msg: impl Into<String>) {
+        if !ok {
+            self.errs.push(self.at.key(path, msg));
+        }
+    }
+}
+
 /// Every problem in `spec`; empty when it is valid. `dir` is the experiment folder (for
 /// relative dataset paths).
 pub fn validate(spec: &ExperimentSpec, at: &Locator<'_>, dir: &Path) -> Vec<SpecError> {
-    let mut errs = Vec::new();
-    let mut check = |ok: bool, path: &[Seg<'_>], msg: &str| {
-        if !ok {
-            errs.push(at.value(path, msg));
-        }
+    let mut c = Checks {
+        at,
+        errs: Vec::new(),
     };
+    model(&mut c, &spec.model, &[Seg::Key("model")]);
+    task(&mut c, &spec.task);
+    stages(&mut c, spec, dir);
+    loops(&mut c, spec);
+    c.errs
+}
 
-    // [model]
-    let m = &spec.model;
-    let mk = |k| [Seg::Key("model"), Seg::Key(k)];
-    check(
+/// A model's shape and source, at `base` (`[model]`, or a distill stage's student).
+fn model(c: &mut Checks<'_>, m: &ModelSpec, base: &[Seg<'_>]) {
+    let mk = |k| {
+        let mut p = base.to_vec();
+        p.push(Seg::Key(k));
+        p
+    };
+    c.value(
         (4..=MAX_WIDTH).contains(&m.d_model),
         &mk("d_model"),
-        &format!("d_model must be between 4 and {MAX_WIDTH}"),
+        format!("d_model must be between 4 and {MAX_WIDTH}"),
     );
-    check(
+    c.value(
         (1..=MAX_LAYERS).contains(&m.layers),
         &mk("layers"),
-        &format!("layers must be between 1 and {MAX_LAYERS}"),
+        format!("layers must be between 1 and {MAX_LAYERS}"),
     );
-    check(m.heads >= 1, &mk("heads"), "heads must be at least 1");
-    check(
+    c.value(m.heads >= 1, &mk("heads"), "heads must be at least 1");
+    c.value(
         m.heads >= 1
             && m.d_model.is_multiple_of(m.heads)
             && (m.d_model / m.heads.max(1)).is_multiple_of(2),
         &mk("heads"),
         "heads must divide d_model into an even head size (RoPE rotates pairs)",
     );
-    check(
+    c.value(
         (8..=4096).contains(&m.ctx),
         &mk("ctx"),
         "ctx must be between 8 and 4096",
     );
-    check(
+    c.value(
         m.mlp.is_none_or(|v| (1..=4 * MAX_WIDTH).contains(&v)),
         &mk("mlp"),
-        &format!("mlp must be between 1 and {}", 4 * MAX_WIDTH),
+        format!("mlp must be between 1 and {}", 4 * MAX_WIDTH),
     );
-    check(
+    c.value(
         m.rope_theta.is_finite() && m.rope_theta > 1.0,
         &mk("rope_theta"),
         "rope_theta must be greater than 1",
     );
     if let Some(from) = &m.from {
         let p = Path::new(from);
-        check(
-            crate::model::pretrained::is_pretrained(p),
+        c.value(
+            super::source::is_pretrained(p),
             &mk("from"),
-            &format!(
-                "{from}: not a Hugging Face model folder (config.json + safetensors) or a .gguf file{}",
-                if p.exists() {
-                    ""
-                } else {
-                    " (no such file or folder)"
-                }
-            ),
+            super::source::not_a_model(p),
         );
     }
+}
 
-    // [task]
-    let t = &spec.task;
+/// `[task]`: the generator or dataset, its verifier, the held-out size and the SFT corpus mix.
+fn task(c: &mut Checks<'_>, t: &TaskSpec) {
     let tk = |k| [Seg::Key("task"), Seg::Key(k)];
-    check(
+    c.value(
         TASKS.contains(&t.name.as_str()),
         &tk("name"),
-        &format!("unknown task `{}` (known: {})", t.name, TASKS.join(", ")),
+        format!("unknown task `{}` (known: {})", t.name, TASKS.join(", ")),
     );
-    check(
+    c.value(
         (1..=5).contains(&t.difficulty),
         &tk("difficulty"),
         "difficulty must be between 1 and 5",
     );
     if t.name == "dataset" {
-        check(
-            t.path.is_some(),
-            &tk("name"),
-            "a dataset task needs `path` (a JSONL or Parquet file of rows)",
-        );
-        for (k, p) in [("path", &t.path), ("test", &t.test)] {
-            if let Some(p) = p {
-                check(
-                    Path::new(p).is_file(),
-                    &tk(k),
-                    &format!(
-                        "no such file `{p}` (looked in the experiment folder, the project root and the current folder)"
-                    ),
-                );
-            }
-        }
-        let v = t.verifier.as_deref().unwrap_or("numeric");
-        check(
-            VERIFIERS.contains(&v),
-            &tk("verifier"),
-            &format!("unknown verifier `{v}` (known: {})", VERIFIERS.join(", ")),
-        );
-        check(
-            v != "regex" || t.pattern.is_some(),
-            &tk("verifier"),
-            "verifier `regex` needs `pattern`",
-        );
-        if let Some(p) = &t.pattern {
-            let compiled = regex::Regex::new(p);
-            check(
-                compiled.is_ok(),
-                &tk("pattern"),
-                &format!(
-                    "invalid pattern: {}",
-                    compiled.err().map(|e| e.to_string()).unwrap_or_default()
-                ),
-            );
-        }
+        dataset(c, t);
     } else {
         for (k, set) in t.dataset_keys() {
-            check(
+            c.value(
                 !set,
                 &tk(k),
-                &format!(
+                format!(
                     "`{k}` applies only to name = \"dataset\" (this task is `{}`)",
                     t.name
                 ),
             );
         }
     }
-    check(
+    c.value(
         (1..=MAX_HELDOUT).contains(&t.heldout),
         &tk("heldout"),
-        &format!("heldout must be between 1 and {MAX_HELDOUT}"),
+        format!("heldout must be between 1 and {MAX_HELDOUT}"),
     );
     let ck = |k| [Seg::Key("task"), Seg::Key("corpus"), Seg::Key(k)];
     for (k, v) in [
@@ -244,321 +233,405 @@ pub fn validate(spec: &ExperimentSpec, at: &Locator<'_>, dir: &Path) -> Vec<Spec
         ("wrong_trace", t.corpus.wrong_trace),
         ("search", t.corpus.search),
     ] {
-        check(
+        c.value(
             (0.0..=1.0).contains(&v),
             &ck(k),
-            &format!("{k} is a share and must be between 0 and 1"),
+            format!("{k} is a share and must be between 0 and 1"),
         );
     }
-    check(
+    c.value(
         t.corpus.bare + t.corpus.wrong + t.corpus.wrong_trace + t.corpus.search <= 1.0 + 1e-9,
         &[Seg::Key("task"), Seg::Key("corpus")],
         "bare + wrong + wrong_trace + search must not exceed 1",
     );
+}
 
-    // [[stage]]
-    if spec.stage.is_empty() {
-        errs.push(at.key(&[], "the experiment has no [[stage]] tables"));
+/// A dataset task's files, verifier and pattern.
+fn dataset(c: &mut Checks<'_>, t: &TaskSpec) {
+    let tk = |k| [Seg::Key("task"), Seg::Key(k)];
+    c.value(
+        t.path.is_some(),
+        &tk("name"),
+        "a dataset task needs `path` (a JSONL or Parquet file of rows)",
+    );
+    for (k, p) in [("path", &t.path), ("test", &t.test)] {
+        if let Some(p) = p {
+            c.value(
+                Path::new(p).is_file(),
+                &tk(k),
+                format!(
+                    "no such file `{p}` (looked in the experiment folder, the project root and the current folder)"
+                ),
+            );
+        }
     }
+    let v = t.verifier.as_deref().unwrap_or("numeric");
+    c.value(
+        VERIFIERS.contains(&v),
+        &tk("verifier"),
+        format!("unknown verifier `{v}` (known: {})", VERIFIERS.join(", ")),
+    );
+    c.value(
+        v != "regex" || t.pattern.is_some(),
+        &tk("verifier"),
+        "verifier `regex` needs `pattern`",
+    );
+    if let Some(p) = &t.pattern
+        && let Err(e) = regex::Regex::new(p)
+    {
+        c.value(false, &tk("pattern"), format!("invalid pattern: {e}"));
+    }
+}
+
+/// `[[stage]]`: each stage's name, keys, references, LoRA, ranges, memory and rewards.
+fn stages(c: &mut Checks<'_>, spec: &ExperimentSpec, dir: &Path) {
+    c.key(
+        !spec.stage.is_empty(),
+        &[],
+        "the experiment has no [[stage]] tables",
+    );
     let mut seen: HashMap<&str, usize> = HashMap::new();
     for (i, s) in spec.stage.iter().enumerate() {
-        if s.name.is_empty()
-            || !s
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
-            errs.push(at.value(
-                &stage_path(i, "name"),
-                "stage names use letters, digits, `-` and `_` only (they name run folders)",
-            ));
-        }
+        c.value(
+            !s.name.is_empty()
+                && s.name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+            &stage_path(i, "name"),
+            "stage names use letters, digits, `-` and `_` only (they name run folders)",
+        );
         if let Some(first) = seen.insert(&s.name, i) {
-            errs.push(at.value(
+            c.value(
+                false,
                 &stage_path(i, "name"),
                 format!(
                     "duplicate stage name `{}` (stage {} has it already)",
                     s.name,
                     first + 1
                 ),
-            ));
+            );
             seen.insert(&s.name, first);
         }
         let allowed = allowed_keys(s.kind);
-        for (key, _) in at.index.keys(&[Seg::Key("stage"), Seg::Index(i)]) {
-            if !allowed.contains(&key.as_str()) {
-                errs.push(at.key(
-                    &stage_path(i, &key),
-                    format!("`{key}` does not apply to a {} stage", s.kind),
-                ));
-            }
+        for (key, _) in c.at.index.keys(&[Seg::Key("stage"), Seg::Index(i)]) {
+            c.key(
+                allowed.contains(&key.as_str()),
+                &stage_path(i, &key),
+                format!("`{key}` does not apply to a {} stage", s.kind),
+            );
         }
-        let earlier = |name: &str| -> Result<(), String> {
-            match spec.stage.iter().position(|o| o.name == name) {
-                None => Err(format!("no stage named `{name}`")),
-                Some(j) if j >= i => Err(format!(
-                    "`{name}` does not come before `{}` in the pipeline",
-                    s.name
-                )),
-                Some(j) if !spec.stage[j].kind.trains() => Err(format!(
-                    "`{name}` is an eval stage and writes no checkpoint"
-                )),
-                Some(_) => Ok(()),
-            }
-        };
-        for (key, val) in [
-            ("init", &s.init),
-            ("sft_init", &s.sft_init),
-            ("teacher", &s.teacher),
-        ] {
-            if let Some(Err(msg)) = val.as_deref().map(earlier) {
-                errs.push(at.value(&stage_path(i, key), msg));
-            }
-        }
-        let needs_init = matches!(
-            s.kind,
-            StageKind::Grpo | StageKind::Rejection | StageKind::Eval
-        );
-        if needs_init && s.init.is_none() && spec.model.from.is_none() {
-            errs.push(at.key(
-                &[Seg::Key("stage"), Seg::Index(i), Seg::Key("name")],
-                format!(
-                    "a {} stage needs `init` (the stage it starts from) or [model] from",
-                    s.kind
-                ),
-            ));
-        }
+        references(c, spec, i);
         if let Some(lora) = &s.lora {
-            let path = stage_path(i, "lora");
-            if s.init.is_none() && spec.model.from.is_none() {
-                errs.push(at.value(
-                    &path,
-                    "LoRA adapts an existing model: give the stage `init` or [model] from",
-                ));
-            }
-            if !(1..=MAX_LORA_RANK).contains(&lora.rank) {
-                errs.push(at.value(
-                    &path,
-                    format!("lora rank must be between 1 and {MAX_LORA_RANK}"),
-                ));
-            }
-            if !(lora.alpha() > 0.0 && lora.alpha().is_finite()) {
-                errs.push(at.value(&path, "lora alpha must be a finite number above 0"));
-            }
-            if let Err(msg) = lora.matrices() {
-                errs.push(at.value(&path, msg));
-            }
+            stage_lora(c, spec, i, lora);
         }
-        if s.kind == StageKind::Distill && s.teacher.is_none() {
-            errs.push(at.key(&stage_path(i, "name"), "a distill stage needs `teacher`"));
-        }
-        if let Some(d) = &s.dataset
-            && !dir.join(d).is_file()
-        {
-            errs.push(at.value(
+        if let Some(d) = &s.dataset {
+            c.value(
+                dir.join(d).is_file(),
                 &stage_path(i, "dataset"),
                 format!("dataset file `{d}` not found"),
-            ));
+            );
         }
-        let c = StageConfig::resolve(s, &spec.model, spec.task.heldout);
-        let mut range = |key: &str, ok: bool, msg: &str| {
-            if !ok && allowed.contains(&key) {
-                errs.push(at.value(&stage_path(i, key), format!("{key} {msg}")));
-            }
-        };
-        let trains = s.kind.trains();
-        range("steps", !trains || c.steps >= 1, "must be at least 1");
-        range(
-            "batch",
-            !trains || s.kind == StageKind::Grpo || c.batch >= 1,
-            "must be at least 1",
-        );
-        range(
-            "lr",
-            !trains || (c.lr > 0.0 && c.lr < 1.0),
-            "must be in (0, 1)",
-        );
-        range("warmup", c.warmup <= c.steps, "must not exceed steps");
-        range(
-            "min_lr_ratio",
-            (0.0..=1.0).contains(&c.min_lr_ratio),
-            "must be between 0 and 1",
-        );
-        range("weight_decay", c.weight_decay >= 0.0, "must be at least 0");
-        range(
-            "grad_clip",
-            c.grad_clip >= 0.0,
-            "must be at least 0 (0 = off)",
-        );
-        range("log_every", c.log_every >= 1, "must be at least 1");
-        range(
-            "checkpoint_every",
-            c.checkpoint_every >= 1,
-            "must be at least 1",
-        );
-        let within = |v: usize, max: usize| (1..=max).contains(&v);
-        let between = |max: usize| format!("must be between 1 and {max}");
-        range(
-            "examples",
-            within(c.examples, MAX_EXAMPLES),
-            &between(MAX_EXAMPLES),
-        );
-        // An eval's default `prompts` is the held-out size, checked above on its own line.
-        range(
-            "prompts",
-            s.prompts.is_none() || within(c.prompts, MAX_HELDOUT),
-            &between(MAX_HELDOUT),
-        );
-        range("k", within(c.k, MAX_SAMPLES), &between(MAX_SAMPLES));
-        range(
-            "batch",
-            !trains || s.kind == StageKind::Grpo || c.batch <= MAX_BATCH,
-            &format!("must be at most {MAX_BATCH}"),
-        );
-        range(
-            "temperature",
-            c.temperature >= 0.0 && c.temperature.is_finite(),
-            "must be at least 0 (0 = greedy)",
-        );
-        range(
-            "top_p",
-            c.top_p > 0.0 && c.top_p <= 1.0,
-            "must be in (0, 1]",
-        );
-        range(
-            "max_new_tokens",
-            c.max_new_tokens < spec.model.ctx,
-            "must be below the model's ctx (0 = up to the context)",
-        );
-        range(
-            "group_size",
-            (2..=MAX_SAMPLES).contains(&c.group_size),
-            &format!("must be between 2 and {MAX_SAMPLES}"),
-        );
-        range(
-            "beta",
-            c.beta >= 0.0 && c.beta.is_finite(),
-            "must be a finite number, at least 0 (0 = no reference model)",
-        );
-        range(
-            "epsilon",
-            c.epsilon > 0.0 && c.epsilon < 1.0,
-            "must be in (0, 1)",
-        );
-        range(
-            "epsilon_high",
-            c.epsilon_high >= c.epsilon,
-            "must be at least epsilon",
-        );
-        range(
-            "num_iterations",
-            within(c.num_iterations, MAX_ITERATIONS),
-            &between(MAX_ITERATIONS),
-        );
-        if errs.is_empty() {
-            let need = memory_bytes(&spec.model, spec.task.heldout, &c);
-            if need > memory_limit() {
-                errs.push(at.key(
-                    &[Seg::Key("stage"), Seg::Index(i), Seg::Key("name")],
+        if let Some(student) = &s.model {
+            model(c, &student.apply(&spec.model), &stage_path(i, "model"));
+        }
+        let config = StageConfig::resolve(s, &spec.model, spec.task.heldout);
+        ranges(c, spec, i, &config);
+        if c.errs.is_empty() {
+            memory(c, spec, i, &config);
+        }
+        rewards(c, i, s);
+    }
+}
+
+/// A stage's `init`, `sft_init` and `teacher` name an earlier training stage, and the kinds
+/// that start from a model have one.
+fn references(c: &mut Checks<'_>, spec: &ExperimentSpec, i: usize) {
+    let s = &spec.stage[i];
+    let earlier = |name: &str| -> Result<(), String> {
+        match spec.stage.iter().position(|o| o.name == name) {
+            None => Err(format!("no stage named `{name}`")),
+            Some(j) if j >= i => Err(format!(
+                "`{name}` does not come before `{}` in the pipeline",
+                s.name
+            )),
+            Some(j) if !spec.stage[j].kind.trains() => Err(format!(
+                "`{name}` is an eval stage and writes no checkpoint"
+            )),
+            Some(_) => Ok(()),
+        }
+    };
+    for (key, val) in [
+        ("init", &s.init),
+        ("sft_init", &s.sft_init),
+        ("teacher", &s.teacher),
+    ] {
+        if let Some(Err(msg)) = val.as_deref().map(earlier) {
+            c.value(false, &stage_path(i, key), msg);
+        }
+    }
+    let needs_init = matches!(
+        s.kind,
+        StageKind::Grpo | StageKind::Rejection | StageKind::Eval
+    );
+    c.key(
+        !needs_init || s.init.is_some() || spec.model.from.is_some(),
+        &stage_path(i, "name"),
+        format!(
+            "a {} stage needs `init` (the stage it starts from) or [model] from",
+            s.kind
+        ),
+    );
+    c.key(
+        s.kind != StageKind::Distill || s.teacher.is_some(),
+        &stage_path(i, "name"),
+        "a distill stage needs `teacher`",
+    );
+}
+
+/// A stage's LoRA table.
+fn stage_lora(c: &mut Checks<'_>, spec: &ExperimentSpec, i: usize, lora: &LoraSpec) {
+    let path = stage_path(i, "lora");
+    c.value(
+        spec.stage[i].init.is_some() || spec.model.from.is_some(),
+        &path,
+        "LoRA adapts an existing model: give the stage `init` or [model] from",
+    );
+    c.value(
+        (1..=MAX_LORA_RANK).contains(&lora.rank),
+        &path,
+        format!("lora rank must be between 1 and {MAX_LORA_RANK}"),
+    );
+    c.value(
+        lora.alpha() > 0.0 && lora.alpha().is_finite(),
+        &path,
+        "lora alpha must be a finite number above 0",
+    );
+    if let Err(msg) = lora.matrices() {
+        c.value(false, &path, msg);
+    }
+}
+
+/// The numeric settings of a stage, as resolved with its kind's defaults. A key is checked only
+/// where it applies to the stage's kind (the others are reported as misplaced keys).
+fn ranges(c: &mut Checks<'_>, spec: &ExperimentSpec, i: usize, cfg: &StageConfig) {
+    let s = &spec.stage[i];
+    let allowed = allowed_keys(s.kind);
+    let mut range = |key: &str, ok: bool, msg: &str| {
+        if allowed.contains(&key) {
+            c.value(ok, &stage_path(i, key), format!("{key} {msg}"));
+        }
+    };
+    let trains = s.kind.trains();
+    let supervised = trains && s.kind != StageKind::Grpo;
+    range("steps", !trains || cfg.steps >= 1, "must be at least 1");
+    range("batch", !supervised || cfg.batch >= 1, "must be at least 1");
+    range(
+        "lr",
+        !trains || (cfg.lr > 0.0 && cfg.lr < 1.0),
+        "must be in (0, 1)",
+    );
+    range("warmup", cfg.warmup <= cfg.steps, "must not exceed steps");
+    range(
+        "min_lr_ratio",
+        (0.0..=1.0).contains(&cfg.min_lr_ratio),
+        "must be between 0 and 1",
+    );
+    range(
+        "weight_decay",
+        cfg.weight_decay >= 0.0,
+        "must be at least 0",
+    );
+    range(
+        "grad_clip",
+        cfg.grad_clip >= 0.0,
+        "must be at least 0 (0 = off)",
+    );
+    range("log_every", cfg.log_every >= 1, "must be at least 1");
+    range(
+        "checkpoint_every",
+        cfg.checkpoint_every >= 1,
+        "must be at least 1",
+    );
+    let within = |v: usize, max: usize| (1..=max).contains(&v);
+    let between = |max: usize| format!("must be between 1 and {max}");
+    range(
+        "examples",
+        within(cfg.examples, MAX_EXAMPLES),
+        &between(MAX_EXAMPLES),
+    );
+    // An eval's default `prompts` is the held-out size, checked on its own line.
+    range(
+        "prompts",
+        s.prompts.is_none() || within(cfg.prompts, MAX_HELDOUT),
+        &between(MAX_HELDOUT),
+    );
+    range("k", within(cfg.k, MAX_SAMPLES), &between(MAX_SAMPLES));
+    range(
+        "batch",
+        !supervised || cfg.batch <= MAX_BATCH,
+        &format!("must be at most {MAX_BATCH}"),
+    );
+    range(
+        "temperature",
+        cfg.temperature >= 0.0 && cfg.temperature.is_finite(),
+        "must be at least 0 (0 = greedy)",
+    );
+    range(
+        "top_p",
+        cfg.top_p > 0.0 && cfg.top_p <= 1.0,
+        "must be in (0, 1]",
+    );
+    range(
+        "max_new_tokens",
+        cfg.max_new_tokens < spec.model.ctx,
+        "must be below the model's ctx (0 = up to the context)",
+    );
+    range(
+        "group_size",
+        (2..=MAX_SAMPLES).contains(&cfg.group_size),
+        &format!("must be between 2 and {MAX_SAMPLES}"),
+    );
+    range(
+        "beta",
+        cfg.beta >= 0.0 && cfg.beta.is_finite(),
+        "must be a finite number, at least 0 (0 = no reference model)",
+    );
+    range(
+        "epsilon",
+        cfg.epsilon > 0.0 && cfg.epsilon < 1.0,
+        "must be in (0, 1)",
+    );
+    range(
+        "epsilon_high",
+        cfg.epsilon_high >= cfg.epsilon,
+        "must be at least epsilon",
+    );
+    range(
+        "num_iterations",
+        within(cfg.num_iterations, MAX_ITERATIONS),
+        &between(MAX_ITERATIONS),
+    );
+}
+
+/// A stage that would not fit in this machine's memory.
+fn memory(c: &mut Checks<'_>, spec: &ExperimentSpec, i: usize, cfg: &StageConfig) {
+    let need = memory_bytes(&spec.model, spec.task.heldout, cfg);
+    c.key(
+        need <= memory_limit(),
+        &stage_path(i, "name"),
+        format!(
+            "stage `{}` needs about {:.1} GB (weights, optimizer state, activations, KV cache \
+             and held-out set), more than this machine's {:.1} GB: make the model, batch or \
+             prompts smaller",
+            spec.stage[i].name,
+            need / 1e9,
+            memory_limit() / 1e9
+        ),
+    );
+}
+
+/// A GRPO stage's reward functions and programs.
+fn rewards(c: &mut Checks<'_>, i: usize, s: &StageSpec) {
+    for (name, r) in s.rewards.iter().flatten() {
+        let here = [
+            Seg::Key("stage"),
+            Seg::Index(i),
+            Seg::Key("rewards"),
+            Seg::Key(name),
+        ];
+        let builtin = REWARDS.contains(&name.as_str());
+        match r {
+            RewardSpec::Weight(w) => {
+                c.key(
+                    builtin,
+                    &here,
                     format!(
-                        "stage `{}` needs about {:.1} GB (weights, optimizer state, \
-                         activations, KV cache and held-out set), more than this machine's \
-                         {:.1} GB: make the model, batch or prompts smaller",
-                        s.name,
-                        need / 1e9,
-                        memory_limit() / 1e9
+                        "unknown reward function `{name}` (known: {}; or a program: \
+                         {{ command = [\"python3\", \"reward.py\"], weight = 0.2 }})",
+                        REWARDS.join(", ")
                     ),
-                ));
+                );
+                c.value(
+                    !builtin || w.is_finite(),
+                    &here,
+                    "reward weights must be finite",
+                );
             }
-        }
-        for (name, r) in s.rewards.iter().flatten() {
-            let here = [
-                Seg::Key("stage"),
-                Seg::Index(i),
-                Seg::Key("rewards"),
-                Seg::Key(name),
-            ];
-            match r {
-                super::types::RewardSpec::Weight(w) => {
-                    if !REWARDS.contains(&name.as_str()) {
-                        errs.push(at.key(
-                            &here,
-                            format!(
-                                "unknown reward function `{name}` (known: {}; or a program: \
-                                 {{ command = [\"python3\", \"reward.py\"], weight = 0.2 }})",
-                                REWARDS.join(", ")
-                            ),
-                        ));
-                    } else if !w.is_finite() {
-                        errs.push(at.value(&here, "reward weights must be finite"));
-                    }
-                }
-                super::types::RewardSpec::Program(p) => {
-                    if REWARDS.contains(&name.as_str()) {
-                        errs.push(at.key(
-                            &here,
-                            format!("`{name}` is a built-in reward; name the program otherwise"),
-                        ));
-                    }
-                    if p.command.is_empty() || p.command[0].is_empty() {
-                        errs.push(at.value(&here, "command must name a program"));
-                    }
-                    if !p.weight.is_finite() {
-                        errs.push(at.value(&here, "reward weights must be finite"));
-                    }
-                    if !(p.timeout > 0.0 && p.timeout <= 3600.0) {
-                        errs.push(at.value(&here, "timeout must be between 0 and 3600 seconds"));
-                    }
-                }
+            RewardSpec::Program(p) => {
+                c.key(
+                    !builtin,
+                    &here,
+                    format!("`{name}` is a built-in reward; name the program otherwise"),
+                );
+                c.value(
+                    p.command.first().is_some_and(|p| !p.is_empty()),
+                    &here,
+                    "command must name a program",
+                );
+                c.value(p.weight.is_finite(), &here, "reward weights must be finite");
+                c.value(
+                    p.timeout > 0.0 && p.timeout <= 3600.0,
+                    &here,
+                    "timeout must be between 0 and 3600 seconds",
+                );
             }
         }
     }
+}
 
-    // [[loop]]
+/// `[[loop]]`: each names stages in order, loops do not overlap, and a stop rule is whole.
+fn loops(c: &mut Checks<'_>, spec: &ExperimentSpec) {
     let mut spans: Vec<(usize, usize)> = Vec::new();
     for (i, l) in spec.loops.iter().enumerate() {
         let lp = |k| [Seg::Key("loop"), Seg::Index(i), Seg::Key(k)];
         let pos = |name: &str| spec.stage.iter().position(|s| s.name == name);
         let (a, b) = (pos(&l.start), pos(&l.end));
-        if a.is_none() {
-            errs.push(at.value(&lp("start"), format!("no stage named `{}`", l.start)));
-        }
-        if b.is_none() {
-            errs.push(at.value(&lp("end"), format!("no stage named `{}`", l.end)));
-        }
+        c.value(
+            a.is_some(),
+            &lp("start"),
+            format!("no stage named `{}`", l.start),
+        );
+        c.value(
+            b.is_some(),
+            &lp("end"),
+            format!("no stage named `{}`", l.end),
+        );
         if let (Some(a), Some(b)) = (a, b) {
             if a > b {
-                errs.push(at.value(
+                c.value(
+                    false,
                     &lp("end"),
                     format!("`{}` comes before `{}`", l.end, l.start),
-                ));
+                );
             } else if spans.iter().any(|&(x, y)| a <= y && x <= b) {
-                errs.push(at.value(&lp("start"), "loops must not overlap"));
+                c.value(false, &lp("start"), "loops must not overlap");
             } else {
                 spans.push((a, b));
             }
         }
-        if l.times < 1 {
-            errs.push(at.value(&lp("times"), "times must be at least 1"));
-        }
+        c.value(l.times >= 1, &lp("times"), "times must be at least 1");
         match (&l.until_metric, l.until_at_least) {
-            (Some(m), Some(_)) if !EVAL_METRICS.contains(&m.as_str()) => errs.push(at.value(
+            (Some(m), Some(_)) => c.value(
+                EVAL_METRICS.contains(&m.as_str()),
                 &lp("until_metric"),
                 format!(
                     "unknown eval metric `{m}` (known: {})",
                     EVAL_METRICS.join(", ")
                 ),
-            )),
-            (Some(_), None) => {
-                errs.push(at.key(&lp("until_metric"), "until_metric needs until_at_least"))
-            }
-            (None, Some(_)) => {
-                errs.push(at.key(&lp("until_at_least"), "until_at_least needs until_metric"))
-            }
+            ),
+            (Some(_), None) => c.key(
+                false,
+                &lp("until_metric"),
+                "until_metric needs until_at_least",
+            ),
+            (None, Some(_)) => c.key(
+                false,
+                &lp("until_at_least"),
+                "until_at_least needs until_metric",
+            ),
             _ => {}
         }
     }
-    errs
 }
 
 /// Upper bounds on sizes: far beyond what this tool trains, low enough that no product of two
@@ -576,7 +649,7 @@ pub const MAX_LORA_RANK: usize = 1_024;
 /// Bytes a stage needs at most, roughly: weights, gradients and AdamW's two moments (plus a
 /// frozen reference for GRPO), the activations of one training batch, the KV cache of the
 /// sequences sampled at once, and the held-out set. In f64, so huge values cannot overflow.
-pub fn memory_bytes(m: &crate::spec::ModelSpec, heldout: usize, c: &StageConfig) -> f64 {
+pub fn memory_bytes(m: &ModelSpec, heldout: usize, c: &StageConfig) -> f64 {
     let f = |v: usize| v as f64;
     let d = f(m.d_model);
     let mlp = f(m.mlp.unwrap_or(4 * m.d_model));

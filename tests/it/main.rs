@@ -3,6 +3,7 @@
 //! drives the real binary in tmux). One module per area.
 
 mod analysis_polars;
+mod architecture;
 mod cli;
 mod common;
 mod fuzz;

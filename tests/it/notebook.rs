@@ -909,21 +909,28 @@ fn a_click_selects_and_the_wheel_scrolls() {
         row,
         modifiers: KeyModifiers::NONE,
     };
+    let click = |a: &mut App, m: MouseEvent| {
+        let hit = ui::regions(a.area, a).pane_at(m.column, m.row);
+        a.on_mouse(m, hit)
+    };
     // Rows inside the runs pane's border: demo, ev, rl, pre, …
-    a.on_mouse(at(MouseEventKind::Down(MouseButton::Left), 5, 3));
+    click(&mut a, at(MouseEventKind::Down(MouseButton::Left), 5, 3));
     assert_eq!(a.selected_run().unwrap().id, "20261130-010100-rl");
-    a.on_mouse(at(MouseEventKind::ScrollDown, 5, 10));
+    click(&mut a, at(MouseEventKind::ScrollDown, 5, 10));
     assert_eq!(a.selected_run().unwrap().id, "20261130-010000-pre");
-    a.on_mouse(at(MouseEventKind::ScrollUp, 5, 10));
-    a.on_mouse(at(MouseEventKind::ScrollUp, 5, 10));
+    click(&mut a, at(MouseEventKind::ScrollUp, 5, 10));
+    click(&mut a, at(MouseEventKind::ScrollUp, 5, 10));
     assert_eq!(a.selected_run().unwrap().id, "20261130-010200-ev");
     // The pipeline pane is below (60% of the 30 body rows): its second stage.
     let top = ui::regions(a.area, &a).pipeline.y;
-    a.on_mouse(at(MouseEventKind::Down(MouseButton::Left), 5, top + 2));
+    click(
+        &mut a,
+        at(MouseEventKind::Down(MouseButton::Left), 5, top + 2),
+    );
     assert_eq!(a.focus, Pane::Pipeline);
     assert_eq!(a.pipeline.cursor, 1);
     // The main view takes the focus on a click.
-    a.on_mouse(at(MouseEventKind::Down(MouseButton::Left), 80, 10));
+    click(&mut a, at(MouseEventKind::Down(MouseButton::Left), 80, 10));
     assert_eq!(a.focus, Pane::Main);
 }
 

@@ -45,24 +45,7 @@ pub struct Pretrained {
     pub path: PathBuf,
 }
 
-/// Whether `path` names a pretrained model (a `.gguf` file, or a folder with a Hugging Face
-/// `config.json` and safetensors weights) rather than a stageloop checkpoint or run.
-pub fn is_pretrained(path: &Path) -> bool {
-    if path.is_file() {
-        return path
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
-    }
-    // stageloop's checkpoints also hold config.json and model.safetensors; a Hugging Face
-    // config names its `model_type`.
-    let has_weights = path.join("model.safetensors").is_file()
-        || path.join("model.safetensors.index.json").is_file();
-    has_weights
-        && std::fs::read_to_string(path.join("config.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .is_some_and(|v| v.get("model_type").is_some())
-}
+pub use crate::spec::source::is_pretrained;
 
 /// Load a Hugging Face folder or a GGUF file.
 pub fn load(path: &Path, device: &Device) -> Result<Pretrained> {
@@ -179,11 +162,7 @@ pub fn build(cfg: &ModelConfig, src: &dyn Source, device: &Device) -> Result<Gpt
         )
     };
     let weights = Weights {
-        d_model: d,
-        heads: cfg.heads,
-        kv_heads: cfg.kv_heads(),
-        head_dim: hd,
-        rope: cfg.rope(),
+        shape: cfg.shape(),
         embed: t2(embed, [v, d]),
         blocks,
         norm: (t1(src.get("model.norm.weight", &[d])?), eps),
