@@ -4,9 +4,9 @@
 //! two pass@k curves cross. `stageloop report` and the notebook's eval view read these.
 
 use super::compute::{self, Lineage};
+use crate::runfs::records::EvalReport;
 use crate::runfs::{self, RunDir, Status};
 use crate::spec::{Experiment, StageKind};
-use serde_json::Value;
 use std::collections::BTreeMap;
 
 /// The scalar metrics of `eval.json` a row carries, in table order: the ones a loop may stop
@@ -23,7 +23,7 @@ pub struct EvalRow {
     pub run: RunDir,
     pub seed: Option<u64>,
     /// `eval.json` as written.
-    pub report: Value,
+    pub report: EvalReport,
     /// pass@k by k, ascending (from `pass_at`; just k = 1 and the eval's k for older reports).
     pub pass_at: Vec<(usize, f64)>,
     /// FLOPs along the evaluated checkpoint's lineage (see [`compute::lineage`]).
@@ -34,7 +34,7 @@ pub struct EvalRow {
 
 impl EvalRow {
     pub fn metric(&self, name: &str) -> Option<f64> {
-        self.report.get(name)?.as_f64()
+        self.report.metric(name)
     }
 }
 
@@ -65,14 +65,8 @@ pub fn eval_rows(exp: &Experiment) -> (Vec<EvalRow>, Vec<String>) {
     let mut latest: Vec<_> = latest.into_iter().collect();
     latest.sort_by_key(|((stage, seed), _)| (evals.iter().position(|e| e == stage), *seed));
     for (_, (run, st)) in latest {
-        let path = run.eval_json();
-        let report: Value = match std::fs::read_to_string(&path)
-            .map_err(|e| format!("{}: cannot read: {e}", path.display()))
-            .and_then(|text| {
-                serde_json::from_str(&text)
-                    .map_err(|e| format!("{}:{}:{}: {e}", path.display(), e.line(), e.column()))
-            }) {
-            Ok(v) => v,
+        let report = match EvalReport::load(&run.eval_json()) {
+            Ok(r) => r,
             Err(p) => {
                 problems.push(format!("eval stage `{}`: {p}", st.stage));
                 continue;
@@ -97,7 +91,7 @@ pub fn eval_rows(exp: &Experiment) -> (Vec<EvalRow>, Vec<String>) {
 /// order.
 pub fn rows_of(
     exp: &Experiment,
-    runs: &[(RunDir, &runfs::RunStatus, &Value, Lineage)],
+    runs: &[(RunDir, &runfs::RunStatus, &EvalReport, Lineage)],
 ) -> Vec<EvalRow> {
     let mut out = Vec::new();
     for s in exp.spec.stage.iter().filter(|s| s.kind == StageKind::Eval) {
@@ -118,37 +112,14 @@ pub fn rows_of(
                 evaluated,
                 run: run.clone(),
                 seed,
-                pass_at: curve(report),
-                eval_flops: report.get("flops").and_then(Value::as_f64).unwrap_or(0.0),
+                pass_at: report.curve(),
+                eval_flops: report.flops,
                 report: (*report).clone(),
                 compute: lineage.clone(),
             });
         }
     }
     out
-}
-
-/// The pass@k points of an `eval.json`, ascending in k.
-fn curve(report: &Value) -> Vec<(usize, f64)> {
-    let mut pts: Vec<(usize, f64)> = report
-        .get("pass_at")
-        .and_then(Value::as_object)
-        .map(|m| {
-            m.iter()
-                .filter_map(|(k, v)| Some((k.parse().ok()?, v.as_f64()?)))
-                .collect()
-        })
-        .unwrap_or_default();
-    if pts.is_empty() {
-        let get = |n: &str| report.get(n).and_then(Value::as_f64);
-        let k = report.get("k").and_then(Value::as_u64).unwrap_or(1) as usize;
-        pts.extend(get("pass@1").map(|v| (1, v)));
-        if k > 1 {
-            pts.extend(get("pass@k").map(|v| (k, v)));
-        }
-    }
-    pts.sort_by_key(|p| p.0);
-    pts
 }
 
 /// Per problem (prompt) of an eval: its correct samples and its samples, from `(prompt,
@@ -359,13 +330,5 @@ mod tests {
         assert!((k - 2f64.powf(2.0 + 0.1 / 0.23)).abs() < 1e-9, "{k}");
         assert_eq!(crossing(&rl, &rl), None);
         assert_eq!(crossing(&[(1, 0.1), (2, 0.2)], &[(1, 0.5), (2, 0.6)]), None);
-    }
-
-    #[test]
-    fn an_old_report_without_pass_at_gives_its_two_points() {
-        let v = serde_json::json!({"pass@1": 0.5, "pass@k": 0.9, "k": 8});
-        assert_eq!(curve(&v), vec![(1, 0.5), (8, 0.9)]);
-        let v = serde_json::json!({"pass_at": {"1": 0.5, "16": 0.95, "2": 0.7}});
-        assert_eq!(curve(&v), vec![(1, 0.5), (2, 0.7), (16, 0.95)]);
     }
 }

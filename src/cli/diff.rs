@@ -3,8 +3,8 @@
 //! both runs' correct / sampled counts; `--json` for programs.
 
 use crate::analysis::evals::{self, ProblemDiff, Score};
-use crate::notebook::workspace::Sample;
 use crate::runfs::RunDir;
+use crate::runfs::records::Sample;
 use crate::untrusted::display;
 use anyhow::Context;
 use std::collections::BTreeMap;

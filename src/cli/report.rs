@@ -25,9 +25,9 @@ pub fn row_json(r: &EvalRow) -> Value {
     json!({
         "stage": r.stage, "evaluated": r.evaluated, "evaluated_kind": r.evaluated_kind,
         "run": r.run.id(), "seed": r.seed,
-        "pass@1": e["pass@1"], "greedy": e["greedy"], "pass@k": e["pass@k"], "k": e["k"],
-        "maj@k": e["maj@k"], "format_rate": e["format_rate"], "mean_length": e["mean_length"],
-        "pass_at": e["pass_at"],
+        "pass@1": e.pass_at_1, "greedy": e.greedy, "pass@k": e.pass_at_k, "k": e.k,
+        "maj@k": e.maj_at_k, "format_rate": e.format_rate, "mean_length": e.mean_length,
+        "pass_at": e.pass_at,
         "compute": r.compute.flops, "compute_stages": r.compute.stages,
         "compute_partial": r.compute.partial, "eval_flops": r.eval_flops,
     })

@@ -10,6 +10,7 @@
 
 use super::series::RunSeries;
 use crate::runfs::metrics::{self as runmetrics, MetricRow, MetricsTail};
+use crate::runfs::records::{EvalReport, Sample};
 use crate::runfs::tail::TailReader;
 use crate::runfs::{self, RunStatus, Status};
 use crate::spec::{self, Experiment};
@@ -47,60 +48,6 @@ impl Drop for Loader {
     }
 }
 
-/// One line of `samples.jsonl`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Sample {
-    pub step: u64,
-    pub prompt: String,
-    pub completion: String,
-    pub answer: String,
-    pub rewards: BTreeMap<String, f64>,
-    pub reward: f64,
-    pub advantage: Option<f64>,
-    pub group: Option<u64>,
-    /// An eval's greedy completion (not one of its k samples).
-    pub greedy: bool,
-}
-
-impl Sample {
-    /// What identifies a sample in `bookmarks.jsonl`: its step, prompt and completion.
-    pub fn key(&self) -> (u64, String, String) {
-        (self.step, self.prompt.clone(), self.completion.clone())
-    }
-
-    pub fn parse(line: &str) -> Option<Sample> {
-        let v: serde_json::Value = serde_json::from_str(line).ok()?;
-        let s = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_string();
-        Some(Sample {
-            step: v.get("step")?.as_u64()?,
-            prompt: s("prompt"),
-            completion: s("completion"),
-            answer: s("answer"),
-            rewards: v
-                .get("rewards")
-                .and_then(|r| r.as_object())
-                .map(|m| {
-                    m.iter()
-                        .filter_map(|(k, x)| Some((k.clone(), x.as_f64()?)))
-                        .collect()
-                })
-                .unwrap_or_default(),
-            reward: v.get("reward").and_then(|x| x.as_f64()).unwrap_or(0.0),
-            advantage: v.get("advantage").and_then(|x| x.as_f64()),
-            group: v.get("group").and_then(|x| x.as_u64()),
-            greedy: v.get("greedy").and_then(|x| x.as_bool()).unwrap_or(false),
-        })
-    }
-
-    pub fn correct(&self) -> bool {
-        self.rewards.get("accuracy").copied().unwrap_or(self.reward) >= 1.0
-    }
-
-    pub fn format_ok(&self) -> bool {
-        self.rewards.get("format").copied().unwrap_or(1.0) >= 1.0
-    }
-}
-
 /// One run as the notebook sees it.
 #[derive(Debug)]
 pub struct RunView {
@@ -111,7 +58,7 @@ pub struct RunView {
     pub status_error: Option<String>,
     pub series: RunSeries,
     pub samples: Vec<Sample>,
-    pub eval: Option<serde_json::Value>,
+    pub eval: Option<EvalReport>,
     /// For an eval run: the compute along the evaluated checkpoint's lineage, read when its
     /// eval report is.
     pub lineage: Option<crate::analysis::compute::Lineage>,
@@ -267,8 +214,9 @@ impl RunView {
                 Err(e) if rj.exists() => self.status_error = Some(e), // keep the last good one
                 Err(_) => {}
             }
-            if let Ok(text) = std::fs::read_to_string(self.dir.join(runfs::EVAL_JSON)) {
-                self.eval = serde_json::from_str(&text).ok();
+            let eval = self.dir.join(runfs::EVAL_JSON);
+            if eval.exists() {
+                self.eval = EvalReport::load(&eval).ok();
                 let init = self.status.as_ref().and_then(|s| s.init.as_deref());
                 self.lineage = init.map(|i| {
                     let ck = crate::analysis::compute::locate(i, self.dir.parent());

@@ -8,37 +8,13 @@ use super::context::{Outcome, StageCtx};
 use crate::model::sample::{SampleOptions, Sampler};
 use crate::model::{self, Gpt, checkpoint};
 use crate::runfs::atomic;
+use crate::runfs::records::Sample;
 use anyhow::{Context, Result};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use serde::{Deserialize, Serialize};
-use serde_json::json;
 use std::collections::HashMap;
 
-/// The contents of `eval.json`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EvalReport {
-    pub task: String,
-    pub n: usize,
-    #[serde(rename = "pass@1")]
-    pub pass_at_1: f64,
-    pub greedy: f64,
-    #[serde(rename = "pass@k")]
-    pub pass_at_k: f64,
-    pub k: usize,
-    #[serde(rename = "maj@k")]
-    pub maj_at_k: f64,
-    pub format_rate: f64,
-    pub mean_length: f64,
-    /// pass@j for every power of two j ≤ k (unbiased estimator over the k samples), keyed by
-    /// j as text: the capability curve of Yue et al. 2025. Absent in reports of older builds.
-    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    pub pass_at: std::collections::BTreeMap<String, f64>,
-    /// FLOPs the eval's sampling took (`ModelConfig::forward_flops` per prompt + completion);
-    /// 0 in reports of older builds.
-    #[serde(default)]
-    pub flops: f64,
-}
+pub use crate::runfs::records::EvalReport;
 
 /// The powers of two up to `k`: the k values of a pass@k curve.
 pub fn curve_ks(k: usize) -> Vec<usize> {
@@ -80,7 +56,7 @@ pub fn evaluate(
     cfg: &crate::spec::StageConfig,
     device: &burn::tensor::Device,
     seed: u64,
-    mut on_sample: impl FnMut(serde_json::Value) -> Result<()>,
+    mut on_sample: impl FnMut(Sample) -> Result<()>,
     mut on_progress: impl FnMut(usize, usize),
 ) -> Result<EvalReport> {
     let probs: Vec<_> = setup.task.heldout().iter().take(cfg.prompts).collect();
@@ -118,10 +94,19 @@ pub fn evaluate(
             let gtext = setup.tok.decode(&g[pi].tokens);
             let gr = setup.task.rewards(&p.prompt, &gtext);
             greedy_sum += gr.accuracy;
-            on_sample(
-                json!({"step": 0, "prompt": p.prompt, "completion": gtext, "answer": p.answer,
-                "rewards": gr.as_map(), "reward": gr.accuracy, "group": ci * chunk + pi, "greedy": true}),
-            )?;
+            let group = Some((ci * chunk + pi) as u64);
+            on_sample(Sample {
+                step: 0,
+                prompt: p.prompt.clone(),
+                answer: p.answer.clone(),
+                rewards: gr.as_map(),
+                reward: gr.accuracy,
+                group,
+                greedy: true,
+                truncated: !g[pi].finished,
+                completion: gtext,
+                ..Sample::default()
+            })?;
             let mut correct = 0;
             let mut answers = Vec::new();
             for j in 0..k {
@@ -133,10 +118,17 @@ pub fn evaluate(
                 len_sum += c.tokens.len() as f64;
                 count += 1;
                 answers.push(crate::tasks::rewards::parse(&text).answer);
-                on_sample(
-                    json!({"step": 0, "prompt": p.prompt, "completion": text, "answer": p.answer,
-                    "rewards": r.as_map(), "reward": r.accuracy, "group": ci * chunk + pi, "truncated": !c.finished}),
-                )?;
+                on_sample(Sample {
+                    step: 0,
+                    prompt: p.prompt.clone(),
+                    answer: p.answer.clone(),
+                    rewards: r.as_map(),
+                    reward: r.accuracy,
+                    group,
+                    truncated: !c.finished,
+                    completion: text,
+                    ..Sample::default()
+                })?;
             }
             acc_sum += correct as f64 / k as f64;
             passk_sum += pass_at_k(k, correct, k);

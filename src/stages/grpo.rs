@@ -19,6 +19,7 @@ use crate::model::sample::{Completion, generate};
 use crate::model::tokenizer::PAD;
 use crate::model::{self, Gpt};
 use crate::runfs::jsonl::JsonlWriter;
+use crate::runfs::records::Sample;
 use crate::spec::{LossType, StageConfig};
 use crate::tasks::{Problem, Rewards};
 use anyhow::Result;
@@ -26,7 +27,6 @@ use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::Rng;
-use serde_json::json;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
@@ -809,12 +809,23 @@ fn log_samples(samples: &mut JsonlWriter, step: u64, groups: &[Group], adv: &[f6
         .enumerate()
         .flat_map(|(gi, gr)| gr.rollouts.iter().map(move |r| (gi, gr, r)));
     for ((gi, gr, r), a) in rows.zip(adv) {
-        samples.write(&json!({
-            "step": step, "prompt": gr.problem.prompt, "completion": r.text,
-            "answer": gr.problem.answer, "reward": r.total,
-            "rewards": r.rewards.as_map().into_iter().chain(r.program.clone()).collect::<BTreeMap<_, _>>(),
-            "advantage": a, "group": gi, "truncated": !r.completion.finished,
-        }))?;
+        samples.write(&Sample {
+            step,
+            prompt: gr.problem.prompt.clone(),
+            completion: r.text.clone(),
+            answer: gr.problem.answer.clone(),
+            reward: r.total,
+            rewards: r
+                .rewards
+                .as_map()
+                .into_iter()
+                .chain(r.program.clone())
+                .collect(),
+            advantage: Some(*a),
+            group: Some(gi as u64),
+            greedy: false,
+            truncated: !r.completion.finished,
+        })?;
     }
     Ok(())
 }

@@ -13,13 +13,13 @@ use crate::model::optim::FusedAdamW;
 use crate::model::sample::{SampleOptions, generate};
 use crate::model::{self, Gpt};
 use crate::runfs;
+use crate::runfs::records::Sample;
 use anyhow::{Context, Result};
 use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::tensor::Device;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use serde_json::json;
 use std::time::Instant;
 
 /// Where a training loop starts: a fresh model, an `init` checkpoint, or its own checkpoint.
@@ -143,10 +143,16 @@ pub fn write_samples(
         let text = setup.tok.decode(&c.tokens);
         let r = setup.task.rewards(&p.prompt, &text);
         correct += r.accuracy;
-        w.write(&json!({
-            "step": step, "prompt": p.prompt, "completion": text, "answer": p.answer,
-            "rewards": r.as_map(), "reward": r.accuracy, "truncated": !c.finished,
-        }))?;
+        w.write(&Sample {
+            step,
+            prompt: p.prompt.clone(),
+            completion: text,
+            answer: p.answer.clone(),
+            rewards: r.as_map(),
+            reward: r.accuracy,
+            truncated: !c.finished,
+            ..Sample::default()
+        })?;
     }
     Ok((correct / n.max(1) as f64, flops))
 }

@@ -100,6 +100,18 @@ impl Runs {
     }
 
     /// Filter by `text` (typed live), from the first row.
+    /// The folder whose `notes.md` `n` opens: the highlighted run's, else the selected
+    /// experiment's.
+    pub fn notes_dir(&self, ws: &Workspace) -> Option<std::path::PathBuf> {
+        if let Some(Row::Run(..)) = self.rows(ws).get(self.cursor)
+            && let Some(r) = self.selected_run(ws)
+        {
+            return Some(r.dir.clone());
+        }
+        let e = self.selected_experiment(ws)?;
+        Some(ws.experiments.get(e)?.dir.clone())
+    }
+
     pub fn set_filter(&mut self, text: &str) {
         self.filter = text.to_string();
         self.cursor = 0;

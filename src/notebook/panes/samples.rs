@@ -5,7 +5,8 @@
 
 use super::{Ctx, block, step_index};
 use crate::notebook::keymap::Action;
-use crate::notebook::workspace::{RunView, Sample};
+use crate::notebook::workspace::RunView;
+use crate::runfs::records::Sample;
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
@@ -126,6 +127,14 @@ impl Samples {
     }
 
     /// Samples listed, after mode, filter and reward range.
+    /// The `bookmarks.jsonl` line that toggles the highlighted sample of `run`.
+    pub fn bookmark_toggle(&self, run: &RunView) -> Option<String> {
+        let visible = self.visible(Some(run));
+        let s = visible.get(self.index.min(visible.len().saturating_sub(1)))?;
+        let on = !run.bookmarks.contains(&s.key());
+        Some(crate::notebook::workspace::bookmark_line(s, on))
+    }
+
     pub fn visible<'a>(&self, run: Option<&'a RunView>) -> Vec<&'a Sample> {
         let Some(r) = run else {
             return Vec::new();
@@ -346,6 +355,10 @@ fn item(s: &Sample, bookmarked: bool) -> ListItem<'static> {
         Span::raw(s.prompt.clone()),
     ];
     spans.extend(highlight(&s.completion, s.correct()));
+    if s.truncated {
+        // The completion hit the token budget before an end-of-sequence token.
+        spans.push(Span::styled(" ✂", Style::default().fg(Color::Magenta)));
+    }
     ListItem::new(Line::from(spans))
 }
 
