@@ -1,11 +1,11 @@
-//! Export a run: its metric table as CSV or Parquet (polars) and its charts as SVG (plotters,
-//! one file per metric, no fonts needed).
+//! Export a run: its metric table as CSV or Parquet (polars) and its charts as SVG (one file
+//! per metric, drawn by [`super::svg`]).
 
 use super::load_run_counted;
+use super::svg::{Chart, Series, render};
 use crate::runfs::RunDir;
 use crate::runfs::metrics::BadLines;
 use anyhow::{Context, Result, bail};
-use plotters::prelude::*;
 use polars::prelude::*;
 use std::path::{Path, PathBuf};
 
@@ -93,35 +93,22 @@ fn write_svgs(df: &DataFrame, out: &Path) -> Result<Vec<PathBuf>> {
         if pts.is_empty() {
             continue;
         }
-        let (x0, x1) = pts.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |a, p| {
-            (a.0.min(p.0), a.1.max(p.0))
-        });
-        let (y0, y1) = pts.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |a, p| {
-            (a.0.min(p.1), a.1.max(p.1))
-        });
-        let pad = ((y1 - y0).abs() * 0.05).max(1e-9);
         // Metric names come from the run's log: one safe file-name component each.
         let file = out.join(format!("{}.svg", crate::untrusted::file_name(name)));
-        {
-            let root = SVGBackend::new(&file, (800, 480)).into_drawing_area();
-            root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
-            let mut chart = ChartBuilder::on(&root)
-                .caption(name, ("sans-serif", 22))
-                .margin(12)
-                .x_label_area_size(32)
-                .y_label_area_size(56)
-                .build_cartesian_2d(x0..x1.max(x0 + 1.0), (y0 - pad)..(y1 + pad))
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            chart
-                .configure_mesh()
-                .x_desc("step")
-                .draw()
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            chart
-                .draw_series(LineSeries::new(pts, &BLUE))
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
-        }
+        let chart = Chart {
+            title: name.to_string(),
+            x_label: "step".into(),
+            series: vec![Series {
+                name: name.to_string(),
+                points: pts,
+                band: vec![],
+            }],
+            ..Chart::default()
+        };
+        let tmp = file.with_extension("svg.tmp");
+        std::fs::write(&tmp, render(&[chart], 800.0, 480.0))
+            .and_then(|()| std::fs::rename(&tmp, &file))
+            .with_context(|| format!("{}: cannot write", file.display()))?;
         files.push(file);
     }
     Ok(files)

@@ -24,130 +24,177 @@ fn thirds(v: &[f64]) -> Option<(f64, f64)> {
     Some((mean(&v[..t]), mean(&v[v.len() - t..])))
 }
 
+/// The metric columns a rule reads.
+struct Run<'a> {
+    names: &'a [String],
+    column: &'a dyn Fn(&str) -> Option<Vec<f64>>,
+}
+
+impl Run<'_> {
+    /// Means of the first and last thirds of metric `n`.
+    fn get(&self, n: &str) -> Option<(f64, f64)> {
+        (self.column)(n).and_then(|v| thirds(&v))
+    }
+
+    /// The first metric name that `pred` accepts.
+    fn find(&self, pred: impl Fn(&str) -> bool) -> Option<&str> {
+        self.names.iter().find(|n| pred(n)).map(String::as_str)
+    }
+
+    /// The reward statistic whose name holds `part` (`rewards/<...part...>/mean`).
+    fn reward_mean(&self, part: &str) -> Option<&str> {
+        self.find(|n| n.starts_with("rewards/") && n.contains(part) && n.ends_with("/mean"))
+    }
+}
+
+/// One alert rule: the alert when the run shows the pattern.
+type Rule = fn(&Run<'_>) -> Option<Alert>;
+
+/// Every rule, in the order alerts are listed.
+const RULES: &[Rule] = &[
+    reward_hacking,
+    reward_hacking_trace,
+    sampler_drift,
+    entropy_collapse,
+    length_collapse,
+    length_runaway_or_truncation,
+    no_learning_signal,
+    kl_blowup,
+    clip_blowup,
+];
+
 /// The alerts of a run whose metric columns `column` returns (values in step order; NaN where a
 /// line lacked the metric), given the metric names it has.
 pub fn alerts(names: &[String], column: &dyn Fn(&str) -> Option<Vec<f64>>) -> Vec<Alert> {
-    let mut out = Vec::new();
-    let get = |n: &str| column(n).and_then(|v| thirds(&v));
-    let find = |pred: &dyn Fn(&str) -> bool| names.iter().find(|n| pred(n)).map(String::as_str);
-    let accuracy =
-        find(&|n| n.starts_with("rewards/") && n.contains("accuracy") && n.ends_with("/mean"));
-    let format =
-        find(&|n| n.starts_with("rewards/") && n.contains("format") && n.ends_with("/mean"));
-    if let Some((a0, a1)) = accuracy.and_then(get) {
-        let rising = |m: Option<&str>| m.and_then(get).is_some_and(|(x0, x1)| x1 - x0 > 0.1);
-        if a1 - a0 <= 0.02 && (rising(format) || rising(Some("reward"))) {
-            out.push(Alert {
-                name: "reward_hacking",
-                message: format!(
-                    "reward is rising while accuracy is not ({a0:.2} → {a1:.2}): the policy may be earning the format or another reward without solving the task — read the samples, lower the other rewards' weights"
-                ),
-            });
-        }
-    }
-    if let Some((t0, t1)) = get("completions/trace_agreement")
-        && t0 - t1 > 0.1
-    {
-        out.push(Alert {
-            name: "reward_hacking_trace",
-            message: format!(
-                "answers agree with their own reasoning less and less ({t0:.2} → {t1:.2}): the policy may be guessing or copying answers the trace does not support — read the samples whose answer and trace differ"
-            ),
-        });
-    }
-    let drift = get("sampling/sampling_logp_difference/mean");
-    let ratio = get("sampling/importance_sampling_ratio/mean");
-    if let Some(d1) = drift
+    let run = Run { names, column };
+    RULES.iter().filter_map(|rule| rule(&run)).collect()
+}
+
+fn alert(name: &'static str, message: String) -> Option<Alert> {
+    Some(Alert { name, message })
+}
+
+fn reward_hacking(r: &Run<'_>) -> Option<Alert> {
+    let (a0, a1) = r.get(r.reward_mean("accuracy")?)?;
+    let rising = |m: Option<&str>| {
+        m.and_then(|m| r.get(m))
+            .is_some_and(|(x0, x1)| x1 - x0 > 0.1)
+    };
+    (a1 - a0 <= 0.02 && (rising(r.reward_mean("format")) || rising(Some("reward"))))
+        .then_some(())?;
+    alert(
+        "reward_hacking",
+        format!(
+            "reward is rising while accuracy is not ({a0:.2} → {a1:.2}): the policy may be earning the format or another reward without solving the task — read the samples, lower the other rewards' weights"
+        ),
+    )
+}
+
+fn reward_hacking_trace(r: &Run<'_>) -> Option<Alert> {
+    let (t0, t1) = r.get("completions/trace_agreement")?;
+    (t0 - t1 > 0.1).then_some(())?;
+    alert(
+        "reward_hacking_trace",
+        format!(
+            "answers agree with their own reasoning less and less ({t0:.2} → {t1:.2}): the policy may be guessing or copying answers the trace does not support — read the samples whose answer and trace differ"
+        ),
+    )
+}
+
+fn sampler_drift(r: &Run<'_>) -> Option<Alert> {
+    let drift = r.get("sampling/sampling_logp_difference/mean");
+    let ratio = r.get("sampling/importance_sampling_ratio/mean");
+    let d1 = drift
         .map(|d| d.1)
         .filter(|d| *d > 0.1)
-        .or_else(|| ratio.map(|r| (r.1 - 1.0).abs()).filter(|r| *r > 0.1))
-    {
-        out.push(Alert {
-            name: "sampler_drift",
-            message: format!(
-                "the sampler's and the trainer's log-probabilities differ ({d1:.3}) before any update: generation and training disagree on the model (precision, a stale sampler, mismatched settings) — compare their settings, or correct with importance sampling"
-            ),
-        });
-    }
-    if let Some((e0, e1)) = get("entropy")
-        && e0 > 0.05
-        && e1 < 0.3 * e0
-    {
-        out.push(Alert {
-            name: "entropy_collapse",
-            message: format!(
-                "entropy fell from {e0:.3} to {e1:.3}: sampling has become nearly deterministic and GRPO's groups stop differing — raise the temperature, lower the learning rate, or use clip-higher (epsilon_high)"
-            ),
-        });
-    }
-    let length = get("completions/mean_length");
-    if let Some((l0, l1)) = length
-        && l1 < 0.5 * l0
-    {
-        out.push(Alert {
-            name: "length_collapse",
-            message: format!(
-                "completions shrank from {l0:.1} to {l1:.1} tokens: the policy may be dropping its reasoning — check a length or format reward, and the samples"
-            ),
-        });
-    }
-    let clipped = get("completions/clipped_ratio");
-    if let (Some((l0, l1)), Some((_, c1))) = (length, clipped)
+        .or_else(|| ratio.map(|r| (r.1 - 1.0).abs()).filter(|r| *r > 0.1))?;
+    alert(
+        "sampler_drift",
+        format!(
+            "the sampler's and the trainer's log-probabilities differ ({d1:.3}) before any update: generation and training disagree on the model (precision, a stale sampler, mismatched settings) — compare their settings, or correct with importance sampling"
+        ),
+    )
+}
+
+fn entropy_collapse(r: &Run<'_>) -> Option<Alert> {
+    let (e0, e1) = r.get("entropy")?;
+    (e0 > 0.05 && e1 < 0.3 * e0).then_some(())?;
+    alert(
+        "entropy_collapse",
+        format!(
+            "entropy fell from {e0:.3} to {e1:.3}: sampling has become nearly deterministic and GRPO's groups stop differing — raise the temperature, lower the learning rate, or use clip-higher (epsilon_high)"
+        ),
+    )
+}
+
+fn length_collapse(r: &Run<'_>) -> Option<Alert> {
+    let (l0, l1) = r.get("completions/mean_length")?;
+    (l1 < 0.5 * l0).then_some(())?;
+    alert(
+        "length_collapse",
+        format!(
+            "completions shrank from {l0:.1} to {l1:.1} tokens: the policy may be dropping its reasoning — check a length or format reward, and the samples"
+        ),
+    )
+}
+
+fn length_runaway_or_truncation(r: &Run<'_>) -> Option<Alert> {
+    let (_, c1) = r.get("completions/clipped_ratio")?;
+    if let Some((l0, l1)) = r.get("completions/mean_length")
         && l1 > 2.0 * l0
         && c1 > 0.2
     {
-        out.push(Alert {
-            name: "length_runaway",
-            message: format!(
+        return alert(
+            "length_runaway",
+            format!(
                 "completions grew from {l0:.1} to {l1:.1} tokens and {:.0}% hit the limit: rambling — add an overlong penalty or mask truncated completions",
                 100.0 * c1
             ),
-        });
-    } else if let Some((_, c1)) = clipped
-        && c1 > 0.3
-    {
-        out.push(Alert {
-            name: "truncation",
-            message: format!(
-                "{:.0}% of completions hit the token limit: their rewards are mostly noise — raise max_new_tokens or mask truncated completions",
-                100.0 * c1
-            ),
-        });
+        );
     }
-    if let Some((_, z1)) = get("frac_reward_zero_std")
-        && z1 > 0.8
-    {
-        out.push(Alert {
-            name: "no_learning_signal",
-            message: format!(
-                "{:.0}% of groups have equal rewards (zero advantage): little to learn from — the task is too easy or too hard for the model; use dynamic sampling or change the difficulty",
-                100.0 * z1
-            ),
-        });
-    }
-    if let Some((k0, k1)) = get("kl")
-        && (k1 > 1.0 || (k1 > 0.2 && k1 > 10.0 * k0.max(1e-3)))
-    {
-        out.push(Alert {
-            name: "kl_blowup",
-            message: format!(
-                "KL to the reference rose from {k0:.3} to {k1:.3}: the policy is drifting fast — lower the learning rate or raise beta"
-            ),
-        });
-    }
-    let clip = find(&|n| n == "clip_ratio/region_mean" || n == "clip_ratio").and_then(get);
-    if let Some((_, c1)) = clip
-        && c1 > 0.3
-    {
-        out.push(Alert {
-            name: "clip_blowup",
-            message: format!(
-                "{:.0}% of tokens are clipped: updates are too large for the trust region — lower the learning rate or num_iterations",
-                100.0 * c1
-            ),
-        });
-    }
-    out
+    (c1 > 0.3).then_some(())?;
+    alert(
+        "truncation",
+        format!(
+            "{:.0}% of completions hit the token limit: their rewards are mostly noise — raise max_new_tokens or mask truncated completions",
+            100.0 * c1
+        ),
+    )
+}
+
+fn no_learning_signal(r: &Run<'_>) -> Option<Alert> {
+    let (_, z1) = r.get("frac_reward_zero_std")?;
+    (z1 > 0.8).then_some(())?;
+    alert(
+        "no_learning_signal",
+        format!(
+            "{:.0}% of groups have equal rewards (zero advantage): little to learn from — the task is too easy or too hard for the model; use dynamic sampling or change the difficulty",
+            100.0 * z1
+        ),
+    )
+}
+
+fn kl_blowup(r: &Run<'_>) -> Option<Alert> {
+    let (k0, k1) = r.get("kl")?;
+    (k1 > 1.0 || (k1 > 0.2 && k1 > 10.0 * k0.max(1e-3))).then_some(())?;
+    alert(
+        "kl_blowup",
+        format!(
+            "KL to the reference rose from {k0:.3} to {k1:.3}: the policy is drifting fast — lower the learning rate or raise beta"
+        ),
+    )
+}
+
+fn clip_blowup(r: &Run<'_>) -> Option<Alert> {
+    let (_, c1) = r.get(r.find(|n| n == "clip_ratio/region_mean" || n == "clip_ratio")?)?;
+    (c1 > 0.3).then_some(())?;
+    alert(
+        "clip_blowup",
+        format!(
+            "{:.0}% of tokens are clipped: updates are too large for the trust region — lower the learning rate or num_iterations",
+            100.0 * c1
+        ),
+    )
 }
 
 /// Notes on what looks alarming but is not (shown beside the alerts).

@@ -27,10 +27,10 @@ pub fn load_run_counted(run: &RunDir) -> Result<(DataFrame, BadLines)> {
         load_jsonl(&run.metrics())?
     } else if run.metrics_csv().is_file() {
         let path = run.metrics_csv();
-        let df = LazyCsvReader::new(PlRefPath::new(path.to_string_lossy().as_ref()))
+        let df = CsvReadOptions::default()
             .with_has_header(true)
-            .finish()
-            .and_then(|lf| lf.collect())
+            .try_into_reader_with_file_path(Some(path.clone()))
+            .and_then(|r| r.finish())
             .map_err(|e| anyhow::anyhow!("{}: cannot read CSV: {e}", path.display()))?;
         (df, BadLines::default())
     } else if run.metrics().exists() {

@@ -1,6 +1,7 @@
-//! Small line charts as one standalone SVG document (`stageloop report --format svg`): axes
-//! with ticks, one polyline per series with an optional min–max band, dashed vertical marks and
-//! a legend; a linear or logarithmic x axis. Names are XML-escaped (they come from run folders).
+//! Small line charts as one standalone SVG document (`stageloop report --format svg`, and one
+//! per metric for `stageloop export --format svg`): axes with ticks, one polyline per series
+//! with an optional min–max band, dashed vertical marks and a legend; a linear or logarithmic x
+//! axis. Names are XML-escaped (they come from run folders).
 
 use std::fmt::Write;
 
@@ -62,45 +63,104 @@ pub fn render(charts: &[Chart], w: f64, h: f64) -> String {
     s
 }
 
-fn chart(s: &mut String, c: &Chart, x0: f64, w: f64, h: f64) {
-    let (left, right, top, bottom) = (x0 + 60.0, x0 + w - 20.0, 40.0, h - 50.0);
-    let xs = c
-        .series
-        .iter()
-        .flat_map(|se| {
+/// Where a chart's plot area is on the page and which data ranges it shows.
+struct Frame {
+    left: f64,
+    right: f64,
+    top: f64,
+    bottom: f64,
+    /// The x range in axis units (log10 of x on a log axis), and the y range.
+    x: (f64, f64),
+    y: (f64, f64),
+    log_x: bool,
+}
+
+impl Frame {
+    /// The plot area of a `w × h` panel starting at `x0`, over every point, band and mark of
+    /// `c` (a degenerate range widened; rates on 0..1 when they fit).
+    fn fit(c: &Chart, x0: f64, w: f64, h: f64) -> Frame {
+        let xs = c
+            .series
+            .iter()
+            .flat_map(|se| {
+                se.points
+                    .iter()
+                    .map(|p| p.0)
+                    .chain(se.band.iter().map(|b| b.0))
+            })
+            .chain(c.marks.iter().map(|m| m.0))
+            .filter(|x| x.is_finite() && (!c.log_x || *x > 0.0));
+        let ys = c.series.iter().flat_map(|se| {
             se.points
                 .iter()
-                .map(|p| p.0)
-                .chain(se.band.iter().map(|b| b.0))
-        })
-        .chain(c.marks.iter().map(|m| m.0))
-        .filter(|x| x.is_finite() && (!c.log_x || *x > 0.0));
-    let ys = c.series.iter().flat_map(|se| {
-        se.points
-            .iter()
-            .map(|p| p.1)
-            .chain(se.band.iter().flat_map(|b| [b.1, b.2]))
-    });
-    let tx = |x: f64| if c.log_x { x.log10() } else { x };
-    let (mut xmin, mut xmax) = minmax(xs.map(tx));
-    let (mut ymin, mut ymax) = minmax(ys.filter(|y| y.is_finite()));
-    if !xmin.is_finite() {
-        (xmin, xmax) = (0.0, 1.0);
+                .map(|p| p.1)
+                .chain(se.band.iter().flat_map(|b| [b.1, b.2]))
+        });
+        let (mut xmin, mut xmax) = minmax(xs.map(|x| if c.log_x { x.log10() } else { x }));
+        let (mut ymin, mut ymax) = minmax(ys.filter(|y| y.is_finite()));
+        if !xmin.is_finite() {
+            (xmin, xmax) = (0.0, 1.0);
+        }
+        if !ymin.is_finite() {
+            (ymin, ymax) = (0.0, 1.0);
+        }
+        if xmax - xmin < 1e-12 {
+            (xmin, xmax) = (xmin - 0.5, xmax + 0.5);
+        }
+        if ymin >= 0.0 && ymax <= 1.0 {
+            (ymin, ymax) = (ymin.min(0.0), 1.0);
+        } else if ymax - ymin < 1e-12 {
+            (ymin, ymax) = (ymin - 0.5, ymax + 0.5);
+        }
+        Frame {
+            left: x0 + 60.0,
+            right: x0 + w - 20.0,
+            top: 40.0,
+            bottom: h - 50.0,
+            x: (xmin, xmax),
+            y: (ymin, ymax),
+            log_x: c.log_x,
+        }
     }
-    if !ymin.is_finite() {
-        (ymin, ymax) = (0.0, 1.0);
+
+    /// Whether `x` can be drawn on this axis.
+    fn drawable(&self, x: f64) -> bool {
+        x.is_finite() && (!self.log_x || x > 0.0)
     }
-    if xmax - xmin < 1e-12 {
-        (xmin, xmax) = (xmin - 0.5, xmax + 0.5);
+
+    fn px(&self, x: f64) -> f64 {
+        let t = if self.log_x { x.log10() } else { x };
+        self.left + (t - self.x.0) / (self.x.1 - self.x.0) * (self.right - self.left)
     }
-    // Rates sit on 0..1 when they fit; other figures get a little air.
-    if ymin >= 0.0 && ymax <= 1.0 {
-        (ymin, ymax) = (ymin.min(0.0), 1.0);
-    } else if ymax - ymin < 1e-12 {
-        (ymin, ymax) = (ymin - 0.5, ymax + 0.5);
+
+    fn py(&self, y: f64) -> f64 {
+        self.bottom - (y - self.y.0) / (self.y.1 - self.y.0) * (self.bottom - self.top)
     }
-    let px = |x: f64| left + (tx(x) - xmin) / (xmax - xmin) * (right - left);
-    let py = |y: f64| bottom - (y - ymin) / (ymax - ymin) * (bottom - top);
+}
+
+fn chart(s: &mut String, c: &Chart, x0: f64, w: f64, h: f64) {
+    let f = Frame::fit(c, x0, w, h);
+    axes(s, c, &f, x0, h);
+    for (i, se) in c.series.iter().enumerate() {
+        series(s, &f, i, se);
+    }
+    for (x, label) in c.marks.iter().filter(|m| f.drawable(m.0)) {
+        let _ = writeln!(
+            s,
+            r##"<line x1="{0:.1}" x2="{0:.1}" y1="{1}" y2="{2}" stroke="#555" stroke-dasharray="4 3"/><text x="{3:.1}" y="{4}" text-anchor="end" fill="#555">{5}</text>"##,
+            f.px(*x),
+            f.top,
+            f.bottom,
+            f.px(*x) - 4.0,
+            f.bottom - 6.0,
+            escape(label)
+        );
+    }
+}
+
+/// The title, the plot area's border, ticks on both axes and the axis labels.
+fn axes(s: &mut String, c: &Chart, f: &Frame, x0: f64, h: f64) {
+    let (left, right, top, bottom) = (f.left, f.right, f.top, f.bottom);
     let _ = writeln!(
         s,
         r#"<text x="{}" y="20" text-anchor="middle" font-size="14">{}</text>"#,
@@ -115,21 +175,21 @@ fn chart(s: &mut String, c: &Chart, x0: f64, w: f64, h: f64) {
     );
     // Ticks: five on y; on x, powers of the log base or five even steps.
     for i in 0..=4 {
-        let y = ymin + (ymax - ymin) * i as f64 / 4.0;
+        let y = f.y.0 + (f.y.1 - f.y.0) * i as f64 / 4.0;
         let _ = writeln!(
             s,
             r##"<line x1="{left}" x2="{right}" y1="{0:.1}" y2="{0:.1}" stroke="#eee"/><text x="{1}" y="{2:.1}" text-anchor="end">{3}</text>"##,
-            py(y),
+            f.py(y),
             left - 6.0,
-            py(y) + 4.0,
+            f.py(y) + 4.0,
             num(y)
         );
     }
-    for x in x_ticks(xmin, xmax, c.log_x) {
+    for x in x_ticks(f.x.0, f.x.1, c.log_x) {
         let _ = writeln!(
             s,
             r##"<line x1="{0:.1}" x2="{0:.1}" y1="{bottom}" y2="{1}" stroke="#888"/><text x="{0:.1}" y="{2}" text-anchor="middle">{3}</text>"##,
-            px(x),
+            f.px(x),
             bottom + 5.0,
             bottom + 18.0,
             num(x)
@@ -149,41 +209,45 @@ fn chart(s: &mut String, c: &Chart, x0: f64, w: f64, h: f64) {
         (top + bottom) / 2.0,
         escape(&c.y_label)
     );
-    for (i, se) in c.series.iter().enumerate() {
-        let color = COLORS[i % COLORS.len()];
-        let ok = |x: f64| x.is_finite() && (!c.log_x || x > 0.0);
-        if !se.band.is_empty() {
-            let band: Vec<_> = se.band.iter().filter(|b| ok(b.0)).collect();
-            let pts: Vec<String> = band
-                .iter()
-                .map(|b| format!("{:.1},{:.1}", px(b.0), py(b.2)))
-                .chain(
-                    band.iter()
-                        .rev()
-                        .map(|b| format!("{:.1},{:.1}", px(b.0), py(b.1))),
-                )
-                .collect();
-            let _ = writeln!(
-                s,
-                r#"<polygon points="{}" fill="{color}" fill-opacity="0.15" stroke="none"/>"#,
-                pts.join(" ")
-            );
-        }
-        let pts: Vec<(f64, f64)> = se
-            .points
+}
+
+/// Series `i`: its band, its line with a dot per point (up to [`DOTS`] points), its legend
+/// entry.
+fn series(s: &mut String, f: &Frame, i: usize, se: &Series) {
+    let color = COLORS[i % COLORS.len()];
+    if !se.band.is_empty() {
+        let band: Vec<_> = se.band.iter().filter(|b| f.drawable(b.0)).collect();
+        let pts: Vec<String> = band
             .iter()
-            .filter(|p| ok(p.0) && p.1.is_finite())
-            .map(|p| (px(p.0), py(p.1)))
-            .collect();
-        let line: Vec<String> = pts
-            .iter()
-            .map(|p| format!("{:.1},{:.1}", p.0, p.1))
+            .map(|b| format!("{:.1},{:.1}", f.px(b.0), f.py(b.2)))
+            .chain(
+                band.iter()
+                    .rev()
+                    .map(|b| format!("{:.1},{:.1}", f.px(b.0), f.py(b.1))),
+            )
             .collect();
         let _ = writeln!(
             s,
-            r#"<polyline points="{}" fill="none" stroke="{color}" stroke-width="2"/>"#,
-            line.join(" ")
+            r#"<polygon points="{}" fill="{color}" fill-opacity="0.15" stroke="none"/>"#,
+            pts.join(" ")
         );
+    }
+    let pts: Vec<(f64, f64)> = se
+        .points
+        .iter()
+        .filter(|p| f.drawable(p.0) && p.1.is_finite())
+        .map(|p| (f.px(p.0), f.py(p.1)))
+        .collect();
+    let line: Vec<String> = pts
+        .iter()
+        .map(|p| format!("{:.1},{:.1}", p.0, p.1))
+        .collect();
+    let _ = writeln!(
+        s,
+        r#"<polyline points="{}" fill="none" stroke="{color}" stroke-width="2"/>"#,
+        line.join(" ")
+    );
+    if pts.len() <= DOTS {
         for p in &pts {
             let _ = writeln!(
                 s,
@@ -191,31 +255,21 @@ fn chart(s: &mut String, c: &Chart, x0: f64, w: f64, h: f64) {
                 p.0, p.1
             );
         }
-        let ly = top + 16.0 + 16.0 * i as f64;
-        let _ = writeln!(
-            s,
-            r#"<line x1="{0}" x2="{1}" y1="{ly}" y2="{ly}" stroke="{color}" stroke-width="2"/><text x="{2}" y="{3}">{4}</text>"#,
-            left + 8.0,
-            left + 28.0,
-            left + 32.0,
-            ly + 4.0,
-            escape(&se.name)
-        );
     }
-    for (x, label) in &c.marks {
-        if !(x.is_finite() && (!c.log_x || *x > 0.0)) {
-            continue;
-        }
-        let _ = writeln!(
-            s,
-            r##"<line x1="{0:.1}" x2="{0:.1}" y1="{top}" y2="{bottom}" stroke="#555" stroke-dasharray="4 3"/><text x="{1:.1}" y="{2}" text-anchor="end" fill="#555">{3}</text>"##,
-            px(*x),
-            px(*x) - 4.0,
-            bottom - 6.0,
-            escape(label)
-        );
-    }
+    let ly = f.top + 16.0 + 16.0 * i as f64;
+    let _ = writeln!(
+        s,
+        r#"<line x1="{0}" x2="{1}" y1="{ly}" y2="{ly}" stroke="{color}" stroke-width="2"/><text x="{2}" y="{3}">{4}</text>"#,
+        f.left + 8.0,
+        f.left + 28.0,
+        f.left + 32.0,
+        ly + 4.0,
+        escape(&se.name)
+    );
 }
+
+/// Series with more points than this are drawn as a line only (a metric's history).
+const DOTS: usize = 64;
 
 fn minmax(v: impl Iterator<Item = f64>) -> (f64, f64) {
     v.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| {

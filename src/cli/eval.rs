@@ -6,7 +6,31 @@ use crate::spec::{StageConfig, StageSpec};
 use crate::stages::common::Setup;
 use crate::stages::eval::evaluate;
 use anyhow::Context;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// `stageloop eval`'s arguments.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Run folder or checkpoint folder.
+    pub target: PathBuf,
+    /// Evaluate on another task (it must share the checkpoint's tokenizer).
+    #[arg(long)]
+    pub task: Option<String>,
+    /// Number of held-out prompts (default: all).
+    #[arg(long)]
+    pub n: Option<usize>,
+    /// Samples per prompt.
+    #[arg(long, default_value_t = 8)]
+    pub k: usize,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `stageloop eval`.
+pub fn main(a: Args) -> anyhow::Result<()> {
+    run(&a.target, a.task.as_deref(), a.n, a.k, a.json)
+}
 
 pub fn run(
     target: &Path,

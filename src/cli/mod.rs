@@ -53,26 +53,7 @@ pub enum Command {
         dir: PathBuf,
     },
     /// Run stages headless (all of them in order when no --stage is given).
-    Run {
-        /// Experiment folder or its experiment.toml.
-        exp: PathBuf,
-        /// Run only these stages (repeatable), in pipeline order.
-        #[arg(long = "stage", value_name = "NAME")]
-        stage: Vec<String>,
-        /// Override a value of the spec for this run, e.g. `stage.grpo.lr=1e-4`.
-        #[arg(long = "set", value_name = "KEY=VALUE")]
-        set: Vec<String>,
-        /// Override the experiment's seed.
-        #[arg(long, conflicts_with = "seeds")]
-        seed: Option<u64>,
-        /// Run the pipeline once per seed, in order (`--seeds 0,1,2`); a seed whose stages are
-        /// all done is skipped, an interrupted one resumes.
-        #[arg(long, value_delimiter = ',')]
-        seeds: Vec<u64>,
-        /// Start new runs even where an unfinished run of the stage could be resumed.
-        #[arg(long)]
-        fresh: bool,
-    },
+    Run(run::Args),
     /// Two eval runs problem by problem: what one solves and the other does not.
     Diff {
         /// An eval run folder.
@@ -105,51 +86,9 @@ pub enum Command {
         format: report::Format,
     },
     /// Complete a prompt with a checkpoint (a checkpoint folder, or a run folder's latest).
-    Sample {
-        /// Run folder, checkpoint folder, Hugging Face model folder or .gguf file.
-        target: PathBuf,
-        /// The prompt, e.g. `37+5+82=`.
-        #[arg(long)]
-        prompt: String,
-        /// Wrap the prompt in a pretrained model's chat template (as a user message).
-        #[arg(long)]
-        chat: bool,
-        /// How many completions.
-        #[arg(short, long, default_value_t = 1)]
-        n: usize,
-        /// Sampling temperature (0 = greedy).
-        #[arg(long, default_value_t = 0.6)]
-        temperature: f64,
-        /// Nucleus sampling mass.
-        #[arg(long, default_value_t = 0.95)]
-        top_p: f64,
-        /// New-token budget (0 = up to the context).
-        #[arg(long, default_value_t = 0)]
-        max_new_tokens: usize,
-        /// Sampling seed.
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// One JSON object per completion.
-        #[arg(long)]
-        json: bool,
-    },
+    Sample(sample::Args),
     /// Score a checkpoint on its task's held-out set (pass@1, greedy, pass@k, maj@k, format, length).
-    Eval {
-        /// Run folder or checkpoint folder.
-        target: PathBuf,
-        /// Evaluate on another task (it must share the checkpoint's tokenizer).
-        #[arg(long)]
-        task: Option<String>,
-        /// Number of held-out prompts (default: all).
-        #[arg(long)]
-        n: Option<usize>,
-        /// Samples per prompt.
-        #[arg(long, default_value_t = 8)]
-        k: usize,
-        /// Print one JSON object.
-        #[arg(long)]
-        json: bool,
-    },
+    Eval(eval::Args),
     /// Read {prompt, completion} JSON lines on stdin and print each one's reward components.
     Score {
         /// Task whose verifier scores `{prompt, completion}` lines.
@@ -253,53 +192,14 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
             template,
             dir,
         }) => new::run(&name, &template, &dir),
-        Some(Command::Run {
-            exp,
-            stage,
-            set,
-            seed,
-            seeds,
-            fresh,
-        }) => {
-            if seeds.is_empty() {
-                run::run(&exp, &stage, &set, seed, fresh)
-            } else {
-                run::run_seeds(&exp, &stage, &set, &seeds, fresh)
-            }
-        }
+        Some(Command::Run(a)) => run::main(a),
         Some(Command::Runs { exp, json }) => runs::run(&exp, json),
         Some(Command::Diff { a, b, json }) => diff::run(&a, &b, json),
         Some(Command::Report { exp, json, format }) => {
             report::run(&exp, if json { report::Format::Json } else { format })
         }
-        Some(Command::Sample {
-            target,
-            prompt,
-            chat,
-            n,
-            temperature,
-            top_p,
-            max_new_tokens,
-            seed,
-            json,
-        }) => sample::run(sample::Args {
-            target: &target,
-            prompt: &prompt,
-            n,
-            temperature,
-            top_p,
-            max_new_tokens,
-            seed,
-            json,
-            chat,
-        }),
-        Some(Command::Eval {
-            target,
-            task,
-            n,
-            k,
-            json,
-        }) => eval::run(&target, task.as_deref(), n, k, json),
+        Some(Command::Sample(a)) => sample::run(&a),
+        Some(Command::Eval(a)) => eval::main(a),
         Some(Command::Score {
             task,
             verifier,

@@ -6,10 +6,42 @@ use crate::spec;
 use crate::stages::{self, Outcome, Reporter, RunOptions};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::{IsTerminal, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
+
+/// `stageloop run`'s arguments.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Experiment folder or its experiment.toml.
+    pub exp: PathBuf,
+    /// Run only these stages (repeatable), in pipeline order.
+    #[arg(long = "stage", value_name = "NAME")]
+    pub stage: Vec<String>,
+    /// Override a value of the spec for this run, e.g. `stage.grpo.lr=1e-4`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Override the experiment's seed.
+    #[arg(long, conflicts_with = "seeds")]
+    pub seed: Option<u64>,
+    /// Run the pipeline once per seed, in order (`--seeds 0,1,2`); a seed whose stages are
+    /// all done is skipped, an interrupted one resumes.
+    #[arg(long, value_delimiter = ',')]
+    pub seeds: Vec<u64>,
+    /// Start new runs even where an unfinished run of the stage could be resumed.
+    #[arg(long)]
+    pub fresh: bool,
+}
+
+/// `stageloop run`: one pipeline, or one per seed with `--seeds`.
+pub fn main(a: Args) -> anyhow::Result<()> {
+    if a.seeds.is_empty() {
+        run(&a.exp, &a.stage, &a.set, a.seed, a.fresh)
+    } else {
+        run_seeds(&a.exp, &a.stage, &a.set, &a.seeds, a.fresh)
+    }
+}
 
 /// A flag SIGINT and SIGTERM set: the running stage finishes its step, checkpoints and stops.
 fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {

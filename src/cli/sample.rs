@@ -9,23 +9,41 @@ use crate::stages::common::Setup;
 use crate::untrusted::display;
 use anyhow::Context;
 use rand::SeedableRng;
-use std::path::Path;
+use std::path::PathBuf;
 
-pub struct Args<'a> {
-    pub target: &'a Path,
-    pub prompt: &'a str,
-    pub n: usize,
-    pub temperature: f64,
-    pub top_p: f64,
-    pub max_new_tokens: usize,
-    pub seed: u64,
-    pub json: bool,
-    /// Wrap the prompt in the model's chat template as a user message (pretrained models).
+/// `stageloop sample`'s arguments.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Run folder, checkpoint folder, Hugging Face model folder or .gguf file.
+    pub target: PathBuf,
+    /// The prompt, e.g. `37+5+82=`.
+    #[arg(long)]
+    pub prompt: String,
+    /// Wrap the prompt in a pretrained model's chat template (as a user message).
+    #[arg(long)]
     pub chat: bool,
+    /// How many completions.
+    #[arg(short, long, default_value_t = 1)]
+    pub n: usize,
+    /// Sampling temperature (0 = greedy).
+    #[arg(long, default_value_t = 0.6)]
+    pub temperature: f64,
+    /// Nucleus sampling mass.
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f64,
+    /// New-token budget (0 = up to the context).
+    #[arg(long, default_value_t = 0)]
+    pub max_new_tokens: usize,
+    /// Sampling seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// One JSON object per completion.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Refuse sampling settings that would panic, hang or allocate without bound.
-fn check_args(a: &Args<'_>) -> anyhow::Result<()> {
+fn check_args(a: &Args) -> anyhow::Result<()> {
     let max = crate::spec::validate::MAX_SAMPLES;
     anyhow::ensure!(
         (1..=max).contains(&a.n),
@@ -45,16 +63,16 @@ fn check_args(a: &Args<'_>) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn run(a: Args<'_>) -> anyhow::Result<()> {
-    check_args(&a)?;
-    if pretrained::is_pretrained(a.target) {
-        return run_pretrained(&a);
+pub fn run(a: &Args) -> anyhow::Result<()> {
+    check_args(a)?;
+    if pretrained::is_pretrained(&a.target) {
+        return run_pretrained(a);
     }
     anyhow::ensure!(
         !a.chat,
         "--chat needs a pretrained model (a Hugging Face folder or a .gguf file)"
     );
-    let dir = runfs::checkpoint::resolve(a.target).with_context(|| {
+    let dir = runfs::checkpoint::resolve(&a.target).with_context(|| {
         format!(
             "{}: not a checkpoint or a run folder with checkpoints",
             a.target.display()
@@ -63,7 +81,7 @@ pub fn run(a: Args<'_>) -> anyhow::Result<()> {
     let dev = device()?;
     let (model, _, _) = checkpoint::load_model(&dir, &dev)?;
     let setup = Setup::from_checkpoint(&dir, None)?;
-    let ids = setup.prompt_ids(a.prompt)?;
+    let ids = setup.prompt_ids(&a.prompt)?;
     anyhow::ensure!(
         ids.len() < setup.model_cfg.ctx,
         "the prompt is {} tokens with BOS; the model's context is {} (it needs room for at \
@@ -89,7 +107,7 @@ pub fn run(a: Args<'_>) -> anyhow::Result<()> {
     );
     for c in outs {
         let text = setup.tok.decode(&c.tokens);
-        let r = setup.task.rewards(a.prompt, &text);
+        let r = setup.task.rewards(&a.prompt, &text);
         if a.json {
             println!(
                 "{}",
@@ -102,7 +120,7 @@ pub fn run(a: Args<'_>) -> anyhow::Result<()> {
         } else {
             println!(
                 "{}{}   [accuracy {} format {}]",
-                display(a.prompt),
+                display(&a.prompt),
                 display(&text),
                 r.accuracy,
                 r.format
@@ -118,9 +136,9 @@ const PRETRAINED_NEW_TOKENS: usize = 256;
 /// `sample` on a Hugging Face folder or a GGUF file: the prompt as it is (with what the
 /// tokenizer adds, as transformers' `tokenizer(prompt)`) or, with `--chat`, as a user message
 /// in the model's chat template.
-fn run_pretrained(a: &Args<'_>) -> anyhow::Result<()> {
+fn run_pretrained(a: &Args) -> anyhow::Result<()> {
     let dev = device()?;
-    let p = pretrained::load(a.target, &dev)?;
+    let p = pretrained::load(&a.target, &dev)?;
     let ids = if a.chat {
         let text = p.tokenizer.chat(
             &[Message {
@@ -131,7 +149,7 @@ fn run_pretrained(a: &Args<'_>) -> anyhow::Result<()> {
         )?;
         p.tokenizer.encode(&text, false)?
     } else {
-        p.tokenizer.encode(a.prompt, true)?
+        p.tokenizer.encode(a.prompt.as_str(), true)?
     };
     anyhow::ensure!(!ids.is_empty(), "the prompt is empty after tokenizing");
     let new = if a.max_new_tokens == 0 {
@@ -174,7 +192,7 @@ fn run_pretrained(a: &Args<'_>) -> anyhow::Result<()> {
                 })
             );
         } else {
-            println!("{}{}", display(a.prompt), display(&text));
+            println!("{}{}", display(&a.prompt), display(&text));
         }
     }
     Ok(())

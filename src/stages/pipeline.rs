@@ -168,9 +168,8 @@ fn until_met(exp: &Experiment, l: &crate::spec::LoopSpec, a: usize, b: usize) ->
         .rev()
         .filter(|s| s.kind == StageKind::Eval)
         .find_map(|s| runfs::latest_run_of(&exp.runs_dir(), &s.name))
-        .and_then(|(run, _)| std::fs::read_to_string(run.eval_json()).ok())
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .and_then(|v| v.get(metric).and_then(|m| m.as_f64()))
+        .and_then(|(run, _)| runfs::records::EvalReport::load(&run.eval_json()).ok())
+        .and_then(|r| r.metric(metric))
         .is_some_and(|v| v >= threshold)
 }
 
@@ -255,6 +254,15 @@ fn unreadable_run_of(runs_dir: &Path, stage: &str) -> Option<(RunDir, String)> {
     None
 }
 
+/// A run folder opened for writing: its status, the checkpoint it resumes from, and the lock
+/// that keeps other writers out until it is dropped.
+struct Opened {
+    run: RunDir,
+    status: RunStatus,
+    resume: Option<PathBuf>,
+    _lock: runfs::lock::RunLock,
+}
+
 fn run_one(
     exp: &Experiment,
     opts: &RunOptions,
@@ -265,106 +273,21 @@ fn run_one(
     let spec_stage = &exp.spec.stage[step.stage];
     let cfg = exp.resolved(&spec_stage.name).expect("stage exists");
     let init = init_checkpoint(exp, &cfg, step)?;
-
-    // Resume the latest run of this stage when it was interrupted and has a checkpoint.
-    let resumable = if opts.fresh {
-        None
-    } else {
-        if let Some((run, problem)) = unreadable_run_of(&exp.runs_dir(), &cfg.name) {
-            bail!(
-                "{problem}\n  the latest run of stage `{}` ({}) cannot be resumed while its \
-                 run.json is unreadable; fix or delete that file to resume from the run's newest \
-                 checkpoint, or pass --fresh to start a new run beside it",
-                cfg.name,
-                run.path.display()
-            );
-        }
-        let seed = opts.seed.unwrap_or(exp.spec.seed);
-        runfs::runs_with_status(&exp.runs_dir())
-            .into_iter()
-            .rev()
-            .filter_map(|(r, s)| s.map(|s| (r, s)))
-            .find(|(_, s)| s.stage == cfg.name && same_seed(s, seed))
-            .filter(|(run, s)| {
-                matches!(
-                    s.effective_status(),
-                    Status::Stopped | Status::Failed | Status::Crashed
-                ) && s.iteration == step.iteration
-                    && checkpoint::latest(&run.path).is_some()
-            })
-    };
+    let seed = opts.seed.unwrap_or(exp.spec.seed);
     // One writer per run folder: the lock is taken before anything is written (a second resume
     // of the same run stops there) and held until this function returns or the process dies.
-    let (run, status, resume, _lock) = match resumable {
-        Some((run, mut s)) => {
-            let lock = runfs::lock::RunLock::acquire(&run.path)?;
-            if let Some(problem) = checkpoint::latest_problem(&run.path) {
-                reporter.message(&format!(
-                    "{problem}: resuming from the newest complete checkpoint instead \
-                     (--fresh starts over)"
-                ));
-            }
-            let removed = checkpoint::remove_abandoned(&run.path);
-            if removed > 0 {
-                reporter.message(&format!(
-                    "removed {removed} half-written checkpoint folder(s) of a killed writer"
-                ));
-            }
-            let ck = checkpoint::latest(&run.path);
-            let from = ck
-                .as_ref()
-                .and_then(|c| crate::model::checkpoint::read_state(c).ok())
-                .map_or(0, |st| st.step);
-            s.resumed_at.push(runfs::status::Resumed {
-                step: from,
-                time: now(),
-            });
-            s.status = Status::Running;
-            s.device = Some(crate::model::device_name());
-            s.pid = Some(std::process::id());
-            s.ended = None;
-            s.error = None;
-            reporter.message(&format!(
-                "resuming {} from {}",
-                run.id(),
-                ck.as_ref()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_default()
-            ));
-            (run, s, ck, lock)
-        }
-        None => {
-            let run = runfs::create_run_dir(&exp.runs_dir(), &cfg.name).with_context(|| {
-                format!("cannot create a run folder in {}", exp.runs_dir().display())
-            })?;
-            let lock = runfs::lock::RunLock::acquire(&run.path)?;
-            let s = RunStatus {
-                id: run.id(),
-                experiment: exp.name.clone(),
-                stage: cfg.name.clone(),
-                kind: cfg.kind.to_string(),
-                status: Status::Running,
-                pid: Some(std::process::id()),
-                started: Some(now()),
-                ended: None,
-                progress: runfs::Progress {
-                    step: 0,
-                    total: cfg.steps,
-                },
-                config: cfg.to_json(),
-                init: init.as_ref().map(|p| p.display().to_string()),
-                iteration: step.iteration,
-                error: None,
-                resumed_at: Vec::new(),
-                device: Some(crate::model::device_name()),
-                seed: Some(opts.seed.unwrap_or(exp.spec.seed)),
-            };
-            (run, s, None, lock)
-        }
+    let opened = match resumable_run(exp, opts, &cfg, step)? {
+        Some((run, s)) => reopen(run, s, reporter)?,
+        None => create(exp, &cfg, step, seed, init.as_deref())?,
     };
+    let Opened {
+        run,
+        status,
+        resume,
+        _lock,
+    } = opened;
     status.save(&run.path)?;
     reporter.started(&status, &run.path);
-    let seed = opts.seed.unwrap_or(exp.spec.seed);
     let mut ctx = StageCtx::new(
         exp,
         cfg,
@@ -377,6 +300,131 @@ fn run_one(
         reporter,
     );
     let result = super::run_stage(&mut ctx);
+    finish(&mut ctx, &run, result)
+}
+
+/// The latest run of this stage (and seed, and loop iteration) when it was interrupted and has
+/// a checkpoint to resume from; `None` with `--fresh`.
+fn resumable_run(
+    exp: &Experiment,
+    opts: &RunOptions,
+    cfg: &StageConfig,
+    step: &Step,
+) -> Result<Option<(RunDir, RunStatus)>> {
+    if opts.fresh {
+        return Ok(None);
+    }
+    if let Some((run, problem)) = unreadable_run_of(&exp.runs_dir(), &cfg.name) {
+        bail!(
+            "{problem}\n  the latest run of stage `{}` ({}) cannot be resumed while its \
+             run.json is unreadable; fix or delete that file to resume from the run's newest \
+             checkpoint, or pass --fresh to start a new run beside it",
+            cfg.name,
+            run.path.display()
+        );
+    }
+    let seed = opts.seed.unwrap_or(exp.spec.seed);
+    Ok(runfs::runs_with_status(&exp.runs_dir())
+        .into_iter()
+        .rev()
+        .filter_map(|(r, s)| s.map(|s| (r, s)))
+        .find(|(_, s)| s.stage == cfg.name && same_seed(s, seed))
+        .filter(|(run, s)| {
+            matches!(
+                s.effective_status(),
+                Status::Stopped | Status::Failed | Status::Crashed
+            ) && s.iteration == step.iteration
+                && checkpoint::latest(&run.path).is_some()
+        }))
+}
+
+/// Take over an interrupted run: lock it, drop half-written checkpoints, and mark it running
+/// again from its newest complete checkpoint.
+fn reopen(run: RunDir, mut s: RunStatus, reporter: &mut dyn Reporter) -> Result<Opened> {
+    let lock = runfs::lock::RunLock::acquire(&run.path)?;
+    if let Some(problem) = checkpoint::latest_problem(&run.path) {
+        reporter.message(&format!(
+            "{problem}: resuming from the newest complete checkpoint instead \
+             (--fresh starts over)"
+        ));
+    }
+    let removed = checkpoint::remove_abandoned(&run.path);
+    if removed > 0 {
+        reporter.message(&format!(
+            "removed {removed} half-written checkpoint folder(s) of a killed writer"
+        ));
+    }
+    let ck = checkpoint::latest(&run.path);
+    let from = ck
+        .as_ref()
+        .and_then(|c| crate::model::checkpoint::read_state(c).ok())
+        .map_or(0, |st| st.step);
+    s.resumed_at.push(runfs::status::Resumed {
+        step: from,
+        time: now(),
+    });
+    s.status = Status::Running;
+    s.device = Some(crate::model::device_name());
+    s.pid = Some(std::process::id());
+    s.ended = None;
+    s.error = None;
+    reporter.message(&format!(
+        "resuming {} from {}",
+        run.id(),
+        ck.as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
+    ));
+    Ok(Opened {
+        run,
+        status: s,
+        resume: ck,
+        _lock: lock,
+    })
+}
+
+/// A fresh run folder for the stage, locked, with its first status.
+fn create(
+    exp: &Experiment,
+    cfg: &StageConfig,
+    step: &Step,
+    seed: u64,
+    init: Option<&Path>,
+) -> Result<Opened> {
+    let run = runfs::create_run_dir(&exp.runs_dir(), &cfg.name)
+        .with_context(|| format!("cannot create a run folder in {}", exp.runs_dir().display()))?;
+    let lock = runfs::lock::RunLock::acquire(&run.path)?;
+    let status = RunStatus {
+        id: run.id(),
+        experiment: exp.name.clone(),
+        stage: cfg.name.clone(),
+        kind: cfg.kind.to_string(),
+        status: Status::Running,
+        pid: Some(std::process::id()),
+        started: Some(now()),
+        ended: None,
+        progress: runfs::Progress {
+            step: 0,
+            total: cfg.steps,
+        },
+        config: cfg.to_json(),
+        init: init.map(|p| p.display().to_string()),
+        iteration: step.iteration,
+        error: None,
+        resumed_at: Vec::new(),
+        device: Some(crate::model::device_name()),
+        seed: Some(seed),
+    };
+    Ok(Opened {
+        run,
+        status,
+        resume: None,
+        _lock: lock,
+    })
+}
+
+/// Record how the stage ended in `run.json` and tell the reporter.
+fn finish(ctx: &mut StageCtx<'_>, run: &RunDir, result: Result<Outcome>) -> Result<Outcome> {
     let mut status = ctx.status.clone();
     status.ended = Some(now());
     let outcome = match &result {

@@ -28,59 +28,68 @@ pub fn draw(
         Layout::vertical([Constraint::Percentage(55), Constraint::Percentage(45)]).areas(area);
     let [left, right] =
         Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(top);
-    let mut info = Vec::new();
-    match &run.status {
-        Some(s) => {
-            let st = s.effective_status().to_string();
-            info.push(Line::from(vec![
-                Span::raw(format!("{} · {} · ", s.stage, s.kind)),
-                Span::styled(st.clone(), Style::default().fg(status_color(&st))),
-            ]));
-            info.push(Line::from(format!(
-                "progress {}/{}{}",
-                s.progress.step,
-                s.progress.total,
-                s.device
-                    .as_deref()
-                    .map(|d| format!(" · device {d}"))
-                    .unwrap_or_default()
-            )));
-            if let Some(init) = &s.init {
-                info.push(Line::from(format!("init {init}")));
-            }
-            for a in &run.alerts {
-                info.push(Line::styled(
-                    format!("⚑ {}: {}", a.name, a.message),
-                    Style::default().fg(Color::Red),
-                ));
-            }
-            for n in &run.health_notes {
-                info.push(Line::styled(
-                    format!("· {n}"),
-                    Style::default().fg(Color::DarkGray),
-                ));
-            }
-            if let Some(e) = &s.error {
-                info.push(Line::styled(
-                    format!("error: {}", e.message),
-                    Style::default().fg(Color::Red),
-                ));
-            }
-            if let serde_json::Value::Object(cfg) = &s.config {
-                for (k, v) in cfg {
-                    info.push(Line::from(Span::styled(
-                        format!("  {k} = {v}"),
-                        Style::default().fg(Color::DarkGray),
-                    )));
-                }
-            }
-        }
-        None => info.push(Line::from(
+    let mut info = status_lines(run);
+    info.extend(note_lines(run, ex));
+    f.render_widget(
+        Paragraph::new(info)
+            .wrap(Wrap { trim: true })
+            .block(block(&run.id, focused)),
+        left,
+    );
+    last_values(f, right, run);
+    eval_table(f, bottom, ex);
+}
+
+/// The run's stage, status, progress, alerts, error and config (from `run.json`).
+fn status_lines(run: &RunView) -> Vec<Line<'static>> {
+    let Some(s) = &run.status else {
+        return vec![Line::from(
             run.status_error
                 .clone()
                 .unwrap_or_else(|| "no run.json (external run)".into()),
+        )];
+    };
+    let st = s.effective_status().to_string();
+    let mut info = vec![
+        Line::from(vec![
+            Span::raw(format!("{} · {} · ", s.stage, s.kind)),
+            Span::styled(st.clone(), Style::default().fg(status_color(&st))),
+        ]),
+        Line::from(format!(
+            "progress {}/{}{}",
+            s.progress.step,
+            s.progress.total,
+            s.device
+                .as_deref()
+                .map(|d| format!(" · device {d}"))
+                .unwrap_or_default()
         )),
+    ];
+    if let Some(init) = &s.init {
+        info.push(Line::from(format!("init {init}")));
     }
+    let red = Style::default().fg(Color::Red);
+    let grey = Style::default().fg(Color::DarkGray);
+    for a in &run.alerts {
+        info.push(Line::styled(format!("⚑ {}: {}", a.name, a.message), red));
+    }
+    for n in &run.health_notes {
+        info.push(Line::styled(format!("· {n}"), grey));
+    }
+    if let Some(e) = &s.error {
+        info.push(Line::styled(format!("error: {}", e.message), red));
+    }
+    if let serde_json::Value::Object(cfg) = &s.config {
+        for (k, v) in cfg {
+            info.push(Line::from(Span::styled(format!("  {k} = {v}"), grey)));
+        }
+    }
+    info
+}
+
+/// The run's and the experiment's notes, and a warning about unreadable metric lines.
+fn note_lines(run: &RunView, ex: Option<&ExperimentView>) -> Vec<Line<'static>> {
+    let mut info = Vec::new();
     let notes = [
         ("run notes", run.notes.as_deref()),
         ("experiment notes", ex.and_then(|e| e.notes.as_deref())),
@@ -107,13 +116,11 @@ pub fn draw(
             Style::default().fg(Color::Yellow),
         ));
     }
-    f.render_widget(
-        Paragraph::new(info)
-            .wrap(Wrap { trim: true })
-            .block(block(&run.id, focused)),
-        left,
-    );
+    info
+}
 
+/// The last value of each metric, as many as fit.
+fn last_values(f: &mut Frame<'_>, area: Rect, run: &RunView) {
     let mut last: Vec<Row> = run
         .series
         .names()
@@ -123,57 +130,49 @@ pub fn draw(
                 .map(|v| Row::new(vec![k.clone(), format!("{v:.4}")]))
         })
         .collect();
-    last.truncate(right.height.saturating_sub(2) as usize);
+    last.truncate(area.height.saturating_sub(2) as usize);
     f.render_widget(
         Table::new(
             last,
             [Constraint::Percentage(65), Constraint::Percentage(35)],
         )
         .block(block("last values", false)),
-        right,
+        area,
     );
+}
 
-    let mut rows = Vec::new();
-    if let Some(ex) = ex {
-        for r in &ex.runs {
-            if let Some(e) = &r.eval {
-                let g = |k: &str| {
-                    e.get(k)
-                        .and_then(|v| v.as_f64())
-                        .map(|v| format!("{v:.3}"))
-                        .unwrap_or_default()
-                };
-                rows.push(Row::new(vec![
-                    r.stage().to_string(),
-                    g("pass@1"),
-                    g("greedy"),
-                    g("pass@k"),
-                    g("maj@k"),
-                    g("format_rate"),
-                    g("mean_length"),
-                ]));
-            }
-        }
-    }
+/// The eval metrics of each eval run of the experiment.
+fn eval_table(f: &mut Frame<'_>, area: Rect, ex: Option<&ExperimentView>) {
+    const COLUMNS: [&str; 6] = [
+        "pass@1",
+        "greedy",
+        "pass@k",
+        "maj@k",
+        "format_rate",
+        "mean_length",
+    ];
+    let rows: Vec<Row> = ex
+        .into_iter()
+        .flat_map(|ex| &ex.runs)
+        .filter_map(|r| {
+            let e = r.eval.as_ref()?;
+            let cells = COLUMNS
+                .iter()
+                .map(|k| e.metric(k).map(|v| format!("{v:.3}")).unwrap_or_default());
+            Some(Row::new(
+                std::iter::once(r.stage().to_string()).chain(cells),
+            ))
+        })
+        .collect();
     let header = Row::new(vec![
         "eval", "pass@1", "greedy", "pass@k", "maj@k", "format", "length",
     ])
     .style(Style::default().add_modifier(Modifier::BOLD));
+    let widths = std::iter::once(Constraint::Length(14)).chain([Constraint::Length(8); 6]);
     f.render_widget(
-        Table::new(
-            rows,
-            [
-                Constraint::Length(14),
-                Constraint::Length(8),
-                Constraint::Length(8),
-                Constraint::Length(8),
-                Constraint::Length(8),
-                Constraint::Length(8),
-                Constraint::Length(8),
-            ],
-        )
-        .header(header)
-        .block(block("evals", false)),
-        bottom,
+        Table::new(rows, widths)
+            .header(header)
+            .block(block("evals", false)),
+        area,
     );
 }
