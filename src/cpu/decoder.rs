@@ -8,10 +8,11 @@
 //! log-probabilities and greedy tokens against the burn path.
 
 use super::arena::{Floats, Spares};
-use super::math::{RopeSpec, exp, rope_table, rotate};
+use super::math::{exp, rope_table, rotate};
 use super::packed::{Order, Packed, Threads};
 use super::pair::Pair;
 use super::rows::{rms_block, swiglu_block};
+use super::shape::Shape;
 use super::simd::{as_uninit, avx2_dispatch};
 
 /// Weights of one block.
@@ -52,15 +53,11 @@ pub struct Engine {
     sin: Vec<f32>,
 }
 
-/// What [`Engine::new`] needs besides the matrices: the shape, every norm's gain and epsilon,
+/// What [`Engine::new`] needs besides the matrices: the architecture, every norm's gain and epsilon,
 /// the embedding, and the `[k, n]` shape and value order of each matrix in order (per block
 /// `qkv`, `out`, `gate_up`, `down`; then the head).
 pub struct Weights {
-    pub d_model: usize,
-    pub heads: usize,
-    pub kv_heads: usize,
-    pub head_dim: usize,
-    pub rope: RopeSpec,
+    pub shape: Shape,
     /// `[vocab, d]`.
     pub embed: Values,
     /// Per block, the attention's and the MLP's norm.
@@ -413,9 +410,15 @@ impl Engine {
         ctx: usize,
         matrix: impl Fn(usize) -> V + Sync,
     ) -> Engine {
-        let d = w.d_model;
-        let hd = w.head_dim;
-        let (cos, sin) = rope_table(0, ctx, hd, w.rope);
+        let s = w.shape;
+        let (d, hd) = (s.d_model, s.head_dim);
+        let (cos, sin) = rope_table(0, ctx, hd, s.rope);
+        assert!(
+            w.extras.iter().all(|e| e.qkv_bias.is_some() == s.qkv_bias
+                && e.q_norm.is_some() == s.qk_norm
+                && e.k_norm.is_some() == s.qk_norm),
+            "every block's biases and q/k norms are as the shape says"
+        );
         let mut packed = Packed::new_all(&w.matrices, matrix).into_iter();
         let mut next = || packed.next().expect("every matrix packed");
         let mut extras = w.extras.into_iter();
@@ -438,8 +441,8 @@ impl Engine {
         let mlp = layers.first().map_or(0, |l| l.down.rows());
         Engine {
             d,
-            heads: w.heads,
-            kv_heads: w.kv_heads,
+            heads: s.heads,
+            kv_heads: s.kv_heads,
             head_dim: hd,
             mlp,
             vocab: (*w.embed).as_ref().len() / d,
@@ -659,6 +662,11 @@ impl Engine {
 
     /// [`Self::forward`] over one group of rows into `logits`, on this thread (its products on
     /// `threads`).
+    ///
+    /// A kernel, kept as one function on purpose: the layer loop reads top to bottom as the
+    /// model's block (norm, QKV, attention, output, norm, gate/up, SwiGLU, down) over buffers
+    /// allocated once before it, and the split of the per-token work between the pair's threads
+    /// is visible in one place.
     fn forward_rows(
         &self,
         jobs: &mut [(RowCache<'_>, &[u32])],

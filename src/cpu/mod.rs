@@ -13,5 +13,6 @@ pub mod math;
 pub mod packed;
 pub mod pair;
 pub mod rows;
+pub mod shape;
 pub(crate) mod simd;
 pub mod transpose;

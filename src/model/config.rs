@@ -3,6 +3,7 @@
 
 pub use crate::cpu::math::RopeScaling;
 use crate::cpu::math::RopeSpec;
+use crate::cpu::shape::Shape;
 use crate::spec::ModelSpec;
 use serde::{Deserialize, Serialize};
 
@@ -162,6 +163,24 @@ impl ModelConfig {
     }
     pub fn kv_dim(&self) -> usize {
         self.kv_heads() * self.head_dim()
+    }
+
+    /// The architecture as both the burn model and the CPU decoder read it.
+    pub fn shape(&self) -> Shape {
+        Shape {
+            d_model: self.d_model,
+            heads: self.heads,
+            kv_heads: self.kv_heads(),
+            head_dim: self.head_dim(),
+            mlp: self.mlp,
+            vocab: self.vocab,
+            layers: self.layers,
+            rope: self.rope(),
+            norm_eps: self.arch.norm_eps,
+            qkv_bias: self.arch.qkv_bias,
+            qk_norm: self.arch.qk_norm,
+            tied: self.arch.tied,
+        }
     }
 
     pub fn rope(&self) -> RopeSpec {

@@ -85,11 +85,7 @@ impl Gpt {
             tensors.push(w.head);
         }
         let spec = Weights {
-            d_model: w.d_model,
-            heads: w.heads,
-            kv_heads: w.kv_heads,
-            head_dim: w.head_dim,
-            rope: w.rope,
+            shape: w.shape,
             embed: Box::new(F32s::of(embed)),
             norms,
             extras,

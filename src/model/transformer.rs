@@ -5,6 +5,7 @@
 use super::config::ModelConfig;
 use super::fused;
 use crate::cpu::math::{RopeSpec, rope_table};
+use crate::cpu::shape::Shape;
 use crate::spec::LORA_TARGETS;
 use burn::module::{Lora, Module, ModuleMapper, Param, ParamGroup, ParamId};
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig};
@@ -41,10 +42,9 @@ pub struct Gpt {
     norm: RmsNorm,
     /// `None` when tied to the embedding.
     head: Option<Linear>,
-    heads: usize,
-    rope_theta: f64,
+    /// The architecture the blocks were built with.
     #[module(skip)]
-    rope: RopeSpec,
+    shape: Shape,
 }
 
 /// Keys and values of every layer for the positions seen so far, `[batch, kv_heads, t,
@@ -204,22 +204,22 @@ impl Block {
         }
     }
 
-    fn new(cfg: &ModelConfig, device: &Device) -> Self {
-        let (d, eps, hd) = (cfg.d_model, cfg.arch.norm_eps, cfg.head_dim());
-        let qk_norm = || cfg.arch.qk_norm.then(|| rms(hd, eps, device));
+    fn new(s: &Shape, device: &Device) -> Self {
+        let (d, eps, hd) = (s.d_model, s.norm_eps, s.head_dim);
+        let qk_norm = || s.qk_norm.then(|| rms(hd, eps, device));
         Block {
             attn_norm: rms(d, eps, device),
-            qkv: linear(d, cfg.q_dim() + 2 * cfg.kv_dim(), cfg.arch.qkv_bias, device),
+            qkv: linear(d, s.qkv_width(), s.qkv_bias, device),
             q_norm: qk_norm(),
             k_norm: qk_norm(),
-            out: linear(cfg.q_dim(), d, false, device),
+            out: linear(s.q_dim(), d, false, device),
             mlp_norm: rms(d, eps, device),
-            gate_up: linear(d, 2 * cfg.mlp, false, device),
-            down: linear(cfg.mlp, d, false, device),
-            heads: cfg.heads,
-            kv_heads: cfg.kv_heads(),
+            gate_up: linear(d, 2 * s.mlp, false, device),
+            down: linear(s.mlp, d, false, device),
+            heads: s.heads,
+            kv_heads: s.kv_heads,
             head_dim: hd,
-            mlp: cfg.mlp,
+            mlp: s.mlp,
         }
     }
 
@@ -342,14 +342,13 @@ impl ModuleMapper for StableIds {
 
 impl Gpt {
     pub fn new(cfg: &ModelConfig, device: &Device) -> Self {
+        let s = cfg.shape();
         let model = Gpt {
-            embed: EmbeddingConfig::new(cfg.vocab, cfg.d_model).init(device),
-            blocks: (0..cfg.layers).map(|_| Block::new(cfg, device)).collect(),
-            norm: rms(cfg.d_model, cfg.arch.norm_eps, device),
-            head: (!cfg.arch.tied).then(|| linear(cfg.d_model, cfg.vocab, false, device)),
-            heads: cfg.heads,
-            rope_theta: cfg.rope_theta,
-            rope: cfg.rope(),
+            embed: EmbeddingConfig::new(s.vocab, s.d_model).init(device),
+            blocks: (0..s.layers).map(|_| Block::new(&s, device)).collect(),
+            norm: rms(s.d_model, s.norm_eps, device),
+            head: (!s.tied).then(|| linear(s.d_model, s.vocab, false, device)),
+            shape: s,
         };
         model.map(&mut StableIds(0))
     }
@@ -415,10 +414,6 @@ impl Gpt {
         Gpt::from_weights(cfg, w, &device)
     }
 
-    fn head_dim(&self) -> usize {
-        self.blocks.first().map_or(0, |b| b.head_dim)
-    }
-
     /// Logits from the last hidden states: the head, or the embedding transposed when tied.
     fn logits(&self, x: Tensor<3>) -> Tensor<3> {
         let x = norm(&self.norm, x);
@@ -436,10 +431,10 @@ impl Gpt {
         let mut x = self.embed.forward(tokens);
         if fused::available(&device) {
             for block in &self.blocks {
-                x = block.forward_fused(x, self.rope);
+                x = block.forward_fused(x, self.shape.rope);
             }
         } else {
-            let cs = rope_tables(0, t, self.head_dim(), self.rope, &device);
+            let cs = rope_tables(0, t, self.shape.head_dim, self.shape.rope, &device);
             for block in &self.blocks {
                 x = block.forward(x, &cs, None, None);
             }
@@ -461,7 +456,7 @@ impl Gpt {
         let start = cache.len;
         let total = start + t;
         let mut x = self.embed.forward(tokens);
-        let cs = rope_tables(start, t, self.head_dim(), self.rope, &device);
+        let cs = rope_tables(start, t, self.shape.head_dim, self.shape.rope, &device);
         // Always an explicit mask here: causal by absolute position, plus padding.
         let mut m = Vec::with_capacity(b * t * total);
         for row in 0..b {
@@ -480,7 +475,7 @@ impl Gpt {
         let mask = Some(
             Tensor::<3, Bool>::from_data(TensorData::new(m, [b, t, total]), &device)
                 .unsqueeze_dim::<4>(1)
-                .expand([b, self.heads, t, total]),
+                .expand([b, self.shape.heads, t, total]),
         );
         let layers = cache.layers.iter_mut();
         for (block, slot) in self.blocks.iter().zip(layers) {
@@ -498,11 +493,7 @@ impl Gpt {
     pub fn weights(&self) -> Weights {
         let norm = |n: &RmsNorm| (n.gamma.val(), n.epsilon);
         Weights {
-            d_model: self.embed.weight.dims()[1],
-            heads: self.heads,
-            kv_heads: self.blocks.first().map_or(self.heads, |b| b.kv_heads),
-            head_dim: self.head_dim(),
-            rope: self.rope,
+            shape: self.shape,
             embed: self.embed.weight.val(),
             blocks: self
                 .blocks
@@ -607,11 +598,7 @@ impl Weights {
 
 /// The weights of a whole model (see [`Gpt::weights`]).
 pub struct Weights {
-    pub d_model: usize,
-    pub heads: usize,
-    pub kv_heads: usize,
-    pub head_dim: usize,
-    pub rope: RopeSpec,
+    pub shape: Shape,
     pub embed: Tensor<2>,
     pub blocks: Vec<BlockWeights>,
     pub norm: NormWeights,
