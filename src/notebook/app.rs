@@ -64,6 +64,9 @@ pub enum Dialog {
         stage: Option<String>,
         commands: Vec<String>,
     },
+    /// Something the user must read (a spec that does not load when a stage is started); any
+    /// key closes it.
+    Message { title: String, text: String },
 }
 
 /// Side effects for the event loop to carry out.
@@ -116,6 +119,8 @@ pub struct App {
     pub show_help: bool,
     /// The open dialog, which takes every key.
     pub dialog: Option<Dialog>,
+    /// Lines the open dialog's text is scrolled by (↓ / ↑).
+    pub dialog_scroll: u16,
     pub input: Option<Input>,
     pub input_buf: String,
     pub runs: Runs,
@@ -150,6 +155,7 @@ impl App {
             maximized: false,
             show_help: false,
             dialog: None,
+            dialog_scroll: 0,
             input: None,
             input_buf: String::new(),
             runs: Runs::default(),
@@ -394,6 +400,13 @@ impl App {
 
     /// Carry out one keymap action.
     pub fn on_action(&mut self, action: Action) -> Vec<Effect> {
+        if self.dialog.is_some() && matches!(action, Action::Down | Action::Up) {
+            self.dialog_scroll = match action {
+                Action::Down => self.dialog_scroll.saturating_add(1),
+                _ => self.dialog_scroll.saturating_sub(1),
+            };
+            return Vec::new();
+        }
         match action {
             Action::Quit => match self.dialog.take() {
                 // `q q` quits; `q` closes any other dialog.
@@ -535,6 +548,7 @@ impl App {
     /// The quit dialog's and the text input's actions.
     fn on_modal(&mut self, action: Action) -> Vec<Effect> {
         if let Some(dialog) = self.dialog.take() {
+            self.dialog_scroll = 0;
             if action != Action::Confirm {
                 return Vec::new();
             }
@@ -551,6 +565,7 @@ impl App {
                     });
                     vec![Effect::Spawn { exp, stage }]
                 }
+                Dialog::Message { .. } => Vec::new(),
             };
         }
         let Some(input) = self.input else {
@@ -704,6 +719,13 @@ impl App {
     /// Start `stage` (`None`: the pipeline) of the selected experiment — or, when that runs
     /// reward programs from the spec, show their commands and ask first.
     fn spawn_or_ask(&mut self, exp: PathBuf, stage: Option<String>, msg: String) -> Vec<Effect> {
+        if let Some(Err(problem)) = self.selected_experiment().map(|ex| &ex.spec) {
+            self.dialog = Some(Dialog::Message {
+                title: "the spec does not load".into(),
+                text: problem.clone(),
+            });
+            return Vec::new();
+        }
         let commands = self
             .selected_experiment()
             .map(|ex| programs_of(ex, stage.as_deref()))

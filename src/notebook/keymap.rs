@@ -446,6 +446,8 @@ pub const KEYMAP: &[Binding] = &[
         "yes",
         "yes: quit, or start the stage again",
     ),
+    b(Down, Dialog, A::Down, "↓", "scroll the dialog's text"),
+    b(Up, Dialog, A::Up, "", "scroll the dialog's text back"),
     b(
         Char('q'),
         Dialog,

@@ -81,30 +81,40 @@ fn draw_panes(f: &mut Frame<'_>, app: &App) {
     if app.show_help {
         panes::help::draw(f, body);
     }
+    let scroll = app.dialog_scroll;
     match &app.dialog {
         Some(Dialog::Quit) => dialog(
             f,
             area,
             "stages are running",
-            "They keep running after the notebook quits; the next notebook picks them up.\nQuit? (y / any other key cancels)",
+            "They keep running after the notebook quits; the next notebook picks them up.",
+            "Quit? (y / any other key cancels)",
+            scroll,
         ),
         Some(Dialog::StartRunning { stage, pid, .. }) => dialog(
             f,
             area,
             "stage already running",
             &format!(
-                "{stage} is running (pid {pid}); starting it again starts a second run beside it.\nStart? (y / any other key cancels)"
+                "{stage} is running (pid {pid}); starting it again starts a second run beside it."
             ),
+            "Start? (y / any other key cancels)",
+            scroll,
         ),
         Some(Dialog::RunsPrograms { commands, .. }) => dialog(
             f,
             area,
-            "this runs programs from the spec",
+            &format!("this runs {} program(s) from the spec", commands.len()),
             &format!(
-                "The spec's reward programs will run on this machine, in the experiment folder:\n{}\nRun them? (y / any other key cancels)",
+                "The spec's reward programs will run on this machine, in the experiment folder:\n{}",
                 commands.join("\n")
             ),
+            "Run them all? (y / any other key cancels)",
+            scroll,
         ),
+        Some(Dialog::Message { title, text }) => {
+            dialog(f, area, title, text, "(any key closes)", scroll)
+        }
         None => {}
     }
 }
@@ -276,25 +286,58 @@ fn prompt_box(f: &mut Frame<'_>, area: Rect, app: &App) {
     );
 }
 
-fn dialog(f: &mut Frame<'_>, area: Rect, title: &str, text: &str) {
-    let w = area.width.min(64);
-    let h = 6.min(area.height);
+/// A dialog box: `text` (scrolled by `scroll` lines when it does not fit; the title says so)
+/// above `prompt`, which always has its own line at the bottom so nothing is confirmed unseen.
+fn dialog(f: &mut Frame<'_>, area: Rect, title: &str, text: &str, prompt: &str, scroll: u16) {
+    // Each line made inert: commands and errors quote the spec and run folders.
+    let text = text
+        .lines()
+        .map(|l| crate::untrusted::display(l).into_owned())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let title = crate::untrusted::display(title);
+    let w = area.width.min(78);
+    let inner = w.saturating_sub(2).max(1) as usize;
+    // Rows the text takes once wrapped (by characters: a slight overestimate with wide words).
+    let rows: usize = text
+        .lines()
+        .map(|l| l.chars().count().div_ceil(inner).max(1))
+        .sum();
+    let h = (rows as u16 + 3).min(area.height);
     let r = Rect::new(
         area.x + (area.width - w) / 2,
         area.y + (area.height - h) / 2,
         w,
         h,
     );
+    let body_rows = h.saturating_sub(3) as usize;
+    let hidden = rows.saturating_sub(body_rows);
+    let scroll = scroll.min(hidden as u16);
+    let title = if hidden > 0 {
+        format!(
+            " {title} · lines {}–{} of {rows} (↓ ↑ scroll) ",
+            scroll + 1,
+            scroll as usize + body_rows
+        )
+    } else {
+        format!(" {title} ")
+    };
     f.render_widget(Clear, r);
+    let block = Block::default()
+        .borders(Borders::ALL)
+        .title(title)
+        .border_style(Style::default().fg(Color::Yellow));
+    let inside = block.inner(r);
+    f.render_widget(block, r);
+    let [body, ask] = Layout::vertical([Constraint::Min(0), Constraint::Length(1)]).areas(inside);
     f.render_widget(
-        Paragraph::new(text.to_string())
-            .wrap(Wrap { trim: true })
-            .block(
-                Block::default()
-                    .borders(Borders::ALL)
-                    .title(format!(" {title} "))
-                    .border_style(Style::default().fg(Color::Yellow)),
-            ),
-        r,
+        Paragraph::new(text)
+            .wrap(Wrap { trim: false })
+            .scroll((scroll, 0)),
+        body,
+    );
+    f.render_widget(
+        Paragraph::new(prompt.to_string()).style(Style::default().add_modifier(Modifier::BOLD)),
+        ask,
     );
 }

