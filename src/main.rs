@@ -4,6 +4,14 @@ use clap::Parser;
 
 fn main() {
     keep_freed_memory();
+    // A write past RLIMIT_FSIZE fails with EFBIG instead of killing the process, so a stage
+    // records why it failed (as on a full disk).
+    #[cfg(unix)]
+    // SAFETY: setting a signal's disposition to SIG_IGN touches no memory of ours; called
+    // before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
     let cli = stageloop::cli::Cli::parse();
     if let Err(e) = stageloop::cli::dispatch(cli) {
         if let Some(spec_errors) = e.downcast_ref::<stageloop::spec::SpecErrors>() {

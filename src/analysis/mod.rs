@@ -152,7 +152,7 @@ pub fn run_row(run: &RunDir) -> RunRow {
         kind: status.as_ref().map(|s| s.kind.clone()).unwrap_or_default(),
         status: status
             .as_ref()
-            .map(|s| s.effective_status().to_string())
+            .map(|s| s.effective_status(&run.path).to_string())
             .unwrap_or_else(|| "unknown".into()),
         step: status
             .as_ref()

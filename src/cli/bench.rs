@@ -149,26 +149,26 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
     crate::model::fused::set_enabled(!a.composite);
     let r = measure(&cfg)?;
     if a.json {
-        println!("{}", serde_json::to_string(&r)?);
+        outln!("{}", serde_json::to_string(&r)?);
     } else {
-        println!("params                         {}", r.params);
-        println!("trainable params               {}", r.trainable_params);
-        println!(
+        outln!("params                         {}", r.params);
+        outln!("trainable params               {}", r.trainable_params);
+        outln!(
             "train tokens/s                 {:.0}",
             r.train_tokens_per_sec
         );
-        println!(
+        outln!(
             "sample tokens/s (KV cache)     {:.0}",
             r.sample_tokens_per_sec_cache
         );
         if let Some(nocache) = r.sample_tokens_per_sec_nocache {
-            println!("sample tokens/s (no cache)     {nocache:.0}");
-            println!(
+            outln!("sample tokens/s (no cache)     {nocache:.0}");
+            outln!(
                 "cache speed-up                 {:.1}×",
                 r.sample_tokens_per_sec_cache / nocache
             );
         }
-        println!(
+        outln!(
             "peak RSS                       {:.0} MB",
             r.peak_rss_bytes as f64 / 1e6
         );
@@ -180,27 +180,29 @@ fn notebook(a: NotebookArgs) -> anyhow::Result<()> {
     if let Some(mb) = a.big_log {
         let r = crate::bench::notebook::big(mb)?;
         if a.json {
-            println!("{}", serde_json::to_string(&r)?);
+            outln!("{}", serde_json::to_string(&r)?);
         } else {
             let mb = |b: u64| b as f64 / 1e6;
-            println!(
+            outln!(
                 "log                            {:.0} MB, {} lines",
                 mb(r.log_bytes),
                 r.lines
             );
-            println!(
+            outln!(
                 "runs (last values)             {:.3} s, peak RSS {:.0} MB",
                 r.runs_secs,
                 mb(r.runs_peak_rss_bytes)
             );
-            println!("first chart on screen          {:.2} s", r.first_chart_secs);
-            println!("whole log read                 {:.1} s", r.full_load_secs);
-            println!(
+            outln!("first chart on screen          {:.2} s", r.first_chart_secs);
+            outln!("whole log read                 {:.1} s", r.full_load_secs);
+            outln!(
                 "key → screen while loading     median {:.1} ms, max {:.1} ms ({} keys)",
-                r.key_ms_median, r.key_ms_max, r.keys
+                r.key_ms_median,
+                r.key_ms_max,
+                r.keys
             );
-            println!("points kept for charts         {}", r.points_kept);
-            println!(
+            outln!("points kept for charts         {}", r.points_kept);
+            outln!(
                 "peak RSS                       {:.0} MB",
                 mb(r.peak_rss_bytes)
             );
@@ -210,39 +212,42 @@ fn notebook(a: NotebookArgs) -> anyhow::Result<()> {
     if let Some(secs) = a.idle_secs {
         let r = crate::bench::notebook::idle(a.runs, a.points, secs)?;
         if a.json {
-            println!("{}", serde_json::to_string(&r)?);
+            outln!("{}", serde_json::to_string(&r)?);
         } else {
-            println!(
+            outln!(
                 "workspace                      {} runs ({})",
-                r.runs, r.watcher
+                r.runs,
+                r.watcher
             );
-            println!(
+            outln!(
                 "idle CPU                       {:.2}% of a core over {:.0} s",
-                r.cpu_percent, r.secs
+                r.cpu_percent,
+                r.secs
             );
         }
         return Ok(());
     }
     let r = crate::bench::notebook::run(a.runs, a.points)?;
     if a.json {
-        println!("{}", serde_json::to_string(&r)?);
+        outln!("{}", serde_json::to_string(&r)?);
     } else {
-        println!(
+        outln!(
             "workspace                      {} runs × {} points",
-            r.runs, r.points_per_run
+            r.runs,
+            r.points_per_run
         );
-        println!("open (selected run read, drawn) {:.2} s", r.open_secs);
-        println!("everything read                {:.2} s", r.full_load_secs);
-        println!("frame, median                  {:.2} ms", r.frame_ms_median);
-        println!(
+        outln!("open (selected run read, drawn) {:.2} s", r.open_secs);
+        outln!("everything read                {:.2} s", r.full_load_secs);
+        outln!("frame, median                  {:.2} ms", r.frame_ms_median);
+        outln!(
             "frame, all runs overlaid       {:.2} ms",
             r.frame_ms_median_overlay_all
         );
-        println!(
+        outln!(
             "appended line → on screen      {:.1} ms",
             r.append_to_screen_ms
         );
-        println!(
+        outln!(
             "peak RSS                       {:.0} MB",
             r.peak_rss_bytes as f64 / 1e6
         );

@@ -30,7 +30,7 @@ pub fn run(exp: &Path, sets: &[String]) -> anyhow::Result<()> {
         }
         None => format!("model d{}×{}L", s.model.d_model, s.model.layers),
     };
-    println!(
+    outln!(
         "ok: {} — task {} (difficulty {}), {model}, {} stages{}: {}",
         e.name,
         s.task.name,
@@ -43,7 +43,7 @@ pub fn run(exp: &Path, sets: &[String]) -> anyhow::Result<()> {
     for st in &s.stage {
         if let Some(c) = e.resolved(&st.name) {
             for (name, p) in c.reward_programs() {
-                println!(
+                outln!(
                     "runs: stage {} reward `{name}`: {} (in {})",
                     st.name,
                     p.shown(),

@@ -95,18 +95,18 @@ pub fn show(
     spec.prompt_field = Some(prompt_field.to_string());
     spec.answer_field = Some(answer_field.to_string());
     let shown = crate::tasks::dataset::show(file, &spec)?;
-    println!(
+    outln!(
         "{}: {} rows",
         display(&file.display().to_string()),
         shown.rows
     );
-    println!("fields:");
+    outln!("fields:");
     for (k, c) in &shown.fields {
-        println!("  {:<20} {c} rows", display(k));
+        outln!("  {:<20} {c} rows", display(k));
     }
     let ds = shown.dataset?;
     let usable = ds.train_len() + ds.heldout_len();
-    println!(
+    outln!(
         "{} usable rows (distinct prompts); verifier `{}` accepts {} of their reference answers ({:.1}%)",
         usable,
         ds.verifier().name(),
@@ -118,7 +118,7 @@ pub fn show(
         display(&s).into_owned()
     };
     for (p, e, a) in ds.examples(n) {
-        println!(
+        outln!(
             "- prompt:   {}\n  expected: {}\n  answer:   {}",
             clip(&p),
             clip(&e),
@@ -132,15 +132,16 @@ pub fn show(
 pub fn check(exp: &Path) -> anyhow::Result<()> {
     let e = crate::spec::load(exp)?;
     if e.spec.task.name != "dataset" {
-        println!(
+        outln!(
             "{}: task `{}` is generated from a seed (held-out prompts are never trained on); nothing to check",
-            e.name, e.spec.task.name
+            e.name,
+            e.spec.task.name
         );
         return Ok(());
     }
     let ds = crate::tasks::dataset::Dataset::load(&e.spec.task)?;
     let usable = ds.train_len() + ds.heldout_len();
-    println!(
+    outln!(
         "ok: {} — {} training rows, {} held out{}; verifier `{}` accepts {} of {} reference answers",
         e.name,
         ds.train_len(),

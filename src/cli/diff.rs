@@ -31,10 +31,10 @@ pub fn scores(run: &Path) -> anyhow::Result<BTreeMap<String, Score>> {
 pub fn run(a: &Path, b: &Path, json: bool) -> anyhow::Result<()> {
     let d = evals::problem_diff(&scores(a)?, &scores(b)?);
     if json {
-        println!("{}", serde_json::to_string(&d)?);
+        outln!("{}", serde_json::to_string(&d)?);
         return Ok(());
     }
-    print!("{}", text(a, b, &d));
+    out!("{}", text(a, b, &d));
     Ok(())
 }
 

@@ -71,9 +71,9 @@ pub fn run(
     }
     let report = evaluate(&setup, &model, &cfg, &dev, 0, |_| Ok(()), |_, _| {})?;
     if json {
-        println!("{}", serde_json::to_string(&report)?);
+        outln!("{}", serde_json::to_string(&report)?);
     } else {
-        println!(
+        outln!(
             "{}: pass@1 {:.3}  greedy {:.3}  pass@{k} {:.3}  maj@{k} {:.3}  format {:.3}  mean length {:.1}  (n={})",
             dir.display(),
             report.pass_at_1,

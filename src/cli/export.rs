@@ -26,7 +26,7 @@ pub fn run(run: &Path, formats: &[String], out: Option<PathBuf>) -> anyhow::Resu
     let formats: Vec<&str> = formats.iter().map(String::as_str).collect();
     let done = export_run(&rd, &out, &formats)?;
     for f in &done.files {
-        println!("{}", f.display());
+        outln!("{}", f.display());
     }
     if let Some(s) = done.bad.summary() {
         eprintln!("{}", crate::untrusted::display(&s));
@@ -62,7 +62,7 @@ fn export_hf(target: &Path, out: Option<PathBuf>) -> anyhow::Result<()> {
         (export::write_folder(&out, &model, &cfg, &files)?, out)
     };
     for f in written {
-        println!("{}", crate::untrusted::display(&f.display().to_string()));
+        outln!("{}", crate::untrusted::display(&f.display().to_string()));
     }
     eprintln!(
         "load it with AutoModelForCausalLM.from_pretrained({:?})",

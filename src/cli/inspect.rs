@@ -16,7 +16,7 @@ pub fn run(file: &Path, stats: bool) -> anyhow::Result<()> {
             let (sum, sumsq) = v.iter().fold((0f64, 0f64), |(a, b), &x| {
                 (a + x as f64, b + (x as f64) * (x as f64))
             });
-            println!(
+            outln!(
                 "{}",
                 serde_json::json!({
                     "name": t.name, "dims": t.dims, "type": format!("{:?}", t.kind),
@@ -32,7 +32,7 @@ pub fn run(file: &Path, stats: bool) -> anyhow::Result<()> {
         .and_then(Value::as_str)
         .unwrap_or("?")
         .to_string();
-    println!(
+    outln!(
         "{}: GGUF v{}, architecture {}",
         display(&file.display().to_string()),
         g.version,
@@ -49,11 +49,11 @@ pub fn run(file: &Path, stats: bool) -> anyhow::Result<()> {
                     .trim_matches(|c| c == '(' || c == ')')
                     .to_string(),
             };
-            println!("  {:<36} {}", display(short), display(&shown));
+            outln!("  {:<36} {}", display(short), display(&shown));
         }
     }
     if let Some(Value::Array(tokens)) = g.get("tokenizer.ggml.tokens") {
-        println!(
+        outln!(
             "  tokenizer: {} ({} tokens){}",
             g.get("tokenizer.ggml.model")
                 .and_then(Value::as_str)
@@ -73,9 +73,9 @@ pub fn run(file: &Path, stats: bool) -> anyhow::Result<()> {
         e.1 += t.elements();
     }
     let params: u64 = g.tensors.iter().map(|t| t.elements()).sum();
-    println!("  {} tensors, {} parameters:", g.tensors.len(), params);
+    outln!("  {} tensors, {} parameters:", g.tensors.len(), params);
     for (k, (n, e)) in kinds {
-        println!("    {k:<6} {n:>4} tensors, {e} values");
+        outln!("    {k:<6} {n:>4} tensors, {e} values");
     }
     Ok(())
 }

@@ -1,5 +1,22 @@
 //! The command line: one file per verb. `main.rs` parses [`Cli`] and calls [`dispatch`].
 
+#[macro_use]
+mod print {
+    /// `println!` through [`super::stdout`].
+    macro_rules! outln {
+        ($($t:tt)*) => {
+            $crate::cli::stdout(format_args!("{}\n", format_args!($($t)*)))
+        };
+    }
+
+    /// `print!` through [`super::stdout`].
+    macro_rules! out {
+        ($($t:tt)*) => {
+            $crate::cli::stdout(format_args!($($t)*))
+        };
+    }
+}
+
 pub mod bench;
 pub mod check;
 pub mod data;
@@ -17,6 +34,22 @@ pub mod tui;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
+
+/// Write to standard output as `print!` does, without its panic: a closed pipe (`| head`) ends
+/// the command quietly with the status a shell gives a command a pipe closed on (141); any other
+/// failure (a full disk) ends it with the error on standard error and status 1.
+pub fn stdout(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_fmt(args).and_then(|()| out.flush()) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(141),
+        Err(e) => {
+            eprintln!("error: cannot write to standard output: {e}");
+            std::process::exit(1);
+        }
+    }
+}
 
 /// A terminal research notebook for DeepSeek-R1-style multi-stage training of small language models.
 #[derive(Debug, Parser)]

@@ -36,6 +36,6 @@ pub fn run(name: &str, template: &str, dir: &Path) -> anyhow::Result<()> {
         1,
     );
     std::fs::write(&file, text).with_context(|| format!("{}", file.display()))?;
-    println!("created {}", file.display());
+    outln!("created {}", file.display());
     Ok(())
 }

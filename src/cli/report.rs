@@ -45,7 +45,7 @@ pub fn run(exp: &Path, format: Format) -> anyhow::Result<()> {
         Format::Md => markdown(&e, &evals::summarise(&rows)),
         Format::Svg => charts(&evals::summarise(&rows)),
     };
-    println!("{}", out.trim_end());
+    outln!("{}", out.trim_end());
     if problems.is_empty() {
         return Ok(());
     }

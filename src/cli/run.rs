@@ -90,10 +90,12 @@ pub fn run_seeds(
     let mut reporter = CliReporter::new();
     for &seed in seeds {
         if !fresh && stage.is_empty() && stages::pipeline::pipeline_done(&e, seed) {
-            println!("seed {seed}: every stage is done (--fresh runs it again)");
+            reporter.say(format!(
+                "seed {seed}: every stage is done (--fresh runs it again)"
+            ));
             continue;
         }
-        println!("seed {seed}");
+        reporter.say(format!("seed {seed}"));
         let opts = RunOptions {
             stages: stage.to_vec(),
             seed: Some(seed),
@@ -142,7 +144,11 @@ impl CliReporter {
     fn say(&mut self, line: String) {
         match &self.bar {
             Some(bar) => bar.println(&line),
-            None => println!("{line}"),
+            // A closed or full standard output must not stop the stage before it checkpoints
+            // and records its status: the line still goes to stdout.log.
+            None => {
+                let _ = writeln!(std::io::stdout(), "{line}");
+            }
         }
         self.log(&line);
     }
@@ -208,8 +214,8 @@ impl Reporter for CliReporter {
                 fmt_metrics(metrics)
             );
             if self.bar.is_none() {
-                println!("{line}");
-                let _ = std::io::stdout().flush();
+                let mut out = std::io::stdout();
+                let _ = writeln!(out, "{line}").and_then(|()| out.flush());
             }
             self.log(&line);
         }

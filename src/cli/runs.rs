@@ -18,14 +18,14 @@ pub fn run(exp: &Path, json: bool) -> anyhow::Result<()> {
         .map(analysis::run_row)
         .collect();
     if json {
-        println!("{}", serde_json::to_string(&rows)?);
+        outln!("{}", serde_json::to_string(&rows)?);
         return Ok(());
     }
     if rows.is_empty() {
-        println!("no runs yet in {}", runs_dir.display());
+        outln!("no runs yet in {}", runs_dir.display());
         return Ok(());
     }
-    print!("{}", table(&rows));
+    out!("{}", table(&rows));
     Ok(())
 }
 

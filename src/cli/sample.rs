@@ -109,7 +109,7 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
         let text = setup.tok.decode(&c.tokens);
         let r = setup.task.rewards(&a.prompt, &text);
         if a.json {
-            println!(
+            outln!(
                 "{}",
                 serde_json::json!({
                     "prompt": a.prompt, "completion": text, "rewards": r.as_map(),
@@ -118,7 +118,7 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
                 })
             );
         } else {
-            println!(
+            outln!(
                 "{}{}   [accuracy {} format {}]",
                 display(&a.prompt),
                 display(&text),
@@ -183,7 +183,7 @@ fn run_pretrained(a: &Args) -> anyhow::Result<()> {
     for c in outs {
         let text = p.tokenizer.decode(&c.tokens, false);
         if a.json {
-            println!(
+            outln!(
                 "{}",
                 serde_json::json!({
                     "prompt": a.prompt, "completion": text, "finished": c.finished,
@@ -192,7 +192,7 @@ fn run_pretrained(a: &Args) -> anyhow::Result<()> {
                 })
             );
         } else {
-            println!("{}{}", display(&a.prompt), display(&text));
+            outln!("{}{}", display(&a.prompt), display(&text));
         }
     }
     Ok(())

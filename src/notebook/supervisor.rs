@@ -11,6 +11,13 @@ fn exe() -> std::io::Result<std::path::PathBuf> {
     std::env::current_exe()
 }
 
+/// Pids of the stages this notebook started, each the leader of a process group it made.
+static SPAWNED: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
+fn spawned_here(pid: u32) -> bool {
+    SPAWNED.lock().is_ok_and(|s| s.contains(&pid))
+}
+
 /// Start a stage (or the whole pipeline) of the experiment in `exp`, with `extra` arguments
 /// (a fork's `--fresh --set …`). The launcher's own output goes to `runs/.launcher.log`; the
 /// stage writes its run folder itself.
@@ -42,19 +49,36 @@ pub fn spawn_stage(
     }
     let mut child = cmd.spawn()?;
     let pid = child.id();
+    if let Ok(mut s) = SPAWNED.lock() {
+        s.push(pid);
+    }
     std::thread::spawn(move || {
         let code = child.wait().ok().and_then(|s| s.code());
+        if let Ok(mut s) = SPAWNED.lock() {
+            s.retain(|&p| p != pid);
+        }
         let _ = tx.send(Event::ChildExit { pid, code });
     });
     Ok(pid)
 }
 
-/// Ask the stage writing `run` to stop: SIGTERM to its process group, then to the process
-/// itself. Only a process that holds the run's lock (`runfs::lock::holder`) and is the `pid`
-/// that run.json names is signalled, never pid 0 or 1: a stale, reused or hand-written pid in
-/// a run folder gets nothing.
+/// Ask the stage writing `run` to stop with SIGTERM: to the process group when this notebook
+/// started the stage in a group of its own, else to the process alone (a group a shell made,
+/// `stageloop run … | tee log`, holds other programs). Only the stage of this run
+/// (`runfs::lock::stage_of`: it holds the run folder's own lock file and is this program
+/// running this run's experiment) that is the `pid` run.json names is signalled, never pid 0 or
+/// 1: a stale, reused, hand-written or borrowed pid in a run folder gets nothing.
 pub fn stop(run: &Path, pid: u32) -> std::io::Result<()> {
     let lock = run.join(crate::runfs::lock::LOCK);
+    if let Some(holder) = crate::runfs::lock::holder(run)
+        && holder == pid
+        && crate::runfs::lock::stage_of(run).is_none()
+    {
+        return Err(std::io::Error::other(format!(
+            "pid {pid} holds {} but is not stageloop running this run's experiment: nothing sent",
+            lock.display()
+        )));
+    }
     match crate::runfs::lock::holder(run) {
         Some(holder) if holder == pid && pid > 1 => {}
         Some(holder) => {
@@ -72,15 +96,16 @@ pub fn stop(run: &Path, pid: u32) -> std::io::Result<()> {
     }
     #[cfg(unix)]
     {
+        let target = if spawned_here(pid) {
+            -(pid as libc::pid_t)
+        } else {
+            pid as libc::pid_t
+        };
         // SAFETY: kill(2) takes plain integers and touches no memory of ours; a negative pid
-        // addresses the child's process group.
-        let rc = unsafe { libc::kill(-(pid as libc::pid_t), libc::SIGTERM) };
+        // addresses the process group this notebook made for the stage.
+        let rc = unsafe { libc::kill(target, libc::SIGTERM) };
         if rc != 0 {
-            // SAFETY: as above, for the single process.
-            let rc = unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
-            if rc != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
+            return Err(std::io::Error::last_os_error());
         }
         Ok(())
     }

@@ -91,6 +91,9 @@ pub struct RunView {
     samples_tail: TailReader,
     log_tail: TailReader,
     status_mtime: Option<SystemTime>,
+    /// When the run's lock was last asked about, and whether a process held it: what says a
+    /// `running` run is alive (asked at most once a second, and only while it says running).
+    locked: (Option<Instant>, bool),
 }
 
 fn mtime(p: &Path) -> Option<SystemTime> {
@@ -185,12 +188,14 @@ impl RunView {
             polled: false,
             csv_loaded: false,
             status_mtime: None,
+            locked: (None, false),
         }
     }
 
-    /// The status to show (`crashed` for a running status whose process is gone).
+    /// The status to show (`crashed` for a running status whose stage no longer holds the
+    /// run's lock, as last polled).
     pub fn effective_status(&self) -> Option<Status> {
-        self.status.as_ref().map(|s| s.effective_status())
+        self.status.as_ref().map(|s| s.status_given(self.locked.1))
     }
 
     pub fn stage(&self) -> &str {
@@ -223,6 +228,20 @@ impl RunView {
                     crate::analysis::compute::lineage(&ck)
                 });
             }
+        }
+        let running = self
+            .status
+            .as_ref()
+            .is_some_and(|s| s.status == Status::Running);
+        if running
+            && self
+                .locked
+                .0
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+        {
+            let held = runfs::lock::holder(&self.dir).is_some();
+            changed |= held != self.locked.1;
+            self.locked = (Some(Instant::now()), held);
         }
         let bm = std::fs::metadata(self.dir.join(BOOKMARKS))
             .and_then(|m| Ok((m.modified()?, m.len())))

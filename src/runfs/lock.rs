@@ -23,13 +23,28 @@ impl RunLock {
     /// Take `dir`'s lock for this process, or fail naming the run and the pid that holds it.
     pub fn acquire(dir: &Path) -> anyhow::Result<RunLock> {
         let path = dir.join(LOCK);
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| anyhow::anyhow!("{}: cannot open the run's lock: {e}", path.display()))?;
+        let mut opts = OpenOptions::new();
+        opts.read(true).write(true).create(true).truncate(false);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::custom_flags(&mut opts, libc::O_NOFOLLOW);
+        let mut file = opts.open(&path).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: cannot open the run's lock: {e}{}",
+                path.display(),
+                if path.is_symlink() {
+                    " (it is a symbolic link; a run's lock must be its own file)"
+                } else {
+                    ""
+                }
+            )
+        })?;
+        if own_file(dir, &file).is_none() {
+            anyhow::bail!(
+                "{}: not the run's own lock file (another name links to it, or it is not a \
+                 regular file on the run folder's disk)",
+                path.display()
+            );
+        }
         match file.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
@@ -71,11 +86,42 @@ fn read_pid(file: &mut File) -> Option<u32> {
     text.trim().parse().ok()
 }
 
+/// `file` when it is `dir`'s own lock: a regular file with one name, on the run folder's own
+/// device (a hard link to some other process's lock file has two names).
+fn own_file<'a>(dir: &Path, file: &'a File) -> Option<&'a File> {
+    let meta = file.metadata().ok()?;
+    if !meta.is_file() {
+        return None;
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let folder = std::fs::metadata(dir).ok()?;
+        if meta.nlink() != 1 || meta.dev() != folder.dev() {
+            return None;
+        }
+    }
+    Some(file)
+}
+
+/// Open `dir`'s lock file for reading: never through a symbolic link, never blocking on a FIFO,
+/// and only when it is the run's own file ([`own_file`]).
+fn open_own(dir: &Path) -> Option<File> {
+    let mut opts = OpenOptions::new();
+    opts.read(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut opts, libc::O_NOFOLLOW | libc::O_NONBLOCK);
+    let file = opts.open(dir.join(LOCK)).ok()?;
+    own_file(dir, &file)?;
+    Some(file)
+}
+
 /// The pid of the process that holds `dir`'s lock now, if one does. The file's text names it;
 /// on Linux the kernel's table of locks (`/proc/locks`) must confirm that this pid holds a lock
-/// on this very file, so a hand-written pid is never believed.
+/// on this very file, so a hand-written pid is never believed. A lock that is a symbolic link,
+/// a hard link or no regular file is no run's lock: nobody holds it.
 pub fn holder(dir: &Path) -> Option<u32> {
-    let mut file = File::open(dir.join(LOCK)).ok()?;
+    let mut file = open_own(dir)?;
     match file.try_lock_shared() {
         // Nobody holds it: the shared lock taken here is released as the file closes.
         Ok(()) => None,
@@ -84,6 +130,72 @@ pub fn holder(dir: &Path) -> Option<u32> {
             kernel_confirms(&file, pid).then_some(pid)
         }
         Err(TryLockError::Error(_)) => None,
+    }
+}
+
+/// The stage writing run folder `dir`: the pid that holds its own lock ([`holder`]) and, where
+/// the system says (Linux), is this program running `run` on the experiment the folder is in.
+/// The notebook signals nothing else.
+pub fn stage_of(dir: &Path) -> Option<u32> {
+    let pid = holder(dir)?;
+    runs_experiment_of(pid, dir).then_some(pid)
+}
+
+/// Whether process `pid` is this program (by its executable's name) started as
+/// `run EXP …` with `EXP` the experiment that holds run folder `dir` (`EXP/runs/<id>`), read
+/// from `/proc/<pid>/cmdline` relative to its working folder. True where there is no `/proc`.
+fn runs_experiment_of(pid: u32, dir: &Path) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let proc = PathBuf::from(format!("/proc/{pid}"));
+        let name = |p: &Path| {
+            let n = p.file_name()?.to_string_lossy().into_owned();
+            Some(n.trim_end_matches(" (deleted)").to_string())
+        };
+        let ours = std::env::current_exe().ok().and_then(|p| name(&p));
+        let theirs = std::fs::read_link(proc.join("exe"))
+            .ok()
+            .and_then(|p| name(&p));
+        // This program: the same executable name as the caller's, or stageloop's own name (a
+        // test harness asking about a real stage).
+        if theirs.is_none() || (theirs != ours && theirs.as_deref() != Some("stageloop")) {
+            return false;
+        }
+        let (Ok(raw), Ok(cwd)) = (
+            std::fs::read(proc.join("cmdline")),
+            std::fs::read_link(proc.join("cwd")),
+        ) else {
+            return false;
+        };
+        let args: Vec<&std::ffi::OsStr> = raw
+            .split(|b| *b == 0)
+            .map(std::ffi::OsStr::from_bytes)
+            .collect();
+        let Some(at) = args.iter().position(|a| *a == "run") else {
+            return false;
+        };
+        let Some(want) = dir
+            .parent()
+            .and_then(Path::parent)
+            .and_then(|e| e.canonicalize().ok())
+        else {
+            return false;
+        };
+        args[at + 1..].iter().any(|a| {
+            let p = cwd.join(a);
+            let folder = if p.is_dir() {
+                Some(p.as_path())
+            } else {
+                p.parent()
+            };
+            folder.and_then(|f| f.canonicalize().ok()).as_ref() == Some(&want)
+        })
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (pid, dir);
+        true
     }
 }
 

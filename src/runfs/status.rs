@@ -132,11 +132,18 @@ impl RunStatus {
         })
     }
 
-    /// The status a reader should show: `running` with a dead pid is `crashed`.
-    pub fn effective_status(&self) -> Status {
-        match (self.status, self.pid) {
-            (Status::Running, Some(pid)) if !pid_alive(pid) => Status::Crashed,
-            (s, _) => s,
+    /// The status a reader should show for the run in `dir`: `running` is `crashed` unless a
+    /// process holds the run's own lock ([`super::lock::holder`]): the pid in run.json is not
+    /// believed (0, -1, or a reused pid after a power loss would look alive).
+    pub fn effective_status(&self, dir: &Path) -> Status {
+        self.status_given(super::lock::holder(dir).is_some())
+    }
+
+    /// [`Self::effective_status`] when whether the run's lock is held is known already.
+    pub fn status_given(&self, locked: bool) -> Status {
+        match self.status {
+            Status::Running if !locked => Status::Crashed,
+            s => s,
         }
     }
 }
@@ -204,10 +211,13 @@ mod tests {
         s.save(d.path()).unwrap();
         let back = RunStatus::load(d.path()).unwrap();
         assert_eq!(back, s);
-        assert_eq!(back.effective_status(), Status::Running);
-        // A pid beyond the kernel's maximum is never alive.
-        s.pid = Some(4_194_305 + 7);
-        assert_eq!(s.effective_status(), Status::Crashed);
+        // Running only while a process holds the run's lock, whatever pid run.json names.
+        assert_eq!(back.effective_status(d.path()), Status::Crashed);
+        let lock = super::super::lock::RunLock::acquire(d.path()).unwrap();
+        assert_eq!(back.effective_status(d.path()), Status::Running);
+        drop(lock);
+        s.pid = Some(0);
+        assert_eq!(s.effective_status(d.path()), Status::Crashed);
     }
 
     #[test]

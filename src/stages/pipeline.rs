@@ -148,7 +148,7 @@ fn interrupted_stage(exp: &Experiment, seed: u64) -> Option<(String, Option<u32>
                 .map(|s| (r, s))
         })?;
     let resumable = matches!(
-        s.effective_status(),
+        s.effective_status(&run.path),
         Status::Stopped | Status::Failed | Status::Crashed
     ) && checkpoint::latest(&run.path).is_some();
     resumable.then_some((s.stage, s.iteration))
@@ -331,7 +331,7 @@ fn resumable_run(
         .find(|(_, s)| s.stage == cfg.name && same_seed(s, seed))
         .filter(|(run, s)| {
             matches!(
-                s.effective_status(),
+                s.effective_status(&run.path),
                 Status::Stopped | Status::Failed | Status::Crashed
             ) && s.iteration == step.iteration
                 && checkpoint::latest(&run.path).is_some()

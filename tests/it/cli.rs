@@ -1018,3 +1018,123 @@ fn diff_lists_the_problems_one_eval_solves_and_the_other_does_not() {
         .code(1)
         .stderr(predicate::str::contains("samples.jsonl"));
 }
+
+/// `stageloop ARGS` with standard output a pipe whose reading end is already closed.
+fn with_closed_stdout(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    std::process::Command::new(env!("CARGO_BIN_EXE_stageloop"))
+        .args(args)
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_closed_or_full_standard_output_ends_a_verb_without_a_panic() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("experiment.toml"), TINY).unwrap();
+    bin().arg("run").arg(d.path()).assert().success();
+    let dir = d.path().as_os_str();
+    for verb in [&["runs"][..], &["report"], &["check"], &["runs", "--json"]] {
+        let mut args: Vec<&std::ffi::OsStr> = verb.iter().map(|v| v.as_ref()).collect();
+        args.push(dir);
+        let out = with_closed_stdout(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(141), "{verb:?}: {err}");
+        assert!(err.is_empty(), "{verb:?} is quiet: {err}");
+        let full = std::process::Command::new(env!("CARGO_BIN_EXE_stageloop"))
+            .args(&args)
+            .stdout(std::fs::File::create("/dev/full").unwrap())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&full.stderr);
+        assert_eq!(full.status.code(), Some(1), "{verb:?}: {err}");
+        assert!(
+            err.contains("cannot write to standard output") && !err.contains("panicked"),
+            "{verb:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn a_stage_whose_output_pipe_closes_still_checkpoints_and_records_its_status() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("experiment.toml"), TINY).unwrap();
+    let out = with_closed_stdout(&["run".as_ref(), d.path().as_os_str()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && !err.contains("panicked"), "{err}");
+    let run = only_run(d.path());
+    let status = stageloop::runfs::RunStatus::load(&run).unwrap();
+    assert_eq!(status.status, stageloop::runfs::Status::Done);
+    assert!(stageloop::runfs::checkpoint::latest(&run).is_some());
+}
+
+#[test]
+fn a_file_size_limit_fails_the_run_without_killing_it() {
+    // Without `trap '' XFSZ`: the signal a write past RLIMIT_FSIZE raises must not kill the
+    // stage before it records why it failed.
+    let d = tempfile::tempdir().unwrap();
+    let spec = TINY.replace("steps = 2", "steps = 1500");
+    std::fs::write(d.path().join("experiment.toml"), spec).unwrap();
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -f 64; exec {} run {}",
+            env!("CARGO_BIN_EXE_stageloop"),
+            d.path().display()
+        ))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let status = stageloop::runfs::RunStatus::load(&only_run(d.path())).unwrap();
+    assert_eq!(status.status, stageloop::runfs::Status::Failed);
+}
+
+/// Wait until `exp` has one run whose stage holds its lock; that run and the pid.
+fn running_stage(exp: &Path) -> (std::path::PathBuf, u32) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Ok(mut entries) = std::fs::read_dir(exp.join("runs")) {
+            while let Some(Ok(e)) = entries.next() {
+                if let Some(pid) = stageloop::runfs::lock::stage_of(&e.path()) {
+                    return (e.path(), pid);
+                }
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "no stage started");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn stop_signals_the_stage_and_not_the_rest_of_a_shells_pipeline() {
+    let d = tempfile::tempdir().unwrap();
+    let spec = TINY.replace("steps = 2", "steps = 1000000");
+    std::fs::write(d.path().join("experiment.toml"), spec).unwrap();
+    let status = d.path().join("status");
+    // `set -m`: job control, so the pipeline is a process group led by the stage, as in an
+    // interactive shell.
+    let mut shell = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "set -m; {} run {} | tee {} > /dev/null; echo \"${{PIPESTATUS[@]}}\" > {}",
+            env!("CARGO_BIN_EXE_stageloop"),
+            d.path().display(),
+            d.path().join("tee.log").display(),
+            status.display()
+        ))
+        .spawn()
+        .unwrap();
+    let (run, pid) = running_stage(d.path());
+    stageloop::notebook::supervisor::stop(&run, pid).unwrap();
+    shell.wait().unwrap();
+    let codes = std::fs::read_to_string(&status).unwrap();
+    // The stage stopped as asked (130: stopped, resumable); tee ended on end of input, not on
+    // a signal (143).
+    assert_eq!(codes.trim(), "130 0", "stage and tee exit codes");
+    let st = stageloop::runfs::RunStatus::load(&run).unwrap();
+    assert_eq!(st.status, stageloop::runfs::Status::Stopped);
+}

@@ -45,6 +45,20 @@ fn run_json(
     )
 }
 
+/// Run locks this test process holds for fixtures' running runs (a run is running while a
+/// process holds its lock), until [`release`].
+static HELD: std::sync::Mutex<Vec<stageloop::runfs::lock::RunLock>> =
+    std::sync::Mutex::new(Vec::new());
+
+fn hold(run: &Path) {
+    let lock = stageloop::runfs::lock::RunLock::acquire(run).unwrap();
+    HELD.lock().unwrap().push(lock);
+}
+
+fn release(run: &Path) {
+    HELD.lock().unwrap().retain(|l| !l.path().starts_with(run));
+}
+
 /// A workspace with one experiment and three runs (pretrain done, grpo running, eval done) and a
 /// folder written by another tool.
 fn fixture(root: &Path) {
@@ -86,6 +100,7 @@ fn fixture(root: &Path) {
         ),
     )
     .unwrap();
+    hold(&rl);
     std::fs::write(
         rl.join("metrics.jsonl"),
         "{\"step\":1,\"time\":1100.0,\"reward\":0.2,\"kl\":null}\nnot json\n{\"step\":2,\"time\":1110.0,\"reward\":0.5,\"kl\":0.01}\n",
@@ -374,6 +389,7 @@ fn stop_signals_only_the_process_that_holds_the_runs_lock() {
     let d = tempfile::tempdir().unwrap();
     fixture(d.path());
     let run = d.path().join("demo/runs/20261130-010100-rl");
+    release(&run);
     // A live process that is no stage of this run: run.json's pid is not believed.
     let mut bystander = std::process::Command::new("sleep")
         .arg("30")
@@ -400,6 +416,39 @@ fn stop_signals_only_the_process_that_holds_the_runs_lock() {
     );
     bystander.kill().unwrap();
     bystander.wait().unwrap();
+}
+
+#[test]
+fn stop_trusts_no_lock_the_run_folder_does_not_own() {
+    use stageloop::notebook::supervisor::stop;
+    use stageloop::runfs::lock::{LOCK, RunLock, holder, stage_of};
+    let d = tempfile::tempdir().unwrap();
+    fixture(d.path());
+    let real = d.path().join("demo/runs/20261130-010100-rl");
+    let fake = d.path().join("demo/runs/20261130-010000-pre");
+    release(&real);
+    // This process holds the real run's lock.
+    let _held = RunLock::acquire(&real).unwrap();
+    assert_eq!(holder(&real), Some(std::process::id()));
+    // A run whose lock is a symbolic link, or a second name, of that file: nobody holds it,
+    // and the writer refuses it too.
+    for link in [true, false] {
+        let _ = std::fs::remove_file(fake.join(LOCK));
+        if link {
+            std::os::unix::fs::symlink(real.join(LOCK), fake.join(LOCK)).unwrap();
+        } else {
+            std::fs::hard_link(real.join(LOCK), fake.join(LOCK)).unwrap();
+        }
+        assert_eq!(holder(&fake), None, "symlink {link}");
+        let e = stop(&fake, std::process::id()).unwrap_err().to_string();
+        assert!(e.contains("nothing sent"), "{e}");
+        assert!(RunLock::acquire(&fake).is_err(), "symlink {link}");
+    }
+    std::fs::remove_file(fake.join(LOCK)).unwrap();
+    // The real lock's holder is this test, not stageloop running the experiment: refused.
+    assert_eq!(stage_of(&real), None);
+    let e = stop(&real, std::process::id()).unwrap_err().to_string();
+    assert!(e.contains("not stageloop running"), "{e}");
 }
 
 #[test]

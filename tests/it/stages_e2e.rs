@@ -170,27 +170,45 @@ fn killed_stage_resumes_onto_the_same_loss_curve() {
     common::kill_at_checkpoint(b.path(), "pre", "step-000020");
     let run = run_of(b.path(), "pre");
     let st = RunStatus::load(&run.path).unwrap();
-    assert_eq!(st.effective_status(), Status::Crashed);
+    assert_eq!(st.effective_status(&run.path), Status::Crashed);
+    // Liveness is the lock, not run.json's pid: pid 0, -1 as u32, or a live unrelated process
+    // (this test; a pid reused after a power loss) still say crashed, and the run resumes below.
+    for pid in [0, u32::MAX, std::process::id()] {
+        let mut s = st.clone();
+        s.pid = Some(pid);
+        s.save(&run.path).unwrap();
+        assert_eq!(s.effective_status(&run.path), Status::Crashed, "pid {pid}");
+    }
+    let st = RunStatus::load(&run.path).unwrap();
 
-    // While another process writes the run (here: this test holds its lock), a second resume
-    // is refused before it writes anything, naming the run and the holder.
+    // While another process writes the run (here: this test holds its lock), it is running:
+    // `run` leaves it alone and starts a run of its own beside it (what the notebook's "start
+    // it again" asks about); a resume of the held folder itself is refused before it writes
+    // anything, naming the run and the holder.
     let held = runfs::lock::RunLock::acquire(&run.path).unwrap();
-    let refused = std::process::Command::new(bin)
+    assert_eq!(st.effective_status(&run.path), Status::Running);
+    let beside = std::process::Command::new(bin)
         .args(["run"])
         .arg(b.path())
         .args(["--stage", "pre"])
         .output()
         .unwrap();
-    let err = String::from_utf8_lossy(&refused.stderr);
-    assert_eq!(refused.status.code(), Some(1), "{err}");
-    assert!(
-        err.contains(&run.id()) && err.contains(&format!("pid {}", std::process::id())),
-        "{err}"
-    );
+    let err = String::from_utf8_lossy(&beside.stderr);
+    assert!(beside.status.success(), "{err}");
+    let other = run_of(b.path(), "pre");
+    assert_ne!(other.path, run.path);
     assert_eq!(
         RunStatus::load(&run.path).unwrap(),
         st,
         "run.json untouched"
+    );
+    std::fs::remove_dir_all(&other.path).unwrap();
+    let e = runfs::lock::RunLock::acquire(&run.path)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(&run.id()) && e.contains(&format!("pid {}", std::process::id())),
+        "{e}"
     );
     drop(held);
 

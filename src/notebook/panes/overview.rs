@@ -49,7 +49,7 @@ fn status_lines(run: &RunView) -> Vec<Line<'static>> {
                 .unwrap_or_else(|| "no run.json (external run)".into()),
         )];
     };
-    let st = s.effective_status().to_string();
+    let st = run.effective_status().unwrap_or(s.status).to_string();
     let mut info = vec![
         Line::from(vec![
             Span::raw(format!("{} · {} · ", s.stage, s.kind)),
