@@ -14,12 +14,14 @@ fn main() {
     }
     let cli = stageloop::cli::Cli::parse();
     if let Err(e) = stageloop::cli::dispatch(cli) {
+        // Errors quote specs, paths and run folders: printed inert.
+        let inert = |s: String| stageloop::untrusted::printable(&s).into_owned();
         if let Some(spec_errors) = e.downcast_ref::<stageloop::spec::SpecErrors>() {
             for err in &spec_errors.0 {
-                eprintln!("error: {err}");
+                eprintln!("error: {}", inert(err.to_string()));
             }
         } else {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", inert(format!("{e:#}")));
         }
         std::process::exit(1);
     }

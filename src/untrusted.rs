@@ -69,6 +69,69 @@ pub fn csv_cell(s: &str) -> Cow<'_, str> {
     }
 }
 
+/// `s` as printed by the command line: every unsafe character but newline and tab written as
+/// the JSON escape `\uXXXX` (inside JSON output that is the same string; in text it is visible
+/// and inert). serde_json escapes only C0 controls, so C1 controls and bidi overrides in a run
+/// folder's strings would otherwise reach the terminal raw.
+pub fn printable(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(|c| unsafe_char(c) && c != '\n' && c != '\t') {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 16);
+    for c in s.chars() {
+        if unsafe_char(c) && c != '\n' && c != '\t' {
+            out.push_str(&format!("\\u{:04x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Open a file this program did not write (a run folder's log, a model's config, a dataset)
+/// for reading: without blocking on a FIFO, and only when it is a regular file once open (a
+/// FIFO, a device such as `/dev/zero` behind a link, or a folder is refused, naming the path).
+pub fn open_regular(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.read(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut opts, libc::O_NONBLOCK);
+    let f = opts.open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    Ok(f)
+}
+
+/// The text of a small file this program did not write ([`open_regular`]), refused past `max`
+/// bytes instead of read without bound.
+pub fn read_small(path: &std::path::Path, max: u64) -> std::io::Result<String> {
+    use std::io::Read;
+    let f = open_regular(path)?;
+    let len = f.metadata()?.len();
+    if len > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{len} bytes, more than the {max} read"),
+        ));
+    }
+    let mut text = String::new();
+    f.take(max).read_to_string(&mut text)?;
+    Ok(text)
+}
+
+/// The bytes of a file this program did not write ([`open_regular`]), whatever its size.
+pub fn read_bytes(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut f = open_regular(path)?;
+    let mut out = Vec::with_capacity(f.metadata()?.len() as usize);
+    f.read_to_end(&mut out)?;
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

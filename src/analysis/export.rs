@@ -14,6 +14,26 @@ use std::path::{Path, PathBuf};
 pub struct Exported {
     pub files: Vec<PathBuf>,
     pub bad: BadLines,
+    /// Metrics past [`MAX_CHARTS`] that got no SVG chart (their values are in the table).
+    pub not_charted: usize,
+}
+
+/// SVG charts one export draws at most: a log with 100,000 metric names would otherwise write
+/// 100,000 files.
+pub const MAX_CHARTS: usize = 256;
+
+impl Exported {
+    /// One line about what was left out, if anything was.
+    pub fn note(&self) -> Option<String> {
+        let mut parts: Vec<String> = self.bad.summary().into_iter().collect();
+        if self.not_charted > 0 {
+            parts.push(format!(
+                "{} metrics past the first {MAX_CHARTS} got no chart (their values are in the table)",
+                self.not_charted
+            ));
+        }
+        (!parts.is_empty()).then(|| parts.join("; "))
+    }
 }
 
 /// Write the requested formats (`csv`, `parquet`, `svg`) for `run` into `out`.
@@ -21,6 +41,7 @@ pub fn export_run(run: &RunDir, out: &Path, formats: &[&str]) -> Result<Exported
     std::fs::create_dir_all(out).with_context(|| format!("{}", out.display()))?;
     let (mut df, bad) = load_run_counted(run)?;
     let mut files = Vec::new();
+    let mut not_charted = 0;
     for f in formats {
         match *f {
             "csv" => {
@@ -33,12 +54,20 @@ pub fn export_run(run: &RunDir, out: &Path, formats: &[&str]) -> Result<Exported
                 super::write_parquet(&mut df, &p)?;
                 files.push(p);
             }
-            "svg" => files.extend(write_svgs(&df, out)?),
+            "svg" => {
+                let (written, left) = write_svgs(&df, out)?;
+                files.extend(written);
+                not_charted = left;
+            }
             "png" => bail!("PNG export is not available in this build (use svg)"),
             other => bail!("unknown format `{other}` (csv, parquet, svg)"),
         }
     }
-    Ok(Exported { files, bad })
+    Ok(Exported {
+        files,
+        bad,
+        not_charted,
+    })
 }
 
 /// `df` with headers and text cells a spreadsheet will not evaluate as formulas
@@ -75,12 +104,19 @@ fn f64s(col: &Column) -> Result<Vec<f64>> {
         .collect())
 }
 
-fn write_svgs(df: &DataFrame, out: &Path) -> Result<Vec<PathBuf>> {
+/// One chart per numeric metric, up to [`MAX_CHARTS`]; the files, and how many were left out.
+fn write_svgs(df: &DataFrame, out: &Path) -> Result<(Vec<PathBuf>, usize)> {
     let steps = f64s(df.column("step")?)?;
     let mut files = Vec::new();
+    let mut used = std::collections::HashSet::new();
+    let mut left = 0;
     for col in df.columns() {
         let name = col.name().as_str();
         if matches!(name, "step" | "time" | "run") || !col.dtype().is_primitive_numeric() {
+            continue;
+        }
+        if files.len() >= MAX_CHARTS {
+            left += 1;
             continue;
         }
         let ys = f64s(col)?;
@@ -93,8 +129,20 @@ fn write_svgs(df: &DataFrame, out: &Path) -> Result<Vec<PathBuf>> {
         if pts.is_empty() {
             continue;
         }
-        // Metric names come from the run's log: one safe file-name component each.
-        let file = out.join(format!("{}.svg", crate::untrusted::file_name(name)));
+        // Metric names come from the run's log: one safe file-name component each, made unique
+        // (`a/b` and `a_b` map to the same name: the second gets `-2`).
+        let base = crate::untrusted::file_name(name);
+        let stem = (1..)
+            .map(|i| {
+                if i == 1 {
+                    base.clone()
+                } else {
+                    format!("{base}-{i}")
+                }
+            })
+            .find(|s| used.insert(s.clone()))
+            .expect("some suffix is free");
+        let file = out.join(format!("{stem}.svg"));
         let chart = Chart {
             title: name.to_string(),
             x_label: "step".into(),
@@ -105,11 +153,9 @@ fn write_svgs(df: &DataFrame, out: &Path) -> Result<Vec<PathBuf>> {
             }],
             ..Chart::default()
         };
-        let tmp = file.with_extension("svg.tmp");
-        std::fs::write(&tmp, render(&[chart], 800.0, 480.0))
-            .and_then(|()| std::fs::rename(&tmp, &file))
+        crate::runfs::atomic::write_file(&file, render(&[chart], 800.0, 480.0).as_bytes())
             .with_context(|| format!("{}: cannot write", file.display()))?;
         files.push(file);
     }
-    Ok(files)
+    Ok((files, left))
 }

@@ -56,9 +56,12 @@ fn load_jsonl(path: &std::path::Path) -> Result<(DataFrame, BadLines)> {
         Column::new("time".into(), cols.times),
     ];
     for (name, vals) in cols.values {
-        if name == "run" {
-            continue; // the column added by load_run
-        }
+        // `run`, `step` and `time` are the frame's own columns (load_run adds `run`): a metric
+        // of that name keeps its values under another.
+        let name = match name.as_str() {
+            "run" | "step" | "time" => format!("{name} (metric)"),
+            _ => name.to_string(),
+        };
         columns.push(Column::new(name.as_str().into(), vals));
     }
     Ok((DataFrame::new_infer_height(columns)?, bad))
@@ -166,14 +169,19 @@ pub fn run_row(run: &RunDir) -> RunRow {
 
 /// Write a frame as CSV.
 pub fn write_csv(df: &mut DataFrame, path: &std::path::Path) -> Result<()> {
-    let mut f = std::fs::File::create(path).with_context(|| format!("{}", path.display()))?;
-    CsvWriter::new(&mut f).finish(df)?;
+    crate::runfs::atomic::write_with(path, |f| {
+        CsvWriter::new(f).finish(df).map_err(std::io::Error::other)
+    })?;
     Ok(())
 }
 
 /// Write a frame as Parquet.
 pub fn write_parquet(df: &mut DataFrame, path: &std::path::Path) -> Result<()> {
-    let f = std::fs::File::create(path).with_context(|| format!("{}", path.display()))?;
-    ParquetWriter::new(f).finish(df)?;
+    crate::runfs::atomic::write_with(path, |f| {
+        ParquetWriter::new(f)
+            .finish(df)
+            .map(|_| ())
+            .map_err(std::io::Error::other)
+    })?;
     Ok(())
 }

@@ -117,7 +117,7 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
     {
         anyhow::bail!("--heads must divide --d-model into an even head size");
     }
-    if a.new_tokens + 2 > a.ctx {
+    if a.new_tokens.saturating_add(2) > a.ctx {
         anyhow::bail!("--new-tokens must leave room for a prompt within --ctx");
     }
     if a.lora == Some(0) {
@@ -136,6 +136,17 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
             arch: Default::default(),
         },
     };
+    // The shape flags are checked as a spec's [model] is (no zero width, no overflow).
+    model
+        .check()
+        .map_err(|e| anyhow::anyhow!("bench train: {e}"))?;
+    anyhow::ensure!(
+        (1..=crate::spec::validate::MAX_BATCH).contains(&a.batch)
+            && (1..=crate::spec::validate::MAX_SAMPLES).contains(&a.prompts),
+        "--batch must be between 1 and {} and --prompts between 1 and {}",
+        crate::spec::validate::MAX_BATCH,
+        crate::spec::validate::MAX_SAMPLES
+    );
     let cfg = BenchConfig {
         model,
         batch: a.batch,

@@ -16,10 +16,12 @@ pub fn run(exp: &Path, sets: &[String]) -> anyhow::Result<()> {
     } else {
         format!(", {} loop(s)", s.loops.len())
     };
-    // A pretrained model's shape is its files' (read without loading the weights).
+    // A pretrained model is loaded once: its headers, every tensor's extent and shape, and
+    // that its weights are finite (a broken file is an error here, not garbage in `run`).
     let model = match &s.model.from {
         Some(from) => {
-            let (cfg, _) = crate::model::checkpoint::read_meta(Path::new(from))?;
+            let device = crate::model::device()?;
+            let cfg = crate::model::pretrained::load(Path::new(from), &device)?.cfg;
             format!(
                 "model {} (d{}×{}L, {}M params)",
                 crate::untrusted::display(from),

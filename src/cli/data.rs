@@ -16,6 +16,11 @@ pub fn generate(
     difficulty: u32,
     seed: u64,
 ) -> anyhow::Result<()> {
+    let max = crate::spec::validate::MAX_EXAMPLES;
+    anyhow::ensure!(
+        (1..=max).contains(&n),
+        "--n must be between 1 and {max} (got {n})"
+    );
     let spec: TaskSpec = toml::from_str(&format!(
         "name = \"{task}\"\ndifficulty = {difficulty}\nseed = {seed}\nheldout = {}",
         if kind == "heldout" { n } else { 500 }

@@ -28,7 +28,7 @@ pub fn run(run: &Path, formats: &[String], out: Option<PathBuf>) -> anyhow::Resu
     for f in &done.files {
         outln!("{}", f.display());
     }
-    if let Some(s) = done.bad.summary() {
+    if let Some(s) = done.note() {
         eprintln!("{}", crate::untrusted::display(&s));
     }
     Ok(())

@@ -38,10 +38,15 @@ use std::path::PathBuf;
 /// Write to standard output as `print!` does, without its panic: a closed pipe (`| head`) ends
 /// the command quietly with the status a shell gives a command a pipe closed on (141); any other
 /// failure (a full disk) ends it with the error on standard error and status 1.
+///
+/// Everything printed passes [`crate::untrusted::printable`]: no escape sequence from a run
+/// folder, a dataset or a spec reaches the terminal, whatever printed it.
 pub fn stdout(args: std::fmt::Arguments<'_>) {
     use std::io::Write;
+    let text = args.to_string();
+    let text = crate::untrusted::printable(&text);
     let mut out = std::io::stdout().lock();
-    match out.write_fmt(args).and_then(|()| out.flush()) {
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(141),
         Err(e) => {

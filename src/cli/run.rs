@@ -32,10 +32,28 @@ pub struct Args {
     /// Start new runs even where an unfinished run of the stage could be resumed.
     #[arg(long)]
     pub fresh: bool,
+    /// The fingerprint (`spec::programs_digest`) of the reward programs the caller showed the
+    /// user; the run refuses to start when the spec's programs differ (the notebook passes it).
+    #[arg(long, hide = true, value_name = "DIGEST")]
+    pub programs_shown: Option<String>,
 }
 
 /// `stageloop run`: one pipeline, or one per seed with `--seeds`.
 pub fn main(a: Args) -> anyhow::Result<()> {
+    if let Some(shown) = &a.programs_shown {
+        let e = spec::load_with(&a.exp, &a.set)?;
+        let programs = e.programs(&a.stage);
+        anyhow::ensure!(
+            spec::programs_digest(&programs) == *shown,
+            "the spec's reward programs are not the ones that were shown before starting \
+             (the spec changed?); nothing started. Now it would run: {}",
+            if programs.is_empty() {
+                "no programs".to_string()
+            } else {
+                crate::untrusted::display(&programs.join("; ")).into_owned()
+            }
+        );
+    }
     if a.seeds.is_empty() {
         run(&a.exp, &a.stage, &a.set, a.seed, a.fresh)
     } else {
@@ -172,11 +190,7 @@ impl Reporter for CliReporter {
     fn started(&mut self, s: &RunStatus, run: &Path) {
         self.stage = s.stage.clone();
         self.started = Instant::now();
-        self.log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(run.join(crate::runfs::STDOUT_LOG))
-            .ok();
+        self.log = crate::runfs::atomic::append_own(&run.join(crate::runfs::STDOUT_LOG)).ok();
         let it = s
             .iteration
             .map(|i| format!(" (loop iteration {i})"))

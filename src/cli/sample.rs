@@ -51,8 +51,9 @@ fn check_args(a: &Args) -> anyhow::Result<()> {
         a.n
     );
     anyhow::ensure!(
-        a.temperature.is_finite() && a.temperature >= 0.0,
-        "--temperature must be a finite number, at least 0 (got {})",
+        crate::spec::validate::temperature_ok(a.temperature),
+        "--temperature {} (got {})",
+        crate::spec::validate::TEMPERATURE_RULE,
         a.temperature
     );
     anyhow::ensure!(
@@ -140,6 +141,9 @@ fn run_pretrained(a: &Args) -> anyhow::Result<()> {
     let dev = device()?;
     let p = pretrained::load(&a.target, &dev)?;
     let ids = if a.chat {
+        if let Some(from) = &p.tokenizer.chat_template_source {
+            eprintln!("chat template: {}", crate::untrusted::display(from));
+        }
         let text = p.tokenizer.chat(
             &[Message {
                 role: "user".into(),

@@ -70,7 +70,7 @@ pub struct TrainState {
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).with_context(|| {
+    let text = crate::untrusted::read_small(path, 1 << 30).with_context(|| {
         format!(
             "{}: cannot read (is this a checkpoint folder?)",
             path.display()

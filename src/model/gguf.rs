@@ -222,8 +222,8 @@ impl Reader<'_> {
 impl Gguf {
     /// Read and check a file's header and tables.
     pub fn open(path: &Path) -> Result<Gguf> {
-        let bytes =
-            std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+        let bytes = crate::untrusted::read_bytes(path)
+            .with_context(|| format!("{}: cannot read", path.display()))?;
         Self::parse(path, bytes).map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))
     }
 
@@ -265,11 +265,15 @@ impl Gguf {
             })?;
             infos.push((name, dims, kind, offset));
         }
-        let align = metadata
-            .get("general.alignment")
-            .and_then(Value::as_u64)
-            .unwrap_or(32)
-            .max(1);
+        let align = match metadata.get("general.alignment") {
+            None => 32,
+            Some(v) => v
+                .as_u64()
+                .filter(|a| a.is_power_of_two() && *a <= 1 << 20)
+                .with_context(|| {
+                    format!("general.alignment is {v:?}: it must be a power of two (32 by default)")
+                })?,
+        };
         let data = (r.at as u64).div_ceil(align) * align;
         let mut tensors = Vec::with_capacity(infos.len());
         for (name, dims, kind, offset) in infos {
@@ -285,6 +289,11 @@ impl Gguf {
                 );
             }
             let bytes_len = elements / per as u64 * size as u64;
+            if offset % align != 0 {
+                bail!(
+                    "tensor `{name}`: offset {offset} is not a multiple of the alignment {align}"
+                );
+            }
             let start = data.checked_add(offset).context("offset overflows")?;
             if start
                 .checked_add(bytes_len)
@@ -303,6 +312,25 @@ impl Gguf {
                 offset: start,
                 bytes: bytes_len,
             });
+        }
+        // No two tensors share bytes (a retyped or overlapping entry would read another's data).
+        let mut spans: Vec<(u64, u64, &str)> = tensors
+            .iter()
+            .map(|t| (t.offset, t.offset + t.bytes, t.name.as_str()))
+            .collect();
+        spans.sort_unstable();
+        for w in spans.windows(2) {
+            if w[1].0 < w[0].1 {
+                bail!(
+                    "tensors `{}` and `{}` overlap in the file ({}..{} and {}..{})",
+                    w[0].2,
+                    w[1].2,
+                    w[0].0,
+                    w[0].1,
+                    w[1].0,
+                    w[1].1
+                );
+            }
         }
         Ok(Gguf {
             path: path.to_path_buf(),
@@ -550,6 +578,42 @@ mod tests {
         assert_eq!(y[16], -32.0); // is = 1: scale 2
         assert_eq!(y[32], -48.0); // scale 3
         assert_eq!(y[128], -16.0 * 9.0); // second half: scale 9
+    }
+
+    #[test]
+    fn bad_alignments_and_offsets_and_overlaps_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("m.gguf");
+        let mut q8 = h(1.0).to_vec();
+        q8.extend([1u8; 32]);
+        let two = [
+            ("a", vec![32u64], 8u32, q8.clone()),
+            ("b", vec![32u64], 8u32, q8.clone()),
+        ];
+        for align in [0, 3, 48] {
+            write(&p, &[("general.alignment", Value::Uint(align))], &two);
+            let e = Gguf::open(&p).unwrap_err().to_string();
+            assert!(e.contains("general.alignment"), "{align}: {e}");
+        }
+        write(&p, &[], &two);
+        Gguf::open(&p).unwrap();
+        // The second tensor's offset moved onto the first's data, then off the alignment.
+        let mut b = std::fs::read(&p).unwrap();
+        let entry = |b: &[u8], name: u8| {
+            // length 1 (u64), the name byte, 1 dim (u32), dim (u64), type (u32), offset (u64)
+            let key = [1u8, 0, 0, 0, 0, 0, 0, 0, name];
+            let i = b.windows(9).position(|w| w == key).unwrap();
+            i + 9 + 4 + 8 + 4
+        };
+        let off_b = entry(&b, b'b');
+        b[off_b..off_b + 8].copy_from_slice(&0u64.to_le_bytes());
+        std::fs::write(&p, &b).unwrap();
+        let e = Gguf::open(&p).unwrap_err().to_string();
+        assert!(e.contains("overlap"), "{e}");
+        b[off_b..off_b + 8].copy_from_slice(&5u64.to_le_bytes());
+        std::fs::write(&p, &b).unwrap();
+        let e = Gguf::open(&p).unwrap_err().to_string();
+        assert!(e.contains("not a multiple of the alignment"), "{e}");
     }
 
     #[test]

@@ -190,7 +190,7 @@ pub fn save_pretrained(dir: &Path, c: &Chat) -> Result<()> {
 pub fn load_pretrained(dir: &Path) -> Result<Text> {
     let meta: TextMeta = crate::runfs::atomic::read_json(&dir.join(TEXT_META))?;
     let tok_path = dir.join(TOKENIZER);
-    let json = std::fs::read_to_string(&tok_path)
+    let json = crate::untrusted::read_small(&tok_path, 1 << 30)
         .with_context(|| format!("{}: cannot read", tok_path.display()))?;
     let tok = HfTokenizer::from_json(&json, meta.bos, meta.eos, meta.chat_template, &tok_path)?;
     Ok(Text::Pretrained(Arc::new(Chat {

@@ -72,16 +72,19 @@ pub enum Dialog {
 /// Side effects for the event loop to carry out.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
-    /// `stageloop run EXP [--stage NAME]` as a child process.
+    /// `stageloop run EXP [--stage NAME]` as a child process, which must find the spec's
+    /// programs to be `programs`, the ones the user was shown (none: none may run).
     Spawn {
         exp: PathBuf,
         stage: Option<String>,
+        programs: Vec<String>,
     },
     /// `stageloop run EXP --stage NAME --fresh --set K=V …`: a fork of a stage with overrides.
     Fork {
         exp: PathBuf,
         stage: String,
         sets: Vec<String>,
+        programs: Vec<String>,
     },
     /// Open a notes file in the user's editor (the terminal handed over and restored).
     EditNotes {
@@ -558,12 +561,20 @@ impl App {
                     let msg = format!("starting stage {stage} again");
                     self.spawn_or_ask(exp, Some(stage), msg)
                 }
-                Dialog::RunsPrograms { exp, stage, .. } => {
+                Dialog::RunsPrograms {
+                    exp,
+                    stage,
+                    commands,
+                } => {
                     self.notice(match &stage {
                         Some(s) => format!("starting stage {s} (runs your reward programs)"),
                         None => "starting the pipeline (runs your reward programs)".to_string(),
                     });
-                    vec![Effect::Spawn { exp, stage }]
+                    vec![Effect::Spawn {
+                        exp,
+                        stage,
+                        programs: commands,
+                    }]
                 }
                 Dialog::Message { .. } => Vec::new(),
             };
@@ -648,21 +659,24 @@ impl App {
             self.notice("fork: type overrides like lr=1e-4 beta=0.04 (stage keys) or model.ctx=96");
             return Vec::new();
         }
-        let programs = self
-            .selected_experiment()
-            .map(|ex| programs_of(ex, Some(&stage)))
-            .unwrap_or_default();
-        if !programs.is_empty() {
-            self.notice(format!(
-                "fork: {stage} runs reward programs ({}); fork it from the command line: stageloop run EXP --stage {stage} --fresh --set …",
-                programs.join(", ")
-            ));
-            return Vec::new();
-        }
         match crate::spec::load_with(&exp, &sets) {
+            // The programs of the spec as the fork would run it, overrides applied: an
+            // override may add one.
+            Ok(e) if !e.programs(std::slice::from_ref(&stage)).is_empty() => {
+                self.notice(format!(
+                    "fork: {stage} would run reward programs ({}); fork it from the command line: stageloop run EXP --stage {stage} --fresh --set …",
+                    e.programs(std::slice::from_ref(&stage)).join(", ")
+                ));
+                Vec::new()
+            }
             Ok(_) => {
                 self.notice(format!("forking {stage} with {}", sets.join(" ")));
-                vec![Effect::Fork { exp, stage, sets }]
+                vec![Effect::Fork {
+                    exp,
+                    stage,
+                    sets,
+                    programs: Vec::new(),
+                }]
             }
             Err(e) => {
                 self.notice(format!("fork: {e:#}"));
@@ -739,7 +753,11 @@ impl App {
             return Vec::new();
         }
         self.notice(msg);
-        vec![Effect::Spawn { exp, stage }]
+        vec![Effect::Spawn {
+            exp,
+            stage,
+            programs: Vec::new(),
+        }]
     }
 
     /// The folder and pid of the selected run (or, on an experiment row or in the pipeline
@@ -777,17 +795,8 @@ pub fn programs_of(ex: &ExperimentView, stage: Option<&str>) -> Vec<String> {
     let Ok(e) = &ex.spec else {
         return Vec::new();
     };
-    e.spec
-        .stage
-        .iter()
-        .filter(|s| stage.is_none_or(|n| n == s.name))
-        .filter_map(|s| e.resolved(&s.name))
-        .flat_map(|c| {
-            c.reward_programs()
-                .map(|(name, p)| format!("{}/{name}: {}", c.name, p.shown()))
-                .collect::<Vec<_>>()
-        })
-        .collect()
+    let stages: Vec<String> = stage.map(str::to_string).into_iter().collect();
+    e.programs(&stages)
 }
 
 /// [`App::chart_runs`] over the runs pane and workspace (borrowed apart from the charts).

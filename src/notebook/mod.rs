@@ -41,36 +41,50 @@ pub fn apply(app: &mut App, effect: Effect, tx: &mpsc::Sender<Event>) -> bool {
             // One write per line, appended: the file is a log like the run's others.
             use std::io::Write;
             let path = run.join(workspace::BOOKMARKS);
-            let wrote = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
+            let wrote = crate::runfs::atomic::append_own(&path)
                 .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()));
             match wrote {
                 Ok(()) => {
                     app.poll(Instant::now() + POLL_BUDGET);
                 }
-                Err(e) => app.notice(format!("{}: {e}", path.display())),
+                Err(e) => app.notice(e.to_string()),
             }
         }
-        Effect::Fork { exp, stage, sets } => {
+        Effect::Fork {
+            exp,
+            stage,
+            sets,
+            programs,
+        } => {
             let mut extra = vec!["--fresh".to_string()];
             for s in &sets {
                 extra.extend(["--set".to_string(), s.clone()]);
             }
+            let shown = extra.join(" ");
+            extra.extend([
+                "--programs-shown".to_string(),
+                crate::spec::programs_digest(&programs),
+            ]);
             app.follow_next_run(&exp);
             match supervisor::spawn_stage(&exp, Some(&stage), &extra, tx.clone()) {
                 Ok(pid) => app.notice(format!(
-                    "started pid {pid}: stageloop run {} --stage {stage} {}",
+                    "started pid {pid}: stageloop run {} --stage {stage} {shown}",
                     exp.display(),
-                    extra.join(" ")
                 )),
                 Err(e) => app.notice(format!("could not start the fork: {e}")),
             }
         }
-        Effect::Spawn { exp, stage } => {
+        Effect::Spawn {
+            exp,
+            stage,
+            programs,
+        } => {
             app.follow_next_run(&exp);
-            match supervisor::spawn_stage(&exp, stage.as_deref(), &[], tx.clone()) {
+            let shown = [
+                "--programs-shown".to_string(),
+                crate::spec::programs_digest(&programs),
+            ];
+            match supervisor::spawn_stage(&exp, stage.as_deref(), &shown, tx.clone()) {
                 Ok(pid) => app.notice(format!(
                     "started pid {pid}: stageloop run {}{}",
                     exp.display(),
@@ -100,10 +114,7 @@ pub fn apply(app: &mut App, effect: Effect, tx: &mpsc::Sender<Event>) -> bool {
                         "exported {} files to {}{}",
                         done.files.len(),
                         dir.display(),
-                        done.bad
-                            .summary()
-                            .map(|s| format!(" ({s})"))
-                            .unwrap_or_default()
+                        done.note().map(|s| format!(" ({s})")).unwrap_or_default()
                     ),
                     Err(e) => format!("export failed: {e:#}"),
                 };
@@ -207,13 +218,20 @@ pub fn editor_command() -> Vec<String> {
 
 /// Open `path` (created with a heading when absent) in the user's editor and wait for it.
 fn edit_file(path: &Path) -> anyhow::Result<()> {
+    if path.is_symlink() {
+        anyhow::bail!(
+            "{}: a symbolic link; notes are the run's or the experiment's own file",
+            path.display()
+        );
+    }
     if !path.exists() {
         let what = path
             .parent()
             .and_then(|p| p.file_name())
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        std::fs::write(path, format!("# Notes: {what}\n\n"))
+        let mut f = crate::runfs::atomic::append_own(path)?;
+        std::io::Write::write_all(&mut f, format!("# Notes: {what}\n\n").as_bytes())
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     }
     let cmd = editor_command();

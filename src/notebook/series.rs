@@ -11,6 +11,10 @@ use std::collections::BTreeMap;
 /// Points kept per run before the series is halved ([`RunSeries::compact`]).
 pub const MAX_POINTS: usize = 1 << 15;
 
+/// Distinct metrics a run's series keeps: a log that names more (100,000 names in a 2 MB file)
+/// would otherwise cost a column each; the rest are counted and the overview says so.
+pub const MAX_METRICS: usize = 1024;
+
 /// All metrics of one run, column-wise and compact (f32: 12 bytes a point with one metric), so
 /// 50 runs × 200,000 points fit in memory. `values[name][i]` belongs to `steps[i]`; wall times
 /// are kept relative to the run's first one (`t0`).
@@ -26,6 +30,8 @@ pub struct RunSeries {
     lines: u64,
     /// Bumped by every change, so caches can tell a compacted series from a grown one.
     version: u64,
+    /// Metric names past [`MAX_METRICS`], not kept.
+    beyond: std::collections::HashSet<String>,
 }
 
 impl RunSeries {
@@ -41,7 +47,19 @@ impl RunSeries {
     fn push_row(&mut self, row: &MetricRow) {
         self.lines += 1;
         self.version += 1;
-        for (k, v) in &row.values {
+        let mut admitted = self.values.len();
+        for k in row.values.keys() {
+            if self.values.contains_key(k) || self.beyond.contains(k) {
+                continue;
+            }
+            if admitted < MAX_METRICS {
+                admitted += 1;
+            } else {
+                self.beyond.insert(k.clone());
+            }
+        }
+        let kept = |k: &String| !self.beyond.contains(k);
+        for (k, v) in row.values.iter().filter(|(k, _)| kept(k)) {
             if let Some(v) = v.filter(|v| v.is_finite()) {
                 match self.last.get_mut(k) {
                     Some(x) => *x = v,
@@ -61,7 +79,7 @@ impl RunSeries {
             t.map(|t| (t - self.t0.unwrap_or(t)) as f32)
                 .unwrap_or(f32::NAN),
         );
-        for (k, v) in &row.values {
+        for (k, v) in row.values.iter().filter(|(k, _)| !self.beyond.contains(*k)) {
             let col = self
                 .values
                 .entry(k.clone())
@@ -137,6 +155,11 @@ impl RunSeries {
     }
 
     /// Metric names.
+    /// How many metric names the log has past [`MAX_METRICS`] (not charted).
+    pub fn names_beyond(&self) -> usize {
+        self.beyond.len()
+    }
+
     pub fn names(&self) -> impl Iterator<Item = &String> {
         self.values.keys()
     }
@@ -318,6 +341,25 @@ pub fn downsample(xs: &[f64], ys: &[f64], columns: usize) -> Vec<(f64, f64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_log_with_more_metric_names_than_the_cap_keeps_the_first_and_counts_the_rest() {
+        let mut s = RunSeries::default();
+        let row = |step: u64, names: std::ops::Range<usize>| MetricRow {
+            step,
+            time: None,
+            values: names.map(|i| (format!("m{i:06}"), Some(1.0))).collect(),
+        };
+        s.push(&row(1, 0..5_000));
+        s.push(&row(2, 0..3));
+        s.push(&row(3, 5_000..5_010));
+        assert_eq!(s.names().count(), MAX_METRICS);
+        assert_eq!(s.names_beyond(), 5_010 - MAX_METRICS);
+        assert!(
+            s.names().all(|n| n.as_str() < "m001024"),
+            "the first names are kept"
+        );
+    }
 
     #[test]
     fn seed_bands_align_by_step_and_skip_gaps() {

@@ -29,10 +29,7 @@ pub fn spawn_stage(
 ) -> std::io::Result<u32> {
     let runs = exp.join("runs");
     std::fs::create_dir_all(&runs)?;
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(runs.join(".launcher.log"))?;
+    let log = crate::runfs::atomic::append_own(&runs.join(".launcher.log"))?;
     let mut cmd = Command::new(exe()?);
     cmd.arg("run").arg(exp);
     if let Some(s) = stage {

@@ -113,7 +113,7 @@ pub fn bookmark_line(s: &Sample, on: bool) -> String {
 /// The bookmarked samples of a `bookmarks.jsonl` (bad lines skipped).
 fn read_bookmarks(path: &Path) -> std::collections::BTreeSet<(u64, String, String)> {
     let mut out = std::collections::BTreeSet::new();
-    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let text = crate::untrusted::read_small(path, 64 << 20).unwrap_or_default();
     for line in text.lines() {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
@@ -150,7 +150,7 @@ fn read_notes(dir: &Path, seen: Option<SystemTime>) -> (Option<String>, Option<S
     }
     use std::io::Read;
     let mut buf = Vec::new();
-    let text = std::fs::File::open(&path)
+    let text = crate::untrusted::open_regular(&path)
         .and_then(|f| f.take(NOTES_BUDGET).read_to_end(&mut buf))
         .ok()
         .map(|_| String::from_utf8_lossy(&buf).into_owned());
@@ -405,7 +405,8 @@ impl RunView {
 
     /// A `metrics.csv` written by another tool: read once (first row is the header).
     fn load_csv(&mut self) -> bool {
-        let Ok(text) = std::fs::read_to_string(self.dir.join(runfs::METRICS_CSV)) else {
+        let Ok(text) = crate::untrusted::read_small(&self.dir.join(runfs::METRICS_CSV), 512 << 20)
+        else {
             return false;
         };
         let mut lines = text.lines();

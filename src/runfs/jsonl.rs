@@ -3,7 +3,7 @@
 //! `null` (serde_json's behaviour, relied on here and tested).
 
 use serde::Serialize;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
@@ -12,6 +12,9 @@ pub struct JsonlWriter {
     file: File,
     path: PathBuf,
     buf: Vec<u8>,
+    /// The file's length after the last complete line: a failed write (a full disk) is cut
+    /// back to it, so no torn line stays behind.
+    len: u64,
 }
 
 impl JsonlWriter {
@@ -22,22 +25,23 @@ impl JsonlWriter {
     }
 
     fn open(path: &Path) -> io::Result<JsonlWriter> {
-        let mut file = OpenOptions::new().create(true).append(true).open(path)?;
+        let mut file = super::atomic::append_own(path)?;
         let len = file.metadata()?.len();
         if len > 0 {
             use std::io::{Read, Seek, SeekFrom};
-            let mut r = File::open(path)?;
-            r.seek(SeekFrom::Start(len - 1))?;
+            file.seek(SeekFrom::Start(len - 1))?;
             let mut last = [0u8; 1];
-            r.read_exact(&mut last)?;
+            file.read_exact(&mut last)?;
             if last[0] != b'\n' {
                 file.write_all(b"\n")?;
             }
         }
+        let len = file.metadata()?.len();
         Ok(JsonlWriter {
             file,
             path: path.to_path_buf(),
             buf: Vec::with_capacity(256),
+            len,
         })
     }
 
@@ -46,9 +50,17 @@ impl JsonlWriter {
         self.buf.clear();
         serde_json::to_writer(&mut self.buf, record).map_err(io::Error::other)?;
         self.buf.push(b'\n');
-        self.file
-            .write_all(&self.buf)
-            .map_err(|e| super::atomic::named(&self.path, e))
+        match self.file.write_all(&self.buf) {
+            Ok(()) => {
+                self.len += self.buf.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                // Part of the line may be on disk: cut it off (freeing blocks needs none).
+                let _ = self.file.set_len(self.len);
+                Err(super::atomic::named(&self.path, e))
+            }
+        }
     }
 
     /// The file being written.

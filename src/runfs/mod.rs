@@ -71,33 +71,7 @@ impl RunDir {
     }
 }
 
-/// The text of a small file the program did not write itself (run.json, eval.json, a model's
-/// config): opened without blocking and read only when it is a regular file (a FIFO or a device
-/// named like one is refused, not waited on), and refused past `max` bytes.
-pub fn read_small(path: &Path, max: u64) -> std::io::Result<String> {
-    use std::io::Read;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.read(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut opts, libc::O_NONBLOCK);
-    let f = opts.open(path)?;
-    let meta = f.metadata()?;
-    if !meta.is_file() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "not a regular file",
-        ));
-    }
-    if meta.len() > max {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("{} bytes, more than the {max} read", meta.len()),
-        ));
-    }
-    let mut text = String::new();
-    f.take(max).read_to_string(&mut text)?;
-    Ok(text)
-}
+pub use crate::untrusted::{open_regular, read_small};
 
 /// `yyyymmdd-HHMMSS` (UTC) of a Unix time.
 pub fn timestamp(unix: f64) -> String {

@@ -114,7 +114,9 @@ impl RunStatus {
         let path = dir.join(super::RUN_JSON);
         let mut bytes = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
         bytes.push(b'\n');
-        std::fs::write(&path, bytes).map_err(|e| atomic::named(&path, e))
+        let mut f = atomic::append_own(&path)?;
+        f.set_len(0).map_err(|e| atomic::named(&path, e))?;
+        std::io::Write::write_all(&mut f, &bytes).map_err(|e| atomic::named(&path, e))
     }
 
     /// Read `dir/run.json`; the error names the file and what is wrong with it.

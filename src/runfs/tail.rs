@@ -3,7 +3,6 @@
 //! complete lines appended since the last one, reads in chunks until a deadline so a huge file
 //! never stalls the caller, and starts over when the file is truncated or replaced.
 
-use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -82,7 +81,7 @@ impl TailReader {
     /// Read what was appended, until EOF or `deadline`.
     pub fn poll(&mut self, deadline: Option<Instant>) -> io::Result<Poll> {
         let mut out = Poll::default();
-        let mut file = match File::open(&self.path) {
+        let mut file = match crate::untrusted::open_regular(&self.path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 out.missing = true;

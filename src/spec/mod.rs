@@ -116,11 +116,40 @@ impl Experiment {
         self.spec.stage.iter().position(|s| s.name == name)
     }
 
+    /// The external programs running `stages` (empty: every stage) would start, as
+    /// `stage/reward: command` lines in pipeline order: what the notebook shows before it starts
+    /// such a run, and what `run --programs-shown` checks it against.
+    pub fn programs(&self, stages: &[String]) -> Vec<String> {
+        self.spec
+            .stage
+            .iter()
+            .filter(|s| stages.is_empty() || stages.contains(&s.name))
+            .filter_map(|s| self.resolved(&s.name))
+            .flat_map(|c| {
+                c.reward_programs()
+                    .map(|(name, p)| format!("{}/{name}: {}", c.name, p.shown()))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
     /// A stage with every default applied.
     pub fn resolved(&self, name: &str) -> Option<StageConfig> {
         self.stage(name)
             .map(|s| StageConfig::resolve(s, &self.spec.model, self.spec.task.heldout))
     }
+}
+
+/// A short fingerprint of program lines ([`Experiment::programs`]): FNV-1a over the lines, as
+/// 16 hex digits. The notebook passes it to the child it starts, which refuses to run programs
+/// other than the ones shown (a spec edited between the dialog and the start).
+pub fn programs_digest(lines: &[String]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in lines.join("\n").bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
 }
 
 /// `EXP` on the command line: an experiment folder or its `experiment.toml`.

@@ -17,7 +17,7 @@ pub fn is_pretrained(path: &Path) -> bool {
     let has_weights = path.join("model.safetensors").is_file()
         || path.join("model.safetensors.index.json").is_file();
     has_weights
-        && std::fs::read_to_string(path.join("config.json"))
+        && crate::untrusted::read_small(&path.join("config.json"), 16 << 20)
             .ok()
             .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
             .is_some_and(|v| v.get("model_type").is_some())

@@ -438,13 +438,13 @@ fn ranges(c: &mut Checks<'_>, spec: &ExperimentSpec, i: usize, cfg: &StageConfig
     );
     range(
         "weight_decay",
-        cfg.weight_decay >= 0.0,
-        "must be at least 0",
+        (0.0..=1.0).contains(&cfg.weight_decay),
+        "must be between 0 and 1 (a larger decay drives the weights to NaN)",
     );
     range(
         "grad_clip",
-        cfg.grad_clip >= 0.0,
-        "must be at least 0 (0 = off)",
+        cfg.grad_clip >= 0.0 && cfg.grad_clip.is_finite(),
+        "must be a finite number, at least 0 (0 = off)",
     );
     range("log_every", cfg.log_every >= 1, "must be at least 1");
     range(
@@ -473,8 +473,8 @@ fn ranges(c: &mut Checks<'_>, spec: &ExperimentSpec, i: usize, cfg: &StageConfig
     );
     range(
         "temperature",
-        cfg.temperature >= 0.0 && cfg.temperature.is_finite(),
-        "must be at least 0 (0 = greedy)",
+        temperature_ok(cfg.temperature),
+        TEMPERATURE_RULE,
     );
     range(
         "top_p",
@@ -493,8 +493,8 @@ fn ranges(c: &mut Checks<'_>, spec: &ExperimentSpec, i: usize, cfg: &StageConfig
     );
     range(
         "beta",
-        cfg.beta >= 0.0 && cfg.beta.is_finite(),
-        "must be a finite number, at least 0 (0 = no reference model)",
+        (0.0..=MAX_BETA).contains(&cfg.beta),
+        &format!("must be between 0 and {MAX_BETA} (0 = no reference model)"),
     );
     range(
         "epsilon",
@@ -552,9 +552,9 @@ fn rewards(c: &mut Checks<'_>, i: usize, s: &StageSpec) {
                     ),
                 );
                 c.value(
-                    !builtin || w.is_finite(),
+                    !builtin || w.abs() <= MAX_REWARD_WEIGHT,
                     &here,
-                    "reward weights must be finite",
+                    format!("reward weights must be between -{MAX_REWARD_WEIGHT} and {MAX_REWARD_WEIGHT}"),
                 );
             }
             RewardSpec::Program(p) => {
@@ -568,7 +568,13 @@ fn rewards(c: &mut Checks<'_>, i: usize, s: &StageSpec) {
                     &here,
                     "command must name a program",
                 );
-                c.value(p.weight.is_finite(), &here, "reward weights must be finite");
+                c.value(
+                    p.weight.abs() <= MAX_REWARD_WEIGHT,
+                    &here,
+                    format!(
+                        "reward weights must be between -{MAX_REWARD_WEIGHT} and {MAX_REWARD_WEIGHT}"
+                    ),
+                );
                 c.value(
                     p.timeout > 0.0 && p.timeout <= 3600.0,
                     &here,
@@ -645,6 +651,20 @@ pub const MAX_SAMPLES: usize = 4_096;
 pub const MAX_BATCH: usize = 65_536;
 pub const MAX_ITERATIONS: usize = 1_000;
 pub const MAX_LORA_RANK: usize = 1_024;
+/// Bounds on values whose larger settings only make the loss NaN (TRL's betas are ≤ 1).
+pub const MAX_BETA: f64 = 100.0;
+pub const MAX_REWARD_WEIGHT: f64 = 1e6;
+
+/// A sampling temperature is 0 (greedy) or between these: below ~1e-38 the logits divided by it
+/// overflow and sampling gives garbage instead of the greedy token.
+pub const MIN_TEMPERATURE: f64 = 1e-3;
+pub const MAX_TEMPERATURE: f64 = 100.0;
+pub const TEMPERATURE_RULE: &str = "must be 0 (greedy) or between 0.001 and 100";
+
+/// Whether `t` is a temperature sampling can use ([`TEMPERATURE_RULE`]).
+pub fn temperature_ok(t: f64) -> bool {
+    t == 0.0 || (MIN_TEMPERATURE..=MAX_TEMPERATURE).contains(&t)
+}
 
 /// Bytes a stage needs at most, roughly: weights, gradients and AdamW's two moments (plus a
 /// frozen reference for GRPO), the activations of one training batch, the KV cache of the

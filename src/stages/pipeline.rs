@@ -286,7 +286,14 @@ fn run_one(
         resume,
         _lock,
     } = opened;
-    status.save(&run.path)?;
+    if let Err(e) = status.save(&run.path) {
+        // A new run folder that cannot hold its run.json (a full disk) is removed, not left
+        // behind empty.
+        if resume.is_none() && status.resumed_at.is_empty() {
+            let _ = std::fs::remove_dir_all(&run.path);
+        }
+        return Err(e.into());
+    }
     reporter.started(&status, &run.path);
     let mut ctx = StageCtx::new(
         exp,
@@ -324,7 +331,7 @@ fn resumable_run(
         );
     }
     let seed = opts.seed.unwrap_or(exp.spec.seed);
-    Ok(runfs::runs_with_status(&exp.runs_dir())
+    let found = runfs::runs_with_status(&exp.runs_dir())
         .into_iter()
         .rev()
         .filter_map(|(r, s)| s.map(|s| (r, s)))
@@ -335,7 +342,36 @@ fn resumable_run(
                 Status::Stopped | Status::Failed | Status::Crashed
             ) && s.iteration == step.iteration
                 && checkpoint::latest(&run.path).is_some()
-        }))
+        });
+    if let Some((run, s)) = &found {
+        let changes = config_changes(&s.config, &cfg.to_json());
+        if !changes.is_empty() {
+            bail!(
+                "{}: stage `{}` was started with other settings ({}); resuming would train \
+                 with the new values while its run.json records the old ones. Restore the \
+                 settings to resume it, or pass --fresh to start a new run",
+                run.path.display(),
+                cfg.name,
+                changes.join(", ")
+            );
+        }
+    }
+    Ok(found)
+}
+
+/// The settings that differ between a run's recorded config and the one a command would run
+/// with, as `key old → new` (keys only one side has are left out: a newer build may record
+/// more).
+pub fn config_changes(old: &serde_json::Value, new: &serde_json::Value) -> Vec<String> {
+    let (Some(old), Some(new)) = (old.as_object(), new.as_object()) else {
+        return Vec::new();
+    };
+    old.iter()
+        .filter_map(|(k, a)| {
+            let b = new.get(k)?;
+            (a != b).then(|| format!("{k} {a} → {b}"))
+        })
+        .collect()
 }
 
 /// Take over an interrupted run: lock it, drop half-written checkpoints, and mark it running

@@ -109,9 +109,8 @@ pub fn write_dataset(dir: &Path, rows: &[(String, String)]) -> Result<()> {
             rows.iter().map(|r| r.1.clone()).collect::<Vec<_>>(),
         ),
     ])?;
-    let tmp = dir.join(format!(".{DATASET_PARQUET}.tmp"));
-    crate::analysis::write_parquet(&mut df, &tmp)?;
-    std::fs::rename(&tmp, dir.join(DATASET_PARQUET))?;
+    // Written under a temporary name and renamed (write_parquet does both).
+    crate::analysis::write_parquet(&mut df, &dir.join(DATASET_PARQUET))?;
     Ok(())
 }
 

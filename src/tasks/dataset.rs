@@ -57,7 +57,8 @@ fn text(v: &serde_json::Value) -> Option<String> {
 
 /// The rows of a JSONL file as objects; errors name `file:line`.
 fn read_jsonl(path: &Path) -> Result<Vec<(usize, serde_json::Map<String, serde_json::Value>)>> {
-    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let bytes = crate::untrusted::read_bytes(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
     let mut rows = Vec::new();
     for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
         let no = i + 1;
@@ -79,8 +80,8 @@ fn read_jsonl(path: &Path) -> Result<Vec<(usize, serde_json::Map<String, serde_j
 /// The rows of a Parquet file (through polars), numbered from 1.
 fn read_parquet(path: &Path) -> Result<Vec<(usize, serde_json::Map<String, serde_json::Value>)>> {
     use polars::prelude::*;
-    let f =
-        std::fs::File::open(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let f = crate::untrusted::open_regular(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
     let df = ParquetReader::new(f)
         .finish()
         .map_err(|e| anyhow::anyhow!("{}: not a Parquet file: {e}", path.display()))?;

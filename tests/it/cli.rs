@@ -1089,8 +1089,19 @@ fn a_file_size_limit_fails_the_run_without_killing_it() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    let status = stageloop::runfs::RunStatus::load(&only_run(d.path())).unwrap();
+    let run = only_run(d.path());
+    let status = stageloop::runfs::RunStatus::load(&run).unwrap();
     assert_eq!(status.status, stageloop::runfs::Status::Failed);
+    // The line the limit cut short was cut off: every line of the log is whole.
+    let log = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert!(
+        log.ends_with('\n'),
+        "torn last line: {:?}",
+        &log[log.len().saturating_sub(80)..]
+    );
+    for line in log.lines() {
+        serde_json::from_str::<serde_json::Value>(line).unwrap();
+    }
 }
 
 /// Wait until `exp` has one run whose stage holds its lock; that run and the pid.
@@ -1137,4 +1148,143 @@ fn stop_signals_the_stage_and_not_the_rest_of_a_shells_pipeline() {
     assert_eq!(codes.trim(), "130 0", "stage and tee exit codes");
     let st = stageloop::runfs::RunStatus::load(&run).unwrap();
     assert_eq!(st.status, stageloop::runfs::Status::Stopped);
+}
+
+#[test]
+fn a_run_refuses_programs_other_than_the_ones_shown() {
+    let d = tempfile::tempdir().unwrap();
+    let spec = TINY.replace(
+        "sample_every = 0\n",
+        "sample_every = 0\n[[stage]]\nname = \"rl\"\nkind = \"grpo\"\ninit = \"pre\"\nsteps = 1\nrewards = { accuracy = 1.0, style = { command = [\"touch\", \"ran\"] } }\n",
+    );
+    std::fs::write(d.path().join("experiment.toml"), spec).unwrap();
+    // What the notebook passes when it showed no programs (the spec gained one since).
+    let none = stageloop::spec::programs_digest(&[]);
+    bin()
+        .arg("run")
+        .arg(d.path())
+        .args(["--programs-shown", &none])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("not the ones that were shown"))
+        .stderr(predicate::str::contains("rl/style: touch ran"));
+    assert!(!d.path().join("runs").exists(), "nothing started");
+    assert!(!d.path().join("ran").exists());
+}
+
+#[test]
+fn resuming_with_changed_settings_is_refused_naming_them() {
+    let d = tempfile::tempdir().unwrap();
+    let spec = TINY.replace("steps = 2", "steps = 1000000\ncheckpoint_every = 1");
+    std::fs::write(d.path().join("experiment.toml"), spec).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_stageloop"))
+        .arg("run")
+        .arg(d.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (run, pid) = running_stage(d.path());
+    while stageloop::runfs::checkpoint::latest(&run).is_none() {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = pid;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let before = std::fs::read_to_string(run.join("run.json")).unwrap();
+    bin()
+        .arg("run")
+        .arg(d.path())
+        .args(["--set", "stage.pre.lr=0.5"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("→ 0.5"))
+        .stderr(predicate::str::contains("--fresh"));
+    assert_eq!(
+        std::fs::read_to_string(run.join("run.json")).unwrap(),
+        before
+    );
+    assert_eq!(
+        std::fs::read_dir(d.path().join("runs")).unwrap().count(),
+        1,
+        "no new run either"
+    );
+}
+
+#[test]
+fn sizes_on_the_command_line_are_checked_like_a_specs() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("x.jsonl");
+    for n in ["0", "9223372036854775807", "4294967296", "100000000"] {
+        bin()
+            .args(["data", "gen", "--task", "arith", "--n", n, "--out"])
+            .arg(&out)
+            .assert()
+            .code(1)
+            .stderr(predicate::str::contains("--n must be between"));
+    }
+    for flags in [
+        &["--d-model", "0"][..],
+        &["--d-model", "9223372036854775807", "--heads", "1"],
+        &["--layers", "0"],
+        &["--new-tokens", "18446744073709551615"],
+        &["--prompts", "0"],
+    ] {
+        let out = bin()
+            .args(["bench", "train", "--steps", "0"])
+            .args(flags)
+            .assert()
+            .code(1);
+        let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+        assert!(!err.contains("panicked"), "{flags:?}: {err}");
+    }
+}
+
+/// Make a FIFO at `path`.
+fn mkfifo(path: &Path) {
+    let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo reads a NUL-terminated path we own.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+}
+
+#[test]
+fn fifos_and_devices_in_a_run_folder_neither_hang_nor_abort() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("experiment.toml"), TINY).unwrap();
+    let runs = d.path().join("runs");
+    for (id, file) in [
+        ("20261130-000000-pre", "run.json"),
+        ("20261130-000001-pre", "metrics.jsonl"),
+        ("20261130-000002-pre", "eval.json"),
+    ] {
+        let run = runs.join(id);
+        std::fs::create_dir_all(&run).unwrap();
+        std::fs::write(run.join("metrics.jsonl"), "{\"step\":1,\"loss\":1}\n").unwrap();
+        let _ = std::fs::remove_file(run.join(file));
+        mkfifo(&run.join(file));
+    }
+    // A log that is a link to an endless device.
+    let zero = runs.join("20261130-000003-pre");
+    std::fs::create_dir_all(&zero).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", zero.join("metrics.jsonl")).unwrap();
+    for verb in [&["runs"][..], &["runs", "--json"], &["report"]] {
+        let out = std::process::Command::new("timeout")
+            .arg("60")
+            .arg(env!("CARGO_BIN_EXE_stageloop"))
+            .args(verb)
+            .arg(d.path())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_ne!(out.status.code(), Some(124), "{verb:?} hung");
+        assert!(
+            !err.contains("panicked") && !err.contains("memory allocation"),
+            "{verb:?}: {err}"
+        );
+    }
+    // The notebook's reader polls them all and returns.
+    let mut ws = stageloop::notebook::workspace::Workspace::new(d.path());
+    let started = std::time::Instant::now();
+    ws.poll(std::time::Instant::now() + std::time::Duration::from_secs(5));
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
 }

@@ -340,7 +340,8 @@ fn stage_control_effects_and_quit_confirmation() {
         eff,
         vec![Effect::Spawn {
             exp: d.path().join("demo"),
-            stage: Some("pre".into())
+            stage: Some("pre".into()),
+            programs: vec![],
         }]
     );
     // `rl` is running: starting it again asks first (any other key cancels, y starts).
@@ -354,7 +355,8 @@ fn stage_control_effects_and_quit_confirmation() {
         a.on_key(key('y')),
         vec![Effect::Spawn {
             exp: d.path().join("demo"),
-            stage: Some("rl".into())
+            stage: Some("rl".into()),
+            programs: vec![],
         }]
     );
     // the grpo run is "running" with our own (live) pid
@@ -371,7 +373,8 @@ fn stage_control_effects_and_quit_confirmation() {
         eff,
         vec![Effect::Spawn {
             exp: d.path().join("demo"),
-            stage: None
+            stage: None,
+            programs: vec![],
         }]
     );
     // quitting with a running stage asks first
@@ -707,7 +710,8 @@ fn starting_a_stage_that_runs_a_program_shows_the_command_and_asks() {
         a.on_key(key('y')),
         vec![Effect::Spawn {
             exp: d.path().join("demo"),
-            stage: None
+            stage: None,
+            programs: vec!["rl/style: python3 style.py".into()],
         }]
     );
     // A stage without programs starts at once.
@@ -716,7 +720,8 @@ fn starting_a_stage_that_runs_a_program_shows_the_command_and_asks() {
         a.on_key(key('r')),
         vec![Effect::Spawn {
             exp: d.path().join("demo"),
-            stage: Some("pre".into())
+            stage: Some("pre".into()),
+            programs: vec![],
         }]
     );
 }
@@ -766,7 +771,8 @@ fn every_program_can_be_read_and_the_question_stays_on_screen() {
         a.on_key(key('y')),
         vec![Effect::Spawn {
             exp: d.path().join("demo"),
-            stage: None
+            stage: None,
+            programs: (0..30).map(|i| format!("rl/p{i:02}: prog{i:02}")).collect(),
         }]
     );
 }
@@ -1010,6 +1016,7 @@ fn a_fork_checks_its_overrides_before_starting() {
         vec![Effect::Fork {
             exp: d.path().join("demo"),
             stage: "pre".into(),
+            programs: vec![],
             sets: vec!["stage.pre.lr=0.01".into(), "model.ctx=48".into()],
         }]
     );
@@ -1224,4 +1231,43 @@ fn two_evals_diff_problem_by_problem_in_the_samples() {
     assert_eq!(prompts(&a), vec!["1+2="], "solved there only");
     a.on_key(key('d'));
     assert!(a.samples.diff.is_none());
+}
+
+#[test]
+fn a_fork_whose_overrides_add_a_program_starts_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    fixture(d.path());
+    let mut a = app(d.path());
+    a.on_key(code(KeyCode::Tab)); // pipeline, `pre` highlighted
+    a.on_key(key('j')); // `rl`, a GRPO stage without programs
+    a.on_key(key('F'));
+    for c in r#"rewards.style.command=["touch","pwned"]"#.chars() {
+        a.on_key(key(c));
+    }
+    assert!(a.on_key(code(KeyCode::Enter)).is_empty(), "nothing starts");
+    let last = a.notices.back().unwrap();
+    assert!(
+        last.contains("would run reward programs") && last.contains("touch"),
+        "{:?}",
+        a.notices
+    );
+}
+
+#[test]
+fn the_launcher_log_is_not_written_through_a_link() {
+    let d = tempfile::tempdir().unwrap();
+    fixture(d.path());
+    let outside = d.path().join("profile");
+    std::fs::write(&outside, "keep\n").unwrap();
+    let log = d.path().join("demo/runs/.launcher.log");
+    std::os::unix::fs::symlink(&outside, &log).unwrap();
+    let (tx, _rx) = std::sync::mpsc::channel();
+    let e = stageloop::notebook::supervisor::spawn_stage(&d.path().join("demo"), None, &[], tx)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(".launcher.log") && e.contains("symbolic link"),
+        "{e}"
+    );
+    assert_eq!(std::fs::read_to_string(&outside).unwrap(), "keep\n");
 }

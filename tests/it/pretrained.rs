@@ -365,6 +365,60 @@ fn bad_pretrained_files_are_errors_naming_the_file() {
         e.contains("model.safetensors") && e.contains("not supported"),
         "{e}"
     );
+    // A NaN or infinite weight: refused, naming the tensor (it would only give garbage).
+    for bad in [f32::NAN, f32::INFINITY] {
+        let d = fresh();
+        rewrite_safetensors(d.path(), |all| {
+            let t = all
+                .iter_mut()
+                .find(|(n, _, _)| n.ends_with("layers.0.input_layernorm.weight"))
+                .unwrap();
+            t.2[1] = bad;
+        });
+        let e = err(d.path());
+        assert!(
+            e.contains("input_layernorm.weight") && e.contains("finite"),
+            "{e}"
+        );
+    }
+    // Two tensors over the same bytes: the second's offsets moved onto the first's.
+    let d = fresh();
+    let w = d.path().join("model.safetensors");
+    let bytes = std::fs::read(&w).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let map = header.as_object_mut().unwrap();
+    let names: Vec<String> = map
+        .keys()
+        .filter(|k| *k != "__metadata__")
+        .cloned()
+        .collect();
+    let offs = |v: &serde_json::Value| {
+        let o = &v["data_offsets"];
+        (o[0].as_u64().unwrap(), o[1].as_u64().unwrap())
+    };
+    // Two tensors of the same size.
+    let (a, b) = names
+        .iter()
+        .flat_map(|a| names.iter().map(move |b| (a, b)))
+        .find(|(a, b)| {
+            a != b && {
+                let (s, t) = offs(&map[*a]);
+                let (u, v) = offs(&map[*b]);
+                t - s == v - u && s < u
+            }
+        })
+        .unwrap();
+    let first = map[a]["data_offsets"].clone();
+    map.get_mut(b).unwrap()["data_offsets"] = first;
+    let mut text = serde_json::to_vec(&header).unwrap();
+    text.resize(n, b' ');
+    let mut out = bytes[..8].to_vec();
+    out.extend(&text);
+    out.extend(&bytes[8 + n..]);
+    std::fs::write(&w, &out).unwrap();
+    let e = err(d.path());
+    assert!(e.contains("overlap"), "{e}");
     // A truncated file.
     let d = fresh();
     let w = d.path().join("model.safetensors");
@@ -424,4 +478,65 @@ fn bad_pretrained_files_are_errors_naming_the_file() {
     std::fs::write(&g, &bytes[..bytes.len() - 64]).unwrap();
     let e = format!("{:#}", pretrained::load(&g, &device).err().unwrap());
     assert!(e.contains("m.gguf") && e.contains("truncated"), "{e}");
+}
+
+#[test]
+fn chat_templates_come_from_chat_template_jinja_and_hostile_ones_are_bounded() {
+    use stageloop::model::pretrained::tokenizer::{HfTokenizer, Message};
+    let d = tempfile::tempdir().unwrap();
+    let tok = char_tok();
+    std::fs::write(
+        d.path().join("tokenizer.json"),
+        export::char_tokenizer_json(&tok).to_string(),
+    )
+    .unwrap();
+    std::fs::write(
+        d.path().join("tokenizer_config.json"),
+        r#"{"chat_template": "from the config"}"#,
+    )
+    .unwrap();
+    let specials = stageloop::model::pretrained::hf_config::Specials {
+        bos: Some(stageloop::model::tokenizer::BOS),
+        eos: vec![stageloop::model::tokenizer::EOS],
+    };
+    let load = || HfTokenizer::from_folder(d.path(), &specials).unwrap();
+    let user = [Message {
+        role: "user".into(),
+        content: "1+2=".into(),
+    }];
+    assert_eq!(load().chat(&user, true).unwrap(), "from the config");
+    // transformers 4.43+ keep it in chat_template.jinja, which wins; the source is named.
+    let jinja = d.path().join("chat_template.jinja");
+    std::fs::write(
+        &jinja,
+        "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}",
+    )
+    .unwrap();
+    let t = load();
+    assert_eq!(t.chat(&user, true).unwrap(), "<user>1+2=");
+    assert!(
+        t.chat_template_source
+            .unwrap()
+            .ends_with("chat_template.jinja")
+    );
+    // Nested loops that would run for minutes run out of fuel instead.
+    std::fs::write(
+        &jinja,
+        "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}",
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let e = load().chat(&user, true).unwrap_err().to_string();
+    assert!(e.contains("chat template"), "{e}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    // A template's own error text reaches the terminal inert.
+    std::fs::write(&jinja, "{{ raise_exception('bad \u{1b}]0;T\u{7} title') }}").unwrap();
+    let e = load().chat(&user, true).unwrap_err().to_string();
+    assert!(
+        e.contains("bad") && !e.contains(['\u{1b}', '\u{7}']),
+        "{e:?}"
+    );
+    // A huge template is refused before anything is rendered or tokenised.
+    std::fs::write(&jinja, "x".repeat(2 << 20)).unwrap();
+    assert!(HfTokenizer::from_folder(d.path(), &specials).is_err());
 }

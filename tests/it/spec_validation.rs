@@ -314,3 +314,70 @@ fn a_spec_that_needs_more_memory_than_the_machine_is_refused_up_front() {
     assert!(msg.contains("needs about") && msg.contains("GB"), "{msg}");
     assert!(msg.contains("experiment.toml:"), "{msg}");
 }
+
+#[test]
+fn values_that_would_only_make_the_loss_nan_or_sampling_garbage_are_refused() {
+    let pre = |extra: &str| BASE.replace("steps = 5", &format!("steps = 5\n{extra}"));
+    let ev = |extra: &str| BASE.replace("init = \"pre\"", &format!("init = \"pre\"\n{extra}"));
+    for (text, needle) in [
+        (
+            pre("weight_decay = 2147483648.0"),
+            "weight_decay must be between 0 and 1",
+        ),
+        (pre("weight_decay = inf"), "weight_decay"),
+        (pre("grad_clip = inf"), "grad_clip"),
+        (
+            ev("temperature = 1e-320"),
+            "temperature must be 0 (greedy) or between",
+        ),
+        (ev("temperature = 1e-39"), "temperature"),
+        (ev("temperature = 1e9"), "temperature"),
+    ] {
+        let (_, msg) = one_error(&text);
+        assert!(msg.contains(needle), "{text}: {msg}");
+    }
+    let grpo = |extra: &str| {
+        format!("{BASE}\n[[stage]]\nname = \"rl\"\nkind = \"grpo\"\ninit = \"pre\"\n{extra}\n")
+    };
+    for (extra, needle) in [
+        ("beta = 1e308", "beta must be between 0 and 100"),
+        (
+            "rewards = { accuracy = 1e308 }",
+            "reward weights must be between",
+        ),
+        (
+            "rewards = { accuracy = -1e308 }",
+            "reward weights must be between",
+        ),
+    ] {
+        let (_, msg) = one_error(&grpo(extra));
+        assert!(msg.contains(needle), "{extra}: {msg}");
+    }
+    // Greedy and ordinary temperatures pass.
+    for t in ["0", "0.6", "1.0"] {
+        load_text(&ev(&format!("temperature = {t}"))).unwrap();
+    }
+}
+
+#[test]
+fn a_distill_students_shape_is_checked_like_the_models() {
+    let distill = |shape: &str| {
+        format!(
+            "{BASE}\n[[stage]]\nname = \"small\"\nkind = \"distill\"\nteacher = \"pre\"\nmodel = {{ {shape} }}\n"
+        )
+    };
+    for (shape, needle) in [
+        ("d_model = 0", "d_model must be between"),
+        ("d_model = 9223372036854775807", "d_model must be between"),
+        ("heads = 0", "heads must be at least 1"),
+        ("mlp = 9223372036854775807", "mlp must be between"),
+        ("layers = 2147483648", "layers must be between"),
+    ] {
+        let errs = load_text(&distill(shape)).expect_err(shape).0;
+        assert!(
+            errs.iter().any(|e| e.message.contains(needle)),
+            "{shape}: {errs:?}"
+        );
+    }
+    load_text(&distill("d_model = 16, layers = 1")).unwrap();
+}

@@ -171,7 +171,7 @@ impl Source for GgufSource<'_> {
                 "{path}: tensor {gname} has shape {dims:?}, expected {shape:?} from the metadata"
             );
         }
-        let v = self.g.read_f32(t);
+        let v = super::finite(self.g.read_f32(t), &format!("{path}: {gname}"))?;
         let llama = self.cfg.arch.family.as_deref() == Some("llama");
         Ok(match (llama, gname.rsplit('.').nth(1)) {
             (true, Some("attn_q")) => unpermute(&v, self.cfg.heads, *shape.last().unwrap_or(&1)),

@@ -25,7 +25,7 @@ pub struct Specials {
 /// Read `dir/config.json`.
 pub fn read(dir: &Path) -> Result<(ModelConfig, Specials)> {
     let path = dir.join("config.json");
-    let text = std::fs::read_to_string(&path).with_context(|| {
+    let text = crate::untrusted::read_small(&path, 16 << 20).with_context(|| {
         format!(
             "{}: cannot read (is this a Hugging Face model folder?)",
             path.display()

@@ -27,9 +27,21 @@ pub trait Source {
     fn has(&self, name: &str) -> bool;
 }
 
+/// `values` when every one is finite; else an error naming the tensor: a NaN or infinite
+/// weight (a broken or hostile file) would only make every output garbage.
+pub fn finite(values: Vec<f32>, tensor: &str) -> Result<Vec<f32>> {
+    match values.iter().position(|v| !v.is_finite()) {
+        None => Ok(values),
+        Some(i) => bail!(
+            "tensor {tensor}: value {i} is {} (a model's weights are finite numbers)",
+            values[i]
+        ),
+    }
+}
+
 impl Source for safetensors::Tensors {
     fn get(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
-        self.f32(name, shape)
+        finite(self.f32(name, shape)?, name)
     }
     fn has(&self, name: &str) -> bool {
         self.entries.contains_key(name)

@@ -76,7 +76,7 @@ impl Tensors {
         struct Index {
             weight_map: BTreeMap<String, String>,
         }
-        let text = std::fs::read_to_string(&index)
+        let text = crate::untrusted::read_small(&index, 256 << 20)
             .with_context(|| format!("{}: cannot read", index.display()))?;
         let idx: Index = serde_json::from_str(&text)
             .map_err(|e| anyhow::anyhow!("{}:{}:{}: {e}", index.display(), e.line(), e.column()))?;
@@ -111,8 +111,8 @@ impl Tensors {
         let mut files = Vec::new();
         let mut entries = BTreeMap::new();
         for (fi, path) in paths.iter().enumerate() {
-            let bytes =
-                std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+            let bytes = crate::untrusted::read_bytes(path)
+                .with_context(|| format!("{}: cannot read", path.display()))?;
             let table =
                 parse_header(&bytes).map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))?;
             for (name, (dtype, shape, start, end)) in table {
@@ -232,6 +232,18 @@ fn parse_header(bytes: &[u8]) -> Result<Table> {
         }
         let shape = e.shape.iter().map(|&d| d as usize).collect();
         table.insert(name, (dtype, shape, data + s as usize, data + t as usize));
+    }
+    // No two tensors share bytes.
+    let mut spans: Vec<(usize, usize, &str)> = table
+        .iter()
+        .map(|(n, (_, _, s, t))| (*s, *t, n.as_str()))
+        .filter(|(s, t, _)| s < t)
+        .collect();
+    spans.sort_unstable();
+    for w in spans.windows(2) {
+        if w[1].0 < w[0].1 {
+            bail!("tensors {} and {} overlap in the file", w[0].2, w[1].2);
+        }
     }
     Ok(table)
 }

@@ -15,7 +15,18 @@ pub struct HfTokenizer {
     /// Every id that ends a completion.
     pub eos: Vec<u32>,
     pub chat_template: Option<String>,
+    /// Where the chat template came from (a file, or the GGUF's metadata), to say which is used.
+    pub chat_template_source: Option<String>,
 }
+
+/// A chat template longer than this is refused: real ones are a few KB, and a huge one would
+/// cost seconds to render and tokenise before anything said so.
+const MAX_TEMPLATE: usize = 1 << 20;
+/// Instructions a template may execute per render (minijinja's fuel): enough for any real
+/// template over a long conversation, a bound on a hostile one's nested loops.
+const TEMPLATE_FUEL: u64 = 20_000_000;
+/// The longest rendered prompt accepted, in bytes, before tokenising it.
+const MAX_RENDERED: usize = 4 << 20;
 
 /// A chat message for [`HfTokenizer::chat`].
 #[derive(Debug, Clone, serde::Serialize)]
@@ -48,14 +59,16 @@ impl HfTokenizer {
             bos: specials.bos,
             eos: specials.eos.clone(),
             chat_template: None,
+            chat_template_source: None,
         };
         let cfg_path = dir.join("tokenizer_config.json");
         if cfg_path.is_file() {
-            let text = std::fs::read_to_string(&cfg_path)
+            let text = crate::untrusted::read_small(&cfg_path, 1 << 30)
                 .with_context(|| format!("{}: cannot read", cfg_path.display()))?;
             let v: Value = serde_json::from_str(&text).map_err(|e| {
                 anyhow::anyhow!("{}:{}:{}: {e}", cfg_path.display(), e.line(), e.column())
             })?;
+            tok.chat_template_source = Some(cfg_path.display().to_string());
             tok.chat_template = match v.get("chat_template") {
                 Some(Value::String(s)) => Some(s.clone()),
                 // A list of named templates: the default one.
@@ -77,9 +90,35 @@ impl HfTokenizer {
                 tok.eos.push(id);
             }
         }
+        // transformers 4.43 and later save the template apart; it wins over the config's.
+        let jinja = dir.join("chat_template.jinja");
+        let json = dir.join("chat_template.json");
+        if jinja.is_file() {
+            tok.chat_template = Some(
+                crate::untrusted::read_small(&jinja, MAX_TEMPLATE as u64)
+                    .with_context(|| format!("{}: cannot read", jinja.display()))?,
+            );
+            tok.chat_template_source = Some(jinja.display().to_string());
+        } else if json.is_file() {
+            let text = crate::untrusted::read_small(&json, 16 << 20)
+                .with_context(|| format!("{}: cannot read", json.display()))?;
+            let v: Value = serde_json::from_str(&text).map_err(|e| {
+                anyhow::anyhow!("{}:{}:{}: {e}", json.display(), e.line(), e.column())
+            })?;
+            let t = v
+                .get("chat_template")
+                .and_then(Value::as_str)
+                .with_context(|| format!("{}: no `chat_template` text", json.display()))?;
+            tok.chat_template = Some(t.to_string());
+            tok.chat_template_source = Some(json.display().to_string());
+        }
+        if tok.chat_template.is_none() {
+            tok.chat_template_source = None;
+        }
         let gen_path = dir.join("generation_config.json");
         if gen_path.is_file()
-            && let Ok(v) = serde_json::from_str::<Value>(&std::fs::read_to_string(&gen_path)?)
+            && let Ok(v) =
+                serde_json::from_str::<Value>(&crate::untrusted::read_small(&gen_path, 16 << 20)?)
         {
             let ids: Vec<u64> = match v.get("eos_token_id") {
                 Some(Value::Array(a)) => a.iter().filter_map(Value::as_u64).collect(),
@@ -111,6 +150,9 @@ impl HfTokenizer {
             inner,
             bos,
             eos,
+            chat_template_source: chat_template
+                .as_ref()
+                .map(|_| format!("{} (saved with the tokenizer)", origin.display())),
             chat_template,
         };
         tok.check(origin)?;
@@ -176,15 +218,23 @@ impl HfTokenizer {
             .chat_template
             .as_deref()
             .context("the model has no chat template (tokenizer_config.json chat_template)")?;
+        if template.len() > MAX_TEMPLATE {
+            bail!(
+                "chat template: {} bytes, more than the {MAX_TEMPLATE} accepted",
+                template.len()
+            );
+        }
         let mut env = minijinja::Environment::new();
+        env.set_fuel(Some(TEMPLATE_FUEL));
         minijinja_contrib::add_to_environment(&mut env);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function(
             "raise_exception",
             |msg: String| -> Result<String, minijinja::Error> {
+                // The template's own words: made inert before they reach a terminal.
                 Err(minijinja::Error::new(
                     minijinja::ErrorKind::InvalidOperation,
-                    msg,
+                    crate::untrusted::display(&msg).into_owned(),
                 ))
             },
         );
@@ -194,7 +244,8 @@ impl HfTokenizer {
             id.and_then(|i| self.inner.id_to_token(i))
                 .unwrap_or_default()
         };
-        env.get_template("chat")
+        let text = env
+            .get_template("chat")
             .and_then(|t| {
                 t.render(minijinja::context! {
                     messages => minijinja::Value::from(minijinja::value::Serde(messages)),
@@ -203,6 +254,16 @@ impl HfTokenizer {
                     eos_token => tok(self.eos.first().copied()),
                 })
             })
-            .map_err(|e| anyhow::anyhow!("chat template: {e:#}"))
+            .map_err(|e| {
+                let shown = crate::untrusted::display(&format!("{e:#}")).into_owned();
+                anyhow::anyhow!("chat template: {shown}")
+            })?;
+        if text.len() > MAX_RENDERED {
+            bail!(
+                "chat template: the rendered prompt is {} bytes, more than the {MAX_RENDERED} accepted",
+                text.len()
+            );
+        }
+        Ok(text)
     }
 }

@@ -103,6 +103,16 @@ fn note_lines(run: &RunView, ex: Option<&ExperimentView>) -> Vec<Line<'static>> 
             info.extend(text.lines().take(12).map(|l| Line::from(format!("  {l}"))));
         }
     }
+    let beyond = run.series.names_beyond();
+    if beyond > 0 {
+        info.push(Line::styled(
+            format!(
+                "⚠ {beyond} more metric names past the first {} are not charted",
+                crate::notebook::series::MAX_METRICS
+            ),
+            Style::default().fg(Color::Yellow),
+        ));
+    }
     if run.bad_lines > 0 {
         info.push(Line::styled(
             format!(
