@@ -354,13 +354,15 @@ fn only_run(exp: &Path) -> std::path::PathBuf {
 fn a_full_disk_fails_the_run_naming_the_file_and_records_it() {
     // RLIMIT_FSIZE stands in for a full disk: writes past it fail (EFBIG instead of ENOSPC)
     // through the same paths. 1,500 steps of metrics outgrow 64 KB; the tiny weights do not.
+    // No `trap '' XFSZ`: the signal such a write raises must not kill the stage before it
+    // records why it failed.
     let d = tempfile::tempdir().unwrap();
     let spec = TINY.replace("steps = 2", "steps = 1500");
     std::fs::write(d.path().join("experiment.toml"), spec).unwrap();
     let out = std::process::Command::new("bash")
         .arg("-c")
         .arg(format!(
-            "trap '' XFSZ; ulimit -f 64; exec {} run {}",
+            "ulimit -f 64; exec {} run {}",
             env!("CARGO_BIN_EXE_stageloop"),
             d.path().display()
         ))
@@ -377,6 +379,12 @@ fn a_full_disk_fails_the_run_naming_the_file_and_records_it() {
     assert_eq!(status.status, stageloop::runfs::Status::Failed);
     let message = status.error.unwrap().message;
     assert!(message.contains(&run.display().to_string()), "{message}");
+    // The line the limit cut short was cut off: every line of the log is whole.
+    let log = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert!(log.ends_with('\n'), "torn last line");
+    for line in log.lines() {
+        serde_json::from_str::<serde_json::Value>(line).unwrap();
+    }
 }
 
 #[test]
@@ -1071,39 +1079,6 @@ fn a_stage_whose_output_pipe_closes_still_checkpoints_and_records_its_status() {
     assert!(stageloop::runfs::checkpoint::latest(&run).is_some());
 }
 
-#[test]
-fn a_file_size_limit_fails_the_run_without_killing_it() {
-    // Without `trap '' XFSZ`: the signal a write past RLIMIT_FSIZE raises must not kill the
-    // stage before it records why it failed.
-    let d = tempfile::tempdir().unwrap();
-    let spec = TINY.replace("steps = 2", "steps = 1500");
-    std::fs::write(d.path().join("experiment.toml"), spec).unwrap();
-    let out = std::process::Command::new("bash")
-        .arg("-c")
-        .arg(format!(
-            "ulimit -f 64; exec {} run {}",
-            env!("CARGO_BIN_EXE_stageloop"),
-            d.path().display()
-        ))
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    let run = only_run(d.path());
-    let status = stageloop::runfs::RunStatus::load(&run).unwrap();
-    assert_eq!(status.status, stageloop::runfs::Status::Failed);
-    // The line the limit cut short was cut off: every line of the log is whole.
-    let log = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
-    assert!(
-        log.ends_with('\n'),
-        "torn last line: {:?}",
-        &log[log.len().saturating_sub(80)..]
-    );
-    for line in log.lines() {
-        serde_json::from_str::<serde_json::Value>(line).unwrap();
-    }
-}
-
 /// Wait until `exp` has one run whose stage holds its lock; that run and the pid.
 fn running_stage(exp: &Path) -> (std::path::PathBuf, u32) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
@@ -1287,4 +1262,37 @@ fn fifos_and_devices_in_a_run_folder_neither_hang_nor_abort() {
     let started = std::time::Instant::now();
     ws.poll(std::time::Instant::now() + std::time::Duration::from_secs(5));
     assert!(started.elapsed() < std::time::Duration::from_secs(30));
+}
+
+#[test]
+fn json_output_and_error_lines_carry_no_raw_c1_or_bidi_characters() {
+    let d = tempfile::tempdir().unwrap();
+    let run = hostile_run(d.path());
+    // A C1 control (CSI) and a bidi override in a metric name and in the stage.
+    std::fs::write(
+        run.join("metrics.jsonl"),
+        "{\"step\":1,\"a\\u009b31mb\\u202e\":1.0}\n",
+    )
+    .unwrap();
+    let out = bin()
+        .args(["runs", "--json"])
+        .arg(d.path())
+        .assert()
+        .success();
+    let text = String::from_utf8(out.get_output().stdout.clone()).unwrap();
+    assert!(!text.contains(['\u{9b}', '\u{202e}', '\u{1b}']), "{text:?}");
+    // Still JSON, carrying the same strings.
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert!(v[0]["last"].get("a\u{9b}31mb\u{202e}").is_some(), "{v}");
+    assert!(v[0]["kind"].as_str().unwrap().contains('\u{202e}'));
+    // An error quoting the spec's text.
+    std::fs::write(
+        d.path().join("experiment.toml"),
+        "[task]\nname = \"x\\u001b]0;T\\u0007\\u009b\"\n[[stage]]\nname = \"pre\"\nkind = \"pretrain\"\n",
+    )
+    .unwrap();
+    let out = bin().arg("check").arg(d.path()).assert().code(1);
+    let err = String::from_utf8(out.get_output().stderr.clone()).unwrap();
+    assert!(err.contains("unknown task"), "{err}");
+    assert!(!err.contains(['\u{1b}', '\u{7}', '\u{9b}']), "{err:?}");
 }

@@ -5,7 +5,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// Run `stageloop run EXP --stage STAGE` as a child, wait until its run has written the
-/// checkpoint folder `step` (e.g. `step-000020`), then SIGKILL it.
+/// checkpoint folder `step` (e.g. `step-000020`) or a later one, then SIGKILL it. (A fast stage
+/// may write the next checkpoint before a poll sees this one; one that has already finished is
+/// left as it is.)
 pub fn kill_at_checkpoint(exp: &Path, stage: &str, step: &str) {
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_stageloop"))
         .arg("run")
@@ -18,7 +20,11 @@ pub fn kill_at_checkpoint(exp: &Path, stage: &str, step: &str) {
     loop {
         let latest = runfs::latest_run_of(&exp.join("runs"), stage)
             .and_then(|(r, _)| runfs::checkpoint::latest(&r.path));
-        if latest.is_some_and(|p| p.ends_with(step)) {
+        let reached = latest.is_some_and(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().as_ref() >= step)
+        });
+        if reached || child.try_wait().unwrap().is_some() {
             break;
         }
         assert!(Instant::now() < deadline, "no checkpoint {step} appeared");

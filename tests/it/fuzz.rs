@@ -281,3 +281,118 @@ fn checkpoint_mutations_are_errors_not_panics() {
     }
     assert!(refused > 50, "{refused} of 150 refused");
 }
+
+#[test]
+fn gguf_header_and_table_mutations_are_errors_not_panics() {
+    use stageloop::model::gguf::{Gguf, Value};
+    use stageloop::model::gguf_write::{Store, write};
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("m.gguf");
+    let values: Vec<f32> = (0..64).map(|i| (i as f32 * 0.37).sin()).collect();
+    write(
+        &p,
+        &[
+            ("general.architecture", Value::Str("llama".into())),
+            ("general.alignment", Value::Uint(32)),
+        ],
+        &[
+            ("a".into(), vec![32, 2], Store::Q8_0, values.clone()),
+            ("b".into(), vec![32, 2], Store::Q4_1, values.clone()),
+            ("c".into(), vec![64], Store::F32, values),
+        ],
+    )
+    .unwrap();
+    let clean = std::fs::read(&p).unwrap();
+    Gguf::open(&p).expect("the clean file opens");
+    let mut rng = Rng(9);
+    let mut refused = 0;
+    for _ in 0..400 {
+        let mut b = clean.clone();
+        // The header and tables (the first ~250 bytes) are where a flip means most.
+        for _ in 0..1 + rng.below(3) {
+            if b.len() < 16 {
+                break;
+            }
+            match rng.below(4) {
+                0 => b.truncate(rng.below(b.len())),
+                1 => {
+                    let at = rng.below(b.len().min(260));
+                    b[at] = rng.next() as u8;
+                }
+                2 => {
+                    let at = rng.below(b.len().min(260).saturating_sub(8));
+                    b[at..at + 8].copy_from_slice(&rng.next().to_le_bytes());
+                }
+                _ => {
+                    let at = rng.below(b.len().min(260).saturating_sub(8));
+                    b[at..at + 8].copy_from_slice(&u64::MAX.to_le_bytes());
+                }
+            }
+        }
+        std::fs::write(&p, &b).unwrap();
+        match Gguf::open(&p) {
+            Ok(g) => {
+                // Whatever opened reads every tensor without panicking.
+                for t in &g.tensors {
+                    let _ = g.read_f32(t);
+                }
+            }
+            Err(e) => {
+                refused += 1;
+                assert!(format!("{e:#}").contains("m.gguf"), "{e:#}");
+            }
+        }
+    }
+    assert!(refused > 100, "{refused} of 400 refused");
+}
+
+#[test]
+fn random_chat_templates_render_or_fail_quickly() {
+    use stageloop::model::pretrained::tokenizer::{HfTokenizer, Message};
+    let tok = Tokenizer::new("0123456789+=,abc");
+    let json = stageloop::model::pretrained::export::char_tokenizer_json(&tok).to_string();
+    let pieces = [
+        "{% for m in messages %}",
+        "{% endfor %}",
+        "{% for i in range(1000000) %}",
+        "{% for j in range(1000000) %}",
+        "{{ m.content }}",
+        "{{ m.role | upper }}",
+        "{% if add_generation_prompt %}",
+        "{% endif %}",
+        "{{ raise_exception('\u{1b}]0;x\u{7}') }}",
+        "{{ bos_token }}",
+        "{% set x = x ~ x %}",
+        "{{ messages[0]['content'][::-1] }}",
+        "{%",
+        "}}",
+        "text",
+        "{{ (messages | length) * 1000000000 }}",
+    ];
+    let mut rng = Rng(21);
+    let user = [Message {
+        role: "user".into(),
+        content: "1+2=".into(),
+    }];
+    for _ in 0..200 {
+        let template: String = (0..1 + rng.below(8)).map(|_| *rng.pick(&pieces)).collect();
+        let t = HfTokenizer::from_json(
+            &json,
+            Some(1),
+            vec![2],
+            Some(template.clone()),
+            Path::new("t.json"),
+        )
+        .unwrap();
+        let started = Instant::now();
+        match t.chat(&user, true) {
+            Ok(_) => {}
+            Err(e) => assert!(!format!("{e:#}").contains('\u{1b}'), "{template}: {e:#}"),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{template} took {:?}",
+            started.elapsed()
+        );
+    }
+}

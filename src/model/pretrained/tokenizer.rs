@@ -238,8 +238,12 @@ impl HfTokenizer {
                 ))
             },
         );
-        env.add_template("chat", template)
-            .map_err(|e| anyhow::anyhow!("chat template: {e:#}"))?;
+        // minijinja's errors quote the template's source: made inert (newlines kept).
+        let inert = |e: minijinja::Error| {
+            let shown = crate::untrusted::printable(&format!("{e:#}")).into_owned();
+            anyhow::anyhow!("chat template: {shown}")
+        };
+        env.add_template("chat", template).map_err(inert)?;
         let tok = |id: Option<u32>| {
             id.and_then(|i| self.inner.id_to_token(i))
                 .unwrap_or_default()
@@ -254,10 +258,7 @@ impl HfTokenizer {
                     eos_token => tok(self.eos.first().copied()),
                 })
             })
-            .map_err(|e| {
-                let shown = crate::untrusted::display(&format!("{e:#}")).into_owned();
-                anyhow::anyhow!("chat template: {shown}")
-            })?;
+            .map_err(inert)?;
         if text.len() > MAX_RENDERED {
             bail!(
                 "chat template: the rendered prompt is {} bytes, more than the {MAX_RENDERED} accepted",

@@ -153,14 +153,7 @@ fn last_values(f: &mut Frame<'_>, area: Rect, run: &RunView) {
 
 /// The eval metrics of each eval run of the experiment.
 fn eval_table(f: &mut Frame<'_>, area: Rect, ex: Option<&ExperimentView>) {
-    const COLUMNS: [&str; 6] = [
-        "pass@1",
-        "greedy",
-        "pass@k",
-        "maj@k",
-        "format_rate",
-        "mean_length",
-    ];
+    const COLUMNS: &[&str] = crate::analysis::evals::METRICS;
     let rows: Vec<Row> = ex
         .into_iter()
         .flat_map(|ex| &ex.runs)
