@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Kill -9 soak: start a small two-stage pipeline, kill it with SIGKILL at random moments (some
-# land inside checkpoint writes), resume each time with the same command, then let it finish and
-# check that nothing was lost: every step of every stage is in metrics.jsonl, every run is done,
-# no half-written checkpoint folder is left, and the last checkpoint loads.
+# Kill -9 soak: start a small two-stage pipeline (pretrain, then GRPO with a reward program of
+# its own), kill it with SIGKILL at random moments (some land inside checkpoint writes, some
+# while the reward program scores a batch), resume each time with the same command, then let it
+# finish and check that nothing was lost: every step of every stage is in metrics.jsonl, every
+# run is done, no half-written checkpoint folder is left, no reward program outlives its stage,
+# and the last checkpoint loads.
 #
 #   bash benches/kill_soak.sh [KILLS=25] [SEED=1]
 #
@@ -43,7 +45,15 @@ steps = 600
 prompts = 8
 group_size = 8
 checkpoint_every = 10
+rewards = { accuracy = 1.0, short = { command = ["python3", "short.py"], weight = 0.1 } }
 TOML
+# The reward program: 1 for completions under 12 characters; it ends when its input does.
+cat > "$EXP/short.py" <<'PY'
+import json, sys
+for line in sys.stdin:
+    r = json.loads(line)
+    print(json.dumps({"id": r["id"], "reward": float(len(r["completion"]) < 12)}), flush=True)
+PY
 
 RANDOM=$SEED
 in_ckpt=0
@@ -68,6 +78,11 @@ exp = sys.argv[1]
 bad = 0
 for run in sorted(glob.glob(os.path.join(exp, "runs", "*"))):
     st = json.load(open(os.path.join(run, "run.json")))
+    if not os.path.exists(os.path.join(run, "checkpoints", "latest")) and st["status"] != "done":
+        # Killed before its first checkpoint: nothing to resume; the next run started the stage
+        # anew in a folder of its own.
+        print(f"{os.path.basename(run)} {st['stage']}: killed before its first checkpoint (left as it was)")
+        continue
     total = st["progress"]["total"]
     # A resume rewinds to its checkpoint: lines whose step is below the highest seen so far were
     # written again after a resume (a step may also have two lines, e.g. an eval line).
@@ -93,5 +108,11 @@ for run in sorted(glob.glob(os.path.join(exp, "runs", "*"))):
           f"re-logged after resumes, {torn} torn), leftover temp files {[os.path.basename(l) for l in leftovers]}, latest {latest}")
 sys.exit(1 if bad else 0)
 PY
+sleep 1
+left=$(pgrep -f "$EXP/short.py|python3 short.py" | wc -l || true)
+echo "reward programs still running after the stages: $left"
+[ "$left" -eq 0 ]
+grep -q '"rewards/short/mean"' "$(ls -d "$EXP"/runs/*-rl | tail -1)/metrics.jsonl" \
+  && echo "the reward program's rewards are logged"
 last=$(ls -d "$EXP"/runs/*-rl | tail -1)
 "$BIN" sample "$last" --prompt "1+2=" --n 1 > /dev/null && echo "the last checkpoint loads and samples"

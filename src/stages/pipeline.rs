@@ -138,7 +138,9 @@ pub fn pipeline_done(exp: &Experiment, seed: u64) -> bool {
 }
 
 /// The stage (and loop iteration) where an earlier `run` of the whole pipeline stopped: the most
-/// recently started run of any stage, when it was stopped, failed or crashed and can resume.
+/// recently started run of any stage, when it was stopped, failed or crashed. The pipeline goes
+/// on from there (resuming its checkpoint, or starting the stage anew when it was killed before
+/// its first), not from the first stage.
 fn interrupted_stage(exp: &Experiment, seed: u64) -> Option<(String, Option<u32>)> {
     let (run, s) = runfs::runs_with_status(&exp.runs_dir())
         .into_iter()
@@ -147,11 +149,11 @@ fn interrupted_stage(exp: &Experiment, seed: u64) -> Option<(String, Option<u32>
             s.filter(|s| exp.stage_index(&s.stage).is_some() && same_seed(s, seed))
                 .map(|s| (r, s))
         })?;
-    let resumable = matches!(
+    let interrupted = matches!(
         s.effective_status(&run.path),
         Status::Stopped | Status::Failed | Status::Crashed
-    ) && checkpoint::latest(&run.path).is_some();
-    resumable.then_some((s.stage, s.iteration))
+    );
+    interrupted.then_some((s.stage, s.iteration))
 }
 
 fn span(exp: &Experiment, l: &crate::spec::LoopSpec) -> Option<(usize, usize)> {

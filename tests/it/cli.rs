@@ -512,6 +512,32 @@ fn rerunning_an_interrupted_pipeline_goes_on_where_it_stopped() {
     // Nothing interrupted: the whole pipeline runs again (new runs).
     bin().arg("run").arg(d.path()).assert().success();
     assert_eq!(std::fs::read_dir(d.path().join("runs")).unwrap().count(), 4);
+    // `more` killed before its first checkpoint (running, no lock, nothing to resume): the
+    // pipeline goes on from `more` in a new run, not from `pre`.
+    let more = stageloop::runfs::latest_run_of(&d.path().join("runs"), "more")
+        .unwrap()
+        .0
+        .path;
+    let mut st = stageloop::runfs::RunStatus::load(&more).unwrap();
+    st.status = stageloop::runfs::Status::Running;
+    st.save(&more).unwrap();
+    std::fs::remove_dir_all(more.join("checkpoints")).unwrap();
+    bin()
+        .arg("run")
+        .arg(d.path())
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("interrupted in stage `more`"));
+    let ids: Vec<String> = std::fs::read_dir(d.path().join("runs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(ids.len(), 5, "{ids:?}");
+    assert_eq!(
+        ids.iter().filter(|i| i.contains("-pre")).count(),
+        2,
+        "{ids:?}"
+    );
 }
 
 #[test]
