@@ -280,6 +280,8 @@ pub struct IdleBench {
     /// CPU time of the whole process (all threads) over the idle window, per wall second.
     pub cpu_percent: f64,
     pub watcher: String,
+    /// Lines appended to the running run during the window (0: idle).
+    pub appended: usize,
 }
 
 /// CPU time of this process so far (user + system, all threads).
@@ -292,10 +294,20 @@ fn cpu_secs() -> f64 {
     t(u.ru_utime) + t(u.ru_stime)
 }
 
-pub fn idle(runs: usize, points: usize, secs: f64) -> Result<IdleBench> {
+pub fn idle(runs: usize, points: usize, secs: f64, append: usize) -> Result<IdleBench> {
     use crate::notebook::{event::Event, handle, wait, watch};
     let dir = tempfile::TempDir::new()?;
     generate(dir.path(), runs, points)?;
+    // The live run: running, its lock held here, so the notebook polls it as a live stage's.
+    let live = dir.path().join("big/runs/20261130-010000-stage0");
+    let _lock = if append > 0 {
+        let text = std::fs::read_to_string(live.join("run.json"))?
+            .replace("\"status\":\"done\"", "\"status\":\"running\"");
+        std::fs::write(live.join("run.json"), text)?;
+        Some(crate::runfs::lock::RunLock::acquire(&live)?)
+    } else {
+        None
+    };
     let (tx, rx) = std::sync::mpsc::channel();
     let (guard, how) = watch::start(dir.path(), tx.clone());
     let mut app = App::new(Workspace::new(dir.path()));
@@ -324,7 +336,33 @@ pub fn idle(runs: usize, points: usize, secs: f64) -> Result<IdleBench> {
     // Settle (the watcher's first events, the first rescan), then measure.
     run_loop(&mut app, &mut term, Instant::now() + Duration::from_secs(4))?;
     let (c0, t0) = (cpu_secs(), Instant::now());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = (append > 0).then(|| {
+        let stop = stop.clone();
+        let log = live.join("metrics.jsonl");
+        std::thread::spawn(move || -> Result<usize> {
+            let mut w = crate::runfs::jsonl::JsonlWriter::append(&log)?;
+            let mut n = 0usize;
+            let t = Instant::now();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // Lines due by now, each its own write, as a stage logs them.
+                let due = (t.elapsed().as_secs_f64() * append as f64) as usize;
+                while n < due {
+                    let step = points + n;
+                    w.write(&serde_json::json!({"step": step, "loss": 1.0 / (1.0 + n as f64)}))?;
+                    n += 1;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Ok(n)
+        })
+    });
     run_loop(&mut app, &mut term, t0 + Duration::from_secs_f64(secs))?;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let appended = match writer {
+        Some(h) => h.join().expect("the writer thread")?,
+        None => 0,
+    };
     let wall = t0.elapsed().as_secs_f64();
     drop(guard);
     Ok(IdleBench {
@@ -332,5 +370,6 @@ pub fn idle(runs: usize, points: usize, secs: f64) -> Result<IdleBench> {
         secs: wall,
         cpu_percent: (cpu_secs() - c0) / wall * 100.0,
         watcher: how,
+        appended,
     })
 }

@@ -100,6 +100,15 @@ pub struct NotebookArgs {
     /// with the real file watcher: CPU used.
     #[arg(long, value_name = "SECS")]
     pub idle_secs: Option<f64>,
+    /// With `--idle-secs`: the first run is running (this process holds its lock) and gets this
+    /// many metric lines a second appended, one write each: what watching a live run costs.
+    #[arg(
+        long,
+        value_name = "LINES",
+        default_value_t = 0,
+        requires = "idle_secs"
+    )]
+    pub append: usize,
 }
 
 /// `stageloop bench train|notebook`.
@@ -221,7 +230,7 @@ fn notebook(a: NotebookArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     if let Some(secs) = a.idle_secs {
-        let r = crate::bench::notebook::idle(a.runs, a.points, secs)?;
+        let r = crate::bench::notebook::idle(a.runs, a.points, secs, a.append)?;
         if a.json {
             outln!("{}", serde_json::to_string(&r)?);
         } else {
@@ -231,10 +240,22 @@ fn notebook(a: NotebookArgs) -> anyhow::Result<()> {
                 r.watcher
             );
             outln!(
-                "idle CPU                       {:.2}% of a core over {:.0} s",
+                "{:<31}{:.2}% of a core over {:.0} s",
+                if r.appended > 0 {
+                    "CPU watching the live run"
+                } else {
+                    "idle CPU"
+                },
                 r.cpu_percent,
                 r.secs
             );
+            if r.appended > 0 {
+                outln!(
+                    "lines appended                 {} ({:.0} a second)",
+                    r.appended,
+                    r.appended as f64 / r.secs
+                );
+            }
         }
         return Ok(());
     }

@@ -29,6 +29,9 @@ pub const BIG_LOG: u64 = 16 << 20;
 pub const PREVIEW_BYTES: u64 = 2 << 20;
 /// How often running runs are re-read even without a watcher event.
 pub const LIVE_EVERY: Duration = Duration::from_millis(250);
+
+/// How often a live run's health alerts are redone.
+pub const ALERTS_EVERY: Duration = Duration::from_secs(2);
 /// How often every run is re-read regardless (a watcher can miss events).
 pub const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
@@ -84,6 +87,8 @@ pub struct RunView {
     /// What looks alarming but is not (e.g. GRPO's loss near 0).
     pub health_notes: Vec<String>,
     alerts_version: u64,
+    /// When the alerts were last computed.
+    alerts_at: Option<Instant>,
     metrics_tail: MetricsTail,
     loader: Option<Loader>,
     polled: bool,
@@ -184,6 +189,7 @@ impl RunView {
             alerts: Vec::new(),
             health_notes: Vec::new(),
             alerts_version: u64::MAX,
+            alerts_at: None,
             loader: None,
             polled: false,
             csv_loaded: false,
@@ -285,7 +291,13 @@ impl RunView {
             self.bad_lines = self.metrics_tail.bad_lines;
             self.last_error = self.metrics_tail.last_error.clone();
         }
-        if self.series.version() != self.alerts_version {
+        // Alerts compare thirds of whole histories: for a live run they are redone at most every
+        // ALERTS_EVERY, not at every poll.
+        let alerts_due = self
+            .alerts_at
+            .is_none_or(|t| t.elapsed() >= ALERTS_EVERY || !self.is_running());
+        if self.series.version() != self.alerts_version && alerts_due {
+            self.alerts_at = Some(Instant::now());
             self.alerts_version = self.series.version();
             let names: Vec<String> = self.series.names().cloned().collect();
             let column = |n: &str| self.series.column(n);
@@ -390,17 +402,23 @@ impl RunView {
         }
     }
 
-    /// Whether a poll is due: never read, named by a watcher event, still loading, or running
-    /// (`live`: the live interval has passed).
+    /// Whether run.json says running (the lock decides whether it really is).
+    fn is_running(&self) -> bool {
+        self.status
+            .as_ref()
+            .is_some_and(|s| s.status == Status::Running)
+    }
+
+    /// Whether a poll is due: never read, still loading, named by a watcher event, or running
+    /// (`live`: the live interval has passed). A running run named by the watcher waits for the
+    /// live interval too: a stage appending hundreds of lines a second is read (and its charts
+    /// and alerts redone) a few times a second, not at every event.
     fn due(&self, live: bool) -> bool {
-        !self.polled
-            || self.dirty
-            || self.loading
-            || (live
-                && self
-                    .status
-                    .as_ref()
-                    .is_some_and(|s| s.status == Status::Running))
+        let running = self
+            .status
+            .as_ref()
+            .is_some_and(|s| s.status == Status::Running);
+        !self.polled || self.loading || (self.dirty && !running) || (live && running)
     }
 
     /// A `metrics.csv` written by another tool: read once (first row is the header).

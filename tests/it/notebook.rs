@@ -1271,3 +1271,41 @@ fn the_launcher_log_is_not_written_through_a_link() {
     );
     assert_eq!(std::fs::read_to_string(&outside).unwrap(), "keep\n");
 }
+
+#[test]
+fn a_live_run_named_by_the_watcher_is_read_at_the_live_interval_not_at_every_event() {
+    use stageloop::notebook::workspace::LIVE_EVERY;
+    let d = tempfile::tempdir().unwrap();
+    fixture(d.path()); // `rl` is running: this test holds its lock
+    let mut ws = Workspace::new(d.path());
+    ws.poll(Instant::now() + Duration::from_secs(5));
+    let rl = d.path().join("demo/runs/20261130-010100-rl");
+    let lines = |ws: &Workspace| {
+        ws.experiments[0]
+            .runs
+            .iter()
+            .find(|r| r.dir == rl)
+            .unwrap()
+            .series
+            .lines()
+    };
+    let before = lines(&ws);
+    // A live poll now, so the next one is a live interval away.
+    std::thread::sleep(LIVE_EVERY);
+    ws.poll_changed(None, Instant::now() + Duration::from_secs(5));
+    let append = |step: u64| {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(rl.join("metrics.jsonl"))
+            .unwrap();
+        writeln!(f, "{{\"step\":{step},\"reward\":0.7}}").unwrap();
+    };
+    append(3);
+    ws.mark_changed(&[rl.join("metrics.jsonl")]);
+    ws.poll_changed(None, Instant::now() + Duration::from_secs(5));
+    assert_eq!(lines(&ws), before, "read again before the live interval");
+    std::thread::sleep(LIVE_EVERY);
+    ws.poll_changed(None, Instant::now() + Duration::from_secs(5));
+    assert_eq!(lines(&ws), before + 1, "read at the live interval");
+}
