@@ -431,7 +431,10 @@ fn create(
 ) -> Result<Opened> {
     let run = runfs::create_run_dir(&exp.runs_dir(), &cfg.name)
         .with_context(|| format!("cannot create a run folder in {}", exp.runs_dir().display()))?;
-    let lock = runfs::lock::RunLock::acquire(&run.path)?;
+    // A folder that cannot even hold its lock (a full disk) is removed, not left empty.
+    let lock = runfs::lock::RunLock::acquire(&run.path).inspect_err(|_| {
+        let _ = std::fs::remove_dir_all(&run.path);
+    })?;
     let status = RunStatus {
         id: run.id(),
         experiment: exp.name.clone(),

@@ -1322,3 +1322,28 @@ fn json_output_and_error_lines_carry_no_raw_c1_or_bidi_characters() {
     assert!(err.contains("unknown task"), "{err}");
     assert!(!err.contains(['\u{1b}', '\u{7}', '\u{9b}']), "{err:?}");
 }
+
+#[test]
+fn a_disk_too_full_for_a_new_run_leaves_no_empty_run_folder() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("experiment.toml"), TINY).unwrap();
+    std::fs::create_dir(d.path().join("runs")).unwrap();
+    // RLIMIT_FSIZE 0: not even the lock's pid can be written.
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -f 0; exec {} run {} --fresh",
+            env!("CARGO_BIN_EXE_stageloop"),
+            d.path().display()
+        ))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("lock") && !err.contains("panicked"), "{err}");
+    let left: Vec<_> = std::fs::read_dir(d.path().join("runs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
