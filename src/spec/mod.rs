@@ -164,7 +164,8 @@ pub fn spec_path(exp: &Path) -> PathBuf {
 /// Load and validate an experiment, with `--set` overrides applied.
 pub fn load_with(exp: &Path, sets: &[String]) -> Result<Experiment, SpecErrors> {
     let file = spec_path(exp);
-    let text = std::fs::read_to_string(&file).map_err(|e| SpecError {
+    // Not waited on if it is a FIFO; a spec is a small file.
+    let text = crate::untrusted::read_small(&file, 16 << 20).map_err(|e| SpecError {
         origin: Origin::Path(file.clone()),
         message: if e.kind() == std::io::ErrorKind::NotFound {
             "no such experiment file (EXP is a folder holding experiment.toml, or the file itself)"

@@ -1283,6 +1283,32 @@ fn fifos_and_devices_in_a_run_folder_neither_hang_nor_abort() {
             "{verb:?}: {err}"
         );
     }
+    // A model folder whose config.json, and an experiment whose spec, is a FIFO.
+    let hf = d.path().join("hf");
+    std::fs::create_dir(&hf).unwrap();
+    std::fs::write(hf.join("model.safetensors"), b"x").unwrap();
+    mkfifo(&hf.join("config.json"));
+    let fifo_exp = d.path().join("fifo-exp");
+    std::fs::create_dir(&fifo_exp).unwrap();
+    mkfifo(&fifo_exp.join("experiment.toml"));
+    for args in [
+        vec![
+            "sample".to_string(),
+            hf.display().to_string(),
+            "--prompt".into(),
+            "1+2=".into(),
+        ],
+        vec!["check".to_string(), fifo_exp.display().to_string()],
+    ] {
+        let out = std::process::Command::new("timeout")
+            .arg("60")
+            .arg(env!("CARGO_BIN_EXE_stageloop"))
+            .args(&args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+    }
     // The notebook's reader polls them all and returns.
     let mut ws = stageloop::notebook::workspace::Workspace::new(d.path());
     let started = std::time::Instant::now();

@@ -52,7 +52,12 @@ impl HfTokenizer {
         if !path.is_file() {
             bail!("{}: missing (the model's tokenizer)", path.display());
         }
-        let inner = tokenizers::Tokenizer::from_file(&path)
+        // Read as any file the program did not write (a FIFO or device is refused, not waited
+        // on), then parsed.
+        let text = crate::untrusted::read_small(&path, 1 << 30)
+            .with_context(|| format!("{}: cannot read", path.display()))?;
+        let inner: tokenizers::Tokenizer = text
+            .parse()
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         let mut tok = HfTokenizer {
             inner,
