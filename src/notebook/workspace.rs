@@ -235,20 +235,7 @@ impl RunView {
                 });
             }
         }
-        let running = self
-            .status
-            .as_ref()
-            .is_some_and(|s| s.status == Status::Running);
-        if running
-            && self
-                .locked
-                .0
-                .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
-        {
-            let held = runfs::lock::holder(&self.dir).is_some();
-            changed |= held != self.locked.1;
-            self.locked = (Some(Instant::now()), held);
-        }
+        changed |= self.refresh_liveness();
         let bm = std::fs::metadata(self.dir.join(BOOKMARKS))
             .and_then(|m| Ok((m.modified()?, m.len())))
             .ok();
@@ -291,20 +278,7 @@ impl RunView {
             self.bad_lines = self.metrics_tail.bad_lines;
             self.last_error = self.metrics_tail.last_error.clone();
         }
-        // Alerts compare thirds of whole histories: for a live run they are redone at most every
-        // ALERTS_EVERY, not at every poll.
-        let alerts_due = self
-            .alerts_at
-            .is_none_or(|t| t.elapsed() >= ALERTS_EVERY || !self.is_running());
-        if self.series.version() != self.alerts_version && alerts_due {
-            self.alerts_at = Some(Instant::now());
-            self.alerts_version = self.series.version();
-            let names: Vec<String> = self.series.names().cloned().collect();
-            let column = |n: &str| self.series.column(n);
-            self.alerts = crate::analysis::health::alerts(&names, &column);
-            let kind = self.status.as_ref().map_or("", |s| s.kind.as_str());
-            self.health_notes = crate::analysis::health::notes(kind, &names, &column);
-        }
+        self.refresh_alerts();
         if self.series.is_empty() && !self.csv_loaded {
             self.csv_loaded = true;
             changed |= self.load_csv();
@@ -402,6 +376,41 @@ impl RunView {
         }
     }
 
+    /// For a run whose run.json says running: whether a process holds its lock (asked at most
+    /// once a second). Returns whether that changed.
+    fn refresh_liveness(&mut self) -> bool {
+        let stale = self
+            .locked
+            .0
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+        if !self.is_running() || !stale {
+            return false;
+        }
+        let held = runfs::lock::holder(&self.dir).is_some();
+        let changed = held != self.locked.1;
+        self.locked = (Some(Instant::now()), held);
+        changed
+    }
+
+    /// Health alerts and notes from the series, when it changed. They compare thirds of whole
+    /// histories: for a live run they are redone at most every [`ALERTS_EVERY`], not at every
+    /// poll.
+    fn refresh_alerts(&mut self) {
+        let due = self
+            .alerts_at
+            .is_none_or(|t| t.elapsed() >= ALERTS_EVERY || !self.is_running());
+        if self.series.version() == self.alerts_version || !due {
+            return;
+        }
+        self.alerts_at = Some(Instant::now());
+        self.alerts_version = self.series.version();
+        let names: Vec<String> = self.series.names().cloned().collect();
+        let column = |n: &str| self.series.column(n);
+        self.alerts = crate::analysis::health::alerts(&names, &column);
+        let kind = self.status.as_ref().map_or("", |s| s.kind.as_str());
+        self.health_notes = crate::analysis::health::notes(kind, &names, &column);
+    }
+
     /// Whether run.json says running (the lock decides whether it really is).
     fn is_running(&self) -> bool {
         self.status
@@ -414,10 +423,7 @@ impl RunView {
     /// live interval too: a stage appending hundreds of lines a second is read (and its charts
     /// and alerts redone) a few times a second, not at every event.
     fn due(&self, live: bool) -> bool {
-        let running = self
-            .status
-            .as_ref()
-            .is_some_and(|s| s.status == Status::Running);
+        let running = self.is_running();
         !self.polled || self.loading || (self.dirty && !running) || (live && running)
     }
 
