@@ -338,6 +338,20 @@ fn checkpoint_of_another_shape_and_bad_dataset_lines_are_named() {
         .stderr(predicate::str::contains("/no/such/run: not a checkpoint"));
 }
 
+/// `stageloop run EXP EXTRA` under RLIMIT_FSIZE of `kb` KB (a stand-in for a full disk: writes
+/// past it fail with EFBIG).
+fn run_with_file_limit(exp: &Path, kb: u64, extra: &str) -> std::process::Output {
+    std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -f {kb}; exec {} run {} {extra}",
+            env!("CARGO_BIN_EXE_stageloop"),
+            exp.display()
+        ))
+        .output()
+        .unwrap()
+}
+
 /// The single run folder of `exp` (the test ran one stage).
 fn only_run(exp: &Path) -> std::path::PathBuf {
     let runs: Vec<_> = std::fs::read_dir(exp.join("runs"))
@@ -359,15 +373,7 @@ fn a_full_disk_fails_the_run_naming_the_file_and_records_it() {
     let d = tempfile::tempdir().unwrap();
     let spec = TINY.replace("steps = 2", "steps = 1500");
     std::fs::write(d.path().join("experiment.toml"), spec).unwrap();
-    let out = std::process::Command::new("bash")
-        .arg("-c")
-        .arg(format!(
-            "ulimit -f 64; exec {} run {}",
-            env!("CARGO_BIN_EXE_stageloop"),
-            d.path().display()
-        ))
-        .output()
-        .unwrap();
+    let out = run_with_file_limit(d.path(), 64, "");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     let run = only_run(d.path());
@@ -1355,15 +1361,7 @@ fn a_disk_too_full_for_a_new_run_leaves_no_empty_run_folder() {
     std::fs::write(d.path().join("experiment.toml"), TINY).unwrap();
     std::fs::create_dir(d.path().join("runs")).unwrap();
     // RLIMIT_FSIZE 0: not even the lock's pid can be written.
-    let out = std::process::Command::new("bash")
-        .arg("-c")
-        .arg(format!(
-            "ulimit -f 0; exec {} run {} --fresh",
-            env!("CARGO_BIN_EXE_stageloop"),
-            d.path().display()
-        ))
-        .output()
-        .unwrap();
+    let out = run_with_file_limit(d.path(), 0, "--fresh");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("lock") && !err.contains("panicked"), "{err}");
