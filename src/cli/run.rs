@@ -2,7 +2,7 @@
 //! otherwise. SIGINT/SIGTERM ask the running stage to finish its step, checkpoint and stop.
 
 use crate::runfs::{RunStatus, Status};
-use crate::spec;
+use crate::spec::{self, Experiment};
 use crate::stages::{self, Outcome, Reporter, RunOptions};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::{IsTerminal, Write};
@@ -38,10 +38,11 @@ pub struct Args {
     pub programs_shown: Option<String>,
 }
 
-/// `stageloop run`: one pipeline, or one per seed with `--seeds`.
+/// `stageloop run`: one pipeline, or one per seed with `--seeds`. The spec is read once: the
+/// programs checked against `--programs-shown` are the ones of the spec that runs.
 pub fn main(a: Args) -> anyhow::Result<()> {
+    let e = spec::load_with(&a.exp, &a.set)?;
     if let Some(shown) = &a.programs_shown {
-        let e = spec::load_with(&a.exp, &a.set)?;
         let programs = e.programs(&a.stage);
         anyhow::ensure!(
             spec::programs_digest(&programs) == *shown,
@@ -55,9 +56,9 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         );
     }
     if a.seeds.is_empty() {
-        run(&a.exp, &a.stage, &a.set, a.seed, a.fresh)
+        run(&e, &a.stage, a.seed, a.fresh)
     } else {
-        run_seeds(&a.exp, &a.stage, &a.set, &a.seeds, a.fresh)
+        run_seeds(&e, &a.stage, &a.seeds, a.fresh)
     }
 }
 
@@ -70,14 +71,8 @@ fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
     Ok(stop)
 }
 
-pub fn run(
-    exp: &Path,
-    stage: &[String],
-    sets: &[String],
-    seed: Option<u64>,
-    fresh: bool,
-) -> anyhow::Result<()> {
-    let e = spec::load_with(exp, sets)?;
+/// The pipeline of `e` (or its `stage`s) once.
+fn run(e: &Experiment, stage: &[String], seed: Option<u64>, fresh: bool) -> anyhow::Result<()> {
     let stop = stop_flag()?;
     let opts = RunOptions {
         stages: stage.to_vec(),
@@ -85,7 +80,7 @@ pub fn run(
         fresh,
     };
     let mut reporter = CliReporter::new();
-    match stages::run_pipeline(&e, &opts, stop, &mut reporter)? {
+    match stages::run_pipeline(e, &opts, stop, &mut reporter)? {
         Outcome::Done => Ok(()),
         Outcome::Stopped => {
             eprintln!("stopped; run the same command again to resume");
@@ -96,18 +91,11 @@ pub fn run(
 
 /// `run --seeds 0,1,2`: the pipeline once per seed, in order. A seed whose every stage has a
 /// finished run is skipped (unless `--fresh`), so the same command resumes an interrupted sweep.
-pub fn run_seeds(
-    exp: &Path,
-    stage: &[String],
-    sets: &[String],
-    seeds: &[u64],
-    fresh: bool,
-) -> anyhow::Result<()> {
-    let e = spec::load_with(exp, sets)?;
+fn run_seeds(e: &Experiment, stage: &[String], seeds: &[u64], fresh: bool) -> anyhow::Result<()> {
     let stop = stop_flag()?;
     let mut reporter = CliReporter::new();
     for &seed in seeds {
-        if !fresh && stage.is_empty() && stages::pipeline::pipeline_done(&e, seed) {
+        if !fresh && stage.is_empty() && stages::pipeline::pipeline_done(e, seed) {
             reporter.say(format!(
                 "seed {seed}: every stage is done (--fresh runs it again)"
             ));
@@ -119,7 +107,7 @@ pub fn run_seeds(
             seed: Some(seed),
             fresh,
         };
-        if let Outcome::Stopped = stages::run_pipeline(&e, &opts, stop.clone(), &mut reporter)? {
+        if let Outcome::Stopped = stages::run_pipeline(e, &opts, stop.clone(), &mut reporter)? {
             eprintln!("stopped at seed {seed}; run the same command again to resume");
             std::process::exit(130);
         }
