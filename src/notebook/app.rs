@@ -659,23 +659,25 @@ impl App {
             self.notice("fork: type overrides like lr=1e-4 beta=0.04 (stage keys) or model.ctx=96");
             return Vec::new();
         }
-        match crate::spec::load_with(&exp, &sets) {
-            // The programs of the spec as the fork would run it, overrides applied: an
-            // override may add one.
-            Ok(e) if !e.programs(std::slice::from_ref(&stage)).is_empty() => {
+        // The programs of the spec as the fork would run it, overrides applied: an override
+        // may add one.
+        let programs =
+            crate::spec::load_with(&exp, &sets).map(|e| e.programs(std::slice::from_ref(&stage)));
+        match programs {
+            Ok(programs) if !programs.is_empty() => {
                 self.notice(format!(
                     "fork: {stage} would run reward programs ({}); fork it from the command line: stageloop run EXP --stage {stage} --fresh --set …",
-                    e.programs(std::slice::from_ref(&stage)).join(", ")
+                    programs.join(", ")
                 ));
                 Vec::new()
             }
-            Ok(_) => {
+            Ok(programs) => {
                 self.notice(format!("forking {stage} with {}", sets.join(" ")));
                 vec![Effect::Fork {
                     exp,
                     stage,
                     sets,
-                    programs: Vec::new(),
+                    programs,
                 }]
             }
             Err(e) => {

@@ -60,16 +60,12 @@ pub fn apply(app: &mut App, effect: Effect, tx: &mpsc::Sender<Event>) -> bool {
             for s in &sets {
                 extra.extend(["--set".to_string(), s.clone()]);
             }
-            let shown = extra.join(" ");
-            extra.extend([
-                "--programs-shown".to_string(),
-                crate::spec::programs_digest(&programs),
-            ]);
             app.follow_next_run(&exp);
-            match supervisor::spawn_stage(&exp, Some(&stage), &extra, tx.clone()) {
+            match supervisor::spawn_stage(&exp, Some(&stage), &extra, &programs, tx.clone()) {
                 Ok(pid) => app.notice(format!(
-                    "started pid {pid}: stageloop run {} --stage {stage} {shown}",
+                    "started pid {pid}: stageloop run {} --stage {stage} {}",
                     exp.display(),
+                    extra.join(" ")
                 )),
                 Err(e) => app.notice(format!("could not start the fork: {e}")),
             }
@@ -80,11 +76,7 @@ pub fn apply(app: &mut App, effect: Effect, tx: &mpsc::Sender<Event>) -> bool {
             programs,
         } => {
             app.follow_next_run(&exp);
-            let shown = [
-                "--programs-shown".to_string(),
-                crate::spec::programs_digest(&programs),
-            ];
-            match supervisor::spawn_stage(&exp, stage.as_deref(), &shown, tx.clone()) {
+            match supervisor::spawn_stage(&exp, stage.as_deref(), &[], &programs, tx.clone()) {
                 Ok(pid) => app.notice(format!(
                     "started pid {pid}: stageloop run {}{}",
                     exp.display(),

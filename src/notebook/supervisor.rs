@@ -19,12 +19,14 @@ fn spawned_here(pid: u32) -> bool {
 }
 
 /// Start a stage (or the whole pipeline) of the experiment in `exp`, with `extra` arguments
-/// (a fork's `--fresh --set …`). The launcher's own output goes to `runs/.launcher.log`; the
-/// stage writes its run folder itself.
+/// (a fork's `--fresh --set …`) and the reward `programs` the user was shown, which the child
+/// checks against its spec (`run --programs-shown`). The launcher's own output goes to
+/// `runs/.launcher.log`; the stage writes its run folder itself.
 pub fn spawn_stage(
     exp: &Path,
     stage: Option<&str>,
     extra: &[String],
+    programs: &[String],
     tx: Sender<Event>,
 ) -> std::io::Result<u32> {
     let runs = exp.join("runs");
@@ -36,6 +38,7 @@ pub fn spawn_stage(
         cmd.args(["--stage", s]);
     }
     cmd.args(extra);
+    cmd.args(["--programs-shown", &crate::spec::programs_digest(programs)]);
     cmd.stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
@@ -66,28 +69,28 @@ pub fn spawn_stage(
 /// running this run's experiment) that is the `pid` run.json names is signalled, never pid 0 or
 /// 1: a stale, reused, hand-written or borrowed pid in a run folder gets nothing.
 pub fn stop(run: &Path, pid: u32) -> std::io::Result<()> {
-    let lock = run.join(crate::runfs::lock::LOCK);
-    if let Some(holder) = crate::runfs::lock::holder(run)
-        && holder == pid
-        && crate::runfs::lock::stage_of(run).is_none()
-    {
-        return Err(std::io::Error::other(format!(
-            "pid {pid} holds {} but is not stageloop running this run's experiment: nothing sent",
-            lock.display()
-        )));
-    }
-    match crate::runfs::lock::holder(run) {
-        Some(holder) if holder == pid && pid > 1 => {}
+    use crate::runfs::lock;
+    let path = run.join(lock::LOCK);
+    match lock::holder(run) {
+        Some(holder) if holder == pid => {
+            if pid <= 1 || !lock::runs_experiment(pid, run) {
+                return Err(std::io::Error::other(format!(
+                    "pid {pid} holds {} but is not stageloop running this run's experiment: \
+                     nothing sent",
+                    path.display()
+                )));
+            }
+        }
         Some(holder) => {
             return Err(std::io::Error::other(format!(
                 "{} is held by pid {holder}, not by pid {pid} as run.json says: nothing sent",
-                lock.display()
+                path.display()
             )));
         }
         None => {
             return Err(std::io::Error::other(format!(
                 "pid {pid} does not hold {}: not a running stage of this run, nothing sent",
-                lock.display()
+                path.display()
             )));
         }
     }

@@ -138,13 +138,13 @@ pub fn holder(dir: &Path) -> Option<u32> {
 /// The notebook signals nothing else.
 pub fn stage_of(dir: &Path) -> Option<u32> {
     let pid = holder(dir)?;
-    runs_experiment_of(pid, dir).then_some(pid)
+    runs_experiment(pid, dir).then_some(pid)
 }
 
 /// Whether process `pid` is this program (by its executable's name) started as
 /// `run EXP …` with `EXP` the experiment that holds run folder `dir` (`EXP/runs/<id>`), read
 /// from `/proc/<pid>/cmdline` relative to its working folder. True where there is no `/proc`.
-fn runs_experiment_of(pid: u32, dir: &Path) -> bool {
+pub fn runs_experiment(pid: u32, dir: &Path) -> bool {
     #[cfg(target_os = "linux")]
     {
         use std::os::unix::ffi::OsStrExt;

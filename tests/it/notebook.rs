@@ -1262,9 +1262,10 @@ fn the_launcher_log_is_not_written_through_a_link() {
     let log = d.path().join("demo/runs/.launcher.log");
     std::os::unix::fs::symlink(&outside, &log).unwrap();
     let (tx, _rx) = std::sync::mpsc::channel();
-    let e = stageloop::notebook::supervisor::spawn_stage(&d.path().join("demo"), None, &[], tx)
-        .unwrap_err()
-        .to_string();
+    let e =
+        stageloop::notebook::supervisor::spawn_stage(&d.path().join("demo"), None, &[], &[], tx)
+            .unwrap_err()
+            .to_string();
     assert!(
         e.contains(".launcher.log") && e.contains("symbolic link"),
         "{e}"
