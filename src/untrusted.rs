@@ -74,12 +74,13 @@ pub fn csv_cell(s: &str) -> Cow<'_, str> {
 /// and inert). serde_json escapes only C0 controls, so C1 controls and bidi overrides in a run
 /// folder's strings would otherwise reach the terminal raw.
 pub fn printable(s: &str) -> Cow<'_, str> {
-    if !s.chars().any(|c| unsafe_char(c) && c != '\n' && c != '\t') {
+    let escaped = |c: char| unsafe_char(c) && c != '\n' && c != '\t';
+    if !s.chars().any(escaped) {
         return Cow::Borrowed(s);
     }
     let mut out = String::with_capacity(s.len() + 16);
     for c in s.chars() {
-        if unsafe_char(c) && c != '\n' && c != '\t' {
+        if escaped(c) {
             out.push_str(&format!("\\u{:04x}", c as u32));
         } else {
             out.push(c);

@@ -154,12 +154,12 @@ impl RunSeries {
         self.steps.is_empty()
     }
 
-    /// Metric names.
     /// How many metric names the log has past [`MAX_METRICS`] (not charted).
     pub fn names_beyond(&self) -> usize {
         self.beyond.len()
     }
 
+    /// Metric names.
     pub fn names(&self) -> impl Iterator<Item = &String> {
         self.values.keys()
     }

@@ -71,8 +71,6 @@ impl RunDir {
     }
 }
 
-pub use crate::untrusted::{open_regular, read_small};
-
 /// `yyyymmdd-HHMMSS` (UTC) of a Unix time.
 pub fn timestamp(unix: f64) -> String {
     let secs = unix.max(0.0) as i64;

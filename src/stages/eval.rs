@@ -14,7 +14,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::collections::HashMap;
 
-pub use crate::runfs::records::EvalReport;
+use crate::runfs::records::EvalReport;
 
 /// The powers of two up to `k`: the k values of a pass@k curve.
 pub fn curve_ks(k: usize) -> Vec<usize> {
