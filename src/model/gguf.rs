@@ -314,23 +314,20 @@ impl Gguf {
             });
         }
         // No two tensors share bytes (a retyped or overlapping entry would read another's data).
-        let mut spans: Vec<(u64, u64, &str)> = tensors
+        let spans = tensors
             .iter()
             .map(|t| (t.offset, t.offset + t.bytes, t.name.as_str()))
             .collect();
-        spans.sort_unstable();
-        for w in spans.windows(2) {
-            if w[1].0 < w[0].1 {
-                bail!(
-                    "tensors `{}` and `{}` overlap in the file ({}..{} and {}..{})",
-                    w[0].2,
-                    w[1].2,
-                    w[0].0,
-                    w[0].1,
-                    w[1].0,
-                    w[1].1
-                );
-            }
+        if let Some([a, b]) = super::extents::overlap(spans) {
+            bail!(
+                "tensors `{}` and `{}` overlap in the file ({}..{} and {}..{})",
+                a.2,
+                b.2,
+                a.0,
+                a.1,
+                b.0,
+                b.1
+            );
         }
         Ok(Gguf {
             path: path.to_path_buf(),

@@ -6,6 +6,7 @@
 pub mod checkpoint;
 pub mod config;
 mod engine;
+mod extents;
 mod flex;
 pub mod fused;
 pub mod gguf;

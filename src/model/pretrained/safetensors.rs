@@ -234,16 +234,13 @@ fn parse_header(bytes: &[u8]) -> Result<Table> {
         table.insert(name, (dtype, shape, data + s as usize, data + t as usize));
     }
     // No two tensors share bytes.
-    let mut spans: Vec<(usize, usize, &str)> = table
+    let spans = table
         .iter()
-        .map(|(n, (_, _, s, t))| (*s, *t, n.as_str()))
+        .map(|(n, (_, _, s, t))| (*s as u64, *t as u64, n.as_str()))
         .filter(|(s, t, _)| s < t)
         .collect();
-    spans.sort_unstable();
-    for w in spans.windows(2) {
-        if w[1].0 < w[0].1 {
-            bail!("tensors {} and {} overlap in the file", w[0].2, w[1].2);
-        }
+    if let Some([a, b]) = crate::model::extents::overlap(spans) {
+        bail!("tensors {} and {} overlap in the file", a.2, b.2);
     }
     Ok(table)
 }
