@@ -74,31 +74,38 @@ fn alert(name: &'static str, message: String) -> Option<Alert> {
     Some(Alert { name, message })
 }
 
+/// The alert `name` when `firing`, its message written only then.
+fn alert_if(firing: bool, name: &'static str, message: impl FnOnce() -> String) -> Option<Alert> {
+    firing.then(|| Alert {
+        name,
+        message: message(),
+    })
+}
+
 fn reward_hacking(r: &Run<'_>) -> Option<Alert> {
     let (a0, a1) = r.get(r.reward_mean("accuracy")?)?;
     let rising = |m: Option<&str>| {
         m.and_then(|m| r.get(m))
             .is_some_and(|(x0, x1)| x1 - x0 > 0.1)
     };
-    (a1 - a0 <= 0.02 && (rising(r.reward_mean("format")) || rising(Some("reward"))))
-        .then_some(())?;
-    alert(
+    alert_if(
+        a1 - a0 <= 0.02 && (rising(r.reward_mean("format")) || rising(Some("reward"))),
         "reward_hacking",
-        format!(
-            "reward is rising while accuracy is not ({a0:.2} → {a1:.2}): the policy may be earning the format or another reward without solving the task — read the samples, lower the other rewards' weights"
-        ),
+        || {
+            format!(
+                "reward is rising while accuracy is not ({a0:.2} → {a1:.2}): the policy may be earning the format or another reward without solving the task — read the samples, lower the other rewards' weights"
+            )
+        },
     )
 }
 
 fn reward_hacking_trace(r: &Run<'_>) -> Option<Alert> {
     let (t0, t1) = r.get("completions/trace_agreement")?;
-    (t0 - t1 > 0.1).then_some(())?;
-    alert(
-        "reward_hacking_trace",
+    alert_if(t0 - t1 > 0.1, "reward_hacking_trace", || {
         format!(
             "answers agree with their own reasoning less and less ({t0:.2} → {t1:.2}): the policy may be guessing or copying answers the trace does not support — read the samples whose answer and trace differ"
-        ),
-    )
+        )
+    })
 }
 
 fn sampler_drift(r: &Run<'_>) -> Option<Alert> {
@@ -118,24 +125,20 @@ fn sampler_drift(r: &Run<'_>) -> Option<Alert> {
 
 fn entropy_collapse(r: &Run<'_>) -> Option<Alert> {
     let (e0, e1) = r.get("entropy")?;
-    (e0 > 0.05 && e1 < 0.3 * e0).then_some(())?;
-    alert(
-        "entropy_collapse",
+    alert_if(e0 > 0.05 && e1 < 0.3 * e0, "entropy_collapse", || {
         format!(
             "entropy fell from {e0:.3} to {e1:.3}: sampling has become nearly deterministic and GRPO's groups stop differing — raise the temperature, lower the learning rate, or use clip-higher (epsilon_high)"
-        ),
-    )
+        )
+    })
 }
 
 fn length_collapse(r: &Run<'_>) -> Option<Alert> {
     let (l0, l1) = r.get("completions/mean_length")?;
-    (l1 < 0.5 * l0).then_some(())?;
-    alert(
-        "length_collapse",
+    alert_if(l1 < 0.5 * l0, "length_collapse", || {
         format!(
             "completions shrank from {l0:.1} to {l1:.1} tokens: the policy may be dropping its reasoning — check a length or format reward, and the samples"
-        ),
-    )
+        )
+    })
 }
 
 fn length_runaway_or_truncation(r: &Run<'_>) -> Option<Alert> {
@@ -152,49 +155,45 @@ fn length_runaway_or_truncation(r: &Run<'_>) -> Option<Alert> {
             ),
         );
     }
-    (c1 > 0.3).then_some(())?;
-    alert(
-        "truncation",
+    alert_if(c1 > 0.3, "truncation", || {
         format!(
             "{:.0}% of completions hit the token limit: their rewards are mostly noise — raise max_new_tokens or mask truncated completions",
             100.0 * c1
-        ),
-    )
+        )
+    })
 }
 
 fn no_learning_signal(r: &Run<'_>) -> Option<Alert> {
     let (_, z1) = r.get("frac_reward_zero_std")?;
-    (z1 > 0.8).then_some(())?;
-    alert(
-        "no_learning_signal",
+    alert_if(z1 > 0.8, "no_learning_signal", || {
         format!(
             "{:.0}% of groups have equal rewards (zero advantage): little to learn from — the task is too easy or too hard for the model; use dynamic sampling or change the difficulty",
             100.0 * z1
-        ),
-    )
+        )
+    })
 }
 
 fn kl_blowup(r: &Run<'_>) -> Option<Alert> {
     let (k0, k1) = r.get("kl")?;
-    (k1 > 1.0 || (k1 > 0.2 && k1 > 10.0 * k0.max(1e-3))).then_some(())?;
-    alert(
+    alert_if(
+        k1 > 1.0 || (k1 > 0.2 && k1 > 10.0 * k0.max(1e-3)),
         "kl_blowup",
-        format!(
-            "KL to the reference rose from {k0:.3} to {k1:.3}: the policy is drifting fast — lower the learning rate or raise beta"
-        ),
+        || {
+            format!(
+                "KL to the reference rose from {k0:.3} to {k1:.3}: the policy is drifting fast — lower the learning rate or raise beta"
+            )
+        },
     )
 }
 
 fn clip_blowup(r: &Run<'_>) -> Option<Alert> {
     let (_, c1) = r.get(r.find(|n| n == "clip_ratio/region_mean" || n == "clip_ratio")?)?;
-    (c1 > 0.3).then_some(())?;
-    alert(
-        "clip_blowup",
+    alert_if(c1 > 0.3, "clip_blowup", || {
         format!(
             "{:.0}% of tokens are clipped: updates are too large for the trust region — lower the learning rate or num_iterations",
             100.0 * c1
-        ),
-    )
+        )
+    })
 }
 
 /// Notes on what looks alarming but is not (shown beside the alerts).
