@@ -4,8 +4,8 @@
     python3 benches/gguf_check.py path/to/model.gguf [path/to/stageloop]
     python3 benches/gguf_check.py --synthetic /tmp/all-types.gguf [path/to/stageloop]
 
-`--synthetic` first writes a file with a tensor of every supported type (F32, F16, BF16, Q8_0,
-Q4_0, Q4_1, Q4_K, Q6_K) filled with random blocks (finite scales), then checks it: both readers
+`--synthetic` first writes a file with a tensor of every supported type (F32, F16, BF16, Q4_0,
+Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K) filled with random blocks (finite scales), then checks it: both readers
 dequantise the same bytes.
 
 For every tensor, dequantises it with gguf-py (`gguf.quants.dequantize`) and compares the count,
@@ -40,7 +40,12 @@ if synthetic:
         (Q.Q8_0, 32, 34, [0]),
         (Q.Q4_0, 32, 18, [0]),
         (Q.Q4_1, 32, 20, [0, 2]),
+        (Q.Q5_0, 32, 22, [0]),
+        (Q.Q5_1, 32, 24, [0, 2]),
+        (Q.Q2_K, 256, 84, [80, 82]),
+        (Q.Q3_K, 256, 110, [108]),
         (Q.Q4_K, 256, 144, [0, 2]),
+        (Q.Q5_K, 256, 176, [0, 2]),
         (Q.Q6_K, 256, 210, [208]),
     ]:
         rows, cols = 4, 2 * per

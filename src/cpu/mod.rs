@@ -1,6 +1,6 @@
 //! Hand-written CPU kernels on plain `f32` slices: the training ops' products and attention,
-//! the row kernels, the small-batch packed products, the decoder, a transposition and
-//! the fused AdamW step.
+//! the row kernels, the small-batch packed products, llama.cpp's quantised block formats and
+//! their integer products, the decoder, a transposition and the fused AdamW step.
 //! Imports nothing from the rest of the crate; `model` wraps them for burn (`model::fused`)
 //! and builds the decoder from a model (`Gpt::engine`).
 
@@ -12,6 +12,7 @@ pub mod gemm;
 pub mod math;
 pub mod packed;
 pub mod pair;
+pub mod quant;
 pub mod rows;
 pub mod shape;
 pub(crate) mod simd;

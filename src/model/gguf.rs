@@ -1,7 +1,7 @@
 //! Reading llama.cpp's GGUF files: the header, the metadata (architecture, hyperparameters, the
 //! tokenizer's vocabulary and chat template) and the tensor table, and dequantising tensors to
-//! f32 at load. Supported tensor types: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K and Q6_K (the
-//! block layouts of ggml's `ggml-quants.c`). Every length and offset is checked against the file
+//! f32 at load. Supported tensor types: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and Q2_K to
+//! Q6_K (the block layouts of ggml's `ggml-quants.c`, read by [`crate::cpu::quant`]). Every length and offset is checked against the file
 //! before it is used: a truncated or inconsistent file is an error naming it, never a panic or a
 //! huge allocation.
 
@@ -44,56 +44,12 @@ impl Value {
     }
 }
 
-/// A tensor's element type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    F32,
-    F16,
-    Bf16,
-    Q8_0,
-    Q4_0,
-    Q4_1,
-    Q4K,
-    Q6K,
-}
-
-impl Kind {
-    fn from_id(id: u32) -> Option<Kind> {
-        Some(match id {
-            0 => Kind::F32,
-            1 => Kind::F16,
-            2 => Kind::Q4_0,
-            3 => Kind::Q4_1,
-            8 => Kind::Q8_0,
-            12 => Kind::Q4K,
-            14 => Kind::Q6K,
-            30 => Kind::Bf16,
-            _ => return None,
-        })
-    }
-    /// (elements per block, bytes per block).
-    fn block(self) -> (usize, usize) {
-        match self {
-            Kind::F32 => (1, 4),
-            Kind::F16 | Kind::Bf16 => (1, 2),
-            Kind::Q8_0 => (32, 34),
-            Kind::Q4_0 => (32, 18),
-            Kind::Q4_1 => (32, 20),
-            Kind::Q4K => (256, 144),
-            Kind::Q6K => (256, 210),
-        }
-    }
-}
+pub use crate::cpu::quant::{Kind, dequantize};
 
 /// ggml's names of the types this reader does not dequantise (for the error message).
 fn unsupported_name(id: u32) -> String {
     let names = [
-        (6, "Q5_0"),
-        (7, "Q5_1"),
         (9, "Q8_1"),
-        (10, "Q2_K"),
-        (11, "Q3_K"),
-        (13, "Q5_K"),
         (15, "Q8_K"),
         (16, "IQ2_XXS"),
         (17, "IQ2_XS"),
@@ -257,9 +213,9 @@ impl Gguf {
             let dims = (0..nd).map(|_| r.u64()).collect::<Result<Vec<_>>>()?;
             let ty = r.u32()?;
             let offset = r.u64()?;
-            let kind = Kind::from_id(ty).with_context(|| {
+            let kind = Kind::from_ggml(ty).with_context(|| {
                 format!(
-                    "tensor `{name}` is {}, which is not supported (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K)",
+                    "tensor `{name}` is {}, which is not supported (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K-Q6_K)",
                     unsupported_name(ty)
                 )
             })?;
@@ -353,97 +309,6 @@ impl Gguf {
         let raw = &self.bytes[t.offset as usize..(t.offset + t.bytes) as usize];
         dequantize(t.kind, raw, t.elements() as usize)
     }
-}
-
-fn f16(b: &[u8]) -> f32 {
-    half::f16::from_le_bytes([b[0], b[1]]).to_f32()
-}
-
-/// Dequantise `n` values of `kind` from `raw` (whose length the caller checked).
-pub fn dequantize(kind: Kind, raw: &[u8], n: usize) -> Vec<f32> {
-    let mut out = Vec::with_capacity(n);
-    match kind {
-        Kind::F32 => out.extend(
-            raw.chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-        ),
-        Kind::F16 => out.extend(raw.chunks_exact(2).map(f16)),
-        Kind::Bf16 => out.extend(
-            raw.chunks_exact(2)
-                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()),
-        ),
-        Kind::Q8_0 => {
-            for b in raw.chunks_exact(34) {
-                let d = f16(&b[0..2]);
-                out.extend(b[2..].iter().map(|&q| q as i8 as f32 * d));
-            }
-        }
-        Kind::Q4_0 => {
-            for b in raw.chunks_exact(18) {
-                let d = f16(&b[0..2]);
-                let qs = &b[2..];
-                out.extend(qs.iter().map(|&q| ((q & 0xF) as i32 - 8) as f32 * d));
-                out.extend(qs.iter().map(|&q| ((q >> 4) as i32 - 8) as f32 * d));
-            }
-        }
-        Kind::Q4_1 => {
-            for b in raw.chunks_exact(20) {
-                let (d, m) = (f16(&b[0..2]), f16(&b[2..4]));
-                let qs = &b[4..];
-                out.extend(qs.iter().map(|&q| (q & 0xF) as f32 * d + m));
-                out.extend(qs.iter().map(|&q| (q >> 4) as f32 * d + m));
-            }
-        }
-        Kind::Q4K => {
-            for b in raw.chunks_exact(144) {
-                let (d, dmin) = (f16(&b[0..2]), f16(&b[2..4]));
-                let scales = &b[4..16];
-                let qs = &b[16..];
-                // 6-bit scales and mins of the eight 32-element sub-blocks.
-                let sm = |j: usize| -> (f32, f32) {
-                    if j < 4 {
-                        ((scales[j] & 63) as f32, (scales[j + 4] & 63) as f32)
-                    } else {
-                        (
-                            ((scales[j + 4] & 0xF) | ((scales[j - 4] >> 6) << 4)) as f32,
-                            ((scales[j + 4] >> 4) | ((scales[j] >> 6) << 4)) as f32,
-                        )
-                    }
-                };
-                for (c, q) in qs.chunks_exact(32).enumerate() {
-                    let (s1, m1) = sm(2 * c);
-                    let (s2, m2) = sm(2 * c + 1);
-                    out.extend(q.iter().map(|&v| d * s1 * (v & 0xF) as f32 - dmin * m1));
-                    out.extend(q.iter().map(|&v| d * s2 * (v >> 4) as f32 - dmin * m2));
-                }
-            }
-        }
-        Kind::Q6K => {
-            for b in raw.chunks_exact(210) {
-                let (ql, qh, sc) = (&b[0..128], &b[128..192], &b[192..208]);
-                let d = f16(&b[208..210]);
-                let mut y = [0f32; 256];
-                for half_ in 0..2 {
-                    let (ql, qh, sc) = (&ql[64 * half_..], &qh[32 * half_..], &sc[8 * half_..]);
-                    let y = &mut y[128 * half_..];
-                    for l in 0..32 {
-                        let is = l / 16;
-                        let q1 = ((ql[l] & 0xF) | ((qh[l] & 3) << 4)) as i32 - 32;
-                        let q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) as i32 - 32;
-                        let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32 - 32;
-                        let q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i32 - 32;
-                        let s = |k: usize| sc[is + k] as i8 as f32 * d;
-                        y[l] = s(0) * q1 as f32;
-                        y[l + 32] = s(2) * q2 as f32;
-                        y[l + 64] = s(4) * q3 as f32;
-                        y[l + 96] = s(6) * q4 as f32;
-                    }
-                }
-                out.extend_from_slice(&y);
-            }
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -633,9 +498,9 @@ mod tests {
                 .to_string()
                 .contains("not a GGUF file")
         );
-        write(&p, &[], &[("k", vec![256], 13, vec![0u8; 176])]);
+        write(&p, &[], &[("k", vec![32], 20, vec![0u8; 18])]);
         let e = Gguf::open(&p).unwrap_err().to_string();
-        assert!(e.contains("Q5_K") && e.contains("not supported"), "{e}");
+        assert!(e.contains("IQ4_NL") && e.contains("not supported"), "{e}");
         // A count larger than the file: refused before allocating.
         let mut b = b"GGUF".to_vec();
         b.extend(3u32.to_le_bytes());

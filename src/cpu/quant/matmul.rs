@@ -1,0 +1,606 @@
+//! The product of a few rows of activations with a matrix of quantised blocks, read where the
+//! blocks are (never a float copy of the matrix), as llama.cpp computes it: each activation row
+//! is quantised to int8 per 32 elements, and each output is a sum of integer dot products
+//! scaled by the blocks' and the activations' scales.
+//!
+//! A weight row (one output) is first read into 32-element chunks of unsigned integers with
+//! their scales and offsets ([`super::format`]), once for all activation rows; the dot kernel
+//! that follows knows nothing of the format. On x86-64 it runs with AVX512-VNNI
+//! (`vpdpbusd` on 256-bit registers) or, without it, AVX2 (`vpmaddwd` on widened integers),
+//! both chosen at run time; elsewhere a portable loop computes the same sums.
+
+use super::Kind;
+use super::format::{chunks, scales, unpack};
+use crate::cpu::packed::Threads;
+use std::ops::Range;
+use std::sync::Arc;
+
+/// `m·n·k` from which rayon splits a product's outputs between its threads.
+const PARALLEL_OPS: usize = 1 << 20;
+
+/// Activation rows quantised for [`QMatrix::matmul`]: per 32 elements, int8 values and their
+/// scale; per 16 elements, the exact sum of the floats (it multiplies the blocks' offsets).
+pub struct QRows {
+    k: usize,
+    m: usize,
+    q: Vec<i8>,
+    d: Vec<f32>,
+    sums: Vec<f32>,
+}
+
+impl QRows {
+    /// Quantise `m` rows of `k` floats (`k` a multiple of 32): `q = round(x / d)` with
+    /// `d = max|x| / 127` per 32 elements.
+    pub fn new(a: &[f32], m: usize, k: usize) -> QRows {
+        assert!(k.is_multiple_of(32) && a.len() >= m * k, "QRows: bad shape");
+        let mut q = vec![0i8; m * k];
+        let mut d = vec![0f32; m * k / 32];
+        let mut sums = vec![0f32; m * k / 16];
+        for (((x, q), d), s) in a[..m * k]
+            .chunks_exact(32)
+            .zip(q.chunks_exact_mut(32))
+            .zip(d.iter_mut())
+            .zip(sums.chunks_exact_mut(2))
+        {
+            quantize_chunk(x, q, d, s);
+        }
+        QRows { k, m, q, d, sums }
+    }
+}
+
+/// One 32-element chunk of [`QRows::new`].
+#[inline(always)]
+fn quantize_chunk(x: &[f32], q: &mut [i8], d: &mut f32, s: &mut [f32]) {
+    let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
+    *d = amax / 127.0;
+    let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+    for (q, &v) in q.iter_mut().zip(x) {
+        *q = (v * inv).round() as i8;
+    }
+    s[0] = x[..16].iter().sum();
+    s[1] = x[16..].iter().sum();
+}
+
+/// A `[k] → [n]` matrix of quantised rows: output `j` is the dot product of an input row with
+/// weight row `j`, `k` elements in blocks. The rows may lie anywhere in one shared byte
+/// buffer (a GGUF file's, in place) and be of several types, in parts of consecutive outputs
+/// (a fused projection of tensors quantised differently).
+pub struct QMatrix {
+    k: usize,
+    n: usize,
+    bytes: Arc<dyn AsRef<[u8]> + Send + Sync>,
+    parts: Vec<Part>,
+}
+
+/// Consecutive outputs of one type: the byte offset of each one's row.
+struct Part {
+    kind: Kind,
+    rows: Vec<usize>,
+}
+
+impl QMatrix {
+    /// A matrix of `k` inputs whose outputs are the rows at the given byte offsets of `bytes`,
+    /// part by part. Panics if a row lies outside `bytes` or `k` is not whole blocks of its
+    /// part's type (the caller has checked the file).
+    pub fn new(
+        k: usize,
+        bytes: Arc<dyn AsRef<[u8]> + Send + Sync>,
+        parts: Vec<(Kind, Vec<usize>)>,
+    ) -> QMatrix {
+        let len = (*bytes).as_ref().len();
+        for (kind, rows) in &parts {
+            assert!(kind.is_blocks() && k.is_multiple_of(kind.block().0));
+            let rb = kind.row_bytes(k);
+            assert!(
+                rows.iter().all(|&r| r + rb <= len),
+                "a row lies outside the buffer"
+            );
+        }
+        let n = parts.iter().map(|(_, r)| r.len()).sum();
+        let parts = parts
+            .into_iter()
+            .map(|(kind, rows)| Part { kind, rows })
+            .collect();
+        QMatrix { k, n, bytes, parts }
+    }
+
+    /// Inputs (the length of a row of the left operand).
+    pub fn rows(&self) -> usize {
+        self.k
+    }
+
+    /// Outputs.
+    pub fn cols(&self) -> usize {
+        self.n
+    }
+
+    /// Bytes of the blocks read by a product.
+    pub fn bytes(&self) -> usize {
+        self.parts
+            .iter()
+            .map(|p| p.rows.len() * p.kind.row_bytes(self.k))
+            .sum()
+    }
+
+    /// The floats of output `j`'s weight row (an embedding's row, for a token).
+    pub fn row_f32(&self, j: usize, out: &mut [f32]) {
+        let (kind, at) = self.locate(j);
+        let raw = &(*self.bytes).as_ref()[at..at + kind.row_bytes(self.k)];
+        out[..self.k].copy_from_slice(&super::dequantize(kind, raw, self.k));
+    }
+
+    /// The type and byte offset of output `j`'s row.
+    fn locate(&self, mut j: usize) -> (Kind, usize) {
+        for p in &self.parts {
+            if j < p.rows.len() {
+                return (p.kind, p.rows[j]);
+            }
+            j -= p.rows.len();
+        }
+        panic!("output {j} is past the matrix's {} outputs", self.n)
+    }
+
+    /// `dst[m, n] = a[m, k] · selfᵀ`, or `+=` when `accumulate`; row-major, contiguous; the
+    /// outputs split between `threads`.
+    pub fn matmul(
+        &self,
+        dst: &mut [f32],
+        a: &[f32],
+        m: usize,
+        accumulate: bool,
+        threads: Threads<'_>,
+    ) {
+        let (k, n) = (self.k, self.n);
+        assert!(
+            a.len() >= m * k && dst.len() >= m * n,
+            "matmul: buffers too small"
+        );
+        let acts = QRows::new(a, m, k);
+        let out = Out {
+            ptr: SendPtr(dst.as_mut_ptr()),
+            n,
+            accumulate,
+        };
+        let run = |cols: Range<usize>| {
+            // SAFETY: each call writes only the columns `cols` of dst's m rows, so concurrent
+            // calls over disjoint ranges never touch the same element; dst holds m·n floats
+            // (asserted above) and outlives the calls.
+            unsafe { self.columns(cols, &acts, out) }
+        };
+        match threads {
+            Threads::Pair(pair) if n >= 2 => {
+                let half = n / 2;
+                pair.join(|| run(0..half), || run(half..n));
+            }
+            Threads::Rayon if m * n * k >= PARALLEL_OPS && n >= 2 => {
+                let threads = rayon::current_num_threads().min(n);
+                let per = n.div_ceil(threads);
+                rayon::scope(|s| {
+                    for t in 1..threads {
+                        let run = &run;
+                        s.spawn(move |_| run(t * per..((t + 1) * per).min(n)));
+                    }
+                    run(0..per.min(n));
+                });
+            }
+            _ => run(0..n),
+        }
+    }
+
+    /// Outputs `cols` of every row of `acts` into `out`.
+    ///
+    /// # Safety
+    /// `out.ptr` points to `acts.m · n` floats of which no one else writes these columns
+    /// during the call.
+    unsafe fn columns(&self, cols: Range<usize>, acts: &QRows, out: Out) {
+        let k = self.k;
+        let bytes = (*self.bytes).as_ref();
+        let mut row = Unpacked::new(k);
+        let kernel = Kernel::detect();
+        let mut first = 0;
+        for p in &self.parts {
+            let here = first..first + p.rows.len();
+            first = here.end;
+            let (lo, hi) = (cols.start.max(here.start), cols.end.min(here.end));
+            let rb = p.kind.row_bytes(k);
+            for j in lo..hi {
+                let at = p.rows[j - here.start];
+                row.read(p.kind, &bytes[at..at + rb], kernel);
+                let mut i = 0;
+                while i < acts.m {
+                    let r = (acts.m - i).min(GROUP);
+                    let v = kernel.dots(&row, acts, i, r);
+                    for (t, &x) in v.iter().enumerate().take(r) {
+                        // SAFETY: row i + t < m and column j < n lie inside dst (the caller's
+                        // contract); only this call writes column j.
+                        unsafe {
+                            let o = out.ptr.0.add((i + t) * out.n + j);
+                            *o = if out.accumulate { *o + x } else { x };
+                        }
+                    }
+                    i += r;
+                }
+            }
+        }
+    }
+}
+
+/// Activation rows whose dot products are computed together (their accumulators in registers).
+const GROUP: usize = 4;
+
+/// Where a product's outputs go.
+#[derive(Clone, Copy)]
+struct Out {
+    ptr: SendPtr,
+    n: usize,
+    accumulate: bool,
+}
+
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: the pointer is only written at disjoint columns (see QMatrix::matmul).
+unsafe impl Send for SendPtr {}
+// SAFETY: as above.
+unsafe impl Sync for SendPtr {}
+
+/// One weight row read for the dot kernel: its integers, and per chunk the scales of its two
+/// halves and their offsets.
+struct Unpacked {
+    u: Vec<u8>,
+    scale: Vec<[f32; 2]>,
+    offset: Vec<[f32; 2]>,
+}
+
+impl Unpacked {
+    fn new(k: usize) -> Unpacked {
+        Unpacked {
+            u: vec![0; k],
+            scale: vec![[0.0; 2]; k / 32],
+            offset: vec![[0.0; 2]; k / 32],
+        }
+    }
+
+    /// Read a row of `kind` (`raw`, whole blocks).
+    fn read(&mut self, kind: Kind, raw: &[u8], kernel: Kernel) {
+        let (nc, size) = (chunks(kind), kind.block().1);
+        for (c, (u, (s, o))) in self
+            .u
+            .chunks_exact_mut(32)
+            .zip(self.scale.iter_mut().zip(self.offset.iter_mut()))
+            .enumerate()
+        {
+            let b = &raw[(c / nc) * size..(c / nc + 1) * size];
+            let sc = scales(kind, b, c % nc);
+            *s = [sc[0][0], sc[1][0]];
+            *o = [sc[0][1], sc[1][1]];
+            match kernel {
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Avx2 | Kernel::Vnni => {
+                    // SAFETY: the CPU has AVX2 (Kernel::detect); b is a whole block; u holds
+                    // 32 bytes.
+                    unsafe {
+                        let v = super::format::unpack_avx2(kind, b.as_ptr(), c % nc);
+                        std::arch::x86_64::_mm256_storeu_si256(u.as_mut_ptr().cast(), v);
+                    }
+                }
+                _ => unpack(kind, b, c % nc, u.try_into().expect("a 32-byte chunk")),
+            }
+        }
+    }
+}
+
+/// The dot kernel the CPU runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    Portable,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    #[cfg(target_arch = "x86_64")]
+    Vnni,
+}
+
+impl Kernel {
+    /// The best kernel this CPU has.
+    pub fn detect() -> Kernel {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::is_x86_feature_detected as has;
+            if has!("avx2") && has!("fma") {
+                if has!("avx512vnni") && has!("avx512vl") && has!("avx512bw") {
+                    return Kernel::Vnni;
+                }
+                return Kernel::Avx2;
+            }
+        }
+        Kernel::Portable
+    }
+
+    /// Every kernel this CPU can run (the portable one first).
+    pub fn available() -> Vec<Kernel> {
+        let mut all = vec![Kernel::Portable];
+        #[cfg(target_arch = "x86_64")]
+        {
+            let best = Kernel::detect();
+            if best != Kernel::Portable {
+                all.push(Kernel::Avx2);
+            }
+            if best == Kernel::Vnni {
+                all.push(Kernel::Vnni);
+            }
+        }
+        all
+    }
+
+    /// Dot products of `row` with activation rows `i .. i + r` (`r ≤ GROUP`).
+    fn dots(self, row: &Unpacked, a: &QRows, i: usize, r: usize) -> [f32; GROUP] {
+        match self {
+            Kernel::Portable => dots_portable(row, a, i, r),
+            // SAFETY: detect() chose these only where the CPU has their features.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => unsafe { x86::dots_avx2(row, a, i, r) },
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Vnni => unsafe { x86::dots_vnni(row, a, i, r) },
+        }
+    }
+}
+
+/// The portable kernel: integer sums per half chunk, then the scales.
+fn dots_portable(row: &Unpacked, a: &QRows, i: usize, r: usize) -> [f32; GROUP] {
+    let k = a.k;
+    let mut out = [0f32; GROUP];
+    for (t, o) in out.iter_mut().enumerate().take(r) {
+        let q = &a.q[(i + t) * k..(i + t + 1) * k];
+        let d = &a.d[(i + t) * k / 32..];
+        let s = &a.sums[(i + t) * k / 16..];
+        let mut acc = 0f32;
+        for c in 0..k / 32 {
+            for h in 0..2 {
+                let at = 32 * c + 16 * h;
+                let dot: i32 = row.u[at..at + 16]
+                    .iter()
+                    .zip(&q[at..at + 16])
+                    .map(|(&u, &q)| u as i32 * q as i32)
+                    .sum();
+                acc += dot as f32 * row.scale[c][h] * d[c] + row.offset[c][h] * s[2 * c + h];
+            }
+        }
+        *o = acc;
+    }
+    out
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{GROUP, QRows, Unpacked};
+    use std::arch::x86_64::*;
+
+    /// # Safety
+    /// The CPU must have AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dots_avx2(row: &Unpacked, a: &QRows, i: usize, r: usize) -> [f32; GROUP] {
+        // SAFETY: forwarded.
+        unsafe { by_group::<false>(row, a, i, r) }
+    }
+
+    /// # Safety
+    /// The CPU must have AVX2, FMA, AVX512-VNNI, AVX512VL and AVX512BW.
+    #[target_feature(enable = "avx2,fma,avx512f,avx512vl,avx512bw,avx512vnni")]
+    pub unsafe fn dots_vnni(row: &Unpacked, a: &QRows, i: usize, r: usize) -> [f32; GROUP] {
+        // SAFETY: forwarded.
+        unsafe { by_group::<true>(row, a, i, r) }
+    }
+
+    #[inline(always)]
+    unsafe fn by_group<const VNNI: bool>(
+        row: &Unpacked,
+        a: &QRows,
+        i: usize,
+        r: usize,
+    ) -> [f32; GROUP] {
+        let mut out = [0f32; GROUP];
+        // SAFETY: forwarded; each call reads rows i .. i + R < m.
+        unsafe {
+            match r {
+                4 => out = group::<VNNI, 4>(row, a, i),
+                3 => out[..3].copy_from_slice(&group::<VNNI, 3>(row, a, i)),
+                2 => out[..2].copy_from_slice(&group::<VNNI, 2>(row, a, i)),
+                _ => out[..1].copy_from_slice(&group::<VNNI, 1>(row, a, i)),
+            }
+        }
+        out
+    }
+
+    /// Sum of the eight lanes.
+    #[inline(always)]
+    unsafe fn hsum(v: __m256) -> f32 {
+        // SAFETY: only inlined into functions with AVX2.
+        unsafe {
+            let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            let s = _mm_add_ss(s, _mm_shuffle_ps::<1>(s, s));
+            _mm_cvtss_f32(s)
+        }
+    }
+
+    /// `R` rows' dot products with the unpacked weight row. Per chunk: eight i32 lane sums
+    /// (VNNI: lanes 0–3 the first half, 4–7 the second; AVX2 after `hadd`: lanes 0, 1, 4, 5
+    /// the first half), times the matching scales and the row's activation scale.
+    #[inline(always)]
+    unsafe fn group<const VNNI: bool, const R: usize>(
+        row: &Unpacked,
+        a: &QRows,
+        i: usize,
+    ) -> [f32; R] {
+        let k = a.k;
+        let chunks = k / 32;
+        let mut bias = [0f32; R];
+        let u = row.u.as_ptr();
+        let q = a.q.as_ptr();
+        // SAFETY: every chunk c < k/32 of the row and of rows i .. i + R (< m, the caller's
+        // contract) lies inside the buffers.
+        unsafe {
+            let mut acc = [_mm256_setzero_ps(); R];
+            for c in 0..chunks {
+                let w = _mm256_loadu_si256(u.add(32 * c).cast());
+                let [lo, hi] = row.scale[c];
+                let sv = if VNNI {
+                    _mm256_set_m128(_mm_set1_ps(hi), _mm_set1_ps(lo))
+                } else {
+                    _mm256_setr_ps(lo, lo, hi, hi, lo, lo, hi, hi)
+                };
+                let [olo, ohi] = row.offset[c];
+                for t in 0..R {
+                    let at = (i + t) * k + 32 * c;
+                    let x = _mm256_loadu_si256(q.add(at).cast());
+                    let dot = if VNNI {
+                        _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, x)
+                    } else {
+                        let wl = _mm256_cvtepu8_epi16(_mm256_castsi256_si128(w));
+                        let wh = _mm256_cvtepu8_epi16(_mm256_extracti128_si256::<1>(w));
+                        let xl = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(x));
+                        let xh = _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(x));
+                        _mm256_hadd_epi32(_mm256_madd_epi16(wl, xl), _mm256_madd_epi16(wh, xh))
+                    };
+                    let d = *a.d.get_unchecked((i + t) * chunks + c);
+                    let scale = _mm256_mul_ps(sv, _mm256_set1_ps(d));
+                    acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc[t]);
+                    let s = a.sums.as_ptr().add(2 * ((i + t) * chunks + c));
+                    bias[t] += olo * *s + ohi * *s.add(1);
+                }
+            }
+            let mut out = [0f32; R];
+            for t in 0..R {
+                out[t] = hsum(acc[t]) + bias[t];
+            }
+            out
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{BLOCKS, random_blocks};
+    use super::super::{Kind, dequantize};
+    use super::*;
+
+    /// Activations in ±2 from a seed.
+    fn acts(n: usize, seed: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| {
+                let h = (i as u32 ^ seed).wrapping_mul(2_654_435_761);
+                (h >> 8) as f32 / (1u32 << 24) as f32 * 4.0 - 2.0
+            })
+            .collect()
+    }
+
+    /// The product in f64 over the dequantised weights (the definition).
+    fn reference(w: &[f32], a: &[f32], m: usize, k: usize, n: usize) -> Vec<f64> {
+        let mut out = vec![0f64; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                out[i * n + j] = (0..k)
+                    .map(|kk| a[i * k + kk] as f64 * w[j * k + kk] as f64)
+                    .sum();
+            }
+        }
+        out
+    }
+
+    /// Each kernel's product over every type, for row counts around the group size and a
+    /// column count that splits unevenly, agrees with the f64 definition to within the
+    /// activations' int8 rounding (half a step per element, bounded by Σ|w|·d/2).
+    #[test]
+    fn every_kernel_matches_the_f64_definition() {
+        for kind in BLOCKS {
+            let (per, size) = kind.block();
+            let (k, n) = (2 * per.max(64), 5);
+            let raw = random_blocks(kind, n * k / per, 3);
+            let w = dequantize(kind, &raw, n * k);
+            let rb = kind.row_bytes(k);
+            let bytes: Arc<dyn AsRef<[u8]> + Send + Sync> = Arc::new(raw.clone());
+            let mat = QMatrix::new(k, bytes, vec![(kind, (0..n).map(|j| j * rb).collect())]);
+            assert_eq!(mat.bytes(), raw.len());
+            let _ = size;
+            for m in [1, 3, 4, 5, 9] {
+                let a = acts(m * k, 5);
+                let want = reference(&w, &a, m, k, n);
+                let qa = QRows::new(&a, m, k);
+                for kernel in Kernel::available() {
+                    let mut row = Unpacked::new(k);
+                    for j in 0..n {
+                        row.read(kind, &raw[j * rb..(j + 1) * rb], kernel);
+                        for i in 0..m {
+                            let got = kernel.dots(&row, &qa, i, 1)[0] as f64;
+                            // Rounding bound: Σ_kk |w| · d(chunk) / 2, plus f32 slack.
+                            let bound: f64 = (0..k)
+                                .map(|kk| {
+                                    w[j * k + kk].abs() as f64 * qa.d[i * k / 32 + kk / 32] as f64
+                                })
+                                .sum::<f64>()
+                                * 0.5
+                                + 1e-4 * (1.0 + want[i * n + j].abs());
+                            let err = (got - want[i * n + j]).abs();
+                            assert!(
+                                err <= bound,
+                                "{kind:?} {kernel:?} m={m} ({i},{j}): {got} vs {} (bound {bound})",
+                                want[i * n + j]
+                            );
+                        }
+                    }
+                }
+                // The whole product, grouped rows included, equals the one-row results.
+                let mut dst = vec![1.0f32; m * n];
+                mat.matmul(&mut dst, &a, m, true, Threads::Rayon);
+                let mut single = vec![0.0f32; m * n];
+                for i in 0..m {
+                    mat.matmul(&mut single[i * n..], &a[i * k..], 1, false, Threads::One);
+                }
+                for (x, y) in dst.iter().zip(&single) {
+                    assert!(
+                        (x - 1.0 - y).abs() <= 1e-4 * (1.0 + y.abs()),
+                        "{kind:?} m={m}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn parts_of_several_types_and_scattered_rows() {
+        let k = 256;
+        let a = acts(2 * k, 9);
+        let q8 = random_blocks(Kind::Q8_0, k / 32 * 2, 1);
+        let q6 = random_blocks(Kind::Q6K, 3, 2);
+        let mut buf = q8.clone();
+        buf.extend(&q6);
+        let (r8, r6) = (Kind::Q8_0.row_bytes(k), Kind::Q6K.row_bytes(k));
+        // Outputs: Q8_0 row 1, Q8_0 row 0, then Q6_K rows 2, 0.
+        let mat = QMatrix::new(
+            k,
+            Arc::new(buf.clone()),
+            vec![
+                (Kind::Q8_0, vec![r8, 0]),
+                (Kind::Q6K, vec![q8.len() + 2 * r6, q8.len()]),
+            ],
+        );
+        assert_eq!((mat.cols(), mat.rows()), (4, k));
+        let mut dst = vec![0.0; 8];
+        mat.matmul(&mut dst, &a, 2, false, Threads::One);
+        let w8 = dequantize(Kind::Q8_0, &q8, 2 * k);
+        let w6 = dequantize(Kind::Q6K, &q6, 3 * k);
+        let rows: Vec<&[f32]> = vec![&w8[k..], &w8[..k], &w6[2 * k..], &w6[..k]];
+        for i in 0..2 {
+            for (j, w) in rows.iter().enumerate() {
+                let want: f32 = (0..k).map(|kk| a[i * k + kk] * w[kk]).sum();
+                assert!(
+                    (dst[i * 4 + j] - want).abs() < 0.05 * (1.0 + want.abs()),
+                    "({i},{j}) {} vs {want}",
+                    dst[i * 4 + j]
+                );
+            }
+        }
+        let mut row = vec![0.0; k];
+        mat.row_f32(2, &mut row);
+        assert_eq!(row, w6[2 * k..3 * k]);
+    }
+}
