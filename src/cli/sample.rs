@@ -1,8 +1,8 @@
 //! `stageloop sample RUN|CKPT --prompt TEXT`: complete a prompt with a checkpoint (the notebook's
 //! prompt box runs this with `--json`).
 
-use crate::model::pretrained::{self, tokenizer::Message};
-use crate::model::sample::{SampleOptions, generate};
+use crate::model::pretrained::{self, gguf_engine, gguf_model, tokenizer::Message};
+use crate::model::sample::{SampleOptions, generate, generate_on};
 use crate::model::{checkpoint, device};
 use crate::runfs;
 use crate::stages::common::Setup;
@@ -40,6 +40,18 @@ pub struct Args {
     /// One JSON object per completion.
     #[arg(long)]
     pub json: bool,
+    /// How a pretrained model's weights are held: `auto` keeps a GGUF's quantised blocks as
+    /// they are in the file (integer kernels, no float copy); `none` reads every weight as
+    /// f32 (the reference path).
+    #[arg(long, value_enum, default_value_t = Quantize::Auto)]
+    pub quantize: Quantize,
+}
+
+/// `--quantize`: how a pretrained model's weights are held while sampling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Quantize {
+    Auto,
+    None,
 }
 
 /// Refuse sampling settings that would panic, hang or allocate without bound.
@@ -131,6 +143,21 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A pretrained model's weights as `sample` holds them.
+enum Held {
+    /// Every weight f32, in burn.
+    Model(crate::model::transformer::Gpt),
+    /// A GGUF file, its blocks to be read in place.
+    Blocks(crate::model::gguf::Gguf),
+}
+
+/// What `sample` needs of a pretrained model besides its weights.
+struct Loaded {
+    cfg: crate::model::ModelConfig,
+    tokenizer: pretrained::HfTokenizer,
+    path: PathBuf,
+}
+
 /// New tokens when `--max-new-tokens` is 0 for a pretrained model (its own context is long).
 const PRETRAINED_NEW_TOKENS: usize = 256;
 
@@ -139,7 +166,29 @@ const PRETRAINED_NEW_TOKENS: usize = 256;
 /// in the model's chat template.
 fn run_pretrained(a: &Args) -> anyhow::Result<()> {
     let dev = device()?;
-    let p = pretrained::load(&a.target, &dev)?;
+    let gguf = a.quantize == Quantize::Auto
+        && a.target.is_file()
+        && a.target
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+    // A GGUF's blocks are read in place by the decoder; anything else loads the burn model.
+    let (held, p) = if gguf {
+        let (g, cfg, tokenizer) = gguf_model::open(&a.target)?;
+        let p = Loaded {
+            cfg,
+            tokenizer,
+            path: a.target.clone(),
+        };
+        (Held::Blocks(g), p)
+    } else {
+        let p = pretrained::load(&a.target, &dev)?;
+        let loaded = Loaded {
+            cfg: p.cfg,
+            tokenizer: p.tokenizer,
+            path: p.path,
+        };
+        (Held::Model(p.model), loaded)
+    };
     let ids = if a.chat {
         if let Some(from) = &p.tokenizer.chat_template_source {
             eprintln!("chat template: {}", crate::untrusted::display(from));
@@ -176,14 +225,15 @@ fn run_pretrained(a: &Args) -> anyhow::Result<()> {
     }
     .with_eos(&p.tokenizer.eos);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(a.seed);
-    let outs = generate(
-        &p.model,
-        &vec![ids.clone(); a.n],
-        ctx,
-        &opts,
-        &mut rng,
-        &dev,
-    );
+    let prompts = vec![ids.clone(); a.n];
+    let outs = match held {
+        Held::Model(model) => generate(&model, &prompts, ctx, &opts, &mut rng, &dev),
+        Held::Blocks(g) => {
+            let (_, engine) = gguf_engine::engine(&g, ctx)?;
+            drop(g);
+            generate_on(&engine, &prompts, ctx, &opts, &mut rng)
+        }
+    };
     for c in outs {
         let text = p.tokenizer.decode(&c.tokens, false);
         if a.json {

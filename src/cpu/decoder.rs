@@ -11,6 +11,7 @@ use super::arena::{Floats, Spares};
 use super::math::{exp, rope_table, rotate};
 use super::packed::{Order, Packed, Threads};
 use super::pair::Pair;
+use super::quant::QMatrix;
 use super::rows::{rms_block, swiglu_block};
 use super::shape::Shape;
 use super::simd::{as_uninit, avx2_dispatch};
@@ -20,16 +21,69 @@ struct Layer {
     attn_norm: Vec<f32>,
     attn_eps: f32,
     /// `[d, q + 2·kv]`: queries, keys, values, each head-major.
-    qkv: Packed,
+    qkv: Matrix,
     extras: LayerExtras,
     /// `[q, d]`.
-    out: Packed,
+    out: Matrix,
     mlp_norm: Vec<f32>,
     mlp_eps: f32,
     /// `[d, 2·mlp]`: gate, then up.
-    gate_up: Packed,
+    gate_up: Matrix,
     /// `[mlp, d]`.
-    down: Packed,
+    down: Matrix,
+}
+
+/// A weight matrix of the decoder, `[k, n]` (`k` inputs, `n` outputs): floats packed for
+/// small-batch products, or quantised blocks read where they are.
+pub enum Matrix {
+    Floats(Packed),
+    Blocks(QMatrix),
+}
+
+impl Matrix {
+    /// `dst[m, n] = a[m, k] · self` (`+=` when `accumulate`).
+    fn matmul(&self, dst: &mut [f32], a: &[f32], m: usize, accumulate: bool, t: Threads<'_>) {
+        match self {
+            Matrix::Floats(p) => p.matmul(dst, a, m, accumulate, t),
+            Matrix::Blocks(q) => q.matmul(dst, a, m, accumulate, t),
+        }
+    }
+
+    /// Inputs `k`.
+    fn rows(&self) -> usize {
+        match self {
+            Matrix::Floats(p) => p.rows(),
+            Matrix::Blocks(q) => q.rows(),
+        }
+    }
+}
+
+/// The token embedding `[vocab, d]`: floats read in place, or quantised rows.
+pub enum Embedding {
+    Floats(Values),
+    Blocks(QMatrix),
+}
+
+impl Embedding {
+    /// Tokens.
+    fn vocab(&self, d: usize) -> usize {
+        match self {
+            Embedding::Floats(v) => (**v).as_ref().len() / d,
+            Embedding::Blocks(q) => q.cols(),
+        }
+    }
+
+    /// Append token `t`'s `d` floats to `x`.
+    fn push(&self, t: usize, d: usize, x: &mut Vec<f32>) {
+        match self {
+            Embedding::Floats(v) => x.extend_from_slice(&(**v).as_ref()[t * d..(t + 1) * d]),
+            Embedding::Blocks(q) => {
+                let at = x.len();
+                x.resize(at + d, 0.0);
+                q.row_f32(t, &mut x[at..]);
+            }
+        }
+    }
 }
 
 /// A model's weights, laid out for decoding on the CPU.
@@ -41,13 +95,12 @@ pub struct Engine {
     mlp: usize,
     vocab: usize,
     ctx: usize,
-    /// `[vocab, d]`.
-    embed: Values,
+    embed: Embedding,
     layers: Vec<Layer>,
     norm: Vec<f32>,
     norm_eps: f32,
     /// `[d, vocab]`.
-    head: Packed,
+    head: Matrix,
     /// `[ctx, head_dim / 2]` tables.
     cos: Vec<f32>,
     sin: Vec<f32>,
@@ -55,11 +108,10 @@ pub struct Engine {
 
 /// What [`Engine::new`] needs besides the matrices: the architecture, every norm's gain and epsilon,
 /// the embedding, and the `[k, n]` shape and value order of each matrix in order (per block
-/// `qkv`, `out`, `gate_up`, `down`; then the head).
+/// `qkv`, `out`, `gate_up`, `down`; then the head; for [`Engine::new`], which packs them).
 pub struct Weights {
     pub shape: Shape,
-    /// `[vocab, d]`.
-    pub embed: Values,
+    pub embed: Embedding,
     /// Per block, the attention's and the MLP's norm.
     pub norms: Vec<[(Vec<f32>, f32); 2]>,
     /// Per block, what pretrained architectures add (empty: none for any block).
@@ -410,6 +462,13 @@ impl Engine {
         ctx: usize,
         matrix: impl Fn(usize) -> V + Sync,
     ) -> Engine {
+        let packed = Packed::new_all(&w.matrices, matrix);
+        Engine::with_matrices(w, ctx, packed.into_iter().map(Matrix::Floats).collect())
+    }
+
+    /// A decoder from matrices already made (`w.matrices` is not read): in the order of
+    /// [`Weights`], packed floats or quantised blocks, a kind per matrix.
+    pub fn with_matrices(w: Weights, ctx: usize, matrices: Vec<Matrix>) -> Engine {
         let s = w.shape;
         let (d, hd) = (s.d_model, s.head_dim);
         let (cos, sin) = rope_table(0, ctx, hd, s.rope);
@@ -419,8 +478,13 @@ impl Engine {
                 && e.k_norm.is_some() == s.qk_norm),
             "every block's biases and q/k norms are as the shape says"
         );
-        let mut packed = Packed::new_all(&w.matrices, matrix).into_iter();
-        let mut next = || packed.next().expect("every matrix packed");
+        assert_eq!(
+            matrices.len(),
+            4 * w.norms.len() + 1,
+            "4 matrices a block and a head"
+        );
+        let mut matrices = matrices.into_iter();
+        let mut next = || matrices.next().expect("counted above");
         let mut extras = w.extras.into_iter();
         let layers: Vec<Layer> = w
             .norms
@@ -445,7 +509,7 @@ impl Engine {
             kv_heads: s.kv_heads,
             head_dim: hd,
             mlp,
-            vocab: (*w.embed).as_ref().len() / d,
+            vocab: w.embed.vocab(d),
             ctx,
             embed: w.embed,
             layers,
@@ -691,7 +755,7 @@ impl Engine {
             for (i, &t) in toks.iter().enumerate() {
                 at.push((job, start + i));
                 let t = t as usize;
-                x.extend_from_slice(&(*self.embed).as_ref()[t * d..(t + 1) * d]);
+                self.embed.push(t, d, &mut x);
             }
         }
         let n = at.len();

@@ -3,7 +3,7 @@
 
 use super::flex;
 use super::transformer::{Gpt, NormWeights};
-use crate::cpu::decoder::{Engine, LayerExtras, Weights};
+use crate::cpu::decoder::{Embedding, Engine, LayerExtras, Weights};
 use crate::cpu::packed::Order;
 use burn::backend::flex::FlexTensor;
 use burn::tensor::Tensor;
@@ -86,7 +86,7 @@ impl Gpt {
         }
         let spec = Weights {
             shape: w.shape,
-            embed: Box::new(F32s::of(embed)),
+            embed: Embedding::Floats(Box::new(F32s::of(embed))),
             norms,
             extras,
             norm: (f32s(w.norm.0), w.norm.1 as f32),

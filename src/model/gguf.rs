@@ -97,7 +97,7 @@ pub struct Gguf {
     pub version: u32,
     pub metadata: BTreeMap<String, Value>,
     pub tensors: Vec<TensorInfo>,
-    bytes: Vec<u8>,
+    bytes: std::sync::Arc<Vec<u8>>,
 }
 
 /// A cursor over the file's bytes that never reads past the end.
@@ -290,7 +290,7 @@ impl Gguf {
             version,
             metadata,
             tensors,
-            bytes,
+            bytes: std::sync::Arc::new(bytes),
         })
     }
 
@@ -302,6 +302,11 @@ impl Gguf {
     /// The tensor named `name`.
     pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
         self.tensors.iter().find(|t| t.name == name)
+    }
+
+    /// The whole file's bytes, shared (quantised matrices read their blocks in place).
+    pub fn shared_bytes(&self) -> std::sync::Arc<Vec<u8>> {
+        std::sync::Arc::clone(&self.bytes)
     }
 
     /// A tensor's values as f32, row-major with rows of `dims[0]`.

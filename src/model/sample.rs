@@ -286,24 +286,10 @@ impl<'a> Sampler<'a> {
         rng: &mut ChaCha8Rng,
         device: &Device,
     ) -> Vec<Completion> {
-        let out: Vec<Completion> = prompts
-            .iter()
-            .map(|_| Completion {
-                tokens: Vec::new(),
-                logprobs: Vec::new(),
-                finished: false,
-                eos: None,
-            })
-            .collect();
+        let (out, budget) = start(prompts, ctx, opts);
         if prompts.is_empty() {
             return out;
         }
-        let plen = prompts.iter().map(Vec::len).max().unwrap_or(0);
-        let budget = if opts.max_new_tokens == 0 {
-            ctx.saturating_sub(plen)
-        } else {
-            opts.max_new_tokens.min(ctx.saturating_sub(plen))
-        };
         if opts.engine && *device == Device::flex() && prompts.iter().all(|p| !p.is_empty()) {
             return generate_engine(self.engine(ctx), prompts, budget, opts, rng, out);
         }
@@ -317,6 +303,43 @@ impl<'a> Sampler<'a> {
         }
         &self.engine.as_ref().expect("built above").1
     }
+}
+
+/// Empty completions for `prompts`, and the new tokens they may take within `ctx`.
+fn start(prompts: &[Vec<u32>], ctx: usize, opts: &SampleOptions) -> (Vec<Completion>, usize) {
+    let out = prompts
+        .iter()
+        .map(|_| Completion {
+            tokens: Vec::new(),
+            logprobs: Vec::new(),
+            finished: false,
+            eos: None,
+        })
+        .collect();
+    let plen = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let budget = if opts.max_new_tokens == 0 {
+        ctx.saturating_sub(plen)
+    } else {
+        opts.max_new_tokens.min(ctx.saturating_sub(plen))
+    };
+    (out, budget)
+}
+
+/// [`generate`] on a decoder built without a burn model (a GGUF's quantised weights, read in
+/// place): the same rows, draws and stopping rules. Every prompt must be non-empty.
+pub fn generate_on(
+    engine: &Engine,
+    prompts: &[Vec<u32>],
+    ctx: usize,
+    opts: &SampleOptions,
+    rng: &mut ChaCha8Rng,
+) -> Vec<Completion> {
+    assert!(prompts.iter().all(|p| !p.is_empty()), "an empty prompt");
+    let (out, budget) = start(prompts, ctx, opts);
+    if prompts.is_empty() {
+        return out;
+    }
+    generate_engine(engine, prompts, budget, opts, rng, out)
 }
 
 /// [`generate`] on burn's ops (the reference, and the path on other devices): prompts

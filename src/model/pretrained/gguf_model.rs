@@ -17,6 +17,14 @@ pub const SUPPORTED: &[&str] = &["llama", "qwen2", "qwen3"];
 
 /// Load the model and tokenizer of a GGUF file.
 pub fn load(path: &Path, device: &Device) -> Result<(ModelConfig, Gpt, HfTokenizer)> {
+    let (g, cfg, tok) = open(path)?;
+    let src = GgufSource { g: &g, cfg: &cfg };
+    let model = super::build(&cfg, &src, device)?;
+    Ok((cfg, model, tok))
+}
+
+/// The file, its model's shape and its tokenizer, checked to agree.
+pub fn open(path: &Path) -> Result<(Gguf, ModelConfig, HfTokenizer)> {
     let g = Gguf::open(path)?;
     let cfg = config(&g).map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))?;
     let tok = tokenizer(&g)?;
@@ -28,9 +36,7 @@ pub fn load(path: &Path, device: &Device) -> Result<(ModelConfig, Gpt, HfTokeniz
             cfg.vocab
         );
     }
-    let src = GgufSource { g: &g, cfg: &cfg };
-    let model = super::build(&cfg, &src, device)?;
-    Ok((cfg, model, tok))
+    Ok((g, cfg, tok))
 }
 
 fn meta_u(g: &Gguf, key: &str) -> Result<usize> {

@@ -1,0 +1,217 @@
+//! A GGUF file straight into the CPU decoder, its quantised matrices kept as they are in the
+//! file ([`crate::cpu::quant::QMatrix`] over the file's bytes, read once): sampling a
+//! quantised model needs no float copy of it and no burn model. A fused projection whose
+//! tensors are all blocks reads them in place (each part in its own type, llama's Q/K row
+//! permutation undone by reading rows in another order); one with a float tensor (F32, F16,
+//! BF16) is dequantised and packed as floats.
+
+use super::gguf_model::{config, gguf_name};
+use crate::cpu::decoder::{Embedding, Engine, LayerExtras, Matrix, Weights};
+use crate::cpu::packed::{Order, Packed};
+use crate::cpu::quant::{Kind, QMatrix};
+use crate::model::config::ModelConfig;
+use crate::model::gguf::{Gguf, TensorInfo};
+use anyhow::{Context, Result, bail};
+use std::sync::Arc;
+
+/// The decoder of a GGUF model for contexts up to `ctx`, and its configuration.
+pub fn engine(g: &Gguf, ctx: usize) -> Result<(ModelConfig, Engine)> {
+    let cfg = config(g).map_err(|e| anyhow::anyhow!("{}: {e:#}", g.path.display()))?;
+    let b = Builder {
+        g,
+        cfg: &cfg,
+        bytes: g.shared_bytes(),
+    };
+    let eps = cfg.arch.norm_eps as f32;
+    let (d, qd, kvd, m) = (cfg.d_model, cfg.q_dim(), cfg.kv_dim(), cfg.mlp);
+    let mut norms = Vec::new();
+    let mut extras = Vec::new();
+    let mut matrices = Vec::new();
+    for i in 0..cfg.layers {
+        let p = |s: &str| format!("model.layers.{i}.{s}");
+        let w = |s: &str| p(&format!("{s}.weight"));
+        norms.push([
+            (b.floats(&w("input_layernorm"), &[d])?, eps),
+            (b.floats(&w("post_attention_layernorm"), &[d])?, eps),
+        ]);
+        let qkv_bias = if cfg.arch.qkv_bias {
+            let mut v = b.floats(&p("self_attn.q_proj.bias"), &[qd])?;
+            v.extend(b.floats(&p("self_attn.k_proj.bias"), &[kvd])?);
+            v.extend(b.floats(&p("self_attn.v_proj.bias"), &[kvd])?);
+            Some(v)
+        } else {
+            None
+        };
+        let (q_norm, k_norm) = if cfg.arch.qk_norm {
+            let hd = cfg.head_dim();
+            (
+                Some((b.floats(&w("self_attn.q_norm"), &[hd])?, eps)),
+                Some((b.floats(&w("self_attn.k_norm"), &[hd])?, eps)),
+            )
+        } else {
+            (None, None)
+        };
+        extras.push(LayerExtras {
+            qkv_bias,
+            q_norm,
+            k_norm,
+        });
+        matrices.push(b.matrix(
+            d,
+            &[
+                (w("self_attn.q_proj"), qd, cfg.heads),
+                (w("self_attn.k_proj"), kvd, cfg.kv_heads()),
+                (w("self_attn.v_proj"), kvd, 0),
+            ],
+        )?);
+        matrices.push(b.matrix(qd, &[(w("self_attn.o_proj"), d, 0)])?);
+        matrices.push(b.matrix(d, &[(w("mlp.gate_proj"), m, 0), (w("mlp.up_proj"), m, 0)])?);
+        matrices.push(b.matrix(m, &[(w("mlp.down_proj"), d, 0)])?);
+    }
+    let embed_name = "model.embed_tokens.weight";
+    let head_name = if cfg.arch.tied {
+        embed_name
+    } else {
+        "lm_head.weight"
+    };
+    matrices.push(b.matrix(d, &[(head_name.to_string(), cfg.vocab, 0)])?);
+    let (t, _) = b.tensor(embed_name, &[cfg.vocab, d])?;
+    let embed = if t.kind.is_blocks() {
+        b.check_finite(t)?;
+        Embedding::Blocks(b.blocks(t, cfg.vocab, d, 0))
+    } else {
+        Embedding::Floats(Box::new(b.floats(embed_name, &[cfg.vocab, d])?))
+    };
+    let weights = Weights {
+        shape: cfg.shape(),
+        embed,
+        norms,
+        extras,
+        norm: (b.floats("model.norm.weight", &[d])?, eps),
+        matrices: Vec::new(),
+    };
+    let engine = Engine::with_matrices(weights, ctx.min(cfg.ctx), matrices);
+    Ok((cfg, engine))
+}
+
+/// Reads tensors of one file by their Hugging Face names.
+struct Builder<'a> {
+    g: &'a Gguf,
+    cfg: &'a ModelConfig,
+    bytes: Arc<Vec<u8>>,
+}
+
+impl Builder<'_> {
+    /// The tensor named (in Hugging Face's terms) `name`, checked to be `[rows, k]` (or `[k]`).
+    fn tensor(&self, name: &str, shape: &[usize]) -> Result<(&TensorInfo, String)> {
+        let path = self.g.path.display();
+        let gname = gguf_name(name).with_context(|| format!("{path}: no GGUF name for {name}"))?;
+        let t = self
+            .g
+            .tensor(&gname)
+            .with_context(|| format!("{path}: tensor {gname} ({name}) is missing"))?;
+        let dims: Vec<usize> = t.dims.iter().rev().map(|&d| d as usize).collect();
+        if dims != shape {
+            bail!(
+                "{path}: tensor {gname} has shape {dims:?}, expected {shape:?} from the metadata"
+            );
+        }
+        Ok((t, gname))
+    }
+
+    /// A tensor's values as floats, checked finite.
+    fn floats(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let (t, gname) = self.tensor(name, shape)?;
+        super::finite(
+            self.g.read_f32(t),
+            &format!("{}: {gname}", self.g.path.display()),
+        )
+    }
+
+    /// Every value of a block tensor is finite (checked a row at a time: no float copy of
+    /// the tensor is held).
+    fn check_finite(&self, t: &TensorInfo) -> Result<()> {
+        let k = t.dims[0] as usize;
+        let rb = t.kind.row_bytes(k);
+        let raw = &self.bytes[t.offset as usize..(t.offset + t.bytes) as usize];
+        for (r, row) in raw.chunks_exact(rb).enumerate() {
+            let v = crate::cpu::quant::dequantize(t.kind, row, k);
+            if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+                bail!(
+                    "{}: tensor {}: value {} is {} (a model's weights are finite numbers)",
+                    self.g.path.display(),
+                    t.name,
+                    r * k + i,
+                    v[i]
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Rows of a block tensor `[rows, k]` as a one-part matrix, llama's Q/K permutation
+    /// undone over `heads` heads when `heads > 0` (and the file is a llama one).
+    fn blocks(&self, t: &TensorInfo, rows: usize, k: usize, heads: usize) -> QMatrix {
+        QMatrix::new(k, self.bytes.clone(), vec![self.part(t, rows, k, heads)])
+    }
+
+    fn part(&self, t: &TensorInfo, rows: usize, k: usize, heads: usize) -> (Kind, Vec<usize>) {
+        let rb = t.kind.row_bytes(k);
+        let base = t.offset as usize;
+        let order = self.order(rows, heads);
+        (t.kind, order.into_iter().map(|r| base + r * rb).collect())
+    }
+
+    /// Which file row each output row reads: llama.cpp interleaves each query or key head's
+    /// two halves (`permute` in its converter), so output `h·hd + i·half + j` is file row
+    /// `h·hd + 2j + i`; other rows are in order.
+    fn order(&self, rows: usize, heads: usize) -> Vec<usize> {
+        let llama = self.cfg.arch.family.as_deref() == Some("llama");
+        if !llama || heads == 0 {
+            return (0..rows).collect();
+        }
+        let hd = rows / heads;
+        let half = hd / 2;
+        let mut from = vec![0; rows];
+        for h in 0..heads {
+            for j in 0..half {
+                for i in 0..2 {
+                    from[h * hd + i * half + j] = h * hd + 2 * j + i;
+                }
+            }
+        }
+        from
+    }
+
+    /// A `[k] → [Σ rows]` matrix from tensors `(name, rows, heads)`: blocks in place when
+    /// every tensor is a block type, else floats packed.
+    fn matrix(&self, k: usize, parts: &[(String, usize, usize)]) -> Result<Matrix> {
+        let tensors = parts
+            .iter()
+            .map(|(name, rows, _)| self.tensor(name, &[*rows, k]).map(|(t, _)| t))
+            .collect::<Result<Vec<_>>>()?;
+        if tensors.iter().all(|t| t.kind.is_blocks()) {
+            let mut out = Vec::new();
+            for (t, (_, rows, heads)) in tensors.iter().zip(parts) {
+                self.check_finite(t)?;
+                out.push(self.part(t, *rows, k, *heads));
+            }
+            return Ok(Matrix::Blocks(QMatrix::new(k, self.bytes.clone(), out)));
+        }
+        // Floats, `[n, k]` row-major (Hugging Face's orientation), packed as a transpose.
+        let mut w = Vec::new();
+        for (t, (name, rows, heads)) in tensors.iter().zip(parts) {
+            let v = self.floats(name, &[*rows, k])?;
+            let order = self.order(*rows, *heads);
+            let _ = t;
+            for r in order {
+                w.extend_from_slice(&v[r * k..(r + 1) * k]);
+            }
+        }
+        let n = w.len() / k;
+        let packed = Packed::new_all(&[(k, n, Order::Columns)], |_| &w[..]);
+        Ok(Matrix::Floats(
+            packed.into_iter().next().expect("one matrix packed"),
+        ))
+    }
+}
