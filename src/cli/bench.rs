@@ -1,4 +1,4 @@
-//! `stageloop bench train` and `stageloop bench notebook`: the figures as a table or one JSON
+//! `stageloop bench train`, `bench decode` and `bench notebook`: the figures as a table or one JSON
 //! line.
 
 use crate::bench::train::{BenchConfig, run as measure};
@@ -11,6 +11,31 @@ pub enum Args {
     Train(TrainArgs),
     /// The notebook: open, frame, append-to-screen and memory on a synthetic workspace.
     Notebook(NotebookArgs),
+    /// Sampling speed of a pretrained model (a GGUF's blocks, or f32) and peak memory.
+    Decode(DecodeArgs),
+}
+
+/// The flags of `stageloop bench decode`.
+#[derive(Debug, clap::Args)]
+pub struct DecodeArgs {
+    /// A .gguf file or a Hugging Face folder.
+    pub model: std::path::PathBuf,
+    /// Read every weight as f32 instead of keeping a GGUF's blocks.
+    #[arg(long)]
+    pub f32: bool,
+    /// Sequences sampled at once.
+    #[arg(long, default_value_t = 1)]
+    pub prompts: usize,
+    #[arg(long, default_value_t = 16)]
+    pub prompt_len: usize,
+    #[arg(long, default_value_t = 64)]
+    pub new_tokens: usize,
+    /// Timed calls (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Print one JSON line.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// The flags of `stageloop bench train`.
@@ -116,7 +141,44 @@ pub fn dispatch(a: Args) -> anyhow::Result<()> {
     match a {
         Args::Train(a) => train(a),
         Args::Notebook(a) => notebook(a),
+        Args::Decode(a) => decode(a),
     }
+}
+
+fn decode(a: DecodeArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        (1..=crate::spec::validate::MAX_SAMPLES).contains(&a.prompts)
+            && (2..=4096).contains(&a.prompt_len)
+            && (1..=4096).contains(&a.new_tokens)
+            && (1..=100).contains(&a.rounds),
+        "--prompts must be 1 to {}, --prompt-len 2 to 4096, --new-tokens 1 to 4096, --rounds 1 to 100",
+        crate::spec::validate::MAX_SAMPLES
+    );
+    let r = crate::bench::decode::run(&crate::bench::decode::DecodeConfig {
+        model: a.model,
+        blocks: !a.f32,
+        prompts: a.prompts,
+        prompt_len: a.prompt_len,
+        new_tokens: a.new_tokens,
+        rounds: a.rounds,
+    })?;
+    if a.json {
+        outln!("{}", serde_json::to_string(&r)?);
+    } else {
+        outln!(
+            "weights                        {} ({} kernel)",
+            r.weights,
+            r.kernel
+        );
+        outln!("decoder built in               {:.2} s", r.load_secs);
+        outln!("tokens/s                       {:.1}", r.tokens_per_sec);
+        outln!(
+            "peak RSS                       {:.0} MB (file {:.0} MB)",
+            r.peak_rss_bytes as f64 / 1e6,
+            r.file_bytes as f64 / 1e6
+        );
+    }
+    Ok(())
 }
 
 fn train(a: TrainArgs) -> anyhow::Result<()> {

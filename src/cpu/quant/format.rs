@@ -7,16 +7,18 @@
 //! [`unpack`] and [`scales`] are the portable reading; [`unpack_avx2`] reads the same chunk into
 //! one 256-bit register. Both are tested against [`super::dequantize`] for every type.
 
-use super::{Kind, f16, q3k_scales, scale_min_k4};
+use super::{Kind, f16_with, q3k_scales, scale_min_k4};
 
 /// 32-element chunks in a block of `kind`.
 pub fn chunks(kind: Kind) -> usize {
     kind.block().0 / 32
 }
 
-/// `[[scale, offset]; 2]` of the two 16-element halves of chunk `c` of `b`.
+/// `[[scale, offset]; 2]` of the two 16-element halves of chunk `c` of `b` (f16 fields read
+/// with F16C when `F16C`: see [`f16_with`]).
 #[inline(always)]
-pub fn scales(kind: Kind, b: &[u8], c: usize) -> [[f32; 2]; 2] {
+pub fn scales<const F16C: bool>(kind: Kind, b: &[u8], c: usize) -> [[f32; 2]; 2] {
+    let f16 = f16_with::<F16C>;
     let same = |s: f32, o: f32| [[s, o], [s, o]];
     match kind {
         Kind::Q4_0 => {
@@ -238,7 +240,7 @@ mod tests {
                 for c in 0..chunks(kind) {
                     let mut u = [0u8; 32];
                     unpack(kind, b, c, &mut u);
-                    let s = scales(kind, b, c);
+                    let s = scales::<false>(kind, b, c);
                     for (i, &x) in u.iter().enumerate() {
                         let [scale, offset] = s[i / 16];
                         let got = scale * x as f32 + offset;

@@ -9,8 +9,8 @@
 //! (`vpdpbusd` on 256-bit registers) or, without it, AVX2 (`vpmaddwd` on widened integers),
 //! both chosen at run time; elsewhere a portable loop computes the same sums.
 
-use super::Kind;
 use super::format::{chunks, scales, unpack};
+use super::{Kind, for_kind};
 use crate::cpu::packed::Threads;
 use std::ops::Range;
 use std::sync::Arc;
@@ -187,42 +187,125 @@ impl QMatrix {
         }
     }
 
-    /// Outputs `cols` of every row of `acts` into `out`.
+    /// Outputs `cols` of every row of `acts` into `out`, on the best kernel of this CPU.
     ///
     /// # Safety
     /// `out.ptr` points to `acts.m · n` floats of which no one else writes these columns
     /// during the call.
     unsafe fn columns(&self, cols: Range<usize>, acts: &QRows, out: Out) {
-        let k = self.k;
-        let bytes = (*self.bytes).as_ref();
-        let mut row = Unpacked::new(k);
-        let kernel = Kernel::detect();
+        // SAFETY: forwarded; each kernel runs only where detect() found its features.
+        unsafe {
+            match Kernel::detect() {
+                Kernel::Portable => self.columns_on::<PORTABLE>(cols, acts, out),
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Avx2 => x86::columns_avx2(self, cols, acts, out),
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Vnni => x86::columns_vnni(self, cols, acts, out),
+            }
+        }
+    }
+
+    /// [`Self::columns`] with kernel `K` ([`PORTABLE`], [`AVX2`] or [`VNNI`]), inlined into a
+    /// function compiled with its features.
+    ///
+    /// # Safety
+    /// As [`Self::columns`]; the CPU must have `K`'s features.
+    #[inline(always)]
+    unsafe fn columns_on<const K: u8>(&self, cols: Range<usize>, acts: &QRows, out: Out) {
+        let mut row = Unpacked::new(self.k);
         let mut first = 0;
         for p in &self.parts {
             let here = first..first + p.rows.len();
             first = here.end;
             let (lo, hi) = (cols.start.max(here.start), cols.end.min(here.end));
-            let rb = p.kind.row_bytes(k);
-            for j in lo..hi {
-                let at = p.rows[j - here.start];
-                row.read(p.kind, &bytes[at..at + rb], kernel);
-                let mut i = 0;
-                while i < acts.m {
-                    let r = (acts.m - i).min(GROUP);
-                    let v = kernel.dots(&row, acts, i, r);
-                    for (t, &x) in v.iter().enumerate().take(r) {
-                        // SAFETY: row i + t < m and column j < n lie inside dst (the caller's
-                        // contract); only this call writes column j.
-                        unsafe {
-                            let o = out.ptr.0.add((i + t) * out.n + j);
-                            *o = if out.accumulate { *o + x } else { x };
-                        }
-                    }
-                    i += r;
+            if lo >= hi {
+                continue;
+            }
+            let rows = &p.rows[lo - here.start..hi - here.start];
+            // SAFETY: forwarded.
+            unsafe {
+                for_kind!(p.kind, |ID| self
+                    .part_on::<K, ID>(rows, lo, acts, out, &mut row))
+            };
+        }
+    }
+
+    /// Outputs `first ..` (rows at byte offsets `rows`) of one part, of type `ID`: fused
+    /// (each chunk read into a register and multiplied at once) for up to [`GROUP`] rows on
+    /// x86, else each weight row read once into `row` for every group of activation rows.
+    ///
+    /// # Safety
+    /// As [`Self::columns_on`].
+    #[inline(always)]
+    unsafe fn part_on<const K: u8, const ID: u8>(
+        &self,
+        rows: &[usize],
+        first: usize,
+        acts: &QRows,
+        out: Out,
+        row: &mut Unpacked,
+    ) {
+        let kind = Kind::of(ID);
+        let rb = kind.row_bytes(self.k);
+        let bytes = (*self.bytes).as_ref();
+        let store = |i: usize, j: usize, v: &[f32]| {
+            for (t, &x) in v.iter().enumerate() {
+                // SAFETY: row i + t < m and column j < n lie inside dst (the caller's
+                // contract); only this call writes column j.
+                unsafe {
+                    let o = out.ptr.0.add((i + t) * out.n + j);
+                    *o = if out.accumulate { *o + x } else { x };
                 }
+            }
+        };
+        for (jj, &at) in rows.iter().enumerate() {
+            let w = &bytes[at..at + rb];
+            #[cfg(target_arch = "x86_64")]
+            if K != PORTABLE && acts.m <= GROUP {
+                // SAFETY: the CPU has K's features; w is a whole row; m ≤ GROUP.
+                let v = unsafe { x86::fused_on::<K, ID>(w, acts, &mut row.offset) };
+                store(0, first + jj, &v[..acts.m]);
+                continue;
+            }
+            // SAFETY: the CPU has K's features (the caller's contract).
+            unsafe { row.read_on::<K, ID>(w) };
+            let mut i = 0;
+            while i < acts.m {
+                let r = (acts.m - i).min(GROUP);
+                // SAFETY: as above; rows i .. i + r < m.
+                let v = unsafe { dots_on::<K>(row, acts, i, r) };
+                store(i, first + jj, &v[..r]);
+                i += r;
             }
         }
     }
+}
+
+/// Kernels as [`QMatrix::columns_on`]'s parameter.
+const PORTABLE: u8 = 0;
+#[cfg(target_arch = "x86_64")]
+const AVX2: u8 = 1;
+#[cfg(target_arch = "x86_64")]
+const VNNI: u8 = 2;
+
+/// Dot products of `row` with activation rows `i .. i + r` on kernel `K`.
+///
+/// # Safety
+/// The CPU must have `K`'s features; `i + r ≤ a.m`, `r ≤ GROUP`.
+#[inline(always)]
+unsafe fn dots_on<const K: u8>(row: &Unpacked, a: &QRows, i: usize, r: usize) -> [f32; GROUP] {
+    #[cfg(target_arch = "x86_64")]
+    if K != PORTABLE {
+        // SAFETY: forwarded.
+        return unsafe {
+            if K == VNNI {
+                x86::by_group::<true>(row, a, i, r)
+            } else {
+                x86::by_group::<false>(row, a, i, r)
+            }
+        };
+    }
+    dots_portable(row, a, i, r)
 }
 
 /// Activation rows whose dot products are computed together (their accumulators in registers).
@@ -260,8 +343,26 @@ impl Unpacked {
         }
     }
 
-    /// Read a row of `kind` (`raw`, whole blocks).
+    /// Read a row of `kind` (`raw`, whole blocks) for `kernel`.
+    #[cfg(test)]
     fn read(&mut self, kind: Kind, raw: &[u8], kernel: Kernel) {
+        // SAFETY: kernel is one of Kernel::available().
+        unsafe {
+            for_kind!(kind, |ID| match kernel {
+                Kernel::Portable => self.read_on::<PORTABLE, ID>(raw),
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Avx2 | Kernel::Vnni => self.read_on::<AVX2, ID>(raw),
+            })
+        }
+    }
+
+    /// Read a row of type `ID` (`raw`, whole blocks) on kernel `K`.
+    ///
+    /// # Safety
+    /// The CPU must have `K`'s features.
+    #[inline(always)]
+    unsafe fn read_on<const K: u8, const ID: u8>(&mut self, raw: &[u8]) {
+        let kind = Kind::of(ID);
         let (nc, size) = (chunks(kind), kind.block().1);
         for (c, (u, (s, o))) in self
             .u
@@ -270,21 +371,24 @@ impl Unpacked {
             .enumerate()
         {
             let b = &raw[(c / nc) * size..(c / nc + 1) * size];
-            let sc = scales(kind, b, c % nc);
+            let sc = if K != PORTABLE {
+                scales::<true>(kind, b, c % nc)
+            } else {
+                scales::<false>(kind, b, c % nc)
+            };
             *s = [sc[0][0], sc[1][0]];
             *o = [sc[0][1], sc[1][1]];
-            match kernel {
-                #[cfg(target_arch = "x86_64")]
-                Kernel::Avx2 | Kernel::Vnni => {
-                    // SAFETY: the CPU has AVX2 (Kernel::detect); b is a whole block; u holds
-                    // 32 bytes.
-                    unsafe {
-                        let v = super::format::unpack_avx2(kind, b.as_ptr(), c % nc);
-                        std::arch::x86_64::_mm256_storeu_si256(u.as_mut_ptr().cast(), v);
-                    }
+            #[cfg(target_arch = "x86_64")]
+            if K != PORTABLE {
+                // SAFETY: the CPU has AVX2 (the caller's contract); b is a whole block; u
+                // holds 32 bytes.
+                unsafe {
+                    let v = super::format::unpack_avx2(kind, b.as_ptr(), c % nc);
+                    std::arch::x86_64::_mm256_storeu_si256(u.as_mut_ptr().cast(), v);
                 }
-                _ => unpack(kind, b, c % nc, u.try_into().expect("a 32-byte chunk")),
+                continue;
             }
+            unpack(kind, b, c % nc, u.try_into().expect("a 32-byte chunk"));
         }
     }
 }
@@ -305,7 +409,7 @@ impl Kernel {
         #[cfg(target_arch = "x86_64")]
         {
             use std::is_x86_feature_detected as has;
-            if has!("avx2") && has!("fma") {
+            if has!("avx2") && has!("fma") && has!("f16c") {
                 if has!("avx512vnni") && has!("avx512vl") && has!("avx512bw") {
                     return Kernel::Vnni;
                 }
@@ -332,6 +436,7 @@ impl Kernel {
     }
 
     /// Dot products of `row` with activation rows `i .. i + r` (`r ≤ GROUP`).
+    #[cfg(test)]
     fn dots(self, row: &Unpacked, a: &QRows, i: usize, r: usize) -> [f32; GROUP] {
         match self {
             Kernel::Portable => dots_portable(row, a, i, r),
@@ -371,11 +476,35 @@ fn dots_portable(row: &Unpacked, a: &QRows, i: usize, r: usize) -> [f32; GROUP] 
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{GROUP, QRows, Unpacked};
+    use super::super::Kind;
+    use super::super::format::{scales, unpack_avx2};
+    use super::{AVX2, GROUP, Out, QMatrix, QRows, Unpacked, VNNI};
     use std::arch::x86_64::*;
+    use std::ops::Range;
+
+    /// [`QMatrix::columns`] with AVX2.
+    ///
+    /// # Safety
+    /// As `columns`; the CPU must have AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn columns_avx2(m: &QMatrix, cols: Range<usize>, acts: &QRows, out: Out) {
+        // SAFETY: forwarded.
+        unsafe { m.columns_on::<AVX2>(cols, acts, out) }
+    }
+
+    /// [`QMatrix::columns`] with AVX512-VNNI.
+    ///
+    /// # Safety
+    /// As `columns`; the CPU must have AVX2, FMA, F16C, AVX512-VNNI, AVX512VL and AVX512BW.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
+    pub unsafe fn columns_vnni(m: &QMatrix, cols: Range<usize>, acts: &QRows, out: Out) {
+        // SAFETY: forwarded.
+        unsafe { m.columns_on::<VNNI>(cols, acts, out) }
+    }
 
     /// # Safety
     /// The CPU must have AVX2 and FMA.
+    #[cfg(test)]
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn dots_avx2(row: &Unpacked, a: &QRows, i: usize, r: usize) -> [f32; GROUP] {
         // SAFETY: forwarded.
@@ -384,6 +513,7 @@ mod x86 {
 
     /// # Safety
     /// The CPU must have AVX2, FMA, AVX512-VNNI, AVX512VL and AVX512BW.
+    #[cfg(test)]
     #[target_feature(enable = "avx2,fma,avx512f,avx512vl,avx512bw,avx512vnni")]
     pub unsafe fn dots_vnni(row: &Unpacked, a: &QRows, i: usize, r: usize) -> [f32; GROUP] {
         // SAFETY: forwarded.
@@ -391,7 +521,7 @@ mod x86 {
     }
 
     #[inline(always)]
-    unsafe fn by_group<const VNNI: bool>(
+    pub unsafe fn by_group<const VNNI: bool>(
         row: &Unpacked,
         a: &QRows,
         i: usize,
@@ -408,6 +538,129 @@ mod x86 {
             }
         }
         out
+    }
+
+    /// Dot products of one weight row of type `ID` (`w`, whole blocks) with every activation
+    /// row (`a.m ≤ GROUP`), each chunk read into a register and multiplied at once (no
+    /// [`Unpacked`] in between: decoding a few sequences is all such products). `offsets` is
+    /// scratch of `k / 32` pairs.
+    ///
+    /// # Safety
+    /// The CPU must have kernel `K`'s features (AVX2 or VNNI); `a.m ≤ GROUP`.
+    #[inline(always)]
+    pub unsafe fn fused_on<const K: u8, const ID: u8>(
+        w: &[u8],
+        a: &QRows,
+        offsets: &mut [[f32; 2]],
+    ) -> [f32; GROUP] {
+        let mut out = [0f32; GROUP];
+        // SAFETY: forwarded.
+        unsafe {
+            match a.m {
+                4 => out = fused::<K, 4, ID>(w, a, offsets),
+                3 => out[..3].copy_from_slice(&fused::<K, 3, ID>(w, a, offsets)),
+                2 => out[..2].copy_from_slice(&fused::<K, 2, ID>(w, a, offsets)),
+                _ => out[..1].copy_from_slice(&fused::<K, 1, ID>(w, a, offsets)),
+            }
+        }
+        out
+    }
+
+    /// [`fused_on`] for exactly `R` rows.
+    #[inline(always)]
+    unsafe fn fused<const K: u8, const R: usize, const ID: u8>(
+        w: &[u8],
+        a: &QRows,
+        offsets: &mut [[f32; 2]],
+    ) -> [f32; R] {
+        let kind = Kind::of(ID);
+        let (per, size) = kind.block();
+        let nc = per / 32;
+        let k = a.k;
+        let chunks = k / 32;
+        // Types with one scale a chunk multiply by a broadcast; the others by two halves.
+        let split = matches!(kind, Kind::Q2K | Kind::Q3K | Kind::Q6K);
+        let vnni = K == VNNI;
+        // SAFETY: every block of the row and every chunk of rows 0 .. R (= m) lies inside
+        // the buffers; the CPU has the features (the caller's contract).
+        unsafe {
+            let mut acc = [_mm256_setzero_ps(); R];
+            for blk in 0..k / per {
+                let b = &w[blk * size..(blk + 1) * size];
+                for cc in 0..nc {
+                    let c = blk * nc + cc;
+                    let u = unpack_avx2(kind, b.as_ptr(), cc);
+                    let sc = scales::<true>(kind, b, cc);
+                    *offsets.get_unchecked_mut(c) = [sc[0][1], sc[1][1]];
+                    let sv = if !split {
+                        _mm256_set1_ps(sc[0][0])
+                    } else if vnni {
+                        _mm256_set_m128(_mm_set1_ps(sc[1][0]), _mm_set1_ps(sc[0][0]))
+                    } else {
+                        let (lo, hi) = (sc[0][0], sc[1][0]);
+                        _mm256_setr_ps(lo, lo, hi, hi, lo, lo, hi, hi)
+                    };
+                    for t in 0..R {
+                        let x = _mm256_loadu_si256(a.q.as_ptr().add(t * k + 32 * c).cast());
+                        let dot = if vnni {
+                            dot32::<true>(u, x)
+                        } else {
+                            dot32::<false>(u, x)
+                        };
+                        let d = *a.d.get_unchecked(t * chunks + c);
+                        let scale = _mm256_mul_ps(sv, _mm256_set1_ps(d));
+                        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc[t]);
+                    }
+                }
+            }
+            let mut out = [0f32; R];
+            for t in 0..R {
+                let sums = &a.sums[2 * t * chunks..2 * (t + 1) * chunks];
+                out[t] = hsum(acc[t]) + dot_f32(offsets[..chunks].as_flattened(), sums);
+            }
+            out
+        }
+    }
+
+    /// Eight i32 sums of `u · x` over a chunk (VNNI: lanes 0–3 the first 16 elements;
+    /// AVX2: lanes 0, 1, 4, 5).
+    #[inline(always)]
+    unsafe fn dot32<const VNNI: bool>(u: __m256i, x: __m256i) -> __m256i {
+        // SAFETY: only inlined into functions with the features.
+        unsafe {
+            if VNNI {
+                _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, x)
+            } else {
+                let wl = _mm256_cvtepu8_epi16(_mm256_castsi256_si128(u));
+                let wh = _mm256_cvtepu8_epi16(_mm256_extracti128_si256::<1>(u));
+                let xl = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(x));
+                let xh = _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(x));
+                _mm256_hadd_epi32(_mm256_madd_epi16(wl, xl), _mm256_madd_epi16(wh, xh))
+            }
+        }
+    }
+
+    /// `Σ a·b` in eight lanes.
+    #[inline(always)]
+    unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        // SAFETY: reads stay below n; only inlined into functions with AVX2 and FMA.
+        unsafe {
+            let mut acc = _mm256_setzero_ps();
+            let mut i = 0;
+            while i + 8 <= n {
+                let x = _mm256_loadu_ps(a.as_ptr().add(i));
+                let y = _mm256_loadu_ps(b.as_ptr().add(i));
+                acc = _mm256_fmadd_ps(x, y, acc);
+                i += 8;
+            }
+            let mut s = hsum(acc);
+            while i < n {
+                s += a[i] * b[i];
+                i += 1;
+            }
+            s
+        }
     }
 
     /// Sum of the eight lanes.
@@ -548,9 +801,18 @@ mod tests {
                         }
                     }
                 }
-                // The whole product, grouped rows included, equals the one-row results.
+                // The whole product (fused for up to GROUP rows, else through Unpacked)
+                // agrees with the definition, and equals the one-row results.
                 let mut dst = vec![1.0f32; m * n];
                 mat.matmul(&mut dst, &a, m, true, Threads::Rayon);
+                for (i, j) in (0..m).flat_map(|i| (0..n).map(move |j| (i, j))) {
+                    let (got, want) = (dst[i * n + j] as f64 - 1.0, want[i * n + j]);
+                    let scale: f64 = (0..k).map(|kk| w[j * k + kk].abs() as f64).sum::<f64>();
+                    assert!(
+                        (got - want).abs() <= 0.01 * scale + 1e-3,
+                        "{kind:?} m={m} ({i},{j}): {got} vs {want}"
+                    );
+                }
                 let mut single = vec![0.0f32; m * n];
                 for i in 0..m {
                     mat.matmul(&mut single[i * n..], &a[i * k..], 1, false, Threads::One);

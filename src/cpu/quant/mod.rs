@@ -88,6 +88,27 @@ impl Kind {
         }
     }
 
+    /// The type of a ggml id known to be one of these (a constant in the kernels, which are
+    /// compiled once per type: see [`for_kind`]).
+    #[inline(always)]
+    pub const fn of(id: u8) -> Kind {
+        match id {
+            2 => Kind::Q4_0,
+            3 => Kind::Q4_1,
+            6 => Kind::Q5_0,
+            7 => Kind::Q5_1,
+            8 => Kind::Q8_0,
+            10 => Kind::Q2K,
+            11 => Kind::Q3K,
+            12 => Kind::Q4K,
+            13 => Kind::Q5K,
+            14 => Kind::Q6K,
+            1 => Kind::F16,
+            30 => Kind::Bf16,
+            _ => Kind::F32,
+        }
+    }
+
     /// Whether the type is a block format (read by [`QMatrix`]) rather than plain floats.
     pub fn is_blocks(self) -> bool {
         self.block().0 > 1
@@ -104,6 +125,21 @@ impl Kind {
 #[inline(always)]
 pub fn f16(b: &[u8]) -> f32 {
     half::f16::from_le_bytes([b[0], b[1]]).to_f32()
+}
+
+/// [`f16`] with the F16C instruction when `F16C` (then the caller must be compiled with that
+/// feature, and the CPU have it): one instruction instead of a call.
+#[inline(always)]
+pub fn f16_with<const F16C: bool>(b: &[u8]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if F16C {
+        use std::arch::x86_64::*;
+        let bits = u16::from_le_bytes([b[0], b[1]]);
+        // SAFETY: F16C is only set by callers compiled with the f16c feature, which run only
+        // where the CPU has it.
+        return unsafe { _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32))) };
+    }
+    f16(b)
 }
 
 /// The 6-bit scale and minimum of sub-block `j` (0..8) from the 12 packed bytes of a Q4_K or
@@ -131,6 +167,58 @@ pub fn q3k_scales(s: &[u8]) -> [i8; 16] {
     }
     out
 }
+
+/// `for_kind!(kind, |ID| body)`: `body` with the constant `ID` bound to the ggml id of the
+/// block type `kind` (so `Kind::of(ID)` is a constant and a kernel generic over `ID` is
+/// compiled once per type, its format's branches folded away). Panics on a float type.
+macro_rules! for_kind {
+    ($kind:expr, |$id:ident| $body:expr) => {
+        match $kind {
+            Kind::Q4_0 => {
+                const $id: u8 = 2;
+                $body
+            }
+            Kind::Q4_1 => {
+                const $id: u8 = 3;
+                $body
+            }
+            Kind::Q5_0 => {
+                const $id: u8 = 6;
+                $body
+            }
+            Kind::Q5_1 => {
+                const $id: u8 = 7;
+                $body
+            }
+            Kind::Q8_0 => {
+                const $id: u8 = 8;
+                $body
+            }
+            Kind::Q2K => {
+                const $id: u8 = 10;
+                $body
+            }
+            Kind::Q3K => {
+                const $id: u8 = 11;
+                $body
+            }
+            Kind::Q4K => {
+                const $id: u8 = 12;
+                $body
+            }
+            Kind::Q5K => {
+                const $id: u8 = 13;
+                $body
+            }
+            Kind::Q6K => {
+                const $id: u8 = 14;
+                $body
+            }
+            Kind::F32 | Kind::F16 | Kind::Bf16 => unreachable!("plain floats are not blocks"),
+        }
+    };
+}
+pub(crate) use for_kind;
 
 /// Dequantise `n` values of `kind` from `raw` (whose length the caller checked), following
 /// ggml's `dequantize_row_*` loop by loop.
@@ -376,6 +464,13 @@ mod tests {
         b.extend([0xFFu8; 32]);
         b.extend([0u8; 128]);
         assert!(dequantize(Kind::Q5K, &b, 256).iter().all(|&x| x == 16.0));
+    }
+
+    #[test]
+    fn every_block_type_has_its_constant() {
+        for kind in testing::BLOCKS {
+            assert_eq!(for_kind!(kind, |ID| Kind::of(ID)), kind);
+        }
     }
 
     #[test]

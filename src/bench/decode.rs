@@ -1,0 +1,94 @@
+//! `stageloop bench decode MODEL`: sampling throughput of a pretrained model on the CPU
+//! decoder, with its weights as they are in a GGUF file (quantised blocks, integer kernels) or
+//! all f32, timed as llama.cpp's speed is usually quoted: a prompt, then new tokens, the whole
+//! call over the new tokens. `benches/decode_compare.py` runs it beside llama-cpp-python.
+
+use super::{median, peak_rss_bytes};
+use crate::cpu::decoder::Engine;
+use crate::cpu::quant::matmul::Kernel;
+use crate::model::device;
+use crate::model::pretrained::{self, gguf_engine, gguf_model};
+use crate::model::sample::{SampleOptions, generate_on};
+use anyhow::Result;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// What to measure.
+pub struct DecodeConfig {
+    pub model: PathBuf,
+    /// Keep a GGUF's blocks (else every weight f32).
+    pub blocks: bool,
+    pub prompts: usize,
+    pub prompt_len: usize,
+    pub new_tokens: usize,
+    pub rounds: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DecodeReport {
+    /// New tokens a second over the whole call (prefill included), median of the rounds.
+    pub tokens_per_sec: f64,
+    pub rounds: Vec<f64>,
+    /// Seconds to build the decoder from the file.
+    pub load_secs: f64,
+    pub peak_rss_bytes: u64,
+    pub file_bytes: u64,
+    /// `blocks` or `f32`, and the integer kernel this CPU runs.
+    pub weights: String,
+    pub kernel: String,
+}
+
+pub fn run(cfg: &DecodeConfig) -> Result<DecodeReport> {
+    let ctx = cfg.prompt_len + cfg.new_tokens + 1;
+    let t0 = Instant::now();
+    let gguf = cfg
+        .model
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+    let (engine, vocab): (Engine, usize) = if cfg.blocks && gguf {
+        let (g, _, _) = gguf_model::open(&cfg.model)?;
+        let (c, e) = gguf_engine::engine(&g, ctx)?;
+        (e, c.vocab)
+    } else {
+        let p = pretrained::load(&cfg.model, &device()?)?;
+        (p.model.engine(ctx), p.cfg.vocab)
+    };
+    let load_secs = t0.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        vocab > 1100,
+        "the model's vocabulary is too small for the bench prompt"
+    );
+    // The prompt llama_cpp_decode in benches/ feeds: token 1 (a BOS), then 1000, 1001, ….
+    let prompt: Vec<u32> = std::iter::once(1)
+        .chain((0..cfg.prompt_len.saturating_sub(1)).map(|i| 1000 + i as u32))
+        .collect();
+    let prompts = vec![prompt; cfg.prompts];
+    let opts = SampleOptions {
+        temperature: 1.0,
+        top_p: 1.0,
+        max_new_tokens: cfg.new_tokens,
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    generate_on(&engine, &prompts, ctx, &opts, &mut rng); // warm-up
+    let mut rounds = Vec::new();
+    for _ in 0..cfg.rounds.max(1) {
+        let t = Instant::now();
+        let out = generate_on(&engine, &prompts, ctx, &opts, &mut rng);
+        let n: usize = out.iter().map(|c| c.logprobs.len()).sum();
+        rounds.push(n as f64 / t.elapsed().as_secs_f64());
+    }
+    Ok(DecodeReport {
+        tokens_per_sec: median(&mut rounds.clone()),
+        rounds,
+        load_secs,
+        peak_rss_bytes: peak_rss_bytes(),
+        file_bytes: std::fs::metadata(&cfg.model).map_or(0, |m| m.len()),
+        weights: if cfg.blocks && gguf { "blocks" } else { "f32" }.into(),
+        kernel: format!("{:?}", Kernel::detect()),
+    })
+}
