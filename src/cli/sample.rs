@@ -146,7 +146,7 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
 /// A pretrained model's weights as `sample` holds them.
 enum Held {
     /// Every weight f32, in burn.
-    Model(crate::model::transformer::Gpt),
+    Model(Box<crate::model::transformer::Gpt>),
     /// A GGUF file, its blocks to be read in place.
     Blocks(crate::model::gguf::Gguf),
 }
@@ -187,7 +187,7 @@ fn run_pretrained(a: &Args) -> anyhow::Result<()> {
             tokenizer: p.tokenizer,
             path: p.path,
         };
-        (Held::Model(p.model), loaded)
+        (Held::Model(Box::new(p.model)), loaded)
     };
     let ids = if a.chat {
         if let Some(from) = &p.tokenizer.chat_template_source {

@@ -168,7 +168,7 @@ pub unsafe fn unpack_avx2(kind: Kind, b: *const u8, c: usize) -> std::arch::x86_
         let mask = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
         _mm256_cmpeq_epi8(_mm256_and_si256(spread, mask), mask)
     };
-    // SAFETY (every load below): the offsets lie inside the caller's block of `kind`.
+    // SAFETY: every load below reads offsets inside the caller's block of `kind`.
     unsafe {
         let load32 = |p: *const u8| _mm256_loadu_si256(p.cast());
         match kind {

@@ -440,10 +440,11 @@ impl Kernel {
     fn dots(self, row: &Unpacked, a: &QRows, i: usize, r: usize) -> [f32; GROUP] {
         match self {
             Kernel::Portable => dots_portable(row, a, i, r),
-            // SAFETY: detect() chose these only where the CPU has their features.
             #[cfg(target_arch = "x86_64")]
+            // SAFETY: available() lists these only where the CPU has their features.
             Kernel::Avx2 => unsafe { x86::dots_avx2(row, a, i, r) },
             #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
             Kernel::Vnni => unsafe { x86::dots_vnni(row, a, i, r) },
         }
     }
@@ -600,7 +601,7 @@ mod x86 {
                         let (lo, hi) = (sc[0][0], sc[1][0]);
                         _mm256_setr_ps(lo, lo, hi, hi, lo, lo, hi, hi)
                     };
-                    for t in 0..R {
+                    for (t, acc) in acc.iter_mut().enumerate() {
                         let x = _mm256_loadu_si256(a.q.as_ptr().add(t * k + 32 * c).cast());
                         let dot = if vnni {
                             dot32::<true>(u, x)
@@ -609,7 +610,7 @@ mod x86 {
                         };
                         let d = *a.d.get_unchecked(t * chunks + c);
                         let scale = _mm256_mul_ps(sv, _mm256_set1_ps(d));
-                        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc[t]);
+                        *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, *acc);
                     }
                 }
             }
