@@ -781,7 +781,9 @@ fn every_program_can_be_read_and_the_question_stays_on_screen() {
 fn starting_a_stage_of_a_spec_that_does_not_load_says_why_and_starts_nothing() {
     let d = tempfile::tempdir().unwrap();
     fixture(d.path());
-    let spec = format!("{SPEC}\n[model]\nfrom = \"models/SmolLM2-135M-Instruct.Q4_1.gguf\"\n");
+    // A folder no checkout has (a developer's models/ may hold the file).
+    let spec =
+        format!("{SPEC}\n[model]\nfrom = \"no-such-models/SmolLM2-135M-Instruct.Q4_1.gguf\"\n");
     std::fs::write(d.path().join("demo/experiment.toml"), spec).unwrap();
     let mut a = app(d.path());
     let shift_r = KeyEvent::new(KeyCode::Char('R'), KeyModifiers::SHIFT);

@@ -12,6 +12,7 @@
 use super::format::{chunks, scales, unpack};
 use super::{Kind, for_kind};
 use crate::cpu::packed::Threads;
+use crate::cpu::simd::avx2_dispatch;
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -36,29 +37,34 @@ impl QRows {
         let mut q = vec![0i8; m * k];
         let mut d = vec![0f32; m * k / 32];
         let mut sums = vec![0f32; m * k / 16];
-        for (((x, q), d), s) in a[..m * k]
-            .chunks_exact(32)
-            .zip(q.chunks_exact_mut(32))
-            .zip(d.iter_mut())
-            .zip(sums.chunks_exact_mut(2))
-        {
-            quantize_chunk(x, q, d, s);
-        }
+        quantize_rows(&a[..m * k], &mut q, &mut d, &mut sums);
         QRows { k, m, q, d, sums }
     }
 }
 
-/// One 32-element chunk of [`QRows::new`].
+avx2_dispatch!(
+    /// [`QRows::new`]'s loop: every 32 floats of `x` into `q`, their scale into `d` and the
+    /// sums of their halves into `sums` (8-wide with AVX2: it runs before every product).
+    fn quantize_rows(x: &[f32], q: &mut [i8], d: &mut [f32], sums: &mut [f32]) = quantize_generic;
+);
+
 #[inline(always)]
-fn quantize_chunk(x: &[f32], q: &mut [i8], d: &mut f32, s: &mut [f32]) {
-    let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
-    *d = amax / 127.0;
-    let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
-    for (q, &v) in q.iter_mut().zip(x) {
-        *q = (v * inv).round() as i8;
+fn quantize_generic(x: &[f32], q: &mut [i8], d: &mut [f32], sums: &mut [f32]) {
+    for (((x, q), d), s) in x
+        .chunks_exact(32)
+        .zip(q.chunks_exact_mut(32))
+        .zip(d.iter_mut())
+        .zip(sums.chunks_exact_mut(2))
+    {
+        let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
+        *d = amax / 127.0;
+        let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+        for (q, &v) in q.iter_mut().zip(x) {
+            *q = (v * inv).round_ties_even() as i8;
+        }
+        s[0] = x[..16].iter().sum();
+        s[1] = x[16..].iter().sum();
     }
-    s[0] = x[..16].iter().sum();
-    s[1] = x[16..].iter().sum();
 }
 
 /// A `[k] → [n]` matrix of quantised rows: output `j` is the dot product of an input row with
@@ -260,6 +266,12 @@ impl QMatrix {
         };
         for (jj, &at) in rows.iter().enumerate() {
             let w = &bytes[at..at + rb];
+            // A few rows ahead are fetched while this one is computed: the first line of each
+            // row otherwise waits on memory (rows may lie anywhere, so the hardware's stream
+            // prefetchers do not always see them coming).
+            if let Some(&next) = rows.get(jj + PREFETCH_ROWS) {
+                prefetch(&bytes[next..next + rb]);
+            }
             #[cfg(target_arch = "x86_64")]
             if K != PORTABLE && acts.m <= GROUP {
                 // SAFETY: the CPU has K's features; w is a whole row; m ≤ GROUP.
@@ -306,6 +318,23 @@ unsafe fn dots_on<const K: u8>(row: &Unpacked, a: &QRows, i: usize, r: usize) ->
         };
     }
     dots_portable(row, a, i, r)
+}
+
+/// How many weight rows ahead [`QMatrix::part_on`] prefetches (4 KB and 8 KB ahead measured
+/// no better: docs/PERF.md).
+const PREFETCH_ROWS: usize = 2;
+
+/// Hint the CPU to load `x` into cache, a hint per 64-byte line.
+#[inline(always)]
+fn prefetch(x: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in x.chunks(64) {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        // SAFETY: a prefetch is a hint: it reads nothing architecturally and cannot fault.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast()) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = x;
 }
 
 /// Activation rows whose dot products are computed together (their accumulators in registers).
