@@ -265,6 +265,23 @@ fn a_gguf_with_q8_0_and_q4_1_blocks_loads_as_its_dequantised_weights() {
             q > 0.0 && q < 0.5,
             "{name}: quantisation moved logits by {q}"
         );
+        // The decoder reading the file's blocks in place (int8 activations, integer kernels)
+        // against the f32 decoder of the loaded model: the same logits up to the
+        // activations' rounding, at every position.
+        let g = stageloop::model::gguf::Gguf::open(&gguf).unwrap();
+        let (_, blocks) = pretrained::gguf_engine::engine(&g, 16).unwrap();
+        let floats = p.model.engine(16);
+        let run = |e: &stageloop::cpu::decoder::Engine| {
+            let mut cache = e.cache(1);
+            e.forward(&mut cache, &[(0, &seq[..])], true)
+        };
+        let (b, f) = (run(&blocks), run(&floats));
+        let scale = f.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let q = max_diff(&b, &f);
+        assert!(
+            q > 0.0 && q < 0.02 * scale.max(1.0),
+            "{name}: blocks and f32 decoders differ by {q} (logits up to {scale})"
+        );
         // The GGUF's vocabulary as a byte-level BPE: the merge applies, specials match whole.
         let ids = p.tokenizer.encode("</s>123+4", false).unwrap();
         assert_eq!(ids, vec![2, 16, 6, 13, 7], "{name}");
