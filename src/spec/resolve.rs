@@ -2,7 +2,8 @@
 //! value concrete). The key lists here drive both validation and what `run.json` records.
 
 use super::types::{
-    LoraSpec, LossType, ModelSpec, RewardProgram, RewardSpec, ScaleRewards, StageKind, StageSpec,
+    LoraSpec, LossType, ModelSpec, RewardProgram, RewardSpec, SamplerCorrection, ScaleRewards,
+    StageKind, StageSpec,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -43,6 +44,8 @@ const GRPO: &[&str] = &[
     "scale_rewards",
     "dynamic_sampling",
     "mask_truncated",
+    "sampler_correction",
+    "sampler_correction_cap",
     "overlong_buffer",
     "overlong_penalty",
     "rewards",
@@ -112,6 +115,8 @@ pub struct StageConfig {
     pub scale_rewards: ScaleRewards,
     pub dynamic_sampling: bool,
     pub mask_truncated: bool,
+    pub sampler_correction: SamplerCorrection,
+    pub sampler_correction_cap: f64,
     pub overlong_buffer: usize,
     pub overlong_penalty: f64,
     pub rewards: BTreeMap<String, RewardSpec>,
@@ -174,6 +179,8 @@ impl StageConfig {
             scale_rewards: ScaleRewards::Group,
             dynamic_sampling: false,
             mask_truncated: false,
+            sampler_correction: SamplerCorrection::Off,
+            sampler_correction_cap: 3.0,
             overlong_buffer: 0,
             overlong_penalty: 1.0,
             rewards: BTreeMap::from([
@@ -221,6 +228,8 @@ impl StageConfig {
             scale_rewards,
             dynamic_sampling,
             mask_truncated,
+            sampler_correction,
+            sampler_correction_cap,
             overlong_buffer,
             overlong_penalty,
             rewards,

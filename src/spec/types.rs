@@ -357,6 +357,12 @@ pub struct StageSpec {
     pub scale_rewards: Option<ScaleRewards>,
     pub dynamic_sampling: Option<bool>,
     pub mask_truncated: Option<bool>,
+    /// Truncated importance sampling over the sampler/trainer mismatch (TRL's
+    /// `vllm_importance_sampling_mode`): `off`, `token_truncate`, `token_mask`,
+    /// `sequence_truncate` or `sequence_mask`.
+    pub sampler_correction: Option<SamplerCorrection>,
+    /// Its cap `C` (TRL's `vllm_importance_sampling_cap`).
+    pub sampler_correction_cap: Option<f64>,
     pub overlong_buffer: Option<usize>,
     pub overlong_penalty: Option<f64>,
     /// Reward function weights, e.g. `{ accuracy = 1.0, format = 0.2 }`; a program of the
@@ -444,6 +450,19 @@ pub enum LossType {
     DrGrpo,
     /// Token-level mean over the whole batch.
     Dapo,
+}
+
+/// Correction of the loss for what the sampler and the trainer disagree on: each token's loss
+/// times `exp(trainer − sampler log-probability)`, per token or summed per sequence, capped
+/// at `C` (truncate) or dropped above it (mask), as TRL's `vllm_importance_sampling_mode`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SamplerCorrection {
+    Off,
+    TokenTruncate,
+    TokenMask,
+    SequenceTruncate,
+    SequenceMask,
 }
 
 /// One entry of a stage's `rewards`: a built-in reward's weight, or an external program.

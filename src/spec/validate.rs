@@ -511,6 +511,11 @@ fn ranges(c: &mut Checks<'_>, spec: &ExperimentSpec, i: usize, cfg: &StageConfig
         within(cfg.num_iterations, MAX_ITERATIONS),
         &between(MAX_ITERATIONS),
     );
+    range(
+        "sampler_correction_cap",
+        cfg.sampler_correction_cap > 1.0 && cfg.sampler_correction_cap <= 100.0,
+        "must be above 1 and at most 100",
+    );
 }
 
 /// A stage that would not fit in this machine's memory.

@@ -11,7 +11,7 @@ use super::common::{
 };
 use super::context::{Outcome, StageCtx};
 pub use super::grpo_math::LossConfig;
-use super::grpo_math::{advantages, informative_groups, mean_std, overlong_penalty};
+use super::grpo_math::{self, advantages, informative_groups, mean_std, overlong_penalty};
 use super::reward_program::{Request, RewardPrograms};
 use super::supervised;
 use crate::model::checkpoint::{self, RngState};
@@ -20,7 +20,7 @@ use crate::model::tokenizer::PAD;
 use crate::model::{self, Gpt};
 use crate::runfs::jsonl::JsonlWriter;
 use crate::runfs::records::Sample;
-use crate::spec::{LossType, StageConfig};
+use crate::spec::{LossType, SamplerCorrection, StageConfig};
 use crate::tasks::{Problem, Rewards};
 use anyhow::Result;
 use burn::module::Module;
@@ -72,6 +72,8 @@ pub struct LossInputs {
     pub ref_logp: Option<Tensor<2>>,
     pub adv: Tensor<2>,
     pub mask: Tensor<2>,
+    /// Each token's sampler-correction weight (`grpo_math::sampler_weights`); `None`: 1.
+    pub weight: Option<Tensor<2>>,
 }
 
 /// Per-token statistics that go into the metrics (micro-batches' statistics add up).
@@ -143,6 +145,9 @@ pub fn grpo_loss(x: LossInputs, c: &LossConfig, norm: Norm) -> (Tensor<1>, LossS
     let unclipped = ratio.clone() * x.adv.clone();
     let clipped = ratio.clone().clamp(1.0 - eps, 1.0 + eps_high) * x.adv.clone();
     let mut per_token = unclipped.min_pair(clipped).neg();
+    if let Some(w) = x.weight {
+        per_token = per_token * w;
+    }
     let tokens = norm.tokens;
     let mut kl_mean = 0.0;
     if let (Some(rf), true) = (x.ref_logp, c.beta > 0.0) {
@@ -321,6 +326,8 @@ struct Update {
     flops: f64,
     /// Trainer minus sampler log-probability of each completion token, first iteration.
     drift: Vec<f64>,
+    /// The sampler-correction weights applied (empty when the stage does not correct).
+    is_ratio: Vec<f64>,
 }
 
 pub fn run(ctx: &mut StageCtx<'_>) -> Result<Outcome> {
@@ -597,11 +604,14 @@ impl Grpo<'_> {
             rows: groups.iter().map(|g| g.rollouts.len()).sum(),
             tokens: up.tokens as f64,
         };
+        // Each part's sampler-correction weights, from the first iteration's log-probabilities
+        // (the policy that sampled), kept for the later iterations as TRL keeps them.
+        let mut weights: Vec<Option<Tensor<2>>> = vec![None; parts.len()];
         for it in 0..self.cfg.num_iterations {
             let mut acc = GradientsAccumulator::<Gpt>::new();
             let (mut loss_sum, mut entropy_sum) = (0.0, 0.0);
             up.stats = LossStats::default();
-            for part in &parts {
+            for (pi, part) in parts.iter().enumerate() {
                 let (logp, h) = target_logprobs_with(
                     &model,
                     part.inputs.clone(),
@@ -625,6 +635,7 @@ impl Grpo<'_> {
                         for &(i, s) in &part.sampler_logp {
                             up.drift.push(lp[i] as f64 - s as f64);
                         }
+                        weights[pi] = self.sampler_weights(part, &lp, &mut up.is_ratio);
                     }
                 }
                 let old_logp = match &part.old_logp {
@@ -637,6 +648,7 @@ impl Grpo<'_> {
                     ref_logp: part.ref_logp.clone(),
                     adv: part.adv.clone(),
                     mask: part.mask.clone(),
+                    weight: weights[pi].clone(),
                 };
                 let (loss, st) = grpo_loss(inputs, &self.loss, norm);
                 loss_sum += loss.clone().into_scalar::<f32>() as f64;
@@ -659,6 +671,39 @@ impl Grpo<'_> {
             model = optim.step(lr, model, grads);
         }
         Ok((model, up))
+    }
+
+    /// A part's sampler-correction weights as a `[rows, t]` tensor (`None` when the stage
+    /// does not correct), from the trainer's log-probabilities `lp` (flat, row-major); the
+    /// weights of the sampled tokens (token modes) or of the rows (sequence modes) are
+    /// appended to `seen` for the metrics.
+    fn sampler_weights(&self, part: &Part, lp: &[f32], seen: &mut Vec<f64>) -> Option<Tensor<2>> {
+        let mode = self.cfg.sampler_correction;
+        if mode == SamplerCorrection::Off {
+            return None;
+        }
+        let [rows, t] = part.inputs.dims();
+        let mut diff = vec![vec![None; t]; rows];
+        for &(i, s) in &part.sampler_logp {
+            diff[i / t][i % t] = Some(lp[i] as f64 - s as f64);
+        }
+        let w = grpo_math::sampler_weights(&diff, mode, self.cfg.sampler_correction_cap);
+        let sequence = matches!(
+            mode,
+            SamplerCorrection::SequenceTruncate | SamplerCorrection::SequenceMask
+        );
+        for (d, w) in diff.iter().zip(&w) {
+            if sequence {
+                seen.extend(w.first().filter(|_| d.iter().any(Option::is_some)));
+            } else {
+                seen.extend(d.iter().zip(w).filter(|(d, _)| d.is_some()).map(|(_, w)| w));
+            }
+        }
+        let flat: Vec<f32> = w.into_iter().flatten().map(|x| x as f32).collect();
+        Some(Tensor::from_data(
+            TensorData::new(flat, [rows, t]),
+            &self.device,
+        ))
     }
 
     /// The groups' completions as micro-batches of similar length, with their advantages and
@@ -784,7 +829,12 @@ fn step_metrics(
     if !up.drift.is_empty() {
         // TRL's names for the sampler/trainer mismatch (vLLM importance sampling).
         let n = up.drift.len() as f64;
-        let ratio: Vec<f64> = up.drift.iter().map(|d| d.exp()).collect();
+        // With a correction, its weights (as TRL logs them); else the raw ratios.
+        let ratio: Vec<f64> = if up.is_ratio.is_empty() {
+            up.drift.iter().map(|d| d.exp()).collect()
+        } else {
+            up.is_ratio.clone()
+        };
         out.push((
             "sampling/sampling_logp_difference/mean",
             up.drift.iter().map(|d| d.abs()).sum::<f64>() / n,
@@ -795,7 +845,15 @@ fn step_metrics(
         ));
         out.push((
             "sampling/importance_sampling_ratio/mean",
-            ratio.iter().sum::<f64>() / n,
+            ratio.iter().sum::<f64>() / ratio.len().max(1) as f64,
+        ));
+        out.push((
+            "sampling/importance_sampling_ratio/min",
+            ratio.iter().copied().fold(f64::INFINITY, f64::min),
+        ));
+        out.push((
+            "sampling/importance_sampling_ratio/max",
+            ratio.iter().copied().fold(0.0, f64::max),
         ));
     }
     if !agreement.is_empty() {

@@ -3,7 +3,7 @@
 //! `loss_type`, DAPO's overlong shaping and dynamic-sampling filtering. The tensor version of the
 //! loss in `grpo.rs` is tested against [`reference_loss`].
 
-use crate::spec::{LossType, ScaleRewards, StageConfig};
+use crate::spec::{LossType, SamplerCorrection, ScaleRewards, StageConfig};
 
 /// Mean and (population) standard deviation.
 pub fn mean_std(xs: &[f64]) -> (f64, f64) {
@@ -144,6 +144,8 @@ pub struct TokenRow {
     pub old_logp: Vec<f64>,
     pub ref_logp: Option<Vec<f64>>,
     pub advantage: f64,
+    /// Each token's sampler-correction weight ([`sampler_weights`]); `None`: all 1.
+    pub weight: Option<Vec<f64>>,
 }
 
 /// The whole GRPO loss on the host, the specification the tensor code is tested against.
@@ -155,6 +157,7 @@ pub fn reference_loss(rows: &[TokenRow], c: &LossConfig) -> f64 {
                 .map(|t| {
                     let ratio = (r.logp[t] - r.old_logp[t]).exp();
                     let mut l = clipped_token_loss(ratio, r.advantage, c.epsilon, c.epsilon_high);
+                    l *= r.weight.as_ref().map_or(1.0, |w| w[t]);
                     if let (Some(rf), true) = (&r.ref_logp, c.beta > 0.0) {
                         l += c.beta * k3(r.logp[t], rf[t]);
                     }
@@ -166,9 +169,75 @@ pub fn reference_loss(rows: &[TokenRow], c: &LossConfig) -> f64 {
     normalise(&per_token, c.loss_type, c.budget)
 }
 
+/// Weights that correct each token's loss for what the sampler and the trainer disagree on
+/// (TRL's `vllm_importance_sampling_correction`). `diff[r][t]` is the trainer's minus the
+/// sampler's log-probability of row `r`'s token `t`, `None` where the token is not one the
+/// sampler drew (its weight is 1; the mask drops it anyway). Token modes weigh each token by
+/// `exp(diff)`; sequence modes weigh every token of a row by `exp(Σ diff)`. Truncate caps the
+/// weight at `cap`; mask sets a weight above `cap` to 0.
+pub fn sampler_weights(
+    diff: &[Vec<Option<f64>>],
+    mode: SamplerCorrection,
+    cap: f64,
+) -> Vec<Vec<f64>> {
+    let limit = |w: f64| match mode {
+        SamplerCorrection::TokenTruncate | SamplerCorrection::SequenceTruncate => w.min(cap),
+        SamplerCorrection::TokenMask | SamplerCorrection::SequenceMask if w > cap => 0.0,
+        _ => w,
+    };
+    diff.iter()
+        .map(|row| match mode {
+            SamplerCorrection::Off => vec![1.0; row.len()],
+            SamplerCorrection::TokenTruncate | SamplerCorrection::TokenMask => row
+                .iter()
+                .map(|d| d.map_or(1.0, |d| limit(d.exp())))
+                .collect(),
+            SamplerCorrection::SequenceTruncate | SamplerCorrection::SequenceMask => {
+                let w = limit(row.iter().flatten().sum::<f64>().exp());
+                vec![w; row.len()]
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sampler_weights_per_token_and_per_sequence() {
+        let ln = f64::ln;
+        // Row 0: ratios 2, 4 and a prompt token; row 1: ratios 0.5, 1.
+        let diff = vec![
+            vec![None, Some(ln(2.0)), Some(ln(4.0))],
+            vec![Some(ln(0.5)), Some(0.0), None],
+        ];
+        let w = |m| sampler_weights(&diff, m, 3.0);
+        let near = |a: &[Vec<f64>], b: &[[f64; 3]; 2]| {
+            a.iter()
+                .flatten()
+                .zip(b.iter().flatten())
+                .all(|(x, y)| (x - y).abs() < 1e-12)
+        };
+        assert!(near(&w(SamplerCorrection::Off), &[[1.0; 3]; 2]));
+        assert!(near(
+            &w(SamplerCorrection::TokenTruncate),
+            &[[1.0, 2.0, 3.0], [0.5, 1.0, 1.0]]
+        ));
+        assert!(near(
+            &w(SamplerCorrection::TokenMask),
+            &[[1.0, 2.0, 0.0], [0.5, 1.0, 1.0]]
+        ));
+        // Sequences: row 0's ratio is 2·4 = 8, row 1's 0.5.
+        assert!(near(
+            &w(SamplerCorrection::SequenceTruncate),
+            &[[3.0; 3], [0.5; 3]]
+        ));
+        assert!(near(
+            &w(SamplerCorrection::SequenceMask),
+            &[[0.0; 3], [0.5; 3]]
+        ));
+    }
 
     fn close(a: f64, b: f64) -> bool {
         (a - b).abs() < 1e-6

@@ -8,10 +8,10 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use stageloop::model::{Gpt, ModelConfig};
 use stageloop::runfs::{self, metrics::parse_metric_line};
-use stageloop::spec::LossType;
+use stageloop::spec::{LossType, SamplerCorrection};
 use stageloop::stages::common::target_logprobs;
 use stageloop::stages::grpo::{LossConfig, LossInputs, Norm, grpo_loss, micro_batches};
-use stageloop::stages::grpo_math::{TokenRow, reference_loss};
+use stageloop::stages::grpo_math::{TokenRow, reference_loss, sampler_weights};
 
 use crate::common;
 
@@ -45,12 +45,21 @@ fn tensor_loss_matches_the_host_specification() {
                 .iter()
                 .map(|&l| (0..t).map(|j| (j < l) as u8 as f64).collect())
                 .collect();
+            // Sampler-correction weights on the runs without a reference (both paths for
+            // every loss type).
+            let weights: Option<Vec<Vec<f64>>> = (beta == 0.0).then(|| {
+                let diff: Vec<Vec<Option<f64>>> = (0..n)
+                    .map(|_| (0..t).map(|_| Some(rng.random_range(-0.5..1.5))).collect())
+                    .collect();
+                sampler_weights(&diff, SamplerCorrection::TokenTruncate, 3.0)
+            });
             let rows: Vec<TokenRow> = (0..n)
                 .map(|i| TokenRow {
                     logp: logp[i][..lens[i]].to_vec(),
                     old_logp: old[i][..lens[i]].to_vec(),
                     ref_logp: Some(refl[i][..lens[i]].to_vec()),
                     advantage: adv[i],
+                    weight: weights.as_ref().map(|w| w[i][..lens[i]].to_vec()),
                 })
                 .collect();
             let c = LossConfig {
@@ -70,7 +79,8 @@ fn tensor_loss_matches_the_host_specification() {
                         old_logp: t2(&old[r.clone()], &device),
                         ref_logp: Some(t2(&refl[r.clone()], &device)),
                         adv: t2(&adv_rows, &device),
-                        mask: t2(&mask[r], &device),
+                        mask: t2(&mask[r.clone()], &device),
+                        weight: weights.as_ref().map(|w| t2(&w[r], &device)),
                     },
                     &c,
                     norm,
@@ -160,6 +170,7 @@ fn one_step_raises_the_logprob_of_a_positive_advantage_completion() {
             ref_logp: None,
             adv,
             mask: mask.clone(),
+            weight: None,
         },
         &LossConfig {
             epsilon: 0.2,
@@ -407,4 +418,41 @@ fn spurious_reward_controls_pay_a_coin_or_the_inverted_accuracy() {
         "{random:?}"
     );
     assert!(random.windows(2).any(|w| w[0].0 != w[1].0), "{random:?}");
+}
+
+#[test]
+fn a_stage_with_sampler_correction_applies_and_logs_its_weights() {
+    let d = tempfile::tempdir().unwrap();
+    let spec = TINY_RL
+        .replace("steps = 60", "steps = 10")
+        .replace("steps = 24", "steps = 2")
+        .replace(
+            "rewards = { format = 1.0 }",
+            "rewards = { format = 1.0 }\nsampler_correction = \"sequence_truncate\"\n\
+             sampler_correction_cap = 2.0",
+        );
+    common::run_experiment(d.path(), &spec);
+    let (run, _) = runfs::latest_run_of(&d.path().join("runs"), "rl").unwrap();
+    let text = std::fs::read_to_string(run.metrics()).unwrap();
+    let rows: Vec<_> = text
+        .lines()
+        .filter_map(|l| parse_metric_line(l).ok())
+        .filter(|r| r.values.contains_key("reward"))
+        .collect();
+    assert_eq!(rows.len(), 2);
+    for r in rows {
+        let get = |k: &str| r.values.get(k).copied().flatten().unwrap();
+        let (lo, mean, hi) = (
+            get("sampling/importance_sampling_ratio/min"),
+            get("sampling/importance_sampling_ratio/mean"),
+            get("sampling/importance_sampling_ratio/max"),
+        );
+        // One weight per completion (sequence mode), each within the cap; the f32 sampler and
+        // trainer agree, so every weight is 1 up to rounding.
+        assert!(lo <= mean && mean <= hi && hi <= 2.0, "{lo} {mean} {hi}");
+        assert!(
+            (lo - 1.0).abs() < 0.05 && (hi - 1.0).abs() < 0.05,
+            "{lo} {hi}"
+        );
+    }
 }
