@@ -1,4 +1,5 @@
 //! Hand-written CPU kernels on plain `f32` slices: the training ops' products and attention,
+//! the output head's log-probabilities in chunks of rows,
 //! the row kernels, the small-batch packed products, llama.cpp's quantised block formats and
 //! their integer products, the decoder, a transposition and the fused AdamW step.
 //! Imports nothing from the rest of the crate; `model` wraps them for burn (`model::fused`)
@@ -9,6 +10,7 @@ pub mod arena;
 pub mod attention;
 pub mod decoder;
 pub mod gemm;
+pub mod head;
 pub mod math;
 pub mod packed;
 pub mod pair;

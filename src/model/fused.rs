@@ -52,6 +52,17 @@ pub trait FusedOps: burn::backend::Backend {
         targets: FloatTensor<Self>,
         scale: f32,
     ) -> FloatTensor<Self>;
+    /// The targets' log-probabilities through the output head, the logits never whole (see
+    /// [`crate::cpu::head`]): `[b, t, 2]` from the final hidden states `h` `[b, t, d]`, the
+    /// head `w` `[d, v]` and target ids `[b, t]` (as floats). Channel 0 is
+    /// `log softmax(scale · h·w)[target]`, channel 1 that distribution's entropy, which
+    /// carries no gradient.
+    fn head_logprobs(
+        h: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        targets: FloatTensor<Self>,
+        scale: f32,
+    ) -> FloatTensor<Self>;
 }
 
 static ENABLED: AtomicBool = AtomicBool::new(true);
@@ -107,6 +118,26 @@ pub fn target_logprobs(logits: Tensor<3>, targets: Tensor<2>, scale: f64) -> Ten
         targets.into_dispatch(),
         scale as f32,
     ))
+}
+
+/// [`FusedOps::head_logprobs`] on tensors: the targets' log-probabilities `[b, t]` and the
+/// entropies `[b, t]` (detached).
+pub fn head_logprobs(
+    h: Tensor<3>,
+    w: Tensor<2>,
+    targets: Tensor<2>,
+    scale: f64,
+) -> (Tensor<2>, Tensor<2>) {
+    let out: Tensor<3> = Tensor::from_dispatch(<Dispatch as FusedOps>::head_logprobs(
+        h.into_dispatch(),
+        w.into_dispatch(),
+        targets.into_dispatch(),
+        scale as f32,
+    ));
+    let [b, t, _] = out.dims();
+    let logp = out.clone().slice([0..b, 0..t, 0..1]).reshape([b, t]);
+    let entropy = out.slice([0..b, 0..t, 1..2]).reshape([b, t]).detach();
+    (logp, entropy)
 }
 
 /// [`FusedOps::swiglu_down`] on tensors.
@@ -229,7 +260,30 @@ fn target_logprobs_flex(
     (tensor(out, shape[..shape.len() - 1].to_vec()), lse)
 }
 
+/// [`FusedOps::head_logprobs`]' result and each row's log-sum-exp.
+fn head_logprobs_flex(
+    h: &FlexTensor,
+    w: &FlexTensor,
+    targets: &[u32],
+    scale: f32,
+) -> (FlexTensor, Vec<f32>) {
+    let mut shape = dims(h);
+    let out = crate::cpu::head::forward(rows_of(h), weight(w), targets, scale);
+    let both: Vec<f32> = out
+        .logp
+        .iter()
+        .zip(&out.entropy)
+        .flat_map(|(&l, &e)| [l, e])
+        .collect();
+    *shape.last_mut().expect("head_logprobs: scalar input") = 2;
+    (tensor(both, shape), out.lse)
+}
+
 impl FusedOps for Flex {
+    fn head_logprobs(h: FlexTensor, w: FlexTensor, targets: FlexTensor, scale: f32) -> FlexTensor {
+        head_logprobs_flex(&contiguous(h), &matrix(w), &ids(targets), scale).0
+    }
+
     fn target_logprobs(logits: FlexTensor, targets: FlexTensor, scale: f32) -> FlexTensor {
         target_logprobs_flex(&contiguous(logits), &ids(targets), scale).0
     }
@@ -385,7 +439,62 @@ impl Backward<Flex, 1> for TargetLogprobsBackward {
     }
 }
 
+#[derive(Debug)]
+struct HeadLogprobsBackward;
+
+impl Backward<Flex, 2> for HeadLogprobsBackward {
+    /// Hidden states, the head, target ids, log-sum-exps and the scale.
+    type State = (FlexTensor, FlexTensor, Vec<u32>, Vec<f32>, f32);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_h, node_w] = ops.parents;
+        let dy = contiguous(grads.consume::<Flex>(&ops.node));
+        let (h, w, targets, lse, scale) = ops.state;
+        // Only the log-probabilities' channel carries a gradient.
+        let dy: Vec<f32> = slice(&dy).iter().step_by(2).copied().collect();
+        let (dh, dw) = crate::cpu::head::backward(
+            &dy,
+            rows_of(&h),
+            weight(&w),
+            &targets,
+            &lse,
+            scale,
+            node_w.is_some(),
+        );
+        if let (Some(node), Some(dw)) = (node_w, dw) {
+            grads.register::<Flex>(node.id, tensor(dw, dims(&w)));
+        }
+        if let Some(node) = node_h {
+            grads.register::<Flex>(node.id, tensor(dh, dims(&h)));
+        }
+    }
+}
+
 impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
+    fn head_logprobs(
+        h: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        targets: FloatTensor<Self>,
+        scale: f32,
+    ) -> FloatTensor<Self> {
+        let targets = ids(targets.into_primitive());
+        match HeadLogprobsBackward
+            .prepare::<C>([h.node(), w.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (h, w) = (contiguous(h.into_primitive()), matrix(w.into_primitive()));
+                let (out, lse) = head_logprobs_flex(&h, &w, &targets, scale);
+                prep.finish((h, w, targets, lse, scale), out)
+            }
+            OpsKind::UnTracked(prep) => {
+                let (h, w) = (contiguous(h.into_primitive()), matrix(w.into_primitive()));
+                prep.finish(head_logprobs_flex(&h, &w, &targets, scale).0)
+            }
+        }
+    }
+
     fn target_logprobs(
         logits: FloatTensor<Self>,
         targets: FloatTensor<Self>,

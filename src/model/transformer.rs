@@ -426,6 +426,26 @@ impl Gpt {
     /// Logits `[b, t, vocab]` for a batch of right-padded sequences (causal attention; padding
     /// at the end never influences earlier positions).
     pub fn forward(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
+        self.logits(self.trunk(tokens))
+    }
+
+    /// The final hidden states `[b, t, d]` (after the last norm): what the head multiplies.
+    pub fn hidden(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
+        norm(&self.norm, self.trunk(tokens))
+    }
+
+    /// The output head as a `[d, vocab]` weight, when it is one plain matrix (tied: the
+    /// embedding transposed; a head with a LoRA adapter is not).
+    pub fn head_matrix(&self) -> Option<Tensor<2>> {
+        match &self.head {
+            None => Some(self.embed.weight.val().transpose()),
+            Some(h) if h.weight.adapter().is_none() && h.bias.is_none() => Some(h.weight.val()),
+            Some(_) => None,
+        }
+    }
+
+    /// The blocks' output for `tokens`, before the final norm.
+    fn trunk(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
         let device = tokens.device();
         let [_, t] = tokens.dims();
         let mut x = self.embed.forward(tokens);
@@ -439,7 +459,7 @@ impl Gpt {
                 x = block.forward(x, &cs, None, None);
             }
         }
-        self.logits(x)
+        x
     }
 
     /// Logits for `tokens` (`[b, t]`) at positions `cache.len..`, reusing and extending the

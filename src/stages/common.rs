@@ -230,13 +230,21 @@ pub fn target_logprobs_with(
     temperature: f64,
     entropy: bool,
 ) -> (Tensor<2>, Option<Tensor<2>>) {
-    let mut logits = model.forward(inputs);
     let scale = if temperature > 0.0 && temperature != 1.0 {
         1.0 / temperature
     } else {
         1.0
     };
-    if crate::model::fused::available(&logits.device()) {
+    let fused = crate::model::fused::available(&inputs.device());
+    if let Some(w) = model.head_matrix().filter(|_| fused) {
+        // The head and the log-softmax in chunks of rows: no `[b, t, vocab]` tensor at all,
+        // the entropy from the same pass.
+        let h = model.hidden(inputs);
+        let (picked, ent) = crate::model::fused::head_logprobs(h, w, targets.float(), scale);
+        return (picked, entropy.then_some(ent));
+    }
+    let mut logits = model.forward(inputs);
+    if fused {
         // One pass over the logits for the targets' log-probabilities (and their gradient);
         // the entropy, when wanted, from the detached logits.
         let h =

@@ -415,3 +415,62 @@ fn fused_adamw_steps_like_burns_adamw_and_resumes_from_its_record() {
         assert!(worst < 1e-5, "resumed step: worst difference {worst}");
     }
 }
+
+/// The targets' log-probabilities through the chunked head (`fused::head_logprobs`, used when
+/// the fused ops are on) against whole logits through `log_softmax` (fused ops off): values,
+/// entropies and every parameter's gradient, for every architecture variation (untied and
+/// tied heads), at a temperature.
+#[test]
+fn chunked_head_logprobs_match_whole_logits_in_values_and_gradients() {
+    use stageloop::stages::common::target_logprobs_with;
+    let device = Device::flex().autodiff();
+    for (name, c) in arch_variants(cfg()) {
+        device.seed(8);
+        let model = Gpt::new(&c, &device);
+        let seq: Vec<i64> = (0..2 * 24).map(|i| (i * 5 % 19) as i64).collect();
+        let tokens = Tensor::<2, Int>::from_data(TensorData::new(seq, [2, 24]), &device);
+        let targets = tokens.clone().slice([0..2, 1..24]);
+        let inputs = tokens.slice([0..2, 0..23]);
+        let run = |model: &Gpt| {
+            let (lp, ent) = target_logprobs_with(model, inputs.clone(), targets.clone(), 0.8, true);
+            let w: Vec<f32> = (0..46).map(|i| (i % 7) as f32 * 0.1 - 0.3).collect();
+            let w = Tensor::<2>::from_data(TensorData::new(w, [2, 23]), &device);
+            let loss = (lp * w).sum();
+            let grads = GradientsParams::from_grads(loss.backward(), model);
+            let mut flat = Vec::new();
+            struct Collect<'a>(&'a GradientsParams, &'a mut Vec<f32>);
+            impl ModuleVisitor for Collect<'_> {
+                fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+                    let g = self.0.get::<D>(param.id).expect("a gradient");
+                    self.1.extend(g.into_data().iter::<f32>());
+                }
+            }
+            model.visit(&mut Collect(&grads, &mut flat));
+            let ent: Vec<f32> = ent.unwrap().into_data().iter::<f32>().collect();
+            (loss.into_scalar::<f32>(), ent, flat)
+        };
+        let (loss_f, ent_f, grads_f) = run(&model);
+        fused::set_enabled(false);
+        let (loss_c, ent_c, grads_c) = run(&model);
+        fused::set_enabled(true);
+        assert!(
+            (loss_f - loss_c).abs() < 1e-4 * loss_c.abs().max(1.0),
+            "{name}: {loss_f} vs {loss_c}"
+        );
+        let ent = ent_f
+            .iter()
+            .zip(&ent_c)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(ent < 1e-4, "{name}: entropies differ by {ent}");
+        let worst = grads_f
+            .iter()
+            .zip(&grads_c)
+            .map(|(a, b)| (a - b).abs() / b.abs().max(1e-2))
+            .fold(0.0f32, f32::max);
+        assert!(
+            worst < 1e-3,
+            "{name}: worst relative gradient difference {worst}"
+        );
+    }
+}

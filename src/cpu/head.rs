@@ -1,0 +1,167 @@
+//! The output head and the targets' log-probabilities in chunks of rows: `logits = h · w`
+//! (`[rows, v]`) is computed [`CHUNK_ROWS`] rows at a time, reduced to each row's
+//! log-probability of its target, its log-sum-exp and its entropy, and dropped; the backward
+//! pass recomputes each chunk's logits. No `[rows, v]` tensor is ever whole: at a 49,152-token
+//! vocabulary a GRPO micro-batch of 4,096 tokens would hold 805 MB per copy of its logits.
+
+use super::gemm::{View, matmul};
+use super::math::exp;
+use super::rows::{target_logprob_backward, target_logprob_forward};
+use rayon::prelude::*;
+
+/// Rows of logits alive at once (100 MB of them at 49,152 tokens).
+pub const CHUNK_ROWS: usize = 512;
+
+/// What [`forward`] returns per row: the target's log-probability under `softmax(s · logits)`,
+/// the log-sum-exp (for [`backward`]) and the entropy of that distribution.
+pub struct HeadOut {
+    pub logp: Vec<f32>,
+    pub lse: Vec<f32>,
+    pub entropy: Vec<f32>,
+}
+
+/// Each row of `h` (`[rows, d]`) through the head `w` (`[d, v]`), reduced to [`HeadOut`].
+pub fn forward(h: View<'_>, w: View<'_>, targets: &[u32], s: f32) -> HeadOut {
+    assert_eq!(h.rows, targets.len(), "a target per row");
+    let v = w.cols;
+    let mut out = HeadOut {
+        logp: Vec::with_capacity(h.rows),
+        lse: Vec::with_capacity(h.rows),
+        entropy: Vec::with_capacity(h.rows),
+    };
+    for r0 in (0..h.rows).step_by(CHUNK_ROWS) {
+        let r1 = (r0 + CHUNK_ROWS).min(h.rows);
+        let logits = matmul(rows(h, r0, r1), w);
+        let (lp, lse) = target_logprob_forward(&logits, &targets[r0..r1], v, s);
+        let ent: Vec<f32> = logits
+            .par_chunks(v)
+            .zip(&lse)
+            .map(|(row, &l)| entropy(row, l, s))
+            .collect();
+        out.logp.extend(lp);
+        out.lse.extend(lse);
+        out.entropy.extend(ent);
+    }
+    out
+}
+
+/// The gradients of `h` (`[rows, d]`) and, when `want_w`, of `w` (`[d, v]`) from the gradient
+/// `dy` of [`forward`]'s log-probabilities.
+pub fn backward(
+    dy: &[f32],
+    h: View<'_>,
+    w: View<'_>,
+    targets: &[u32],
+    lse: &[f32],
+    s: f32,
+    want_w: bool,
+) -> (Vec<f32>, Option<Vec<f32>>) {
+    let (d, v) = (w.rows, w.cols);
+    let mut dh = Vec::with_capacity(h.rows * d);
+    let mut dw: Option<Vec<f32>> = None;
+    for r0 in (0..h.rows).step_by(CHUNK_ROWS) {
+        let r1 = (r0 + CHUNK_ROWS).min(h.rows);
+        let hc = rows(h, r0, r1);
+        let logits = matmul(hc, w);
+        let dl =
+            target_logprob_backward(&dy[r0..r1], &logits, &targets[r0..r1], &lse[r0..r1], v, s);
+        drop(logits);
+        let dl = View::new(&dl, r1 - r0, v);
+        dh.extend(matmul(dl, w.t()));
+        if want_w {
+            let part = matmul(hc.t(), dl);
+            match &mut dw {
+                None => dw = Some(part),
+                Some(acc) => acc
+                    .par_chunks_mut(1 << 14)
+                    .zip(part.par_chunks(1 << 14))
+                    .for_each(|(a, p)| a.iter_mut().zip(p).for_each(|(a, p)| *a += p)),
+            }
+        }
+    }
+    if want_w && dw.is_none() {
+        dw = Some(vec![0.0; d * v]);
+    }
+    (dh, dw)
+}
+
+/// Rows `r0..r1` of a matrix view.
+fn rows(h: View<'_>, r0: usize, r1: usize) -> View<'_> {
+    View {
+        data: &h.data[r0 * h.row_stride..],
+        rows: r1 - r0,
+        ..h
+    }
+}
+
+/// `−Σ p·log p` of `softmax(s · row)` given its log-sum-exp: `lse − s·Σ p·x`.
+fn entropy(row: &[f32], lse: f32, s: f32) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let mut chunks = row.chunks_exact(8);
+    for c in &mut chunks {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a += exp(x * s - lse) * x;
+        }
+    }
+    let tail: f32 = chunks
+        .remainder()
+        .iter()
+        .map(|&x| exp(x * s - lse) * x)
+        .sum();
+    lse - s * (acc.iter().sum::<f32>() + tail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Values and gradients against the whole-logits computation in f64, over more rows than
+    /// a chunk (a partial last chunk) and a transposed (tied-head) weight view.
+    #[test]
+    fn chunked_head_matches_whole_logits() {
+        let (n, d, v) = (CHUNK_ROWS + 37, 6, 11);
+        let val = |i: usize, m: usize| ((i * m) % 97) as f32 / 97.0 - 0.5;
+        let h: Vec<f32> = (0..n * d).map(|i| val(i, 31)).collect();
+        // The weight stored as `[v, d]` and read transposed, as a tied head is.
+        let wt: Vec<f32> = (0..v * d).map(|i| 3.0 * val(i, 17)).collect();
+        let w = View::new(&wt, v, d).t();
+        let targets: Vec<u32> = (0..n).map(|i| (i * 7 % v) as u32).collect();
+        let dy: Vec<f32> = (0..n).map(|i| val(i, 13)).collect();
+        let s = 1.25;
+        let hv = View::new(&h, n, d);
+        let out = forward(hv, w, &targets, s);
+        let (dh, dw) = backward(&dy, hv, w, &targets, &out.lse, s, true);
+        let dw = dw.unwrap();
+        let mut want_dw = vec![0f64; d * v];
+        for r in 0..n {
+            let logit = |j: usize| -> f64 {
+                (0..d)
+                    .map(|k| h[r * d + k] as f64 * wt[j * d + k] as f64)
+                    .sum::<f64>()
+                    * s as f64
+            };
+            let z: Vec<f64> = (0..v).map(logit).collect();
+            let m = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let lse = m + z.iter().map(|x| (x - m).exp()).sum::<f64>().ln();
+            let p: Vec<f64> = z.iter().map(|x| (x - lse).exp()).collect();
+            let t = targets[r] as usize;
+            assert!((out.logp[r] as f64 - (z[t] - lse)).abs() < 1e-4, "logp {r}");
+            let ent: f64 = -p.iter().map(|p| p * p.ln()).sum::<f64>();
+            assert!((out.entropy[r] as f64 - ent).abs() < 1e-4, "entropy {r}");
+            // d logp / d z_j = 1[j = t] − p_j; z = s · h · w.
+            let g: Vec<f64> = (0..v)
+                .map(|j| dy[r] as f64 * s as f64 * ((j == t) as u8 as f64 - p[j]))
+                .collect();
+            for k in 0..d {
+                let want: f64 = (0..v).map(|j| g[j] * wt[j * d + k] as f64).sum();
+                assert!((dh[r * d + k] as f64 - want).abs() < 1e-4, "dh {r} {k}");
+                for j in 0..v {
+                    want_dw[k * v + j] += h[r * d + k] as f64 * g[j];
+                }
+            }
+        }
+        for (got, want) in dw.iter().zip(&want_dw) {
+            assert!((*got as f64 - want).abs() < 1e-3, "dw {got} vs {want}");
+        }
+    }
+}
