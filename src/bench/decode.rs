@@ -7,6 +7,7 @@ use super::{median, peak_rss_bytes};
 use crate::cpu::decoder::Engine;
 use crate::cpu::quant::matmul::Kernel;
 use crate::model::device;
+use crate::model::gguf_write::Store;
 use crate::model::pretrained::{self, gguf_engine, gguf_model};
 use crate::model::sample::{SampleOptions, generate_on};
 use anyhow::Result;
@@ -19,12 +20,23 @@ use std::time::Instant;
 /// What to measure.
 pub struct DecodeConfig {
     pub model: PathBuf,
-    /// Keep a GGUF's blocks (else every weight f32).
-    pub blocks: bool,
+    /// How the weights are held.
+    pub weights: Held,
     pub prompts: usize,
     pub prompt_len: usize,
     pub new_tokens: usize,
     pub rounds: usize,
+}
+
+/// How [`run`] holds the model's weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Held {
+    /// A GGUF's blocks as they are in the file (a Hugging Face folder: f32).
+    File,
+    /// Every weight f32.
+    F32,
+    /// Every matrix and the embedding quantised at load.
+    Quantized(Store),
 }
 
 #[derive(Debug, Serialize)]
@@ -36,7 +48,7 @@ pub struct DecodeReport {
     pub load_secs: f64,
     pub peak_rss_bytes: u64,
     pub file_bytes: u64,
-    /// `blocks` or `f32`, and the integer kernel this CPU runs.
+    /// How the weights were held, and the integer kernel this CPU runs.
     pub weights: String,
     pub kernel: String,
 }
@@ -48,13 +60,21 @@ pub fn run(cfg: &DecodeConfig) -> Result<DecodeReport> {
         .model
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
-    let (engine, vocab): (Engine, usize) = if cfg.blocks && gguf {
-        let (g, _, _) = gguf_model::open(&cfg.model)?;
-        let (c, e) = gguf_engine::engine(&g, ctx)?;
-        (e, c.vocab)
-    } else {
-        let p = pretrained::load(&cfg.model, &device()?)?;
-        (p.model.engine(ctx), p.cfg.vocab)
+    let (engine, vocab, weights): (Engine, usize, String) = match cfg.weights {
+        Held::File if gguf => {
+            let (g, _, _) = gguf_model::open(&cfg.model)?;
+            let (c, e) = gguf_engine::engine(&g, ctx)?;
+            (e, c.vocab, "file blocks".into())
+        }
+        Held::Quantized(store) => {
+            let p = pretrained::load(&cfg.model, &device()?)?;
+            let e = p.model.engine_quantized(ctx, store)?;
+            (e, p.cfg.vocab, format!("{store:?} at load"))
+        }
+        Held::File | Held::F32 => {
+            let p = pretrained::load(&cfg.model, &device()?)?;
+            (p.model.engine(ctx), p.cfg.vocab, "f32".into())
+        }
     };
     let load_secs = t0.elapsed().as_secs_f64();
     anyhow::ensure!(
@@ -88,7 +108,7 @@ pub fn run(cfg: &DecodeConfig) -> Result<DecodeReport> {
         load_secs,
         peak_rss_bytes: peak_rss_bytes(),
         file_bytes: std::fs::metadata(&cfg.model).map_or(0, |m| m.len()),
-        weights: if cfg.blocks && gguf { "blocks" } else { "f32" }.into(),
+        weights,
         kernel: format!("{:?}", Kernel::detect()),
     })
 }

@@ -11,7 +11,8 @@ pub enum Args {
     Train(TrainArgs),
     /// The notebook: open, frame, append-to-screen and memory on a synthetic workspace.
     Notebook(NotebookArgs),
-    /// Sampling speed of a pretrained model (a GGUF's blocks, or f32) and peak memory.
+    /// Sampling speed of a pretrained model (a GGUF's blocks, f32, or quantised at load) and
+    /// peak memory.
     Decode(DecodeArgs),
 }
 
@@ -20,9 +21,10 @@ pub enum Args {
 pub struct DecodeArgs {
     /// A .gguf file or a Hugging Face folder.
     pub model: std::path::PathBuf,
-    /// Read every weight as f32 instead of keeping a GGUF's blocks.
-    #[arg(long)]
-    pub f32: bool,
+    /// How the weights are held: `auto` a GGUF's blocks as in the file (a folder: f32),
+    /// `none` every weight f32, `q8_0` / `q4_1` quantised at load.
+    #[arg(long, value_enum, default_value_t = crate::cli::sample::Quantize::Auto)]
+    pub quantize: crate::cli::sample::Quantize,
     /// Sequences sampled at once.
     #[arg(long, default_value_t = 1)]
     pub prompts: usize,
@@ -156,7 +158,15 @@ fn decode(a: DecodeArgs) -> anyhow::Result<()> {
     );
     let r = crate::bench::decode::run(&crate::bench::decode::DecodeConfig {
         model: a.model,
-        blocks: !a.f32,
+        weights: {
+            use crate::bench::decode::Held;
+            use crate::cli::sample::Quantize;
+            match a.quantize {
+                Quantize::Auto => Held::File,
+                Quantize::None => Held::F32,
+                q => Held::Quantized(q.store().expect("a block format")),
+            }
+        },
         prompts: a.prompts,
         prompt_len: a.prompt_len,
         new_tokens: a.new_tokens,

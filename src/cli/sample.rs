@@ -1,6 +1,7 @@
 //! `stageloop sample RUN|CKPT --prompt TEXT`: complete a prompt with a checkpoint (the notebook's
 //! prompt box runs this with `--json`).
 
+use crate::model::gguf_write::Store;
 use crate::model::pretrained::{self, gguf_engine, gguf_model, tokenizer::Message};
 use crate::model::sample::{SampleOptions, generate, generate_on};
 use crate::model::{checkpoint, device};
@@ -40,18 +41,55 @@ pub struct Args {
     /// One JSON object per completion.
     #[arg(long)]
     pub json: bool,
-    /// How a pretrained model's weights are held: `auto` keeps a GGUF's quantised blocks as
-    /// they are in the file (integer kernels, no float copy); `none` reads every weight as
-    /// f32 (the reference path).
+    /// How the weights are held while sampling: `auto` keeps a GGUF's quantised blocks as
+    /// they are in the file (integer kernels, no float copy) and anything else f32; `none`
+    /// reads every weight as f32 (the reference path); `q8_0` / `q4_1` quantise every matrix
+    /// and the embedding at load (a Hugging Face folder, a checkpoint or a GGUF).
     #[arg(long, value_enum, default_value_t = Quantize::Auto)]
     pub quantize: Quantize,
 }
 
-/// `--quantize`: how a pretrained model's weights are held while sampling.
+/// `--quantize`: how a model's weights are held while sampling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Quantize {
     Auto,
     None,
+    #[value(name = "q8_0")]
+    Q8_0,
+    #[value(name = "q4_1")]
+    Q4_1,
+}
+
+impl Quantize {
+    /// The block format to quantise to at load, if any.
+    pub fn store(self) -> Option<Store> {
+        match self {
+            Quantize::Q8_0 => Some(Store::Q8_0),
+            Quantize::Q4_1 => Some(Store::Q4_1),
+            Quantize::Auto | Quantize::None => None,
+        }
+    }
+}
+
+/// Sample with `model`, quantised at load when `--quantize` asks for blocks.
+fn sample_with(
+    model: &crate::model::transformer::Gpt,
+    q: Quantize,
+    prompts: &[Vec<u32>],
+    ctx: usize,
+    opts: &SampleOptions,
+    rng: &mut rand_chacha::ChaCha8Rng,
+) -> anyhow::Result<Vec<crate::model::sample::Completion>> {
+    Ok(match q.store() {
+        Some(store) => generate_on(
+            &model.engine_quantized(ctx, store)?,
+            prompts,
+            ctx,
+            opts,
+            rng,
+        ),
+        None => generate(model, prompts, ctx, opts, rng, &device()?),
+    })
 }
 
 /// Refuse sampling settings that would panic, hang or allocate without bound.
@@ -110,14 +148,14 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
     }
     .with_eos(&setup.tok.eos());
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(a.seed);
-    let outs = generate(
+    let outs = sample_with(
         &model,
+        a.quantize,
         &vec![ids.clone(); a.n],
         setup.model_cfg.ctx,
         &opts,
         &mut rng,
-        &dev,
-    );
+    )?;
     for c in outs {
         let text = setup.tok.decode(&c.tokens);
         let r = setup.task.rewards(&a.prompt, &text);
@@ -227,7 +265,7 @@ fn run_pretrained(a: &Args) -> anyhow::Result<()> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(a.seed);
     let prompts = vec![ids.clone(); a.n];
     let outs = match held {
-        Held::Model(model) => generate(&model, &prompts, ctx, &opts, &mut rng, &dev),
+        Held::Model(model) => sample_with(&model, a.quantize, &prompts, ctx, &opts, &mut rng)?,
         Held::Blocks(g) => {
             let (_, engine) = gguf_engine::engine(&g, ctx)?;
             drop(g);

@@ -2,11 +2,14 @@
 //! [`Gpt`]'s weights out of burn (any backend) into the decoder's layout.
 
 use super::flex;
+use super::gguf_write::{Store, quantize};
 use super::transformer::{Gpt, NormWeights};
-use crate::cpu::decoder::{Embedding, Engine, LayerExtras, Weights};
+use crate::cpu::decoder::{Embedding, Engine, LayerExtras, Matrix, Weights};
 use crate::cpu::packed::Order;
+use crate::cpu::quant::{Kind, QMatrix};
 use burn::backend::flex::FlexTensor;
 use burn::tensor::Tensor;
+use std::sync::Arc;
 
 /// The values as `f32` (one copy; a conversion first if the backend stores another type).
 fn f32s<const D: usize>(t: Tensor<D>) -> Vec<f32> {
@@ -45,6 +48,71 @@ impl AsRef<[f32]> for F32s {
 }
 
 impl Gpt {
+    /// A CPU decoder of this model whose matrices and embedding are quantised to `store`
+    /// (Q8_0 or Q4_1, ggml's blocks of 32) as they are read: what `--quantize q8_0` does for
+    /// a Hugging Face folder or a checkpoint. Errors if a matrix's rows are not whole blocks.
+    pub fn engine_quantized(&self, ctx: usize, store: Store) -> anyhow::Result<Engine> {
+        let kind = match store {
+            Store::Q8_0 => Kind::Q8_0,
+            Store::Q4_1 => Kind::Q4_1,
+            Store::F32 => anyhow::bail!("F32 is not a block format"),
+        };
+        let w = self.weights();
+        let (mut matrices, mut norms, mut extras) = (Vec::new(), Vec::new(), Vec::new());
+        let gain = |n: NormWeights| (f32s(n.0), n.1 as f32);
+        // A `[k, n]` weight as rows of blocks, one per output.
+        let blocks = |t: Tensor<2>, transposed: bool| -> anyhow::Result<QMatrix> {
+            let [a, b] = t.dims();
+            let (k, n) = if transposed { (b, a) } else { (a, b) };
+            anyhow::ensure!(
+                k % 32 == 0,
+                "--quantize needs rows of whole 32-element blocks (a matrix has {k})"
+            );
+            let rows = if transposed {
+                f32s(t)
+            } else {
+                crate::cpu::transpose::transposed(&f32s(t), k, n)
+            };
+            let bytes = quantize(&rows, store);
+            let rb = kind.row_bytes(k);
+            let offsets = (0..n).map(|j| j * rb).collect();
+            Ok(QMatrix::new(k, Arc::new(bytes), vec![(kind, offsets)]))
+        };
+        for b in w.blocks {
+            for t in [b.qkv, b.out, b.gate_up, b.down] {
+                matrices.push(Matrix::Blocks(blocks(t, false)?));
+            }
+            norms.push([gain(b.attn_norm), gain(b.mlp_norm)]);
+            let (q_norm, k_norm) = match b.qk_norm {
+                Some((q, k)) => (Some(gain(q)), Some(gain(k))),
+                None => (None, None),
+            };
+            extras.push(LayerExtras {
+                qkv_bias: b.qkv_bias.map(f32s),
+                q_norm,
+                k_norm,
+            });
+        }
+        // The embedding `[vocab, d]` is already one row per token: the tied head reads the
+        // same blocks.
+        let embed = blocks(w.embed, true)?;
+        let head = if self.tied() {
+            embed.clone()
+        } else {
+            blocks(w.head, false)?
+        };
+        matrices.push(Matrix::Blocks(head));
+        let spec = Weights {
+            shape: w.shape,
+            embed: Embedding::Blocks(embed),
+            norms,
+            extras,
+            norm: (f32s(w.norm.0), w.norm.1 as f32),
+            matrices: Vec::new(),
+        };
+        Ok(Engine::with_matrices(spec, ctx, matrices))
+    }
+
     /// A CPU decoder of this model for contexts up to `ctx`. The matrices are packed a matrix
     /// at a time on each core, read where burn keeps them (a tied head straight from the
     /// embedding, which the decoder also reads in place).

@@ -363,6 +363,10 @@ pub struct StageSpec {
     pub sampler_correction: Option<SamplerCorrection>,
     /// Its cap `C` (TRL's `vllm_importance_sampling_cap`).
     pub sampler_correction_cap: Option<f64>,
+    /// Completions per micro-batch of the update (their gradients add up to one optimizer
+    /// step): fewer bound the activations' memory. 0 (default): as many as fit in 4,096
+    /// padded tokens.
+    pub micro_batch: Option<usize>,
     pub overlong_buffer: Option<usize>,
     pub overlong_penalty: Option<f64>,
     /// Reward function weights, e.g. `{ accuracy = 1.0, format = 0.2 }`; a program of the

@@ -512,6 +512,11 @@ fn ranges(c: &mut Checks<'_>, spec: &ExperimentSpec, i: usize, cfg: &StageConfig
         &between(MAX_ITERATIONS),
     );
     range(
+        "micro_batch",
+        cfg.micro_batch <= MAX_SAMPLES,
+        &format!("must be at most {MAX_SAMPLES} completions (0 = as many as fit)"),
+    );
+    range(
         "sampler_correction_cap",
         cfg.sampler_correction_cap > 1.0 && cfg.sampler_correction_cap <= 100.0,
         "must be above 1 and at most 100",
@@ -690,8 +695,14 @@ pub fn memory_bytes(m: &ModelSpec, heldout: usize, c: &StageConfig) -> f64 {
     let per_token = layers * (8.0 * d + 3.0 * mlp) + 2.0 * vocab;
     let tokens = match c.kind {
         StageKind::Eval => 0.0,
-        // GRPO trains in micro-batches of about 4,096 tokens.
-        StageKind::Grpo => 4_096f64.min(f(c.prompts) * f(c.group_size) * ctx),
+        // GRPO trains in micro-batches of about 4,096 tokens (or `micro_batch` completions).
+        StageKind::Grpo => {
+            let rows = match c.micro_batch {
+                0 => f(c.prompts) * f(c.group_size),
+                n => f(n),
+            };
+            4_096f64.min(rows * ctx)
+        }
         _ => f(c.batch) * ctx,
     };
     let rows = match c.kind {

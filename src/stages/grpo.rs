@@ -118,15 +118,17 @@ impl Norm {
 /// more than this many tokens (short completions are not padded to the longest one).
 const MICRO_BATCH_TOKENS: usize = 4096;
 
-/// Row indices grouped into micro-batches of similar length (see [`MICRO_BATCH_TOKENS`]).
-pub fn micro_batches(lens: &[usize]) -> Vec<Vec<usize>> {
+/// Row indices grouped into micro-batches of similar length (see [`MICRO_BATCH_TOKENS`]), of
+/// at most `max_rows` rows each (0: no limit but the tokens').
+pub fn micro_batches(lens: &[usize], max_rows: usize) -> Vec<Vec<usize>> {
     let mut order: Vec<usize> = (0..lens.len()).collect();
     order.sort_by_key(|&i| lens[i]);
     let mut out: Vec<Vec<usize>> = Vec::new();
     let mut cur: Vec<usize> = Vec::new();
     for i in order {
         // Sorted ascending, so row i is the longest of the chunk if it joins.
-        if !cur.is_empty() && (cur.len() + 1) * lens[i] > MICRO_BATCH_TOKENS {
+        let full = max_rows > 0 && cur.len() == max_rows;
+        if !cur.is_empty() && (full || (cur.len() + 1) * lens[i] > MICRO_BATCH_TOKENS) {
             out.push(std::mem::take(&mut cur));
         }
         cur.push(i);
@@ -720,7 +722,7 @@ impl Grpo<'_> {
             })
             .collect();
         let lens: Vec<usize> = rows.iter().map(|(p, c)| p.len() + c.tokens.len()).collect();
-        micro_batches(&lens)
+        micro_batches(&lens, self.cfg.micro_batch)
             .into_iter()
             .map(|idx| {
                 let sub: Vec<(&[u32], &Completion)> = idx.iter().map(|&i| rows[i]).collect();

@@ -246,6 +246,11 @@ fn bad_checkpoint_metadata_and_arguments_are_errors_not_panics() {
         &["sample", run_s, "--prompt", "1+2=", "--temperature", "nan"],
         "--temperature must be",
     );
+    // Quantising a model whose rows are not whole blocks (d_model 16): refused, named.
+    fails(
+        &["sample", run_s, "--prompt", "1+2=", "--quantize", "q8_0"],
+        "whole 32-element blocks",
+    );
     fails(&["eval", run_s, "--k", "100000000"], "--k must be");
     fails(&["eval", run_s, "--n", "0"], "--n must be");
     // A prompt longer than the context.

@@ -106,7 +106,7 @@ fn tensor_loss_matches_the_host_specification() {
 #[test]
 fn micro_batches_group_similar_lengths_within_the_token_budget() {
     let lens: Vec<usize> = (0..128).map(|i| 10 + (i * 37) % 90).collect();
-    let parts = micro_batches(&lens);
+    let parts = micro_batches(&lens, 0);
     let mut seen: Vec<usize> = parts.iter().flatten().copied().collect();
     seen.sort_unstable();
     assert_eq!(seen, (0..128).collect::<Vec<_>>(), "every row exactly once");
@@ -123,7 +123,12 @@ fn micro_batches_group_similar_lengths_within_the_token_budget() {
     let real: usize = lens.iter().sum();
     assert!(padded < 128 * 99 * 3 / 4, "{padded} padded, {real} real");
     // Short batches stay in one piece.
-    assert_eq!(micro_batches(&[12, 9, 15, 11]).len(), 1);
+    assert_eq!(micro_batches(&[12, 9, 15, 11], 0).len(), 1);
+    // A row limit cuts sooner, shortest rows first.
+    assert_eq!(
+        micro_batches(&[12, 9, 15, 11], 3),
+        vec![vec![1, 3, 0], vec![2]]
+    );
 }
 
 #[test]
@@ -429,7 +434,7 @@ fn a_stage_with_sampler_correction_applies_and_logs_its_weights() {
         .replace(
             "rewards = { format = 1.0 }",
             "rewards = { format = 1.0 }\nsampler_correction = \"sequence_truncate\"\n\
-             sampler_correction_cap = 2.0",
+             sampler_correction_cap = 2.0\nmicro_batch = 5",
         );
     common::run_experiment(d.path(), &spec);
     let (run, _) = runfs::latest_run_of(&d.path().join("runs"), "rl").unwrap();

@@ -298,3 +298,52 @@ fn engine_prefill_larger_than_one_pass_keeps_every_row_in_order() {
         assert_eq!(cache.len(r), s.len());
     }
 }
+
+/// `--quantize q8_0 | q4_1`: the decoder over weights quantised at load against the f32
+/// decoder, every architecture variation, every position of a prompt and a batch of rows:
+/// close (Q8_0 closer than Q4_1), never equal.
+#[test]
+fn engine_quantized_at_load_stays_close_to_the_f32_decoder() {
+    use stageloop::model::gguf_write::Store;
+    let device = Device::flex();
+    'variants: for (name, c) in crate::model_fused::arch_variants(cfg()) {
+        device.seed(3);
+        let model = Gpt::new(&c, &device);
+        let f32_engine = model.engine(32);
+        let seq: Vec<u32> = (0..12).map(|i| (i * 5 % 19 + 1) as u32).collect();
+        let run = |e: &stageloop::cpu::decoder::Engine| {
+            let mut cache = e.cache(2);
+            e.forward(&mut cache, &[(0, &seq[..]), (1, &seq[3..])], true)
+        };
+        let want = run(&f32_engine);
+        let scale = want.iter().fold(0f32, |m, x| m.max(x.abs())).max(1.0);
+        let mut diffs = Vec::new();
+        // Q4_1's step is a fifteenth of each block's range: on random weights, ~10% of the
+        // logits' scale; Q8_0's a 127th of its largest magnitude.
+        for (store, bound) in [(Store::Q8_0, 0.03), (Store::Q4_1, 0.3)] {
+            let q = match model.engine_quantized(32, store) {
+                Ok(q) => q,
+                Err(e) => {
+                    // A head size of 12 makes the output projection 48 wide: refused, named.
+                    assert!(
+                        e.to_string().contains("whole 32-element blocks"),
+                        "{name}: {e}"
+                    );
+                    continue 'variants;
+                }
+            };
+            let d = max_diff(&run(&q), &want);
+            assert!(
+                d > 0.0 && d < bound * scale,
+                "{name} {store:?}: {d} (logits up to {scale})"
+            );
+            diffs.push(d);
+        }
+        assert!(
+            diffs[0] < diffs[1],
+            "{name}: Q8_0 {} vs Q4_1 {}",
+            diffs[0],
+            diffs[1]
+        );
+    }
+}

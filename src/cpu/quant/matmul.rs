@@ -70,7 +70,9 @@ fn quantize_generic(x: &[f32], q: &mut [i8], d: &mut [f32], sums: &mut [f32]) {
 /// A `[k] → [n]` matrix of quantised rows: output `j` is the dot product of an input row with
 /// weight row `j`, `k` elements in blocks. The rows may lie anywhere in one shared byte
 /// buffer (a GGUF file's, in place) and be of several types, in parts of consecutive outputs
-/// (a fused projection of tensors quantised differently).
+/// (a fused projection of tensors quantised differently). A clone shares the bytes (a tied
+/// head reading the embedding's blocks).
+#[derive(Clone)]
 pub struct QMatrix {
     k: usize,
     n: usize,
@@ -79,6 +81,7 @@ pub struct QMatrix {
 }
 
 /// Consecutive outputs of one type: the byte offset of each one's row.
+#[derive(Clone)]
 struct Part {
     kind: Kind,
     rows: Vec<usize>,
