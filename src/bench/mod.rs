@@ -1,11 +1,13 @@
 //! `stageloop bench`: speed and memory measured on this machine, as figures to compare with a
 //! reference measured in the same run (`benches/compare.py`), never as timed tests.
 //! [`train`] measures the training core (training and sampling throughput of one model shape),
-//! [`decode`] a pretrained model's sampling speed with quantised or f32 weights,
+//! [`decode`] a pretrained model's sampling speed with quantised or f32 weights, [`kernels`]
+//! each product kind against this CPU's peak for its number type,
 //! [`notebook`] the TUI on a large synthetic workspace. This module sits above both: neither
 //! the core nor the notebook imports it.
 
 pub mod decode;
+pub mod kernels;
 pub mod notebook;
 pub mod train;
 

@@ -1,4 +1,4 @@
-//! `stageloop bench train`, `bench decode` and `bench notebook`: the figures as a table or one JSON
+//! `stageloop bench train`, `bench decode`, `bench kernels` and `bench notebook`: the figures as a table or one JSON
 //! line.
 
 use crate::bench::train::{BenchConfig, run as measure};
@@ -14,6 +14,16 @@ pub enum Args {
     /// Sampling speed of a pretrained model (a GGUF's blocks, f32, or quantised at load) and
     /// peak memory.
     Decode(DecodeArgs),
+    /// Each product kind's speed against this CPU's measured peak for f32, bf16 and int8.
+    Kernels(KernelsArgs),
+}
+
+/// The flags of `stageloop bench kernels`.
+#[derive(Debug, clap::Args)]
+pub struct KernelsArgs {
+    /// One JSON object per figure.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// The flags of `stageloop bench decode`.
@@ -144,7 +154,28 @@ pub fn dispatch(a: Args) -> anyhow::Result<()> {
         Args::Train(a) => train(a),
         Args::Notebook(a) => notebook(a),
         Args::Decode(a) => decode(a),
+        Args::Kernels(a) => kernels(a),
     }
+}
+
+fn kernels(a: KernelsArgs) -> anyhow::Result<()> {
+    for f in crate::bench::kernels::run() {
+        if a.json {
+            outln!("{}", serde_json::to_string(&f)?);
+        } else {
+            let of = f
+                .of_peak
+                .map_or(String::new(), |p| format!("{:5.1}% of peak", 100.0 * p));
+            outln!(
+                "{:>8.1} G{}/s {:<4} {of:>15}  {}",
+                f.gops,
+                if f.kind == "f32" { "FLOP" } else { "OP" },
+                f.kind,
+                f.what
+            );
+        }
+    }
+    Ok(())
 }
 
 fn decode(a: DecodeArgs) -> anyhow::Result<()> {
