@@ -7,7 +7,8 @@
 use crate::cpu::gemm::{View, matmul};
 use crate::cpu::packed::{Packed, Threads};
 use crate::cpu::pair::with_pair;
-use crate::cpu::quant::{Kind, QMatrix, matmul::Kernel};
+use crate::cpu::quant::matmul::{Kernel, MANY_ROWS};
+use crate::cpu::quant::{Kind, QMatrix};
 use crate::model::gguf_write::{Store, quantize};
 use serde::Serialize;
 use std::hint::black_box;
@@ -137,12 +138,15 @@ pub fn run() -> Vec<Figure> {
                     ops
                 })
             });
+            // From MANY_ROWS rows the blocks are dequantised into f32 tiles.
+            let (how, kind) = if rows_n >= MANY_ROWS {
+                ("dequantised to f32 tiles".to_string(), "f32")
+            } else {
+                (format!("{:?} kernel", Kernel::detect()), "int8")
+            };
             push(
-                format!(
-                    "decoder, {name} blocks ({:?} kernel), {rows_n} row(s) × [{k}, {n}]",
-                    Kernel::detect()
-                ),
-                "int8",
+                format!("decoder, {name} blocks ({how}), {rows_n} row(s) × [{k}, {n}]"),
+                kind,
                 g,
             );
         }

@@ -84,6 +84,21 @@ impl Packed {
         }
     }
 
+    /// Pack the transpose of a row-major `[n, k]` matrix (one row per output) as `[k, n]`.
+    pub fn from_transpose(w: &[f32], k: usize, n: usize) -> Packed {
+        // SAFETY: `pack_into` writes every element of the packed layout.
+        let data = unsafe {
+            written(Packed::size(k, n), |out| {
+                pack_into((w, k, n, Order::Columns), out)
+            })
+        };
+        Packed {
+            k,
+            n,
+            data: Data::Own(data),
+        }
+    }
+
     /// Pack matrices of the given `[k, n]` shapes and value orders into one buffer on huge
     /// pages (see [`super::arena`]: a model's weights are streamed from memory at every
     /// decoding step, and on 4 KB pages that costs a TLB miss every 4 KB), on rayon's threads.

@@ -11,7 +11,7 @@
 
 use super::format::{chunks, scales, unpack};
 use super::{Kind, for_kind};
-use crate::cpu::packed::Threads;
+use crate::cpu::packed::{Packed, Threads};
 use crate::cpu::simd::avx2_dispatch;
 use std::ops::Range;
 use std::sync::Arc;
@@ -138,6 +138,30 @@ impl QMatrix {
         out[..self.k].copy_from_slice(&super::dequantize(kind, raw, self.k));
     }
 
+    /// [`Self::row_f32`] without an allocation, 8-wide with AVX2 (a product over many rows
+    /// dequantises every weight once per call, so this runs at the product's pace).
+    fn dequantize_row(&self, j: usize, out: &mut [f32]) {
+        let (kind, at) = self.locate(j);
+        let raw = &(*self.bytes).as_ref()[at..at + kind.row_bytes(self.k)];
+        #[cfg(target_arch = "x86_64")]
+        if Kernel::detect() != Kernel::Portable {
+            // SAFETY: detect() found AVX2, FMA and F16C; raw is a whole row of k elements.
+            return unsafe { for_kind!(kind, |ID| x86::dequantize_row::<ID>(raw, out)) };
+        }
+        let nc = chunks(kind);
+        let size = kind.block().1;
+        let mut u = [0u8; 32];
+        for (c, o) in out[..self.k].chunks_exact_mut(32).enumerate() {
+            let b = &raw[(c / nc) * size..(c / nc + 1) * size];
+            unpack(kind, b, c % nc, &mut u);
+            let s = scales::<false>(kind, b, c % nc);
+            for (i, (o, &x)) in o.iter_mut().zip(&u).enumerate() {
+                let [scale, offset] = s[i / 16];
+                *o = scale * x as f32 + offset;
+            }
+        }
+    }
+
     /// The type and byte offset of output `j`'s row.
     fn locate(&self, mut j: usize) -> (Kind, usize) {
         for p in &self.parts {
@@ -164,6 +188,9 @@ impl QMatrix {
             a.len() >= m * k && dst.len() >= m * n,
             "matmul: buffers too small"
         );
+        if m >= MANY_ROWS {
+            return self.matmul_tiles(dst, a, m, accumulate, threads);
+        }
         let acts = QRows::new(a, m, k);
         let out = Out {
             ptr: SendPtr(dst.as_mut_ptr()),
@@ -188,6 +215,66 @@ impl QMatrix {
                     for t in 1..threads {
                         let run = &run;
                         s.spawn(move |_| run(t * per..((t + 1) * per).min(n)));
+                    }
+                    run(0..per.min(n));
+                });
+            }
+            _ => run(0..n),
+        }
+    }
+
+    /// [`Self::matmul`] for many rows: [`TILE`] outputs at a time dequantised to floats,
+    /// packed and multiplied by the f32 panel kernel, whose arithmetic then dominates (the
+    /// integer kernel's per-output reductions do not pay for themselves over many rows).
+    fn matmul_tiles(
+        &self,
+        dst: &mut [f32],
+        a: &[f32],
+        m: usize,
+        accumulate: bool,
+        threads: Threads<'_>,
+    ) {
+        let (k, n) = (self.k, self.n);
+        let out = Out {
+            ptr: SendPtr(dst.as_mut_ptr()),
+            n,
+            accumulate,
+        };
+        let run = |cols: Range<usize>| {
+            let mut w = vec![0.0f32; TILE * k];
+            let mut tmp = vec![0.0f32; m * TILE];
+            for t0 in cols.clone().step_by(TILE) {
+                let t1 = (t0 + TILE).min(cols.end);
+                let width = t1 - t0;
+                for (j, row) in (t0..t1).zip(w.chunks_exact_mut(k)) {
+                    self.dequantize_row(j, row);
+                }
+                let p = Packed::from_transpose(&w[..width * k], k, width);
+                p.matmul(&mut tmp[..m * width], a, m, false, Threads::One);
+                for (i, r) in tmp[..m * width].chunks_exact(width).enumerate() {
+                    // SAFETY: row i < m and columns t0..t1 < n lie inside dst; only this
+                    // call writes these columns (disjoint ranges per thread).
+                    let o = unsafe { out.cols(i, t0, width) };
+                    if out.accumulate {
+                        o.iter_mut().zip(r).for_each(|(o, x)| *o += x);
+                    } else {
+                        o.copy_from_slice(r);
+                    }
+                }
+            }
+        };
+        match threads {
+            Threads::Pair(pair) if n >= 2 * TILE => {
+                let half = (n / 2).next_multiple_of(TILE);
+                pair.join(|| run(0..half), || run(half..n));
+            }
+            Threads::Rayon if n >= 2 * TILE => {
+                let threads = rayon::current_num_threads().min(n / TILE);
+                let per = n.div_ceil(threads).next_multiple_of(TILE);
+                rayon::scope(|s| {
+                    for t in 1..threads {
+                        let run = &run;
+                        s.spawn(move |_| run((t * per).min(n)..((t + 1) * per).min(n)));
                     }
                     run(0..per.min(n));
                 });
@@ -340,6 +427,12 @@ fn prefetch(x: &[u8]) {
     let _ = x;
 }
 
+/// Rows from which a product runs on dequantised f32 tiles ([`QMatrix::matmul_tiles`]).
+pub const MANY_ROWS: usize = 8;
+
+/// Outputs per dequantised tile (16 panels of 16 columns).
+const TILE: usize = 256;
+
 /// Activation rows whose dot products are computed together (their accumulators in registers).
 const GROUP: usize = 4;
 
@@ -349,6 +442,18 @@ struct Out {
     ptr: SendPtr,
     n: usize,
     accumulate: bool,
+}
+
+impl Out {
+    /// Columns `j0 .. j0 + width` of output row `i`.
+    ///
+    /// # Safety
+    /// They must lie inside the output, and no one else may access them meanwhile.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn cols(&self, i: usize, j0: usize, width: usize) -> &mut [f32] {
+        // SAFETY: the caller's contract.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.0.add(i * self.n + j0), width) }
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -571,6 +676,38 @@ mod x86 {
             }
         }
         out
+    }
+
+    /// A row of type `ID` (`w`, whole blocks) as floats into `out`.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dequantize_row<const ID: u8>(w: &[u8], out: &mut [f32]) {
+        let kind = Kind::of(ID);
+        let (per, size) = kind.block();
+        let nc = per / 32;
+        for (c, o) in out
+            .chunks_exact_mut(32)
+            .take(w.len() / size * nc)
+            .enumerate()
+        {
+            let b = &w[(c / nc) * size..(c / nc + 1) * size];
+            // SAFETY: b is a whole block; o holds 32 floats; the CPU has the features.
+            unsafe {
+                let u = unpack_avx2(kind, b.as_ptr(), c % nc);
+                let s = scales::<true>(kind, b, c % nc);
+                let halves = [_mm256_castsi256_si128(u), _mm256_extracti128_si256::<1>(u)];
+                for (h, bytes) in halves.into_iter().enumerate() {
+                    let (scale, offset) = (_mm256_set1_ps(s[h][0]), _mm256_set1_ps(s[h][1]));
+                    for (q, part) in [bytes, _mm_srli_si128::<8>(bytes)].into_iter().enumerate() {
+                        let x = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(part));
+                        let y = _mm256_fmadd_ps(x, scale, offset);
+                        _mm256_storeu_ps(o.as_mut_ptr().add(16 * h + 8 * q), y);
+                    }
+                }
+            }
+        }
     }
 
     /// Dot products of one weight row of type `ID` (`w`, whole blocks) with every activation
@@ -846,14 +983,48 @@ mod tests {
                         "{kind:?} m={m} ({i},{j}): {got} vs {want}"
                     );
                 }
-                let mut single = vec![0.0f32; m * n];
-                for i in 0..m {
-                    mat.matmul(&mut single[i * n..], &a[i * k..], 1, false, Threads::One);
+                // Under MANY_ROWS the same integer sums as one row at a time; from it, f32
+                // tiles: the dequantised weights' exact product up to f32 rounding.
+                if m < MANY_ROWS {
+                    let mut single = vec![0.0f32; m * n];
+                    for i in 0..m {
+                        mat.matmul(&mut single[i * n..], &a[i * k..], 1, false, Threads::One);
+                    }
+                    for (x, y) in dst.iter().zip(&single) {
+                        assert!(
+                            (x - 1.0 - y).abs() <= 1e-4 * (1.0 + y.abs()),
+                            "{kind:?} m={m}"
+                        );
+                    }
+                } else {
+                    for (i, j) in (0..m).flat_map(|i| (0..n).map(move |j| (i, j))) {
+                        let (got, want) = (dst[i * n + j] as f64 - 1.0, want[i * n + j]);
+                        assert!(
+                            (got - want).abs() < 1e-3 * (1.0 + want.abs()),
+                            "{kind:?} m={m}: {got} vs {want}"
+                        );
+                    }
                 }
-                for (x, y) in dst.iter().zip(&single) {
+            }
+        }
+    }
+
+    #[test]
+    fn rows_dequantise_as_ggml_does() {
+        for kind in BLOCKS {
+            let per = kind.block().0;
+            let k = 2 * per;
+            let raw = random_blocks(kind, 2 * k / per, 21);
+            let rb = kind.row_bytes(k);
+            let mat = QMatrix::new(k, Arc::new(raw.clone()), vec![(kind, vec![rb, 0])]);
+            for (j, from) in [(0, rb), (1, 0)] {
+                let mut got = vec![0.0f32; k];
+                mat.dequantize_row(j, &mut got);
+                let want = dequantize(kind, &raw[from..from + rb], k);
+                for (g, w) in got.iter().zip(&want) {
                     assert!(
-                        (x - 1.0 - y).abs() <= 1e-4 * (1.0 + y.abs()),
-                        "{kind:?} m={m}"
+                        (g - w).abs() <= 1e-6 * (1.0 + w.abs()),
+                        "{kind:?} {g} vs {w}"
                     );
                 }
             }
