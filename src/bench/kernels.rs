@@ -154,10 +154,13 @@ pub fn run() -> Vec<Figure> {
     out
 }
 
-/// Each number type's peak loop this CPU can run: a function doing a fixed number of
-/// independent multiply-adds in registers and returning the operations done.
-fn peak_loops() -> Vec<(&'static str, fn() -> f64)> {
-    let mut v: Vec<(&'static str, fn() -> f64)> = vec![("f32", peak::f32)];
+/// A number type's name and its peak loop: a function doing a fixed number of independent
+/// multiply-adds in registers and returning the operations done.
+type PeakLoop = (&'static str, fn() -> f64);
+
+/// Each number type's peak loop this CPU can run.
+fn peak_loops() -> Vec<PeakLoop> {
+    let mut v: Vec<PeakLoop> = vec![("f32", peak::f32)];
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx512bf16") && std::is_x86_feature_detected!("avx512f") {
