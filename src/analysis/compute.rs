@@ -123,6 +123,7 @@ mod tests {
             resumed_at: vec![],
             device: None,
             seed: None,
+            precision: None,
         }
         .save(&dir)
         .unwrap();

@@ -55,7 +55,8 @@ fn on_all(f: impl Fn() -> f64 + Sync) -> f64 {
     (0..threads()).into_par_iter().map(|_| f()).sum()
 }
 
-pub fn run() -> Vec<Figure> {
+/// The figures, the training products over `training_rows` rows.
+pub fn run(training_rows: usize) -> Vec<Figure> {
     let mut out = Vec::new();
     let mut peaks = std::collections::BTreeMap::new();
     for (kind, peak) in peak_loops() {
@@ -83,8 +84,8 @@ pub fn run() -> Vec<Figure> {
             of_peak: peaks.get(kind).map(|p| gops / p),
         })
     };
-    // Training: the gemm crate's product, 4,096 rows (a micro-batch).
-    let m = 4096;
+    // Training: the gemm crate's product (4,096 rows: a micro-batch), and with bf16 operands.
+    let m = training_rows;
     let a: Vec<f32> = (0..m * k)
         .map(|i| ((i * 17 % 89) as f32 - 44.0) / 89.0)
         .collect();
@@ -97,6 +98,20 @@ pub fn run() -> Vec<Figure> {
         "f32",
         g,
     );
+    if crate::cpu::bf16::available() {
+        let g = rate(|| {
+            black_box(crate::cpu::bf16::matmul(
+                View::new(&a, m, k),
+                View::new(&w, k, n),
+            ));
+            2.0 * (m * k * n) as f64
+        });
+        push(
+            format!("training product, bf16 operands (packing included), [{m}, {k}] × [{k}, {n}]"),
+            "bf16",
+            g,
+        );
+    }
     // Decoding: packed f32 panels and quantised blocks, 1 and 64 rows, on the pair.
     let packed = Packed::new(&w, k, n);
     // Rows of the transpose (one per output) as blocks.

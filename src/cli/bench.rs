@@ -21,6 +21,9 @@ pub enum Args {
 /// The flags of `stageloop bench kernels`.
 #[derive(Debug, clap::Args)]
 pub struct KernelsArgs {
+    /// Rows of the training products (tokens of a micro-batch).
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    pub rows: u64,
     /// One JSON object per figure.
     #[arg(long)]
     pub json: bool,
@@ -159,7 +162,7 @@ pub fn dispatch(a: Args) -> anyhow::Result<()> {
 }
 
 fn kernels(a: KernelsArgs) -> anyhow::Result<()> {
-    for f in crate::bench::kernels::run() {
+    for f in crate::bench::kernels::run(a.rows as usize) {
         if a.json {
             outln!("{}", serde_json::to_string(&f)?);
         } else {

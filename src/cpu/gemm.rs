@@ -10,6 +10,7 @@
 
 use super::simd::{Uninit, written};
 use super::transpose::transpose;
+pub use super::view::View;
 
 /// Products from this many multiply-adds run on every core (burn flex's threshold).
 const PARALLEL_OPS: usize = 192 * 192 * 192;
@@ -19,51 +20,32 @@ const PARALLEL_OPS: usize = 192 * 192 * 192;
 const TRANSPOSE_ROWS: usize = 64;
 
 thread_local! {
+    /// Products on this thread with bf16 operands ([`with_bf16`]).
+    static BF16: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Run `f` with this thread's products from [`PARALLEL_OPS`] multiply-adds whose right-hand
+/// side is row-major taking bf16 operands (f32 sums, [`super::bf16`]) when `on` and the CPU
+/// has AVX512_BF16; returns
+/// whether they do, and `f`'s result. The setting is per thread (a stage's training loop), so
+/// concurrent work elsewhere keeps f32.
+pub fn with_bf16<R>(on: bool, f: impl FnOnce() -> R) -> (bool, R) {
+    let on = on && super::bf16::available();
+    let before = BF16.replace(on);
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            BF16.set(self.0);
+        }
+    }
+    let _restore = Restore(before);
+    (on, f())
+}
+
+thread_local! {
     /// The row-major copy's buffer, kept between products (a fresh one per product is
     /// megabytes of pages to fault in and zero at every backward step).
     static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// A `[rows, cols]` matrix view: element `(i, j)` is `data[i·row_stride + j·col_stride]`.
-#[derive(Debug, Clone, Copy)]
-pub struct View<'a> {
-    pub data: &'a [f32],
-    pub rows: usize,
-    pub cols: usize,
-    pub row_stride: usize,
-    pub col_stride: usize,
-}
-
-impl<'a> View<'a> {
-    /// A row-major `[rows, cols]` matrix.
-    pub fn new(data: &'a [f32], rows: usize, cols: usize) -> View<'a> {
-        View {
-            data,
-            rows,
-            cols,
-            row_stride: cols,
-            col_stride: 1,
-        }
-    }
-
-    /// The transpose, without copying.
-    pub fn t(self) -> View<'a> {
-        View {
-            rows: self.cols,
-            cols: self.rows,
-            row_stride: self.col_stride,
-            col_stride: self.row_stride,
-            ..self
-        }
-    }
-
-    /// Whether every element it names lies inside `data`.
-    fn in_bounds(&self) -> bool {
-        self.rows == 0
-            || self.cols == 0
-            || (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride
-                < self.data.len()
-    }
 }
 
 /// `a · b` as a row-major `[a.rows, b.cols]` vector. Panics if the inner sizes differ or a view
@@ -79,6 +61,11 @@ pub fn matmul(a: View<'_>, b: View<'_>) -> Vec<f32> {
         return vec![0.0; m * n];
     }
     let parallel = m.saturating_mul(n).saturating_mul(k) >= PARALLEL_OPS;
+    // bf16 where `b` is row-major: `b` is re-packed at every call, and packing a transposed
+    // view (a backward pass's `Wᵀ`, the tied head's `embedᵀ`) costs more than bf16 saves.
+    if parallel && BF16.get() && b.col_stride == 1 {
+        return super::bf16::matmul(a, b);
+    }
     let parallelism = if parallel {
         gemm::Parallelism::Rayon(0)
     } else {
@@ -148,6 +135,34 @@ fn gemm_into(a: View<'_>, b: View<'_>, parallelism: gemm::Parallelism) -> Vec<f3
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn with_bf16_routes_large_products_on_this_thread_only_and_restores() {
+        let (m, k, n) = (200, 200, 200);
+        let a: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 / 7.0 + 0.001).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| (i % 11) as f32 / 5.0 + 0.001).collect();
+        let (av, bv) = (View::new(&a, m, k), View::new(&b, k, n));
+        let f32_out = matmul(av, bv);
+        let (on, inside) = with_bf16(true, || matmul(av, bv));
+        assert_eq!(on, crate::cpu::bf16::available());
+        if on {
+            assert_eq!(inside, crate::cpu::bf16::matmul(av, bv));
+            assert_ne!(inside, f32_out, "bf16 operands round");
+        } else {
+            assert_eq!(inside, f32_out);
+        }
+        // Another thread, and this one afterwards, multiply in f32.
+        let other = std::thread::scope(|s| {
+            s.spawn(|| {
+                with_bf16(true, || {
+                    std::thread::scope(|t| t.spawn(|| matmul(av, bv)).join())
+                })
+            })
+            .join()
+        });
+        assert_eq!(other.unwrap().1.unwrap(), f32_out);
+        assert_eq!(matmul(av, bv), f32_out);
+    }
 
     fn naive(a: View<'_>, b: View<'_>) -> Vec<f32> {
         let at = |v: &View<'_>, i: usize, j: usize| v.data[i * v.row_stride + j * v.col_stride];

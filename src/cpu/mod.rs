@@ -8,6 +8,7 @@
 pub mod adamw;
 pub mod arena;
 pub mod attention;
+pub mod bf16;
 pub mod decoder;
 pub mod gemm;
 pub mod head;
@@ -19,3 +20,4 @@ pub mod rows;
 pub mod shape;
 pub(crate) mod simd;
 pub mod transpose;
+pub mod view;

@@ -90,6 +90,10 @@ pub struct RunStatus {
     /// older builds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
+    /// The training products' operands as they ran: `f32`, `bf16`, or `f32` with why bf16
+    /// was not used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<String>,
 }
 
 /// One resume of a run (see [`RunStatus::resumed_at`]).
@@ -209,6 +213,7 @@ mod tests {
             resumed_at: vec![Resumed { step: 2, time: 5.0 }],
             device: Some("cpu".into()),
             seed: Some(3),
+            precision: None,
         };
         s.save(d.path()).unwrap();
         let back = RunStatus::load(d.path()).unwrap();
@@ -242,6 +247,7 @@ mod tests {
             resumed_at: vec![],
             device: None,
             seed: None,
+            precision: None,
         };
         s.save(d.path()).unwrap();
         // The temp file cannot be created (a folder holds its name), as on a full disk.

@@ -61,6 +61,20 @@ pub struct ModelSpec {
     /// none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub system: Option<String>,
+    /// The training products' operands: `f32` (default) or `bf16` (rounded as they are
+    /// packed, f32 sums, f32 master weights and optimizer state), where the CPU has
+    /// AVX512_BF16 (else f32, said in run.json).
+    #[serde(default)]
+    pub precision: Precision,
+}
+
+/// The number type of the training products' operands.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    #[default]
+    F32,
+    Bf16,
 }
 
 fn d_model() -> usize {
@@ -91,6 +105,7 @@ impl Default for ModelSpec {
             from: None,
             chat: None,
             system: None,
+            precision: Precision::F32,
         }
     }
 }

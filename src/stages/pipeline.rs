@@ -3,7 +3,7 @@
 
 use super::context::{Outcome, Reporter, StageCtx};
 use crate::runfs::{self, RunDir, RunError, RunStatus, Status, checkpoint, status::now};
-use crate::spec::{Experiment, StageConfig, StageKind};
+use crate::spec::{Experiment, Precision, StageConfig, StageKind};
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -284,10 +284,21 @@ fn run_one(
     };
     let Opened {
         run,
-        status,
+        mut status,
         resume,
         _lock,
     } = opened;
+    // The products' precision, as it will run, in run.json before the stage starts.
+    let bf16 = exp.spec.model.precision == Precision::Bf16;
+    let (runs_bf16, ()) = crate::cpu::gemm::with_bf16(bf16, || ());
+    status.precision = Some(
+        match (bf16, runs_bf16) {
+            (true, true) => "bf16",
+            (true, false) => "f32 (bf16 asked; this CPU has no AVX512_BF16)",
+            _ => "f32",
+        }
+        .to_string(),
+    );
     if let Err(e) = status.save(&run.path) {
         // A new run folder that cannot hold its run.json (a full disk) is removed, not left
         // behind empty.
@@ -308,7 +319,7 @@ fn run_one(
         stop,
         reporter,
     );
-    let result = super::run_stage(&mut ctx);
+    let (_, result) = crate::cpu::gemm::with_bf16(bf16, || super::run_stage(&mut ctx));
     finish(&mut ctx, &run, result)
 }
 
@@ -455,6 +466,7 @@ fn create(
         resumed_at: Vec::new(),
         device: Some(crate::model::device_name()),
         seed: Some(seed),
+        precision: None,
     };
     Ok(Opened {
         run,

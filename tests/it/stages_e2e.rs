@@ -259,3 +259,49 @@ fn killed_stage_resumes_onto_the_same_loss_curve() {
         );
     }
 }
+
+/// `[model] precision = "bf16"`: the same pretraining with bf16 product operands ends near the
+/// f32 run's loss, and run.json says which precision ran (bf16 only where the CPU has
+/// AVX512_BF16).
+#[test]
+fn bf16_products_train_like_f32_and_run_json_says_so() {
+    // Products of at least 192³ multiply-adds run in bf16: 32 × 64 tokens through d 96.
+    let spec = |precision: &str| {
+        format!(
+            "name = \"p\"\nseed = 3\n[model]\nd_model = 96\nlayers = 2\nheads = 4\nmlp = 384\n\
+             ctx = 64\nprecision = \"{precision}\"\n[task]\nname = \"arith\"\nheldout = 10\n\
+             [[stage]]\nname = \"pre\"\nkind = \"pretrain\"\nsteps = 30\nbatch = 32\n\
+             lr = 3e-3\nsample_every = 0\n"
+        )
+    };
+    let mut last = Vec::new();
+    for precision in ["f32", "bf16"] {
+        let d = tempfile::tempdir().unwrap();
+        common::run_experiment(d.path(), &spec(precision));
+        let run = run_of(d.path(), "pre");
+        let status = runfs::status::RunStatus::load(&run.path).unwrap();
+        let said = status.precision.unwrap();
+        if precision == "f32" {
+            assert_eq!(said, "f32");
+        } else if stageloop::cpu::bf16::available() {
+            assert_eq!(said, "bf16");
+        } else {
+            assert!(said.starts_with("f32 (bf16 asked"), "{said}");
+        }
+        let l = losses(&run.path);
+        let first = *l.values().next().unwrap();
+        let end = *l.values().last().unwrap();
+        assert!(
+            end.is_finite() && end < first - 0.3,
+            "{precision}: {first} → {end}"
+        );
+        last.push(end);
+    }
+    // Operands rounded to 8 bits of mantissa: the curves stay close.
+    assert!(
+        (last[0] - last[1]).abs() < 0.05 * last[0],
+        "f32 ends at {}, bf16 at {}",
+        last[0],
+        last[1]
+    );
+}
