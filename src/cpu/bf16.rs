@@ -48,6 +48,15 @@ pub fn matmul(a: View<'_>, b: View<'_>) -> Vec<f32> {
     ap.par_chunks_mut(2 * pairs)
         .enumerate()
         .for_each(|(i, row)| {
+            if a.col_stride == 1 {
+                let src = &a.data[i * a.row_stride..i * a.row_stride + k];
+                // SAFETY: the CPU has AVX512_BF16 (asserted above); row holds ≥ k elements.
+                #[cfg(target_arch = "x86_64")]
+                unsafe {
+                    x86::convert(src, &mut row[..k])
+                };
+                return;
+            }
             for (j, x) in row.iter_mut().take(k).enumerate() {
                 *x = bf16(at(&a, i, j));
             }
@@ -58,6 +67,38 @@ pub fn matmul(a: View<'_>, b: View<'_>) -> Vec<f32> {
     bp.par_chunks_mut(pairs * NR * 2)
         .enumerate()
         .for_each(|(p, panel)| {
+            if b.col_stride == 1 && (p + 1) * NR <= n {
+                // Whole panels of a row-major `b`: two rows at a time, 16 columns per step.
+                for (q, pair) in panel.chunks_exact_mut(NR * 2).enumerate() {
+                    let row = |r: usize| &b.data[r * b.row_stride + p * NR..][..NR];
+                    let second = (2 * q + 1 < k).then(|| row(2 * q + 1));
+                    // SAFETY: the CPU has AVX512_BF16; rows hold NR floats, pair 2·NR slots.
+                    #[cfg(target_arch = "x86_64")]
+                    unsafe {
+                        x86::interleave(row(2 * q), second, pair)
+                    };
+                }
+                return;
+            }
+            if b.row_stride == 1 && b.col_stride >= k {
+                // A transposed row-major matrix (`Wᵀ`, a tied head's `embedᵀ`): column j of
+                // `b` is a contiguous row whose pairs are the panel's pairs for column j.
+                let mut col = vec![0u16; 2 * pairs];
+                for c in 0..NR.min(n - p * NR) {
+                    let j = p * NR + c;
+                    let src = &b.data[j * b.col_stride..j * b.col_stride + k];
+                    // SAFETY: the CPU has AVX512_BF16; col holds ≥ k elements.
+                    #[cfg(target_arch = "x86_64")]
+                    unsafe {
+                        x86::convert(src, &mut col[..k])
+                    };
+                    for (q, two) in col.chunks_exact(2).enumerate() {
+                        let at = (q * NR + c) * 2;
+                        panel[at..at + 2].copy_from_slice(two);
+                    }
+                }
+                return;
+            }
             for (q, pair) in panel.chunks_exact_mut(NR * 2).enumerate() {
                 for (c, slot) in pair.chunks_exact_mut(2).enumerate() {
                     let j = p * NR + c;
@@ -146,6 +187,56 @@ mod x86 {
                 3 => kernel::<3>(a, pairs, panel, dst, n, cols),
                 2 => kernel::<2>(a, pairs, panel, dst, n, cols),
                 _ => kernel::<1>(a, pairs, panel, dst, n, cols),
+            }
+        }
+    }
+
+    /// `src` rounded to bf16 into `dst` (same length), 16 at a time.
+    ///
+    /// # Safety
+    /// The CPU must have AVX512_BF16, AVX-512F and BW.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub unsafe fn convert(src: &[f32], dst: &mut [u16]) {
+        let n = src.len().min(dst.len());
+        let mut i = 0;
+        // SAFETY: every access stays below n.
+        unsafe {
+            while i + 16 <= n {
+                let v = _mm512_cvtneps_pbh(_mm512_loadu_ps(src.as_ptr().add(i)));
+                _mm256_storeu_si256(dst.as_mut_ptr().add(i).cast(), std::mem::transmute(v));
+                i += 16;
+            }
+        }
+        for (d, &x) in dst[i..n].iter_mut().zip(&src[i..n]) {
+            *d = super::bf16(x);
+        }
+    }
+
+    /// One pair of rows of a panel: `pair[2j] = r0[j]`, `pair[2j + 1] = r1[j]` (0 without a
+    /// second row), rounded to bf16, for the panel's NR columns.
+    ///
+    /// # Safety
+    /// The CPU must have AVX512_BF16, AVX-512F and BW; rows hold NR floats, `pair` 2·NR.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub unsafe fn interleave(r0: &[f32], r1: Option<&[f32]>, pair: &mut [u16]) {
+        debug_assert!(r0.len() >= NR && pair.len() >= 2 * NR);
+        // Lane 2j takes element j of the low 16 (r0), lane 2j + 1 element j of the high 16.
+        let idx = _mm512_set_epi16(
+            31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20,
+            4, 19, 3, 18, 2, 17, 1, 16, 0,
+        );
+        for h in 0..NR / 16 {
+            // SAFETY: columns 16·h .. 16·h + 16 lie inside the rows; the store inside pair.
+            unsafe {
+                let a = _mm512_loadu_ps(r0.as_ptr().add(16 * h));
+                let b = match r1 {
+                    Some(r1) => _mm512_loadu_ps(r1.as_ptr().add(16 * h)),
+                    None => _mm512_setzero_ps(),
+                };
+                // Low 16 lanes from `a`, high 16 from `b`.
+                let both: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(b, a));
+                let mixed = _mm512_permutexvar_epi16(idx, both);
+                _mm512_storeu_si512(pair.as_mut_ptr().add(32 * h).cast(), mixed);
             }
         }
     }

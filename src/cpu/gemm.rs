@@ -24,9 +24,9 @@ thread_local! {
     static BF16: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// Run `f` with this thread's products from [`PARALLEL_OPS`] multiply-adds whose right-hand
-/// side is row-major taking bf16 operands (f32 sums, [`super::bf16`]) when `on` and the CPU
-/// has AVX512_BF16; returns
+/// Run `f` with this thread's products from [`PARALLEL_OPS`] multiply-adds (with a row-major
+/// left-hand side, and a right-hand side row-major or a row-major matrix's transpose) taking
+/// bf16 operands (f32 sums, [`super::bf16`]) when `on` and the CPU has AVX512_BF16; returns
 /// whether they do, and `f`'s result. The setting is per thread (a stage's training loop), so
 /// concurrent work elsewhere keeps f32.
 pub fn with_bf16<R>(on: bool, f: impl FnOnce() -> R) -> (bool, R) {
@@ -61,9 +61,10 @@ pub fn matmul(a: View<'_>, b: View<'_>) -> Vec<f32> {
         return vec![0.0; m * n];
     }
     let parallel = m.saturating_mul(n).saturating_mul(k) >= PARALLEL_OPS;
-    // bf16 where `b` is row-major: `b` is re-packed at every call, and packing a transposed
-    // view (a backward pass's `Wᵀ`, the tied head's `embedᵀ`) costs more than bf16 saves.
-    if parallel && BF16.get() && b.col_stride == 1 {
+    // bf16 where `cpu::bf16` packs both operands fast: `a` row-major, `b` row-major or the
+    // transpose of a row-major matrix (a backward pass's `Wᵀ`, the tied head's `embedᵀ`); a
+    // weight gradient's `xᵀ · dy` stays f32.
+    if parallel && BF16.get() && a.col_stride == 1 && (b.col_stride == 1 || b.row_stride == 1) {
         return super::bf16::matmul(a, b);
     }
     let parallelism = if parallel {
