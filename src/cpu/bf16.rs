@@ -203,7 +203,10 @@ mod x86 {
         unsafe {
             while i + 16 <= n {
                 let v = _mm512_cvtneps_pbh(_mm512_loadu_ps(src.as_ptr().add(i)));
-                _mm256_storeu_si256(dst.as_mut_ptr().add(i).cast(), std::mem::transmute(v));
+                _mm256_storeu_si256(
+                    dst.as_mut_ptr().add(i).cast(),
+                    std::mem::transmute::<__m256bh, __m256i>(v),
+                );
                 i += 16;
             }
         }
