@@ -2,8 +2,8 @@
 //! value concrete). The key lists here drive both validation and what `run.json` records.
 
 use super::types::{
-    LoraSpec, LossType, ModelSpec, RewardProgram, RewardSpec, SamplerCorrection, ScaleRewards,
-    StageKind, StageSpec,
+    LoraSpec, LossType, ModelSpec, Precision, RewardProgram, RewardSpec, SamplerCorrection,
+    ScaleRewards, StageKind, StageSpec,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -244,6 +244,11 @@ impl StageConfig {
             c.warmup = c.warmup.min(c.steps / 10);
         }
         c.epsilon_high = s.epsilon_high.unwrap_or(c.epsilon);
+        // The sampler decodes in f32; a bf16 trainer's log-probabilities differ from it, so the
+        // loss is corrected for that by default (TRL corrects vLLM's the same way).
+        if s.sampler_correction.is_none() && model.precision == Precision::Bf16 {
+            c.sampler_correction = SamplerCorrection::TokenTruncate;
+        }
         c.dataset = s.dataset.clone();
         c.sft_init = s.sft_init.clone();
         c.teacher = s.teacher.clone();

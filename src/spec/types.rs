@@ -374,7 +374,8 @@ pub struct StageSpec {
     pub mask_truncated: Option<bool>,
     /// Truncated importance sampling over the sampler/trainer mismatch (TRL's
     /// `vllm_importance_sampling_mode`): `off`, `token_truncate`, `token_mask`,
-    /// `sequence_truncate` or `sequence_mask`.
+    /// `sequence_truncate` or `sequence_mask`. Default: `token_truncate` when the model's
+    /// `precision` is bf16 (the sampler decodes in f32), else `off`.
     pub sampler_correction: Option<SamplerCorrection>,
     /// Its cap `C` (TRL's `vllm_importance_sampling_cap`).
     pub sampler_correction_cap: Option<f64>,

@@ -381,3 +381,28 @@ fn a_distill_students_shape_is_checked_like_the_models() {
     }
     load_text(&distill("d_model = 16, layers = 1")).unwrap();
 }
+
+/// A bf16 trainer beside the f32 sampler turns the sampler correction on by default; an
+/// explicit value, or an f32 model, keeps what is written (off by default).
+#[test]
+fn sampler_correction_defaults_on_with_bf16_products() {
+    use stageloop::spec::SamplerCorrection;
+    let grpo = "[[stage]]\nname = \"rl\"\nkind = \"grpo\"\ninit = \"pre\"\n";
+    let with = |precision: &str, extra: &str| {
+        let text = BASE.replace(
+            "ctx = 48",
+            &format!("ctx = 48\nprecision = \"{precision}\""),
+        );
+        let exp = load_text(&format!("{text}{grpo}{extra}")).unwrap();
+        exp.resolved("rl").unwrap().sampler_correction
+    };
+    assert_eq!(with("bf16", ""), SamplerCorrection::TokenTruncate);
+    assert_eq!(with("f32", ""), SamplerCorrection::Off);
+    let off = "sampler_correction = \"off\"\n";
+    assert_eq!(with("bf16", off), SamplerCorrection::Off);
+    let seq = "sampler_correction = \"sequence_mask\"\n";
+    assert_eq!(with("f32", seq), SamplerCorrection::SequenceMask);
+    // An unknown precision is named.
+    let text = BASE.replace("ctx = 48", "ctx = 48\nprecision = \"fp8\"");
+    assert!(load_text(&text).is_err());
+}
