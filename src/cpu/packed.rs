@@ -34,6 +34,32 @@ pub enum Threads<'a> {
     Pair(&'a Pair),
 }
 
+impl Threads<'_> {
+    /// `run` over `0..units`, split between the threads: in halves on a pair (from 2 units),
+    /// over rayon's threads from [`PARALLEL_OPS`] multiply-adds (`ops`) and 2 units, else
+    /// whole on this thread. The ranges are disjoint and cover `0..units`.
+    pub fn split(self, units: usize, ops: usize, run: impl Fn(Range<usize>) + Sync) {
+        match self {
+            Threads::Pair(pair) if units >= 2 => {
+                let half = units / 2;
+                pair.join(|| run(0..half), || run(half..units));
+            }
+            Threads::Rayon if ops >= PARALLEL_OPS && units >= 2 => {
+                let threads = rayon::current_num_threads().min(units);
+                let per = units.div_ceil(threads);
+                rayon::scope(|s| {
+                    for t in 1..threads {
+                        let run = &run;
+                        s.spawn(move |_| run((t * per).min(units)..((t + 1) * per).min(units)));
+                    }
+                    run(0..per.min(units));
+                });
+            }
+            _ => run(0..units),
+        }
+    }
+}
+
 /// A `[k, n]` row-major matrix in column panels of [`NR`], the last one zero-padded.
 pub struct Packed {
     k: usize,
@@ -212,30 +238,12 @@ impl Packed {
             accumulate,
             band,
         };
-        let run = |first: usize, last: usize| {
-            // SAFETY: each call writes only the columns of panels first..last of dst, so
+        threads.split(panels, m * n * k, |range| {
+            // SAFETY: each call writes only the columns of panels `range` of dst, so
             // concurrent calls over disjoint panel ranges never touch the same element; dst
             // holds m·n elements (asserted above) and outlives the calls.
-            unsafe { self.panels(first..last, &product) }
-        };
-        match threads {
-            Threads::Pair(pair) if panels >= 2 => {
-                let half = panels / 2;
-                pair.join(|| run(0, half), || run(half, panels));
-            }
-            Threads::Rayon if m * n * k >= PARALLEL_OPS && panels >= 2 => {
-                let threads = rayon::current_num_threads().min(panels);
-                let per = panels.div_ceil(threads);
-                rayon::scope(|s| {
-                    for t in 1..threads {
-                        let run = &run;
-                        s.spawn(move |_| run(t * per, ((t + 1) * per).min(panels)));
-                    }
-                    run(0, per.min(panels));
-                });
-            }
-            _ => run(0, panels),
-        }
+            unsafe { self.panels(range, &product) }
+        });
     }
 
     /// # Safety

@@ -3,7 +3,7 @@
 
 use super::flex;
 use super::gguf_write::{Store, quantize};
-use super::transformer::{Gpt, NormWeights};
+use super::transformer::{BlockWeights, Gpt, NormWeights};
 use crate::cpu::decoder::{Embedding, Engine, LayerExtras, Matrix, Weights};
 use crate::cpu::packed::Order;
 use crate::cpu::quant::{Kind, QMatrix};
@@ -47,6 +47,33 @@ impl AsRef<[f32]> for F32s {
     }
 }
 
+/// A norm's gain as floats, and its epsilon.
+fn gain(n: NormWeights) -> (Vec<f32>, f32) {
+    (f32s(n.0), n.1 as f32)
+}
+
+/// One block for the decoder: its two norms, its extras, and its four matrices (`qkv`, `out`,
+/// `gate_up`, `down`, each `[k, n]`).
+type Layer = ([(Vec<f32>, f32); 2], LayerExtras, [Tensor<2>; 4]);
+
+/// [`Layer`] of a block's weights.
+fn layer(b: BlockWeights) -> Layer {
+    let (q_norm, k_norm) = match b.qk_norm {
+        Some((q, k)) => (Some(gain(q)), Some(gain(k))),
+        None => (None, None),
+    };
+    let extras = LayerExtras {
+        qkv_bias: b.qkv_bias.map(f32s),
+        q_norm,
+        k_norm,
+    };
+    (
+        [gain(b.attn_norm), gain(b.mlp_norm)],
+        extras,
+        [b.qkv, b.out, b.gate_up, b.down],
+    )
+}
+
 impl Gpt {
     /// A CPU decoder of this model whose matrices and embedding are quantised to `store`
     /// (Q8_0 or Q4_1, ggml's blocks of 32) as they are read: what `--quantize q8_0` does for
@@ -59,7 +86,6 @@ impl Gpt {
         };
         let w = self.weights();
         let (mut matrices, mut norms, mut extras) = (Vec::new(), Vec::new(), Vec::new());
-        let gain = |n: NormWeights| (f32s(n.0), n.1 as f32);
         // A `[k, n]` weight as rows of blocks, one per output.
         let blocks = |t: Tensor<2>, transposed: bool| -> anyhow::Result<QMatrix> {
             let [a, b] = t.dims();
@@ -79,19 +105,12 @@ impl Gpt {
             Ok(QMatrix::new(k, Arc::new(bytes), vec![(kind, offsets)]))
         };
         for b in w.blocks {
-            for t in [b.qkv, b.out, b.gate_up, b.down] {
+            let (layer_norms, layer_extras, [qkv, out, gate_up, down]) = layer(b);
+            for t in [qkv, out, gate_up, down] {
                 matrices.push(Matrix::Blocks(blocks(t, false)?));
             }
-            norms.push([gain(b.attn_norm), gain(b.mlp_norm)]);
-            let (q_norm, k_norm) = match b.qk_norm {
-                Some((q, k)) => (Some(gain(q)), Some(gain(k))),
-                None => (None, None),
-            };
-            extras.push(LayerExtras {
-                qkv_bias: b.qkv_bias.map(f32s),
-                q_norm,
-                k_norm,
-            });
+            norms.push(layer_norms);
+            extras.push(layer_extras);
         }
         // The embedding `[vocab, d]` is already one row per token: the tied head reads the
         // same blocks.
@@ -121,19 +140,11 @@ impl Gpt {
         let mut tensors = Vec::new();
         let mut norms = Vec::new();
         let mut extras = Vec::new();
-        let gain = |n: NormWeights| (f32s(n.0), n.1 as f32);
         for b in w.blocks {
-            tensors.extend([b.qkv, b.out, b.gate_up, b.down]);
-            norms.push([gain(b.attn_norm), gain(b.mlp_norm)]);
-            let (q_norm, k_norm) = match b.qk_norm {
-                Some((q, k)) => (Some(gain(q)), Some(gain(k))),
-                None => (None, None),
-            };
-            extras.push(LayerExtras {
-                qkv_bias: b.qkv_bias.map(f32s),
-                q_norm,
-                k_norm,
-            });
+            let (layer_norms, layer_extras, matrices) = layer(b);
+            tensors.extend(matrices);
+            norms.push(layer_norms);
+            extras.push(layer_extras);
         }
         let mut matrices: Vec<(usize, usize, Order)> = tensors
             .iter()

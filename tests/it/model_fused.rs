@@ -110,6 +110,19 @@ fn model_loss_and_grads(model: &Gpt, tokens: &Tensor<2, Int>) -> (f32, Vec<f32>)
     let logits = model.forward(tokens.clone());
     let loss = logits.clone().powf_scalar(2.0).mean() + logits.sum() * 0.01;
     let grads = GradientsParams::from_grads(loss.backward(), model);
+    (loss.into_scalar::<f32>(), flat_grads(model, &grads))
+}
+
+/// The largest difference of `a` from `b` relative to `b` (floored at 0.01).
+fn worst_relative(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(a, b)| (a - b).abs() / b.abs().max(1e-2))
+        .fold(0.0f32, f32::max)
+}
+
+/// Every parameter's gradient, flattened in traversal order.
+fn flat_grads(model: &Gpt, grads: &GradientsParams) -> Vec<f32> {
     let mut flat = Vec::new();
     struct Collect<'a>(&'a GradientsParams, &'a mut Vec<f32>);
     impl ModuleVisitor for Collect<'_> {
@@ -121,8 +134,8 @@ fn model_loss_and_grads(model: &Gpt, tokens: &Tensor<2, Int>) -> (f32, Vec<f32>)
             self.1.extend(g.into_data().iter::<f32>());
         }
     }
-    model.visit(&mut Collect(&grads, &mut flat));
-    (loss.into_scalar::<f32>(), flat)
+    model.visit(&mut Collect(grads, &mut flat));
+    flat
 }
 
 #[test]
@@ -246,11 +259,7 @@ fn fused_ops_match_the_composite_ops_in_values_and_gradients() {
             "{name}: {loss_f} vs {loss_c}"
         );
         assert_eq!(grads_f.len(), grads_c.len(), "{name}");
-        let worst = grads_f
-            .iter()
-            .zip(&grads_c)
-            .map(|(a, b)| (a - b).abs() / b.abs().max(1e-2))
-            .fold(0.0f32, f32::max);
+        let worst = worst_relative(&grads_f, &grads_c);
         assert!(
             worst < 1e-3,
             "{name}: worst relative gradient difference {worst}"
@@ -437,15 +446,7 @@ fn chunked_head_logprobs_match_whole_logits_in_values_and_gradients() {
             let w = Tensor::<2>::from_data(TensorData::new(w, [2, 23]), &device);
             let loss = (lp * w).sum();
             let grads = GradientsParams::from_grads(loss.backward(), model);
-            let mut flat = Vec::new();
-            struct Collect<'a>(&'a GradientsParams, &'a mut Vec<f32>);
-            impl ModuleVisitor for Collect<'_> {
-                fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-                    let g = self.0.get::<D>(param.id).expect("a gradient");
-                    self.1.extend(g.into_data().iter::<f32>());
-                }
-            }
-            model.visit(&mut Collect(&grads, &mut flat));
+            let flat = flat_grads(model, &grads);
             let ent: Vec<f32> = ent.unwrap().into_data().iter::<f32>().collect();
             (loss.into_scalar::<f32>(), ent, flat)
         };
@@ -463,11 +464,7 @@ fn chunked_head_logprobs_match_whole_logits_in_values_and_gradients() {
             .map(|(a, b)| (a - b).abs())
             .fold(0f32, f32::max);
         assert!(ent < 1e-4, "{name}: entropies differ by {ent}");
-        let worst = grads_f
-            .iter()
-            .zip(&grads_c)
-            .map(|(a, b)| (a - b).abs() / b.abs().max(1e-2))
-            .fold(0.0f32, f32::max);
+        let worst = worst_relative(&grads_f, &grads_c);
         assert!(
             worst < 1e-3,
             "{name}: worst relative gradient difference {worst}"

@@ -16,9 +16,6 @@ use crate::cpu::simd::avx2_dispatch;
 use std::ops::Range;
 use std::sync::Arc;
 
-/// `m·n·k` from which rayon splits a product's outputs between its threads.
-const PARALLEL_OPS: usize = 1 << 20;
-
 /// Activation rows quantised for [`QMatrix::matmul`]: per 32 elements, int8 values and their
 /// scale; per 16 elements, the exact sum of the floats (it multiplies the blocks' offsets).
 pub struct QRows {
@@ -197,30 +194,12 @@ impl QMatrix {
             n,
             accumulate,
         };
-        let run = |cols: Range<usize>| {
+        threads.split(n, m * n * k, |cols| {
             // SAFETY: each call writes only the columns `cols` of dst's m rows, so concurrent
             // calls over disjoint ranges never touch the same element; dst holds m·n floats
             // (asserted above) and outlives the calls.
             unsafe { self.columns(cols, &acts, out) }
-        };
-        match threads {
-            Threads::Pair(pair) if n >= 2 => {
-                let half = n / 2;
-                pair.join(|| run(0..half), || run(half..n));
-            }
-            Threads::Rayon if m * n * k >= PARALLEL_OPS && n >= 2 => {
-                let threads = rayon::current_num_threads().min(n);
-                let per = n.div_ceil(threads);
-                rayon::scope(|s| {
-                    for t in 1..threads {
-                        let run = &run;
-                        s.spawn(move |_| run(t * per..((t + 1) * per).min(n)));
-                    }
-                    run(0..per.min(n));
-                });
-            }
-            _ => run(0..n),
-        }
+        });
     }
 
     /// [`Self::matmul`] for many rows: [`TILE`] outputs at a time dequantised to floats,
@@ -240,7 +219,9 @@ impl QMatrix {
             n,
             accumulate,
         };
-        let run = |cols: Range<usize>| {
+        // Whole tiles per thread (every tile's products are worth splitting).
+        threads.split(n.div_ceil(TILE), usize::MAX, |tiles| {
+            let cols = tiles.start * TILE..(tiles.end * TILE).min(n);
             let mut w = vec![0.0f32; TILE * k];
             let mut tmp = vec![0.0f32; m * TILE];
             for t0 in cols.clone().step_by(TILE) {
@@ -262,25 +243,7 @@ impl QMatrix {
                     }
                 }
             }
-        };
-        match threads {
-            Threads::Pair(pair) if n >= 2 * TILE => {
-                let half = (n / 2).next_multiple_of(TILE);
-                pair.join(|| run(0..half), || run(half..n));
-            }
-            Threads::Rayon if n >= 2 * TILE => {
-                let threads = rayon::current_num_threads().min(n / TILE);
-                let per = n.div_ceil(threads).next_multiple_of(TILE);
-                rayon::scope(|s| {
-                    for t in 1..threads {
-                        let run = &run;
-                        s.spawn(move |_| run((t * per).min(n)..((t + 1) * per).min(n)));
-                    }
-                    run(0..per.min(n));
-                });
-            }
-            _ => run(0..n),
-        }
+        });
     }
 
     /// Outputs `cols` of every row of `acts` into `out`, on the best kernel of this CPU.

@@ -5,13 +5,13 @@
 //! permutation undone by reading rows in another order); one with a float tensor (F32, F16,
 //! BF16) is dequantised and packed as floats.
 
-use super::gguf_model::{config, gguf_name};
+use super::gguf_model::{config, tensor_shaped};
 use crate::cpu::decoder::{Embedding, Engine, LayerExtras, Matrix, Weights};
 use crate::cpu::packed::{Order, Packed};
 use crate::cpu::quant::{Kind, QMatrix};
 use crate::model::config::ModelConfig;
 use crate::model::gguf::{Gguf, TensorInfo};
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use std::sync::Arc;
 
 /// The decoder of a GGUF model for contexts up to `ctx`, and its configuration.
@@ -104,19 +104,7 @@ struct Builder<'a> {
 impl Builder<'_> {
     /// The tensor named (in Hugging Face's terms) `name`, checked to be `[rows, k]` (or `[k]`).
     fn tensor(&self, name: &str, shape: &[usize]) -> Result<(&TensorInfo, String)> {
-        let path = self.g.path.display();
-        let gname = gguf_name(name).with_context(|| format!("{path}: no GGUF name for {name}"))?;
-        let t = self
-            .g
-            .tensor(&gname)
-            .with_context(|| format!("{path}: tensor {gname} ({name}) is missing"))?;
-        let dims: Vec<usize> = t.dims.iter().rev().map(|&d| d as usize).collect();
-        if dims != shape {
-            bail!(
-                "{path}: tensor {gname} has shape {dims:?}, expected {shape:?} from the metadata"
-            );
-        }
-        Ok((t, gname))
+        tensor_shaped(self.g, name, shape)
     }
 
     /// A tensor's values as floats, checked finite.

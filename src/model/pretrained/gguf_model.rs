@@ -157,6 +157,25 @@ pub fn unpermute(w: &[f32], heads: usize, cols: usize) -> Vec<f32> {
     out
 }
 
+/// The tensor of `g` named (in Hugging Face's terms) `name`, and its GGUF name, checked to be
+/// shaped `shape` (outermost axis first; ggml lists the contiguous axis first).
+pub fn tensor_shaped<'a>(
+    g: &'a Gguf,
+    name: &str,
+    shape: &[usize],
+) -> Result<(&'a crate::model::gguf::TensorInfo, String)> {
+    let path = g.path.display();
+    let gname = gguf_name(name).with_context(|| format!("{path}: no GGUF name for {name}"))?;
+    let t = g
+        .tensor(&gname)
+        .with_context(|| format!("{path}: tensor {gname} ({name}) is missing"))?;
+    let dims: Vec<usize> = t.dims.iter().rev().map(|&d| d as usize).collect();
+    if dims != shape {
+        bail!("{path}: tensor {gname} has shape {dims:?}, expected {shape:?} from the metadata");
+    }
+    Ok((t, gname))
+}
+
 struct GgufSource<'a> {
     g: &'a Gguf,
     cfg: &'a ModelConfig,
@@ -165,18 +184,7 @@ struct GgufSource<'a> {
 impl Source for GgufSource<'_> {
     fn get(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
         let path = self.g.path.display();
-        let gname = gguf_name(name).with_context(|| format!("{path}: no GGUF name for {name}"))?;
-        let t = self
-            .g
-            .tensor(&gname)
-            .with_context(|| format!("{path}: tensor {gname} ({name}) is missing"))?;
-        // ggml lists the contiguous axis first.
-        let dims: Vec<usize> = t.dims.iter().rev().map(|&d| d as usize).collect();
-        if dims != shape {
-            bail!(
-                "{path}: tensor {gname} has shape {dims:?}, expected {shape:?} from the metadata"
-            );
-        }
+        let (t, gname) = tensor_shaped(self.g, name, shape)?;
         let v = super::finite(self.g.read_f32(t), &format!("{path}: {gname}"))?;
         let llama = self.cfg.arch.family.as_deref() == Some("llama");
         Ok(match (llama, gname.rsplit('.').nth(1)) {
