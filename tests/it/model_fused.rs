@@ -121,6 +121,10 @@ fn worst_relative(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0f32, f32::max)
 }
 
+/// Held by the tests that turn the process-wide fused switch off, and by those whose result
+/// depends on it, so that they never overlap.
+static FUSED_SWITCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Every parameter's gradient, flattened in traversal order.
 fn flat_grads(model: &Gpt, grads: &GradientsParams) -> Vec<f32> {
     let mut flat = Vec::new();
@@ -140,6 +144,7 @@ fn flat_grads(model: &Gpt, grads: &GradientsParams) -> Vec<f32> {
 
 #[test]
 fn fused_ops_match_the_composite_ops_in_values_and_gradients() {
+    let _switch = FUSED_SWITCH.lock().unwrap_or_else(|e| e.into_inner());
     let device = Device::flex().autodiff();
     device.seed(3);
     assert!(fused::available(&device), "fused ops run on flex autodiff");
@@ -362,6 +367,8 @@ fn params_of(model: &Gpt) -> Vec<f32> {
 
 #[test]
 fn fused_adamw_steps_like_burns_adamw_and_resumes_from_its_record() {
+    // The fused optimizer's path depends on the process-wide switch another test turns off.
+    let _switch = FUSED_SWITCH.lock().unwrap_or_else(|e| e.into_inner());
     let device = Device::flex().autodiff();
     device.seed(11);
     let model = Gpt::new(&cfg(), &device);
@@ -426,7 +433,7 @@ fn fused_adamw_steps_like_burns_adamw_and_resumes_from_its_record() {
 }
 
 /// The targets' log-probabilities through the chunked head (`fused::head_logprobs`, used when
-/// the fused ops are on) against whole logits through `log_softmax` (fused ops off): values,
+/// the fused ops are on) against whole logits through `log_softmax` and `gather`: values,
 /// entropies and every parameter's gradient, for every architecture variation (untied and
 /// tied heads), at a temperature.
 #[test]
@@ -440,20 +447,36 @@ fn chunked_head_logprobs_match_whole_logits_in_values_and_gradients() {
         let tokens = Tensor::<2, Int>::from_data(TensorData::new(seq, [2, 24]), &device);
         let targets = tokens.clone().slice([0..2, 1..24]);
         let inputs = tokens.slice([0..2, 0..23]);
-        let run = |model: &Gpt| {
-            let (lp, ent) = target_logprobs_with(model, inputs.clone(), targets.clone(), 0.8, true);
+        // `chunked`: the fused path (the chunked head); otherwise whole logits from
+        // `model.forward` through `log_softmax` and `gather` (no global switch: other tests
+        // run meanwhile).
+        let run = |chunked: bool| {
+            let (lp, ent) = if chunked {
+                let (lp, ent) =
+                    target_logprobs_with(&model, inputs.clone(), targets.clone(), 0.8, true);
+                (lp, ent.unwrap())
+            } else {
+                let logits = model.forward(inputs.clone()).div_scalar(0.8);
+                let logp = burn::tensor::activation::log_softmax(logits, 2);
+                let ent = (logp.clone().exp() * logp.clone())
+                    .sum_dim(2)
+                    .neg()
+                    .squeeze_dim::<2>(2);
+                let lp = logp
+                    .gather(2, targets.clone().unsqueeze_dim::<3>(2))
+                    .squeeze_dim::<2>(2);
+                (lp, ent.detach())
+            };
             let w: Vec<f32> = (0..46).map(|i| (i % 7) as f32 * 0.1 - 0.3).collect();
             let w = Tensor::<2>::from_data(TensorData::new(w, [2, 23]), &device);
             let loss = (lp * w).sum();
-            let grads = GradientsParams::from_grads(loss.backward(), model);
-            let flat = flat_grads(model, &grads);
-            let ent: Vec<f32> = ent.unwrap().into_data().iter::<f32>().collect();
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            let flat = flat_grads(&model, &grads);
+            let ent: Vec<f32> = ent.into_data().iter::<f32>().collect();
             (loss.into_scalar::<f32>(), ent, flat)
         };
-        let (loss_f, ent_f, grads_f) = run(&model);
-        fused::set_enabled(false);
-        let (loss_c, ent_c, grads_c) = run(&model);
-        fused::set_enabled(true);
+        let (loss_f, ent_f, grads_f) = run(true);
+        let (loss_c, ent_c, grads_c) = run(false);
         assert!(
             (loss_f - loss_c).abs() < 1e-4 * loss_c.abs().max(1.0),
             "{name}: {loss_f} vs {loss_c}"
