@@ -317,14 +317,34 @@ impl QMatrix {
                 }
             }
         };
-        for (jj, &at) in rows.iter().enumerate() {
+        let mut jj = 0;
+        while jj < rows.len() {
+            let at = rows[jj];
             let w = &bytes[at..at + rb];
             // A few rows ahead are fetched while this one is computed: the first line of each
             // row otherwise waits on memory (rows may lie anywhere, so the hardware's stream
             // prefetchers do not always see them coming).
-            if let Some(&next) = rows.get(jj + PREFETCH_ROWS) {
-                prefetch(&bytes[next..next + rb]);
+            for ahead in [jj + PREFETCH_ROWS, jj + PREFETCH_ROWS + 1] {
+                if let Some(&next) = rows.get(ahead) {
+                    prefetch(&bytes[next..next + rb]);
+                }
             }
+            #[cfg(target_arch = "x86_64")]
+            if K != PORTABLE && acts.m == 1 && jj + 1 < rows.len() {
+                // One activation row: two weight rows at once, each chunk of it loaded once
+                // for both (two streams from memory in flight).
+                let w1 = &bytes[rows[jj + 1]..rows[jj + 1] + rb];
+                let (o0, o1) = (&mut row.offset, &mut row.scale);
+                // SAFETY: the CPU has K's features; w and w1 are whole rows.
+                let v = unsafe { x86::fused_pair::<K, ID>(w, w1, acts, o0, o1) };
+                store(0, first + jj, &v[..1]);
+                store(0, first + jj + 1, &v[1..]);
+                jj += 2;
+                continue;
+            }
+            let jj_here = jj;
+            jj += 1;
+            let jj = jj_here;
             #[cfg(target_arch = "x86_64")]
             if K != PORTABLE && acts.m <= GROUP {
                 // SAFETY: the CPU has K's features; w is a whole row; m ≤ GROUP.
@@ -697,6 +717,70 @@ mod x86 {
             }
         }
         out
+    }
+
+    /// [`fused_on`] for one activation row and two weight rows `w0`, `w1` of type `ID`;
+    /// `o0`, `o1` are scratch of `k / 32` pairs.
+    ///
+    /// # Safety
+    /// The CPU must have kernel `K`'s features; `a.m == 1`.
+    #[inline(always)]
+    pub unsafe fn fused_pair<const K: u8, const ID: u8>(
+        w0: &[u8],
+        w1: &[u8],
+        a: &QRows,
+        o0: &mut [[f32; 2]],
+        o1: &mut [[f32; 2]],
+    ) -> [f32; 2] {
+        let kind = Kind::of(ID);
+        let (per, size) = kind.block();
+        let nc = per / 32;
+        let chunks = a.k / 32;
+        let split = matches!(kind, Kind::Q2K | Kind::Q3K | Kind::Q6K);
+        let vnni = K == VNNI;
+        // SAFETY: every block of both rows and every chunk of the activation row lies inside
+        // the buffers; the CPU has the features (the caller's contract).
+        unsafe {
+            let mut acc = [_mm256_setzero_ps(); 2];
+            for blk in 0..a.k / per {
+                let (b0, b1) = (
+                    &w0[blk * size..(blk + 1) * size],
+                    &w1[blk * size..(blk + 1) * size],
+                );
+                for cc in 0..nc {
+                    let c = blk * nc + cc;
+                    let x = _mm256_loadu_si256(a.q.as_ptr().add(32 * c).cast());
+                    let d = *a.d.get_unchecked(c);
+                    for (t, (b, offsets)) in
+                        [(b0, &mut *o0), (b1, &mut *o1)].into_iter().enumerate()
+                    {
+                        let u = unpack_avx2(kind, b.as_ptr(), cc);
+                        let sc = scales::<true>(kind, b, cc);
+                        *offsets.get_unchecked_mut(c) = [sc[0][1], sc[1][1]];
+                        let sv = if !split {
+                            _mm256_set1_ps(sc[0][0])
+                        } else if vnni {
+                            _mm256_set_m128(_mm_set1_ps(sc[1][0]), _mm_set1_ps(sc[0][0]))
+                        } else {
+                            let (lo, hi) = (sc[0][0], sc[1][0]);
+                            _mm256_setr_ps(lo, lo, hi, hi, lo, lo, hi, hi)
+                        };
+                        let dot = if vnni {
+                            dot32::<true>(u, x)
+                        } else {
+                            dot32::<false>(u, x)
+                        };
+                        let scale = _mm256_mul_ps(sv, _mm256_set1_ps(d));
+                        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc[t]);
+                    }
+                }
+            }
+            let sums = &a.sums[..2 * chunks];
+            [
+                hsum(acc[0]) + dot_f32(o0[..chunks].as_flattened(), sums),
+                hsum(acc[1]) + dot_f32(o1[..chunks].as_flattened(), sums),
+            ]
+        }
     }
 
     /// [`fused_on`] for exactly `R` rows.
