@@ -732,11 +732,9 @@ mod x86 {
         o0: &mut [[f32; 2]],
         o1: &mut [[f32; 2]],
     ) -> [f32; 2] {
-        let kind = Kind::of(ID);
-        let (per, size) = kind.block();
+        let (per, size) = Kind::of(ID).block();
         let nc = per / 32;
         let chunks = a.k / 32;
-        let split = matches!(kind, Kind::Q2K | Kind::Q3K | Kind::Q6K);
         let vnni = K == VNNI;
         // SAFETY: every block of both rows and every chunk of the activation row lies inside
         // the buffers; the CPU has the features (the caller's contract).
@@ -750,28 +748,13 @@ mod x86 {
                 for cc in 0..nc {
                     let c = blk * nc + cc;
                     let x = _mm256_loadu_si256(a.q.as_ptr().add(32 * c).cast());
-                    let d = *a.d.get_unchecked(c);
+                    let d = _mm256_set1_ps(*a.d.get_unchecked(c));
                     for (t, (b, offsets)) in
                         [(b0, &mut *o0), (b1, &mut *o1)].into_iter().enumerate()
                     {
-                        let u = unpack_avx2(kind, b.as_ptr(), cc);
-                        let sc = scales::<true>(kind, b, cc);
-                        *offsets.get_unchecked_mut(c) = [sc[0][1], sc[1][1]];
-                        let sv = if !split {
-                            _mm256_set1_ps(sc[0][0])
-                        } else if vnni {
-                            _mm256_set_m128(_mm_set1_ps(sc[1][0]), _mm_set1_ps(sc[0][0]))
-                        } else {
-                            let (lo, hi) = (sc[0][0], sc[1][0]);
-                            _mm256_setr_ps(lo, lo, hi, hi, lo, lo, hi, hi)
-                        };
-                        let dot = if vnni {
-                            dot32::<true>(u, x)
-                        } else {
-                            dot32::<false>(u, x)
-                        };
-                        let scale = _mm256_mul_ps(sv, _mm256_set1_ps(d));
-                        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc[t]);
+                        let (u, sv) = chunk::<ID>(vnni, b, cc, offsets.get_unchecked_mut(c));
+                        let dot = _mm256_cvtepi32_ps(dot32(vnni, u, x));
+                        acc[t] = _mm256_fmadd_ps(dot, _mm256_mul_ps(sv, d), acc[t]);
                     }
                 }
             }
@@ -790,13 +773,10 @@ mod x86 {
         a: &QRows,
         offsets: &mut [[f32; 2]],
     ) -> [f32; R] {
-        let kind = Kind::of(ID);
-        let (per, size) = kind.block();
+        let (per, size) = Kind::of(ID).block();
         let nc = per / 32;
         let k = a.k;
         let chunks = k / 32;
-        // Types with one scale a chunk multiply by a broadcast; the others by two halves.
-        let split = matches!(kind, Kind::Q2K | Kind::Q3K | Kind::Q6K);
         let vnni = K == VNNI;
         // SAFETY: every block of the row and every chunk of rows 0 .. R (= m) lies inside
         // the buffers; the CPU has the features (the caller's contract).
@@ -806,27 +786,12 @@ mod x86 {
                 let b = &w[blk * size..(blk + 1) * size];
                 for cc in 0..nc {
                     let c = blk * nc + cc;
-                    let u = unpack_avx2(kind, b.as_ptr(), cc);
-                    let sc = scales::<true>(kind, b, cc);
-                    *offsets.get_unchecked_mut(c) = [sc[0][1], sc[1][1]];
-                    let sv = if !split {
-                        _mm256_set1_ps(sc[0][0])
-                    } else if vnni {
-                        _mm256_set_m128(_mm_set1_ps(sc[1][0]), _mm_set1_ps(sc[0][0]))
-                    } else {
-                        let (lo, hi) = (sc[0][0], sc[1][0]);
-                        _mm256_setr_ps(lo, lo, hi, hi, lo, lo, hi, hi)
-                    };
+                    let (u, sv) = chunk::<ID>(vnni, b, cc, offsets.get_unchecked_mut(c));
                     for (t, acc) in acc.iter_mut().enumerate() {
                         let x = _mm256_loadu_si256(a.q.as_ptr().add(t * k + 32 * c).cast());
-                        let dot = if vnni {
-                            dot32::<true>(u, x)
-                        } else {
-                            dot32::<false>(u, x)
-                        };
-                        let d = *a.d.get_unchecked(t * chunks + c);
-                        let scale = _mm256_mul_ps(sv, _mm256_set1_ps(d));
-                        *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, *acc);
+                        let dot = _mm256_cvtepi32_ps(dot32(vnni, u, x));
+                        let d = _mm256_set1_ps(*a.d.get_unchecked(t * chunks + c));
+                        *acc = _mm256_fmadd_ps(dot, _mm256_mul_ps(sv, d), *acc);
                     }
                 }
             }
@@ -840,12 +805,12 @@ mod x86 {
     }
 
     /// Eight i32 sums of `u · x` over a chunk (VNNI: lanes 0–3 the first 16 elements;
-    /// AVX2: lanes 0, 1, 4, 5).
+    /// AVX2: lanes 0, 1, 4, 5). `vnni` is a constant wherever this is inlined.
     #[inline(always)]
-    unsafe fn dot32<const VNNI: bool>(u: __m256i, x: __m256i) -> __m256i {
+    unsafe fn dot32(vnni: bool, u: __m256i, x: __m256i) -> __m256i {
         // SAFETY: only inlined into functions with the features.
         unsafe {
-            if VNNI {
+            if vnni {
                 _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, x)
             } else {
                 let wl = _mm256_cvtepu8_epi16(_mm256_castsi256_si128(u));
@@ -854,6 +819,45 @@ mod x86 {
                 let xh = _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(x));
                 _mm256_hadd_epi32(_mm256_madd_epi16(wl, xl), _mm256_madd_epi16(wh, xh))
             }
+        }
+    }
+
+    /// The scales of a chunk's halves `lo`, `hi` in the lanes [`dot32`] sums them in.
+    #[inline(always)]
+    unsafe fn lanes(vnni: bool, lo: f32, hi: f32) -> __m256 {
+        // SAFETY: only inlined into functions with the features.
+        unsafe {
+            if vnni {
+                _mm256_set_m128(_mm_set1_ps(hi), _mm_set1_ps(lo))
+            } else {
+                _mm256_setr_ps(lo, lo, hi, hi, lo, lo, hi, hi)
+            }
+        }
+    }
+
+    /// Chunk `cc` of block `b` (type `ID`) for the fused kernels: its integers in a register,
+    /// its lane scales (a broadcast for the types with one scale a chunk), its halves'
+    /// offsets into `offset`.
+    #[inline(always)]
+    unsafe fn chunk<const ID: u8>(
+        vnni: bool,
+        b: &[u8],
+        cc: usize,
+        offset: &mut [f32; 2],
+    ) -> (__m256i, __m256) {
+        let kind = Kind::of(ID);
+        // SAFETY: b is a whole block (the caller's contract); only inlined into functions
+        // with the features.
+        unsafe {
+            let u = unpack_avx2(kind, b.as_ptr(), cc);
+            let sc = scales::<true>(kind, b, cc);
+            *offset = [sc[0][1], sc[1][1]];
+            let sv = if matches!(kind, Kind::Q2K | Kind::Q3K | Kind::Q6K) {
+                lanes(vnni, sc[0][0], sc[1][0])
+            } else {
+                _mm256_set1_ps(sc[0][0])
+            };
+            (u, sv)
         }
     }
 
@@ -913,24 +917,12 @@ mod x86 {
             for c in 0..chunks {
                 let w = _mm256_loadu_si256(u.add(32 * c).cast());
                 let [lo, hi] = row.scale[c];
-                let sv = if VNNI {
-                    _mm256_set_m128(_mm_set1_ps(hi), _mm_set1_ps(lo))
-                } else {
-                    _mm256_setr_ps(lo, lo, hi, hi, lo, lo, hi, hi)
-                };
+                let sv = lanes(VNNI, lo, hi);
                 let [olo, ohi] = row.offset[c];
                 for t in 0..R {
                     let at = (i + t) * k + 32 * c;
                     let x = _mm256_loadu_si256(q.add(at).cast());
-                    let dot = if VNNI {
-                        _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, x)
-                    } else {
-                        let wl = _mm256_cvtepu8_epi16(_mm256_castsi256_si128(w));
-                        let wh = _mm256_cvtepu8_epi16(_mm256_extracti128_si256::<1>(w));
-                        let xl = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(x));
-                        let xh = _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(x));
-                        _mm256_hadd_epi32(_mm256_madd_epi16(wl, xl), _mm256_madd_epi16(wh, xh))
-                    };
+                    let dot = dot32(VNNI, w, x);
                     let d = *a.d.get_unchecked((i + t) * chunks + c);
                     let scale = _mm256_mul_ps(sv, _mm256_set1_ps(d));
                     acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc[t]);
