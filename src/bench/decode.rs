@@ -56,14 +56,11 @@ pub struct DecodeReport {
 pub fn run(cfg: &DecodeConfig) -> Result<DecodeReport> {
     let ctx = cfg.prompt_len + cfg.new_tokens + 1;
     let t0 = Instant::now();
-    let gguf = cfg
-        .model
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+    let gguf = pretrained::is_gguf(&cfg.model);
     let (engine, vocab, weights): (Engine, usize, String) = match cfg.weights {
         Held::File if gguf => {
-            let (g, _, _) = gguf_model::open(&cfg.model)?;
-            let (c, e) = gguf_engine::engine(&g, ctx)?;
+            let (g, c, _) = gguf_model::open(&cfg.model)?;
+            let e = gguf_engine::engine(&g, &c, ctx)?;
             (e, c.vocab, "file blocks".into())
         }
         Held::Quantized(store) => {

@@ -204,11 +204,7 @@ const PRETRAINED_NEW_TOKENS: usize = 256;
 /// in the model's chat template.
 fn run_pretrained(a: &Args) -> anyhow::Result<()> {
     let dev = device()?;
-    let gguf = a.quantize == Quantize::Auto
-        && a.target.is_file()
-        && a.target
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+    let gguf = a.quantize == Quantize::Auto && pretrained::is_gguf(&a.target);
     // A GGUF's blocks are read in place by the decoder; anything else loads the burn model.
     let (held, p) = if gguf {
         let (g, cfg, tokenizer) = gguf_model::open(&a.target)?;
@@ -267,7 +263,7 @@ fn run_pretrained(a: &Args) -> anyhow::Result<()> {
     let outs = match held {
         Held::Model(model) => sample_with(&model, a.quantize, &prompts, ctx, &opts, &mut rng)?,
         Held::Blocks(g) => {
-            let (_, engine) = gguf_engine::engine(&g, ctx)?;
+            let engine = gguf_engine::engine(&g, &p.cfg, ctx)?;
             drop(g);
             generate_on(&engine, &prompts, ctx, &opts, &mut rng)
         }

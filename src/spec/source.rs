@@ -4,13 +4,19 @@
 
 use std::path::Path;
 
+/// Whether `path` is a file named `*.gguf` (any case).
+pub fn is_gguf(path: &Path) -> bool {
+    path.is_file()
+        && path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+}
+
 /// Whether `path` names a pretrained model (a `.gguf` file, or a folder with a Hugging Face
 /// `config.json` and safetensors weights) rather than a stageloop checkpoint or run.
 pub fn is_pretrained(path: &Path) -> bool {
     if path.is_file() {
-        return path
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+        return is_gguf(path);
     }
     // stageloop's checkpoints also hold config.json and model.safetensors; a Hugging Face
     // config names its `model_type`.

@@ -58,15 +58,12 @@ pub struct Pretrained {
     pub path: PathBuf,
 }
 
-pub use crate::spec::source::is_pretrained;
+pub use crate::spec::source::{is_gguf, is_pretrained};
 
 /// Load a Hugging Face folder or a GGUF file.
 pub fn load(path: &Path, device: &Device) -> Result<Pretrained> {
     if path.is_file() {
-        if !path
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
-        {
+        if !is_gguf(path) {
             bail!(
                 "{}: not a .gguf file or a Hugging Face folder",
                 path.display()
