@@ -290,7 +290,7 @@ fn run_one(
     } = opened;
     // The products' precision, as it will run, in run.json before the stage starts.
     let bf16 = exp.spec.model.precision == Precision::Bf16;
-    let (runs_bf16, ()) = crate::cpu::gemm::with_bf16(bf16, || ());
+    let runs_bf16 = bf16 && crate::cpu::bf16::available();
     status.precision = Some(
         match (bf16, runs_bf16) {
             (true, true) => "bf16",

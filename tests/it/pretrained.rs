@@ -269,8 +269,8 @@ fn a_gguf_with_q8_0_and_q4_1_blocks_loads_as_its_dequantised_weights() {
         // loaded model. A whole prompt (8 rows: dequantised f32 tiles) gives the same logits
         // up to f32 rounding; one token at a time (the int8 kernel) the same up to the
         // activations' rounding.
-        let g = stageloop::model::gguf::Gguf::open(&gguf).unwrap();
-        let (_, blocks) = pretrained::gguf_engine::engine(&g, 16).unwrap();
+        let (g, g_cfg, _) = pretrained::gguf_model::open(&gguf).unwrap();
+        let blocks = pretrained::gguf_engine::engine(&g, &g_cfg, 16).unwrap();
         let floats = p.model.engine(16);
         let whole = |e: &stageloop::cpu::decoder::Engine| {
             let mut cache = e.cache(1);

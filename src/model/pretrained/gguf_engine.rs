@@ -5,7 +5,7 @@
 //! permutation undone by reading rows in another order); one with a float tensor (F32, F16,
 //! BF16) is dequantised and packed as floats.
 
-use super::gguf_model::{config, tensor_shaped};
+use super::gguf_model::{tensor_shaped, unpermuted_rows};
 use crate::cpu::decoder::{Embedding, Engine, LayerExtras, Matrix, Weights};
 use crate::cpu::packed::{Order, Packed};
 use crate::cpu::quant::{Kind, QMatrix};
@@ -14,12 +14,12 @@ use crate::model::gguf::{Gguf, TensorInfo};
 use anyhow::{Result, bail};
 use std::sync::Arc;
 
-/// The decoder of a GGUF model for contexts up to `ctx`, and its configuration.
-pub fn engine(g: &Gguf, ctx: usize) -> Result<(ModelConfig, Engine)> {
-    let cfg = config(g).map_err(|e| anyhow::anyhow!("{}: {e:#}", g.path.display()))?;
+/// The decoder of a GGUF model for contexts up to `ctx`; `cfg` is the file's own
+/// ([`super::gguf_model::open`] reads it with the tokenizer).
+pub fn engine(g: &Gguf, cfg: &ModelConfig, ctx: usize) -> Result<Engine> {
     let b = Builder {
         g,
-        cfg: &cfg,
+        cfg,
         bytes: g.shared_bytes(),
     };
     let eps = cfg.arch.norm_eps as f32;
@@ -90,8 +90,7 @@ pub fn engine(g: &Gguf, ctx: usize) -> Result<(ModelConfig, Engine)> {
         norm: (b.floats("model.norm.weight", &[d])?, eps),
         matrices: Vec::new(),
     };
-    let engine = Engine::with_matrices(weights, ctx.min(cfg.ctx), matrices);
-    Ok((cfg, engine))
+    Ok(Engine::with_matrices(weights, ctx.min(cfg.ctx), matrices))
 }
 
 /// Reads tensors of one file by their Hugging Face names.
@@ -109,11 +108,14 @@ impl Builder<'_> {
 
     /// A tensor's values as floats, checked finite.
     fn floats(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
-        let (t, gname) = self.tensor(name, shape)?;
-        super::finite(
-            self.g.read_f32(t),
-            &format!("{}: {gname}", self.g.path.display()),
-        )
+        let (t, _) = self.tensor(name, shape)?;
+        self.finite_floats(t)
+    }
+
+    /// A found tensor's values as floats, checked finite.
+    fn finite_floats(&self, t: &TensorInfo) -> Result<Vec<f32>> {
+        let at = format!("{}: {}", self.g.path.display(), t.name);
+        super::finite(self.g.read_f32(t), &at)
     }
 
     /// Every value of a block tensor is finite (checked a row at a time: no float copy of
@@ -150,25 +152,14 @@ impl Builder<'_> {
         (t.kind, order.into_iter().map(|r| base + r * rb).collect())
     }
 
-    /// Which file row each output row reads: llama.cpp interleaves each query or key head's
-    /// two halves (`permute` in its converter), so output `h·hd + i·half + j` is file row
-    /// `h·hd + 2j + i`; other rows are in order.
+    /// Which file row each output row reads: llama's query and key rows un-permuted
+    /// ([`unpermuted_rows`]) when `heads > 0`, other rows in order.
     fn order(&self, rows: usize, heads: usize) -> Vec<usize> {
         let llama = self.cfg.arch.family.as_deref() == Some("llama");
         if !llama || heads == 0 {
             return (0..rows).collect();
         }
-        let hd = rows / heads;
-        let half = hd / 2;
-        let mut from = vec![0; rows];
-        for h in 0..heads {
-            for j in 0..half {
-                for i in 0..2 {
-                    from[h * hd + i * half + j] = h * hd + 2 * j + i;
-                }
-            }
-        }
-        from
+        unpermuted_rows(rows, heads)
     }
 
     /// A `[k] → [Σ rows]` matrix from tensors `(name, rows, heads)`: blocks in place when
@@ -188,11 +179,9 @@ impl Builder<'_> {
         }
         // Floats, `[n, k]` row-major (Hugging Face's orientation), packed as a transpose.
         let mut w = Vec::new();
-        for (t, (name, rows, heads)) in tensors.iter().zip(parts) {
-            let v = self.floats(name, &[*rows, k])?;
-            let order = self.order(*rows, *heads);
-            let _ = t;
-            for r in order {
+        for (t, (_, rows, heads)) in tensors.iter().zip(parts) {
+            let v = self.finite_floats(t)?;
+            for r in self.order(*rows, *heads) {
                 w.extend_from_slice(&v[r * k..(r + 1) * k]);
             }
         }

@@ -138,23 +138,30 @@ pub fn gguf_name(hf: &str) -> Option<String> {
     Some(format!("blk.{layer}.{g}.{kind}"))
 }
 
-/// Undo llama.cpp's `permute` of the query or key rows of a `llama` file (it interleaves each
-/// head's two halves for its RoPE): row `2j + i` of a head goes back to `i·half + j`.
-pub fn unpermute(w: &[f32], heads: usize, cols: usize) -> Vec<f32> {
-    let rows = w.len() / cols;
+/// Which file row each row of a `llama` file's query or key projection is (`rows` rows over
+/// `heads` heads): llama.cpp's `permute` interleaves each head's two halves for its RoPE, so
+/// row `h·hd + i·half + j` is file row `h·hd + 2j + i`.
+pub fn unpermuted_rows(rows: usize, heads: usize) -> Vec<usize> {
     let hd = rows / heads;
     let half = hd / 2;
-    let mut out = vec![0.0f32; w.len()];
+    let mut from = vec![0; rows];
     for h in 0..heads {
         for j in 0..half {
             for i in 0..2 {
-                let from = h * hd + 2 * j + i;
-                let to = h * hd + i * half + j;
-                out[to * cols..(to + 1) * cols].copy_from_slice(&w[from * cols..(from + 1) * cols]);
+                from[h * hd + i * half + j] = h * hd + 2 * j + i;
             }
         }
     }
-    out
+    from
+}
+
+/// Undo llama.cpp's `permute` of the query or key rows of a `llama` file ([`unpermuted_rows`]).
+pub fn unpermute(w: &[f32], heads: usize, cols: usize) -> Vec<f32> {
+    unpermuted_rows(w.len() / cols, heads)
+        .into_iter()
+        .flat_map(|from| &w[from * cols..(from + 1) * cols])
+        .copied()
+        .collect()
 }
 
 /// The tensor of `g` named (in Hugging Face's terms) `name`, and its GGUF name, checked to be
