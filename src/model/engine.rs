@@ -5,7 +5,7 @@ use super::flex;
 use super::gguf_write::{Store, quantize};
 use super::transformer::{BlockWeights, Gpt, NormWeights};
 use crate::cpu::decoder::{Embedding, Engine, LayerExtras, Matrix, Weights};
-use crate::cpu::packed::Order;
+use crate::cpu::packed::{Order, Packed};
 use crate::cpu::quant::{Kind, QMatrix};
 use burn::backend::flex::FlexTensor;
 use burn::tensor::Tensor;
@@ -132,10 +132,62 @@ impl Gpt {
         Ok(Engine::with_matrices(spec, ctx, matrices))
     }
 
+    /// [`Gpt::engine`] of a QLoRA model: its frozen blocks read where they are, each with its
+    /// adapter beside it (`x · W + (x · sA) · B`, never merged); the head packed as floats.
+    fn engine_frozen(&self, ctx: usize) -> Engine {
+        let w = self.weights_without_blocks();
+        let (mut matrices, mut norms, mut extras) = (Vec::new(), Vec::new(), Vec::new());
+        for (l, b) in w.blocks.into_iter().enumerate() {
+            let (layer_norms, layer_extras, floats) = layer(b);
+            for (frozen, t) in self.frozen_layer(l).into_iter().zip(floats) {
+                matrices.push(match frozen {
+                    None => {
+                        let [k, n] = t.dims();
+                        Matrix::Floats(Packed::new(F32s::of(t).as_ref(), k, n))
+                    }
+                    Some((f, None)) => Matrix::Blocks((*f.0).clone()),
+                    Some((f, Some((a, b)))) => {
+                        let pack = |t: Tensor<2>| {
+                            let [k, n] = t.dims();
+                            Packed::new(F32s::of(t).as_ref(), k, n)
+                        };
+                        Matrix::Adapted {
+                            base: Box::new(Matrix::Blocks((*f.0).clone())),
+                            a: pack(a),
+                            b: pack(b),
+                        }
+                    }
+                });
+            }
+            norms.push(layer_norms);
+            extras.push(layer_extras);
+        }
+        let head = if self.tied() {
+            let [v, d] = w.embed.dims();
+            Packed::new_all(&[(d, v, Order::Columns)], |_| F32s::of(w.embed.clone()))
+        } else {
+            let [k, n] = w.head.dims();
+            Packed::new_all(&[(k, n, Order::Rows)], |_| F32s::of(w.head.clone()))
+        };
+        matrices.extend(head.into_iter().map(Matrix::Floats));
+        let spec = Weights {
+            shape: w.shape,
+            embed: Embedding::Floats(Box::new(F32s::of(w.embed))),
+            norms,
+            extras,
+            norm: (f32s(w.norm.0), w.norm.1 as f32),
+            matrices: Vec::new(),
+        };
+        Engine::with_matrices(spec, ctx, matrices)
+    }
+
     /// A CPU decoder of this model for contexts up to `ctx`. The matrices are packed a matrix
     /// at a time on each core, read where burn keeps them (a tied head straight from the
     /// embedding, which the decoder also reads in place).
     pub fn engine(&self, ctx: usize) -> Engine {
+        if self.has_frozen() {
+            return self.engine_frozen(ctx);
+        }
         let w = self.weights();
         let mut tensors = Vec::new();
         let mut norms = Vec::new();

@@ -11,6 +11,7 @@
 //! ops, which `tests/it/model_fused.rs` checks give the same values and gradients.
 
 use super::flex::contiguous;
+use super::frozen::Frozen;
 use crate::cpu::attention;
 use crate::cpu::gemm::{View, matmul};
 use crate::cpu::math::RopeSpec;
@@ -44,6 +45,9 @@ pub trait FusedOps: burn::backend::Backend {
     fn causal_attention(qkv: FloatTensor<Self>, heads: usize, rope: RopeSpec) -> FloatTensor<Self>;
     /// A dense layer without bias: `x · w` for `x` `[.., k]` and `w` `[k, n]`, as `[.., n]`.
     fn linear(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// [`FusedOps::linear`] with a frozen weight of quantised blocks (QLoRA's base): `[.., n]`
+    /// from `x` `[.., k]`; the gradient flows to `x` only.
+    fn frozen_linear(x: FloatTensor<Self>, w: Frozen) -> FloatTensor<Self>;
     /// The log-probability of each target under `softmax(scale · logits)` over the last axis:
     /// `[b, t]` from logits `[b, t, v]` and target ids `[b, t]` (as floats), without the
     /// `[b, t, v]` log-softmax tensor.
@@ -108,6 +112,14 @@ pub fn linear(x: Tensor<3>, w: Tensor<2>) -> Tensor<3> {
     Tensor::from_dispatch(<Dispatch as FusedOps>::linear(
         x.into_dispatch(),
         w.into_dispatch(),
+    ))
+}
+
+/// [`FusedOps::frozen_linear`] on tensors.
+pub fn frozen_linear(x: Tensor<3>, w: &Frozen) -> Tensor<3> {
+    Tensor::from_dispatch(<Dispatch as FusedOps>::frozen_linear(
+        x.into_dispatch(),
+        w.clone(),
     ))
 }
 
@@ -238,6 +250,14 @@ fn linear_flex(x: &FlexTensor, w: &FlexTensor) -> FlexTensor {
     tensor(matmul(rows_of(x), w), shape)
 }
 
+/// `x · w` as `[.., n]` for contiguous `x` `[.., k]` and a frozen `w`.
+fn frozen_linear_flex(x: &FlexTensor, w: &Frozen) -> FlexTensor {
+    let mut shape = dims(x);
+    let rows = rows_of(x);
+    *shape.last_mut().expect("frozen_linear: scalar input") = w.0.cols();
+    tensor(w.0.forward_rows(rows.data, rows.rows), shape)
+}
+
 /// SwiGLU then the product with `w`, as `[b, t, d]`.
 fn swiglu_down_flex(gu: FlexTensor, w: FlexTensor) -> FlexTensor {
     linear_flex(&swiglu_flex(gu), &contiguous(w))
@@ -290,6 +310,10 @@ impl FusedOps for Flex {
 
     fn linear(x: FlexTensor, w: FlexTensor) -> FlexTensor {
         linear_flex(&contiguous(x), &matrix(w))
+    }
+
+    fn frozen_linear(x: FlexTensor, w: Frozen) -> FlexTensor {
+        frozen_linear_flex(&contiguous(x), &w)
     }
 
     fn swiglu_down(gate_up: FlexTensor, w: FlexTensor) -> FlexTensor {
@@ -420,6 +444,24 @@ impl Backward<Flex, 2> for LinearBackward {
 }
 
 #[derive(Debug)]
+struct FrozenLinearBackward;
+
+impl Backward<Flex, 1> for FrozenLinearBackward {
+    /// The frozen weight and the input's shape.
+    type State = (Frozen, Vec<usize>);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node] = ops.parents;
+        let dy = contiguous(grads.consume::<Flex>(&ops.node));
+        let (w, shape) = ops.state;
+        if let Some(node) = node {
+            let dy = rows_of(&dy);
+            grads.register::<Flex>(node.id, tensor(w.0.backward_rows(dy.data, dy.rows), shape));
+        }
+    }
+}
+
+#[derive(Debug)]
 struct TargetLogprobsBackward;
 
 impl Backward<Flex, 1> for TargetLogprobsBackward {
@@ -533,6 +575,23 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
                 x.into_primitive(),
                 w.into_primitive(),
             )),
+        }
+    }
+
+    fn frozen_linear(x: FloatTensor<Self>, w: Frozen) -> FloatTensor<Self> {
+        match FrozenLinearBackward
+            .prepare::<C>([x.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let x = contiguous(x.into_primitive());
+                let y = frozen_linear_flex(&x, &w);
+                prep.finish((w, dims(&x)), y)
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(frozen_linear_flex(&contiguous(x.into_primitive()), &w))
+            }
         }
     }
 

@@ -8,6 +8,7 @@ pub mod config;
 mod engine;
 mod extents;
 mod flex;
+pub mod frozen;
 pub mod fused;
 pub mod gguf;
 pub mod gguf_write;

@@ -3,6 +3,7 @@
 //! burn's `nn` modules, plus an incremental forward over a [`KvCache`] for decoding.
 
 use super::config::ModelConfig;
+use super::frozen::Frozen;
 use super::fused;
 use crate::cpu::math::{RopeSpec, rope_table};
 use crate::cpu::shape::Shape;
@@ -32,7 +33,15 @@ pub struct Block {
     kv_heads: usize,
     head_dim: usize,
     mlp: usize,
+    /// QLoRA: `qkv`, `out`, `gate_up` and `down` ([`MATRICES`]' order) as quantised blocks,
+    /// where the [`Linear`]'s own weight is then an empty placeholder (its adapter, if any,
+    /// stays on it).
+    #[module(skip)]
+    frozen: [Option<Frozen>; 4],
 }
+
+/// A block's matrices, in the order of [`Block::frozen`] and of the decoder's layers.
+const MATRICES: [&str; 4] = ["qkv", "out", "gate_up", "down"];
 
 /// The whole model.
 #[derive(Module, Debug)]
@@ -85,7 +94,18 @@ impl KvCache {
 /// backend to use every core); the fused op on the CPU backend. A LoRA-adapted `W` is applied as
 /// `x · W₀ + s · (x · A) · B`, so the frozen `W₀` gets no gradient (the merged `W₀ + s·A·B`
 /// would cost a full `[d_in, d_out]` weight gradient per step).
-fn dense(layer: &Linear, x: Tensor<3>) -> Tensor<3> {
+///
+/// With a `frozen` base (QLoRA) the product reads its blocks: the fused op on the CPU backend, a
+/// dequantised copy on other backends.
+fn dense(layer: &Linear, frozen: Option<&Frozen>, x: Tensor<3>) -> Tensor<3> {
+    let base = |x: Tensor<3>| match frozen {
+        Some(f) if fused::available(&x.device()) => fused::frozen_linear(x, f),
+        Some(f) => {
+            let device = x.device();
+            product(x, f.tensor(&device))
+        }
+        None => product(x, layer.weight.base()),
+    };
     let y = match layer.weight.adapter() {
         Some(ad) => {
             // The scale on the small `A` rather than on the `[b·t, d_out]` product: the same
@@ -94,9 +114,9 @@ fn dense(layer: &Linear, x: Tensor<3>) -> Tensor<3> {
                 product(x.clone(), ad.a.val().mul_scalar(ad.scale)),
                 ad.b.val(),
             );
-            product(x, layer.weight.base()) + low
+            base(x) + low
         }
-        None => product(x, layer.weight.val()),
+        None => base(x),
     };
     match &layer.bias {
         Some(b) => y + b.val().unsqueeze::<3>(),
@@ -204,6 +224,35 @@ impl Block {
         }
     }
 
+    /// [`MATRICES`]`[i]`'s layer and its frozen blocks, if any.
+    fn layer(&self, i: usize) -> (&Linear, Option<&Frozen>) {
+        let l = self
+            .matrix(MATRICES[i])
+            .expect("MATRICES names block matrices");
+        (l, self.frozen[i].as_ref())
+    }
+
+    /// `x` through [`MATRICES`]`[i]` (see [`dense`]).
+    fn dense(&self, i: usize, x: Tensor<3>) -> Tensor<3> {
+        let (l, f) = self.layer(i);
+        dense(l, f, x)
+    }
+
+    /// [`MATRICES`]`[i]`'s effective `[k, n]` weight: its adapter merged, a frozen base
+    /// dequantised.
+    fn value(&self, i: usize) -> Tensor<2> {
+        match self.layer(i) {
+            (l, None) => l.weight.val(),
+            (l, Some(f)) => {
+                let base = f.tensor(&l.weight.base().device());
+                match l.weight.adapter() {
+                    Some(ad) => base + ad.delta(),
+                    None => base,
+                }
+            }
+        }
+    }
+
     fn new(s: &Shape, device: &Device) -> Self {
         let (d, eps, hd) = (s.d_model, s.norm_eps, s.head_dim);
         let qk_norm = || s.qk_norm.then(|| rms(hd, eps, device));
@@ -220,6 +269,7 @@ impl Block {
             kv_heads: s.kv_heads,
             head_dim: hd,
             mlp: s.mlp,
+            frozen: [None, None, None, None],
         }
     }
 
@@ -228,7 +278,7 @@ impl Block {
     fn project(&self, x: Tensor<3>) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
         let [b, t, _] = x.dims();
         let (h, kv, hd) = (self.heads, self.kv_heads, self.head_dim);
-        let qkv = dense(&self.qkv, norm(&self.attn_norm, x));
+        let qkv = self.dense(0, norm(&self.attn_norm, x));
         let (qd, kd) = (h * hd, kv * hd);
         let mut q = qkv
             .clone()
@@ -282,7 +332,7 @@ impl Block {
         let a = attention(q, k, v, mask, None, opts)
             .swap_dims(1, 2)
             .reshape([b, t, self.heads * self.head_dim]);
-        self.mlp(x + dense(&self.out, a))
+        self.mlp(x + self.dense(1, a))
     }
 
     /// [`Block::forward`] over a whole sequence with the fused causal attention (CPU backend).
@@ -291,7 +341,7 @@ impl Block {
     fn forward_fused(&self, x: Tensor<3>, rope: RopeSpec) -> Tensor<3> {
         let plain = self.kv_heads == self.heads && self.q_norm.is_none();
         let qkv = if plain {
-            dense(&self.qkv, norm(&self.attn_norm, x.clone()))
+            self.dense(0, norm(&self.attn_norm, x.clone()))
         } else {
             let [b, t, _] = x.dims();
             let (q, k, v) = self.project(x.clone());
@@ -311,20 +361,20 @@ impl Block {
             )
         };
         let a = fused::causal_attention(qkv, self.heads, rope);
-        self.mlp(x + dense(&self.out, a))
+        self.mlp(x + self.dense(1, a))
     }
 
     /// The MLP half with its residual.
     fn mlp(&self, x: Tensor<3>) -> Tensor<3> {
-        let gu = dense(&self.gate_up, norm(&self.mlp_norm, x.clone()));
+        let gu = self.dense(2, norm(&self.mlp_norm, x.clone()));
         if fused::available(&gu.device()) {
-            if self.down.weight.adapter().is_none() {
+            if self.down.weight.adapter().is_none() && self.frozen[3].is_none() {
                 return x + fused::swiglu_down(gu, self.down.weight.val());
             }
-            // An adapted output projection runs as `dense`'s split product.
-            return x + dense(&self.down, fused::swiglu(gu));
+            // An adapted or frozen output projection runs as `dense`'s product.
+            return x + self.dense(3, fused::swiglu(gu));
         }
-        x + dense(&self.down, swiglu(gu, self.mlp))
+        x + self.dense(3, swiglu(gu, self.mlp))
     }
 }
 
@@ -368,6 +418,96 @@ impl Gpt {
             .collect();
         let lora = Lora::new(rank, alpha).set_param_group(ParamGroup::from_ids(ids));
         self.apply_lora(lora).map(&mut StableIds(0))
+    }
+
+    /// The same model with block matrices frozen as quantised blocks (QLoRA): `layers[l][i]`
+    /// replaces block `l`'s [`MATRICES`]`[i]` where given (its f32 weight is dropped; an
+    /// adapter on it stays). Panics if a matrix's shape differs from the weight it replaces.
+    pub fn with_frozen(mut self, layers: Vec<[Option<crate::cpu::quant::QMatrix>; 4]>) -> Gpt {
+        assert_eq!(
+            layers.len(),
+            self.blocks.len(),
+            "a set of matrices per block"
+        );
+        let mut ids = std::collections::HashSet::new();
+        for (b, qs) in self.blocks.iter_mut().zip(layers) {
+            for (i, q) in qs.into_iter().enumerate() {
+                let Some(q) = q else { continue };
+                let (l, _) = b.layer(i);
+                let shape = l.weight.lazy_shape();
+                assert_eq!(
+                    (q.rows(), q.cols()),
+                    (shape[0], shape[1]),
+                    "frozen {} has the weight's shape",
+                    MATRICES[i]
+                );
+                ids.insert(l.weight.id);
+                b.frozen[i] = Some(Frozen::new(q));
+            }
+        }
+        /// Empties the weights whose ids it holds (an adapter, traversed apart, stays).
+        struct Placeholder(std::collections::HashSet<ParamId>);
+        impl ModuleMapper for Placeholder {
+            fn map_float<const D: usize>(&mut self, p: Param<Tensor<D>>) -> Param<Tensor<D>> {
+                if !self.0.contains(&p.id) {
+                    return p;
+                }
+                p.map(|t| {
+                    let device = t.device();
+                    Tensor::empty([0; D], &device)
+                })
+            }
+        }
+        self.map(&mut Placeholder(ids))
+    }
+
+    /// The same model with every block matrix frozen as `kind` blocks (Q8_0 or Q4_1),
+    /// quantised from its f32 weights (an adapter on a weight stays beside it). Errors if a
+    /// matrix's inputs are not whole 32-element blocks.
+    pub fn quantized_base(self, kind: crate::cpu::quant::Kind) -> anyhow::Result<Gpt> {
+        let mut layers = Vec::new();
+        for b in &self.blocks {
+            let mut qs: [Option<crate::cpu::quant::QMatrix>; 4] = Default::default();
+            for (i, q) in qs.iter_mut().enumerate() {
+                let (l, f) = b.layer(i);
+                if f.is_some() {
+                    continue;
+                }
+                let w = l.weight.base();
+                let [k, n] = w.dims();
+                let values = w
+                    .into_data()
+                    .convert::<f32>()
+                    .try_into_vec::<f32>()
+                    .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+                *q = Some(super::frozen::quantize(&values, k, n, false, kind)?);
+            }
+            layers.push(qs);
+        }
+        Ok(self.with_frozen(layers))
+    }
+
+    /// Whether any block matrix is frozen as quantised blocks (QLoRA).
+    pub fn has_frozen(&self) -> bool {
+        self.blocks
+            .iter()
+            .any(|b| b.frozen.iter().any(Option::is_some))
+    }
+
+    /// Block `l`'s matrices for the decoder, in [`MATRICES`]' order: frozen blocks (with
+    /// their adapter's factors `(scale · A, B)`, if any), or `None` for a float weight.
+    pub fn frozen_layer(&self, l: usize) -> [Option<(Frozen, Option<(Tensor<2>, Tensor<2>)>)>; 4] {
+        let b = &self.blocks[l];
+        std::array::from_fn(|i| {
+            let (lin, f) = b.layer(i);
+            let factors = lin.weight.adapter().map(|ad| {
+                (
+                    ad.a.val().mul_scalar(ad.scale).detach(),
+                    ad.b.val().detach(),
+                )
+            });
+            f.cloned().map(|f| (f, factors))
+        })
     }
 
     /// Parameters that receive gradients (on an autodiff device): all of them for full
@@ -418,7 +558,7 @@ impl Gpt {
     fn logits(&self, x: Tensor<3>) -> Tensor<3> {
         let x = norm(&self.norm, x);
         match &self.head {
-            Some(head) => dense(head, x),
+            Some(head) => dense(head, None, x),
             None => product(x, self.embed.weight.val().transpose()),
         }
     }
@@ -509,8 +649,22 @@ impl Gpt {
         self.blocks.len()
     }
 
-    /// The weights as plain tensors (`[d_in, d_out]` matrices), for the CPU decoder.
+    /// The weights as plain tensors (`[d_in, d_out]` matrices), for the CPU decoder: adapters
+    /// merged, frozen blocks dequantised.
     pub fn weights(&self) -> Weights {
+        self.weights_of(Block::value)
+    }
+
+    /// [`Gpt::weights`] with each frozen block matrix an empty placeholder (the decoder reads
+    /// its blocks instead, see [`Gpt::frozen_layer`]).
+    pub fn weights_without_blocks(&self) -> Weights {
+        self.weights_of(|b, i| match b.layer(i) {
+            (l, Some(_)) => l.weight.base(),
+            _ => b.value(i),
+        })
+    }
+
+    fn weights_of(&self, value: impl Fn(&Block, usize) -> Tensor<2>) -> Weights {
         let norm = |n: &RmsNorm| (n.gamma.val(), n.epsilon);
         Weights {
             shape: self.shape,
@@ -520,17 +674,17 @@ impl Gpt {
                 .iter()
                 .map(|b| BlockWeights {
                     attn_norm: norm(&b.attn_norm),
-                    qkv: b.qkv.weight.val(),
+                    qkv: value(b, 0),
                     qkv_bias: b.qkv.bias.as_ref().map(|p| p.val()),
                     qk_norm: b
                         .q_norm
                         .as_ref()
                         .zip(b.k_norm.as_ref())
                         .map(|(q, k)| (norm(q), norm(k))),
-                    out: b.out.weight.val(),
+                    out: value(b, 1),
                     mlp_norm: norm(&b.mlp_norm),
-                    gate_up: b.gate_up.weight.val(),
-                    down: b.down.weight.val(),
+                    gate_up: value(b, 2),
+                    down: value(b, 3),
                 })
                 .collect(),
             norm: norm(&self.norm),

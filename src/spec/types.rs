@@ -66,6 +66,25 @@ pub struct ModelSpec {
     /// AVX512_BF16 (else f32, said in run.json).
     #[serde(default)]
     pub precision: Precision,
+    /// LoRA stages: the frozen base's block matrices as quantised blocks instead of f32
+    /// (QLoRA): `none` (default), `auto` (a GGUF model's own blocks; Q8_0 for other models),
+    /// `q8_0` or `q4_1`. The adapters, their gradients and optimizer state stay f32.
+    #[serde(default)]
+    pub quantize: Quantize,
+}
+
+/// How a LoRA stage holds its frozen base ([`ModelSpec::quantize`]).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub enum Quantize {
+    #[default]
+    #[serde(rename = "none")]
+    None,
+    #[serde(rename = "auto")]
+    Auto,
+    #[serde(rename = "q8_0")]
+    Q8_0,
+    #[serde(rename = "q4_1")]
+    Q4_1,
 }
 
 /// The number type of the training products' operands.
@@ -106,6 +125,7 @@ impl Default for ModelSpec {
             chat: None,
             system: None,
             precision: Precision::F32,
+            quantize: Quantize::None,
         }
     }
 }

@@ -13,5 +13,6 @@ mod model_decode;
 mod model_fused;
 mod notebook;
 mod pretrained;
+mod qlora;
 mod spec_validation;
 mod stages_e2e;

@@ -114,7 +114,7 @@ fn model_loss_and_grads(model: &Gpt, tokens: &Tensor<2, Int>) -> (f32, Vec<f32>)
 }
 
 /// The largest difference of `a` from `b` relative to `b` (floored at 0.01).
-fn worst_relative(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn worst_relative(a: &[f32], b: &[f32]) -> f32 {
     a.iter()
         .zip(b)
         .map(|(a, b)| (a - b).abs() / b.abs().max(1e-2))
@@ -123,7 +123,7 @@ fn worst_relative(a: &[f32], b: &[f32]) -> f32 {
 
 /// Held by the tests that turn the process-wide fused switch off, and by those whose result
 /// depends on it, so that they never overlap.
-static FUSED_SWITCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+pub(crate) static FUSED_SWITCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Every parameter's gradient, flattened in traversal order.
 fn flat_grads(model: &Gpt, grads: &GradientsParams) -> Vec<f32> {

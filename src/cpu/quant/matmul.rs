@@ -137,7 +137,7 @@ impl QMatrix {
 
     /// [`Self::row_f32`] without an allocation, 8-wide with AVX2 (a product over many rows
     /// dequantises every weight once per call, so this runs at the product's pace).
-    fn dequantize_row(&self, j: usize, out: &mut [f32]) {
+    pub(super) fn dequantize_row(&self, j: usize, out: &mut [f32]) {
         let (kind, at) = self.locate(j);
         let raw = &(*self.bytes).as_ref()[at..at + kind.row_bytes(self.k)];
         #[cfg(target_arch = "x86_64")]

@@ -8,6 +8,7 @@
 //! kernel then serves all of them.
 
 pub mod format;
+pub mod frozen;
 pub mod matmul;
 
 pub use matmul::{QMatrix, QRows};
