@@ -124,6 +124,7 @@ mod tests {
             device: None,
             seed: None,
             precision: None,
+            frozen_base: None,
         }
         .save(&dir)
         .unwrap();

@@ -2,14 +2,13 @@
 //! [`Gpt`]'s weights out of burn (any backend) into the decoder's layout.
 
 use super::flex;
-use super::gguf_write::{Store, quantize};
+use super::gguf_write::Store;
 use super::transformer::{BlockWeights, Gpt, NormWeights};
 use crate::cpu::decoder::{Embedding, Engine, LayerExtras, Matrix, Weights};
 use crate::cpu::packed::{Order, Packed};
 use crate::cpu::quant::{Kind, QMatrix};
 use burn::backend::flex::FlexTensor;
 use burn::tensor::Tensor;
-use std::sync::Arc;
 
 /// The values as `f32` (one copy; a conversion first if the backend stores another type).
 fn f32s<const D: usize>(t: Tensor<D>) -> Vec<f32> {
@@ -90,19 +89,8 @@ impl Gpt {
         let blocks = |t: Tensor<2>, transposed: bool| -> anyhow::Result<QMatrix> {
             let [a, b] = t.dims();
             let (k, n) = if transposed { (b, a) } else { (a, b) };
-            anyhow::ensure!(
-                k % 32 == 0,
-                "--quantize needs rows of whole 32-element blocks (a matrix has {k})"
-            );
-            let rows = if transposed {
-                f32s(t)
-            } else {
-                crate::cpu::transpose::transposed(&f32s(t), k, n)
-            };
-            let bytes = quantize(&rows, store);
-            let rb = kind.row_bytes(k);
-            let offsets = (0..n).map(|j| j * rb).collect();
-            Ok(QMatrix::new(k, Arc::new(bytes), vec![(kind, offsets)]))
+            super::frozen::quantize(&f32s(t), k, n, transposed, kind)
+                .map_err(|e| anyhow::anyhow!("--quantize: {e}"))
         };
         for b in w.blocks {
             let (layer_norms, layer_extras, [qkv, out, gate_up, down]) = layer(b);

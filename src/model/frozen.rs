@@ -9,8 +9,6 @@ use crate::cpu::transpose::transposed;
 use burn::tensor::{Device, Tensor, TensorData};
 use std::sync::Arc;
 
-pub use crate::spec::types::Quantize;
-
 /// A frozen `[k, n]` weight (`x · W`, `k` inputs and `n` outputs) as quantised blocks, one row
 /// of blocks per output. A clone shares the blocks.
 #[derive(Clone)]
@@ -46,14 +44,8 @@ impl Frozen {
     }
 }
 
-/// The ggml block type a store quantises to.
-pub fn kind(q: Quantize) -> Option<Kind> {
-    match q {
-        Quantize::Q8_0 => Some(Kind::Q8_0),
-        Quantize::Q4_1 => Some(Kind::Q4_1),
-        Quantize::None | Quantize::Auto => None,
-    }
-}
+/// A frozen block matrix with its adapter's factors `(scale · A, B)`, if it has one.
+pub type Adapted = (Frozen, Option<(Tensor<2>, Tensor<2>)>);
 
 /// A `[k, n]` float weight (`x · W`; `transposed` when given as `[n, k]`, one row per output)
 /// quantised to `kind` (Q8_0 or Q4_1: ggml's reference quantisers) as rows of blocks. Errors
@@ -67,7 +59,7 @@ pub fn quantize(
 ) -> anyhow::Result<QMatrix> {
     use super::gguf_write::Store;
     anyhow::ensure!(
-        k % 32 == 0,
+        k.is_multiple_of(32),
         "quantising needs rows of whole 32-element blocks (a matrix has {k} inputs)"
     );
     let store = match kind {

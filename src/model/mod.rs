@@ -15,6 +15,7 @@ pub mod gguf_write;
 pub mod lora;
 pub mod optim;
 pub mod pretrained;
+pub mod qlora;
 pub mod sample;
 pub mod text;
 pub mod tokenizer;

@@ -496,7 +496,7 @@ impl Gpt {
 
     /// Block `l`'s matrices for the decoder, in [`MATRICES`]' order: frozen blocks (with
     /// their adapter's factors `(scale · A, B)`, if any), or `None` for a float weight.
-    pub fn frozen_layer(&self, l: usize) -> [Option<(Frozen, Option<(Tensor<2>, Tensor<2>)>)>; 4] {
+    pub fn frozen_layer(&self, l: usize) -> [Option<super::frozen::Adapted>; 4] {
         let b = &self.blocks[l];
         std::array::from_fn(|i| {
             let (lin, f) = b.layer(i);

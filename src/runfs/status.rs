@@ -94,6 +94,10 @@ pub struct RunStatus {
     /// was not used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub precision: Option<String>,
+    /// A LoRA stage's frozen base when it is held as quantised blocks (QLoRA): `q8_0`,
+    /// `q4_1`, or the GGUF file's own blocks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frozen_base: Option<String>,
 }
 
 /// One resume of a run (see [`RunStatus::resumed_at`]).
@@ -214,6 +218,7 @@ mod tests {
             device: Some("cpu".into()),
             seed: Some(3),
             precision: None,
+            frozen_base: None,
         };
         s.save(d.path()).unwrap();
         let back = RunStatus::load(d.path()).unwrap();
@@ -248,6 +253,7 @@ mod tests {
             device: None,
             seed: None,
             precision: None,
+            frozen_base: None,
         };
         s.save(d.path()).unwrap();
         // The temp file cannot be created (a folder holds its name), as on a full disk.

@@ -87,6 +87,20 @@ pub enum Quantize {
     Q4_1,
 }
 
+impl Quantize {
+    /// How a LoRA stage starting from `base` holds its frozen blocks, as run.json says it;
+    /// `None` when they stay f32.
+    pub fn describe(self, base: Option<&std::path::Path>) -> Option<&'static str> {
+        let gguf = base.is_some_and(super::source::is_gguf);
+        match self {
+            Quantize::None => None,
+            Quantize::Auto if gguf => Some("the GGUF file's blocks"),
+            Quantize::Auto | Quantize::Q8_0 => Some("q8_0"),
+            Quantize::Q4_1 => Some("q4_1"),
+        }
+    }
+}
+
 /// The number type of the training products' operands.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]

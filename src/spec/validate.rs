@@ -5,7 +5,7 @@ use super::overrides::Applied;
 use super::resolve::{StageConfig, allowed_keys};
 use super::span::{Seg, SpanIndex};
 use super::types::{
-    ExperimentSpec, LoraSpec, ModelSpec, RewardSpec, StageKind, StageSpec, TaskSpec,
+    ExperimentSpec, LoraSpec, ModelSpec, Quantize, RewardSpec, StageKind, StageSpec, TaskSpec,
 };
 use super::{Origin, SpecError};
 use std::collections::HashMap;
@@ -324,6 +324,15 @@ fn stages(c: &mut Checks<'_>, spec: &ExperimentSpec, dir: &Path) {
         if let Some(lora) = &s.lora {
             stage_lora(c, spec, i, lora);
         }
+        c.value(
+            spec.model.quantize == Quantize::None || !s.kind.trains() || s.lora.is_some(),
+            &[Seg::Key("model"), Seg::Key("quantize")],
+            format!(
+                "quantize keeps a LoRA stage's frozen base quantised, but stage `{}` trains \
+                 every weight: give it [stage.lora] or set quantize = \"none\"",
+                s.name
+            ),
+        );
         if let Some(d) = &s.dataset {
             c.value(
                 dir.join(d).is_file(),

@@ -299,6 +299,11 @@ fn run_one(
         }
         .to_string(),
     );
+    status.frozen_base = cfg
+        .lora
+        .as_ref()
+        .and(exp.spec.model.quantize.describe(init.as_deref()))
+        .map(str::to_string);
     if let Err(e) = status.save(&run.path) {
         // A new run folder that cannot hold its run.json (a full disk) is removed, not left
         // behind empty.
@@ -467,6 +472,7 @@ fn create(
         device: Some(crate::model::device_name()),
         seed: Some(seed),
         precision: None,
+        frozen_base: None,
     };
     Ok(Opened {
         run,

@@ -39,6 +39,7 @@ pub fn start(ctx: &StageCtx<'_>, setup: &Setup, device: &Device, kind: &str) -> 
             .load(&opt_path)
             .map_err(|e| anyhow::anyhow!("{}: corrupt optimizer state: {e}", opt_path.display()))?;
         let state = checkpoint::read_state(dir)?;
+        let model = freeze(ctx, setup, model)?;
         return Ok(Start {
             model,
             optim,
@@ -67,11 +68,22 @@ pub fn start(ctx: &StageCtx<'_>, setup: &Setup, device: &Device, kind: &str) -> 
         None if model.has_lora() => model.merged(&setup.model_cfg),
         None => model,
     };
+    let model = freeze(ctx, setup, model)?;
     Ok(Start {
         model,
         optim,
         state,
     })
+}
+
+/// A LoRA stage's model with its frozen base quantised as `[model] quantize` says (QLoRA);
+/// any other stage's unchanged.
+fn freeze(ctx: &StageCtx<'_>, setup: &Setup, model: Gpt) -> Result<Gpt> {
+    if ctx.cfg.lora.is_none() {
+        return Ok(model);
+    }
+    let q = ctx.exp.spec.model.quantize;
+    model::qlora::freeze(model, q, ctx.init.as_deref(), &setup.model_cfg)
 }
 
 /// What a LoRA stage's checkpoints record about their adapters (None for full fine-tuning):

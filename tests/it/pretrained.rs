@@ -291,6 +291,26 @@ fn a_gguf_with_q8_0_and_q4_1_blocks_loads_as_its_dequantised_weights() {
             q > 0.0 && q < 0.02 * scale,
             "{name}: int8 and f32 decoders differ by {q} (logits up to {scale})"
         );
+        // QLoRA's `auto` freezes the file's own blocks (llama's Q/K order undone): the same
+        // function as the loaded floats; re-quantising them to Q8_0 is not.
+        use stageloop::model::qlora::{Quantize, freeze};
+        let adapted = || p.model.clone().with_lora(2, 4.0, &["qkv", "down"]);
+        let frozen = freeze(adapted(), Quantize::Auto, Some(&gguf), &p.cfg).unwrap();
+        assert!(frozen.has_frozen());
+        let d = max_diff(
+            &logits(&frozen, &seq, &device),
+            &logits(&p.model, &seq, &device),
+        );
+        assert!(
+            d < 1e-4 * scale,
+            "{name}: the file's blocks frozen differ by {d}"
+        );
+        let requantised = freeze(adapted(), Quantize::Q8_0, Some(&gguf), &p.cfg).unwrap();
+        let d = max_diff(
+            &logits(&requantised, &seq, &device),
+            &logits(&p.model, &seq, &device),
+        );
+        assert!(d > 0.0, "{name}: Q8_0 of Q4_1 values is not exact");
         // The GGUF's vocabulary as a byte-level BPE: the merge applies, specials match whole.
         let ids = p.tokenizer.encode("</s>123+4", false).unwrap();
         assert_eq!(ids, vec![2, 16, 6, 13, 7], "{name}");

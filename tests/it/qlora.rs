@@ -140,3 +140,145 @@ fn a_quantised_base_computes_what_its_dequantised_weights_compute() {
     }
     assert!(tried >= 3, "most variants have whole blocks");
 }
+
+const SPEC: &str = r#"
+name = "qlora"
+seed = 3
+[model]
+from = "base"
+ctx = 48
+chat = false
+quantize = "q8_0"
+[task]
+name = "arith"
+heldout = 8
+[[stage]]
+name = "sft"
+kind = "sft"
+steps = 8
+batch = 4
+lr = 1e-2
+warmup = 0
+examples = 40
+checkpoint_every = 4
+sample_every = 100
+lora = { rank = 4 }
+[[stage]]
+name = "rl"
+kind = "grpo"
+init = "sft"
+steps = 2
+prompts = 2
+group_size = 4
+max_new_tokens = 8
+lr = 1e-3
+warmup = 0
+lora = { rank = 4 }
+"#;
+
+fn stageloop(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_stageloop"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Each step's loss (a step logged again after a resume: its last value).
+fn losses(run: &std::path::Path) -> Vec<f64> {
+    let by_step: std::collections::BTreeMap<u64, f64> =
+        std::fs::read_to_string(run.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| Some((v["step"].as_u64()?, v["loss"].as_f64()?)))
+            .collect();
+    by_step.into_values().collect()
+}
+
+/// A QLoRA SFT stage then a QLoRA GRPO stage from its adapters, on a pretrained folder
+/// quantised to Q8_0 at load: both run, the SFT lowers its loss, its checkpoints hold only
+/// adapters, and a run killed after its first checkpoint resumes onto the same loss curve.
+#[test]
+fn qlora_stages_train_checkpoint_adapters_and_resume() {
+    use stageloop::runfs;
+    let a = tempfile::tempdir().unwrap();
+    crate::lora::pretrained_folder(&a.path().join("base"));
+    std::fs::write(a.path().join("experiment.toml"), SPEC).unwrap();
+    let exp = a.path().as_os_str();
+    let out = stageloop(&["run".as_ref(), exp]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sft = runfs::latest_run_of(&a.path().join("runs"), "sft")
+        .unwrap()
+        .0;
+    let l = losses(&sft.path);
+    assert_eq!(l.len(), 8);
+    assert!(l[7] < l[0], "QLoRA SFT did not lower the loss: {l:?}");
+    let ck = runfs::checkpoint::latest(&sft.path).unwrap();
+    assert!(ck.join(stageloop::model::lora::ADAPTER_WEIGHTS).is_file());
+    assert!(!ck.join(stageloop::model::checkpoint::WEIGHTS).exists());
+    let status: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(sft.path.join("run.json")).unwrap()).unwrap();
+    assert_eq!(status["frozen_base"], "q8_0");
+    let rl = runfs::latest_run_of(&a.path().join("runs"), "rl")
+        .unwrap()
+        .0;
+    let rl_lines = std::fs::read_to_string(rl.path.join("metrics.jsonl")).unwrap();
+    assert_eq!(rl_lines.lines().count(), 2, "{rl_lines}");
+
+    // Killed after its first checkpoint and run again: the same losses.
+    // (The same base files: the device seed is shared by tests running at once.)
+    let b = tempfile::tempdir().unwrap();
+    std::fs::create_dir(b.path().join("base")).unwrap();
+    for f in std::fs::read_dir(a.path().join("base")).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, b.path().join("base").join(f.file_name().unwrap())).unwrap();
+    }
+    std::fs::write(b.path().join("experiment.toml"), SPEC).unwrap();
+    crate::common::kill_at_checkpoint(b.path(), "sft", "step-000004");
+    let out = stageloop(&[
+        "run".as_ref(),
+        b.path().as_os_str(),
+        "--stage".as_ref(),
+        "sft".as_ref(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let resumed = losses(
+        &runfs::latest_run_of(&b.path().join("runs"), "sft")
+            .unwrap()
+            .0
+            .path,
+    );
+    assert_eq!(resumed.len(), l.len());
+    for (step, (r, u)) in resumed.iter().zip(&l).enumerate() {
+        assert!(
+            (r - u).abs() < 1e-4,
+            "step {}: {r} resumed, {u} uninterrupted",
+            step + 1
+        );
+    }
+}
+
+/// `quantize` with a stage that trains every weight is refused, naming the stage and the key.
+#[test]
+fn quantize_without_lora_is_refused() {
+    let a = tempfile::tempdir().unwrap();
+    crate::lora::pretrained_folder(&a.path().join("base"));
+    let spec = SPEC.replace("lora = { rank = 4 }\n[[stage]]", "[[stage]]");
+    std::fs::write(a.path().join("experiment.toml"), spec).unwrap();
+    let out = stageloop(&["check".as_ref(), a.path().as_os_str()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("quantize") && err.contains("stage `sft` trains every weight"),
+        "{err}"
+    );
+    assert!(err.contains("experiment.toml:8"), "{err}");
+}

@@ -23,7 +23,7 @@ pub fn engine(g: &Gguf, cfg: &ModelConfig, ctx: usize) -> Result<Engine> {
         bytes: g.shared_bytes(),
     };
     let eps = cfg.arch.norm_eps as f32;
-    let (d, qd, kvd, m) = (cfg.d_model, cfg.q_dim(), cfg.kv_dim(), cfg.mlp);
+    let (d, qd, kvd) = (cfg.d_model, cfg.q_dim(), cfg.kv_dim());
     let mut norms = Vec::new();
     let mut extras = Vec::new();
     let mut matrices = Vec::new();
@@ -56,17 +56,7 @@ pub fn engine(g: &Gguf, cfg: &ModelConfig, ctx: usize) -> Result<Engine> {
             q_norm,
             k_norm,
         });
-        matrices.push(b.matrix(
-            d,
-            &[
-                (w("self_attn.q_proj"), qd, cfg.heads),
-                (w("self_attn.k_proj"), kvd, cfg.kv_heads()),
-                (w("self_attn.v_proj"), kvd, 0),
-            ],
-        )?);
-        matrices.push(b.matrix(qd, &[(w("self_attn.o_proj"), d, 0)])?);
-        matrices.push(b.matrix(d, &[(w("mlp.gate_proj"), m, 0), (w("mlp.up_proj"), m, 0)])?);
-        matrices.push(b.matrix(m, &[(w("mlp.down_proj"), d, 0)])?);
+        matrices.extend(b.layer(i)?);
     }
     let embed_name = "model.embed_tokens.weight";
     let head_name = if cfg.arch.tied {
@@ -91,6 +81,24 @@ pub fn engine(g: &Gguf, cfg: &ModelConfig, ctx: usize) -> Result<Engine> {
         matrices: Vec::new(),
     };
     Ok(Engine::with_matrices(weights, ctx.min(cfg.ctx), matrices))
+}
+
+/// Each block's four matrices (`qkv`, `out`, `gate_up`, `down`) as the file's blocks, read in
+/// place, for a QLoRA stage's frozen base; `None` for a matrix the file stores as floats.
+pub fn block_matrices(g: &Gguf, cfg: &ModelConfig) -> Result<Vec<[Option<QMatrix>; 4]>> {
+    let b = Builder {
+        g,
+        cfg,
+        bytes: g.shared_bytes(),
+    };
+    (0..cfg.layers)
+        .map(|i| {
+            Ok(b.layer(i)?.map(|m| match m {
+                Matrix::Blocks(q) => Some(q),
+                _ => None,
+            }))
+        })
+        .collect()
 }
 
 /// Reads tensors of one file by their Hugging Face names.
@@ -160,6 +168,26 @@ impl Builder<'_> {
             return (0..rows).collect();
         }
         unpermuted_rows(rows, heads)
+    }
+
+    /// Block `i`'s `qkv`, `out`, `gate_up` and `down` matrices.
+    fn layer(&self, i: usize) -> Result<[Matrix; 4]> {
+        let cfg = self.cfg;
+        let (d, qd, kvd, m) = (cfg.d_model, cfg.q_dim(), cfg.kv_dim(), cfg.mlp);
+        let w = |s: &str| format!("model.layers.{i}.{s}.weight");
+        Ok([
+            self.matrix(
+                d,
+                &[
+                    (w("self_attn.q_proj"), qd, cfg.heads),
+                    (w("self_attn.k_proj"), kvd, cfg.kv_heads()),
+                    (w("self_attn.v_proj"), kvd, 0),
+                ],
+            )?,
+            self.matrix(qd, &[(w("self_attn.o_proj"), d, 0)])?,
+            self.matrix(d, &[(w("mlp.gate_proj"), m, 0), (w("mlp.up_proj"), m, 0)])?,
+            self.matrix(m, &[(w("mlp.down_proj"), d, 0)])?,
+        ])
     }
 
     /// A `[k] → [Σ rows]` matrix from tensors `(name, rows, heads)`: blocks in place when
