@@ -13,7 +13,9 @@ stageloop runs `stageloop run` on a generated experiment (the GGUF as `from`) an
 `step_time` from its metrics.jsonl; its peak RSS is that process's. TRL runs on the HF folder
 `stageloop export` writes from the same GGUF (dequantised, identical weights), `use_cpu=True`,
 `bf16=False` unless --trl-bf16, gradient checkpointing off, torch threads = --threads.
-`--precision bf16` and `--micro-batch N` set stageloop's `[model] precision` and `micro_batch`.
+`--precision bf16` and `--micro-batch N` set stageloop's `[model] precision` and `micro_batch`;
+`--quantize auto|q8_0|q4_1` its `[model] quantize` (QLoRA: the frozen base as quantised blocks;
+`auto` keeps the GGUF's own). `--no-trl` runs only stageloop's rounds (no ratio).
 """
 import argparse
 import json
@@ -30,7 +32,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SYSTEM = "Think inside <think> </think>, then give only the final answer inside <answer> </answer>."
 
 
-def stageloop_round(binary, gguf, steps, precision, micro_batch, threads):
+def stageloop_round(binary, gguf, steps, precision, micro_batch, quantize, threads):
     d = tempfile.mkdtemp(prefix="grpo-compare-")
     extra = f"micro_batch = {micro_batch}\n" if micro_batch else ""
     spec = f"""name = "grpo-compare"
@@ -39,6 +41,7 @@ seed = 0
 from = "{os.path.abspath(gguf)}"
 ctx = 96
 precision = "{precision}"
+quantize = "{quantize}"
 system = "{SYSTEM}"
 [task]
 name = "arith"
@@ -151,6 +154,8 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--precision", default="f32", choices=["f32", "bf16"])
     ap.add_argument("--micro-batch", type=int, default=0)
+    ap.add_argument("--quantize", default="none", choices=["none", "auto", "q8_0", "q4_1"])
+    ap.add_argument("--no-trl", action="store_true", help="stageloop's rounds only")
     ap.add_argument("--trl-bf16", action="store_true")
     ap.add_argument("--trl-only", action="store_true", help="(internal) one TRL round, as JSON")
     a = ap.parse_args()
@@ -164,11 +169,13 @@ def main():
     ours, theirs, our_rss, their_rss = [], [], [], []
     for r in range(a.rounds):
         times, rss = stageloop_round(a.stageloop, a.gguf, a.steps, a.precision, a.micro_batch,
-                                     a.threads)
+                                     a.quantize, a.threads)
         ours += [t for step, t, _, _ in times if step >= 2]
         our_rss.append(rss)
         print(f"round {r + 1} stageloop: {[(s, round(t, 2), ro and round(ro, 2), up and round(up, 2)) for s, t, ro, up in times]}"
               f", peak RSS {rss / 1e9:.2f} GB", file=sys.stderr)
+        if a.no_trl:
+            continue
         # TRL in a process of its own, so its peak RSS is its own.
         cmd = [sys.executable, __file__, "--gguf", a.gguf, "--hf", hf, "--steps", str(a.steps),
                "--threads", str(a.threads), "--trl-only"] + (["--trl-bf16"] if a.trl_bf16 else [])
@@ -180,9 +187,14 @@ def main():
         their_rss.append(res["rss"])
         print(f"round {r + 1} TRL: {[round(t, 2) for t in res['times']]}, peak RSS "
               f"{res['rss'] / 1e9:.2f} GB", file=sys.stderr)
+    if a.no_trl:
+        print(f"stageloop: {statistics.median(ours):.1f} s a step, peak RSS "
+              f"{max(our_rss) / 1e9:.2f} GB (precision {a.precision}, quantize {a.quantize}, "
+              f"micro_batch {a.micro_batch or 'auto'})")
+        return
     s, t = statistics.median(ours), statistics.median(theirs)
     print(f"LoRA GRPO step at SmolLM2-135M, {a.threads} threads, medians of steps 2..{a.steps} over "
-          f"{a.rounds} rounds (stageloop precision {a.precision}, micro_batch {a.micro_batch or 'auto'}; "
+          f"{a.rounds} rounds (stageloop precision {a.precision}, quantize {a.quantize}, micro_batch {a.micro_batch or 'auto'}; "
           f"TRL bf16={a.trl_bf16})\n")
     print("| | stageloop | TRL GRPOTrainer + PEFT | ratio |")
     print("|---|---|---|---|")

@@ -47,6 +47,15 @@ impl Spares {
         Spares(Mutex::new(Vec::new()))
     }
 
+    /// Free every kept buffer (a phase that needs the memory for something else follows).
+    pub fn release(&self) {
+        let mut freed: Vec<Floats> = std::mem::take(&mut *self.kept());
+        for f in &mut freed {
+            f.recycle = None;
+        }
+        drop(freed);
+    }
+
     fn kept(&self) -> std::sync::MutexGuard<'_, Vec<Floats>> {
         // A panic while holding the lock leaves the list valid.
         self.0.lock().unwrap_or_else(|e| e.into_inner())
@@ -76,6 +85,11 @@ impl Floats {
     /// `reused` of the same length where one is kept, else fresh zeroed memory.
     pub fn reused(len: usize) -> Floats {
         Floats::reused_from(&SPARE, len)
+    }
+
+    /// Free the buffers [`Floats::reused`] keeps (see [`Spares::release`]).
+    pub fn release_reused() {
+        SPARE.release();
     }
 
     /// [`Floats::reused`] with the buffers kept in `spares`.
@@ -256,5 +270,10 @@ mod tests {
         assert_eq!(spares.kept().len(), super::SPARES);
         drop(c);
         assert_eq!(spares.kept().len(), super::SPARES);
+        // Released: nothing kept, and the next buffer is fresh zeroed memory.
+        spares.release();
+        assert!(spares.kept().is_empty());
+        let d = Floats::reused_from(spares, len);
+        assert_eq!(d[7], 0.0);
     }
 }

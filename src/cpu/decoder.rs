@@ -34,17 +34,10 @@ struct Layer {
 }
 
 /// A weight matrix of the decoder, `[k, n]` (`k` inputs, `n` outputs): floats packed for
-/// small-batch products, quantised blocks read where they are, or either with a LoRA adapter
-/// beside it (a QLoRA model samples without merging the adapter into its blocks).
+/// small-batch products, or quantised blocks read where they are.
 pub enum Matrix {
     Floats(Packed),
     Blocks(QMatrix),
-    /// `base + scale · a · b`, `a` `[k, r]` and `b` `[r, n]` packed (`scale` already in `a`).
-    Adapted {
-        base: Box<Matrix>,
-        a: Packed,
-        b: Packed,
-    },
 }
 
 impl Matrix {
@@ -53,12 +46,6 @@ impl Matrix {
         match self {
             Matrix::Floats(p) => p.matmul(dst, a, m, accumulate, t),
             Matrix::Blocks(q) => q.matmul(dst, a, m, accumulate, t),
-            Matrix::Adapted { base, a: fa, b: fb } => {
-                base.matmul(dst, a, m, accumulate, t);
-                let mut low = vec![0.0f32; m * fa.cols()];
-                fa.matmul(&mut low, a, m, false, t);
-                fb.matmul(dst, &low, m, true, t);
-            }
         }
     }
 
@@ -67,7 +54,6 @@ impl Matrix {
         match self {
             Matrix::Floats(p) => p.rows(),
             Matrix::Blocks(q) => q.rows(),
-            Matrix::Adapted { base, .. } => base.rows(),
         }
     }
 }
@@ -209,6 +195,13 @@ impl Cache {
 
 /// Kept KV-cache buffers (a key and a value buffer of the last size asked for).
 static CACHE_SPARES: Spares = Spares::new();
+
+/// Free the weight and cache buffers decoders keep for the next one (a training step that
+/// needs the memory follows).
+pub fn release_kept() {
+    Floats::release_reused();
+    CACHE_SPARES.release();
+}
 
 /// One row of a [`Cache`].
 struct RowCache<'a> {

@@ -5,7 +5,8 @@ use super::flex;
 use super::gguf_write::Store;
 use super::transformer::{BlockWeights, Gpt, NormWeights};
 use crate::cpu::decoder::{Embedding, Engine, LayerExtras, Matrix, Weights};
-use crate::cpu::packed::{Order, Packed};
+use crate::cpu::gemm::{View, matmul};
+use crate::cpu::packed::Order;
 use crate::cpu::quant::{Kind, QMatrix};
 use burn::backend::flex::FlexTensor;
 use burn::tensor::Tensor;
@@ -42,6 +43,21 @@ impl AsRef<[f32]> for F32s {
                 .as_slice::<f32>()
                 .expect("checked contiguous f32 in F32s::of"),
             F32s::Copy(v) => v,
+        }
+    }
+}
+
+/// A matrix's values for [`Engine::new`]: the model's own, or a made copy.
+enum Values<'a> {
+    Shared(&'a F32s),
+    Owned(Vec<f32>),
+}
+
+impl AsRef<[f32]> for Values<'_> {
+    fn as_ref(&self) -> &[f32] {
+        match self {
+            Values::Shared(v) => v.as_ref(),
+            Values::Owned(v) => v,
         }
     }
 }
@@ -120,53 +136,74 @@ impl Gpt {
         Ok(Engine::with_matrices(spec, ctx, matrices))
     }
 
-    /// [`Gpt::engine`] of a QLoRA model: its frozen blocks read where they are, each with its
-    /// adapter beside it (`x · W + (x · sA) · B`, never merged); the head packed as floats.
-    fn engine_frozen(&self, ctx: usize) -> Engine {
+    /// [`Gpt::engine`] of a QLoRA model with every matrix as packed floats: each frozen one
+    /// dequantised and its adapter merged as it is packed, one matrix per thread at a time.
+    /// (Sampling many rows reads packed floats faster than it dequantises blocks at every
+    /// step; the copy lives as long as the decoder, see `sample::release_buffers`.)
+    fn engine_dequantized(&self, ctx: usize) -> Engine {
         let w = self.weights_without_blocks();
-        let (mut matrices, mut norms, mut extras) = (Vec::new(), Vec::new(), Vec::new());
-        for (l, b) in w.blocks.into_iter().enumerate() {
-            let (layer_norms, layer_extras, floats) = layer(b);
-            for (frozen, t) in self.frozen_layer(l).into_iter().zip(floats) {
-                matrices.push(match frozen {
-                    None => {
-                        let [k, n] = t.dims();
-                        Matrix::Floats(Packed::new(F32s::of(t).as_ref(), k, n))
-                    }
-                    Some((f, None)) => Matrix::Blocks((*f.0).clone()),
-                    Some((f, Some((a, b)))) => {
-                        let pack = |t: Tensor<2>| {
-                            let [k, n] = t.dims();
-                            Packed::new(F32s::of(t).as_ref(), k, n)
-                        };
-                        Matrix::Adapted {
-                            base: Box::new(Matrix::Blocks((*f.0).clone())),
-                            a: pack(a),
-                            b: pack(b),
-                        }
-                    }
-                });
-            }
+        let frozen: Vec<_> = (0..w.blocks.len())
+            .flat_map(|l| self.frozen_layer(l))
+            .map(|f| {
+                f.map(|(f, ab)| {
+                    let ab = ab.map(|(a, b)| (a.dims()[1], f32s(a), f32s(b)));
+                    (f, ab)
+                })
+            })
+            .collect();
+        let (mut tensors, mut norms, mut extras) = (Vec::new(), Vec::new(), Vec::new());
+        for b in w.blocks {
+            let (layer_norms, layer_extras, matrices) = layer(b);
+            tensors.extend(matrices);
             norms.push(layer_norms);
             extras.push(layer_extras);
         }
-        let head = if self.tied() {
-            let [v, d] = w.embed.dims();
-            Packed::new_all(&[(d, v, Order::Columns)], |_| F32s::of(w.embed.clone()))
+        let mut shapes: Vec<(usize, usize, Order)> = tensors
+            .iter()
+            .zip(&frozen)
+            .map(|(t, f)| match f {
+                Some((f, _)) => (f.0.rows(), f.0.cols(), Order::Columns),
+                None => {
+                    let [k, n] = t.dims();
+                    (k, n, Order::Rows)
+                }
+            })
+            .collect();
+        let embed = w.embed;
+        if self.tied() {
+            let [v, d] = embed.dims();
+            shapes.push((d, v, Order::Columns));
+            tensors.push(embed.clone());
         } else {
             let [k, n] = w.head.dims();
-            Packed::new_all(&[(k, n, Order::Rows)], |_| F32s::of(w.head.clone()))
-        };
-        matrices.extend(head.into_iter().map(Matrix::Floats));
+            shapes.push((k, n, Order::Rows));
+            tensors.push(w.head);
+        }
         let spec = Weights {
             shape: w.shape,
-            embed: Embedding::Floats(Box::new(F32s::of(w.embed))),
+            embed: Embedding::Floats(Box::new(F32s::of(embed))),
             norms,
             extras,
             norm: (f32s(w.norm.0), w.norm.1 as f32),
-            matrices: Vec::new(),
+            matrices: shapes,
         };
-        Engine::with_matrices(spec, ctx, matrices)
+        let tensors: Vec<F32s> = tensors.into_iter().map(F32s::of).collect();
+        Engine::new(spec, ctx, |i| match frozen.get(i) {
+            Some(Some((f, ab))) => {
+                // `[n, k]`: one dequantised row per output, plus `(sA · B)ᵀ`.
+                let (k, n) = (f.0.rows(), f.0.cols());
+                let mut rows = vec![0.0f32; n * k];
+                for (j, row) in rows.chunks_exact_mut(k).enumerate() {
+                    f.0.row_f32(j, row);
+                }
+                if let Some((r, a, b)) = ab {
+                    let delta = matmul(View::new(b, *r, n).t(), View::new(a, k, *r).t());
+                    rows.iter_mut().zip(delta).for_each(|(w, d)| *w += d);
+                }
+                Values::Owned(rows)
+            }
+            _ => Values::Shared(&tensors[i]),
+        })
     }
 
     /// A CPU decoder of this model for contexts up to `ctx`. The matrices are packed a matrix
@@ -174,7 +211,7 @@ impl Gpt {
     /// embedding, which the decoder also reads in place).
     pub fn engine(&self, ctx: usize) -> Engine {
         if self.has_frozen() {
-            return self.engine_frozen(ctx);
+            return self.engine_dequantized(ctx);
         }
         let w = self.weights();
         let mut tensors = Vec::new();

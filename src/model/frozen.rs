@@ -1,7 +1,7 @@
 //! QLoRA's frozen base: the block matrices of a LoRA stage kept as quantised blocks
 //! ([`QMatrix`]) instead of f32 tensors. Training reads them through the fused
 //! [`super::fused::frozen_linear`] op (forward, and the input gradient of the backward pass);
-//! the sampler reads them in the CPU decoder with the adapters beside them. The blocks come
+//! the sampler's decoder dequantises them with the adapters merged as it packs them. The blocks come
 //! from a GGUF file as they are in it, or from f32 weights quantised at load.
 
 use crate::cpu::quant::{Kind, QMatrix};

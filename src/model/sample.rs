@@ -247,6 +247,12 @@ fn last_logits(logits: Tensor<3>) -> Vec<Vec<f32>> {
     flat.chunks(v).map(|c| c.to_vec()).collect()
 }
 
+/// Free the buffers the CPU decoder keeps between [`generate`] calls (its packed weights and
+/// KV cache), before a phase that needs the memory: the next call maps them afresh.
+pub fn release_buffers() {
+    crate::cpu::decoder::release_kept();
+}
+
 /// Sample a continuation for every prompt (token ids, BOS included). `ctx` caps prompt + new.
 pub fn generate(
     model: &Gpt,

@@ -378,6 +378,8 @@ pub fn run(ctx: &mut StageCtx<'_>) -> Result<Outcome> {
         let t0 = Instant::now();
         let policy = model.valid();
         let rollouts = grpo.collect_rollouts(&policy, &mut state.cursor, &mut rng)?;
+        // The decoder's kept buffers would add to the update's peak memory.
+        crate::model::sample::release_buffers();
         let rollout_time = t0.elapsed().as_secs_f64();
         let totals: Vec<f64> = rollouts
             .groups

@@ -1,7 +1,7 @@
 //! QLoRA: a LoRA model whose block matrices are frozen as quantised blocks computes what the
 //! same model with those blocks dequantised computes (values and adapter gradients, fused ops
 //! against burn's composite ops), trains only its adapters, stays close to its f32 base, and
-//! samples the same through the CPU decoder (blocks with the adapters beside them).
+//! samples the same through the CPU decoder (blocks dequantised, adapters merged).
 
 use crate::model_fused::{FUSED_SWITCH, arch_variants, cfg, worst_relative};
 use burn::module::{Module, ModuleMapper, Param};
@@ -115,7 +115,7 @@ fn a_quantised_base_computes_what_its_dequantised_weights_compute() {
             .fold(0f32, f32::max);
         assert!(d > 0.0 && d < 0.03 * scale, "{name}: {d} from the f32 base");
 
-        // The decoder (blocks, adapters beside them) at every position of both rows.
+        // The decoder (blocks dequantised, adapters merged) at every position of both rows.
         let engine = q.engine(cfg.ctx);
         let seq: Vec<u32> = vec![1, 9, 12, 7, 15, 8, 10, 11, 13, 14, 3, 4];
         let mut cache = engine.cache(2);

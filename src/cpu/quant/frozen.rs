@@ -24,7 +24,7 @@ impl QMatrix {
         buf.resize(width * k, 0.0);
         buf.par_chunks_mut(k)
             .enumerate()
-            .for_each(|(r, row)| self.dequantize_row(j0 + r, row));
+            .for_each(|(r, row)| self.row_f32(j0 + r, row));
     }
 
     /// `a · selfᵀ` for `a` row-major `[m, k]`: row-major `[m, n]`.

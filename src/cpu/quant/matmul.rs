@@ -128,16 +128,10 @@ impl QMatrix {
             .sum()
     }
 
-    /// The floats of output `j`'s weight row (an embedding's row, for a token).
+    /// The floats of output `j`'s weight row (an embedding's row for a token; a row of a
+    /// product over many rows, which dequantises every weight once per call, so this runs at
+    /// the product's pace): without an allocation, 8-wide with AVX2.
     pub fn row_f32(&self, j: usize, out: &mut [f32]) {
-        let (kind, at) = self.locate(j);
-        let raw = &(*self.bytes).as_ref()[at..at + kind.row_bytes(self.k)];
-        out[..self.k].copy_from_slice(&super::dequantize(kind, raw, self.k));
-    }
-
-    /// [`Self::row_f32`] without an allocation, 8-wide with AVX2 (a product over many rows
-    /// dequantises every weight once per call, so this runs at the product's pace).
-    pub(super) fn dequantize_row(&self, j: usize, out: &mut [f32]) {
         let (kind, at) = self.locate(j);
         let raw = &(*self.bytes).as_ref()[at..at + kind.row_bytes(self.k)];
         #[cfg(target_arch = "x86_64")]
@@ -228,7 +222,7 @@ impl QMatrix {
                 let t1 = (t0 + TILE).min(cols.end);
                 let width = t1 - t0;
                 for (j, row) in (t0..t1).zip(w.chunks_exact_mut(k)) {
-                    self.dequantize_row(j, row);
+                    self.row_f32(j, row);
                 }
                 let p = Packed::from_transpose(&w[..width * k], k, width);
                 p.matmul(&mut tmp[..m * width], a, m, false, Threads::One);
@@ -1058,7 +1052,7 @@ mod tests {
             let mat = QMatrix::new(k, Arc::new(raw.clone()), vec![(kind, vec![rb, 0])]);
             for (j, from) in [(0, rb), (1, 0)] {
                 let mut got = vec![0.0f32; k];
-                mat.dequantize_row(j, &mut got);
+                mat.row_f32(j, &mut got);
                 let want = dequantize(kind, &raw[from..from + rb], k);
                 for (g, w) in got.iter().zip(&want) {
                     assert!(
