@@ -174,7 +174,11 @@ fn load_model_within(
         let meta = lora::read_meta(dir)?;
         let (base, base_cfg, _) = load_model_within(&meta.base, device, depth + 1)
             .with_context(|| format!("{}: loading the base model", meta_path.display()))?;
-        let model = lora::load_values(dir, meta.attach(base, &base_cfg))?;
+        let mut model = lora::load_values(dir, meta.attach(base, &base_cfg))?;
+        if let Some(q) = meta.quantize {
+            model = super::qlora::freeze(model, q, Some(&meta.base), &base_cfg)
+                .with_context(|| format!("{}: freezing the base", meta_path.display()))?;
+        }
         return Ok((model, cfg, tok));
     }
     if pretrained::is_pretrained(dir) {

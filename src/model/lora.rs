@@ -25,6 +25,11 @@ pub struct AdapterMeta {
     pub targets: Vec<String>,
     /// The model the adapters were trained on: a checkpoint folder or a pretrained model.
     pub base: PathBuf,
+    /// How the base's block matrices were held (QLoRA, `[model] quantize`); absent for f32.
+    /// Loading freezes the base the same way, so the adapters meet the weights they were
+    /// trained with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantize: Option<crate::spec::Quantize>,
 }
 
 impl AdapterMeta {

@@ -15,6 +15,10 @@ pub fn freeze(
     cfg: &super::ModelConfig,
 ) -> anyhow::Result<super::Gpt> {
     use anyhow::Context;
+    if model.has_frozen() {
+        // Loaded from a QLoRA checkpoint, which froze it already.
+        return Ok(model);
+    }
     let kind = match q {
         Quantize::None => return Ok(model),
         Quantize::Auto => match base.filter(|p| crate::spec::source::is_gguf(p)) {

@@ -98,7 +98,9 @@ pub fn adapter_meta(ctx: &StageCtx<'_>) -> Result<Option<model::lora::AdapterMet
         .context("a LoRA stage needs a model to adapt (`init` or [model] from)")?;
     let base = std::fs::canonicalize(base).unwrap_or_else(|_| base.clone());
     let targets = spec.matrices().map_err(anyhow::Error::msg)?;
+    let quantize = ctx.exp.spec.model.quantize;
     Ok(Some(model::lora::AdapterMeta {
+        quantize: (quantize != model::qlora::Quantize::None).then_some(quantize),
         rank: spec.rank,
         alpha: spec.alpha(),
         targets: targets.iter().map(|t| t.to_string()).collect(),

@@ -278,6 +278,7 @@ fn lora_specs_and_files_are_checked() {
         alpha: 4.0,
         targets: TARGETS.iter().map(|t| t.to_string()).collect(),
         base: dir.path().join("nowhere"),
+        quantize: None,
     };
     checkpoint::save_model(
         ck.path(),

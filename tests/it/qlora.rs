@@ -220,6 +220,12 @@ fn qlora_stages_train_checkpoint_adapters_and_resume() {
     let ck = runfs::checkpoint::latest(&sft.path).unwrap();
     assert!(ck.join(stageloop::model::lora::ADAPTER_WEIGHTS).is_file());
     assert!(!ck.join(stageloop::model::checkpoint::WEIGHTS).exists());
+    // The checkpoint says how its base was held, and loads with the same frozen blocks.
+    let meta = stageloop::model::lora::read_meta(&ck).unwrap();
+    assert_eq!(meta.quantize, Some(stageloop::spec::Quantize::Q8_0));
+    let (loaded, _, _) =
+        stageloop::model::checkpoint::load_model(&ck, &burn::tensor::Device::flex()).unwrap();
+    assert!(loaded.has_frozen() && loaded.has_lora());
     let status: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(sft.path.join("run.json")).unwrap()).unwrap();
     assert_eq!(status["frozen_base"], "q8_0");
