@@ -47,16 +47,16 @@ impl AsRef<[f32]> for F32s {
     }
 }
 
-/// A matrix's values for [`Engine::new`]: the model's own, or a made copy.
-enum Values<'a> {
-    Shared(&'a F32s),
+/// A matrix's values for [`Engine::new`]: the model's own, or dequantised blocks.
+enum Values {
+    Floats(F32s),
     Owned(Vec<f32>),
 }
 
-impl AsRef<[f32]> for Values<'_> {
+impl AsRef<[f32]> for Values {
     fn as_ref(&self) -> &[f32] {
         match self {
-            Values::Shared(v) => v.as_ref(),
+            Values::Floats(v) => v.as_ref(),
             Values::Owned(v) => v,
         }
     }
@@ -136,20 +136,18 @@ impl Gpt {
         Ok(Engine::with_matrices(spec, ctx, matrices))
     }
 
-    /// [`Gpt::engine`] of a QLoRA model with every matrix as packed floats: each frozen one
-    /// dequantised and its adapter merged as it is packed, one matrix per thread at a time.
-    /// (Sampling many rows reads packed floats faster than it dequantises blocks at every
-    /// step; the copy lives as long as the decoder, see `sample::release_buffers`.)
-    fn engine_dequantized(&self, ctx: usize) -> Engine {
+    /// A CPU decoder of this model for contexts up to `ctx`. The matrices are packed a matrix
+    /// at a time on each core, read where burn keeps them (a tied head straight from the
+    /// embedding, which the decoder also reads in place). A QLoRA model's frozen blocks are
+    /// dequantised and their adapters merged as each is packed: sampling many rows reads
+    /// packed floats faster than it would dequantise blocks at every step, and the copy lives
+    /// only as long as the decoder (see `sample::release_buffers`).
+    pub fn engine(&self, ctx: usize) -> Engine {
         let w = self.weights_without_blocks();
+        // Per block matrix: its frozen blocks and adapter factors `(r, sA, B)`, if frozen.
         let frozen: Vec<_> = (0..w.blocks.len())
             .flat_map(|l| self.frozen_layer(l))
-            .map(|f| {
-                f.map(|(f, ab)| {
-                    let ab = ab.map(|(a, b)| (a.dims()[1], f32s(a), f32s(b)));
-                    (f, ab)
-                })
-            })
+            .map(|f| f.map(|(f, ab)| (f, ab.map(|(a, b)| (a.dims()[1], f32s(a), f32s(b))))))
             .collect();
         let (mut tensors, mut norms, mut extras) = (Vec::new(), Vec::new(), Vec::new());
         for b in w.blocks {
@@ -187,7 +185,6 @@ impl Gpt {
             norm: (f32s(w.norm.0), w.norm.1 as f32),
             matrices: shapes,
         };
-        let tensors: Vec<F32s> = tensors.into_iter().map(F32s::of).collect();
         Engine::new(spec, ctx, |i| match frozen.get(i) {
             Some(Some((f, ab))) => {
                 // `[n, k]`: one dequantised row per output, plus `(sA · B)ᵀ`.
@@ -202,52 +199,7 @@ impl Gpt {
                 }
                 Values::Owned(rows)
             }
-            _ => Values::Shared(&tensors[i]),
+            _ => Values::Floats(F32s::of(tensors[i].clone())),
         })
-    }
-
-    /// A CPU decoder of this model for contexts up to `ctx`. The matrices are packed a matrix
-    /// at a time on each core, read where burn keeps them (a tied head straight from the
-    /// embedding, which the decoder also reads in place).
-    pub fn engine(&self, ctx: usize) -> Engine {
-        if self.has_frozen() {
-            return self.engine_dequantized(ctx);
-        }
-        let w = self.weights();
-        let mut tensors = Vec::new();
-        let mut norms = Vec::new();
-        let mut extras = Vec::new();
-        for b in w.blocks {
-            let (layer_norms, layer_extras, matrices) = layer(b);
-            tensors.extend(matrices);
-            norms.push(layer_norms);
-            extras.push(layer_extras);
-        }
-        let mut matrices: Vec<(usize, usize, Order)> = tensors
-            .iter()
-            .map(|t| {
-                let [k, n] = t.dims();
-                (k, n, Order::Rows)
-            })
-            .collect();
-        let embed = w.embed;
-        if self.tied() {
-            let [v, d] = embed.dims();
-            matrices.push((d, v, Order::Columns));
-            tensors.push(embed.clone());
-        } else {
-            let [k, n] = w.head.dims();
-            matrices.push((k, n, Order::Rows));
-            tensors.push(w.head);
-        }
-        let spec = Weights {
-            shape: w.shape,
-            embed: Embedding::Floats(Box::new(F32s::of(embed))),
-            norms,
-            extras,
-            norm: (f32s(w.norm.0), w.norm.1 as f32),
-            matrices,
-        };
-        Engine::new(spec, ctx, |i| F32s::of(tensors[i].clone()))
     }
 }

@@ -46,3 +46,12 @@ pub fn run_experiment(dir: &Path, spec: &str) {
     )
     .unwrap();
 }
+
+/// Copy the files of folder `from` into a new folder `to` (not recursive).
+pub fn copy_folder(from: &Path, to: &Path) {
+    std::fs::create_dir(to).unwrap();
+    for f in std::fs::read_dir(from).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, to.join(f.file_name().unwrap())).unwrap();
+    }
+}

@@ -238,11 +238,7 @@ fn qlora_stages_train_checkpoint_adapters_and_resume() {
     // Killed after its first checkpoint and run again: the same losses.
     // (The same base files: the device seed is shared by tests running at once.)
     let b = tempfile::tempdir().unwrap();
-    std::fs::create_dir(b.path().join("base")).unwrap();
-    for f in std::fs::read_dir(a.path().join("base")).unwrap() {
-        let f = f.unwrap().path();
-        std::fs::copy(&f, b.path().join("base").join(f.file_name().unwrap())).unwrap();
-    }
+    crate::common::copy_folder(&a.path().join("base"), &b.path().join("base"));
     std::fs::write(b.path().join("experiment.toml"), SPEC).unwrap();
     crate::common::kill_at_checkpoint(b.path(), "sft", "step-000004");
     let out = stageloop(&[

@@ -122,26 +122,20 @@ mod tests {
                 .collect();
             let fwd = q.forward_rows(&a, m);
             let bwd = q.backward_rows(&dy, m);
+            let close =
+                |got: f32, want: f64| (got as f64 - want).abs() <= 1e-4 * want.abs().max(1.0);
             for i in 0..m {
                 for j in 0..n {
-                    let want: f64 = (0..k)
+                    let want = (0..k)
                         .map(|t| a[i * k + t] as f64 * w[j * k + t] as f64)
                         .sum();
-                    let got = fwd[i * n + j] as f64;
-                    assert!(
-                        (got - want).abs() <= 1e-4 * want.abs().max(1.0),
-                        "{kind:?} fwd {i},{j}"
-                    );
+                    assert!(close(fwd[i * n + j], want), "{kind:?} fwd {i},{j}");
                 }
                 for t in 0..k {
-                    let want: f64 = (0..n)
+                    let want = (0..n)
                         .map(|j| dy[i * n + j] as f64 * w[j * k + t] as f64)
                         .sum();
-                    let got = bwd[i * k + t] as f64;
-                    assert!(
-                        (got - want).abs() <= 1e-4 * want.abs().max(1.0),
-                        "{kind:?} bwd {i},{t}"
-                    );
+                    assert!(close(bwd[i * k + t], want), "{kind:?} bwd {i},{t}");
                 }
             }
         }
