@@ -29,6 +29,8 @@ pub struct BenchConfig {
     pub weights: Option<std::path::PathBuf>,
     /// Train LoRA adapters of this rank (alpha 2·rank) instead of every weight.
     pub lora: Option<usize>,
+    /// With `lora`: how the frozen base is held (QLoRA), as `[model] quantize` says.
+    pub quantize: crate::spec::Quantize,
     /// Skip the sampling run without a KV cache (slow at real-model size).
     pub cache_only: bool,
 }
@@ -71,6 +73,7 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
     let m = &shape;
     if let Some(rank) = cfg.lora {
         model = model.with_lora(rank, 2.0 * rank as f64, &crate::spec::LORA_TARGETS);
+        model = crate::model::qlora::freeze(model, cfg.quantize, cfg.weights.as_deref(), &shape)?;
     }
     let trainable = model.num_params_trainable();
     // burn's AdamWConfig defaults (β₂ 0.999, ε 1e-5, weight decay 1e-4), fused.

@@ -1252,6 +1252,49 @@ fn sizes_on_the_command_line_are_checked_like_a_specs() {
     }
 }
 
+/// `bench train --lora R --quantize q8_0` trains adapters over a quantised base; a width that
+/// is not whole 32-element blocks is refused with the reason.
+#[test]
+fn bench_train_runs_qlora_and_names_a_width_it_cannot_quantise() {
+    let args = [
+        "bench",
+        "train",
+        "--steps",
+        "1",
+        "--batch",
+        "1",
+        "--prompts",
+        "1",
+        "--new-tokens",
+        "2",
+        "--ctx",
+        "8",
+        "--layers",
+        "1",
+        "--heads",
+        "2",
+        "--lora",
+        "2",
+        "--quantize",
+        "q8_0",
+        "--json",
+        "--cache-only",
+    ];
+    let out = bin()
+        .args(args)
+        .args(["--d-model", "32", "--mlp", "64"])
+        .assert()
+        .success();
+    let r: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert!(r["train_tokens_per_sec"].as_f64().unwrap() > 0.0, "{r}");
+    bin()
+        .args(args)
+        .args(["--d-model", "24", "--mlp", "48"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("whole 32-element blocks"));
+}
+
 /// Make a FIFO at `path`.
 fn mkfifo(path: &Path) {
     let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
