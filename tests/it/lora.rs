@@ -137,7 +137,7 @@ k = 2
 max_new_tokens = 12
 "#;
 
-fn losses(run: &Path) -> BTreeMap<u64, f64> {
+pub(crate) fn losses(run: &Path) -> BTreeMap<u64, f64> {
     std::fs::read_to_string(run.join("metrics.jsonl"))
         .unwrap()
         .lines()
@@ -146,7 +146,7 @@ fn losses(run: &Path) -> BTreeMap<u64, f64> {
         .collect()
 }
 
-fn latest_run(exp: &Path, stage: &str) -> runfs::RunDir {
+pub(crate) fn latest_run(exp: &Path, stage: &str) -> runfs::RunDir {
     runfs::latest_run_of(&exp.join("runs"), stage).unwrap().0
 }
 

@@ -183,24 +183,12 @@ fn stageloop(args: &[&std::ffi::OsStr]) -> std::process::Output {
         .unwrap()
 }
 
-/// Each step's loss (a step logged again after a resume: its last value).
-fn losses(run: &std::path::Path) -> Vec<f64> {
-    let by_step: std::collections::BTreeMap<u64, f64> =
-        std::fs::read_to_string(run.join("metrics.jsonl"))
-            .unwrap()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter_map(|v| Some((v["step"].as_u64()?, v["loss"].as_f64()?)))
-            .collect();
-    by_step.into_values().collect()
-}
-
 /// A QLoRA SFT stage then a QLoRA GRPO stage from its adapters, on a pretrained folder
 /// quantised to Q8_0 at load: both run, the SFT lowers its loss, its checkpoints hold only
 /// adapters, and a run killed after its first checkpoint resumes onto the same loss curve.
 #[test]
 fn qlora_stages_train_checkpoint_adapters_and_resume() {
-    use stageloop::runfs;
+    use crate::lora::{latest_run, losses};
     let a = tempfile::tempdir().unwrap();
     crate::lora::pretrained_folder(&a.path().join("base"));
     std::fs::write(a.path().join("experiment.toml"), SPEC).unwrap();
@@ -211,13 +199,11 @@ fn qlora_stages_train_checkpoint_adapters_and_resume() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let sft = runfs::latest_run_of(&a.path().join("runs"), "sft")
-        .unwrap()
-        .0;
+    let sft = latest_run(a.path(), "sft");
     let l = losses(&sft.path);
     assert_eq!(l.len(), 8);
-    assert!(l[7] < l[0], "QLoRA SFT did not lower the loss: {l:?}");
-    let ck = runfs::checkpoint::latest(&sft.path).unwrap();
+    assert!(l[&8] < l[&1], "QLoRA SFT did not lower the loss: {l:?}");
+    let ck = stageloop::runfs::checkpoint::latest(&sft.path).unwrap();
     assert!(ck.join(stageloop::model::lora::ADAPTER_WEIGHTS).is_file());
     assert!(!ck.join(stageloop::model::checkpoint::WEIGHTS).exists());
     // The checkpoint says how its base was held, and loads with the same frozen blocks.
@@ -229,9 +215,7 @@ fn qlora_stages_train_checkpoint_adapters_and_resume() {
     let status: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(sft.path.join("run.json")).unwrap()).unwrap();
     assert_eq!(status["frozen_base"], "q8_0");
-    let rl = runfs::latest_run_of(&a.path().join("runs"), "rl")
-        .unwrap()
-        .0;
+    let rl = latest_run(a.path(), "rl");
     let rl_lines = std::fs::read_to_string(rl.path.join("metrics.jsonl")).unwrap();
     assert_eq!(rl_lines.lines().count(), 2, "{rl_lines}");
 
@@ -252,18 +236,13 @@ fn qlora_stages_train_checkpoint_adapters_and_resume() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let resumed = losses(
-        &runfs::latest_run_of(&b.path().join("runs"), "sft")
-            .unwrap()
-            .0
-            .path,
-    );
+    let resumed = losses(&latest_run(b.path(), "sft").path);
     assert_eq!(resumed.len(), l.len());
-    for (step, (r, u)) in resumed.iter().zip(&l).enumerate() {
+    for (step, u) in &l {
+        let r = resumed[step];
         assert!(
             (r - u).abs() < 1e-4,
-            "step {}: {r} resumed, {u} uninterrupted",
-            step + 1
+            "step {step}: {r} resumed, {u} uninterrupted"
         );
     }
 }
