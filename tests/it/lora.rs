@@ -235,14 +235,21 @@ fn a_lora_stage_on_a_pretrained_model_checkpoints_adapters_evaluates_exports_and
     assert_eq!(g1[0].tokens, g2[0].tokens);
 
     // Killed after its first checkpoint and run again: the same loss curve.
-    // (The same base files: the device seed is shared by tests running at once.)
+    resumes_onto(a.path(), SPEC, &l);
+}
+
+/// `spec` over a copy of `exp`'s base folder, its `sft` stage killed after its step-4
+/// checkpoint and run again, logs the `uninterrupted` losses of every step. (The same base
+/// files: the device seed is shared by tests running at once.)
+pub(crate) fn resumes_onto(exp: &Path, spec: &str, uninterrupted: &BTreeMap<u64, f64>) {
     let b = tempfile::tempdir().unwrap();
-    crate::common::copy_folder(&a.path().join("base"), &b.path().join("base"));
-    std::fs::write(b.path().join("experiment.toml"), SPEC).unwrap();
+    common::copy_folder(&exp.join("base"), &b.path().join("base"));
+    std::fs::write(b.path().join("experiment.toml"), spec).unwrap();
     common::kill_at_checkpoint(b.path(), "sft", "step-000004");
     run(b.path(), "sft");
     let resumed = losses(&latest_run(b.path(), "sft").path);
-    for (step, loss) in &l {
+    assert_eq!(resumed.len(), uninterrupted.len());
+    for (step, loss) in uninterrupted {
         let r = resumed[step];
         assert!(
             (r - loss).abs() < 1e-4,

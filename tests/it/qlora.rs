@@ -220,31 +220,7 @@ fn qlora_stages_train_checkpoint_adapters_and_resume() {
     assert_eq!(rl_lines.lines().count(), 2, "{rl_lines}");
 
     // Killed after its first checkpoint and run again: the same losses.
-    // (The same base files: the device seed is shared by tests running at once.)
-    let b = tempfile::tempdir().unwrap();
-    crate::common::copy_folder(&a.path().join("base"), &b.path().join("base"));
-    std::fs::write(b.path().join("experiment.toml"), SPEC).unwrap();
-    crate::common::kill_at_checkpoint(b.path(), "sft", "step-000004");
-    let out = stageloop(&[
-        "run".as_ref(),
-        b.path().as_os_str(),
-        "--stage".as_ref(),
-        "sft".as_ref(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let resumed = losses(&latest_run(b.path(), "sft").path);
-    assert_eq!(resumed.len(), l.len());
-    for (step, u) in &l {
-        let r = resumed[step];
-        assert!(
-            (r - u).abs() < 1e-4,
-            "step {step}: {r} resumed, {u} uninterrupted"
-        );
-    }
+    crate::lora::resumes_onto(a.path(), SPEC, &l);
 }
 
 /// `quantize` with a stage that trains every weight is refused, naming the stage and the key.
