@@ -179,15 +179,15 @@ impl QMatrix {
             a.len() >= m * k && dst.len() >= m * n,
             "matmul: buffers too small"
         );
-        if m >= MANY_ROWS {
-            return self.matmul_tiles(dst, a, m, accumulate, threads);
-        }
-        let acts = QRows::new(a, m, k);
         let out = Out {
             ptr: SendPtr(dst.as_mut_ptr()),
             n,
             accumulate,
         };
+        if m >= MANY_ROWS {
+            return self.matmul_tiles(out, a, m, threads);
+        }
+        let acts = QRows::new(a, m, k);
         threads.split(n, m * n * k, |cols| {
             // SAFETY: each call writes only the columns `cols` of dst's m rows, so concurrent
             // calls over disjoint ranges never touch the same element; dst holds m·n floats
@@ -199,20 +199,9 @@ impl QMatrix {
     /// [`Self::matmul`] for many rows: [`TILE`] outputs at a time dequantised to floats,
     /// packed and multiplied by the f32 panel kernel, whose arithmetic then dominates (the
     /// integer kernel's per-output reductions do not pay for themselves over many rows).
-    fn matmul_tiles(
-        &self,
-        dst: &mut [f32],
-        a: &[f32],
-        m: usize,
-        accumulate: bool,
-        threads: Threads<'_>,
-    ) {
+    /// `out` is [`Self::matmul`]'s checked destination.
+    fn matmul_tiles(&self, out: Out, a: &[f32], m: usize, threads: Threads<'_>) {
         let (k, n) = (self.k, self.n);
-        let out = Out {
-            ptr: SendPtr(dst.as_mut_ptr()),
-            n,
-            accumulate,
-        };
         // Whole tiles per thread (every tile's products are worth splitting).
         threads.split(n.div_ceil(TILE), usize::MAX, |tiles| {
             let cols = tiles.start * TILE..(tiles.end * TILE).min(n);
