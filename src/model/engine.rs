@@ -1,7 +1,7 @@
 //! The glue between the burn model and the CPU decoder ([`crate::cpu::decoder`]): reads a
 //! [`Gpt`]'s weights out of burn (any backend) into the decoder's layout.
 
-use super::flex;
+use super::flex::{self, f32s};
 use super::gguf_write::Store;
 use super::transformer::{BlockWeights, Gpt, NormWeights};
 use crate::cpu::decoder::{Embedding, Engine, LayerExtras, Matrix, Weights};
@@ -10,14 +10,6 @@ use crate::cpu::packed::Order;
 use crate::cpu::quant::{Kind, QMatrix};
 use burn::backend::flex::FlexTensor;
 use burn::tensor::Tensor;
-
-/// The values as `f32` (one copy; a conversion first if the backend stores another type).
-fn f32s<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .expect("data converted to f32 reads back as f32")
-}
 
 /// A tensor's `f32` values: read in place from burn's CPU backend when they are contiguous
 /// `f32` there (the model's own memory, shared, not copied), a converted copy otherwise.
@@ -189,10 +181,7 @@ impl Gpt {
             Some(Some((f, ab))) => {
                 // `[n, k]`: one dequantised row per output, plus `(sA · B)ᵀ`.
                 let (k, n) = (f.0.rows(), f.0.cols());
-                let mut rows = vec![0.0f32; n * k];
-                for (j, row) in rows.chunks_exact_mut(k).enumerate() {
-                    f.0.row_f32(j, row);
-                }
+                let mut rows = f.0.dequantized();
                 if let Some((r, a, b)) = ab {
                     let delta = matmul(View::new(b, *r, n).t(), View::new(a, k, *r).t());
                     rows.iter_mut().zip(delta).for_each(|(w, d)| *w += d);

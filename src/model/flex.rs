@@ -33,3 +33,11 @@ pub(crate) fn contiguous(t: FlexTensor) -> FlexTensor {
         t.to_contiguous()
     }
 }
+
+/// The values as `f32` (one copy; a conversion first if the backend stores another type).
+pub(crate) fn f32s<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .expect("data converted to f32 reads back as f32")
+}

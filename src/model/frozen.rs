@@ -35,11 +35,7 @@ impl Frozen {
     /// backends, merges and export: a float copy, never kept by the model).
     pub fn tensor(&self, device: &Device) -> Tensor<2> {
         let (k, n) = (self.0.rows(), self.0.cols());
-        let mut rows = vec![0.0f32; n * k];
-        for (j, row) in rows.chunks_exact_mut(k).enumerate() {
-            self.0.row_f32(j, row);
-        }
-        let w = transposed(&rows, n, k);
+        let w = transposed(&self.0.dequantized(), n, k);
         Tensor::from_data(TensorData::new(w, [k, n]), device)
     }
 }

@@ -3,6 +3,7 @@
 //! burn's `nn` modules, plus an incremental forward over a [`KvCache`] for decoding.
 
 use super::config::ModelConfig;
+use super::flex::f32s;
 use super::frozen::Frozen;
 use super::fused;
 use crate::cpu::math::{RopeSpec, rope_table};
@@ -33,15 +34,12 @@ pub struct Block {
     kv_heads: usize,
     head_dim: usize,
     mlp: usize,
-    /// QLoRA: `qkv`, `out`, `gate_up` and `down` ([`MATRICES`]' order) as quantised blocks,
+    /// QLoRA: `qkv`, `out`, `gate_up` and `down` ([`LORA_TARGETS`]' order) as quantised blocks,
     /// where the [`Linear`]'s own weight is then an empty placeholder (its adapter, if any,
     /// stays on it).
     #[module(skip)]
     frozen: [Option<Frozen>; 4],
 }
-
-/// A block's matrices, in the order of [`Block::frozen`] and of the decoder's layers.
-const MATRICES: [&str; 4] = ["qkv", "out", "gate_up", "down"];
 
 /// The whole model.
 #[derive(Module, Debug)]
@@ -224,21 +222,21 @@ impl Block {
         }
     }
 
-    /// [`MATRICES`]`[i]`'s layer and its frozen blocks, if any.
+    /// [`LORA_TARGETS`]`[i]`'s layer and its frozen blocks, if any.
     fn layer(&self, i: usize) -> (&Linear, Option<&Frozen>) {
         let l = self
-            .matrix(MATRICES[i])
-            .expect("MATRICES names block matrices");
+            .matrix(LORA_TARGETS[i])
+            .expect("LORA_TARGETS names block matrices");
         (l, self.frozen[i].as_ref())
     }
 
-    /// `x` through [`MATRICES`]`[i]` (see [`dense`]).
+    /// `x` through [`LORA_TARGETS`]`[i]` (see [`dense`]).
     fn dense(&self, i: usize, x: Tensor<3>) -> Tensor<3> {
         let (l, f) = self.layer(i);
         dense(l, f, x)
     }
 
-    /// [`MATRICES`]`[i]`'s effective `[k, n]` weight: its adapter merged, a frozen base
+    /// [`LORA_TARGETS`]`[i]`'s effective `[k, n]` weight: its adapter merged, a frozen base
     /// dequantised.
     fn value(&self, i: usize) -> Tensor<2> {
         match self.layer(i) {
@@ -421,7 +419,7 @@ impl Gpt {
     }
 
     /// The same model with block matrices frozen as quantised blocks (QLoRA): `layers[l][i]`
-    /// replaces block `l`'s [`MATRICES`]`[i]` where given (its f32 weight is dropped; an
+    /// replaces block `l`'s [`LORA_TARGETS`]`[i]` where given (its f32 weight is dropped; an
     /// adapter on it stays). Panics if a matrix's shape differs from the weight it replaces.
     pub fn with_frozen(mut self, layers: Vec<[Option<crate::cpu::quant::QMatrix>; 4]>) -> Gpt {
         assert_eq!(
@@ -439,7 +437,7 @@ impl Gpt {
                     (q.rows(), q.cols()),
                     (shape[0], shape[1]),
                     "frozen {} has the weight's shape",
-                    MATRICES[i]
+                    LORA_TARGETS[i]
                 );
                 ids.insert(l.weight.id);
                 b.frozen[i] = Some(Frozen::new(q));
@@ -475,12 +473,7 @@ impl Gpt {
                 }
                 let w = l.weight.base();
                 let [k, n] = w.dims();
-                let values = w
-                    .into_data()
-                    .convert::<f32>()
-                    .try_into_vec::<f32>()
-                    .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-                *q = Some(super::frozen::quantize(&values, k, n, false, kind)?);
+                *q = Some(super::frozen::quantize(&f32s(w), k, n, false, kind)?);
             }
             layers.push(qs);
         }
@@ -494,7 +487,7 @@ impl Gpt {
             .any(|b| b.frozen.iter().any(Option::is_some))
     }
 
-    /// Block `l`'s matrices for the decoder, in [`MATRICES`]' order: frozen blocks (with
+    /// Block `l`'s matrices for the decoder, in [`LORA_TARGETS`]' order: frozen blocks (with
     /// their adapter's factors `(scale · A, B)`, if any), or `None` for a float weight.
     pub fn frozen_layer(&self, l: usize) -> [Option<super::frozen::Adapted>; 4] {
         let b = &self.blocks[l];

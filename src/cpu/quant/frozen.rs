@@ -20,11 +20,22 @@ impl QMatrix {
 
     /// Weight rows `j0..j0 + width` as floats, row-major `[width, k]`, into `buf`.
     fn slab(&self, j0: usize, width: usize, buf: &mut Vec<f32>) {
-        let k = self.rows();
-        buf.resize(width * k, 0.0);
-        buf.par_chunks_mut(k)
+        buf.resize(width * self.rows(), 0.0);
+        self.rows_into(j0, buf);
+    }
+
+    /// Weight rows from `j0` as floats into `out` (whole rows of `k`), on every core.
+    fn rows_into(&self, j0: usize, out: &mut [f32]) {
+        out.par_chunks_mut(self.rows())
             .enumerate()
             .for_each(|(r, row)| self.row_f32(j0 + r, row));
+    }
+
+    /// Every weight row as floats, row-major `[n, k]` (one row per output).
+    pub fn dequantized(&self) -> Vec<f32> {
+        let mut out = vec![0.0f32; self.cols() * self.rows()];
+        self.rows_into(0, &mut out);
+        out
     }
 
     /// `a · selfᵀ` for `a` row-major `[m, k]`: row-major `[m, n]`.
