@@ -94,30 +94,22 @@ pub enum Order {
 impl Packed {
     /// Pack a row-major `[k, n]` matrix.
     pub fn new(w: &[f32], k: usize, n: usize) -> Packed {
-        // Written in order, without zeroing the whole buffer first (training's attention packs
-        // its operands at every call, so packing time counts).
-        // SAFETY: `pack_into` writes every element of the packed layout (the last panel's
-        // missing columns as zeros).
-        let data = unsafe {
-            written(Packed::size(k, n), |out| {
-                pack_into((w, k, n, Order::Rows), out)
-            })
-        };
-        Packed {
-            k,
-            n,
-            data: Data::Own(data),
-        }
+        Packed::of((w, k, n, Order::Rows))
     }
 
     /// Pack the transpose of a row-major `[n, k]` matrix (one row per output) as `[k, n]`.
     pub fn from_transpose(w: &[f32], k: usize, n: usize) -> Packed {
-        // SAFETY: `pack_into` writes every element of the packed layout.
-        let data = unsafe {
-            written(Packed::size(k, n), |out| {
-                pack_into((w, k, n, Order::Columns), out)
-            })
-        };
+        Packed::of((w, k, n, Order::Columns))
+    }
+
+    /// Pack one matrix into memory of its own.
+    fn of(m: Matrix<'_>) -> Packed {
+        let (_, k, n, _) = m;
+        // Written in order, without zeroing the whole buffer first (training's attention packs
+        // its operands at every call, so packing time counts).
+        // SAFETY: `pack_into` writes every element of the packed layout (the last panel's
+        // missing columns as zeros).
+        let data = unsafe { written(Packed::size(k, n), |out| pack_into(m, out)) };
         Packed {
             k,
             n,
