@@ -19,21 +19,19 @@ pub fn freeze(
         // Loaded from a QLoRA checkpoint, which froze it already.
         return Ok(model);
     }
-    let kind = match q {
+    let kind = match q.resolved(base) {
         Quantize::None => return Ok(model),
-        Quantize::Auto => match base.filter(|p| crate::spec::source::is_gguf(p)) {
-            Some(path) => {
-                let (g, file_cfg, _) = super::pretrained::gguf_model::open(path)?;
-                anyhow::ensure!(
-                    file_cfg.shape() == cfg.shape(),
-                    "{}: the model's shape differs from the file's",
-                    path.display()
-                );
-                let layers = super::pretrained::gguf_engine::block_matrices(&g, &file_cfg)?;
-                return Ok(model.with_frozen(layers));
-            }
-            None => Kind::Q8_0,
-        },
+        Quantize::Auto => {
+            let path = base.expect("resolved to the file's blocks only for a GGUF base");
+            let (g, file_cfg, _) = super::pretrained::gguf_model::open(path)?;
+            anyhow::ensure!(
+                file_cfg.shape() == cfg.shape(),
+                "{}: the model's shape differs from the file's",
+                path.display()
+            );
+            let layers = super::pretrained::gguf_engine::block_matrices(&g, &file_cfg)?;
+            return Ok(model.with_frozen(layers));
+        }
         Quantize::Q8_0 => Kind::Q8_0,
         Quantize::Q4_1 => Kind::Q4_1,
     };

@@ -88,14 +88,22 @@ pub enum Quantize {
 }
 
 impl Quantize {
+    /// What this means for a LoRA stage starting from `base`: `Auto` stays `Auto` (the GGUF
+    /// file's own blocks) only when `base` is a GGUF file, and is `Q8_0` otherwise.
+    pub fn resolved(self, base: Option<&std::path::Path>) -> Quantize {
+        match self {
+            Quantize::Auto if !base.is_some_and(super::source::is_gguf) => Quantize::Q8_0,
+            q => q,
+        }
+    }
+
     /// How a LoRA stage starting from `base` holds its frozen blocks, as run.json says it;
     /// `None` when they stay f32.
     pub fn describe(self, base: Option<&std::path::Path>) -> Option<&'static str> {
-        let gguf = base.is_some_and(super::source::is_gguf);
-        match self {
+        match self.resolved(base) {
             Quantize::None => None,
-            Quantize::Auto if gguf => Some("the GGUF file's blocks"),
-            Quantize::Auto | Quantize::Q8_0 => Some("q8_0"),
+            Quantize::Auto => Some("the GGUF file's blocks"),
+            Quantize::Q8_0 => Some("q8_0"),
             Quantize::Q4_1 => Some("q4_1"),
         }
     }
