@@ -1,5 +1,6 @@
-//! Run health alerts from metric histories, for stageloop's runs and for other programs' runs
-//! that use TRL's metric names. Each rule compares the first and last thirds of a metric (at
+//! Run health alerts from metric histories, for stageloop's runs and for other frameworks'
+//! runs: the rules read stageloop's (TRL's) metric names, and [`ALIASES`] maps verl's and
+//! prime-rl's names onto them. Each rule compares the first and last thirds of a metric (at
 //! least [`MIN_POINTS`] logged values) and says in one sentence what it means and what to try.
 //! Pure functions over value columns; the `runs` command and the notebook both call them.
 
@@ -24,6 +25,38 @@ fn thirds(v: &[f64]) -> Option<(f64, f64)> {
     Some((mean(&v[..t]), mean(&v[v.len() - t..])))
 }
 
+/// Other frameworks' names for the metrics the rules read, tried in order when the run lacks
+/// the name itself: verl's (`verl/trainer/ppo/metric_utils.py`, the actor's and the rollout
+/// correction's metrics) and prime-rl's (its orchestrator's and trainer's).
+pub const ALIASES: &[(&str, &[&str])] = &[
+    ("reward", &["critic/score/mean", "reward/all/mean"]),
+    (
+        "entropy",
+        &["actor/entropy", "entropy/mean", "entropy/all/mean"],
+    ),
+    (
+        "completions/mean_length",
+        &["response_length/mean", "decode_len/all/mean"],
+    ),
+    (
+        "completions/clipped_ratio",
+        &["response_length/clip_ratio", "is_truncated/all/mean"],
+    ),
+    ("kl", &["actor/kl_loss", "critic/kl"]),
+    (
+        "clip_ratio/region_mean",
+        &["clip_ratio", "actor/pg_clipfrac"],
+    ),
+    (
+        "sampling/sampling_logp_difference/mean",
+        &[
+            "mismatch_kl/mean",
+            "mismatch_kl/all/mean",
+            "training/rollout_probs_diff_mean",
+        ],
+    ),
+];
+
 /// The metric columns a rule reads.
 struct Run<'a> {
     names: &'a [String],
@@ -31,9 +64,30 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
-    /// Means of the first and last thirds of metric `n`.
+    /// Means of the first and last thirds of metric `n` (or of its first alias the run has).
     fn get(&self, n: &str) -> Option<(f64, f64)> {
-        (self.column)(n).and_then(|v| thirds(&v))
+        self.values(n).and_then(|v| thirds(&v))
+    }
+
+    /// Metric `n`'s values under its own name, one of its [`ALIASES`], or (for the share of
+    /// groups without learning signal) prime-rl's groups solved by none plus those solved by all.
+    fn values(&self, n: &str) -> Option<Vec<f64>> {
+        if let Some(v) = (self.column)(n) {
+            return Some(v);
+        }
+        let aliases = ALIASES
+            .iter()
+            .find(|(k, _)| *k == n)
+            .map_or(&[][..], |a| a.1);
+        if let Some(v) = aliases.iter().find_map(|a| (self.column)(a)) {
+            return Some(v);
+        }
+        if n == "frac_reward_zero_std" {
+            let none = (self.column)("solve_none/all")?;
+            let all = (self.column)("solve_all/all")?;
+            return Some(none.iter().zip(&all).map(|(a, b)| a + b).collect());
+        }
+        None
     }
 
     /// The first metric name that `pred` accepts.
@@ -187,7 +241,7 @@ fn kl_blowup(r: &Run<'_>) -> Option<Alert> {
 }
 
 fn clip_blowup(r: &Run<'_>) -> Option<Alert> {
-    let (_, c1) = r.get(r.find(|n| n == "clip_ratio/region_mean" || n == "clip_ratio")?)?;
+    let (_, c1) = r.get("clip_ratio/region_mean")?;
     alert_if(c1 > 0.3, "clip_blowup", || {
         format!(
             "{:.0}% of tokens are clipped: updates are too large for the trust region — lower the learning rate or num_iterations",
@@ -310,6 +364,48 @@ mod tests {
         let mut gappy = ramp(1.0, 0.01);
         gappy[3] = f64::NAN;
         assert_eq!(run(&[("entropy", gappy)]), vec!["entropy_collapse"]);
+    }
+
+    #[test]
+    fn verl_and_prime_rl_names_reach_the_rules() {
+        assert_eq!(
+            run(&[("actor/entropy", ramp(1.0, 0.05))]),
+            vec!["entropy_collapse"]
+        );
+        assert_eq!(
+            run(&[
+                ("response_length/mean", ramp(20.0, 90.0)),
+                ("response_length/clip_ratio", ramp(0.0, 0.6))
+            ]),
+            vec!["length_runaway"]
+        );
+        assert_eq!(
+            run(&[("actor/pg_clipfrac", ramp(0.2, 0.6))]),
+            vec!["clip_blowup"]
+        );
+        assert_eq!(
+            run(&[("decode_len/all/mean", ramp(40.0, 10.0))]),
+            vec!["length_collapse"]
+        );
+        assert_eq!(
+            run(&[
+                ("solve_none/all", ramp(0.5, 0.6)),
+                ("solve_all/all", ramp(0.3, 0.35))
+            ]),
+            vec!["no_learning_signal"]
+        );
+        assert_eq!(
+            run(&[("mismatch_kl/all/mean", ramp(0.01, 0.3))]),
+            vec!["sampler_drift"]
+        );
+        // The run's own name wins over an alias.
+        assert!(
+            run(&[
+                ("entropy", ramp(1.0, 0.9)),
+                ("actor/entropy", ramp(1.0, 0.01))
+            ])
+            .is_empty()
+        );
     }
 
     #[test]

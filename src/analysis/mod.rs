@@ -23,7 +23,12 @@ pub fn load_run(run: &RunDir) -> Result<DataFrame> {
 /// [`load_run`], also saying which JSONL lines were skipped.
 pub fn load_run_counted(run: &RunDir) -> Result<(DataFrame, BadLines)> {
     let id = run.id();
-    let (mut df, bad) = if run.metrics().is_file() {
+    let foreign = crate::runfs::foreign::detect(&run.path);
+    let (mut df, bad) = if let Some(f) = foreign {
+        let (cols, bad, _) = crate::runfs::foreign::read_all(&run.path, f)
+            .with_context(|| format!("{}: cannot read its {} run", run.path.display(), f.name()))?;
+        (columns_frame(cols)?, bad)
+    } else if run.metrics().is_file() {
         load_jsonl(&run.metrics())?
     } else if run.metrics_csv().is_file() {
         let path = run.metrics_csv();
@@ -49,6 +54,11 @@ pub fn load_run_counted(run: &RunDir) -> Result<(DataFrame, BadLines)> {
 fn load_jsonl(path: &std::path::Path) -> Result<(DataFrame, BadLines)> {
     let (cols, bad) =
         read_columns(path, 0).with_context(|| format!("{}: cannot read", path.display()))?;
+    Ok((columns_frame(cols)?, bad))
+}
+
+/// Columns as a frame: `step`, `time`, then one column per metric.
+fn columns_frame(cols: crate::runfs::metrics::Columns) -> Result<DataFrame> {
     // Steps are at most 2^53 (parse_metric_line): exact as i64.
     let steps: Vec<i64> = cols.steps.iter().map(|&s| s as i64).collect();
     let mut columns = vec![
@@ -64,7 +74,7 @@ fn load_jsonl(path: &std::path::Path) -> Result<(DataFrame, BadLines)> {
         };
         columns.push(Column::new(name.as_str().into(), vals));
     }
-    Ok((DataFrame::new_infer_height(columns)?, bad))
+    Ok(DataFrame::new_infer_height(columns)?)
 }
 
 /// Histories of several runs stacked into one frame; columns missing in a run are null there.
@@ -130,10 +140,19 @@ pub const LAST_VALUES_BUDGET: u64 = 8 << 20;
 /// end of its log (at most [`LAST_VALUES_BUDGET`] bytes, so a 1 GB log costs what an 8 MB one
 /// does).
 pub fn run_row(run: &RunDir) -> RunRow {
-    let status = RunStatus::load(&run.path).ok();
-    let path = run.metrics();
-    let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-    let (cols, _) = read_columns(&path, len.saturating_sub(LAST_VALUES_BUDGET)).unwrap_or_default();
+    let foreign = crate::runfs::foreign::detect(&run.path)
+        .and_then(|f| crate::runfs::foreign::read_all(&run.path, f).ok());
+    let is_foreign = foreign.is_some();
+    let (cols, status) = match foreign {
+        Some((cols, _, status)) => (cols, Some(status)),
+        None => {
+            let path = run.metrics();
+            let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            let (cols, _) =
+                read_columns(&path, len.saturating_sub(LAST_VALUES_BUDGET)).unwrap_or_default();
+            (cols, RunStatus::load(&run.path).ok())
+        }
+    };
     let last_step = cols.steps.last().copied().unwrap_or(0);
     let cols: BTreeMap<String, Vec<f64>> = cols
         .values
@@ -155,7 +174,11 @@ pub fn run_row(run: &RunDir) -> RunRow {
         kind: status.as_ref().map(|s| s.kind.clone()).unwrap_or_default(),
         status: status
             .as_ref()
-            .map(|s| s.effective_status(&run.path).to_string())
+            // A foreign run's status is made from its files; it holds no lock.
+            .map(|s| match is_foreign {
+                true => s.status.to_string(),
+                false => s.effective_status(&run.path).to_string(),
+            })
             .unwrap_or_else(|| "unknown".into()),
         step: status
             .as_ref()

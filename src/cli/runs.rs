@@ -1,22 +1,14 @@
-//! `stageloop runs EXP`: one row per run of an experiment, or of a folder of another program's
-//! runs (`EXP/runs/*/metrics.jsonl` or `metrics.csv`, no `experiment.toml`).
+//! `stageloop runs EXP`: one row per run of an experiment, of a folder of other programs' runs
+//! (stageloop's, TRL's, verl's, prime-rl's, TensorBoard's: [`crate::runfs::foreign`]), or of
+//! one such run folder.
 
 use crate::untrusted::display;
 use crate::{analysis, runfs, spec};
 use std::path::Path;
 
 pub fn run(exp: &Path, json: bool) -> anyhow::Result<()> {
-    // Another program's runs: a folder with `runs/` and no spec is listed as it is.
-    let runs_dir =
-        if exp.is_dir() && !exp.join("experiment.toml").exists() && exp.join("runs").is_dir() {
-            exp.join("runs")
-        } else {
-            spec::load(exp)?.runs_dir()
-        };
-    let rows: Vec<_> = runfs::list_runs(&runs_dir)
-        .iter()
-        .map(analysis::run_row)
-        .collect();
+    let (runs_dir, runs) = listed(exp)?;
+    let rows: Vec<_> = runs.iter().map(analysis::run_row).collect();
     if json {
         outln!("{}", serde_json::to_string(&rows)?);
         return Ok(());
@@ -27,6 +19,23 @@ pub fn run(exp: &Path, json: bool) -> anyhow::Result<()> {
     }
     out!("{}", table(&rows));
     Ok(())
+}
+
+/// The runs `PATH` names, and the folder they are in: an experiment's; a folder with `runs/`
+/// and no spec (another program's runs), or whose subfolders are runs of any format; or one
+/// run folder alone (a TRL output folder, a verl log's folder...).
+pub fn listed(exp: &Path) -> anyhow::Result<(std::path::PathBuf, Vec<runfs::RunDir>)> {
+    if exp.is_dir() && !exp.join("experiment.toml").exists() {
+        if let Some(dir) = runfs::runs_dir_of(exp) {
+            return Ok((dir.clone(), runfs::list_runs(&dir)));
+        }
+        let run = runfs::RunDir::new(exp);
+        if run.is_run() {
+            return Ok((exp.to_path_buf(), vec![run]));
+        }
+    }
+    let dir = spec::load(exp)?.runs_dir();
+    Ok((dir.clone(), runfs::list_runs(&dir)))
 }
 
 /// Headline metrics shown as columns when any run has them.

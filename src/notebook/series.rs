@@ -183,6 +183,11 @@ impl RunSeries {
         }
     }
 
+    /// The step of the last row (0 when empty).
+    pub fn last_step(&self) -> u64 {
+        self.steps.last().map_or(0, |&s| s as u64)
+    }
+
     /// The last finite value of a metric.
     pub fn last(&self, name: &str) -> Option<f64> {
         self.last.get(name).copied()

@@ -90,6 +90,12 @@ pub struct RunView {
     /// When the alerts were last computed.
     alerts_at: Option<Instant>,
     metrics_tail: MetricsTail,
+    /// The format of a run another framework writes, and its reader (its status is made from
+    /// what its files say: [`runfs::foreign::status`]).
+    pub foreign: Option<runfs::foreign::Format>,
+    foreign_tail: Option<runfs::foreign::Tail>,
+    /// The newest modification time of a foreign run's sample files when last read.
+    foreign_samples_stamp: Option<SystemTime>,
     loader: Option<Loader>,
     polled: bool,
     csv_loaded: bool,
@@ -165,7 +171,11 @@ fn read_notes(dir: &Path, seen: Option<SystemTime>) -> (Option<String>, Option<S
 impl RunView {
     pub fn new(dir: PathBuf) -> RunView {
         let r = runfs::RunDir::new(dir.clone());
+        let foreign = runfs::foreign::detect(&dir);
         RunView {
+            foreign,
+            foreign_tail: foreign.map(|f| runfs::foreign::Tail::new(&dir, f)),
+            foreign_samples_stamp: None,
             id: r.id(),
             metrics_tail: MetricsTail::new(r.metrics()),
             samples_tail: TailReader::new(r.samples()),
@@ -201,6 +211,9 @@ impl RunView {
     /// The status to show (`crashed` for a running status whose stage no longer holds the
     /// run's lock, as last polled).
     pub fn effective_status(&self) -> Option<Status> {
+        if self.foreign.is_some() {
+            return self.status.as_ref().map(|s| s.status);
+        }
         self.status.as_ref().map(|s| s.status_given(self.locked.1))
     }
 
@@ -211,6 +224,16 @@ impl RunView {
     /// Read what changed; returns whether anything did.
     pub fn poll(&mut self, deadline: Instant) -> bool {
         self.dirty = false;
+        if self.foreign.is_none() && self.status.is_none() && self.series.is_empty() {
+            // A prime-rl log whose first line was not there yet when the run was found.
+            self.foreign = runfs::foreign::detect(&self.dir);
+            self.foreign_tail = self
+                .foreign
+                .map(|f| runfs::foreign::Tail::new(&self.dir, f));
+        }
+        if self.foreign.is_some() {
+            return self.poll_foreign(deadline);
+        }
         let mut changed = false;
         let rj = self.dir.join(runfs::RUN_JSON);
         let mt = mtime(&rj);
@@ -306,6 +329,54 @@ impl RunView {
         changed
     }
 
+    /// [`RunView::poll`] for a run another framework writes: its records through its format's
+    /// reader, its samples where it has them, and a status made from its files.
+    fn poll_foreign(&mut self, deadline: Instant) -> bool {
+        let Some(tail) = &mut self.foreign_tail else {
+            return false;
+        };
+        let mut changed = false;
+        match tail.poll(Some(deadline)) {
+            Ok(p) => {
+                if p.reset {
+                    self.series = RunSeries::default();
+                }
+                changed |= p.reset || !p.rows.is_empty();
+                for r in &p.rows {
+                    self.series.push(r);
+                }
+                self.loading = p.more;
+                self.bad_lines = tail.bad.count;
+                self.last_error = tail.bad.first.clone();
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                changed |= self.last_error.as_ref() != Some(&msg);
+                self.last_error = Some(msg);
+                self.loading = false;
+            }
+        }
+        let names: Vec<&str> = self.series.names().map(String::as_str).collect();
+        let status = runfs::foreign::status(&self.dir, tail, self.series.last_step(), &names);
+        if self.status.as_ref() != Some(&status) {
+            self.status = Some(status);
+            changed = true;
+        }
+        let format = tail.format;
+        if let Some(read) = runfs::foreign::samples(&self.dir, format, self.foreign_samples_stamp) {
+            self.foreign_samples_stamp = read.stamp;
+            self.samples = read.samples;
+            changed = true;
+        }
+        let (notes, notes_mtime) = read_notes(&self.dir, self.notes_mtime);
+        if notes_mtime != self.notes_mtime {
+            (self.notes, self.notes_mtime) = (notes, notes_mtime);
+            changed = true;
+        }
+        self.refresh_alerts();
+        changed
+    }
+
     /// A log over [`BIG_LOG`]: show the rows of its last [`PREVIEW_BYTES`] now, read everything
     /// before them on a background thread, and tail from the end. Returns whether rows came.
     fn start_big_load(&mut self) -> bool {
@@ -379,6 +450,9 @@ impl RunView {
     /// For a run whose run.json says running: whether a process holds its lock (asked at most
     /// once a second). Returns whether that changed.
     fn refresh_liveness(&mut self) -> bool {
+        if self.foreign.is_some() {
+            return false;
+        }
         let stale = self
             .locked
             .0
@@ -476,6 +550,9 @@ impl RunView {
 pub struct ExperimentView {
     pub name: String,
     pub dir: PathBuf,
+    /// Where its runs are: `dir/runs`, or `dir` itself for a folder of another framework's
+    /// runs.
+    pub runs_dir: PathBuf,
     pub spec: Result<Experiment, String>,
     pub runs: Vec<RunView>,
     /// The experiment's `notes.md`, as last read.
@@ -596,17 +673,36 @@ impl Workspace {
         self.rescan()
     }
 
-    fn experiment_dirs(&self) -> Vec<PathBuf> {
-        if self.root.join("experiment.toml").is_file() || self.root.join("runs").is_dir() {
-            return vec![self.root.clone()];
+    /// The experiments under the root with the folder their runs are in: the root itself when
+    /// it is an experiment or a folder of runs ([`runfs::runs_dir_of`]), else its subfolders
+    /// that are. A root that is one run shows its folder's runs.
+    fn experiment_dirs(&self) -> Vec<(PathBuf, PathBuf)> {
+        let root = &self.root;
+        if root.join("experiment.toml").is_file() || root.join("runs").is_dir() {
+            return vec![(root.clone(), root.join("runs"))];
         }
-        let mut dirs: Vec<PathBuf> = std::fs::read_dir(&self.root)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.join("experiment.toml").is_file() || p.join("runs").is_dir())
-            .collect();
+        if runfs::RunDir::new(root).is_run()
+            && let Some(parent) = root.parent()
+        {
+            return vec![(parent.to_path_buf(), parent.to_path_buf())];
+        }
+        let mut dirs = Vec::new();
+        let mut loose_runs = false;
+        for e in std::fs::read_dir(root).into_iter().flatten().flatten() {
+            let p = e.path();
+            if e.file_name().to_string_lossy().starts_with('.') || !p.is_dir() {
+                continue;
+            }
+            if let Some(runs) = runfs::runs_dir_of(&p) {
+                dirs.push((p, runs));
+            } else if runfs::RunDir::new(&p).is_run() {
+                loose_runs = true;
+            }
+        }
+        // Runs straight under the root (e.g. synced TRL output folders) are one more group.
+        if loose_runs {
+            dirs.push((root.clone(), root.clone()));
+        }
         dirs.sort();
         dirs
     }
@@ -616,9 +712,10 @@ impl Workspace {
         let mut changed = false;
         let dirs = self.experiment_dirs();
         let before = self.experiments.len();
-        self.experiments.retain(|e| dirs.contains(&e.dir));
+        self.experiments
+            .retain(|e| dirs.iter().any(|(d, r)| *d == e.dir && *r == e.runs_dir));
         changed |= before != self.experiments.len();
-        for d in dirs {
+        for (d, runs_dir) in dirs {
             let idx = match self.experiments.iter().position(|e| e.dir == d) {
                 Some(i) => i,
                 None => {
@@ -630,6 +727,7 @@ impl Workspace {
                         name,
                         spec: Err(String::new()),
                         dir: d.clone(),
+                        runs_dir,
                         runs: Vec::new(),
                         notes: None,
                         notes_mtime: None,
@@ -658,7 +756,7 @@ impl Workspace {
             }
             // The folder names alone tell whether runs came or went; only then is each run.json
             // read again to list and order them.
-            let mut names: Vec<std::ffi::OsString> = std::fs::read_dir(e.dir.join("runs"))
+            let mut names: Vec<std::ffi::OsString> = std::fs::read_dir(&e.runs_dir)
                 .into_iter()
                 .flatten()
                 .flatten()
@@ -670,7 +768,7 @@ impl Workspace {
                 continue;
             }
             e.run_names = names;
-            let runs = runfs::list_runs(&e.dir.join("runs"));
+            let runs = runfs::list_runs(&e.runs_dir);
             let order: Vec<PathBuf> = runs.iter().map(|r| r.path.clone()).collect();
             let before = e.runs.len();
             e.runs.retain(|r| runs.iter().any(|x| x.path == r.dir));

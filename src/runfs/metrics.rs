@@ -24,8 +24,23 @@ pub struct MetricRow {
 /// at most [`MAX_STEP`]. Nesting is bounded by serde_json's recursion limit (128), so a line of
 /// 100,000 `[` is an error, not a stack overflow.
 pub fn parse_metric_line(line: &str) -> Result<MetricRow, String> {
+    parse_line(line)?.ok_or_else(|| "`step` is null".to_string())
+}
+
+/// [`parse_metric_line`], where a row whose `step` is `null` is `Ok(None)`: prime-rl's file
+/// monitor writes its time-keyed gauges that way, and readers skip them without calling them
+/// bad.
+pub fn parse_line(line: &str) -> Result<Option<MetricRow>, String> {
     let v: serde_json::Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
     let obj = v.as_object().ok_or("not a JSON object")?;
+    if obj.get("step").is_some_and(serde_json::Value::is_null) {
+        return Ok(None);
+    }
+    row_of(obj).map(Some)
+}
+
+/// A row from a JSON object's `step`, `time` and numeric fields (nested objects are skipped).
+pub fn row_of(obj: &serde_json::Map<String, serde_json::Value>) -> Result<MetricRow, String> {
     let step = obj
         .get("step")
         .and_then(|s| {
@@ -83,14 +98,14 @@ impl BadLines {
 }
 
 /// Parse one raw line (any bytes: invalid UTF-8 is replaced, so it fails as JSON or keeps its
-/// text fields lossy, never rejecting the file). Blank lines are `None`.
+/// text fields lossy, never rejecting the file). Blank lines and rows without a step (`"step": null`) are `None`.
 fn parse_raw(raw: &[u8]) -> Option<Result<MetricRow, String>> {
     let raw = raw.strip_suffix(b"\n").unwrap_or(raw);
     let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
     if raw.iter().all(u8::is_ascii_whitespace) {
         return None;
     }
-    Some(parse_metric_line(&String::from_utf8_lossy(raw)))
+    parse_line(&String::from_utf8_lossy(raw)).transpose()
 }
 
 /// Stream every row of a metrics log to `each`, in file order, skipping bad lines; memory is one
@@ -235,6 +250,11 @@ impl MetricsTail {
         }
     }
 
+    /// The file followed.
+    pub fn path(&self) -> &Path {
+        self.tail.path()
+    }
+
     /// Skip the file up to `offset` (a line end): see [`TailReader::start_at`].
     pub fn start_at(&mut self, offset: u64) {
         self.tail.start_at(offset);
@@ -260,8 +280,9 @@ impl MetricsTail {
             if line.trim().is_empty() {
                 continue;
             }
-            match parse_metric_line(line) {
-                Ok(r) => rows.push(r),
+            match parse_line(line) {
+                Ok(Some(r)) => rows.push(r),
+                Ok(None) => {}
                 Err(e) => {
                     self.bad_lines += 1;
                     self.last_error = Some(format!(

@@ -8,6 +8,7 @@
 
 pub mod atomic;
 pub mod checkpoint;
+pub mod foreign;
 pub mod jsonl;
 pub mod lock;
 pub mod metrics;
@@ -65,10 +66,32 @@ impl RunDir {
     pub fn checkpoints(&self) -> PathBuf {
         self.path.join(CHECKPOINTS)
     }
-    /// Whether the folder looks like a run: it has a `run.json` or a metrics log.
+    /// Whether the folder looks like a run: it has a `run.json`, a metrics log, or the files
+    /// of another framework's run ([`foreign::detect`]).
     pub fn is_run(&self) -> bool {
-        self.run_json().is_file() || self.metrics().is_file() || self.metrics_csv().is_file()
+        self.run_json().is_file()
+            || self.metrics().is_file()
+            || self.metrics_csv().is_file()
+            || foreign::detect(&self.path).is_some()
     }
+}
+
+/// Where a folder's runs are: `dir/runs` for an experiment (or any folder with a `runs/`), or
+/// `dir` itself when some of its subfolders are runs (another framework's output root, e.g.
+/// verl's `tensorboard_log/<project>/` or a folder of synced TRL output folders). `None` when
+/// it has neither.
+pub fn runs_dir_of(dir: &Path) -> Option<PathBuf> {
+    if dir.join("experiment.toml").is_file() || dir.join("runs").is_dir() {
+        return Some(dir.join("runs"));
+    }
+    let any_run = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .any(|e| RunDir::new(e.path()).is_run());
+    any_run.then(|| dir.to_path_buf())
 }
 
 /// `yyyymmdd-HHMMSS` (UTC) of a Unix time.

@@ -16,6 +16,9 @@ pub enum Status {
     Failed,
     Stopped,
     Crashed,
+    /// A run another framework writes whose files have not changed for a while
+    /// ([`super::foreign::LIVE_WINDOW`]) and do not say it finished. Never in `run.json`.
+    Idle,
 }
 
 impl Status {
@@ -27,6 +30,7 @@ impl Status {
             Status::Failed => "failed",
             Status::Stopped => "stopped",
             Status::Crashed => "crashed",
+            Status::Idle => "idle",
         }
     }
 }

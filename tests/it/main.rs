@@ -6,6 +6,7 @@ mod analysis_polars;
 mod architecture;
 mod cli;
 mod common;
+mod foreign;
 mod fuzz;
 mod grpo;
 mod lora;
