@@ -6,6 +6,7 @@ pub mod analysis;
 pub mod bench;
 pub mod cli;
 pub mod cpu;
+pub mod handoff;
 pub mod model;
 pub mod notebook;
 pub mod runfs;

@@ -125,6 +125,7 @@ mod tests {
             seed: None,
             precision: None,
             frozen_base: None,
+            writer: None,
         }
         .save(&dir)
         .unwrap();

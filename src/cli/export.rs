@@ -1,6 +1,6 @@
 //! `stageloop export RUN`: a run's charts (SVG) and metric table (CSV or Parquet); with
 //! `--format hf`, its latest checkpoint (or a checkpoint, or a pretrained model) as a Hugging
-//! Face folder.
+//! Face folder; `export EXP --stage NAME --to trl`, a stage handed to TRL ([`crate::handoff`]).
 
 use crate::analysis::export::export_run;
 use crate::runfs::RunDir;
@@ -31,6 +31,37 @@ pub fn run(run: &Path, formats: &[String], out: Option<PathBuf>) -> anyhow::Resu
     if let Some(s) = done.note() {
         eprintln!("{}", crate::untrusted::display(&s));
     }
+    Ok(())
+}
+
+/// `export EXP --stage NAME --to trl`: the folder, what was written and what TRL lacks.
+pub fn handoff(
+    exp: &Path,
+    stage: &str,
+    to: &str,
+    out: Option<PathBuf>,
+    model: Option<&Path>,
+) -> anyhow::Result<()> {
+    let e = crate::spec::load(exp)?;
+    let out = out.unwrap_or_else(|| e.dir.join("handoff").join(format!("{stage}-{to}")));
+    let report = crate::handoff::export(&e, stage, to, &out, model)?;
+    for f in &report.files {
+        outln!("{}", crate::untrusted::display(&f.display().to_string()));
+    }
+    eprintln!(
+        "model: {}",
+        crate::untrusted::display(&report.model.display().to_string())
+    );
+    for u in &report.unmapped {
+        eprintln!(
+            "not carried over: {}: {}",
+            crate::untrusted::display(&u.key),
+            crate::untrusted::display(&u.why)
+        );
+    }
+    eprintln!("run it:  cd {} && {}", out.display(), report.launch[0]);
+    eprintln!("on 8 GPUs:  {}", report.launch[1]);
+    eprintln!("watch it:  stageloop tui {}", out.join("runs").display());
     Ok(())
 }
 

@@ -156,10 +156,22 @@ pub enum Command {
         stats: bool,
     },
     /// Export a run's charts (svg) and metrics (csv, parquet), or its model as a Hugging Face
-    /// folder (hf).
+    /// folder (hf); or hand a stage of an experiment to TRL (`EXP --stage NAME --to trl`).
     Export {
-        /// Run folder (hf: also a checkpoint, a Hugging Face folder or a .gguf file).
+        /// Run folder (hf: also a checkpoint, a Hugging Face folder or a .gguf file; --to: an
+        /// experiment).
         run: PathBuf,
+        /// Hand this stage over (with --to).
+        #[arg(long, requires = "to")]
+        stage: Option<String>,
+        /// The framework to hand the stage to: trl (a folder with train.py for TRL's
+        /// GRPOTrainer / SFTTrainer, its data and model).
+        #[arg(long, requires = "stage", conflicts_with = "format")]
+        to: Option<String>,
+        /// With --to: the model to start from (default: the stage's `init` checkpoint, or
+        /// `[model] from`).
+        #[arg(long, requires = "to")]
+        model: Option<PathBuf>,
         /// Formats, repeatable or comma-separated: svg, csv, parquet; or hf alone.
         #[arg(long = "format", value_delimiter = ',', default_values_t = vec!["svg".to_string(), "csv".to_string()])]
         format: Vec<String>,
@@ -248,7 +260,17 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
             (None, Some(v)) => score::run_verifier(&v, pattern.as_deref(), case_sensitive),
             (None, None) => anyhow::bail!("give --task or --verifier"),
         },
-        Some(Command::Export { run, format, out }) => export::run(&run, &format, out),
+        Some(Command::Export {
+            run,
+            format,
+            out,
+            stage,
+            to,
+            model,
+        }) => match (stage, to) {
+            (Some(stage), Some(to)) => export::handoff(&run, &stage, &to, out, model.as_deref()),
+            _ => export::run(&run, &format, out),
+        },
         Some(Command::Data {
             command:
                 DataCommand::Gen {

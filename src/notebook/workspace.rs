@@ -460,7 +460,10 @@ impl RunView {
         if !self.is_running() || !stale {
             return false;
         }
-        let held = runfs::lock::holder(&self.dir).is_some();
+        let held = match &self.status {
+            Some(s) => s.alive(&self.dir),
+            None => false,
+        };
         let changed = held != self.locked.1;
         self.locked = (Some(Instant::now()), held);
         changed

@@ -5,6 +5,17 @@ use super::atomic;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
+/// A run another program writes (it holds no lock) is `running` while its files changed within
+/// this long.
+pub const LIVE_WINDOW: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Whether `newest` (a file's modification time) is within [`LIVE_WINDOW`] of now.
+pub fn recent(newest: Option<std::time::SystemTime>) -> bool {
+    newest
+        .and_then(|t| std::time::SystemTime::now().duration_since(t).ok())
+        .is_some_and(|age| age < LIVE_WINDOW)
+}
+
 /// Lifecycle of a run. `crashed` is never written by a stage: readers derive it from a
 /// `running` status whose process is gone (see [`RunStatus::effective_status`]).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
@@ -17,7 +28,7 @@ pub enum Status {
     Stopped,
     Crashed,
     /// A run another framework writes whose files have not changed for a while
-    /// ([`super::foreign::LIVE_WINDOW`]) and do not say it finished. Never in `run.json`.
+    /// ([`LIVE_WINDOW`]) and do not say it finished. Never in `run.json`.
     Idle,
 }
 
@@ -102,6 +113,11 @@ pub struct RunStatus {
     /// `q4_1`, or the GGUF file's own blocks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub frozen_base: Option<String>,
+    /// The program writing the run when it is not stageloop (`trl`: a handed-over stage's
+    /// `train.py`). Such a run holds no lock: it is alive while its files change
+    /// ([`LIVE_WINDOW`]), else `idle`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writer: Option<String>,
 }
 
 /// One resume of a run (see [`RunStatus::resumed_at`]).
@@ -150,13 +166,31 @@ impl RunStatus {
     /// process holds the run's own lock ([`super::lock::holder`]): the pid in run.json is not
     /// believed (0, -1, or a reused pid after a power loss would look alive).
     pub fn effective_status(&self, dir: &Path) -> Status {
-        self.status_given(super::lock::holder(dir).is_some())
+        self.status_given(self.alive(dir))
+    }
+
+    /// Whether the run's writer is alive: the lock is held (stageloop's stages), or (another
+    /// program's writer) its folder's files changed within [`LIVE_WINDOW`].
+    pub fn alive(&self, dir: &Path) -> bool {
+        if self.writer.is_none() {
+            return super::lock::holder(dir).is_some();
+        }
+        let newest = [super::RUN_JSON, super::METRICS, super::SAMPLES]
+            .iter()
+            .filter_map(|f| {
+                std::fs::metadata(dir.join(f))
+                    .and_then(|m| m.modified())
+                    .ok()
+            })
+            .max();
+        recent(newest)
     }
 
     /// [`Self::effective_status`] when whether the run's lock is held is known already.
-    pub fn status_given(&self, locked: bool) -> Status {
+    pub fn status_given(&self, alive: bool) -> Status {
         match self.status {
-            Status::Running if !locked => Status::Crashed,
+            Status::Running if !alive && self.writer.is_some() => Status::Idle,
+            Status::Running if !alive => Status::Crashed,
             s => s,
         }
     }
@@ -223,6 +257,7 @@ mod tests {
             seed: Some(3),
             precision: None,
             frozen_base: None,
+            writer: None,
         };
         s.save(d.path()).unwrap();
         let back = RunStatus::load(d.path()).unwrap();
@@ -258,6 +293,7 @@ mod tests {
             seed: None,
             precision: None,
             frozen_base: None,
+            writer: None,
         };
         s.save(d.path()).unwrap();
         // The temp file cannot be created (a folder holds its name), as on a full disk.

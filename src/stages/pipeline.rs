@@ -473,6 +473,7 @@ fn create(
         seed: Some(seed),
         precision: None,
         frozen_base: None,
+        writer: None,
     };
     Ok(Opened {
         run,

@@ -9,6 +9,7 @@ mod common;
 mod foreign;
 mod fuzz;
 mod grpo;
+mod handoff;
 mod lora;
 mod model_decode;
 mod model_fused;

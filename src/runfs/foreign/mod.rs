@@ -19,12 +19,9 @@ pub mod verl;
 
 use super::metrics::{BadLines, Columns, MetricRow, MetricsPoll};
 use super::records::Sample;
-use super::status::{Progress, RunStatus, Status};
+use super::status::{Progress, RunStatus, Status, recent};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
-
-/// A foreign run whose files changed within this long is shown as running.
-pub const LIVE_WINDOW: Duration = Duration::from_secs(600);
+use std::time::{Instant, SystemTime};
 
 /// The samples a foreign run's reader keeps (the newest).
 pub const MAX_SAMPLES: usize = 4096;
@@ -178,7 +175,7 @@ pub fn read_all(dir: &Path, format: Format) -> std::io::Result<(Columns, BadLine
 
 /// What the notebook and `runs` show for a foreign run: its folder name as id, the format as
 /// stage, `grpo` where it logs rewards (else `train`), its progress, and `running` while its
-/// files changed within [`LIVE_WINDOW`], `done` when they say it finished, else `idle`.
+/// files changed within [`super::status::LIVE_WINDOW`], `done` when they say it finished, else `idle`.
 pub fn status(dir: &Path, tail: &Tail, last_step: u64, metric_names: &[&str]) -> RunStatus {
     let id = dir
         .file_name()
@@ -194,13 +191,11 @@ pub fn status(dir: &Path, tail: &Tail, last_step: u64, metric_names: &[&str]) ->
             || n.starts_with("rewards/")
     });
     let newest = tail.newest_write();
-    let recent = newest
-        .and_then(|t| SystemTime::now().duration_since(t).ok())
-        .is_some_and(|age| age < LIVE_WINDOW);
+    let live = recent(newest);
     let total = tail.total_steps().unwrap_or(0);
     let status = if tail.finished() || (total > 0 && last_step >= total) {
         Status::Done
-    } else if recent {
+    } else if live {
         Status::Running
     } else {
         Status::Idle
@@ -230,6 +225,7 @@ pub fn status(dir: &Path, tail: &Tail, last_step: u64, metric_names: &[&str]) ->
         seed: None,
         precision: None,
         frozen_base: None,
+        writer: None,
     }
 }
 

@@ -1,0 +1,202 @@
+//! Hand a stage over to another framework: `stageloop export EXP --stage NAME --to trl` writes a
+//! folder a GPU cluster runs as it is. The stage's settings are mapped one to one where the
+//! framework has them ([`trl::settings`]); what has no equivalent is named. The rewards stay
+//! stageloop's own (the script pipes completions to `stageloop score`), and the script writes a
+//! stageloop run folder as it trains, so the notebook watches the cluster's run beside the
+//! local ones.
+//!
+//! ```text
+//! OUT/  train.py  stage.json  data/train.jsonl  model/ (when exported)  requirements.txt
+//!       README.md  runs/<yyyymmdd-HHMMSS>-<stage>/ (written by train.py)
+//! ```
+
+pub mod trl;
+
+use crate::spec::resolve::StageConfig;
+use crate::spec::{Experiment, StageKind};
+use crate::tasks::TaskSet;
+use anyhow::{Context, Result, bail};
+use std::path::{Path, PathBuf};
+
+/// A setting the target framework has no equivalent for, and what to do about it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unmapped {
+    pub key: String,
+    pub why: String,
+}
+
+/// What an export wrote and left out.
+#[derive(Debug)]
+pub struct Report {
+    pub files: Vec<PathBuf>,
+    pub unmapped: Vec<Unmapped>,
+    /// The model the script trains: a Hugging Face folder referenced where it is, or exported.
+    pub model: PathBuf,
+    /// The command that runs it on one machine, and on several GPUs.
+    pub launch: Vec<String>,
+}
+
+/// The model a handed-over stage starts from, as a Hugging Face folder: `--model` when given;
+/// else its `init` stage's latest finished checkpoint, or `[model] from`, exported into
+/// `out/model` unless it is a Hugging Face folder already (then it is referenced in place).
+pub fn model_folder(
+    exp: &Experiment,
+    cfg: &StageConfig,
+    given: Option<&Path>,
+    out: &Path,
+) -> Result<(PathBuf, Vec<PathBuf>)> {
+    let source = match (given, &cfg.init) {
+        (Some(p), _) => p.to_path_buf(),
+        (None, Some(init)) => crate::stages::pipeline::checkpoint_of_stage(exp, init, &cfg.name)?,
+        (None, None) => match &exp.spec.model.from {
+            Some(f) => PathBuf::from(f),
+            None => bail!(
+                "stage `{}` has no model to start from: it has no `init` and `[model]` has no `from` (pass --model PATH)",
+                cfg.name
+            ),
+        },
+    };
+    if crate::spec::source::is_pretrained(&source) && source.is_dir() {
+        let abs = source.canonicalize().unwrap_or(source);
+        return Ok((abs, Vec::new()));
+    }
+    let dest = out.join("model");
+    let dev = crate::model::device()?;
+    use crate::model::pretrained::{self, export};
+    let written = if crate::spec::source::is_pretrained(&source) {
+        let p = pretrained::load(&source, &dev)?;
+        let tok = export::TokenizerFiles::of_pretrained(&p.tokenizer)?;
+        export::write_folder(&dest, &p.model, &p.cfg, &tok)?
+    } else {
+        let dir = crate::runfs::checkpoint::resolve(&source).with_context(|| {
+            format!(
+                "{}: not a checkpoint, a run, a Hugging Face folder or a .gguf file",
+                source.display()
+            )
+        })?;
+        // A LoRA checkpoint loads as its base with the adapters attached; the folder holds
+        // them merged (the handed-over stage adds adapters of its own).
+        let (model, mcfg, text) = crate::model::checkpoint::load_model(&dir, &dev)?;
+        let files = match &text {
+            crate::model::text::Text::Chars(t) => export::TokenizerFiles::of_chars(t),
+            crate::model::text::Text::Pretrained(c) => {
+                export::TokenizerFiles::of_pretrained(&c.tok)?
+            }
+        };
+        export::write_folder(&dest, &model, &mcfg, &files)?
+    };
+    Ok((dest.canonicalize().unwrap_or(dest), written))
+}
+
+/// How the task's prompts are given to the other framework: as chat messages (its chat
+/// template applied, the system prompt first) for a pretrained chat model; else as text, with
+/// the beginning-of-sequence token stageloop's character models expect written in front.
+#[derive(Debug, Clone)]
+pub enum PromptForm {
+    Chat { system: Option<String> },
+    Text { prefix: String },
+}
+
+impl PromptForm {
+    /// The prompt form of an experiment's model (the `model` folder's tokenizer tells a
+    /// character model's BOS text).
+    pub fn of(exp: &Experiment, model: &Path) -> PromptForm {
+        let m = &exp.spec.model;
+        if m.from.is_some() {
+            let style = crate::model::text::style(m.chat, m.system.as_deref());
+            let has_template = model.join("tokenizer_config.json").is_file()
+                && crate::untrusted::read_small(&model.join("tokenizer_config.json"), 64 << 20)
+                    .ok()
+                    .is_some_and(|t| t.contains("chat_template"))
+                || model.join("chat_template.jinja").is_file();
+            if style.chat && has_template {
+                return PromptForm::Chat {
+                    system: style.system,
+                };
+            }
+            return PromptForm::Text {
+                prefix: String::new(),
+            };
+        }
+        let bos = crate::untrusted::read_small(&model.join("tokenizer_config.json"), 64 << 20)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v.get("bos_token")?.as_str().map(str::to_string))
+            .unwrap_or_default();
+        PromptForm::Text { prefix: bos }
+    }
+
+    /// A task prompt in this form (a JSON string, or a list of chat messages).
+    pub fn prompt(&self, text: &str) -> serde_json::Value {
+        match self {
+            PromptForm::Chat { system } => {
+                let mut msgs = Vec::new();
+                if let Some(s) = system {
+                    msgs.push(serde_json::json!({"role": "system", "content": s}));
+                }
+                msgs.push(serde_json::json!({"role": "user", "content": text}));
+                serde_json::Value::Array(msgs)
+            }
+            PromptForm::Text { prefix } => serde_json::Value::String(format!("{prefix}{text}")),
+        }
+    }
+
+    /// A supervised completion in this form.
+    pub fn completion(&self, text: &str) -> serde_json::Value {
+        match self {
+            PromptForm::Chat { .. } => {
+                serde_json::json!([{"role": "assistant", "content": text}])
+            }
+            PromptForm::Text { .. } => serde_json::Value::String(text.to_string()),
+        }
+    }
+}
+
+/// The stage's training rows as JSON lines: GRPO's `steps × prompts` prompts with their
+/// answers (`problem` is the task's own prompt, what `stageloop score` reads), SFT's
+/// `examples` prompt–completion pairs; both drawn from the task's training split as the
+/// local stage draws them.
+pub fn training_rows(cfg: &StageConfig, tasks: &TaskSet, form: &PromptForm) -> Vec<String> {
+    let n = match cfg.kind {
+        StageKind::Grpo => cfg.steps as usize * cfg.prompts,
+        _ => cfg.examples,
+    };
+    (0..n as u64)
+        .map(|i| {
+            let p = tasks.train_problem(i);
+            let mut row = serde_json::json!({
+                "prompt": form.prompt(&p.prompt),
+                "problem": p.prompt,
+                "answer": p.answer,
+            });
+            if cfg.kind == StageKind::Sft {
+                row["completion"] = form.completion(&tasks.completion(&p));
+            }
+            row.to_string()
+        })
+        .collect()
+}
+
+/// Export `stage` of `exp` for `to` (only `trl`) into `out`.
+pub fn export(
+    exp: &Experiment,
+    stage: &str,
+    to: &str,
+    out: &Path,
+    model: Option<&Path>,
+) -> Result<Report> {
+    let Some(cfg) = exp.resolved(stage) else {
+        let names: Vec<&str> = exp.spec.stage.iter().map(|s| s.name.as_str()).collect();
+        bail!(
+            "{}: no stage `{stage}` (stages: {})",
+            exp.file.display(),
+            names.join(", ")
+        );
+    };
+    match to {
+        "trl" => trl::export(exp, &cfg, out, model),
+        other => bail!(
+            "--to {other}: stageloop hands stages to `trl` (TRL's GRPOTrainer and SFTTrainer)"
+        ),
+    }
+}
