@@ -68,7 +68,8 @@ pub struct Cli {
 pub enum Command {
     /// Open the notebook on a folder of experiments (default: ./experiments).
     Tui {
-        /// Folder holding experiment folders (or one experiment folder).
+        /// Folder holding experiment folders, one experiment folder, a folder of runs (any
+        /// framework's: TRL, verl, prime-rl, TensorBoard) or one run.
         dir: Option<PathBuf>,
     },
     /// Validate an experiment; prints a one-line summary, or every error as file:line:col.
