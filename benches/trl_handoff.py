@@ -98,6 +98,18 @@ def main():
     if row["alerts"]:
         failures.append(f"alerts: {row['alerts']}")
     print("TRL's metrics, last values:", {n: round(row["last"][n], 4) for n in TRL_NAMES if n in row["last"]})
+    # TRL's own output folder (trainer_state.json in its checkpoints) reads as a `trl` run with
+    # the same last values as the callback's log.
+    own = runs_json(sl, os.path.join(out, "checkpoints"))
+    if len(own) != 1 or own[0]["stage"] != "trl":
+        failures.append(f"TRL's output folder read as {[(r['id'], r['stage']) for r in own]}")
+    else:
+        same = all(abs(own[0]["last"].get(n, float("nan")) - row["last"][n]) < 1e-6
+                   for n in ("reward", "loss", "entropy"))
+        print(f"TRL's own trainer_state.json: stage {own[0]['stage']}, status {own[0]['status']}, "
+              f"step {own[0]['step']}/{own[0]['total']}, same last reward/loss/entropy: {same}")
+        if not same:
+            failures.append("trainer_state.json's last values differ from the callback's")
     run_dir = os.path.join(out, "runs", row["id"])
     samples = sum(1 for _ in open(os.path.join(run_dir, "samples.jsonl")))
     print(f"samples.jsonl: {samples} lines")

@@ -26,12 +26,12 @@ pub fn run(exp: &Path, json: bool) -> anyhow::Result<()> {
 /// run folder alone (a TRL output folder, a verl log's folder...).
 pub fn listed(exp: &Path) -> anyhow::Result<(std::path::PathBuf, Vec<runfs::RunDir>)> {
     if exp.is_dir() && !exp.join("experiment.toml").exists() {
+        let run = runfs::RunDir::new(exp);
+        if !exp.join("runs").is_dir() && run.is_run() {
+            return Ok((exp.to_path_buf(), vec![run]));
+        }
         if let Some(dir) = runfs::runs_dir_of(exp) {
             return Ok((dir.clone(), runfs::list_runs(&dir)));
-        }
-        let run = runfs::RunDir::new(exp);
-        if run.is_run() {
-            return Ok((exp.to_path_buf(), vec![run]));
         }
     }
     let dir = spec::load(exp)?.runs_dir();

@@ -699,6 +699,8 @@ impl Workspace {
             if let Some(runs) = runfs::runs_dir_of(&p) {
                 dirs.push((p, runs));
             } else if runfs::RunDir::new(&p).is_run() {
+                // Checked second: runs_dir_of is None for a run, so a TRL output folder is one
+                // run here, not a folder of its checkpoints.
                 loose_runs = true;
             }
         }

@@ -79,10 +79,14 @@ impl RunDir {
 /// Where a folder's runs are: `dir/runs` for an experiment (or any folder with a `runs/`), or
 /// `dir` itself when some of its subfolders are runs (another framework's output root, e.g.
 /// verl's `tensorboard_log/<project>/` or a folder of synced TRL output folders). `None` when
-/// it has neither.
+/// it has neither, or is a run itself (a TRL output folder's `checkpoint-*` folders are its
+/// snapshots, not runs of their own).
 pub fn runs_dir_of(dir: &Path) -> Option<PathBuf> {
     if dir.join("experiment.toml").is_file() || dir.join("runs").is_dir() {
         return Some(dir.join("runs"));
+    }
+    if RunDir::new(dir).is_run() {
+        return None;
     }
     let any_run = std::fs::read_dir(dir)
         .into_iter()

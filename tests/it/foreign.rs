@@ -249,15 +249,18 @@ fn runs_json_lists_every_format_and_export_writes_their_tables() {
     );
     assert_eq!(by_id("prime-rl-out")["last"]["reward/all/mean"], 0.5);
     assert_eq!(by_id("tb-openrlhf")["stage"], "tensorboard");
-    // One run folder alone.
-    let one = Command::cargo_bin("stageloop")
-        .unwrap()
-        .args(["runs", "--json"])
-        .arg(c.join("verl-ppo"))
-        .output()
-        .unwrap();
-    let rows: Vec<serde_json::Value> = serde_json::from_slice(&one.stdout).unwrap();
-    assert_eq!(rows.len(), 1);
+    // One run folder alone; a TRL output folder is one run, not a folder of its checkpoints.
+    for (dir, id) in [("verl-ppo", "verl-ppo"), ("trl-grpo", "trl-grpo")] {
+        let one = Command::cargo_bin("stageloop")
+            .unwrap()
+            .args(["runs", "--json"])
+            .arg(c.join(dir))
+            .output()
+            .unwrap();
+        let rows: Vec<serde_json::Value> = serde_json::from_slice(&one.stdout).unwrap();
+        assert_eq!(rows.len(), 1, "{dir}");
+        assert_eq!(rows[0]["id"], id);
+    }
     // export: the TensorBoard run's scalars as a table.
     let out_dir = d.path().join("tb-export");
     Command::cargo_bin("stageloop")
