@@ -57,6 +57,22 @@ pub const ALIASES: &[(&str, &[&str])] = &[
     ),
 ];
 
+/// The name under which a run logs metric `n`: `n` itself, one of its [`ALIASES`], or either
+/// with the `train/` prefix a transformers Trainer gives its TensorBoard scalars; the first the
+/// run has (`has`).
+pub fn resolve(n: &str, has: impl Fn(&str) -> bool) -> Option<String> {
+    let aliases = ALIASES
+        .iter()
+        .find(|(k, _)| *k == n)
+        .map_or(&[][..], |a| a.1);
+    let names = std::iter::once(n).chain(aliases.iter().copied());
+    names
+        .clone()
+        .map(str::to_string)
+        .chain(names.map(|a| format!("train/{a}")))
+        .find(|c| has(c))
+}
+
 /// The metric columns a rule reads.
 struct Run<'a> {
     names: &'a [String],
@@ -75,11 +91,8 @@ impl Run<'_> {
         if let Some(v) = (self.column)(n) {
             return Some(v);
         }
-        let aliases = ALIASES
-            .iter()
-            .find(|(k, _)| *k == n)
-            .map_or(&[][..], |a| a.1);
-        if let Some(v) = aliases.iter().find_map(|a| (self.column)(a)) {
+        let has = |c: &str| self.names.iter().any(|x| x == c);
+        if let Some(v) = resolve(n, has).and_then(|c| (self.column)(&c)) {
             return Some(v);
         }
         if n == "frac_reward_zero_std" {
@@ -397,6 +410,11 @@ mod tests {
         assert_eq!(
             run(&[("mismatch_kl/all/mean", ramp(0.01, 0.3))]),
             vec!["sampler_drift"]
+        );
+        // A Trainer's TensorBoard names (`train/...`).
+        assert_eq!(
+            run(&[("train/entropy", ramp(1.0, 0.05))]),
+            vec!["entropy_collapse"]
         );
         // The run's own name wins over an alias.
         assert!(

@@ -5,6 +5,7 @@ pub mod compute;
 pub mod evals;
 pub mod export;
 pub mod health;
+pub mod summary;
 pub mod svg;
 
 use crate::runfs::metrics::{BadLines, read_columns};

@@ -112,9 +112,10 @@ pub enum Command {
         json: bool,
     },
     /// The per-stage eval table (pass@1, pass@k, maj@k, format rate, length, compute) of an
-    /// experiment, over seeds.
+    /// experiment, over seeds; for a folder of other frameworks' runs, each run's headline and
+    /// validation metrics.
     Report {
-        /// Experiment folder or its experiment.toml.
+        /// Experiment folder or its experiment.toml (or a folder of runs, or one run).
         exp: PathBuf,
         /// Same as `--format json`: one object per finished eval run, in pipeline order.
         #[arg(long, conflicts_with = "format")]

@@ -2,6 +2,10 @@
 //! order (mean ± standard deviation over seeds when several ran). `--format json`: one object
 //! per finished eval run (latest per stage and seed) with its pass@k curve and the compute along
 //! its lineage; `md`: the tables for a write-up; `svg`: the pass@k and compute charts.
+//!
+//! On a folder of runs without an `experiment.toml` (other frameworks' runs, which have no eval
+//! reports): each run's headline and validation metrics, last and best
+//! ([`crate::analysis::summary`]); `svg` charts the reward and the loss of every run.
 
 use crate::analysis::evals::{self, EvalRow, Spread, StageSummary};
 use crate::analysis::svg::{self, Chart, Series};
@@ -34,6 +38,9 @@ pub fn row_json(r: &EvalRow) -> Value {
 }
 
 pub fn run(exp: &Path, format: Format) -> anyhow::Result<()> {
+    if exp.is_dir() && !exp.join("experiment.toml").exists() {
+        return runs_report(exp, format);
+    }
     let e = spec::load(exp)?;
     let (rows, problems) = evals::eval_rows(&e);
     let out = match format {
@@ -284,4 +291,123 @@ fn charts(sums: &[StageSummary]) -> String {
         marks: vec![],
     };
     svg::render(&[passk, compute], 560.0, 380.0)
+}
+
+/// `report` on a folder of runs (or one run) that is not an experiment.
+fn runs_report(dir: &Path, format: Format) -> anyhow::Result<()> {
+    use crate::analysis::summary;
+    let (runs_dir, runs) = super::runs::listed(dir)?;
+    if runs.is_empty() {
+        outln!("no runs in {}", runs_dir.display());
+        return Ok(());
+    }
+    let sums = runs
+        .iter()
+        .map(summary::summarise)
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let out = match format {
+        Format::Json => serde_json::to_string(&sums)?,
+        Format::Text | Format::Md => summary_table(&sums, format == Format::Md),
+        Format::Svg => {
+            let mut charts = Vec::new();
+            for (metric, title) in [("reward", "reward"), ("loss", "loss")] {
+                let mut series = Vec::new();
+                for r in &runs {
+                    let (cols, ..) = summary::run_columns(r)?;
+                    let name = summary::of_columns(&cols)
+                        .get(metric)
+                        .map(|m| m.name.clone());
+                    let Some(name) = name else { continue };
+                    let points = cols
+                        .steps
+                        .iter()
+                        .zip(&cols.values[&name])
+                        .filter_map(|(s, v)| Some((*s as f64, v.filter(|v| v.is_finite())?)))
+                        .collect();
+                    series.push(Series {
+                        name: display(&r.id()).into_owned(),
+                        points,
+                        band: Vec::new(),
+                    });
+                }
+                if !series.is_empty() {
+                    charts.push(Chart {
+                        title: title.into(),
+                        x_label: "step".into(),
+                        y_label: title.into(),
+                        series,
+                        ..Chart::default()
+                    });
+                }
+            }
+            svg::render(&charts, 480.0, 320.0)
+        }
+    };
+    outln!("{}", out.trim_end());
+    Ok(())
+}
+
+/// One line per run: its headline metrics as `last (best)`, then its validation metrics' last
+/// values; as aligned text or a Markdown table.
+fn summary_table(sums: &[crate::analysis::summary::RunSummary], md: bool) -> String {
+    let mut names: Vec<&str> = crate::analysis::summary::HEADLINE
+        .iter()
+        .map(|(n, _)| *n)
+        .filter(|n| sums.iter().any(|s| s.metrics.contains_key(*n)))
+        .collect();
+    let mut val: Vec<&str> = sums
+        .iter()
+        .flat_map(|s| s.metrics.keys())
+        .map(String::as_str)
+        .filter(|n| crate::analysis::summary::is_validation(n))
+        .collect();
+    val.sort();
+    val.dedup();
+    names.extend(val);
+    let mut rows: Vec<Vec<String>> = vec![
+        ["run", "stage", "status", "steps"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain(names.iter().map(|n| display(n).into_owned()))
+            .collect(),
+    ];
+    for s in sums {
+        let mut row = vec![
+            display(&s.id).into_owned(),
+            display(&s.stage).into_owned(),
+            s.status.clone(),
+            s.step.to_string(),
+        ];
+        for n in &names {
+            row.push(match s.metrics.get(*n) {
+                Some(m) if m.n > 1 && m.best != m.last => {
+                    format!("{:.4} (best {:.4} @{})", m.last, m.best, m.best_step)
+                }
+                Some(m) => format!("{:.4}", m.last),
+                None => String::new(),
+            });
+        }
+        rows.push(row);
+    }
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for (i, r) in rows.iter().enumerate() {
+        if md {
+            out += &format!("| {} |\n", r.join(" | "));
+            if i == 0 {
+                out += &format!("|{}\n", "---|".repeat(r.len()));
+            }
+        } else {
+            let cells: Vec<String> = r
+                .iter()
+                .zip(&widths)
+                .map(|(c, w)| format!("{c:<w$}"))
+                .collect();
+            out += cells.join("  ").trim_end();
+            out.push('\n');
+        }
+    }
+    out
 }

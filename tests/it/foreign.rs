@@ -318,3 +318,46 @@ fn the_notebook_draws_foreign_runs_with_their_alerts() {
     assert!(s.contains("12/100"), "its progress from max_steps:\n{s}");
     assert!(s.contains("┌ entropy"), "its chart:\n{s}");
 }
+
+#[test]
+fn report_summarises_foreign_runs_by_their_own_names() {
+    let d = tempfile::tempdir().unwrap();
+    let c = cluster(d.path());
+    let out = Command::cargo_bin("stageloop")
+        .unwrap()
+        .args(["report", "--format", "json"])
+        .arg(&c)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sums: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(sums.len(), 4);
+    let reward = |id: &str| {
+        let s = sums.iter().find(|s| s["id"] == id).unwrap();
+        s["metrics"]["reward"].clone()
+    };
+    assert_eq!(reward("verl-ppo")["name"], "critic/score/mean");
+    assert_eq!(reward("prime-rl-out")["name"], "reward/all/mean");
+    assert_eq!(reward("tb-openrlhf")["name"], "train/reward");
+    let trl = reward("trl-grpo");
+    assert_eq!(
+        (trl["name"].as_str(), trl["best_step"].as_u64()),
+        (Some("reward"), Some(12))
+    );
+    let text = Command::cargo_bin("stageloop")
+        .unwrap()
+        .arg("report")
+        .arg(&c)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.lines().next().unwrap().contains("reward"), "{text}");
+    assert!(
+        text.contains("(best 1.0000 @1)"),
+        "TRL's entropy fell from 1.0:\n{text}"
+    );
+}
