@@ -1,5 +1,7 @@
 //! `stageloop eval RUN|CKPT`: score a checkpoint on its task's held-out set.
 
+use super::sample::Quantize;
+use crate::model::sample::Sampler;
 use crate::model::{checkpoint, device};
 use crate::runfs;
 use crate::spec::{StageConfig, StageSpec};
@@ -25,11 +27,16 @@ pub struct Args {
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// How the weights are held while sampling: `none` (or `auto`) f32, the reference; `q8_0` /
+    /// `q4_1` quantise every matrix and the embedding at load (integer kernels), as `sample
+    /// --quantize` does.
+    #[arg(long, value_enum, default_value_t = Quantize::Auto)]
+    pub quantize: Quantize,
 }
 
 /// `stageloop eval`.
 pub fn main(a: Args) -> anyhow::Result<()> {
-    run(&a.target, a.task.as_deref(), a.n, a.k, a.json)
+    run(&a.target, a.task.as_deref(), a.n, a.k, a.json, a.quantize)
 }
 
 pub fn run(
@@ -38,6 +45,7 @@ pub fn run(
     n: Option<usize>,
     k: usize,
     json: bool,
+    quantize: Quantize,
 ) -> anyhow::Result<()> {
     let (max_k, max_n) = (
         crate::spec::validate::MAX_SAMPLES,
@@ -62,6 +70,26 @@ pub fn run(
     let dev = device()?;
     let setup = Setup::from_checkpoint(&dir, task)?;
     let (model, _, _) = checkpoint::load_model(&dir, &dev)?;
+    let ctx = setup.model_cfg.ctx;
+    if quantize.store().is_some() && model.has_lora() {
+        // Measured on smollm2-arith's QLoRA GRPO checkpoint: q4_1 took pass@1 from 0.55 to 0
+        // (the fine-tuned format gone), q8_0 to 0.46 (docs/PERF.md).
+        eprintln!(
+            "note: --quantize quantises the merged weights; a LoRA update smaller than a block's step is rounded away (with q4_1, mostly all of it)"
+        );
+    }
+    // The decoder: the weights quantised at load, or f32.
+    let (engine, weights) = match quantize.store() {
+        Some(store) => (
+            Some(model.engine_quantized(ctx, store)?),
+            format!("{quantize:?}").to_lowercase(),
+        ),
+        None => (None, "f32".to_string()),
+    };
+    let mut sampler = match engine {
+        Some(e) => Sampler::with_engine(&model, ctx, e),
+        None => Sampler::new(&model),
+    };
     let spec: StageSpec = toml::from_str("name = \"eval\"\nkind = \"eval\"").expect("valid");
     let model_spec = crate::spec::ModelSpec::default();
     let mut cfg = StageConfig::resolve(&spec, &model_spec, setup.task.heldout().len());
@@ -69,12 +97,12 @@ pub fn run(
     if let Some(n) = n {
         cfg.prompts = n;
     }
-    let report = evaluate(&setup, &model, &cfg, &dev, 0, |_| Ok(()), |_, _| {})?;
+    let report = evaluate(&setup, &mut sampler, &cfg, &dev, 0, |_| Ok(()), |_, _| {})?;
     if json {
         outln!("{}", serde_json::to_string(&report)?);
     } else {
         outln!(
-            "{}: pass@1 {:.3}  greedy {:.3}  pass@{k} {:.3}  maj@{k} {:.3}  format {:.3}  mean length {:.1}  (n={})",
+            "{}: pass@1 {:.3}  greedy {:.3}  pass@{k} {:.3}  maj@{k} {:.3}  format {:.3}  mean length {:.1}  (n={}, weights: {weights})",
             dir.display(),
             report.pass_at_1,
             report.greedy,

@@ -283,6 +283,15 @@ impl<'a> Sampler<'a> {
         }
     }
 
+    /// A sampler whose decoder for `ctx` is `engine` (quantised blocks: `eval --quantize`);
+    /// another context gets the model's own decoder.
+    pub fn with_engine(model: &'a Gpt, ctx: usize, engine: Engine) -> Self {
+        Sampler {
+            model,
+            engine: Some((ctx, engine)),
+        }
+    }
+
     /// [`generate`] on the held model.
     pub fn generate(
         &mut self,

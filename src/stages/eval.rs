@@ -6,7 +6,7 @@
 use super::common::{Setup, metrics_line, open_logs, sampling_flops};
 use super::context::{Outcome, StageCtx};
 use crate::model::sample::{SampleOptions, Sampler};
-use crate::model::{self, Gpt, checkpoint};
+use crate::model::{self, checkpoint};
 use crate::runfs::atomic;
 use crate::runfs::records::Sample;
 use anyhow::{Context, Result};
@@ -49,10 +49,10 @@ pub fn majority<'a>(answers: impl IntoIterator<Item = Option<&'a str>>) -> Optio
         .map(|(a, _)| a)
 }
 
-/// Evaluate `model` on the first `prompts` held-out problems.
+/// Evaluate the model `sampler` holds on the first `prompts` held-out problems.
 pub fn evaluate(
     setup: &Setup,
-    model: &Gpt,
+    sampler: &mut Sampler,
     cfg: &crate::spec::StageConfig,
     device: &burn::tensor::Device,
     seed: u64,
@@ -73,8 +73,8 @@ pub fn evaluate(
     let mut curve_sums = vec![0.0; ks.len()];
     let mut flops = 0.0;
     let chunk = (256 / (k + 1)).max(1);
-    // One decoder for every chunk: the checkpoint does not change during an eval.
-    let mut sampler = Sampler::new(model);
+    // One decoder for every chunk (the sampler keeps it): the checkpoint does not change
+    // during an eval.
     for (ci, group) in probs.chunks(chunk).enumerate() {
         // One greedy completion and k sampled ones per prompt, generated as two batches.
         let problems: Vec<crate::tasks::Problem> = group.iter().map(|p| (*p).clone()).collect();
@@ -187,7 +187,7 @@ pub fn run(ctx: &mut StageCtx<'_>) -> Result<Outcome> {
     let seed = ctx.seed;
     let report = evaluate(
         &setup,
-        &model,
+        &mut Sampler::new(&model),
         &cfg,
         &device,
         seed,

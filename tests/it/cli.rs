@@ -251,6 +251,10 @@ fn bad_checkpoint_metadata_and_arguments_are_errors_not_panics() {
         &["sample", run_s, "--prompt", "1+2=", "--quantize", "q8_0"],
         "whole 32-element blocks",
     );
+    fails(
+        &["eval", run_s, "--quantize", "q8_0"],
+        "whole 32-element blocks",
+    );
     fails(&["eval", run_s, "--k", "100000000"], "--k must be");
     fails(&["eval", run_s, "--n", "0"], "--n must be");
     // A prompt longer than the context.
@@ -1418,4 +1422,32 @@ fn a_disk_too_full_for_a_new_run_leaves_no_empty_run_folder() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn eval_quantizes_the_weights_it_samples_with() {
+    let d = tempfile::tempdir().unwrap();
+    let spec = TINY
+        .replace("d_model = 16", "d_model = 32")
+        .replace("mlp = 32", "mlp = 64");
+    std::fs::write(d.path().join("experiment.toml"), spec).unwrap();
+    bin()
+        .arg("run")
+        .arg(d.path())
+        .args(["--stage", "pre"])
+        .assert()
+        .success();
+    let (run, _) = pre_run(d.path());
+    let eval = |q: &str| {
+        let out = bin()
+            .arg("eval")
+            .arg(&run)
+            .args(["--n", "4", "--k", "2", "--quantize", q])
+            .assert()
+            .success();
+        String::from_utf8_lossy(&out.get_output().stdout).into_owned()
+    };
+    assert!(eval("q8_0").contains("(n=4, weights: q8_0)"));
+    assert!(eval("q4_1").contains("weights: q4_1"));
+    assert!(eval("none").contains("weights: f32"));
 }
