@@ -114,6 +114,8 @@ pub enum BaseBlocks {
     Q8_0,
     #[value(name = "q4_1")]
     Q4_1,
+    #[value(name = "q4_k")]
+    Q4K,
 }
 
 impl From<BaseBlocks> for crate::spec::Quantize {
@@ -123,6 +125,7 @@ impl From<BaseBlocks> for crate::spec::Quantize {
             BaseBlocks::Auto => Self::Auto,
             BaseBlocks::Q8_0 => Self::Q8_0,
             BaseBlocks::Q4_1 => Self::Q4_1,
+            BaseBlocks::Q4K => Self::Q4K,
         }
     }
 }

@@ -27,8 +27,8 @@ pub struct Args {
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
-    /// How the weights are held while sampling: `none` (or `auto`) f32, the reference; `q8_0` /
-    /// `q4_1` quantise every matrix and the embedding at load (integer kernels), as `sample
+    /// How the weights are held while sampling: `none` (or `auto`) f32, the reference; `q8_0`,
+    /// `q4_1`, `q4_k` quantise every matrix and the embedding at load (integer kernels), as `sample
     /// --quantize` does.
     #[arg(long, value_enum, default_value_t = Quantize::Auto)]
     pub quantize: Quantize,
@@ -82,7 +82,7 @@ pub fn run(
     let (engine, weights) = match quantize.store() {
         Some(store) => (
             Some(model.engine_quantized(ctx, store)?),
-            format!("{quantize:?}").to_lowercase(),
+            quantize.name().to_string(),
         ),
         None => (None, "f32".to_string()),
     };

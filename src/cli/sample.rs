@@ -43,7 +43,7 @@ pub struct Args {
     pub json: bool,
     /// How the weights are held while sampling: `auto` keeps a GGUF's quantised blocks as
     /// they are in the file (integer kernels, no float copy) and anything else f32; `none`
-    /// reads every weight as f32 (the reference path); `q8_0` / `q4_1` quantise every matrix
+    /// reads every weight as f32 (the reference path); `q8_0` / `q4_1` / `q4_k` quantise every matrix
     /// and the embedding at load (a Hugging Face folder, a checkpoint or a GGUF).
     #[arg(long, value_enum, default_value_t = Quantize::Auto)]
     pub quantize: Quantize,
@@ -58,14 +58,29 @@ pub enum Quantize {
     Q8_0,
     #[value(name = "q4_1")]
     Q4_1,
+    /// Q4_K where rows are whole 256-element super-blocks, else Q5_0.
+    #[value(name = "q4_k")]
+    Q4K,
 }
 
 impl Quantize {
+    /// The flag's value as typed.
+    pub fn name(self) -> &'static str {
+        match self {
+            Quantize::Auto => "auto",
+            Quantize::None => "none",
+            Quantize::Q8_0 => "q8_0",
+            Quantize::Q4_1 => "q4_1",
+            Quantize::Q4K => "q4_k",
+        }
+    }
+
     /// The block format to quantise to at load, if any.
     pub fn store(self) -> Option<Store> {
         match self {
             Quantize::Q8_0 => Some(Store::Q8_0),
             Quantize::Q4_1 => Some(Store::Q4_1),
+            Quantize::Q4K => Some(Store::Q4K),
             Quantize::Auto | Quantize::None => None,
         }
     }

@@ -7,7 +7,7 @@ use super::transformer::{BlockWeights, Gpt, NormWeights};
 use crate::cpu::decoder::{Embedding, Engine, LayerExtras, Matrix, Weights};
 use crate::cpu::gemm::{View, matmul};
 use crate::cpu::packed::Order;
-use crate::cpu::quant::{Kind, QMatrix};
+use crate::cpu::quant::QMatrix;
 use burn::backend::flex::FlexTensor;
 use burn::tensor::Tensor;
 
@@ -86,11 +86,8 @@ impl Gpt {
     /// (Q8_0 or Q4_1, ggml's blocks of 32) as they are read: what `--quantize q8_0` does for
     /// a Hugging Face folder or a checkpoint. Errors if a matrix's rows are not whole blocks.
     pub fn engine_quantized(&self, ctx: usize, store: Store) -> anyhow::Result<Engine> {
-        let kind = match store {
-            Store::Q8_0 => Kind::Q8_0,
-            Store::Q4_1 => Kind::Q4_1,
-            Store::F32 => anyhow::bail!("F32 is not a block format"),
-        };
+        anyhow::ensure!(store != Store::F32, "F32 is not a block format");
+        let kind = store.kind();
         let w = self.weights();
         let (mut matrices, mut norms, mut extras) = (Vec::new(), Vec::new(), Vec::new());
         // A `[k, n]` weight as rows of blocks, one per output.

@@ -34,6 +34,7 @@ pub fn freeze(
         }
         Quantize::Q8_0 => Kind::Q8_0,
         Quantize::Q4_1 => Kind::Q4_1,
+        Quantize::Q4K => Kind::Q4K,
     };
     model.quantized_base(kind).context("[model] quantize")
 }

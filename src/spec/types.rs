@@ -85,6 +85,10 @@ pub enum Quantize {
     Q8_0,
     #[serde(rename = "q4_1")]
     Q4_1,
+    /// Q4_K where a matrix's rows are whole 256-element super-blocks, Q5_0 elsewhere (as
+    /// llama.cpp's Q4_K quantiser falls back).
+    #[serde(rename = "q4_k")]
+    Q4K,
 }
 
 impl Quantize {
@@ -105,6 +109,7 @@ impl Quantize {
             Quantize::Auto => Some("the GGUF file's blocks"),
             Quantize::Q8_0 => Some("q8_0"),
             Quantize::Q4_1 => Some("q4_1"),
+            Quantize::Q4K => Some("q4_k (q5_0 where rows are not whole 256-element blocks)"),
         }
     }
 }

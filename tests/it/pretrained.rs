@@ -7,7 +7,7 @@ use crate::model_fused::arch_variants;
 use assert_cmd::Command;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::SeedableRng;
-use stageloop::model::gguf::{Kind, Value, dequantize};
+use stageloop::model::gguf::{Value, dequantize};
 use stageloop::model::gguf_write::{self, Store, quantize};
 use stageloop::model::pretrained::export::{self, TokenizerFiles};
 use stageloop::model::pretrained::{self, safetensors};
@@ -157,11 +157,7 @@ fn write_gguf(model: &Gpt, cfg: &ModelConfig, path: &Path, hf: &Path) {
         } else {
             Store::Q8_0
         };
-        let kind = match store {
-            Store::F32 => Kind::F32,
-            Store::Q8_0 => Kind::Q8_0,
-            Store::Q4_1 => Kind::Q4_1,
-        };
+        let kind = store.kind();
         let stored = dequantize(kind, &quantize(&values, store), values.len());
         hf_tensors.push((name.clone(), shape.clone(), stored.clone()));
         let cols = *shape.last().unwrap();
