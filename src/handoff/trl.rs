@@ -81,6 +81,7 @@ pub fn settings(exp: &Experiment, cfg: &StageConfig) -> Result<(Value, Vec<Unmap
                 LossType::Grpo => "grpo",
                 LossType::DrGrpo => "dr_grpo",
                 LossType::Dapo => "dapo",
+                LossType::Cispo => "cispo",
             };
             let scale = match cfg.scale_rewards {
                 ScaleRewards::Group => "group",
@@ -105,6 +106,30 @@ pub fn settings(exp: &Experiment, cfg: &StageConfig) -> Result<(Value, Vec<Unmap
             }
             if cfg.top_k > 0 {
                 m.insert("top_k".into(), json!(cfg.top_k));
+            }
+            let level = serde_json::to_value(cfg.importance_sampling_level)?;
+            m.insert("importance_sampling_level".into(), level);
+            m.insert(
+                "top_entropy_quantile".into(),
+                json!(cfg.top_entropy_quantile),
+            );
+            if cfg.kl_estimator != crate::spec::KlEstimator::K3 && cfg.beta > 0.0 {
+                skip(
+                    "kl_estimator",
+                    "TRL's KL term is k3 only; the script uses k3",
+                );
+            }
+            if cfg.adv_estimator != crate::spec::AdvEstimator::Grpo {
+                skip(
+                    "adv_estimator",
+                    "TRL has no pass@k advantage (verl's grpo_passk); the script uses group-relative advantages",
+                );
+            }
+            if cfg.zero_variance_filter {
+                skip(
+                    "zero_variance_filter",
+                    "TRL keeps groups whose rewards are all equal in the loss's normaliser (their advantage is 0)",
+                );
             }
             if cfg.dynamic_sampling {
                 skip(

@@ -2,8 +2,8 @@
 //! value concrete). The key lists here drive both validation and what `run.json` records.
 
 use super::types::{
-    LoraSpec, LossType, ModelSpec, Precision, RewardProgram, RewardSpec, SamplerCorrection,
-    ScaleRewards, StageKind, StageSpec,
+    AdvEstimator, IsLevel, KlEstimator, LoraSpec, LossType, ModelSpec, Precision, RewardProgram,
+    RewardSpec, SamplerCorrection, ScaleRewards, StageKind, StageSpec,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -46,6 +46,11 @@ const GRPO: &[&str] = &[
     "mask_truncated",
     "sampler_correction",
     "sampler_correction_cap",
+    "importance_sampling_level",
+    "adv_estimator",
+    "kl_estimator",
+    "zero_variance_filter",
+    "top_entropy_quantile",
     "micro_batch",
     "overlong_buffer",
     "overlong_penalty",
@@ -118,6 +123,11 @@ pub struct StageConfig {
     pub mask_truncated: bool,
     pub sampler_correction: SamplerCorrection,
     pub sampler_correction_cap: f64,
+    pub importance_sampling_level: IsLevel,
+    pub adv_estimator: AdvEstimator,
+    pub kl_estimator: KlEstimator,
+    pub zero_variance_filter: bool,
+    pub top_entropy_quantile: f64,
     pub micro_batch: usize,
     pub overlong_buffer: usize,
     pub overlong_penalty: f64,
@@ -183,6 +193,11 @@ impl StageConfig {
             mask_truncated: false,
             sampler_correction: SamplerCorrection::Off,
             sampler_correction_cap: 3.0,
+            importance_sampling_level: IsLevel::Token,
+            adv_estimator: AdvEstimator::Grpo,
+            kl_estimator: KlEstimator::K3,
+            zero_variance_filter: false,
+            top_entropy_quantile: 1.0,
             micro_batch: 0,
             overlong_buffer: 0,
             overlong_penalty: 1.0,
@@ -233,6 +248,11 @@ impl StageConfig {
             mask_truncated,
             sampler_correction,
             sampler_correction_cap,
+            importance_sampling_level,
+            adv_estimator,
+            kl_estimator,
+            zero_variance_filter,
+            top_entropy_quantile,
             micro_batch,
             overlong_buffer,
             overlong_penalty,
@@ -243,7 +263,13 @@ impl StageConfig {
             // The default warm-up is a kind default capped at a tenth of the steps.
             c.warmup = c.warmup.min(c.steps / 10);
         }
-        c.epsilon_high = s.epsilon_high.unwrap_or(c.epsilon);
+        // CISPO's `epsilon_high` caps the importance weight itself (ScaleRL's ε_max; TRL
+        // recommends 5), not the ratio's distance from 1.
+        c.epsilon_high = s.epsilon_high.unwrap_or(if c.loss_type == LossType::Cispo {
+            5.0
+        } else {
+            c.epsilon
+        });
         // The sampler decodes in f32; a bf16 trainer's log-probabilities differ from it, so the
         // loss is corrected for that by default (TRL corrects vLLM's the same way).
         if s.sampler_correction.is_none() && model.precision == Precision::Bf16 {

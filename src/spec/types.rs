@@ -426,6 +426,18 @@ pub struct StageSpec {
     pub sampler_correction: Option<SamplerCorrection>,
     /// Its cap `C` (TRL's `vllm_importance_sampling_cap`).
     pub sampler_correction_cap: Option<f64>,
+    /// `token` (default) or `sequence` (GSPO).
+    pub importance_sampling_level: Option<IsLevel>,
+    /// `grpo` (default) or `grpo_passk`.
+    pub adv_estimator: Option<AdvEstimator>,
+    /// `k3` (default), `k2` or `k1`: the KL term's estimator when `beta > 0`.
+    pub kl_estimator: Option<KlEstimator>,
+    /// Groups whose rewards are all equal leave the loss (no redraw, unlike
+    /// `dynamic_sampling`): prime-rl's default.
+    pub zero_variance_filter: Option<bool>,
+    /// Train only on the tokens whose entropy is in the top fraction ρ of the batch's (TRL's
+    /// `top_entropy_quantile`; 1 = every token).
+    pub top_entropy_quantile: Option<f64>,
     /// Completions per micro-batch of the update (their gradients add up to one optimizer
     /// step): fewer bound the activations' memory. 0 (default): as many as fit in 4,096
     /// padded tokens.
@@ -517,6 +529,44 @@ pub enum LossType {
     DrGrpo,
     /// Token-level mean over the whole batch.
     Dapo,
+    /// CISPO (MiniMax-M1; TRL's `cispo`): every token's log-probability weighted by its
+    /// importance ratio capped at `epsilon_high` and detached, normalised as `dapo`.
+    Cispo,
+}
+
+/// Where the importance ratio is taken (TRL's `importance_sampling_level`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum IsLevel {
+    /// One ratio per token (GRPO, PPO).
+    Token,
+    /// One ratio per sequence, the exponent of its tokens' mean log-ratio (GSPO).
+    Sequence,
+}
+
+/// How advantages are made from a group's rewards (verl's `adv_estimator`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AdvEstimator {
+    /// Group-relative: reward minus the group's mean, scaled as `scale_rewards` says.
+    Grpo,
+    /// pass@k-aware (verl's `grpo_passk`): only the group's best completion gets an
+    /// advantage, its reward minus the second best (over the group's std unless
+    /// `scale_rewards = "none"`).
+    GrpoPassk,
+}
+
+/// The per-token estimator of KL(π‖π_ref) (verl's `kl_loss_type` names: k1 `kl`, k2 `mse`,
+/// k3 `low_var_kl`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum KlEstimator {
+    /// `logp − ref`.
+    K1,
+    /// `(logp − ref)² / 2`.
+    K2,
+    /// `exp(ref − logp) − (ref − logp) − 1` (DeepSeekMath, TRL).
+    K3,
 }
 
 /// Correction of the loss for what the sampler and the trainer disagree on: each token's loss

@@ -526,6 +526,11 @@ fn ranges(c: &mut Checks<'_>, spec: &ExperimentSpec, i: usize, cfg: &StageConfig
         &format!("must be at most {MAX_SAMPLES} completions (0 = as many as fit)"),
     );
     range(
+        "top_entropy_quantile",
+        (0.0..=1.0).contains(&cfg.top_entropy_quantile),
+        "must be between 0 (only the highest-entropy token) and 1 (every token)",
+    );
+    range(
         "sampler_correction_cap",
         cfg.sampler_correction_cap > 1.0 && cfg.sampler_correction_cap <= 100.0,
         "must be above 1 and at most 100",

@@ -20,7 +20,7 @@ use crate::model::tokenizer::PAD;
 use crate::model::{self, Gpt};
 use crate::runfs::jsonl::JsonlWriter;
 use crate::runfs::records::Sample;
-use crate::spec::{LossType, SamplerCorrection, StageConfig};
+use crate::spec::{AdvEstimator, IsLevel, KlEstimator, LossType, SamplerCorrection, StageConfig};
 use crate::tasks::{Problem, Rewards};
 use anyhow::Result;
 use burn::module::Module;
@@ -74,6 +74,9 @@ pub struct LossInputs {
     pub mask: Tensor<2>,
     /// Each token's sampler-correction weight (`grpo_math::sampler_weights`); `None`: 1.
     pub weight: Option<Tensor<2>>,
+    /// Each token's entropy mask (`top_entropy_quantile`, `grpo_math::high_entropy_mask`);
+    /// `None`: 1.
+    pub keep: Option<Tensor<2>>,
 }
 
 /// Per-token statistics that go into the metrics (micro-batches' statistics add up).
@@ -143,30 +146,61 @@ pub fn micro_batches(lens: &[usize], max_rows: usize) -> Vec<Vec<usize>> {
 /// by the whole batch's sizes `norm` (`Norm::of(&mask)` when the batch is one piece).
 pub fn grpo_loss(x: LossInputs, c: &LossConfig, norm: Norm) -> (Tensor<1>, LossStats) {
     let (eps, eps_high) = (c.epsilon, c.epsilon_high);
-    let ratio = (x.logp.clone() - x.old_logp).exp();
-    let unclipped = ratio.clone() * x.adv.clone();
-    let clipped = ratio.clone().clamp(1.0 - eps, 1.0 + eps_high) * x.adv.clone();
-    let mut per_token = unclipped.min_pair(clipped).neg();
+    let log_ratio = x.logp.clone() - x.old_logp;
+    let log_ratio = match c.level {
+        IsLevel::Token => log_ratio,
+        // GSPO: the mean log-ratio of each sequence's tokens, `[rows, 1]`.
+        IsLevel::Sequence => {
+            (log_ratio * x.mask.clone()).sum_dim(1) / x.mask.clone().sum_dim(1).clamp_min(1.0)
+        }
+    };
+    let ratio = log_ratio.exp();
+    let mut per_token = match c.loss_type {
+        // CISPO: the capped ratio is a constant weight on the log-likelihood's gradient.
+        LossType::Cispo => {
+            let w = ratio.clone().clamp_max(eps_high).detach();
+            (w * x.adv.clone() * x.logp.clone()).neg()
+        }
+        _ => {
+            let unclipped = ratio.clone() * x.adv.clone();
+            let clipped = ratio.clone().clamp(1.0 - eps, 1.0 + eps_high) * x.adv.clone();
+            unclipped.min_pair(clipped).neg()
+        }
+    };
+    if let Some(k) = x.keep {
+        per_token = per_token * k;
+    }
     if let Some(w) = x.weight {
         per_token = per_token * w;
     }
     let tokens = norm.tokens;
     let mut kl_mean = 0.0;
     if let (Some(rf), true) = (x.ref_logp, c.beta > 0.0) {
-        let d = rf - x.logp.clone();
-        let kl = d.clone().exp() - d - 1.0;
+        let kl = match c.kl {
+            KlEstimator::K1 => x.logp.clone() - rf,
+            KlEstimator::K2 => (x.logp.clone() - rf).powf_scalar(2.0).mul_scalar(0.5),
+            KlEstimator::K3 => {
+                let d = rf - x.logp.clone();
+                d.clone().exp() - d - 1.0
+            }
+        };
         kl_mean = (kl.clone().detach() * x.mask.clone())
             .sum()
             .into_scalar::<f32>() as f64
             / tokens.max(1.0);
         per_token = per_token + kl.mul_scalar(c.beta);
     }
-    // Clip statistics (TRL's clip_ratio/*), on detached values.
+    // Clip statistics (TRL's clip_ratio/*), on detached values; CISPO's "clipped" tokens are
+    // those whose weight the cap lowered.
     let r = ratio.detach();
     let adv_neg = x.adv.clone().lower_elem(0.0).float();
     let adv_pos = x.adv.greater_elem(0.0).float();
-    let low = r.clone().lower_elem(1.0 - eps).float() * adv_neg * x.mask.clone();
-    let high = r.greater_elem(1.0 + eps_high).float() * adv_pos * x.mask.clone();
+    let (low_at, high_at) = match c.loss_type {
+        LossType::Cispo => (f64::NEG_INFINITY, eps_high),
+        _ => (1.0 - eps, 1.0 + eps_high),
+    };
+    let low = r.clone().lower_elem(low_at).float() * adv_neg * x.mask.clone();
+    let high = r.greater_elem(high_at).float() * adv_pos * x.mask.clone();
     let low_n = low.clone().sum().into_scalar::<f32>() as f64;
     let high_n = high.sum().into_scalar::<f32>() as f64;
     let masked = per_token * x.mask.clone();
@@ -177,7 +211,7 @@ pub fn grpo_loss(x: LossInputs, c: &LossConfig, norm: Norm) -> (Tensor<1>, LossS
             per_seq.sum().div_scalar(n.max(1) as f64)
         }
         LossType::DrGrpo => masked.sum().div_scalar((n.max(1) * c.budget.max(1)) as f64),
-        LossType::Dapo => masked.sum().div_scalar(tokens.max(1.0)),
+        LossType::Dapo | LossType::Cispo => masked.sum().div_scalar(tokens.max(1.0)),
     };
     let t = tokens.max(1.0);
     (
@@ -310,10 +344,9 @@ struct Grpo<'a> {
 }
 
 /// A step's groups with the advantage of each completion, in group order.
-#[derive(Clone, Copy)]
 struct Scored<'a> {
-    groups: &'a [Group],
-    adv: &'a [f64],
+    groups: Vec<&'a Group>,
+    adv: Vec<f64>,
 }
 
 /// The policy update's results for the metrics.
@@ -386,12 +419,28 @@ pub fn run(ctx: &mut StageCtx<'_>) -> Result<Outcome> {
             .iter()
             .flat_map(|gr| gr.rollouts.iter().map(|r| r.total))
             .collect();
-        let adv = advantages(&totals, cfg.group_size, cfg.scale_rewards);
+        let adv = match cfg.adv_estimator {
+            AdvEstimator::Grpo => advantages(&totals, cfg.group_size, cfg.scale_rewards),
+            AdvEstimator::GrpoPassk => {
+                grpo_math::passk_advantages(&totals, cfg.group_size, cfg.scale_rewards)
+            }
+        };
         let lr = lr_at(state.step, &cfg);
         let update;
+        // Zero-variance filtering: groups whose rewards are all equal leave the loss (and its
+        // normalisers), not only their advantages.
+        let kept: Vec<usize> = if cfg.zero_variance_filter {
+            informative_groups(&totals, cfg.group_size)
+        } else {
+            (0..rollouts.groups.len()).collect()
+        };
+        let g = cfg.group_size;
         let scored = Scored {
-            groups: &rollouts.groups,
-            adv: &adv,
+            groups: kept.iter().map(|&i| &rollouts.groups[i]).collect(),
+            adv: kept
+                .iter()
+                .flat_map(|&i| adv[i * g..(i + 1) * g].iter().copied())
+                .collect(),
         };
         (model, update) = grpo.update_policy(model, &mut optim, &policy, scored, lr, state.step)?;
         state.step += 1;
@@ -589,7 +638,7 @@ impl Grpo<'_> {
         if groups.is_empty() {
             return Ok((model, up));
         }
-        let parts = self.micro_batches(policy, groups, adv);
+        let parts = self.micro_batches(policy, &groups, &adv);
         up.tokens = parts.iter().map(|p| p.count).sum();
         let lens = groups.iter().flat_map(|g| {
             g.rollouts
@@ -616,14 +665,19 @@ impl Grpo<'_> {
             let (mut loss_sum, mut entropy_sum) = (0.0, 0.0);
             up.stats = LossStats::default();
             for (pi, part) in parts.iter().enumerate() {
+                let top_entropy = self.cfg.top_entropy_quantile < 1.0;
                 let (logp, h) = target_logprobs_with(
                     &model,
                     part.inputs.clone(),
                     part.targets.clone(),
                     self.cfg.temperature,
-                    it == 0,
+                    it == 0 || top_entropy,
                 );
-                if let Some(h) = h {
+                let keep = match (&h, top_entropy) {
+                    (Some(h), true) => Some(self.entropy_keep(h, &part.mask)),
+                    _ => None,
+                };
+                if let (Some(h), 0) = (h, it) {
                     // Token entropy of the sampling distribution (detached).
                     entropy_sum += (h * part.mask.clone()).sum().into_scalar::<f32>() as f64;
                 }
@@ -653,6 +707,7 @@ impl Grpo<'_> {
                     adv: part.adv.clone(),
                     mask: part.mask.clone(),
                     weight: weights[pi].clone(),
+                    keep,
                 };
                 let (loss, st) = grpo_loss(inputs, &self.loss, norm);
                 loss_sum += loss.clone().into_scalar::<f32>() as f64;
@@ -675,6 +730,34 @@ impl Grpo<'_> {
             model = optim.step(lr, model, grads);
         }
         Ok((model, up))
+    }
+
+    /// A part's `top_entropy_quantile` mask as a `[rows, t]` tensor: 1 for the completion
+    /// tokens whose entropy `h` is in the micro-batch's top fraction (as TRL computes it per
+    /// micro-batch), 0 elsewhere.
+    fn entropy_keep(&self, h: &Tensor<2>, mask: &Tensor<2>) -> Tensor<2> {
+        let [rows, t] = h.dims();
+        let flat = |x: &Tensor<2>| -> Vec<f32> {
+            x.clone()
+                .into_data()
+                .convert::<f32>()
+                .try_to_vec::<f32>()
+                .unwrap_or_default()
+        };
+        let (hv, mv) = (flat(h), flat(mask));
+        let rows_of = |v: &[f32]| -> Vec<Vec<f64>> {
+            v.chunks(t.max(1))
+                .map(|r| r.iter().map(|&x| x as f64).collect())
+                .collect()
+        };
+        let valid: Vec<Vec<bool>> = rows_of(&mv)
+            .into_iter()
+            .map(|r| r.into_iter().map(|x| x > 0.0).collect())
+            .collect();
+        let keep =
+            grpo_math::high_entropy_mask(&rows_of(&hv), &valid, self.cfg.top_entropy_quantile);
+        let flat: Vec<f32> = keep.into_iter().flatten().map(|x| x as f32).collect();
+        Tensor::from_data(TensorData::new(flat, [rows, t]), &self.device)
     }
 
     /// A part's sampler-correction weights as a `[rows, t]` tensor (`None` when the stage
@@ -713,7 +796,7 @@ impl Grpo<'_> {
     /// The groups' completions as micro-batches of similar length, with their advantages and
     /// the log-probabilities under the models that are not trained (reference, and the
     /// sampling policy when `num_iterations > 1`), computed on the inference device.
-    fn micro_batches(&self, policy: &Gpt, groups: &[Group], adv: &[f64]) -> Vec<Part> {
+    fn micro_batches(&self, policy: &Gpt, groups: &[&Group], adv: &[f64]) -> Vec<Part> {
         let (infer, device) = (&self.infer, &self.device);
         let rows: Vec<(&[u32], &Completion)> = groups
             .iter()

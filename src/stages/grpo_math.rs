@@ -1,9 +1,10 @@
 //! The arithmetic of GRPO, host-side and unit-tested: group-relative advantages with TRL's
-//! `scale_rewards`, the clipped surrogate per token, the k3 KL estimator, the loss normalisers of
-//! `loss_type`, DAPO's overlong shaping and dynamic-sampling filtering. The tensor version of the
-//! loss in `grpo.rs` is tested against [`reference_loss`].
+//! `scale_rewards` (and verl's pass@k variant), the clipped surrogate per token or per sequence
+//! (GSPO), CISPO's weighted log-likelihood, the k1/k2/k3 KL estimators, the loss normalisers of
+//! `loss_type`, the high-entropy token mask, DAPO's overlong shaping and dynamic-sampling
+//! filtering. The tensor version of the loss in `grpo.rs` is tested against [`reference_loss`].
 
-use crate::spec::{LossType, SamplerCorrection, ScaleRewards, StageConfig};
+use crate::spec::{IsLevel, KlEstimator, LossType, SamplerCorrection, ScaleRewards, StageConfig};
 
 /// Mean and (population) standard deviation.
 pub fn mean_std(xs: &[f64]) -> (f64, f64) {
@@ -39,6 +40,34 @@ pub fn advantages(rewards: &[f64], g: usize, scale: ScaleRewards) -> Vec<f64> {
     out
 }
 
+/// verl's `grpo_passk` advantages: in each group only the best completion (the first of equal
+/// best) gets one, its reward minus the second best, divided by the group's sample standard
+/// deviation (`n − 1`) plus 1e-6 unless `scale` is `none`; every other completion gets 0.
+pub fn passk_advantages(rewards: &[f64], g: usize, scale: ScaleRewards) -> Vec<f64> {
+    let mut out = vec![0.0; rewards.len()];
+    for (gi, group) in rewards.chunks(g).enumerate() {
+        if group.len() < 2 {
+            continue;
+        }
+        let best = (0..group.len())
+            .reduce(|b, i| if group[i] > group[b] { i } else { b })
+            .expect("two or more");
+        let second = (0..group.len())
+            .filter(|&i| i != best)
+            .map(|i| group[i])
+            .fold(f64::NEG_INFINITY, f64::max);
+        let mut a = group[best] - second;
+        if scale != ScaleRewards::None {
+            let n = group.len() as f64;
+            let m = group.iter().sum::<f64>() / n;
+            let sd = (group.iter().map(|r| (r - m).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
+            a /= sd + 1e-6;
+        }
+        out[gi * g + best] = a;
+    }
+    out
+}
+
 /// Indices of the groups whose rewards are not all equal (dynamic sampling keeps these).
 pub fn informative_groups(rewards: &[f64], g: usize) -> Vec<usize> {
     rewards
@@ -53,6 +82,51 @@ pub fn informative_groups(rewards: &[f64], g: usize) -> Vec<usize> {
 pub fn k3(logp: f64, ref_logp: f64) -> f64 {
     let d = ref_logp - logp;
     d.exp() - d - 1.0
+}
+
+/// KL(π‖π_ref) at one token by `estimator`: k1 `logp − ref`, k2 `(logp − ref)²/2`, k3 [`k3`].
+pub fn kl(estimator: KlEstimator, logp: f64, ref_logp: f64) -> f64 {
+    match estimator {
+        KlEstimator::K1 => logp - ref_logp,
+        KlEstimator::K2 => 0.5 * (logp - ref_logp).powi(2),
+        KlEstimator::K3 => k3(logp, ref_logp),
+    }
+}
+
+/// The `q` quantile of `values` with linear interpolation between order statistics (as
+/// `torch.quantile`); `None` when empty.
+pub fn quantile(values: &[f64], q: f64) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let pos = q.clamp(0.0, 1.0) * (v.len() - 1) as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    Some(v[lo] + (v[hi] - v[lo]) * (pos - lo as f64))
+}
+
+/// TRL's `top_entropy_quantile` mask: 1 for the tokens (of those `valid`) whose entropy is at
+/// least the `1 − rho` quantile of the valid tokens' entropies, else 0.
+pub fn high_entropy_mask(entropy: &[Vec<f64>], valid: &[Vec<bool>], rho: f64) -> Vec<Vec<f64>> {
+    let kept: Vec<f64> = entropy
+        .iter()
+        .zip(valid)
+        .flat_map(|(e, v)| e.iter().zip(v).filter(|(_, v)| **v).map(|(e, _)| *e))
+        .collect();
+    let Some(threshold) = quantile(&kept, 1.0 - rho) else {
+        return entropy.iter().map(|r| vec![0.0; r.len()]).collect();
+    };
+    entropy
+        .iter()
+        .zip(valid)
+        .map(|(e, v)| {
+            e.iter()
+                .zip(v)
+                .map(|(e, v)| f64::from(u8::from(*v && *e >= threshold)))
+                .collect()
+        })
+        .collect()
 }
 
 /// The clipped surrogate at one token, as a loss (negated objective):
@@ -92,7 +166,7 @@ pub fn normalise(rows: &[Vec<f64>], loss_type: LossType, budget: usize) -> f64 {
                 / n
         }
         LossType::DrGrpo => rows.iter().flatten().sum::<f64>() / (n * budget.max(1) as f64),
-        LossType::Dapo => {
+        LossType::Dapo | LossType::Cispo => {
             let t: usize = rows.iter().map(Vec::len).sum();
             rows.iter().flatten().sum::<f64>() / t.max(1) as f64
         }
@@ -112,6 +186,10 @@ pub struct LossConfig {
     /// The generation budget: `dr_grpo` divides by `rows × budget`, a constant, so that no
     /// length of this step's completions enters the gradient's scale.
     pub budget: usize,
+    /// Per token, or one ratio per sequence (GSPO).
+    pub level: IsLevel,
+    /// The KL term's estimator.
+    pub kl: KlEstimator,
 }
 
 impl LossConfig {
@@ -123,6 +201,8 @@ impl LossConfig {
             beta: cfg.beta,
             loss_type: cfg.loss_type,
             budget: completion_budget(cfg.max_new_tokens, ctx),
+            level: cfg.importance_sampling_level,
+            kl: cfg.kl_estimator,
         }
     }
 }
@@ -146,6 +226,8 @@ pub struct TokenRow {
     pub advantage: f64,
     /// Each token's sampler-correction weight ([`sampler_weights`]); `None`: all 1.
     pub weight: Option<Vec<f64>>,
+    /// Each token's entropy mask ([`high_entropy_mask`]); `None`: all 1.
+    pub keep: Option<Vec<f64>>,
 }
 
 /// The whole GRPO loss on the host, the specification the tensor code is tested against.
@@ -153,13 +235,26 @@ pub fn reference_loss(rows: &[TokenRow], c: &LossConfig) -> f64 {
     let per_token: Vec<Vec<f64>> = rows
         .iter()
         .map(|r| {
-            (0..r.logp.len())
+            let n = r.logp.len();
+            // GSPO: every token takes its sequence's mean log-ratio.
+            let seq = (0..n).map(|t| r.logp[t] - r.old_logp[t]).sum::<f64>() / n.max(1) as f64;
+            (0..n)
                 .map(|t| {
-                    let ratio = (r.logp[t] - r.old_logp[t]).exp();
-                    let mut l = clipped_token_loss(ratio, r.advantage, c.epsilon, c.epsilon_high);
+                    let log_ratio = match c.level {
+                        IsLevel::Token => r.logp[t] - r.old_logp[t],
+                        IsLevel::Sequence => seq,
+                    };
+                    let ratio = log_ratio.exp();
+                    let mut l = match c.loss_type {
+                        // The weight is a constant to the gradient; the value is the weighted
+                        // negative log-likelihood.
+                        LossType::Cispo => -ratio.min(c.epsilon_high) * r.advantage * r.logp[t],
+                        _ => clipped_token_loss(ratio, r.advantage, c.epsilon, c.epsilon_high),
+                    };
+                    l *= r.keep.as_ref().map_or(1.0, |k| k[t]);
                     l *= r.weight.as_ref().map_or(1.0, |w| w[t]);
                     if let (Some(rf), true) = (&r.ref_logp, c.beta > 0.0) {
-                        l += c.beta * k3(r.logp[t], rf[t]);
+                        l += c.beta * kl(c.kl, r.logp[t], rf[t]);
                     }
                     l
                 })
@@ -302,6 +397,92 @@ mod tests {
         assert_eq!(completion_budget(24, 64), 24);
         assert_eq!(completion_budget(0, 64), 64);
         assert_eq!(completion_budget(100, 64), 64);
+    }
+
+    #[test]
+    fn passk_advantage_goes_to_the_best_of_each_group() {
+        // verl's compute_grpo_passk_outcome_advantage by hand: group [1, 0, 0.5] → the first
+        // gets (1 − 0.5) / (std₁ + 1e-6), std₁ the sample std (0.5); the rest 0.
+        let a = passk_advantages(&[1.0, 0.0, 0.5, 0.2, 0.2, 0.2], 3, ScaleRewards::Group);
+        assert!(close(a[0], 0.5 / (0.5 + 1e-6)));
+        assert_eq!(&a[1..3], &[0.0, 0.0]);
+        // Ties: the first best gets best − second = 0.
+        assert_eq!(&a[3..], &[0.0, 0.0, 0.0]);
+        let raw = passk_advantages(&[0.0, 3.0, 1.0], 3, ScaleRewards::None);
+        assert_eq!(raw, vec![0.0, 2.0, 0.0]);
+    }
+
+    #[test]
+    fn kl_estimators_k1_k2_k3() {
+        assert!(close(kl(KlEstimator::K1, -1.0, -1.5), 0.5));
+        assert!(close(kl(KlEstimator::K2, -1.0, -1.5), 0.125));
+        assert!(close(
+            kl(KlEstimator::K3, -1.0, -1.5),
+            (-0.5f64).exp() + 0.5 - 1.0
+        ));
+        for e in [KlEstimator::K1, KlEstimator::K2, KlEstimator::K3] {
+            assert_eq!(
+                kl(e, -0.7, -0.7),
+                0.0,
+                "{e:?}: zero when the policies agree"
+            );
+        }
+    }
+
+    #[test]
+    fn quantile_and_the_high_entropy_mask_follow_torch() {
+        // torch.quantile([1, 2, 3, 4], 0.5) = 2.5; 0.8 → position 2.4 → 3.4.
+        assert!(close(quantile(&[4.0, 1.0, 3.0, 2.0], 0.5).unwrap(), 2.5));
+        assert!(close(quantile(&[4.0, 1.0, 3.0, 2.0], 0.8).unwrap(), 3.4));
+        assert_eq!(quantile(&[], 0.5), None);
+        let e = vec![vec![0.1, 2.0, 0.5], vec![1.5, 9.0, 0.3]];
+        let valid = vec![vec![true, true, true], vec![true, true, false]];
+        // The valid entropies are [0.1, 2, 0.5, 1.5, 9] (0.3 is padding). ρ = 0.4 keeps those
+        // ≥ their 0.6 quantile: position 2.4 of [0.1, 0.5, 1.5, 2, 9], 1.5 + 0.4·0.5 = 1.7.
+        let m = high_entropy_mask(&e, &valid, 0.4);
+        assert_eq!(m, vec![vec![0.0, 1.0, 0.0], vec![0.0, 1.0, 0.0]]);
+        // ρ = 1 keeps every valid token; ρ = 0 only the highest.
+        let all = high_entropy_mask(&e, &valid, 1.0);
+        assert_eq!(all, vec![vec![1.0, 1.0, 1.0], vec![1.0, 1.0, 0.0]]);
+        let top = high_entropy_mask(&e, &valid, 0.0);
+        assert_eq!(top, vec![vec![0.0, 0.0, 0.0], vec![0.0, 1.0, 0.0]]);
+    }
+
+    #[test]
+    fn gspo_takes_one_ratio_per_sequence_and_cispo_weights_the_log_likelihood() {
+        let row = TokenRow {
+            logp: vec![-1.0, -2.0],
+            old_logp: vec![-1.2, -1.6],
+            ref_logp: None,
+            advantage: 1.0,
+            weight: None,
+            keep: None,
+        };
+        let c = |level, loss_type| LossConfig {
+            epsilon: 0.2,
+            epsilon_high: 0.2,
+            beta: 0.0,
+            loss_type,
+            budget: 4,
+            level,
+            kl: KlEstimator::K3,
+        };
+        // Token level: ratios e^0.2 (clipped to 1.2) and e^-0.4; dapo averages the tokens.
+        let tok = reference_loss(
+            std::slice::from_ref(&row),
+            &c(IsLevel::Token, LossType::Dapo),
+        );
+        assert!(close(tok, -(1.2 + (-0.4f64).exp()) / 2.0));
+        // Sequence level: one ratio e^((0.2 − 0.4)/2) for both tokens.
+        let seq = reference_loss(
+            std::slice::from_ref(&row),
+            &c(IsLevel::Sequence, LossType::Dapo),
+        );
+        assert!(close(seq, -(-0.1f64).exp()));
+        // CISPO: −min(ratio, ε_high)·A·logp per token (ε_high = 0.2 caps both weights here).
+        let cis = reference_loss(&[row], &c(IsLevel::Token, LossType::Cispo));
+        // −(0.2·(−1) + 0.2·(−2)) / 2
+        assert!(close(cis, 0.3));
     }
 
     #[test]

@@ -8,10 +8,10 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use stageloop::model::{Gpt, ModelConfig};
 use stageloop::runfs::{self, metrics::parse_metric_line};
-use stageloop::spec::{LossType, SamplerCorrection};
+use stageloop::spec::{IsLevel, KlEstimator, LossType, SamplerCorrection};
 use stageloop::stages::common::target_logprobs;
 use stageloop::stages::grpo::{LossConfig, LossInputs, Norm, grpo_loss, micro_batches};
-use stageloop::stages::grpo_math::{TokenRow, reference_loss, sampler_weights};
+use stageloop::stages::grpo_math::{TokenRow, high_entropy_mask, reference_loss, sampler_weights};
 
 use crate::common;
 
@@ -25,7 +25,16 @@ fn t2(v: &[Vec<f64>], device: &Device) -> Tensor<2> {
 fn tensor_loss_matches_the_host_specification() {
     let device = Device::flex();
     let mut rng = ChaCha8Rng::seed_from_u64(9);
-    for loss_type in [LossType::Grpo, LossType::DrGrpo, LossType::Dapo] {
+    let kls = [KlEstimator::K3, KlEstimator::K2, KlEstimator::K1];
+    let cases = [
+        LossType::Grpo,
+        LossType::DrGrpo,
+        LossType::Dapo,
+        LossType::Cispo,
+    ]
+    .into_iter()
+    .flat_map(|l| [IsLevel::Token, IsLevel::Sequence].map(|v| (l, v)));
+    for (case, (loss_type, level)) in cases.enumerate() {
         for beta in [0.0, 0.04] {
             let (n, t) = (6, 5);
             let lens: Vec<usize> = (0..n).map(|_| rng.random_range(1..=t)).collect();
@@ -53,6 +62,17 @@ fn tensor_loss_matches_the_host_specification() {
                     .collect();
                 sampler_weights(&diff, SamplerCorrection::TokenTruncate, 3.0)
             });
+            // A top-entropy mask on every other case (ρ = 0.5 of random entropies).
+            let keep: Option<Vec<Vec<f64>>> = (case % 2 == 1).then(|| {
+                let h: Vec<Vec<f64>> = (0..n)
+                    .map(|_| (0..t).map(|_| rng.random_range(0.0..3.0)).collect())
+                    .collect();
+                let valid: Vec<Vec<bool>> = mask
+                    .iter()
+                    .map(|r| r.iter().map(|&m| m > 0.0).collect())
+                    .collect();
+                high_entropy_mask(&h, &valid, 0.5)
+            });
             let rows: Vec<TokenRow> = (0..n)
                 .map(|i| TokenRow {
                     logp: logp[i][..lens[i]].to_vec(),
@@ -60,14 +80,21 @@ fn tensor_loss_matches_the_host_specification() {
                     ref_logp: Some(refl[i][..lens[i]].to_vec()),
                     advantage: adv[i],
                     weight: weights.as_ref().map(|w| w[i][..lens[i]].to_vec()),
+                    keep: keep.as_ref().map(|k| k[i][..lens[i]].to_vec()),
                 })
                 .collect();
             let c = LossConfig {
                 epsilon: 0.2,
-                epsilon_high: 0.28,
+                epsilon_high: if loss_type == LossType::Cispo {
+                    1.1
+                } else {
+                    0.28
+                },
                 beta,
                 loss_type,
                 budget: t + 3,
+                level,
+                kl: kls[case % 3],
             };
             let want = reference_loss(&rows, &c);
             // The loss of rows `r`, normalised by `norm`.
@@ -80,7 +107,8 @@ fn tensor_loss_matches_the_host_specification() {
                         ref_logp: Some(t2(&refl[r.clone()], &device)),
                         adv: t2(&adv_rows, &device),
                         mask: t2(&mask[r.clone()], &device),
-                        weight: weights.as_ref().map(|w| t2(&w[r], &device)),
+                        weight: weights.as_ref().map(|w| t2(&w[r.clone()], &device)),
+                        keep: keep.as_ref().map(|k| t2(&k[r], &device)),
                     },
                     &c,
                     norm,
@@ -91,13 +119,13 @@ fn tensor_loss_matches_the_host_specification() {
             let got = loss_of(0..n, whole);
             assert!(
                 (got - want).abs() < 1e-4,
-                "{loss_type:?} β={beta}: {got} vs {want}"
+                "{loss_type:?} {level:?} β={beta}: {got} vs {want}"
             );
             // Micro-batches normalised by the whole batch add up to the batch's loss.
             let split = loss_of(0..2, whole) + loss_of(2..n, whole);
             assert!(
                 (split - want).abs() < 1e-4,
-                "{loss_type:?} β={beta}: micro-batches {split} vs {want}"
+                "{loss_type:?} {level:?} β={beta}: micro-batches {split} vs {want}"
             );
         }
     }
@@ -176,6 +204,7 @@ fn one_step_raises_the_logprob_of_a_positive_advantage_completion() {
             adv,
             mask: mask.clone(),
             weight: None,
+            keep: None,
         },
         &LossConfig {
             epsilon: 0.2,
@@ -183,6 +212,8 @@ fn one_step_raises_the_logprob_of_a_positive_advantage_completion() {
             beta: 0.0,
             loss_type: LossType::Grpo,
             budget: 6,
+            level: IsLevel::Token,
+            kl: KlEstimator::K3,
         },
         Norm::of(&mask),
     );
@@ -458,6 +489,105 @@ fn a_stage_with_sampler_correction_applies_and_logs_its_weights() {
         assert!(
             (lo - 1.0).abs() < 0.05 && (hi - 1.0).abs() < 0.05,
             "{lo} {hi}"
+        );
+    }
+}
+
+#[test]
+fn cispo_weights_are_constants_and_gspo_gradients_flow_through_the_sequence_mean() {
+    let device = Device::flex().autodiff();
+    let row = |v: [f32; 2]| Tensor::<2>::from_data(TensorData::new(v.to_vec(), [1, 2]), &device);
+    let grad_of = |loss_type, level| {
+        let logp = row([-1.0, -2.0]).require_grad();
+        let (loss, _) = grpo_loss(
+            LossInputs {
+                logp: logp.clone(),
+                old_logp: row([-1.2, -1.6]),
+                ref_logp: None,
+                adv: Tensor::from_data(TensorData::new(vec![1.0f32], [1, 1]), &device),
+                mask: row([1.0, 1.0]),
+                weight: None,
+                keep: None,
+            },
+            &LossConfig {
+                epsilon: 0.2,
+                epsilon_high: 1.1,
+                beta: 0.0,
+                loss_type,
+                budget: 2,
+                level,
+                kl: KlEstimator::K3,
+            },
+            Norm {
+                rows: 1,
+                tokens: 2.0,
+            },
+        );
+        let grads = loss.backward();
+        logp.grad(&grads)
+            .unwrap()
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap()
+    };
+    // CISPO: d/dlogp of −w·A·logp / 2 with w = min(ratio, 1.1) held constant.
+    let g = grad_of(LossType::Cispo, IsLevel::Token);
+    let w = [0.2f32.exp().min(1.1), (-0.4f32).exp().min(1.1)];
+    assert!(
+        (g[0] + w[0] / 2.0).abs() < 1e-5 && (g[1] + w[1] / 2.0).abs() < 1e-5,
+        "{g:?}"
+    );
+    // GSPO (dapo normaliser): both tokens carry −s·A with s = exp(mean log-ratio) inside the
+    // clip range, and the loss is their sum over 2 tokens, −s; ds/dlogpᵢ = s/2 (the mean), so
+    // both tokens get the gradient −s/2.
+    let g = grad_of(LossType::Dapo, IsLevel::Sequence);
+    let s = (-0.1f32).exp();
+    for x in &g {
+        assert!((x + s / 2.0).abs() < 1e-5, "{g:?}");
+    }
+}
+
+/// The format reward's mean over the first and last six steps of a run's `rl` stage.
+fn reward_rise(dir: &std::path::Path) -> (f64, f64) {
+    let (run, status) = runfs::latest_run_of(&dir.join("runs"), "rl").unwrap();
+    assert_eq!(status.status, runfs::Status::Done);
+    let text = std::fs::read_to_string(run.metrics()).unwrap();
+    let rewards: Vec<f64> = text
+        .lines()
+        .filter_map(|l| parse_metric_line(l).ok())
+        .filter_map(|r| r.values.get("reward").copied().flatten())
+        .collect();
+    let n = rewards.len();
+    (
+        rewards[..6].iter().sum::<f64>() / 6.0,
+        rewards[n - 6..].iter().sum::<f64>() / 6.0,
+    )
+}
+
+#[test]
+fn each_objective_switch_trains_the_tiny_stage() {
+    for keys in [
+        "loss_type = \"cispo\"",
+        "importance_sampling_level = \"sequence\"",
+        "adv_estimator = \"grpo_passk\"",
+        "zero_variance_filter = true",
+        "top_entropy_quantile = 0.5",
+        "beta = 0.02\nkl_estimator = \"k2\"",
+    ] {
+        let d = tempfile::tempdir().unwrap();
+        common::run_experiment(d.path(), &format!("{TINY_RL}{keys}\n"));
+        let (first, last) = reward_rise(d.path());
+        assert!(
+            last > first + 0.1,
+            "{keys}: format reward {first:.3} → {last:.3}"
+        );
+        // run.json records the switch (the compare view shows it when runs differ).
+        let (_, status) = runfs::latest_run_of(&d.path().join("runs"), "rl").unwrap();
+        let key = keys.split(' ').next().unwrap();
+        assert!(
+            status.config.get(key).is_some(),
+            "{key} in {}",
+            status.config
         );
     }
 }
