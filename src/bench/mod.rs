@@ -2,13 +2,15 @@
 //! reference measured in the same run (`benches/compare.py`), never as timed tests.
 //! [`train`] measures the training core (training and sampling throughput of one model shape),
 //! [`decode`] a pretrained model's sampling speed with quantised or f32 weights, [`kernels`]
-//! each product kind against this CPU's peak for its number type,
+//! each product kind against this CPU's peak for its number type, [`objectives`] the GRPO
+//! objectives on given inputs (to set beside TRL's and verl's functions),
 //! [`notebook`] the TUI on a large synthetic workspace. This module sits above both: neither
 //! the core nor the notebook imports it.
 
 pub mod decode;
 pub mod kernels;
 pub mod notebook;
+pub mod objectives;
 pub mod train;
 
 /// Peak resident set size of this process (Linux `VmHWM`), 0 where unknown.

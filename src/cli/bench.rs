@@ -16,6 +16,9 @@ pub enum Args {
     Decode(DecodeArgs),
     /// Each product kind's speed against this CPU's measured peak for f32, bf16 and int8.
     Kernels(KernelsArgs),
+    /// The GRPO objectives (losses, advantages, KL estimators) on cases read as JSON from
+    /// stdin, printed as JSON: what `benches/objectives_check.py` compares with TRL and verl.
+    Objectives,
 }
 
 /// The flags of `stageloop bench kernels`.
@@ -35,7 +38,7 @@ pub struct DecodeArgs {
     /// A .gguf file or a Hugging Face folder.
     pub model: std::path::PathBuf,
     /// How the weights are held: `auto` a GGUF's blocks as in the file (a folder: f32),
-    /// `none` every weight f32, `q8_0` / `q4_1` quantised at load.
+    /// `none` every weight f32, `q8_0` / `q4_1` / `q4_k` quantised at load.
     #[arg(long, value_enum, default_value_t = crate::cli::sample::Quantize::Auto)]
     pub quantize: crate::cli::sample::Quantize,
     /// Sequences sampled at once.
@@ -187,6 +190,13 @@ pub fn dispatch(a: Args) -> anyhow::Result<()> {
         Args::Notebook(a) => notebook(a),
         Args::Decode(a) => decode(a),
         Args::Kernels(a) => kernels(a),
+        Args::Objectives => {
+            use std::io::Read;
+            let mut input = String::new();
+            std::io::stdin().read_to_string(&mut input)?;
+            outln!("{}", crate::bench::objectives::run(&input)?);
+            Ok(())
+        }
     }
 }
 

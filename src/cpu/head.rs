@@ -46,9 +46,12 @@ pub fn forward(h: View<'_>, w: View<'_>, targets: &[u32], s: f32) -> HeadOut {
 }
 
 /// The gradients of `h` (`[rows, d]`) and, when `want_w`, of `w` (`[d, v]`) from the gradient
-/// `dy` of [`forward`]'s log-probabilities.
+/// `dy` of [`forward`]'s log-probabilities and, when given and not all zero, `dent` of its
+/// entropies (an entropy bonus in the loss).
+#[allow(clippy::too_many_arguments)]
 pub fn backward(
     dy: &[f32],
+    dent: Option<&[f32]>,
     h: View<'_>,
     w: View<'_>,
     targets: &[u32],
@@ -56,6 +59,7 @@ pub fn backward(
     s: f32,
     want_w: bool,
 ) -> (Vec<f32>, Option<Vec<f32>>) {
+    let dent = dent.filter(|g| g.iter().any(|&x| x != 0.0));
     let (d, v) = (w.rows, w.cols);
     let mut dh = Vec::with_capacity(h.rows * d);
     let mut dw: Option<Vec<f32>> = None;
@@ -63,8 +67,15 @@ pub fn backward(
         let r1 = (r0 + CHUNK_ROWS).min(h.rows);
         let hc = rows(h, r0, r1);
         let logits = matmul(hc, w);
-        let dl =
+        let mut dl =
             target_logprob_backward(&dy[r0..r1], &logits, &targets[r0..r1], &lse[r0..r1], v, s);
+        if let Some(g) = dent {
+            dl.par_chunks_mut(v)
+                .zip(logits.par_chunks(v))
+                .zip(&g[r0..r1])
+                .zip(&lse[r0..r1])
+                .for_each(|(((dl, row), &g), &l)| entropy_backward(dl, row, g, l, s));
+        }
         drop(logits);
         let dl = View::new(&dl, r1 - r0, v);
         dh.extend(matmul(dl, w.t()));
@@ -91,6 +102,19 @@ fn rows(h: View<'_>, r0: usize, r1: usize) -> View<'_> {
         data: &h.data[r0 * h.row_stride..],
         rows: r1 - r0,
         ..h
+    }
+}
+
+/// Add `g · dH/dx` to `dl` for one row: with `p = softmax(s·x)` and `H = −Σ p·log p`,
+/// `dH/dx_j = −s · p_j · (log p_j + H)`.
+fn entropy_backward(dl: &mut [f32], row: &[f32], g: f32, lse: f32, s: f32) {
+    if g == 0.0 {
+        return;
+    }
+    let ent = entropy(row, lse, s);
+    for (d, &x) in dl.iter_mut().zip(row) {
+        let logp = x * s - lse;
+        *d -= g * s * exp(logp) * (logp + ent);
     }
 }
 
@@ -127,10 +151,12 @@ mod tests {
         let w = View::new(&wt, v, d).t();
         let targets: Vec<u32> = (0..n).map(|i| (i * 7 % v) as u32).collect();
         let dy: Vec<f32> = (0..n).map(|i| val(i, 13)).collect();
+        // An entropy bonus's gradient on every other row.
+        let dent: Vec<f32> = (0..n).map(|i| (i % 2) as f32 * val(i, 29)).collect();
         let s = 1.25;
         let hv = View::new(&h, n, d);
         let out = forward(hv, w, &targets, s);
-        let (dh, dw) = backward(&dy, hv, w, &targets, &out.lse, s, true);
+        let (dh, dw) = backward(&dy, Some(&dent), hv, w, &targets, &out.lse, s, true);
         let dw = dw.unwrap();
         let mut want_dw = vec![0f64; d * v];
         for r in 0..n {
@@ -148,9 +174,13 @@ mod tests {
             assert!((out.logp[r] as f64 - (z[t] - lse)).abs() < 1e-4, "logp {r}");
             let ent: f64 = -p.iter().map(|p| p * p.ln()).sum::<f64>();
             assert!((out.entropy[r] as f64 - ent).abs() < 1e-4, "entropy {r}");
-            // d logp / d z_j = 1[j = t] − p_j; z = s · h · w.
+            // d logp / d z_j = 1[j = t] − p_j and dH / dz_j = −p_j (log p_j + H); z = s · h · w.
             let g: Vec<f64> = (0..v)
-                .map(|j| dy[r] as f64 * s as f64 * ((j == t) as u8 as f64 - p[j]))
+                .map(|j| {
+                    s as f64
+                        * (dy[r] as f64 * ((j == t) as u8 as f64 - p[j])
+                            - dent[r] as f64 * p[j] * (p[j].ln() + ent))
+                })
                 .collect();
             for k in 0..d {
                 let want: f64 = (0..v).map(|j| g[j] * wt[j * d + k] as f64).sum();

@@ -113,6 +113,7 @@ pub fn settings(exp: &Experiment, cfg: &StageConfig) -> Result<(Value, Vec<Unmap
                 "top_entropy_quantile".into(),
                 json!(cfg.top_entropy_quantile),
             );
+            m.insert("entropy_coef".into(), json!(cfg.entropy_coef));
             if cfg.kl_estimator != crate::spec::KlEstimator::K3 && cfg.beta > 0.0 {
                 skip(
                     "kl_estimator",

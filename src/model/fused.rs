@@ -59,8 +59,8 @@ pub trait FusedOps: burn::backend::Backend {
     /// The targets' log-probabilities through the output head, the logits never whole (see
     /// [`crate::cpu::head`]): `[b, t, 2]` from the final hidden states `h` `[b, t, d]`, the
     /// head `w` `[d, v]` and target ids `[b, t]` (as floats). Channel 0 is
-    /// `log softmax(scale · h·w)[target]`, channel 1 that distribution's entropy, which
-    /// carries no gradient.
+    /// `log softmax(scale · h·w)[target]`, channel 1 that distribution's entropy (both carry
+    /// gradients: the entropy's for an entropy bonus).
     fn head_logprobs(
         h: FloatTensor<Self>,
         w: FloatTensor<Self>,
@@ -133,7 +133,7 @@ pub fn target_logprobs(logits: Tensor<3>, targets: Tensor<2>, scale: f64) -> Ten
 }
 
 /// [`FusedOps::head_logprobs`] on tensors: the targets' log-probabilities `[b, t]` and the
-/// entropies `[b, t]` (detached).
+/// entropies `[b, t]` (which carry a gradient; detach them for statistics).
 pub fn head_logprobs(
     h: Tensor<3>,
     w: Tensor<2>,
@@ -148,7 +148,7 @@ pub fn head_logprobs(
     ));
     let [b, t, _] = out.dims();
     let logp = out.clone().slice([0..b, 0..t, 0..1]).reshape([b, t]);
-    let entropy = out.slice([0..b, 0..t, 1..2]).reshape([b, t]).detach();
+    let entropy = out.slice([0..b, 0..t, 1..2]).reshape([b, t]);
     (logp, entropy)
 }
 
@@ -492,10 +492,12 @@ impl Backward<Flex, 2> for HeadLogprobsBackward {
         let [node_h, node_w] = ops.parents;
         let dy = contiguous(grads.consume::<Flex>(&ops.node));
         let (h, w, targets, lse, scale) = ops.state;
-        // Only the log-probabilities' channel carries a gradient.
-        let dy: Vec<f32> = slice(&dy).iter().step_by(2).copied().collect();
+        // Channel 0 the log-probabilities', channel 1 the entropies' (an entropy bonus).
+        let dy_logp: Vec<f32> = slice(&dy).iter().step_by(2).copied().collect();
+        let dy_ent: Vec<f32> = slice(&dy).iter().skip(1).step_by(2).copied().collect();
         let (dh, dw) = crate::cpu::head::backward(
-            &dy,
+            &dy_logp,
+            Some(&dy_ent),
             rows_of(&h),
             weight(&w),
             &targets,

@@ -438,6 +438,9 @@ pub struct StageSpec {
     /// Train only on the tokens whose entropy is in the top fraction ρ of the batch's (TRL's
     /// `top_entropy_quantile`; 1 = every token).
     pub top_entropy_quantile: Option<f64>,
+    /// Weight of an entropy bonus in the loss (TRL's `entropy_coef`): `loss − coef · H`, `H`
+    /// the mean entropy of the completion tokens the policy loss trains on.
+    pub entropy_coef: Option<f64>,
     /// Completions per micro-batch of the update (their gradients add up to one optimizer
     /// step): fewer bound the activations' memory. 0 (default): as many as fit in 4,096
     /// padded tokens.

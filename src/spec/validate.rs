@@ -526,6 +526,11 @@ fn ranges(c: &mut Checks<'_>, spec: &ExperimentSpec, i: usize, cfg: &StageConfig
         &format!("must be at most {MAX_SAMPLES} completions (0 = as many as fit)"),
     );
     range(
+        "entropy_coef",
+        (0.0..=1.0).contains(&cfg.entropy_coef),
+        "must be between 0 and 1",
+    );
+    range(
         "top_entropy_quantile",
         (0.0..=1.0).contains(&cfg.top_entropy_quantile),
         "must be between 0 (only the highest-entropy token) and 1 (every token)",

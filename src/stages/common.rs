@@ -222,7 +222,8 @@ pub fn target_logprobs(
 }
 
 /// [`target_logprobs`], and with `entropy` also the per-position entropy of the whole
-/// distribution (detached), from the same forward pass.
+/// distribution, from the same forward pass (it carries a gradient, for an entropy bonus;
+/// detach it for statistics).
 pub fn target_logprobs_with(
     model: &Gpt,
     inputs: Tensor<2, Int>,
@@ -246,9 +247,8 @@ pub fn target_logprobs_with(
     let mut logits = model.forward(inputs);
     if fused {
         // One pass over the logits for the targets' log-probabilities (and their gradient);
-        // the entropy, when wanted, from the detached logits.
-        let h =
-            entropy.then(|| entropy_of(log_softmax(logits.clone().detach().mul_scalar(scale), 2)));
+        // the entropy, when wanted, from the whole log-softmax.
+        let h = entropy.then(|| entropy_of(log_softmax(logits.clone().mul_scalar(scale), 2)));
         let picked = crate::model::fused::target_logprobs(logits, targets.float(), scale);
         return (picked, h);
     }
@@ -256,7 +256,7 @@ pub fn target_logprobs_with(
         logits = logits.div_scalar(temperature);
     }
     let logp = log_softmax(logits, 2);
-    let h = entropy.then(|| entropy_of(logp.clone().detach()));
+    let h = entropy.then(|| entropy_of(logp.clone()));
     let picked = logp
         .gather(2, targets.unsqueeze_dim::<3>(2))
         .squeeze_dim::<2>(2);

@@ -666,21 +666,36 @@ impl Grpo<'_> {
             up.stats = LossStats::default();
             for (pi, part) in parts.iter().enumerate() {
                 let top_entropy = self.cfg.top_entropy_quantile < 1.0;
+                let bonus = self.cfg.entropy_coef > 0.0;
                 let (logp, h) = target_logprobs_with(
                     &model,
                     part.inputs.clone(),
                     part.targets.clone(),
                     self.cfg.temperature,
-                    it == 0 || top_entropy,
+                    it == 0 || top_entropy || bonus,
                 );
                 let keep = match (&h, top_entropy) {
-                    (Some(h), true) => Some(self.entropy_keep(h, &part.mask)),
+                    (Some(h), true) => Some(self.entropy_keep(&h.clone().detach(), &part.mask)),
                     _ => None,
                 };
-                if let (Some(h), 0) = (h, it) {
-                    // Token entropy of the sampling distribution (detached).
-                    entropy_sum += (h * part.mask.clone()).sum().into_scalar::<f32>() as f64;
+                if let (Some(h), 0) = (&h, it) {
+                    // Token entropy of the sampling distribution.
+                    entropy_sum += (h.clone().detach() * part.mask.clone())
+                        .sum()
+                        .into_scalar::<f32>() as f64;
                 }
+                // The entropy bonus: the mean entropy of the tokens the policy loss trains on
+                // in this micro-batch (TRL's), weighted by the micro-batch's share of the batch's
+                // tokens so that micro-batches add up.
+                let bonus = h.filter(|_| bonus).map(|h| {
+                    let on = match &keep {
+                        Some(k) => part.mask.clone() * k.clone(),
+                        None => part.mask.clone(),
+                    };
+                    let kept = on.clone().sum().into_scalar::<f32>().max(1.0) as f64;
+                    let share = part.count as f64 / norm.tokens.max(1.0);
+                    (h * on).sum().mul_scalar(share / kept)
+                });
                 if it == 0 {
                     // The trainer's log-probabilities against the sampler's, before any update:
                     // they differ only by numerics unless the two paths disagree.
@@ -709,7 +724,10 @@ impl Grpo<'_> {
                     weight: weights[pi].clone(),
                     keep,
                 };
-                let (loss, st) = grpo_loss(inputs, &self.loss, norm);
+                let (mut loss, st) = grpo_loss(inputs, &self.loss, norm);
+                if let Some(b) = bonus {
+                    loss = loss - b.reshape([1]).mul_scalar(self.cfg.entropy_coef);
+                }
                 loss_sum += loss.clone().into_scalar::<f32>() as f64;
                 up.stats += st;
                 acc.accumulate(&model, GradientsParams::from_grads(loss.backward(), &model));

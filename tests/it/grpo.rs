@@ -573,6 +573,7 @@ fn each_objective_switch_trains_the_tiny_stage() {
         "zero_variance_filter = true",
         "top_entropy_quantile = 0.5",
         "beta = 0.02\nkl_estimator = \"k2\"",
+        "entropy_coef = 0.01",
     ] {
         let d = tempfile::tempdir().unwrap();
         common::run_experiment(d.path(), &format!("{TINY_RL}{keys}\n"));

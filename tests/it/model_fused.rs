@@ -434,8 +434,8 @@ fn fused_adamw_steps_like_burns_adamw_and_resumes_from_its_record() {
 
 /// The targets' log-probabilities through the chunked head (`fused::head_logprobs`, used when
 /// the fused ops are on) against whole logits through `log_softmax` and `gather`: values,
-/// entropies and every parameter's gradient, for every architecture variation (untied and
-/// tied heads), at a temperature.
+/// entropies and every parameter's gradient (through the log-probabilities and an entropy
+/// bonus), for every architecture variation (untied and tied heads), at a temperature.
 #[test]
 fn chunked_head_logprobs_match_whole_logits_in_values_and_gradients() {
     use stageloop::stages::common::target_logprobs_with;
@@ -465,11 +465,11 @@ fn chunked_head_logprobs_match_whole_logits_in_values_and_gradients() {
                 let lp = logp
                     .gather(2, targets.clone().unsqueeze_dim::<3>(2))
                     .squeeze_dim::<2>(2);
-                (lp, ent.detach())
+                (lp, ent)
             };
             let w: Vec<f32> = (0..46).map(|i| (i % 7) as f32 * 0.1 - 0.3).collect();
             let w = Tensor::<2>::from_data(TensorData::new(w, [2, 23]), &device);
-            let loss = (lp * w).sum();
+            let loss = (lp * w).sum() - ent.clone().sum().mul_scalar(0.05);
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             let flat = flat_grads(&model, &grads);
             let ent: Vec<f32> = ent.into_data().iter::<f32>().collect();
