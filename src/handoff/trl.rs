@@ -126,6 +126,12 @@ pub fn settings(exp: &Experiment, cfg: &StageConfig) -> Result<(Value, Vec<Unmap
                     "TRL has no pass@k advantage (verl's grpo_passk); the script uses group-relative advantages",
                 );
             }
+            if cfg.kl_in_reward {
+                skip(
+                    "kl_in_reward",
+                    "TRL adds the KL to the loss only; the script does that with the same beta",
+                );
+            }
             if cfg.zero_variance_filter {
                 skip(
                     "zero_variance_filter",

@@ -438,6 +438,10 @@ pub struct StageSpec {
     /// Train only on the tokens whose entropy is in the top fraction ρ of the batch's (TRL's
     /// `top_entropy_quantile`; 1 = every token).
     pub top_entropy_quantile: Option<f64>,
+    /// Subtract `beta ·` each completion's KL to the reference (`kl_estimator`, summed over
+    /// its tokens, sampler log-probabilities against the reference's) from its reward instead
+    /// of adding a KL term to the loss (verl's `use_kl_in_reward`).
+    pub kl_in_reward: Option<bool>,
     /// Weight of an entropy bonus in the loss (TRL's `entropy_coef`): `loss − coef · H`, `H`
     /// the mean entropy of the completion tokens the policy loss trains on.
     pub entropy_coef: Option<f64>,

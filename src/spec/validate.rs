@@ -526,6 +526,11 @@ fn ranges(c: &mut Checks<'_>, spec: &ExperimentSpec, i: usize, cfg: &StageConfig
         &format!("must be at most {MAX_SAMPLES} completions (0 = as many as fit)"),
     );
     range(
+        "kl_in_reward",
+        !cfg.kl_in_reward || cfg.beta > 0.0,
+        "needs beta > 0 (the KL's weight in the reward)",
+    );
+    range(
         "entropy_coef",
         (0.0..=1.0).contains(&cfg.entropy_coef),
         "must be between 0 and 1",

@@ -414,11 +414,22 @@ pub fn run(ctx: &mut StageCtx<'_>) -> Result<Outcome> {
         // The decoder's kept buffers would add to the update's peak memory.
         crate::model::sample::release_buffers();
         let rollout_time = t0.elapsed().as_secs_f64();
-        let totals: Vec<f64> = rollouts
+        let mut totals: Vec<f64> = rollouts
             .groups
             .iter()
             .flat_map(|gr| gr.rollouts.iter().map(|r| r.total))
             .collect();
+        // verl's use_kl_in_reward: each completion's KL to the reference, summed over its
+        // tokens, leaves its reward (the loss then has no KL term).
+        let reward_kl = if cfg.kl_in_reward {
+            let kl = grpo.completion_kl(&rollouts.groups);
+            for (t, k) in totals.iter_mut().zip(&kl.0) {
+                *t -= cfg.beta * k;
+            }
+            Some(kl.1)
+        } else {
+            None
+        };
         let adv = match cfg.adv_estimator {
             AdvEstimator::Grpo => advantages(&totals, cfg.group_size, cfg.scale_rewards),
             AdvEstimator::GrpoPassk => {
@@ -448,6 +459,14 @@ pub fn run(ctx: &mut StageCtx<'_>) -> Result<Outcome> {
         state.flops += rollouts.flops + update.flops;
         let times = (t0.elapsed().as_secs_f64(), rollout_time);
         let mut line = step_metrics(&rollouts, &adv, &update, lr, times, state.num_tokens);
+        if let Some(k) = reward_kl {
+            // The per-token KL of the rewards' term, under the loss term's name.
+            for (name, v) in &mut line {
+                if *name == "kl" {
+                    *v = k;
+                }
+            }
+        }
         line.push(("compute/flops", state.flops));
         if state.step % cfg.log_every == 0 || state.step == cfg.steps {
             // External programs' rewards: `rewards/<name>/mean` over the kept groups.
@@ -811,6 +830,48 @@ impl Grpo<'_> {
         ))
     }
 
+    /// Each completion's KL to the reference (`kl_estimator` over its completion tokens, the
+    /// sampler's log-probabilities against the reference's), in group order, and the mean per
+    /// token.
+    fn completion_kl(&self, groups: &[Group]) -> (Vec<f64>, f64) {
+        let rows: Vec<(&[u32], &Completion)> = groups
+            .iter()
+            .flat_map(|gr| {
+                gr.rollouts
+                    .iter()
+                    .map(move |r| (gr.prompt_ids.as_slice(), &r.completion))
+            })
+            .collect();
+        let mut kl = vec![0.0; rows.len()];
+        let (mut sum, mut tokens) = (0.0, 0usize);
+        let Some(reference) = &self.reference else {
+            return (kl, 0.0);
+        };
+        let lens: Vec<usize> = rows.iter().map(|(p, c)| p.len() + c.tokens.len()).collect();
+        for idx in micro_batches(&lens, self.cfg.micro_batch) {
+            let sub: Vec<(&[u32], &Completion)> = idx.iter().map(|&i| rows[i]).collect();
+            let b = rollout_batch(&sub, self.cfg.mask_truncated, &self.infer);
+            let t = b.inputs.dims()[1];
+            let lp = target_logprobs(reference, b.inputs, b.targets, self.cfg.temperature);
+            let flat = |x: Tensor<2>| -> Vec<f32> {
+                x.into_data()
+                    .convert::<f32>()
+                    .try_to_vec::<f32>()
+                    .unwrap_or_default()
+            };
+            let (lp, mask) = (flat(lp), flat(b.mask));
+            for &(i, s) in &b.sampler_logp {
+                if mask.get(i).is_some_and(|&m| m > 0.0) {
+                    let k = grpo_math::kl(self.cfg.kl_estimator, s as f64, lp[i] as f64);
+                    kl[idx[i / t]] += k;
+                    sum += k;
+                    tokens += 1;
+                }
+            }
+        }
+        (kl, sum / tokens.max(1) as f64)
+    }
+
     /// The groups' completions as micro-batches of similar length, with their advantages and
     /// the log-probabilities under the models that are not trained (reference, and the
     /// sampling policy when `num_iterations > 1`), computed on the inference device.
@@ -853,7 +914,11 @@ impl Grpo<'_> {
                     Tensor::<2>::from_data(lp.into_data(), device)
                 };
                 Part {
-                    ref_logp: self.reference.as_ref().map(frozen),
+                    ref_logp: self
+                        .reference
+                        .as_ref()
+                        .filter(|_| !self.cfg.kl_in_reward)
+                        .map(frozen),
                     old_logp: (self.cfg.num_iterations > 1).then(|| frozen(policy)),
                     inputs,
                     targets,

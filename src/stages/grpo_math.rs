@@ -198,7 +198,8 @@ impl LossConfig {
         LossConfig {
             epsilon: cfg.epsilon,
             epsilon_high: cfg.epsilon_high,
-            beta: cfg.beta,
+            // With `kl_in_reward` the KL is in the rewards, not the loss.
+            beta: if cfg.kl_in_reward { 0.0 } else { cfg.beta },
             loss_type: cfg.loss_type,
             budget: completion_budget(cfg.max_new_tokens, ctx),
             level: cfg.importance_sampling_level,

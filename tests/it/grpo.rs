@@ -574,6 +574,7 @@ fn each_objective_switch_trains_the_tiny_stage() {
         "top_entropy_quantile = 0.5",
         "beta = 0.02\nkl_estimator = \"k2\"",
         "entropy_coef = 0.01",
+        "kl_in_reward = true\nbeta = 0.05",
     ] {
         let d = tempfile::tempdir().unwrap();
         common::run_experiment(d.path(), &format!("{TINY_RL}{keys}\n"));
@@ -583,7 +584,17 @@ fn each_objective_switch_trains_the_tiny_stage() {
             "{keys}: format reward {first:.3} → {last:.3}"
         );
         // run.json records the switch (the compare view shows it when runs differ).
-        let (_, status) = runfs::latest_run_of(&d.path().join("runs"), "rl").unwrap();
+        let (run, status) = runfs::latest_run_of(&d.path().join("runs"), "rl").unwrap();
+        if keys.starts_with("kl_in_reward") {
+            // The KL in the rewards: measured once the policy has moved from the reference.
+            let text = std::fs::read_to_string(run.metrics()).unwrap();
+            let kl: Vec<f64> = text
+                .lines()
+                .filter_map(|l| parse_metric_line(l).ok())
+                .filter_map(|r| r.values.get("kl").copied().flatten())
+                .collect();
+            assert!(kl.last().unwrap() > &1e-4, "{kl:?}");
+        }
         let key = keys.split(' ').next().unwrap();
         assert!(
             status.config.get(key).is_some(),

@@ -406,3 +406,31 @@ fn sampler_correction_defaults_on_with_bf16_products() {
     let text = BASE.replace("ctx = 48", "ctx = 48\nprecision = \"fp8\"");
     assert!(load_text(&text).is_err());
 }
+
+#[test]
+fn objective_switches_are_checked_and_resolved() {
+    let grpo = |keys: &str| {
+        format!("{BASE}\n[[stage]]\nname = \"rl\"\nkind = \"grpo\"\ninit = \"pre\"\n{keys}\n")
+    };
+    let (at, msg) = one_error(&grpo("kl_in_reward = true"));
+    assert!(
+        msg.contains("kl_in_reward") && msg.contains("beta > 0"),
+        "{msg}"
+    );
+    assert!(at.0 > 20, "points at the stage: {at:?}");
+    let (_, msg) = one_error(&grpo("top_entropy_quantile = 1.5"));
+    assert!(msg.contains("top_entropy_quantile"), "{msg}");
+    let (_, msg) = one_error(&grpo("importance_sampling_level = \"episode\""));
+    assert!(
+        msg.contains("episode") || msg.contains("importance_sampling_level"),
+        "{msg}"
+    );
+    // CISPO's epsilon_high is a cap on the weight: 5 unless given.
+    let e = load_text(&grpo("loss_type = \"cispo\"")).unwrap();
+    assert_eq!(e.resolved("rl").unwrap().epsilon_high, 5.0);
+    let e = load_text(&grpo("loss_type = \"cispo\"\nepsilon_high = 2.0")).unwrap();
+    assert_eq!(e.resolved("rl").unwrap().epsilon_high, 2.0);
+    // A key of another kind is refused where it is written.
+    let (_, msg) = one_error(&BASE.replace("steps = 5", "steps = 5\nentropy_coef = 0.1"));
+    assert!(msg.contains("entropy_coef"), "{msg}");
+}
