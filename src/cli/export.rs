@@ -60,7 +60,7 @@ pub fn handoff(
         );
     }
     eprintln!("run it:  cd {} && {}", out.display(), report.launch[0]);
-    eprintln!("on 8 GPUs:  {}", report.launch[1]);
+    eprintln!("on more GPUs:  {}", report.launch[1]);
     eprintln!("watch it:  stageloop tui {}", out.join("runs").display());
     Ok(())
 }

@@ -167,7 +167,8 @@ pub enum Command {
         #[arg(long, requires = "to")]
         stage: Option<String>,
         /// The framework to hand the stage to: trl (a folder with train.py for TRL's
-        /// GRPOTrainer / SFTTrainer, its data and model).
+        /// GRPOTrainer / SFTTrainer, its data and model) or verl (run.sh for its main_ppo, a
+        /// GRPO stage of a pretrained chat model).
         #[arg(long, requires = "stage", conflicts_with = "format")]
         to: Option<String>,
         /// With --to: the model to start from (default: the stage's `init` checkpoint, or

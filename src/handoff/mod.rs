@@ -1,5 +1,5 @@
-//! Hand a stage over to another framework: `stageloop export EXP --stage NAME --to trl` writes a
-//! folder a GPU cluster runs as it is. The stage's settings are mapped one to one where the
+//! Hand a stage over to another framework: `stageloop export EXP --stage NAME --to trl` (or
+//! `--to verl`) writes a folder a GPU cluster runs as it is. The stage's settings are mapped one to one where the
 //! framework has them ([`trl::settings`]); what has no equivalent is named. The rewards stay
 //! stageloop's own (the script pipes completions to `stageloop score`), and the script writes a
 //! stageloop run folder as it trains, so the notebook watches the cluster's run beside the
@@ -11,6 +11,7 @@
 //! ```
 
 pub mod trl;
+pub mod verl;
 
 use crate::spec::resolve::StageConfig;
 use crate::spec::{Experiment, StageKind};
@@ -177,7 +178,7 @@ pub fn training_rows(cfg: &StageConfig, tasks: &TaskSet, form: &PromptForm) -> V
         .collect()
 }
 
-/// Export `stage` of `exp` for `to` (only `trl`) into `out`.
+/// Export `stage` of `exp` for `to` (`trl` or `verl`) into `out`.
 pub fn export(
     exp: &Experiment,
     stage: &str,
@@ -195,8 +196,9 @@ pub fn export(
     };
     match to {
         "trl" => trl::export(exp, &cfg, out, model),
+        "verl" => verl::export(exp, &cfg, out, model),
         other => bail!(
-            "--to {other}: stageloop hands stages to `trl` (TRL's GRPOTrainer and SFTTrainer)"
+            "--to {other}: stageloop hands stages to `trl` (TRL's GRPOTrainer and SFTTrainer) or `verl` (its main_ppo, GRPO stages)"
         ),
     }
 }

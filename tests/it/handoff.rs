@@ -271,3 +271,60 @@ fn a_run_another_program_writes_is_alive_while_its_files_change() {
     own.writer = None;
     assert_eq!(own.effective_status(run), Status::Crashed);
 }
+
+#[test]
+fn a_grpo_stage_maps_to_verl_overrides_and_a_character_model_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(
+        d.path().join("experiment.toml"),
+        format!("{LOCAL}{HANDED}").replace(
+            "loss_type = \"grpo\"",
+            "loss_type = \"grpo\"\nimportance_sampling_level = \"sequence\"\nkl_in_reward = true\nkl_estimator = \"k2\"",
+        ),
+    )
+    .unwrap();
+    let exp = stageloop::spec::load(d.path()).unwrap();
+    let cfg = exp.resolved("grpo").unwrap();
+    let (o, unmapped) =
+        stageloop::handoff::verl::overrides(&exp, &cfg, Path::new("/models/m"));
+    for want in [
+        "algorithm.adv_estimator=grpo",
+        "algorithm.norm_adv_by_std_in_grpo=false",
+        "algorithm.use_kl_in_reward=true",
+        "algorithm.kl_penalty=mse",
+        "algorithm.kl_ctrl.kl_coef=0.04",
+        "actor_rollout_ref.actor.use_kl_loss=false",
+        "actor_rollout_ref.actor.policy_loss.loss_mode=gspo",
+        "actor_rollout_ref.actor.loss_agg_mode=seq-mean-token-mean",
+        "actor_rollout_ref.actor.clip_ratio_high=0.28",
+        "actor_rollout_ref.actor.ppo_epochs=2",
+        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=4",
+        "actor_rollout_ref.rollout.n=4",
+        "actor_rollout_ref.rollout.top_k=5",
+        "actor_rollout_ref.model.path=/models/m",
+        "actor_rollout_ref.model.lora_rank=8",
+        "data.train_batch_size=2",
+        "data.max_response_length=12",
+        "trainer.total_training_steps=3",
+        "algorithm.filter_groups.enable=true",
+        "trainer.logger=[console,file]",
+    ] {
+        assert!(o.iter().any(|x| x == want), "{want} not in {o:?}");
+    }
+    let names: Vec<&str> = unmapped.iter().map(|u| u.key.as_str()).collect();
+    assert!(names.contains(&"mask_truncated") && names.contains(&"overlong_buffer"), "{names:?}");
+    // verl templates every prompt: the character model's stage goes to TRL instead.
+    crate::common::run_experiment(d.path(), LOCAL);
+    std::fs::write(d.path().join("experiment.toml"), format!("{LOCAL}{HANDED}")).unwrap();
+    let o = Command::cargo_bin("stageloop")
+        .unwrap()
+        .arg("export")
+        .arg(d.path())
+        .args(["--stage", "grpo", "--to", "verl", "--out"])
+        .arg(d.path().join("v"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("chat template") && e.contains("--to trl"), "{e}");
+}
