@@ -285,8 +285,7 @@ fn a_grpo_stage_maps_to_verl_overrides_and_a_character_model_is_refused() {
     .unwrap();
     let exp = stageloop::spec::load(d.path()).unwrap();
     let cfg = exp.resolved("grpo").unwrap();
-    let (o, unmapped) =
-        stageloop::handoff::verl::overrides(&exp, &cfg, Path::new("/models/m"));
+    let (o, unmapped) = stageloop::handoff::verl::overrides(&exp, &cfg, Path::new("/models/m"));
     for want in [
         "algorithm.adv_estimator=grpo",
         "algorithm.norm_adv_by_std_in_grpo=false",
@@ -312,7 +311,10 @@ fn a_grpo_stage_maps_to_verl_overrides_and_a_character_model_is_refused() {
         assert!(o.iter().any(|x| x == want), "{want} not in {o:?}");
     }
     let names: Vec<&str> = unmapped.iter().map(|u| u.key.as_str()).collect();
-    assert!(names.contains(&"mask_truncated") && names.contains(&"overlong_buffer"), "{names:?}");
+    assert!(
+        names.contains(&"mask_truncated") && names.contains(&"overlong_buffer"),
+        "{names:?}"
+    );
     // verl templates every prompt: the character model's stage goes to TRL instead.
     crate::common::run_experiment(d.path(), LOCAL);
     std::fs::write(d.path().join("experiment.toml"), format!("{LOCAL}{HANDED}")).unwrap();
