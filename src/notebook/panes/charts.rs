@@ -318,10 +318,12 @@ fn bounds<'a>(lines: impl Iterator<Item = &'a Line>) -> Option<([f64; 2], [f64; 
     if x1 <= x0 {
         x1 = x0 + 1.0;
     }
-    if y1 <= y0 {
-        let pad = y0.abs().max(1e-3) * 0.05;
-        y0 -= pad;
-        y1 += pad;
+    // A flat series (or one that differs only by f32 rounding, e.g. a smoothed constant) gets
+    // a band around its value instead of a range that blows its rounding up into wiggles.
+    if y1 - y0 <= 1e-6 * y0.abs().max(y1.abs()) {
+        let c = (y0 + y1) / 2.0;
+        let pad = c.abs().max(1e-3) * 0.05;
+        (y0, y1) = (c - pad, c + pad);
     }
     Some(([x0, x1], [y0, y1]))
 }
@@ -543,5 +545,35 @@ fn draw(c: &Charts, f: &mut Frame<'_>, area: Rect, runs: &[&RunView], ctx: Ctx<'
                 draw_one(f, *ca, c, runs, one);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(ys: &[f64]) -> Line {
+        Line {
+            color: Color::Reset,
+            name: None,
+            points: ys.iter().enumerate().map(|(i, &y)| (i as f64, y)).collect(),
+            dim: false,
+        }
+    }
+
+    #[test]
+    fn a_flat_series_gets_a_band_and_rounding_noise_does_not_become_wiggles() {
+        let (_, y) = bounds([line(&[0.01, 0.01, 0.01])].iter()).unwrap();
+        assert!(
+            (y[0] - 0.0095).abs() < 1e-12 && (y[1] - 0.0105).abs() < 1e-12,
+            "{y:?}"
+        );
+        // A smoothed constant: f32 rounding in the last digit.
+        let noisy = [0.01, 0.01 + 1e-10, 0.01 - 2e-10];
+        let (_, y) = bounds([line(&noisy)].iter()).unwrap();
+        assert!(y[1] - y[0] > 0.9e-3, "{y:?}");
+        // A real spread keeps its own range.
+        let (_, y) = bounds([line(&[1.0, 2.0])].iter()).unwrap();
+        assert_eq!(y, [1.0, 2.0]);
     }
 }
