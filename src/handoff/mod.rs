@@ -178,6 +178,36 @@ pub fn training_rows(cfg: &StageConfig, tasks: &TaskSet, form: &PromptForm) -> V
         .collect()
 }
 
+/// Write `text` to `out/name` (atomically) and add the path to `files`.
+fn write_to(out: &Path, name: &str, text: &str, files: &mut Vec<PathBuf>) -> Result<()> {
+    let p = out.join(name);
+    crate::runfs::atomic::write_file(&p, text.as_bytes())
+        .map_err(|e| crate::runfs::atomic::named(&p, e))?;
+    files.push(p);
+    Ok(())
+}
+
+/// Make a written script executable (where files have modes).
+fn executable(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755));
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+}
+
+/// The unmapped settings as `stage.json` lists them.
+fn unmapped_json(unmapped: &[Unmapped]) -> serde_json::Value {
+    serde_json::Value::Array(
+        unmapped
+            .iter()
+            .map(|u| serde_json::json!({"key": u.key, "why": u.why}))
+            .collect(),
+    )
+}
+
 /// Export `stage` of `exp` for `to` (`trl` or `verl`) into `out`.
 pub fn export(
     exp: &Experiment,

@@ -316,21 +316,9 @@ pub fn export(
     s.insert("kind".into(), json!(cfg.kind.as_str()));
     s.insert("seed".into(), json!(exp.spec.seed));
     s.insert("stage_config".into(), cfg.to_json());
-    s.insert(
-        "unmapped".into(),
-        json!(
-            unmapped
-                .iter()
-                .map(|u| json!({"key": u.key, "why": u.why}))
-                .collect::<Vec<_>>()
-        ),
-    );
-    let write = |name: &str, text: &str, files: &mut Vec<std::path::PathBuf>| -> Result<()> {
-        let p = out.join(name);
-        crate::runfs::atomic::write_file(&p, text.as_bytes())
-            .map_err(|e| crate::runfs::atomic::named(&p, e))?;
-        files.push(p);
-        Ok(())
+    s.insert("unmapped".into(), super::unmapped_json(&unmapped));
+    let write = |name: &str, text: &str, files: &mut Vec<std::path::PathBuf>| {
+        super::write_to(out, name, text, files)
     };
     write(
         "stage.json",
@@ -367,12 +355,7 @@ pub fn export(
         l2 = launch[2],
     );
     write("README.md", &readme, &mut files)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let _ =
-            std::fs::set_permissions(out.join("train.py"), std::fs::Permissions::from_mode(0o755));
-    }
+    super::executable(&out.join("train.py"));
     Ok(Report {
         files,
         unmapped,

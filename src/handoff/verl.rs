@@ -272,7 +272,7 @@ pub fn export(
         "stage": cfg.name,
         "experiment": exp.name,
         "stage_config": cfg.to_json(),
-        "unmapped": unmapped.iter().map(|u| serde_json::json!({"key": u.key, "why": u.why})).collect::<Vec<_>>(),
+        "unmapped": super::unmapped_json(&unmapped),
     });
     let mut script = String::from(
         "#!/usr/bin/env bash\n# Stage `STAGE` handed to verl by `stageloop export --to verl`.\n",
@@ -307,12 +307,8 @@ import pandas as pd
 
 pd.read_json(\"data/train.jsonl\", lines=True).to_parquet(\"data/train.parquet\")
 ";
-    let write = |name: &str, text: &str, files: &mut Vec<std::path::PathBuf>| -> Result<()> {
-        let p = out.join(name);
-        crate::runfs::atomic::write_file(&p, text.as_bytes())
-            .map_err(|e| crate::runfs::atomic::named(&p, e))?;
-        files.push(p);
-        Ok(())
+    let write = |name: &str, text: &str, files: &mut Vec<std::path::PathBuf>| {
+        super::write_to(out, name, text, files)
     };
     write(
         "stage.json",
@@ -346,12 +342,7 @@ pd.read_json(\"data/train.jsonl\", lines=True).to_parquet(\"data/train.parquet\"
         l2 = launch[2],
     );
     write("README.md", &readme, &mut files)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let _ =
-            std::fs::set_permissions(out.join("run.sh"), std::fs::Permissions::from_mode(0o755));
-    }
+    super::executable(&out.join("run.sh"));
     Ok(Report {
         files,
         unmapped,

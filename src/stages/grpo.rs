@@ -238,6 +238,27 @@ struct Part {
     sampler_logp: Vec<(usize, f32)>,
 }
 
+/// Each completion of `groups` with its prompt, in group order.
+fn completion_rows<'a>(
+    groups: impl Iterator<Item = &'a Group>,
+) -> Vec<(&'a [u32], &'a Completion)> {
+    groups
+        .flat_map(|gr| {
+            gr.rollouts
+                .iter()
+                .map(move |r| (gr.prompt_ids.as_slice(), &r.completion))
+        })
+        .collect()
+}
+
+/// A tensor's values on the host, row-major (empty if they cannot be read as f32).
+fn host_f32(x: Tensor<2>) -> Vec<f32> {
+    x.into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .unwrap_or_default()
+}
+
 /// Right-padded training rows for the rollouts.
 struct RolloutBatch {
     inputs: Tensor<2, Int>,
@@ -774,14 +795,7 @@ impl Grpo<'_> {
     /// micro-batch), 0 elsewhere.
     fn entropy_keep(&self, h: &Tensor<2>, mask: &Tensor<2>) -> Tensor<2> {
         let [rows, t] = h.dims();
-        let flat = |x: &Tensor<2>| -> Vec<f32> {
-            x.clone()
-                .into_data()
-                .convert::<f32>()
-                .try_to_vec::<f32>()
-                .unwrap_or_default()
-        };
-        let (hv, mv) = (flat(h), flat(mask));
+        let (hv, mv) = (host_f32(h.clone()), host_f32(mask.clone()));
         let rows_of = |v: &[f32]| -> Vec<Vec<f64>> {
             v.chunks(t.max(1))
                 .map(|r| r.iter().map(|&x| x as f64).collect())
@@ -834,14 +848,7 @@ impl Grpo<'_> {
     /// sampler's log-probabilities against the reference's), in group order, and the mean per
     /// token.
     fn completion_kl(&self, groups: &[Group]) -> (Vec<f64>, f64) {
-        let rows: Vec<(&[u32], &Completion)> = groups
-            .iter()
-            .flat_map(|gr| {
-                gr.rollouts
-                    .iter()
-                    .map(move |r| (gr.prompt_ids.as_slice(), &r.completion))
-            })
-            .collect();
+        let rows = completion_rows(groups.iter());
         let mut kl = vec![0.0; rows.len()];
         let (mut sum, mut tokens) = (0.0, 0usize);
         let Some(reference) = &self.reference else {
@@ -853,13 +860,7 @@ impl Grpo<'_> {
             let b = rollout_batch(&sub, self.cfg.mask_truncated, &self.infer);
             let t = b.inputs.dims()[1];
             let lp = target_logprobs(reference, b.inputs, b.targets, self.cfg.temperature);
-            let flat = |x: Tensor<2>| -> Vec<f32> {
-                x.into_data()
-                    .convert::<f32>()
-                    .try_to_vec::<f32>()
-                    .unwrap_or_default()
-            };
-            let (lp, mask) = (flat(lp), flat(b.mask));
+            let (lp, mask) = (host_f32(lp), host_f32(b.mask));
             for &(i, s) in &b.sampler_logp {
                 if mask.get(i).is_some_and(|&m| m > 0.0) {
                     let k = grpo_math::kl(self.cfg.kl_estimator, s as f64, lp[i] as f64);
@@ -877,14 +878,7 @@ impl Grpo<'_> {
     /// sampling policy when `num_iterations > 1`), computed on the inference device.
     fn micro_batches(&self, policy: &Gpt, groups: &[&Group], adv: &[f64]) -> Vec<Part> {
         let (infer, device) = (&self.infer, &self.device);
-        let rows: Vec<(&[u32], &Completion)> = groups
-            .iter()
-            .flat_map(|gr| {
-                gr.rollouts
-                    .iter()
-                    .map(move |r| (gr.prompt_ids.as_slice(), &r.completion))
-            })
-            .collect();
+        let rows = completion_rows(groups.iter().copied());
         let lens: Vec<usize> = rows.iter().map(|(p, c)| p.len() + c.tokens.len()).collect();
         micro_batches(&lens, self.cfg.micro_batch)
             .into_iter()

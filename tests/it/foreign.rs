@@ -91,6 +91,22 @@ fn cluster(root: &Path) -> std::path::PathBuf {
     c
 }
 
+/// `stageloop ARGS PATH`, asserted to succeed, its output as a JSON array.
+fn json_of(args: &[&str], path: &Path) -> Vec<serde_json::Value> {
+    let out = Command::cargo_bin("stageloop")
+        .unwrap()
+        .args(args)
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 #[test]
 fn each_format_is_detected() {
     let d = tempfile::tempdir().unwrap();
@@ -223,18 +239,7 @@ fn foreign_runs_are_tailed_live() {
 fn runs_json_lists_every_format_and_export_writes_their_tables() {
     let d = tempfile::tempdir().unwrap();
     let c = cluster(d.path());
-    let out = Command::cargo_bin("stageloop")
-        .unwrap()
-        .args(["runs", "--json"])
-        .arg(&c)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = json_of(&["runs", "--json"], &c);
     let by_id = |id: &str| rows.iter().find(|r| r["id"] == id).unwrap().clone();
     assert_eq!(rows.len(), 4);
     let trl = by_id("trl-grpo");
@@ -251,13 +256,7 @@ fn runs_json_lists_every_format_and_export_writes_their_tables() {
     assert_eq!(by_id("tb-openrlhf")["stage"], "tensorboard");
     // One run folder alone; a TRL output folder is one run, not a folder of its checkpoints.
     for (dir, id) in [("verl-ppo", "verl-ppo"), ("trl-grpo", "trl-grpo")] {
-        let one = Command::cargo_bin("stageloop")
-            .unwrap()
-            .args(["runs", "--json"])
-            .arg(c.join(dir))
-            .output()
-            .unwrap();
-        let rows: Vec<serde_json::Value> = serde_json::from_slice(&one.stdout).unwrap();
+        let rows = json_of(&["runs", "--json"], &c.join(dir));
         assert_eq!(rows.len(), 1, "{dir}");
         assert_eq!(rows[0]["id"], id);
     }
@@ -281,28 +280,12 @@ fn runs_json_lists_every_format_and_export_writes_their_tables() {
 
 #[test]
 fn the_notebook_draws_foreign_runs_with_their_alerts() {
-    use ratatui::Terminal;
-    use ratatui::backend::TestBackend;
-    use stageloop::notebook::{app::App, ui};
+    use stageloop::notebook::app::App;
     let d = tempfile::tempdir().unwrap();
     cluster(d.path());
     let mut ws = Workspace::new(d.path());
     ws.poll(Instant::now() + Duration::from_secs(5));
     let mut app = App::new(ws);
-    let (w, h) = (140, 40);
-    let screen = |app: &App| {
-        let mut t = Terminal::new(TestBackend::new(w, h)).unwrap();
-        t.draw(|f| ui::draw(f, app)).unwrap();
-        let buf = t.backend().buffer().clone();
-        let mut out = String::new();
-        for y in 0..h {
-            for x in 0..w {
-                out.push_str(buf[(x, y)].symbol());
-            }
-            out.push('\n');
-        }
-        out
-    };
     // Select the TRL run.
     while app.selected_run().is_some_and(|r| r.id != "trl-grpo") {
         app.on_key(crossterm::event::KeyEvent::new(
@@ -310,7 +293,7 @@ fn the_notebook_draws_foreign_runs_with_their_alerts() {
             crossterm::event::KeyModifiers::NONE,
         ));
     }
-    let s = screen(&app);
+    let s = crate::notebook::render(&app, 140, 40);
     for id in ["trl-grpo", "verl-ppo", "prime-rl-out", "tb-openrlhf"] {
         assert!(s.contains(id), "{id} missing");
     }
@@ -323,18 +306,7 @@ fn the_notebook_draws_foreign_runs_with_their_alerts() {
 fn report_summarises_foreign_runs_by_their_own_names() {
     let d = tempfile::tempdir().unwrap();
     let c = cluster(d.path());
-    let out = Command::cargo_bin("stageloop")
-        .unwrap()
-        .args(["report", "--format", "json"])
-        .arg(&c)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let sums: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let sums = json_of(&["report", "--format", "json"], &c);
     assert_eq!(sums.len(), 4);
     let reward = |id: &str| {
         let s = sums.iter().find(|s| s["id"] == id).unwrap();

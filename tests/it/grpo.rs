@@ -269,12 +269,7 @@ fn tiny_grpo_stage_raises_its_reward() {
     let d = tempfile::tempdir().unwrap();
     common::run_experiment(d.path(), TINY_RL);
     let (run, _) = runfs::latest_run_of(&d.path().join("runs"), "rl").unwrap();
-    let text = std::fs::read_to_string(run.metrics()).unwrap();
-    let rewards: Vec<f64> = text
-        .lines()
-        .filter_map(|l| parse_metric_line(l).ok())
-        .filter_map(|r| r.values.get("reward").copied().flatten())
-        .collect();
+    let rewards = metric_of(&run, "reward");
     assert_eq!(rewards.len(), 24);
     let first = rewards[..6].iter().sum::<f64>() / 6.0;
     let last = rewards[18..].iter().sum::<f64>() / 6.0;
@@ -547,16 +542,21 @@ fn cispo_weights_are_constants_and_gspo_gradients_flow_through_the_sequence_mean
     }
 }
 
+/// A metric's logged values in a run's `metrics.jsonl`, in order.
+fn metric_of(run: &runfs::RunDir, name: &str) -> Vec<f64> {
+    std::fs::read_to_string(run.metrics())
+        .unwrap()
+        .lines()
+        .filter_map(|l| parse_metric_line(l).ok())
+        .filter_map(|r| r.values.get(name).copied().flatten())
+        .collect()
+}
+
 /// The format reward's mean over the first and last six steps of a run's `rl` stage.
 fn reward_rise(dir: &std::path::Path) -> (f64, f64) {
     let (run, status) = runfs::latest_run_of(&dir.join("runs"), "rl").unwrap();
     assert_eq!(status.status, runfs::Status::Done);
-    let text = std::fs::read_to_string(run.metrics()).unwrap();
-    let rewards: Vec<f64> = text
-        .lines()
-        .filter_map(|l| parse_metric_line(l).ok())
-        .filter_map(|r| r.values.get("reward").copied().flatten())
-        .collect();
+    let rewards = metric_of(&run, "reward");
     let n = rewards.len();
     (
         rewards[..6].iter().sum::<f64>() / 6.0,
@@ -587,12 +587,7 @@ fn each_objective_switch_trains_the_tiny_stage() {
         let (run, status) = runfs::latest_run_of(&d.path().join("runs"), "rl").unwrap();
         if keys.starts_with("kl_in_reward") {
             // The KL in the rewards: measured once the policy has moved from the reference.
-            let text = std::fs::read_to_string(run.metrics()).unwrap();
-            let kl: Vec<f64> = text
-                .lines()
-                .filter_map(|l| parse_metric_line(l).ok())
-                .filter_map(|r| r.values.get("kl").copied().flatten())
-                .collect();
+            let kl = metric_of(&run, "kl");
             assert!(kl.last().unwrap() > &1e-4, "{kl:?}");
         }
         let key = keys.split(' ').next().unwrap();

@@ -157,7 +157,8 @@ fn code(c: KeyCode) -> KeyEvent {
     KeyEvent::new(c, KeyModifiers::NONE)
 }
 
-fn render(app: &App, w: u16, h: u16) -> String {
+/// The screen `app` draws into a `w × h` test terminal, as text.
+pub(crate) fn render(app: &App, w: u16, h: u16) -> String {
     let mut t = Terminal::new(TestBackend::new(w, h)).unwrap();
     t.draw(|f| ui::draw(f, app)).unwrap();
     let buf = t.backend().buffer().clone();
