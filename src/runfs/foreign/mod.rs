@@ -230,9 +230,9 @@ pub fn status(dir: &Path, tail: &Tail, last_step: u64, metric_names: &[&str]) ->
 }
 
 /// The samples of a foreign run that writes them (verl's generation dumps, prime-rl's traces),
-/// with the newest modification time among their files: `None` when the format has none.
-/// `seen` is that time at the last read: unchanged, nothing is read again (`Some((vec![],
-/// seen))` is never returned; the caller keeps its samples).
+/// with the newest modification time among their files. `seen` is that time at the last
+/// read: `None` when it has not changed (nothing is read; the caller keeps what it has) or the
+/// format has no samples.
 pub fn samples(dir: &Path, format: Format, seen: Option<SystemTime>) -> Option<SampleRead> {
     let files = match format {
         Format::Verl => verl::sample_files(dir),
