@@ -71,13 +71,7 @@ pub fn run(
     let setup = Setup::from_checkpoint(&dir, task)?;
     let (model, _, _) = checkpoint::load_model(&dir, &dev)?;
     let ctx = setup.model_cfg.ctx;
-    if quantize.store().is_some() && model.has_lora() {
-        // Measured on smollm2-arith's QLoRA GRPO checkpoint: q4_1 took pass@1 from 0.55 to 0
-        // (the fine-tuned format gone), q8_0 to 0.46 (docs/PERF.md).
-        eprintln!(
-            "note: --quantize quantises the merged weights; a LoRA update smaller than a block's step is rounded away (with q4_1, mostly all of it)"
-        );
-    }
+    super::sample::warn_if_adapted(&model, quantize);
     // The decoder: the weights quantised at load, or f32.
     let (engine, weights) = match quantize.store() {
         Some(store) => (

@@ -86,6 +86,18 @@ impl Quantize {
     }
 }
 
+/// Say on stderr, when `--quantize` asks for blocks and `model` carries LoRA adapters, that
+/// quantising the merged weights rounds a small adapter update away. Measured on
+/// smollm2-arith's QLoRA GRPO checkpoint: q4_1 took pass@1 from 0.55 to 0 (the fine-tuned
+/// format gone), q8_0 to 0.46 (docs/PERF.md).
+pub fn warn_if_adapted(model: &crate::model::transformer::Gpt, q: Quantize) {
+    if q.store().is_some() && model.has_lora() {
+        eprintln!(
+            "note: --quantize quantises the merged weights; a LoRA update smaller than a block's step is rounded away (with q4_1, mostly all of it)"
+        );
+    }
+}
+
 /// Sample with `model`, quantised at load when `--quantize` asks for blocks.
 fn sample_with(
     model: &crate::model::transformer::Gpt,
@@ -95,6 +107,7 @@ fn sample_with(
     opts: &SampleOptions,
     rng: &mut rand_chacha::ChaCha8Rng,
 ) -> anyhow::Result<Vec<crate::model::sample::Completion>> {
+    warn_if_adapted(model, q);
     Ok(match q.store() {
         Some(store) => generate_on(
             &model.engine_quantized(ctx, store)?,

@@ -208,6 +208,7 @@ fn foreign_runs_are_tailed_live() {
         &c.join("tb-openrlhf/events.out.tfevents.1700000000.node1.123.0"),
         &tfevents::scalar_record(13, 1_700_000_013.0, &[("train/reward", 1.3)]),
     );
+    std::fs::write(c.join("prime-rl-out/final_summary.json"), "{}").unwrap();
     let ck = c.join("trl-grpo/checkpoint-20");
     std::fs::create_dir_all(&ck).unwrap();
     std::fs::write(
@@ -223,6 +224,11 @@ fn foreign_runs_are_tailed_live() {
     let e = &ws.experiments[0];
     let run = |id: &str| e.runs.iter().find(|r| r.id == id).unwrap();
     assert_eq!(run("verl-ppo").series.last_step(), 14);
+    assert_eq!(
+        run("prime-rl-out").effective_status(),
+        Some(Status::Done),
+        "prime-rl's final_summary.json"
+    );
     assert_eq!(
         run("verl-ppo").series.len(),
         13,

@@ -9,7 +9,7 @@
 //! |---|---|---|---|
 //! | TRL | the newest `trainer_state.json` (top level or `checkpoint-*/`): `log_history` | — | `global_step` / `max_steps` |
 //! | verl | `<experiment>.jsonl`: `{"step", "data": {...}}` lines | `rollouts/`, `validation/` dumps (`<step>.jsonl`) | last step |
-//! | prime-rl | `metrics.jsonl` (rows with `"step": null` are time-keyed gauges, skipped) | `traces/step_N/<kind>/traces.jsonl` | last step |
+//! | prime-rl | `metrics.jsonl` (rows with `"step": null` are time-keyed gauges, skipped) | `traces/step_N/<kind>/traces.jsonl` | last step; done at `final_summary.json` |
 //! | TensorBoard | `events.out.tfevents.*`: scalar summaries | — | last step |
 
 pub mod primerl;
@@ -143,10 +143,15 @@ impl Tail {
     }
 
     /// Whether the files say the run finished (TRL: `global_step` reached `max_steps`, or
-    /// the Trainer's closing `train_runtime` record).
+    /// the Trainer's closing `train_runtime` record; prime-rl: the `final_summary.json` its
+    /// file monitor writes at the end).
     pub fn finished(&self) -> bool {
         match &self.inner {
             Inner::Trl(t) => t.finished(),
+            Inner::PrimeRl(t) => t
+                .path()
+                .parent()
+                .is_some_and(|d| d.join(primerl::FINAL_SUMMARY).is_file()),
             _ => false,
         }
     }

@@ -8,6 +8,9 @@ use super::{files_in, first_line};
 use crate::runfs::records::Sample;
 use std::path::{Path, PathBuf};
 
+/// What prime-rl's file monitor writes when the run ends.
+pub const FINAL_SUMMARY: &str = "final_summary.json";
+
 /// Whether a folder with a `metrics.jsonl` and no `run.json` is prime-rl's: it has `traces/`,
 /// or its first row names a `producer` or has no step.
 pub fn is_primerl(dir: &Path) -> bool {
