@@ -27,10 +27,11 @@ pub struct Args {
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
-    /// How the weights are held while sampling: `none` (or `auto`) f32, the reference; `q8_0`,
-    /// `q4_1`, `q4_k` quantise every matrix and the embedding at load (integer kernels), as `sample
-    /// --quantize` does.
-    #[arg(long, value_enum, default_value_t = Quantize::Auto)]
+    /// How the weights are held while sampling: `none` (default) f32, the reference; `auto` a QLoRA
+    /// checkpoint's frozen blocks as they are (else f32); `q8_0`, `q4_1`, `q4_k` quantise every
+    /// matrix and the embedding at load (integer kernels). A LoRA checkpoint's adapters stay
+    /// apart, in f32, as in `sample --quantize`.
+    #[arg(long, value_enum, default_value_t = Quantize::None)]
     pub quantize: Quantize,
 }
 
@@ -71,14 +72,12 @@ pub fn run(
     let setup = Setup::from_checkpoint(&dir, task)?;
     let (model, _, _) = checkpoint::load_model(&dir, &dev)?;
     let ctx = setup.model_cfg.ctx;
-    super::sample::warn_if_adapted(&model, quantize);
-    // The decoder: the weights quantised at load, or f32.
-    let (engine, weights) = match quantize.store() {
-        Some(store) => (
-            Some(model.engine_quantized(ctx, store)?),
-            quantize.name().to_string(),
-        ),
-        None => (None, "f32".to_string()),
+    let engine = super::sample::quantized_engine(&model, quantize, ctx)?;
+    let weights = match (&engine, quantize) {
+        (None, _) => "f32".to_string(),
+        (Some(_), Quantize::Auto) => "the base's blocks, adapters in f32".to_string(),
+        (Some(_), q) if model.has_lora() => format!("{}, adapters in f32", q.name()),
+        (Some(_), q) => q.name().to_string(),
     };
     let mut sampler = match engine {
         Some(e) => Sampler::with_engine(&model, ctx, e),

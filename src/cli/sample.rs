@@ -86,16 +86,21 @@ impl Quantize {
     }
 }
 
-/// Say on stderr, when `--quantize` asks for blocks and `model` carries LoRA adapters, that
-/// quantising the merged weights rounds a small adapter update away. Measured on
-/// smollm2-arith's QLoRA GRPO checkpoint: q4_1 took pass@1 from 0.55 to 0 (the fine-tuned
-/// format gone), q8_0 to 0.46 (docs/PERF.md).
-pub fn warn_if_adapted(model: &crate::model::transformer::Gpt, q: Quantize) {
-    if q.store().is_some() && model.has_lora() {
-        eprintln!(
-            "note: --quantize quantises the merged weights; a LoRA update smaller than a block's step is rounded away (with q4_1, mostly all of it)"
-        );
-    }
+/// The decoder `--quantize` asks for, when it is not the model's own f32 one: a LoRA model's
+/// bases quantised (or a QLoRA model's frozen blocks as they are, for `auto`) with the
+/// adapters' update added in f32 beside them, so quantising does not round it away; any other
+/// model's weights quantised. `None`: the f32 decoder.
+pub fn quantized_engine(
+    model: &crate::model::transformer::Gpt,
+    q: Quantize,
+    ctx: usize,
+) -> anyhow::Result<Option<crate::cpu::decoder::Engine>> {
+    Ok(match q.store() {
+        Some(store) if model.has_lora() => Some(model.engine_adapted(ctx, Some(store))?),
+        Some(store) => Some(model.engine_quantized(ctx, store)?),
+        None if q == Quantize::Auto && model.has_frozen() => Some(model.engine_adapted(ctx, None)?),
+        None => None,
+    })
 }
 
 /// Sample with `model`, quantised at load when `--quantize` asks for blocks.
@@ -107,15 +112,8 @@ fn sample_with(
     opts: &SampleOptions,
     rng: &mut rand_chacha::ChaCha8Rng,
 ) -> anyhow::Result<Vec<crate::model::sample::Completion>> {
-    warn_if_adapted(model, q);
-    Ok(match q.store() {
-        Some(store) => generate_on(
-            &model.engine_quantized(ctx, store)?,
-            prompts,
-            ctx,
-            opts,
-            rng,
-        ),
+    Ok(match quantized_engine(model, q, ctx)? {
+        Some(engine) => generate_on(&engine, prompts, ctx, opts, rng),
         None => generate(model, prompts, ctx, opts, rng, &device()?),
     })
 }

@@ -38,6 +38,14 @@ struct Layer {
 pub enum Matrix {
     Floats(Packed),
     Blocks(QMatrix),
+    /// A LoRA-adapted matrix kept apart: `x · W + (x · sA) · B`, the base `W` as it is held
+    /// (quantised blocks keep their step; an update below it is not rounded away) and the
+    /// factors `sA` `[k, r]`, `B` `[r, n]` as floats.
+    Adapted {
+        base: Box<Matrix>,
+        a: Packed,
+        b: Packed,
+    },
 }
 
 impl Matrix {
@@ -46,6 +54,12 @@ impl Matrix {
         match self {
             Matrix::Floats(p) => p.matmul(dst, a, m, accumulate, t),
             Matrix::Blocks(q) => q.matmul(dst, a, m, accumulate, t),
+            Matrix::Adapted { base, a: fa, b: fb } => {
+                base.matmul(dst, a, m, accumulate, t);
+                let mut xa = vec![0f32; m * fa.cols()];
+                fa.matmul(&mut xa, a, m, false, t);
+                fb.matmul(dst, &xa, m, true, t);
+            }
         }
     }
 
@@ -54,6 +68,7 @@ impl Matrix {
         match self {
             Matrix::Floats(p) => p.rows(),
             Matrix::Blocks(q) => q.rows(),
+            Matrix::Adapted { base, .. } => base.rows(),
         }
     }
 }

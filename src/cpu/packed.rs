@@ -179,6 +179,11 @@ impl Packed {
         self.k
     }
 
+    /// Outputs `n`.
+    pub fn cols(&self) -> usize {
+        self.n
+    }
+
     /// `dst[m, n] = a[m, k] · self`, or `+=` when `accumulate`; row-major, contiguous; the
     /// panels split between `threads`.
     pub fn matmul(

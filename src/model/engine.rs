@@ -3,11 +3,11 @@
 
 use super::flex::{self, f32s};
 use super::gguf_write::Store;
-use super::transformer::{BlockWeights, Gpt, NormWeights};
+use super::transformer::{BlockWeights, Gpt, HeldBase, NormWeights};
 use crate::cpu::decoder::{Embedding, Engine, LayerExtras, Matrix, Weights};
 use crate::cpu::gemm::{View, matmul};
 use crate::cpu::packed::Order;
-use crate::cpu::quant::QMatrix;
+use crate::cpu::quant::{Kind, QMatrix};
 use burn::backend::flex::FlexTensor;
 use burn::tensor::Tensor;
 
@@ -117,6 +117,101 @@ impl Gpt {
         let spec = Weights {
             shape: w.shape,
             embed: Embedding::Blocks(embed),
+            norms,
+            extras,
+            norm: (f32s(w.norm.0), w.norm.1 as f32),
+            matrices: Vec::new(),
+        };
+        Ok(Engine::with_matrices(spec, ctx, matrices))
+    }
+
+    /// A CPU decoder of a LoRA model whose adapters stay apart from their bases
+    /// ([`Matrix::Adapted`]): each base quantised to `store` (a QLoRA model's frozen blocks
+    /// kept as they are when `store` is `None`, other bases as floats), the low-rank update
+    /// added in f32 beside it. Quantising merged weights instead rounds an update smaller than
+    /// a block's step away (docs/PERF.md). The embedding and head in Q8_0 when `store` is
+    /// given, else floats.
+    pub fn engine_adapted(&self, ctx: usize, store: Option<Store>) -> anyhow::Result<Engine> {
+        if let Some(s) = store {
+            anyhow::ensure!(s != Store::F32, "F32 is not a block format");
+        }
+        let kind = store.map(Store::kind);
+        let w = self.weights_without_blocks();
+        let quantized = |values: &[f32], k: usize, n: usize, transposed: bool| {
+            super::frozen::quantize(values, k, n, transposed, kind.expect("a block format"))
+                .map_err(|e| anyhow::anyhow!("--quantize: {e}"))
+        };
+        let (mut matrices, mut norms, mut extras) = (Vec::new(), Vec::new(), Vec::new());
+        for (l, b) in w.blocks.into_iter().enumerate() {
+            let (layer_norms, layer_extras, _) = layer(b);
+            norms.push(layer_norms);
+            extras.push(layer_extras);
+            for (base, factors) in self.held_layer(l) {
+                let base = match (base, kind) {
+                    (HeldBase::Blocks(f), None) => Matrix::Blocks((*f.0).clone()),
+                    (HeldBase::Blocks(f), Some(_)) => {
+                        // `[n, k]` rows, one per output.
+                        Matrix::Blocks(quantized(&f.0.dequantized(), f.0.rows(), f.0.cols(), true)?)
+                    }
+                    (HeldBase::Floats(t), None) => {
+                        let [k, n] = t.dims();
+                        Matrix::Floats(crate::cpu::packed::Packed::new(&f32s(*t), k, n))
+                    }
+                    (HeldBase::Floats(t), Some(_)) => {
+                        let [k, n] = t.dims();
+                        Matrix::Blocks(quantized(&f32s(*t), k, n, false)?)
+                    }
+                };
+                matrices.push(match factors {
+                    Some((a, b)) => {
+                        let ([k, r], [_, n]) = (a.dims(), b.dims());
+                        Matrix::Adapted {
+                            base: Box::new(base),
+                            a: crate::cpu::packed::Packed::new(&f32s(a), k, r),
+                            b: crate::cpu::packed::Packed::new(&f32s(b), r, n),
+                        }
+                    }
+                    None => base,
+                });
+            }
+        }
+        let (embed, head) = match kind {
+            Some(_) => {
+                // The embedding and head in Q8_0 whatever the blocks' type (as llama.cpp keeps
+                // them above 4 bits): a fine-tuned model's format tokens lived in logit
+                // differences a 4-bit head loses (docs/PERF.md).
+                let q8 = |values: &[f32], k: usize, n: usize, transposed: bool| {
+                    super::frozen::quantize(values, k, n, transposed, Kind::Q8_0)
+                        .map_err(|e| anyhow::anyhow!("--quantize: {e}"))
+                };
+                let [v, d] = w.embed.dims();
+                let embed = q8(&f32s(w.embed.clone()), d, v, true)?;
+                let head = if self.tied() {
+                    embed.clone()
+                } else {
+                    let [k, n] = w.head.dims();
+                    q8(&f32s(w.head), k, n, false)?
+                };
+                (Embedding::Blocks(embed), Matrix::Blocks(head))
+            }
+            None => {
+                let head = if self.tied() {
+                    let [v, d] = w.embed.dims();
+                    crate::cpu::packed::Packed::from_transpose(&f32s(w.embed.clone()), d, v)
+                } else {
+                    let [k, n] = w.head.dims();
+                    crate::cpu::packed::Packed::new(&f32s(w.head), k, n)
+                };
+                (
+                    Embedding::Floats(Box::new(F32s::of(w.embed))),
+                    Matrix::Floats(head),
+                )
+            }
+        };
+        matrices.push(head);
+        let spec = Weights {
+            shape: w.shape,
+            embed,
             norms,
             extras,
             norm: (f32s(w.norm.0), w.norm.1 as f32),

@@ -41,6 +41,14 @@ pub struct Block {
     frozen: [Option<Frozen>; 4],
 }
 
+/// A block matrix's base as the model holds it ([`Gpt::held_layer`]).
+pub enum HeldBase {
+    /// A QLoRA model's frozen quantised blocks.
+    Blocks(Frozen),
+    /// A float `[k, n]` weight (without its adapter).
+    Floats(Box<Tensor<2>>),
+}
+
 /// The whole model.
 #[derive(Module, Debug)]
 pub struct Gpt {
@@ -489,6 +497,30 @@ impl Gpt {
 
     /// Block `l`'s matrices for the decoder, in [`LORA_TARGETS`]' order: frozen blocks (with
     /// their adapter's factors `(scale · A, B)`, if any), or `None` for a float weight.
+    /// Layer `l`'s block matrices as they are held, in [`LORA_TARGETS`] order: the base (a
+    /// QLoRA model's frozen blocks, or the float `[k, n]` weight without its adapter) and the
+    /// adapter's factors `(scale · A, B)` when the matrix has one.
+    pub fn held_layer(&self, l: usize) -> [(HeldBase, Option<(Tensor<2>, Tensor<2>)>); 4] {
+        let b = &self.blocks[l];
+        std::array::from_fn(|i| {
+            let (lin, f) = b.layer(i);
+            let factors = lin.weight.adapter().map(|ad| {
+                (
+                    ad.a.val().mul_scalar(ad.scale).detach(),
+                    ad.b.val().detach(),
+                )
+            });
+            let base = match f {
+                Some(f) => HeldBase::Blocks(f.clone()),
+                None => HeldBase::Floats(Box::new(match lin.weight.adapter() {
+                    Some(_) => lin.weight.base(),
+                    None => lin.weight.val(),
+                })),
+            };
+            (base, factors)
+        })
+    }
+
     pub fn frozen_layer(&self, l: usize) -> [Option<super::frozen::Adapted>; 4] {
         let b = &self.blocks[l];
         std::array::from_fn(|i| {

@@ -127,6 +127,37 @@ fn a_quantised_base_computes_what_its_dequantised_weights_compute() {
             .fold(0f32, f32::max);
         assert!(d < 0.02 * scale, "{name}: decoder {d} from the model");
 
+        // The decoder reading the frozen blocks as they are, adapters added beside them
+        // (`engine_adapted`): the same function, through the integer kernels.
+        let kept = q.engine_adapted(cfg.ctx, None).unwrap();
+        let mut cache = kept.cache(2);
+        let got = kept.forward(&mut cache, &[(0, &seq[..6]), (1, &seq[6..])], true);
+        let d = got
+            .iter()
+            .zip(&logits_c)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            d < 0.02 * scale,
+            "{name}: blocks and adapters {d} from the model"
+        );
+        // A plain LoRA model quantised to Q8_0 at load, its adapters apart in f32: close to
+        // its f32 function (the base's rounding only).
+        let q8 = adapted
+            .engine_adapted(cfg.ctx, Some(stageloop::model::gguf_write::Store::Q8_0))
+            .unwrap();
+        let mut cache = q8.cache(2);
+        let got = q8.forward(&mut cache, &[(0, &seq[..6]), (1, &seq[6..])], true);
+        let d = got
+            .iter()
+            .zip(&f32_logits)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            d < 0.03 * scale,
+            "{name}: q8_0 with adapters apart {d} from f32"
+        );
+
         // Merged (blocks dequantised, adapters added): the same function as floats.
         let merged = q.merged(&cfg);
         assert!(!merged.has_frozen() && !merged.has_lora());
