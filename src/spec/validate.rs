@@ -424,123 +424,162 @@ fn stage_lora(c: &mut Checks<'_>, spec: &ExperimentSpec, i: usize, lora: &LoraSp
 /// where it applies to the stage's kind (the others are reported as misplaced keys).
 fn ranges(c: &mut Checks<'_>, spec: &ExperimentSpec, i: usize, cfg: &StageConfig) {
     let s = &spec.stage[i];
-    let allowed = allowed_keys(s.kind);
-    let mut range = |key: &str, ok: bool, msg: &str| {
-        if allowed.contains(&key) {
-            c.value(ok, &stage_path(i, key), format!("{key} {msg}"));
-        }
+    let mut r = Ranges {
+        c,
+        allowed: allowed_keys(s.kind),
+        i,
     };
     let trains = s.kind.trains();
     let supervised = trains && s.kind != StageKind::Grpo;
-    range("steps", !trains || cfg.steps >= 1, "must be at least 1");
-    range("batch", !supervised || cfg.batch >= 1, "must be at least 1");
-    range(
+    optimisation_ranges(&mut r, cfg, trains, supervised);
+    sampling_ranges(&mut r, spec, i, cfg, supervised);
+    grpo_ranges(&mut r, cfg);
+}
+
+/// Range checks of one stage's keys, each made only where the key applies to its kind.
+struct Ranges<'c, 'a> {
+    c: &'c mut Checks<'a>,
+    allowed: Vec<&'static str>,
+    i: usize,
+}
+
+impl Ranges<'_, '_> {
+    fn check(&mut self, key: &str, ok: bool, msg: &str) {
+        if self.allowed.contains(&key) {
+            self.c
+                .value(ok, &stage_path(self.i, key), format!("{key} {msg}"));
+        }
+    }
+}
+
+/// Steps, batch, learning rate and its schedule, regularisation, logging.
+fn optimisation_ranges(r: &mut Ranges<'_, '_>, cfg: &StageConfig, trains: bool, supervised: bool) {
+    r.check("steps", !trains || cfg.steps >= 1, "must be at least 1");
+    r.check("batch", !supervised || cfg.batch >= 1, "must be at least 1");
+    r.check(
         "lr",
         !trains || (cfg.lr > 0.0 && cfg.lr < 1.0),
         "must be in (0, 1)",
     );
-    range("warmup", cfg.warmup <= cfg.steps, "must not exceed steps");
-    range(
+    r.check("warmup", cfg.warmup <= cfg.steps, "must not exceed steps");
+    r.check(
         "min_lr_ratio",
         (0.0..=1.0).contains(&cfg.min_lr_ratio),
         "must be between 0 and 1",
     );
-    range(
+    r.check(
         "weight_decay",
         (0.0..=1.0).contains(&cfg.weight_decay),
         "must be between 0 and 1 (a larger decay drives the weights to NaN)",
     );
-    range(
+    r.check(
         "grad_clip",
         cfg.grad_clip >= 0.0 && cfg.grad_clip.is_finite(),
         "must be a finite number, at least 0 (0 = off)",
     );
-    range("log_every", cfg.log_every >= 1, "must be at least 1");
-    range(
+    r.check("log_every", cfg.log_every >= 1, "must be at least 1");
+    r.check(
         "checkpoint_every",
         cfg.checkpoint_every >= 1,
         "must be at least 1",
     );
+}
+
+/// Data and sampling sizes: examples, prompts, k, batch bound, temperature, top-p, lengths.
+fn sampling_ranges(
+    r: &mut Ranges<'_, '_>,
+    spec: &ExperimentSpec,
+    i: usize,
+    cfg: &StageConfig,
+    supervised: bool,
+) {
+    let s = &spec.stage[i];
     let within = |v: usize, max: usize| (1..=max).contains(&v);
     let between = |max: usize| format!("must be between 1 and {max}");
-    range(
+    r.check(
         "examples",
         within(cfg.examples, MAX_EXAMPLES),
         &between(MAX_EXAMPLES),
     );
     // An eval's default `prompts` is the held-out size, checked on its own line.
-    range(
+    r.check(
         "prompts",
         s.prompts.is_none() || within(cfg.prompts, MAX_HELDOUT),
         &between(MAX_HELDOUT),
     );
-    range("k", within(cfg.k, MAX_SAMPLES), &between(MAX_SAMPLES));
-    range(
+    r.check("k", within(cfg.k, MAX_SAMPLES), &between(MAX_SAMPLES));
+    r.check(
         "batch",
         !supervised || cfg.batch <= MAX_BATCH,
         &format!("must be at most {MAX_BATCH}"),
     );
-    range(
+    r.check(
         "temperature",
         temperature_ok(cfg.temperature),
         TEMPERATURE_RULE,
     );
-    range(
+    r.check(
         "top_p",
         cfg.top_p > 0.0 && cfg.top_p <= 1.0,
         "must be in (0, 1]",
     );
-    range(
+    r.check(
         "max_new_tokens",
         cfg.max_new_tokens < spec.model.ctx,
         "must be below the model's ctx (0 = up to the context)",
     );
-    range(
+}
+
+/// GRPO's own settings: the group, the trust region, the KL and the objective switches.
+fn grpo_ranges(r: &mut Ranges<'_, '_>, cfg: &StageConfig) {
+    let within = |v: usize, max: usize| (1..=max).contains(&v);
+    let between = |max: usize| format!("must be between 1 and {max}");
+    r.check(
         "group_size",
         (2..=MAX_SAMPLES).contains(&cfg.group_size),
         &format!("must be between 2 and {MAX_SAMPLES}"),
     );
-    range(
+    r.check(
         "beta",
         (0.0..=MAX_BETA).contains(&cfg.beta),
         &format!("must be between 0 and {MAX_BETA} (0 = no reference model)"),
     );
-    range(
+    r.check(
         "epsilon",
         cfg.epsilon > 0.0 && cfg.epsilon < 1.0,
         "must be in (0, 1)",
     );
-    range(
+    r.check(
         "epsilon_high",
         cfg.epsilon_high >= cfg.epsilon,
         "must be at least epsilon",
     );
-    range(
+    r.check(
         "num_iterations",
         within(cfg.num_iterations, MAX_ITERATIONS),
         &between(MAX_ITERATIONS),
     );
-    range(
+    r.check(
         "micro_batch",
         cfg.micro_batch <= MAX_SAMPLES,
         &format!("must be at most {MAX_SAMPLES} completions (0 = as many as fit)"),
     );
-    range(
+    r.check(
         "kl_in_reward",
         !cfg.kl_in_reward || cfg.beta > 0.0,
         "needs beta > 0 (the KL's weight in the reward)",
     );
-    range(
+    r.check(
         "entropy_coef",
         (0.0..=1.0).contains(&cfg.entropy_coef),
         "must be between 0 and 1",
     );
-    range(
+    r.check(
         "top_entropy_quantile",
         (0.0..=1.0).contains(&cfg.top_entropy_quantile),
         "must be between 0 (only the highest-entropy token) and 1 (every token)",
     );
-    range(
+    r.check(
         "sampler_correction_cap",
         cfg.sampler_correction_cap > 1.0 && cfg.sampler_correction_cap <= 100.0,
         "must be above 1 and at most 100",
