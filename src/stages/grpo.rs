@@ -435,45 +435,9 @@ pub fn run(ctx: &mut StageCtx<'_>) -> Result<Outcome> {
         // The decoder's kept buffers would add to the update's peak memory.
         crate::model::sample::release_buffers();
         let rollout_time = t0.elapsed().as_secs_f64();
-        let mut totals: Vec<f64> = rollouts
-            .groups
-            .iter()
-            .flat_map(|gr| gr.rollouts.iter().map(|r| r.total))
-            .collect();
-        // verl's use_kl_in_reward: each completion's KL to the reference, summed over its
-        // tokens, leaves its reward (the loss then has no KL term).
-        let reward_kl = if cfg.kl_in_reward {
-            let kl = grpo.completion_kl(&rollouts.groups);
-            for (t, k) in totals.iter_mut().zip(&kl.0) {
-                *t -= cfg.beta * k;
-            }
-            Some(kl.1)
-        } else {
-            None
-        };
-        let adv = match cfg.adv_estimator {
-            AdvEstimator::Grpo => advantages(&totals, cfg.group_size, cfg.scale_rewards),
-            AdvEstimator::GrpoPassk => {
-                grpo_math::passk_advantages(&totals, cfg.group_size, cfg.scale_rewards)
-            }
-        };
+        let (adv, scored, reward_kl) = grpo.advantages_of(&rollouts.groups);
         let lr = lr_at(state.step, &cfg);
         let update;
-        // Zero-variance filtering: groups whose rewards are all equal leave the loss (and its
-        // normalisers), not only their advantages.
-        let kept: Vec<usize> = if cfg.zero_variance_filter {
-            informative_groups(&totals, cfg.group_size)
-        } else {
-            (0..rollouts.groups.len()).collect()
-        };
-        let g = cfg.group_size;
-        let scored = Scored {
-            groups: kept.iter().map(|&i| &rollouts.groups[i]).collect(),
-            adv: kept
-                .iter()
-                .flat_map(|&i| adv[i * g..(i + 1) * g].iter().copied())
-                .collect(),
-        };
         (model, update) = grpo.update_policy(model, &mut optim, &policy, scored, lr, state.step)?;
         state.step += 1;
         state.num_tokens += update.tokens as u64;
@@ -490,19 +454,7 @@ pub fn run(ctx: &mut StageCtx<'_>) -> Result<Outcome> {
         }
         line.push(("compute/flops", state.flops));
         if state.step % cfg.log_every == 0 || state.step == cfg.steps {
-            // External programs' rewards: `rewards/<name>/mean` over the kept groups.
-            let mut program: BTreeMap<String, (f64, usize)> = BTreeMap::new();
-            for r in rollouts.groups.iter().flat_map(|g| &g.rollouts) {
-                for (k, v) in &r.program {
-                    let e = program.entry(format!("rewards/{k}/mean")).or_default();
-                    e.0 += v;
-                    e.1 += 1;
-                }
-            }
-            let means: Vec<(String, f64)> = program
-                .into_iter()
-                .map(|(k, (sum, n))| (k, sum / n as f64))
-                .collect();
+            let means = program_means(&rollouts.groups);
             let all: Vec<(&str, f64)> = line
                 .iter()
                 .copied()
@@ -536,7 +488,61 @@ pub fn run(ctx: &mut StageCtx<'_>) -> Result<Outcome> {
     Ok(Outcome::Done)
 }
 
+/// External programs' rewards as metrics: `rewards/<name>/mean` over the kept groups.
+fn program_means(groups: &[Group]) -> Vec<(String, f64)> {
+    let mut program: BTreeMap<String, (f64, usize)> = BTreeMap::new();
+    for r in groups.iter().flat_map(|g| &g.rollouts) {
+        for (k, v) in &r.program {
+            let e = program.entry(format!("rewards/{k}/mean")).or_default();
+            e.0 += v;
+            e.1 += 1;
+        }
+    }
+    program
+        .into_iter()
+        .map(|(k, (sum, n))| (k, sum / n as f64))
+        .collect()
+}
+
 impl Grpo<'_> {
+    /// Phase 2: each completion's advantage (after the KL leaves its reward, with
+    /// `kl_in_reward`), and the groups the update trains on with theirs (zero-variance
+    /// filtering drops the groups whose rewards are all equal from the loss and its
+    /// normalisers, not only their advantages). Also the mean per-token KL in the rewards.
+    fn advantages_of<'g>(&self, groups: &'g [Group]) -> (Vec<f64>, Scored<'g>, Option<f64>) {
+        let (cfg, g) = (self.cfg, self.cfg.group_size);
+        let mut totals: Vec<f64> = groups
+            .iter()
+            .flat_map(|gr| gr.rollouts.iter().map(|r| r.total))
+            .collect();
+        // verl's use_kl_in_reward: each completion's KL to the reference, summed over its
+        // tokens, leaves its reward (the loss then has no KL term).
+        let reward_kl = cfg.kl_in_reward.then(|| {
+            let (kl, mean) = self.completion_kl(groups);
+            for (t, k) in totals.iter_mut().zip(&kl) {
+                *t -= cfg.beta * k;
+            }
+            mean
+        });
+        let adv = match cfg.adv_estimator {
+            AdvEstimator::Grpo => advantages(&totals, g, cfg.scale_rewards),
+            AdvEstimator::GrpoPassk => grpo_math::passk_advantages(&totals, g, cfg.scale_rewards),
+        };
+        let kept: Vec<usize> = if cfg.zero_variance_filter {
+            informative_groups(&totals, g)
+        } else {
+            (0..groups.len()).collect()
+        };
+        let scored = Scored {
+            groups: kept.iter().map(|&i| &groups[i]).collect(),
+            adv: kept
+                .iter()
+                .flat_map(|&i| adv[i * g..(i + 1) * g].iter().copied())
+                .collect(),
+        };
+        (adv, scored, reward_kl)
+    }
+
     /// Phase 1: `prompts` groups of `group_size` completions from `policy`, scored. With
     /// dynamic sampling, groups whose rewards are all equal are dropped and new prompts
     /// sampled in their place (at most four rounds).
@@ -705,71 +711,10 @@ impl Grpo<'_> {
             let (mut loss_sum, mut entropy_sum) = (0.0, 0.0);
             up.stats = LossStats::default();
             for (pi, part) in parts.iter().enumerate() {
-                let top_entropy = self.cfg.top_entropy_quantile < 1.0;
-                let bonus = self.cfg.entropy_coef > 0.0;
-                let (logp, h) = target_logprobs_with(
-                    &model,
-                    part.inputs.clone(),
-                    part.targets.clone(),
-                    self.cfg.temperature,
-                    it == 0 || top_entropy || bonus,
-                );
-                let keep = match (&h, top_entropy) {
-                    (Some(h), true) => Some(self.entropy_keep(&h.clone().detach(), &part.mask)),
-                    _ => None,
-                };
-                if let (Some(h), 0) = (&h, it) {
-                    // Token entropy of the sampling distribution.
-                    entropy_sum += (h.clone().detach() * part.mask.clone())
-                        .sum()
-                        .into_scalar::<f32>() as f64;
-                }
-                // The entropy bonus: the mean entropy of the tokens the policy loss trains on
-                // in this micro-batch (TRL's), weighted by the micro-batch's share of the batch's
-                // tokens so that micro-batches add up.
-                let bonus = h.filter(|_| bonus).map(|h| {
-                    let on = match &keep {
-                        Some(k) => part.mask.clone() * k.clone(),
-                        None => part.mask.clone(),
-                    };
-                    let kept = on.clone().sum().into_scalar::<f32>().max(1.0) as f64;
-                    let share = part.count as f64 / norm.tokens.max(1.0);
-                    (h * on).sum().mul_scalar(share / kept)
-                });
-                if it == 0 {
-                    // The trainer's log-probabilities against the sampler's, before any update:
-                    // they differ only by numerics unless the two paths disagree.
-                    let lp = logp
-                        .clone()
-                        .into_data()
-                        .convert::<f32>()
-                        .try_to_vec::<f32>();
-                    if let Ok(lp) = lp {
-                        for &(i, s) in &part.sampler_logp {
-                            up.drift.push(lp[i] as f64 - s as f64);
-                        }
-                        weights[pi] = self.sampler_weights(part, &lp, &mut up.is_ratio);
-                    }
-                }
-                let old_logp = match &part.old_logp {
-                    Some(o) => o.clone(),
-                    None => logp.clone().detach(),
-                };
-                let inputs = LossInputs {
-                    logp,
-                    old_logp,
-                    ref_logp: part.ref_logp.clone(),
-                    adv: part.adv.clone(),
-                    mask: part.mask.clone(),
-                    weight: weights[pi].clone(),
-                    keep,
-                };
-                let (mut loss, st) = grpo_loss(inputs, &self.loss, norm);
-                if let Some(b) = bonus {
-                    loss = loss - b.reshape([1]).mul_scalar(self.cfg.entropy_coef);
-                }
+                let (loss, entropy) =
+                    self.part_loss(&model, part, it, norm, &mut weights[pi], &mut up);
+                entropy_sum += entropy;
                 loss_sum += loss.clone().into_scalar::<f32>() as f64;
-                up.stats += st;
                 acc.accumulate(&model, GradientsParams::from_grads(loss.backward(), &model));
             }
             up.loss = loss_sum;
@@ -788,6 +733,87 @@ impl Grpo<'_> {
             model = optim.step(lr, model, grads);
         }
         Ok((model, up))
+    }
+
+    /// One micro-batch's loss in iteration `it`, its entropy bonus included, and the token
+    /// entropy it adds to the step's metric (first iteration). The first iteration also records
+    /// the sampler drift and the part's sampler-correction `weight`, kept for the later ones
+    /// as TRL keeps them.
+    fn part_loss(
+        &self,
+        model: &Gpt,
+        part: &Part,
+        it: usize,
+        norm: Norm,
+        weight: &mut Option<Tensor<2>>,
+        up: &mut Update,
+    ) -> (Tensor<1>, f64) {
+        let mut entropy = 0.0;
+        let top_entropy = self.cfg.top_entropy_quantile < 1.0;
+        let want_bonus = self.cfg.entropy_coef > 0.0;
+        let (logp, h) = target_logprobs_with(
+            model,
+            part.inputs.clone(),
+            part.targets.clone(),
+            self.cfg.temperature,
+            it == 0 || top_entropy || want_bonus,
+        );
+        let keep = match (&h, top_entropy) {
+            (Some(h), true) => Some(self.entropy_keep(&h.clone().detach(), &part.mask)),
+            _ => None,
+        };
+        if let (Some(h), 0) = (&h, it) {
+            // Token entropy of the sampling distribution.
+            entropy = (h.clone().detach() * part.mask.clone())
+                .sum()
+                .into_scalar::<f32>() as f64;
+        }
+        // The entropy bonus: the mean entropy of the tokens the policy loss trains on
+        // in this micro-batch (TRL's), weighted by the micro-batch's share of the batch's
+        // tokens so that micro-batches add up.
+        let bonus = h.filter(|_| want_bonus).map(|h| {
+            let on = match &keep {
+                Some(k) => part.mask.clone() * k.clone(),
+                None => part.mask.clone(),
+            };
+            let kept = on.clone().sum().into_scalar::<f32>().max(1.0) as f64;
+            let share = part.count as f64 / norm.tokens.max(1.0);
+            (h * on).sum().mul_scalar(share / kept)
+        });
+        if it == 0 {
+            // The trainer's log-probabilities against the sampler's, before any update:
+            // they differ only by numerics unless the two paths disagree.
+            let lp = logp
+                .clone()
+                .into_data()
+                .convert::<f32>()
+                .try_to_vec::<f32>();
+            if let Ok(lp) = lp {
+                for &(i, s) in &part.sampler_logp {
+                    up.drift.push(lp[i] as f64 - s as f64);
+                }
+                *weight = self.sampler_weights(part, &lp, &mut up.is_ratio);
+            }
+        }
+        let old_logp = match &part.old_logp {
+            Some(o) => o.clone(),
+            None => logp.clone().detach(),
+        };
+        let inputs = LossInputs {
+            logp,
+            old_logp,
+            ref_logp: part.ref_logp.clone(),
+            adv: part.adv.clone(),
+            mask: part.mask.clone(),
+            weight: weight.clone(),
+            keep,
+        };
+        let (mut loss, st) = grpo_loss(inputs, &self.loss, norm);
+        if let Some(b) = bonus {
+            loss = loss - b.reshape([1]).mul_scalar(self.cfg.entropy_coef);
+        }
+        up.stats += st;
+        (loss, entropy)
     }
 
     /// A part's `top_entropy_quantile` mask as a `[rows, t]` tensor: 1 for the completion
