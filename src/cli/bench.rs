@@ -100,37 +100,12 @@ pub struct TrainArgs {
     #[arg(long, value_name = "RANK")]
     pub lora: Option<usize>,
     /// With --lora, hold the frozen base as quantised blocks (QLoRA): `auto` (a GGUF's own
-    /// blocks, else Q8_0), `q8_0` or `q4_1`; as `[model] quantize`.
-    #[arg(long, value_enum, default_value_t = BaseBlocks::None, requires = "lora")]
-    pub quantize: BaseBlocks,
+    /// blocks, else Q8_0), `q8_0`, `q4_1` or `q4_k`; as `[model] quantize`.
+    #[arg(long, value_enum, default_value_t = crate::cli::sample::Quantize::None, requires = "lora")]
+    pub quantize: crate::cli::sample::Quantize,
     /// Skip the sampling run without a KV cache (minutes at real-model size).
     #[arg(long)]
     pub cache_only: bool,
-}
-
-/// `bench train --quantize`: [`crate::spec::Quantize`] as a flag.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum BaseBlocks {
-    None,
-    Auto,
-    #[value(name = "q8_0")]
-    Q8_0,
-    #[value(name = "q4_1")]
-    Q4_1,
-    #[value(name = "q4_k")]
-    Q4K,
-}
-
-impl From<BaseBlocks> for crate::spec::Quantize {
-    fn from(b: BaseBlocks) -> Self {
-        match b {
-            BaseBlocks::None => Self::None,
-            BaseBlocks::Auto => Self::Auto,
-            BaseBlocks::Q8_0 => Self::Q8_0,
-            BaseBlocks::Q4_1 => Self::Q4_1,
-            BaseBlocks::Q4K => Self::Q4K,
-        }
-    }
 }
 
 /// The SmolLM2-135M shape (its config.json).

@@ -63,6 +63,19 @@ pub enum Quantize {
     Q4K,
 }
 
+/// `bench train --quantize` is `[model] quantize` as a flag: the same values.
+impl From<Quantize> for crate::spec::Quantize {
+    fn from(q: Quantize) -> Self {
+        match q {
+            Quantize::None => Self::None,
+            Quantize::Auto => Self::Auto,
+            Quantize::Q8_0 => Self::Q8_0,
+            Quantize::Q4_1 => Self::Q4_1,
+            Quantize::Q4K => Self::Q4K,
+        }
+    }
+}
+
 impl Quantize {
     /// The flag's value as typed.
     pub fn name(self) -> &'static str {
