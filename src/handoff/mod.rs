@@ -103,12 +103,14 @@ impl PromptForm {
     /// character model's BOS text).
     pub fn of(exp: &Experiment, model: &Path) -> PromptForm {
         let m = &exp.spec.model;
+        let tok_cfg = crate::untrusted::read_small(&model.join("tokenizer_config.json"), 64 << 20)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
         if m.from.is_some() {
             let style = crate::model::text::style(m.chat, m.system.as_deref());
-            let has_template = model.join("tokenizer_config.json").is_file()
-                && crate::untrusted::read_small(&model.join("tokenizer_config.json"), 64 << 20)
-                    .ok()
-                    .is_some_and(|t| t.contains("chat_template"))
+            let has_template = tok_cfg
+                .as_ref()
+                .is_some_and(|v| v.get("chat_template").is_some())
                 || model.join("chat_template.jinja").is_file();
             if style.chat && has_template {
                 return PromptForm::Chat {
@@ -119,9 +121,7 @@ impl PromptForm {
                 prefix: String::new(),
             };
         }
-        let bos = crate::untrusted::read_small(&model.join("tokenizer_config.json"), 64 << 20)
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        let bos = tok_cfg
             .and_then(|v| v.get("bos_token")?.as_str().map(str::to_string))
             .unwrap_or_default();
         PromptForm::Text { prefix: bos }
@@ -153,25 +153,34 @@ impl PromptForm {
     }
 }
 
-/// The stage's training rows as JSON lines: GRPO's `steps × prompts` prompts with their
-/// answers (`problem` is the task's own prompt, what `stageloop score` reads), SFT's
-/// `examples` prompt–completion pairs; both drawn from the task's training split as the
-/// local stage draws them.
-pub fn training_rows(cfg: &StageConfig, tasks: &TaskSet, form: &PromptForm) -> Vec<String> {
+/// The stage's training problems, drawn from the task's training split as the local stage
+/// draws them: GRPO's `steps × prompts` prompts, SFT's `examples` pairs.
+pub fn training_problems(cfg: &StageConfig, tasks: &TaskSet) -> Vec<crate::tasks::Problem> {
     let n = match cfg.kind {
         StageKind::Grpo => cfg.steps as usize * cfg.prompts,
         _ => cfg.examples,
     };
-    (0..n as u64)
-        .map(|i| {
-            let p = tasks.train_problem(i);
+    (0..n as u64).map(|i| tasks.train_problem(i)).collect()
+}
+
+/// The training problems as JSON lines: the prompt in `form`, `problem` (the task's own
+/// prompt, what `stageloop score` reads) and `answer`; an SFT stage's with their completion.
+pub fn training_rows(
+    cfg: &StageConfig,
+    tasks: &TaskSet,
+    problems: &[crate::tasks::Problem],
+    form: &PromptForm,
+) -> Vec<String> {
+    problems
+        .iter()
+        .map(|p| {
             let mut row = serde_json::json!({
                 "prompt": form.prompt(&p.prompt),
                 "problem": p.prompt,
                 "answer": p.answer,
             });
             if cfg.kind == StageKind::Sft {
-                row["completion"] = form.completion(&tasks.completion(&p));
+                row["completion"] = form.completion(&tasks.completion(p));
             }
             row.to_string()
         })

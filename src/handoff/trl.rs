@@ -282,14 +282,16 @@ pub fn export(
     let (model_dir, mut files) = super::model_folder(exp, cfg, model, out)?;
     let form = PromptForm::of(exp, &model_dir);
     let tasks = crate::tasks::TaskSet::new(&exp.spec.task)?;
-    let rows = super::training_rows(cfg, &tasks, &form);
+    let problems = super::training_problems(cfg, &tasks);
+    let rows = super::training_rows(cfg, &tasks, &problems, &form);
     if cfg.kind == StageKind::Grpo && cfg.max_new_tokens == 0 {
         // `max_new_tokens = 0` is the context's rest after the prompt; TRL takes one length.
         let ctx = exp.spec.model.ctx;
         let budget = match &form {
             PromptForm::Text { prefix } if exp.spec.model.from.is_none() => {
-                let longest = (0..rows.len() as u64)
-                    .map(|i| tasks.train_problem(i).prompt.chars().count())
+                let longest = problems
+                    .iter()
+                    .map(|p| p.prompt.chars().count())
                     .max()
                     .unwrap_or(0);
                 ctx.saturating_sub(longest + usize::from(!prefix.is_empty()))

@@ -246,9 +246,10 @@ pub fn export(
         );
     }
     let tasks = crate::tasks::TaskSet::new(&exp.spec.task)?;
-    let rows: Vec<String> = (0..cfg.steps * cfg.prompts as u64)
-        .map(|i| {
-            let p = tasks.train_problem(i);
+    let rows: Vec<String> = super::training_problems(cfg, &tasks)
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| {
             serde_json::json!({
                 "data_source": format!("stageloop/{}", exp.spec.task.name),
                 "prompt": form.prompt(&p.prompt),
