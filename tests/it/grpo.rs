@@ -571,7 +571,7 @@ fn each_objective_switch_trains_the_tiny_stage() {
         "importance_sampling_level = \"sequence\"",
         "adv_estimator = \"grpo_passk\"",
         "zero_variance_filter = true",
-        "top_entropy_quantile = 0.5",
+        "top_entropy_quantile = 0.8",
         "beta = 0.02\nkl_estimator = \"k2\"",
         "entropy_coef = 0.01",
         "kl_in_reward = true\nbeta = 0.05",
