@@ -73,15 +73,20 @@ def main():
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--precision", choices=["f32", "bf16"], default="f32",
+                   help="stageloop's products (and decoder weights), as [model] precision")
+    p.add_argument("--torch-dtype", choices=["float32", "bfloat16"], default="float32",
+                   help="transformers' weights and products")
     a = p.parse_args()
     hf = a.hf or "/tmp/smollm2-hf"
     if not a.hf and not os.path.isdir(hf):
         subprocess.run([a.stageloop, "export", a.gguf, "--format", "hf", "--out", hf], check=True)
     common = ["--ctx", str(a.ctx), "--batch", str(a.batch), "--steps", str(a.steps),
               "--new-tokens", str(a.new_tokens)]
-    ours = [a.stageloop, "bench", "train", "--model", hf, "--cache-only", "--json"] + common
+    ours = [a.stageloop, "bench", "train", "--model", hf, "--cache-only", "--json",
+            "--precision", a.precision] + common
     theirs = [sys.executable, os.path.join(HERE, "smollm2_reference.py"), "--model", hf, "--json",
-              "--threads", str(a.threads)] + common
+              "--threads", str(a.threads), "--dtype", a.torch_dtype] + common
     env_threads = str(a.threads)
     os.environ.setdefault("RAYON_NUM_THREADS", env_threads)
     counts = [int(x) for x in a.prompts.split(",")]
@@ -105,7 +110,9 @@ def main():
         print(f"| {label} | {fmt.format(s)} | {fmt.format(t)} | {s / t:.2f}× |")
 
     print(f"SmolLM2-135M shape, {a.threads} threads, ctx {a.ctx}, batch {a.batch}, "
-          f"{a.new_tokens} new tokens, medians of {a.rounds} rounds\n")
+          f"{a.new_tokens} new tokens, medians of {a.rounds} rounds; stageloop {a.precision} "
+          f"(ran as {res[('stageloop', 'full', counts[0])][0].get('precision', 'f32')}), "
+          f"transformers {a.torch_dtype}\n")
     print("| figure | stageloop | transformers eager | ratio |")
     print("|---|---|---|---|")
     train_full = [x["train_tokens_per_sec"] for n in counts for tool in ["stageloop"]
@@ -130,7 +137,7 @@ def main():
     single = (f"{med('stageloop', 'full', 1, 'sample_tokens_per_sec_cache'):.1f}"
               if 1 in counts else "not run")
     print(f"\nllama.cpp single-stream decode on the Q4_1 GGUF: {anchor:.1f} tokens/s "
-          f"(stageloop, f32 weights: {single})")
+          f"(stageloop, {a.precision} weights: {single})")
     print(f"memory copy bandwidth: {bw:.1f} GB/s; bound at one stream = bandwidth / weight "
           f"bytes per token: f32 {f32_bytes / 1e6:.0f} MB -> {bw * 1e9 / f32_bytes:.0f} tokens/s, "
           f"Q4_1 file {q_bytes / 1e6:.0f} MB -> {bw * 1e9 / q_bytes:.0f} tokens/s")

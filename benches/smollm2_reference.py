@@ -30,8 +30,9 @@ class LoraLinear(nn.Module):
         super().__init__()
         self.base = base
         base.weight.requires_grad_(False)
-        self.a = nn.Parameter(torch.randn(base.in_features, rank) / rank)
-        self.b = nn.Parameter(torch.zeros(rank, base.out_features))
+        dtype = base.weight.dtype
+        self.a = nn.Parameter(torch.randn(base.in_features, rank, dtype=dtype) / rank)
+        self.b = nn.Parameter(torch.zeros(rank, base.out_features, dtype=dtype))
         self.scale = alpha / rank
 
     def forward(self, x):
@@ -58,11 +59,12 @@ def main():
     p.add_argument("--lora", type=int, default=0, help="LoRA rank (0 = full fine-tuning)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(
-        a.model, torch_dtype=torch.float32, attn_implementation="eager"
+        a.model, torch_dtype=getattr(torch, a.dtype), attn_implementation="eager"
     )
     vocab = model.config.vocab_size
     params = sum(p.numel() for p in model.parameters())

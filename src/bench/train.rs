@@ -46,6 +46,9 @@ pub struct BenchReport {
     pub params: usize,
     /// Parameters that train (all of them, or the adapters).
     pub trainable_params: usize,
+    /// The products' number type as they ran: `bf16` inside [`crate::cpu::gemm::with_bf16`]
+    /// on a CPU with AVX512_BF16, else `f32`.
+    pub precision: &'static str,
 }
 
 /// Time over which sampling calls are repeated, and the most calls timed.
@@ -138,6 +141,11 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
         train_tokens_per_sec: train_tps,
         sample_tokens_per_sec_cache: cache,
         sample_tokens_per_sec_nocache: nocache,
+        precision: if crate::cpu::gemm::bf16_on() {
+            "bf16"
+        } else {
+            "f32"
+        },
         peak_rss_bytes: peak_rss_bytes(),
         params: m.params(),
         trainable_params: trainable,

@@ -33,11 +33,16 @@ pub struct Args {
     /// apart, in f32, as in `sample --quantize`.
     #[arg(long, value_enum, default_value_t = Quantize::None)]
     pub quantize: Quantize,
+    /// The decoder's float weights and products, as `sample --precision`.
+    #[arg(long, value_parser = ["f32", "bf16"], default_value = "f32")]
+    pub precision: String,
 }
 
 /// `stageloop eval`.
 pub fn main(a: Args) -> anyhow::Result<()> {
-    run(&a.target, a.task.as_deref(), a.n, a.k, a.json, a.quantize)
+    let bf16 = a.precision == "bf16";
+    let eval = || run(&a.target, a.task.as_deref(), a.n, a.k, a.json, a.quantize);
+    crate::cpu::gemm::with_bf16(bf16, eval).1
 }
 
 pub fn run(
@@ -74,6 +79,7 @@ pub fn run(
     let ctx = setup.model_cfg.ctx;
     let engine = super::sample::quantized_engine(&model, quantize, ctx)?;
     let weights = match (&engine, quantize) {
+        (None, _) if crate::cpu::gemm::bf16_on() => "bf16".to_string(),
         (None, _) => "f32".to_string(),
         (Some(_), Quantize::Auto) => "the base's blocks, adapters in f32".to_string(),
         (Some(_), q) if model.has_lora() => format!("{}, adapters in f32", q.name()),

@@ -14,9 +14,9 @@ use super::view::View;
 use rayon::prelude::*;
 
 /// Columns per panel: two 16-lane registers.
-const NR: usize = 32;
+pub(super) const NR: usize = 32;
 /// Rows per register block.
-const MR: usize = 6;
+pub(super) const MR: usize = 6;
 
 /// Whether this CPU runs [`matmul`] (AVX512_BF16 with AVX-512F and BW).
 pub fn available() -> bool {
@@ -33,6 +33,19 @@ pub fn available() -> bool {
 #[inline(always)]
 fn bf16(x: f32) -> u16 {
     half::bf16::from_f32(x).to_bits()
+}
+
+/// `src` rounded to bf16 into `dst` (the shorter length), 16 at a time where the CPU has
+/// AVX512_BF16.
+pub(super) fn convert(src: &[f32], dst: &mut [u16]) {
+    #[cfg(target_arch = "x86_64")]
+    if available() {
+        // SAFETY: the CPU has the features (checked just above).
+        return unsafe { x86::convert(src, dst) };
+    }
+    for (d, &x) in dst.iter_mut().zip(src) {
+        *d = bf16(x);
+    }
 }
 
 /// `a · b` as a row-major `[a.rows, b.cols]` vector, operands rounded to bf16, sums in f32.
@@ -66,51 +79,7 @@ pub fn matmul(a: View<'_>, b: View<'_>) -> Vec<f32> {
     let mut bp = vec![0u16; panels * pairs * NR * 2];
     bp.par_chunks_mut(pairs * NR * 2)
         .enumerate()
-        .for_each(|(p, panel)| {
-            if b.col_stride == 1 && (p + 1) * NR <= n {
-                // Whole panels of a row-major `b`: two rows at a time, 16 columns per step.
-                for (q, pair) in panel.chunks_exact_mut(NR * 2).enumerate() {
-                    let row = |r: usize| &b.data[r * b.row_stride + p * NR..][..NR];
-                    let second = (2 * q + 1 < k).then(|| row(2 * q + 1));
-                    // SAFETY: the CPU has AVX512_BF16; rows hold NR floats, pair 2·NR slots.
-                    #[cfg(target_arch = "x86_64")]
-                    unsafe {
-                        x86::interleave(row(2 * q), second, pair)
-                    };
-                }
-                return;
-            }
-            if b.row_stride == 1 && b.col_stride >= k {
-                // A transposed row-major matrix (`Wᵀ`, a tied head's `embedᵀ`): column j of
-                // `b` is a contiguous row whose pairs are the panel's pairs for column j.
-                let mut col = vec![0u16; 2 * pairs];
-                for c in 0..NR.min(n - p * NR) {
-                    let j = p * NR + c;
-                    let src = &b.data[j * b.col_stride..j * b.col_stride + k];
-                    // SAFETY: the CPU has AVX512_BF16; col holds ≥ k elements.
-                    #[cfg(target_arch = "x86_64")]
-                    unsafe {
-                        x86::convert(src, &mut col[..k])
-                    };
-                    for (q, two) in col.chunks_exact(2).enumerate() {
-                        let at = (q * NR + c) * 2;
-                        panel[at..at + 2].copy_from_slice(two);
-                    }
-                }
-                return;
-            }
-            for (q, pair) in panel.chunks_exact_mut(NR * 2).enumerate() {
-                for (c, slot) in pair.chunks_exact_mut(2).enumerate() {
-                    let j = p * NR + c;
-                    if j < n {
-                        slot[0] = bf16(at(&b, 2 * q, j));
-                        if 2 * q + 1 < k {
-                            slot[1] = bf16(at(&b, 2 * q + 1, j));
-                        }
-                    }
-                }
-            }
-        });
+        .for_each(|(p, panel)| pack_panel(b, p, panel));
     // SAFETY: every panel's task writes every row's columns of its panel, so all m·n outputs;
     // tasks write disjoint panels; the CPU has the features (asserted above).
     unsafe {
@@ -129,7 +98,7 @@ pub fn matmul(a: View<'_>, b: View<'_>) -> Vec<f32> {
                     #[cfg(target_arch = "x86_64")]
                     {
                         let dst = out.at(r * n + p * NR);
-                        x86::block(a_rows, rows, pairs, panel, dst, n, cols);
+                        x86::block(a_rows, rows, pairs, panel, dst, n, cols, false);
                     }
                     #[cfg(not(target_arch = "x86_64"))]
                     unreachable!("available() is false: {a_rows:?} {panel:?}");
@@ -137,6 +106,60 @@ pub fn matmul(a: View<'_>, b: View<'_>) -> Vec<f32> {
                 }
             });
         })
+    }
+}
+
+/// Panel `p` of `b` (its columns `p·NR ..`) into `panel` (`pairs·NR·2` bf16, zeroed: the
+/// pad rows and the last panel's missing columns are left 0), `[pair][column][2]`.
+pub(super) fn pack_panel(b: View<'_>, p: usize, panel: &mut [u16]) {
+    assert!(available(), "bf16 packing needs AVX512_BF16");
+    let (k, n) = (b.rows, b.cols);
+    let pairs = k.div_ceil(2);
+    debug_assert_eq!(panel.len(), pairs * NR * 2);
+    let at = |i: usize, j: usize| b.data[i * b.row_stride + j * b.col_stride];
+    if b.col_stride == 1 && (p + 1) * NR <= n {
+        // Whole panels of a row-major `b`: two rows at a time, 16 columns per step.
+        for (q, pair) in panel.chunks_exact_mut(NR * 2).enumerate() {
+            let row = |r: usize| &b.data[r * b.row_stride + p * NR..][..NR];
+            let second = (2 * q + 1 < k).then(|| row(2 * q + 1));
+            // SAFETY: the CPU has AVX512_BF16 (asserted above); rows hold NR floats, pair
+            // 2·NR slots.
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                x86::interleave(row(2 * q), second, pair)
+            };
+        }
+        return;
+    }
+    if b.row_stride == 1 && b.col_stride >= k {
+        // A transposed row-major matrix (`Wᵀ`, a tied head's `embedᵀ`): column j of `b` is a
+        // contiguous row whose pairs are the panel's pairs for column j.
+        let mut col = vec![0u16; 2 * pairs];
+        for c in 0..NR.min(n - p * NR) {
+            let j = p * NR + c;
+            let src = &b.data[j * b.col_stride..j * b.col_stride + k];
+            // SAFETY: the CPU has AVX512_BF16; col holds ≥ k elements.
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                x86::convert(src, &mut col[..k])
+            };
+            for (q, two) in col.chunks_exact(2).enumerate() {
+                let at = (q * NR + c) * 2;
+                panel[at..at + 2].copy_from_slice(two);
+            }
+        }
+        return;
+    }
+    for (q, pair) in panel.chunks_exact_mut(NR * 2).enumerate() {
+        for (c, slot) in pair.chunks_exact_mut(2).enumerate() {
+            let j = p * NR + c;
+            if j < n {
+                slot[0] = bf16(at(2 * q, j));
+                if 2 * q + 1 < k {
+                    slot[1] = bf16(at(2 * q + 1, j));
+                }
+            }
+        }
     }
 }
 
@@ -159,16 +182,18 @@ unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(super) mod x86 {
     use super::{MR, NR};
     use std::arch::x86_64::*;
 
     /// One register block: `rows` (≤ MR) rows of `a` (bf16, `2·pairs` each) times a panel,
-    /// into `dst` (row stride `n`, the first `cols` columns).
+    /// into `dst` (row stride `n`, the first `cols` columns), added to what is there when
+    /// `accumulate`.
     ///
     /// # Safety
     /// The CPU must have AVX512_BF16, AVX-512F and BW; `dst` must hold `rows` rows of `cols`
-    /// writable floats at stride `n`.
+    /// writable (with `accumulate`, initialised) floats at stride `n`.
+    #[allow(clippy::too_many_arguments)]
     pub unsafe fn block(
         a: &[u16],
         rows: usize,
@@ -177,19 +202,24 @@ mod x86 {
         dst: *mut f32,
         n: usize,
         cols: usize,
+        accumulate: bool,
     ) {
+        let args = (a, pairs, panel, dst, n, cols, accumulate);
         // SAFETY: forwarded.
         unsafe {
             match rows {
-                6 => kernel::<6>(a, pairs, panel, dst, n, cols),
-                5 => kernel::<5>(a, pairs, panel, dst, n, cols),
-                4 => kernel::<4>(a, pairs, panel, dst, n, cols),
-                3 => kernel::<3>(a, pairs, panel, dst, n, cols),
-                2 => kernel::<2>(a, pairs, panel, dst, n, cols),
-                _ => kernel::<1>(a, pairs, panel, dst, n, cols),
+                6 => kernel::<6>(args),
+                5 => kernel::<5>(args),
+                4 => kernel::<4>(args),
+                3 => kernel::<3>(args),
+                2 => kernel::<2>(args),
+                _ => kernel::<1>(args),
             }
         }
     }
+
+    /// [`block`]'s operands: `a`, pairs, the panel, `dst`, its row stride, columns, accumulate.
+    type Block<'a> = (&'a [u16], usize, &'a [u16], *mut f32, usize, usize, bool);
 
     /// `src` rounded to bf16 into `dst` (same length), 16 at a time.
     ///
@@ -245,14 +275,7 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    unsafe fn kernel<const R: usize>(
-        a: &[u16],
-        pairs: usize,
-        panel: &[u16],
-        dst: *mut f32,
-        n: usize,
-        cols: usize,
-    ) {
+    unsafe fn kernel<const R: usize>((a, pairs, panel, dst, n, cols, accumulate): Block<'_>) {
         debug_assert!(R <= MR && a.len() >= R * 2 * pairs && panel.len() >= pairs * NR * 2);
         let mut acc = [[_mm512_setzero_ps(); 2]; R];
         let (ap, bp) = (a.as_ptr().cast::<i32>(), panel.as_ptr());
@@ -285,8 +308,17 @@ mod x86 {
                 } else {
                     (1u16 << (cols - c0)) - 1
                 };
-                // SAFETY: row r's columns c0 .. c0 + 16 (masked to cols) lie inside dst.
-                unsafe { _mm512_mask_storeu_ps(dst.add(r * n + c0), mask, *v) };
+                // SAFETY: row r's columns c0 .. c0 + 16 (masked to cols) lie inside dst, and
+                // are initialised when accumulating (the caller's contract).
+                unsafe {
+                    let at = dst.add(r * n + c0);
+                    let v = if accumulate {
+                        _mm512_add_ps(*v, _mm512_maskz_loadu_ps(mask, at))
+                    } else {
+                        *v
+                    };
+                    _mm512_mask_storeu_ps(at, mask, v)
+                };
             }
         }
     }

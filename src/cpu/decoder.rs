@@ -10,6 +10,7 @@
 use super::arena::{Floats, Spares};
 use super::math::{exp, rope_table, rotate};
 use super::packed::{Order, Packed, Threads};
+use super::packed_bf16::Panels;
 use super::pair::Pair;
 use super::quant::QMatrix;
 use super::rows::{rms_block, swiglu_block};
@@ -37,6 +38,8 @@ struct Layer {
 /// small-batch products, or quantised blocks read where they are.
 pub enum Matrix {
     Floats(Packed),
+    /// Rounded to bf16 once, multiplied with bf16 operands and f32 sums.
+    Bf16(Panels),
     Blocks(QMatrix),
     /// A LoRA-adapted matrix kept apart: `x · W + (x · sA) · B`, the base `W` as it is held
     /// (quantised blocks keep their step; an update below it is not rounded away) and the
@@ -53,6 +56,7 @@ impl Matrix {
     fn matmul(&self, dst: &mut [f32], a: &[f32], m: usize, accumulate: bool, t: Threads<'_>) {
         match self {
             Matrix::Floats(p) => p.matmul(dst, a, m, accumulate, t),
+            Matrix::Bf16(p) => p.matmul(dst, a, m, accumulate, t),
             Matrix::Blocks(q) => q.matmul(dst, a, m, accumulate, t),
             Matrix::Adapted { base, a: fa, b: fb } => {
                 base.matmul(dst, a, m, accumulate, t);
@@ -67,6 +71,7 @@ impl Matrix {
     fn rows(&self) -> usize {
         match self {
             Matrix::Floats(p) => p.rows(),
+            Matrix::Bf16(p) => p.rows(),
             Matrix::Blocks(q) => q.rows(),
             Matrix::Adapted { base, .. } => base.rows(),
         }
@@ -479,13 +484,20 @@ impl Engine {
     /// A decoder for contexts up to `ctx` from a model's shape, its norms and embedding, and
     /// its matrices by index (`w.matrices`, in the order of [`Weights`]). Each matrix is read
     /// with `matrix(i)` on the thread that packs it, so only one per thread is held at once.
+    /// Inside [`super::gemm::with_bf16`] (a bf16 run) they are packed as bf16, else as f32.
     pub fn new<V: AsRef<[f32]>>(
         w: Weights,
         ctx: usize,
         matrix: impl Fn(usize) -> V + Sync,
     ) -> Engine {
-        let packed = Packed::new_all(&w.matrices, matrix);
-        Engine::with_matrices(w, ctx, packed.into_iter().map(Matrix::Floats).collect())
+        let matrices = if super::gemm::bf16_on() {
+            let panels = Panels::new_all(&w.matrices, matrix);
+            panels.into_iter().map(Matrix::Bf16).collect()
+        } else {
+            let packed = Packed::new_all(&w.matrices, matrix);
+            packed.into_iter().map(Matrix::Floats).collect()
+        };
+        Engine::with_matrices(w, ctx, matrices)
     }
 
     /// A decoder from matrices already made (`w.matrices` is not read): in the order of

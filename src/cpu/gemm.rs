@@ -42,6 +42,12 @@ pub fn with_bf16<R>(on: bool, f: impl FnOnce() -> R) -> (bool, R) {
     (on, f())
 }
 
+/// Whether this thread's products take bf16 operands (inside [`with_bf16`] on a CPU that has
+/// them): the decoder built on this thread then packs its weights as bf16 too.
+pub fn bf16_on() -> bool {
+    BF16.get()
+}
+
 thread_local! {
     /// The row-major copy's buffer, kept between products (a fresh one per product is
     /// megabytes of pages to fault in and zero at every backward step).

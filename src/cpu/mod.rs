@@ -1,6 +1,6 @@
 //! Hand-written CPU kernels on plain `f32` slices: the training ops' products and attention,
 //! the output head's log-probabilities in chunks of rows,
-//! the row kernels, the small-batch packed products, llama.cpp's quantised block formats and
+//! the row kernels, the small-batch packed products (f32 and bf16), llama.cpp's quantised block formats and
 //! their integer products, the decoder, a transposition and the fused AdamW step.
 //! Imports nothing from the rest of the crate; `model` wraps them for burn (`model::fused`)
 //! and builds the decoder from a model (`Gpt::engine`).
@@ -14,6 +14,7 @@ pub mod gemm;
 pub mod head;
 pub mod math;
 pub mod packed;
+pub mod packed_bf16;
 pub mod pair;
 pub mod quant;
 pub mod rows;

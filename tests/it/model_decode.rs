@@ -347,3 +347,46 @@ fn engine_quantized_at_load_stays_close_to_the_f32_decoder() {
         );
     }
 }
+
+/// A bf16 run's decoder (built inside `with_bf16`): bf16 panels, close to the f32 decoder for
+/// every architecture variation and a batch of rows (bf16 rounds each operand by at most
+/// 2⁻⁹ of its magnitude), never equal; the same greedy tokens as the f32 decoder on most
+/// steps. Skipped on CPUs without AVX512_BF16, where `with_bf16` keeps f32.
+#[test]
+fn bf16_engine_stays_close_to_the_f32_decoder() {
+    use stageloop::cpu::gemm::with_bf16;
+    if !stageloop::cpu::bf16::available() {
+        return;
+    }
+    let device = Device::flex();
+    for (name, c) in crate::model_fused::arch_variants(cfg()) {
+        device.seed(3);
+        let model = Gpt::new(&c, &device);
+        let seq: Vec<u32> = (0..12).map(|i| (i * 5 % 19 + 1) as u32).collect();
+        let run = |e: &stageloop::cpu::decoder::Engine| {
+            let mut cache = e.cache(3);
+            let feed = [(0, &seq[..]), (1, &seq[3..]), (2, &seq[..1])];
+            e.forward(&mut cache, &feed, true)
+        };
+        let want = run(&model.engine(32));
+        let (on, bf16) = with_bf16(true, || model.engine(32));
+        assert!(on, "with_bf16 reports bf16 on a CPU that has it");
+        let got = run(&bf16);
+        let scale = want.iter().fold(0f32, |m, x| m.max(x.abs())).max(1.0);
+        let d = max_diff(&got, &want);
+        assert!(
+            d > 0.0 && d < 0.02 * scale,
+            "{name}: {d} (logits up to {scale})"
+        );
+        // The argmax of each position agrees wherever the f32 logits' top two are apart.
+        let vocab = c.vocab;
+        for (g, w) in got.chunks(vocab).zip(want.chunks(vocab)) {
+            let mut order: Vec<usize> = (0..vocab).collect();
+            order.sort_by(|&a, &b| w[b].total_cmp(&w[a]));
+            if w[order[0]] - w[order[1]] > 0.05 * scale {
+                let top = (0..vocab).max_by(|&a, &b| g[a].total_cmp(&g[b]));
+                assert_eq!(top, Some(order[0]), "{name}");
+            }
+        }
+    }
+}
