@@ -112,6 +112,12 @@ pub fn quantized_engine(
     q: Quantize,
     ctx: usize,
 ) -> anyhow::Result<Option<crate::cpu::decoder::Engine>> {
+    anyhow::ensure!(
+        q.store().is_none() || model.decodes_on_cpu(),
+        "--quantize {}: a model with routed experts ([model.moe]) decodes through burn's ops, \
+         in f32 only",
+        q.name()
+    );
     Ok(match q.store() {
         Some(store) if model.has_lora() => Some(model.engine_adapted(ctx, Some(store))?),
         Some(store) => Some(model.engine_quantized(ctx, store)?),

@@ -5,6 +5,7 @@ pub use crate::cpu::math::RopeScaling;
 use crate::cpu::math::RopeSpec;
 use crate::cpu::shape::Shape;
 use crate::spec::ModelSpec;
+pub use crate::spec::types::MoeSpec;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -42,6 +43,10 @@ pub struct Arch {
     /// The Hugging Face `model_type` it was loaded from (`llama`, `qwen2`, `qwen3`), used when
     /// exporting; `None` for stageloop's own models.
     pub family: Option<String>,
+    /// DeepSeekMoE blocks (from-scratch models): the MLP (`mlp` wide) is then the shared
+    /// experts, `moe.shared × moe.expert_mlp`, and the routed experts come beside it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub moe: Option<MoeSpec>,
 }
 
 impl Default for Arch {
@@ -55,6 +60,7 @@ impl Default for Arch {
             norm_eps: 1e-5,
             rope_scaling: None,
             family: None,
+            moe: None,
         }
     }
 }
@@ -67,15 +73,27 @@ impl Arch {
 
 impl ModelConfig {
     pub fn from_spec(spec: &ModelSpec, vocab: usize) -> ModelConfig {
+        // With MoE the dense MLP's width is shared among `top_k + shared` experts' worth of
+        // active width; the block's own MLP holds the shared ones.
+        let moe = spec.moe.map(|m| MoeSpec {
+            expert_mlp: Some(m.width(spec.mlp_width())),
+            ..m
+        });
         ModelConfig {
             vocab,
             d_model: spec.d_model,
             layers: spec.layers,
             heads: spec.heads,
-            mlp: spec.mlp_width(),
+            mlp: match moe {
+                Some(m) => m.shared * m.width(0),
+                None => spec.mlp_width(),
+            },
             ctx: spec.ctx,
             rope_theta: spec.rope_theta,
-            arch: Arch::default(),
+            arch: Arch {
+                moe,
+                ..Arch::default()
+            },
         }
     }
 
@@ -126,6 +144,21 @@ impl ModelConfig {
         }
         if !(1..=4 * MAX_WIDTH).contains(&self.mlp) {
             return bad(&format!("mlp must be between 1 and {}", 4 * MAX_WIDTH));
+        }
+        if let Some(m) = self.arch.moe {
+            let ok = (2..=256).contains(&m.experts)
+                && (1..=m.experts).contains(&m.top_k)
+                && (1..=16).contains(&m.shared)
+                && m.expert_mlp
+                    .is_some_and(|w| (1..=4 * MAX_WIDTH).contains(&w))
+                && (0.0..=1.0).contains(&m.bias_rate)
+                && (0.0..=1.0).contains(&m.aux_loss);
+            if !ok {
+                return bad(
+                    "moe needs 2-256 experts, top_k up to experts, 1-16 shared, an expert_mlp width \
+                     and bias_rate, aux_loss between 0 and 1",
+                );
+            }
         }
         if !(8..=1 << 17).contains(&self.ctx) {
             return bad("ctx must be between 8 and 131072");
@@ -199,10 +232,19 @@ impl ModelConfig {
     pub fn forward_flops(&self, len: usize) -> f64 {
         let d = self.d_model as f64;
         let (q, kv, m) = (self.q_dim() as f64, self.kv_dim() as f64, self.mlp as f64);
-        let per_layer = d * (q + 2.0 * kv) + q * d + d * 2.0 * m + m * d;
+        let per_layer = d * (q + 2.0 * kv) + q * d + d * 2.0 * m + m * d + self.routed_active();
         let matrices = self.layers as f64 * per_layer + d * self.vocab as f64;
         let n = len as f64;
         2.0 * matrices * n + 4.0 * self.layers as f64 * q * n * (n + 1.0) / 2.0
+    }
+
+    /// Multiply-adds a token spends in one block's routed experts and router (0 when dense):
+    /// FLOPs are counted on active parameters, the `top_k` experts a token goes through.
+    fn routed_active(&self) -> f64 {
+        self.arch.moe.map_or(0.0, |moe| {
+            let (d, w) = (self.d_model as f64, moe.width(0) as f64);
+            d * moe.experts as f64 + moe.top_k as f64 * 3.0 * d * w
+        })
     }
 
     /// FLOPs of one training step's forward and backward passes over a sequence of `len`
@@ -223,6 +265,10 @@ impl ModelConfig {
         }
         if self.arch.qk_norm {
             per_layer += 2 * self.head_dim();
+        }
+        if let Some(moe) = self.arch.moe {
+            // The router, every routed expert's three matrices, and the balancing biases.
+            per_layer += d * moe.experts + moe.experts * 3 * d * moe.width(0) + moe.experts;
         }
         let head = if self.arch.tied { 0 } else { d * self.vocab };
         self.vocab * d + self.layers * per_layer + d + head
@@ -247,6 +293,40 @@ mod tests {
                 ..Arch::default()
             },
         }
+    }
+
+    #[test]
+    fn moe_flops_count_active_experts_and_params_count_all() {
+        // Dense: mlp 16. MoE with 4 experts, top 2 + 1 shared of width 16 / 3 = 5: the shared
+        // MLP is 5 wide; per token and layer the router 8×4 and two experts' 3·8·5 are added.
+        let spec = crate::spec::ModelSpec {
+            d_model: 8,
+            layers: 2,
+            heads: 2,
+            mlp: Some(16),
+            ctx: 32,
+            moe: Some(MoeSpec {
+                experts: 4,
+                top_k: 2,
+                shared: 1,
+                expert_mlp: None,
+                bias_rate: 0.001,
+                aux_loss: 0.0,
+            }),
+            ..Default::default()
+        };
+        let c = ModelConfig::from_spec(&spec, 10);
+        assert_eq!(c.mlp, 5);
+        assert_eq!(c.arch.moe.unwrap().expert_mlp, Some(5));
+        let dense = ModelConfig {
+            mlp: 5,
+            arch: Arch::default(),
+            ..c.clone()
+        };
+        let per_token = 2.0 * 2.0 * (8.0 * 4.0 + 2.0 * 3.0 * 8.0 * 5.0);
+        assert_eq!(c.forward_flops(1), dense.forward_flops(1) + per_token);
+        // Parameters: every expert, the router and the biases.
+        assert_eq!(c.params(), dense.params() + 2 * (8 * 4 + 4 * 3 * 8 * 5 + 4));
     }
 
     #[test]

@@ -227,6 +227,10 @@ impl Gpt {
     /// packed floats faster than it would dequantise blocks at every step, and the copy lives
     /// only as long as the decoder (see `sample::release_buffers`).
     pub fn engine(&self, ctx: usize) -> Engine {
+        assert!(
+            self.decodes_on_cpu(),
+            "the CPU decoder has no routed experts (callers check decodes_on_cpu)"
+        );
         let w = self.weights_without_blocks();
         // Per block matrix: its frozen blocks and adapter factors `(r, sA, B)`, if frozen.
         let frozen: Vec<_> = (0..w.blocks.len())

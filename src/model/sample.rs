@@ -305,7 +305,8 @@ impl<'a> Sampler<'a> {
         if prompts.is_empty() {
             return out;
         }
-        if opts.engine && *device == Device::flex() && prompts.iter().all(|p| !p.is_empty()) {
+        let cpu = opts.engine && *device == Device::flex() && self.model.decodes_on_cpu();
+        if cpu && prompts.iter().all(|p| !p.is_empty()) {
             return generate_engine(self.engine(ctx), prompts, budget, opts, rng, out);
         }
         generate_burn(self.model, prompts, budget, opts, rng, device, out)

@@ -6,6 +6,7 @@ use super::config::ModelConfig;
 use super::flex::f32s;
 use super::frozen::Frozen;
 use super::fused;
+use super::moe::{Loads, Moe};
 use crate::cpu::math::{RopeSpec, rope_table};
 use crate::cpu::shape::Shape;
 use crate::spec::LORA_TARGETS;
@@ -28,8 +29,11 @@ pub struct Block {
     k_norm: Option<RmsNorm>,
     out: Linear,
     mlp_norm: RmsNorm,
+    /// The SwiGLU MLP; with `moe`, the shared experts.
     gate_up: Linear,
     down: Linear,
+    /// DeepSeekMoE's routed experts, beside the MLP.
+    moe: Option<Moe>,
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
@@ -259,7 +263,7 @@ impl Block {
         }
     }
 
-    fn new(s: &Shape, device: &Device) -> Self {
+    fn new(s: &Shape, moe: Option<&super::config::MoeSpec>, device: &Device) -> Self {
         let (d, eps, hd) = (s.d_model, s.norm_eps, s.head_dim);
         let qk_norm = || s.qk_norm.then(|| rms(hd, eps, device));
         Block {
@@ -271,6 +275,7 @@ impl Block {
             mlp_norm: rms(d, eps, device),
             gate_up: linear(d, 2 * s.mlp, false, device),
             down: linear(s.mlp, d, false, device),
+            moe: moe.map(|m| Moe::new(d, m, device)),
             heads: s.heads,
             kv_heads: s.kv_heads,
             head_dim: hd,
@@ -372,7 +377,12 @@ impl Block {
 
     /// The MLP half with its residual.
     fn mlp(&self, x: Tensor<3>) -> Tensor<3> {
-        let gu = self.dense(2, norm(&self.mlp_norm, x.clone()));
+        let h = norm(&self.mlp_norm, x.clone());
+        let x = match &self.moe {
+            Some(moe) => x + moe.forward(h.clone()),
+            None => x,
+        };
+        let gu = self.dense(2, h);
         if fused::available(&gu.device()) {
             if self.down.weight.adapter().is_none() && self.frozen[3].is_none() {
                 return x + fused::swiglu_down(gu, self.down.weight.val());
@@ -401,7 +411,9 @@ impl Gpt {
         let s = cfg.shape();
         let model = Gpt {
             embed: EmbeddingConfig::new(s.vocab, s.d_model).init(device),
-            blocks: (0..s.layers).map(|_| Block::new(&s, device)).collect(),
+            blocks: (0..s.layers)
+                .map(|_| Block::new(&s, cfg.arch.moe.as_ref(), device))
+                .collect(),
             norm: rms(s.d_model, s.norm_eps, device),
             head: (!s.tied).then(|| linear(s.d_model, s.vocab, false, device)),
             shape: s,
@@ -569,6 +581,37 @@ impl Gpt {
     /// Whether any weight carries a LoRA adapter.
     pub fn has_lora(&self) -> bool {
         self.adapted_matrices() > 0
+    }
+
+    /// Whether the CPU decoder ([`Gpt::engine`]) can run this model: not with routed experts,
+    /// which decode through burn's ops.
+    pub fn decodes_on_cpu(&self) -> bool {
+        self.blocks.iter().all(|b| b.moe.is_none())
+    }
+
+    /// The routed experts' balance loss of the last training pass, summed over the blocks
+    /// (`None` without MoE or with `aux_loss = 0`).
+    pub fn take_aux_loss(&self) -> Option<Tensor<1>> {
+        let losses = self
+            .blocks
+            .iter()
+            .filter_map(|b| b.moe.as_ref()?.take_aux_loss());
+        losses.reduce(|a, b| a + b)
+    }
+
+    /// After an optimizer step: every block's routing biases nudged towards an even load
+    /// (`bias_rate` each), and the loads the step saw, per block (empty without MoE).
+    pub fn balance_experts(&mut self, rate: f64) -> Vec<Loads> {
+        self.blocks
+            .iter_mut()
+            .filter_map(|b| b.moe.as_mut()?.balance(rate))
+            .collect()
+    }
+
+    /// Every block's routing biases (empty rows without MoE).
+    pub fn expert_biases(&self) -> Vec<Vec<f32>> {
+        let biases = self.blocks.iter().map(|b| b.moe.as_ref().map(Moe::biases));
+        biases.map(Option::unwrap_or_default).collect()
     }
 
     /// The same model with every adapter merged into its weight (`W₀ + s·A·B`), all weights

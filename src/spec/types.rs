@@ -71,6 +71,56 @@ pub struct ModelSpec {
     /// `q8_0` or `q4_1`. The adapters, their gradients and optimizer state stay f32.
     #[serde(default)]
     pub quantize: Quantize,
+    /// `[model.moe]`: a from-scratch model's MLPs as DeepSeekMoE layers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moe: Option<MoeSpec>,
+}
+
+/// `[model.moe]`: DeepSeekMoE. Each block's MLP becomes `shared` always-on experts plus
+/// `experts` fine-grained routed ones, of which each token uses the `top_k` with the highest
+/// sigmoid affinity (plus a balancing bias that only steers the choice); their outputs are
+/// weighted by the chosen affinities, normalised to sum to 1.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MoeSpec {
+    /// Routed experts.
+    pub experts: usize,
+    /// Routed experts per token.
+    #[serde(default = "moe_top_k")]
+    pub top_k: usize,
+    /// Shared experts every token passes through (at least 1).
+    #[serde(default = "moe_shared")]
+    pub shared: usize,
+    /// Hidden width of each expert, routed or shared. Default `mlp / (top_k + shared)`: the
+    /// same active MLP width, so about the same FLOPs a token, as the dense model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expert_mlp: Option<usize>,
+    /// Auxiliary-loss-free balancing (DeepSeek-V3): after each optimizer step every expert's
+    /// routing bias moves by this much towards the mean load (up if under it, down if over).
+    #[serde(default = "moe_bias_rate")]
+    pub bias_rate: f64,
+    /// Weight of the sequence-wise balance loss `Σᵢ fᵢ·Pᵢ` in pretraining and SFT (0: off).
+    #[serde(default)]
+    pub aux_loss: f64,
+}
+
+fn moe_top_k() -> usize {
+    2
+}
+fn moe_shared() -> usize {
+    1
+}
+fn moe_bias_rate() -> f64 {
+    0.001
+}
+
+impl MoeSpec {
+    /// Each expert's hidden width for a dense MLP width `mlp`.
+    pub fn width(&self, mlp: usize) -> usize {
+        self.expert_mlp
+            .unwrap_or(mlp / (self.top_k + self.shared).max(1))
+            .max(1)
+    }
 }
 
 /// How a LoRA stage holds its frozen base ([`ModelSpec::quantize`]).
@@ -153,6 +203,7 @@ impl Default for ModelSpec {
             system: None,
             precision: Precision::F32,
             quantize: Quantize::None,
+            moe: None,
         }
     }
 }

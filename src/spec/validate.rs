@@ -192,6 +192,55 @@ fn model(c: &mut Checks<'_>, m: &ModelSpec, base: &[Seg<'_>]) {
             super::source::not_a_model(p),
         );
     }
+    if let Some(moe) = &m.moe {
+        moe_keys(c, m, moe, &mk("moe"));
+    }
+}
+
+/// `[model.moe]`'s ranges, at `base`.
+fn moe_keys(c: &mut Checks<'_>, m: &ModelSpec, moe: &super::types::MoeSpec, base: &[Seg<'_>]) {
+    let mk = |k| {
+        let mut p = base.to_vec();
+        p.push(Seg::Key(k));
+        p
+    };
+    c.key(
+        m.from.is_none(),
+        base,
+        "[model.moe] is for models trained from scratch (a pretrained model's MLPs stay dense)",
+    );
+    c.value(
+        (2..=256).contains(&moe.experts),
+        &mk("experts"),
+        "experts must be between 2 and 256",
+    );
+    c.value(
+        (1..=moe.experts.max(1)).contains(&moe.top_k),
+        &mk("top_k"),
+        "top_k must be between 1 and experts",
+    );
+    c.value(
+        (1..=16).contains(&moe.shared),
+        &mk("shared"),
+        "shared must be between 1 and 16",
+    );
+    c.value(
+        moe.expert_mlp
+            .is_none_or(|v| (1..=4 * MAX_WIDTH).contains(&v))
+            && moe.width(m.mlp_width()) <= 4 * MAX_WIDTH,
+        &mk("expert_mlp"),
+        format!("expert_mlp must be between 1 and {}", 4 * MAX_WIDTH),
+    );
+    c.value(
+        moe.bias_rate.is_finite() && (0.0..=1.0).contains(&moe.bias_rate),
+        &mk("bias_rate"),
+        "bias_rate must be between 0 and 1",
+    );
+    c.value(
+        moe.aux_loss.is_finite() && (0.0..=1.0).contains(&moe.aux_loss),
+        &mk("aux_loss"),
+        "aux_loss must be between 0 and 1",
+    );
 }
 
 /// `[task]`: the generator or dataset, its verifier, the held-out size and the SFT corpus mix.

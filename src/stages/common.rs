@@ -277,6 +277,31 @@ pub fn lm_loss(model: &Gpt, batch: &Batch) -> Tensor<1> {
         .div_scalar(batch.tokens.max(1) as f64)
 }
 
+/// A model with routed experts after an optimizer step: each block's routing biases nudged
+/// towards an even load (`[model.moe] bias_rate`), and the loads the step's training passes
+/// saw as metrics, each relative to an even split (1 = even): `moe/load_max` and
+/// `moe/load_min` over every block and expert, and `moe/load/NN`, expert NN's mean over the
+/// blocks. Empty for a dense model. (No token is dropped: experts have no capacity limit.)
+pub fn balance_experts(model: &mut Gpt, cfg: &crate::model::ModelConfig) -> Vec<(String, f64)> {
+    let Some(moe) = cfg.arch.moe else {
+        return Vec::new();
+    };
+    let loads = model.balance_experts(moe.bias_rate);
+    if loads.is_empty() {
+        return Vec::new();
+    }
+    let all = || loads.iter().flat_map(|l| l.0.iter().copied());
+    let mut out = vec![
+        ("moe/load_max".to_string(), all().fold(f64::MIN, f64::max)),
+        ("moe/load_min".to_string(), all().fold(f64::MAX, f64::min)),
+    ];
+    for i in 0..moe.experts {
+        let mean = loads.iter().map(|l| l.0[i]).sum::<f64>() / loads.len() as f64;
+        out.push((format!("moe/load/{i:02}"), mean));
+    }
+    out
+}
+
 /// Linear warm-up, then cosine decay to `min_lr_ratio × lr` at the last step.
 pub fn lr_at(step: u64, cfg: &StageConfig) -> f64 {
     let (lr, warm, total) = (cfg.lr, cfg.warmup, cfg.steps.max(1));

@@ -439,6 +439,7 @@ pub fn run(ctx: &mut StageCtx<'_>) -> Result<Outcome> {
         let lr = lr_at(state.step, &cfg);
         let update;
         (model, update) = grpo.update_policy(model, &mut optim, &policy, scored, lr, state.step)?;
+        let moe = super::common::balance_experts(&mut model, &setup.model_cfg);
         state.step += 1;
         state.num_tokens += update.tokens as u64;
         state.flops += rollouts.flops + update.flops;
@@ -459,6 +460,7 @@ pub fn run(ctx: &mut StageCtx<'_>) -> Result<Outcome> {
                 .iter()
                 .copied()
                 .chain(means.iter().map(|(k, v)| (k.as_str(), *v)))
+                .chain(moe.iter().map(|(k, v)| (k.as_str(), *v)))
                 .collect();
             metrics.write(&metrics_line(state.step, &all))?;
         }
@@ -713,6 +715,11 @@ impl Grpo<'_> {
             for (pi, part) in parts.iter().enumerate() {
                 let (loss, entropy) =
                     self.part_loss(&model, part, it, norm, &mut weights[pi], &mut up);
+                // DeepSeekMoE's balance loss, when `[model.moe] aux_loss` is on.
+                let loss = match model.take_aux_loss() {
+                    Some(aux) => loss + aux,
+                    None => loss,
+                };
                 entropy_sum += entropy;
                 loss_sum += loss.clone().into_scalar::<f32>() as f64;
                 acc.accumulate(&model, GradientsParams::from_grads(loss.backward(), &model));

@@ -212,6 +212,10 @@ pub fn train(
         let batch = make_batch(&examples, &device);
         let loss = lm_loss(&model, &batch);
         let loss_val = loss.clone().into_scalar::<f32>() as f64;
+        // DeepSeekMoE's sequence-wise balance loss, when `[model.moe] aux_loss` is on.
+        let aux = model.take_aux_loss();
+        let aux_val = aux.as_ref().map(|a| a.clone().into_scalar::<f32>() as f64);
+        let loss = aux.map_or(loss.clone(), |a| loss + a);
         if !loss_val.is_finite() {
             anyhow::bail!(
                 "loss became {loss_val} at step {}; lower lr",
@@ -222,6 +226,7 @@ pub fn train(
         let grad_norm = clip_grad_norm(&model, &mut grads, cfg.grad_clip);
         let lr = lr_at(state.step, &cfg);
         model = optim.step(lr, model, grads);
+        let moe = super::common::balance_experts(&mut model, &setup.model_cfg);
         state.step += 1;
         state.cursor += cfg.batch as u64;
         let dt = t0.elapsed().as_secs_f64();
@@ -242,7 +247,14 @@ pub fn train(
             ("compute/flops", state.flops),
         ];
         if state.step % cfg.log_every == 0 || state.step == cfg.steps {
-            metrics.write(&metrics_line(state.step, &values))?;
+            let aux = aux_val.map(|v| ("moe/aux_loss", v));
+            let all: Vec<(&str, f64)> = values
+                .iter()
+                .copied()
+                .chain(aux)
+                .chain(moe.iter().map(|(k, v)| (k.as_str(), *v)))
+                .collect();
+            metrics.write(&metrics_line(state.step, &all))?;
         }
         let stopping = ctx.should_stop();
         let last = state.step == cfg.steps;

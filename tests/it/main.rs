@@ -13,6 +13,7 @@ mod handoff;
 mod lora;
 mod model_decode;
 mod model_fused;
+mod moe;
 mod notebook;
 mod pretrained;
 mod qlora;

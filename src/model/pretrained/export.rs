@@ -235,6 +235,12 @@ pub fn write_folder(
     cfg: &ModelConfig,
     tok: &TokenizerFiles,
 ) -> Result<Vec<PathBuf>> {
+    anyhow::ensure!(
+        cfg.arch.moe.is_none(),
+        "a DeepSeekMoE model (`[model.moe]`) has no Hugging Face architecture to export to: \
+         transformers' DeepseekV3 couples its experts with MLA attention and a different \
+         layout; its checkpoint's model.safetensors holds every weight under stageloop's names"
+    );
     std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
     let mut written = Vec::new();
     let weights = dir.join("model.safetensors");

@@ -102,6 +102,7 @@ pub fn config(g: &Gguf) -> Result<ModelConfig> {
                 .unwrap_or(1e-5),
             rope_scaling: None,
             family: Some(arch.to_string()),
+            moe: None,
         },
     };
     cfg.check().map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -169,6 +169,7 @@ pub fn parse(v: &Value) -> Result<(ModelConfig, Specials)> {
             norm_eps: float(v, "rms_norm_eps", 1e-6)?,
             rope_scaling,
             family: Some(ty.to_string()),
+            moe: None,
         },
     };
     cfg.check().map_err(|e| anyhow::anyhow!("{e}"))?;
