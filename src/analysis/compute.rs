@@ -126,6 +126,7 @@ mod tests {
             precision: None,
             frozen_base: None,
             writer: None,
+            model: None,
         }
         .save(&dir)
         .unwrap();

@@ -114,8 +114,8 @@ pub fn quantized_engine(
 ) -> anyhow::Result<Option<crate::cpu::decoder::Engine>> {
     anyhow::ensure!(
         q.store().is_none() || model.decodes_on_cpu(),
-        "--quantize {}: a model with routed experts ([model.moe]) decodes through burn's ops, \
-         in f32 only",
+        "--quantize {}: a model with routed experts or latent attention ([model.moe], \
+         [model.mla]) decodes through burn's ops, in f32 only",
         q.name()
     );
     Ok(match q.store() {

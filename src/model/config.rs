@@ -5,7 +5,7 @@ pub use crate::cpu::math::RopeScaling;
 use crate::cpu::math::RopeSpec;
 use crate::cpu::shape::Shape;
 use crate::spec::ModelSpec;
-pub use crate::spec::types::MoeSpec;
+pub use crate::spec::types::{MlaSpec, MoeSpec};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -47,6 +47,9 @@ pub struct Arch {
     /// experts, `moe.shared × moe.expert_mlp`, and the routed experts come beside it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub moe: Option<MoeSpec>,
+    /// Multi-head Latent Attention (from-scratch models), its widths resolved.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mla: Option<MlaSpec>,
 }
 
 impl Default for Arch {
@@ -61,6 +64,7 @@ impl Default for Arch {
             rope_scaling: None,
             family: None,
             moe: None,
+            mla: None,
         }
     }
 }
@@ -79,6 +83,7 @@ impl ModelConfig {
             expert_mlp: Some(m.width(spec.mlp_width())),
             ..m
         });
+        let head_dim = spec.d_model / spec.heads.max(1);
         ModelConfig {
             vocab,
             d_model: spec.d_model,
@@ -92,6 +97,7 @@ impl ModelConfig {
             rope_theta: spec.rope_theta,
             arch: Arch {
                 moe,
+                mla: spec.mla.map(|m| m.resolved(head_dim)),
                 ..Arch::default()
             },
         }
@@ -144,6 +150,14 @@ impl ModelConfig {
         }
         if !(1..=4 * MAX_WIDTH).contains(&self.mlp) {
             return bad(&format!("mlp must be between 1 and {}", 4 * MAX_WIDTH));
+        }
+        if let Some(m) = self.arch.mla {
+            let ok = m.kv_rank.is_some_and(|c| (1..=MAX_WIDTH).contains(&c))
+                && m.rope_dim
+                    .is_some_and(|r| (2..=1024).contains(&r) && r % 2 == 0);
+            if !ok {
+                return bad("mla needs a kv_rank width and an even rope_dim of at least 2");
+            }
         }
         if let Some(m) = self.arch.moe {
             let ok = (2..=256).contains(&m.experts)
@@ -231,11 +245,77 @@ impl ModelConfig {
     /// training's backward pass two products per forward one (see [`Self::train_flops`]).
     pub fn forward_flops(&self, len: usize) -> f64 {
         let d = self.d_model as f64;
-        let (q, kv, m) = (self.q_dim() as f64, self.kv_dim() as f64, self.mlp as f64);
-        let per_layer = d * (q + 2.0 * kv) + q * d + d * 2.0 * m + m * d + self.routed_active();
+        let (q, m) = (self.q_dim() as f64, self.mlp as f64);
+        let per_layer = self.projection_macs() + q * d + d * 2.0 * m + m * d + self.routed_active();
         let matrices = self.layers as f64 * per_layer + d * self.vocab as f64;
         let n = len as f64;
-        2.0 * matrices * n + 4.0 * self.layers as f64 * q * n * (n + 1.0) / 2.0
+        2.0 * matrices * n + self.layers as f64 * self.pair_flops() * n * (n + 1.0) / 2.0
+    }
+
+    /// Columns of a block's query-key-value projection: queries, keys and values; with MLA
+    /// queries of `head_dim + rope_dim` per head, the latent and the shared rotary key.
+    pub fn qkv_width(&self) -> usize {
+        match self.arch.mla {
+            Some(m) => {
+                let (hd, r) = (self.head_dim(), m.rope_dim(self.head_dim()));
+                self.heads * (hd + r) + m.kv_rank(hd) + r
+            }
+            None => self.q_dim() + 2 * self.kv_dim(),
+        }
+    }
+
+    /// Multiply-adds a token spends making its queries, keys and values (with MLA: the
+    /// projection, then keys and values up from the latent).
+    fn projection_macs(&self) -> f64 {
+        let up = self.arch.mla.map_or(0, |m| {
+            m.kv_rank(self.head_dim()) * 2 * self.heads * self.head_dim()
+        });
+        (self.d_model * self.qkv_width() + up) as f64
+    }
+
+    /// FLOPs of attention per query-key pair and layer: the score (`qk` wide per head) and the
+    /// weighted value sum (`head_dim` per head), 2 per multiply-add.
+    fn pair_flops(&self) -> f64 {
+        let hd = self.head_dim();
+        let qk = hd + self.arch.mla.map_or(0, |m| m.rope_dim(hd));
+        2.0 * (self.heads * (qk + hd)) as f64
+    }
+
+    /// What run.json says of this model.
+    pub fn facts(&self) -> crate::runfs::status::ModelFacts {
+        let hd = self.head_dim();
+        let mut blocks = Vec::new();
+        if let Some(m) = self.arch.moe {
+            blocks.push(format!(
+                "moe: {} routed experts (top {}) + {} shared, {} wide",
+                m.experts,
+                m.top_k,
+                m.shared,
+                m.width(0)
+            ));
+        }
+        if let Some(m) = self.arch.mla {
+            blocks.push(format!(
+                "mla: latent {} + rope {}",
+                m.kv_rank(hd),
+                m.rope_dim(hd)
+            ));
+        }
+        crate::runfs::status::ModelFacts {
+            params: self.params(),
+            kv_bytes_per_token: self.kv_bytes_per_token(),
+            blocks,
+        }
+    }
+
+    /// Bytes of KV cache a token holds over all layers, in f32: keys and values, or with MLA
+    /// the latent and the shared rotary key.
+    pub fn kv_bytes_per_token(&self) -> usize {
+        let per_layer = match self.arch.mla {
+            Some(m) => m.kv_rank(self.head_dim()) + m.rope_dim(self.head_dim()),
+            None => 2 * self.kv_dim(),
+        };
+        4 * self.layers * per_layer
     }
 
     /// Multiply-adds a token spends in one block's routed experts and router (0 when dense):
@@ -258,8 +338,13 @@ impl ModelConfig {
     /// Parameter count (the head counted once when tied).
     pub fn params(&self) -> usize {
         let d = self.d_model;
-        let qkv = self.q_dim() + 2 * self.kv_dim();
+        let qkv = self.qkv_width();
         let mut per_layer = 2 * d + d * qkv + self.q_dim() * d + d * 2 * self.mlp + self.mlp * d;
+        if let Some(m) = self.arch.mla {
+            // The latent's norm and the keys' and values' up-projection.
+            let c = m.kv_rank(self.head_dim());
+            per_layer += c + c * 2 * self.q_dim();
+        }
         if self.arch.qkv_bias {
             per_layer += qkv;
         }

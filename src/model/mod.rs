@@ -13,6 +13,7 @@ pub mod fused;
 pub mod gguf;
 pub mod gguf_write;
 pub mod lora;
+pub mod mla;
 pub mod moe;
 pub mod optim;
 pub mod pretrained;

@@ -6,6 +6,7 @@ use super::config::ModelConfig;
 use super::flex::f32s;
 use super::frozen::Frozen;
 use super::fused;
+use super::mla::Mla;
 use super::moe::{Loads, Moe};
 use crate::cpu::math::{RopeSpec, rope_table};
 use crate::cpu::shape::Shape;
@@ -34,6 +35,9 @@ pub struct Block {
     down: Linear,
     /// DeepSeekMoE's routed experts, beside the MLP.
     moe: Option<Moe>,
+    /// Multi-head Latent Attention: `qkv` then makes queries, the latent and the shared
+    /// rotary key, and this makes keys and values from the latent.
+    mla: Option<Mla>,
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
@@ -170,7 +174,7 @@ fn rms(d: usize, eps: f64, device: &Device) -> RmsNorm {
 }
 
 /// cos and sin tables for `len` positions from `start`, shaped `[1, 1, len, head_dim / 2]`.
-fn rope_tables(
+pub(super) fn rope_tables(
     start: usize,
     len: usize,
     head_dim: usize,
@@ -184,7 +188,7 @@ fn rope_tables(
 }
 
 /// Rotate pairs (i, i + half) of the last axis by the position's angle.
-fn rotate_pairs(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
+pub(super) fn rotate_pairs(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
     let [b, h, t, d] = x.dims();
     let half = d / 2;
     let x1 = x.clone().slice([0..b, 0..h, 0..t, 0..half]);
@@ -263,19 +267,27 @@ impl Block {
         }
     }
 
-    fn new(s: &Shape, moe: Option<&super::config::MoeSpec>, device: &Device) -> Self {
+    fn new(s: &Shape, arch: &super::config::Arch, device: &Device) -> Self {
         let (d, eps, hd) = (s.d_model, s.norm_eps, s.head_dim);
+        let qkv_width = match &arch.mla {
+            Some(m) => s.heads * (hd + m.rope_dim(hd)) + m.kv_rank(hd) + m.rope_dim(hd),
+            None => s.qkv_width(),
+        };
         let qk_norm = || s.qk_norm.then(|| rms(hd, eps, device));
         Block {
             attn_norm: rms(d, eps, device),
-            qkv: linear(d, s.qkv_width(), s.qkv_bias, device),
+            qkv: linear(d, qkv_width, s.qkv_bias, device),
             q_norm: qk_norm(),
             k_norm: qk_norm(),
             out: linear(s.q_dim(), d, false, device),
             mlp_norm: rms(d, eps, device),
             gate_up: linear(d, 2 * s.mlp, false, device),
             down: linear(s.mlp, d, false, device),
-            moe: moe.map(|m| Moe::new(d, m, device)),
+            moe: arch.moe.as_ref().map(|m| Moe::new(d, m, device)),
+            mla: arch
+                .mla
+                .as_ref()
+                .map(|m| Mla::new(s.heads, hd, m, eps, s.rope, device)),
             heads: s.heads,
             kv_heads: s.kv_heads,
             head_dim: hd,
@@ -319,6 +331,10 @@ impl Block {
         cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
         mask: Option<Tensor<4, Bool>>,
     ) -> Tensor<3> {
+        if let Some(mla) = &self.mla {
+            let qkv = self.dense(0, norm(&self.attn_norm, x.clone()));
+            return self.mlp(x + self.dense(1, mla.attend(qkv, cache, mask)));
+        }
         let [b, t, _] = x.dims();
         let (q, k, v) = self.project(x.clone());
         let q = rotate_pairs(q.swap_dims(1, 2), &rope_cs.0, &rope_cs.1);
@@ -350,6 +366,10 @@ impl Block {
     /// Grouped-query heads are repeated and q/k norms applied before the fused op, which takes
     /// one key and value per query head.
     fn forward_fused(&self, x: Tensor<3>, rope: RopeSpec) -> Tensor<3> {
+        if let Some(mla) = &self.mla {
+            let qkv = self.dense(0, norm(&self.attn_norm, x.clone()));
+            return self.mlp(x + self.dense(1, mla.attend(qkv, None, None)));
+        }
         let plain = self.kv_heads == self.heads && self.q_norm.is_none();
         let qkv = if plain {
             self.dense(0, norm(&self.attn_norm, x.clone()))
@@ -412,7 +432,7 @@ impl Gpt {
         let model = Gpt {
             embed: EmbeddingConfig::new(s.vocab, s.d_model).init(device),
             blocks: (0..s.layers)
-                .map(|_| Block::new(&s, cfg.arch.moe.as_ref(), device))
+                .map(|_| Block::new(&s, &cfg.arch, device))
                 .collect(),
             norm: rms(s.d_model, s.norm_eps, device),
             head: (!s.tied).then(|| linear(s.d_model, s.vocab, false, device)),
@@ -583,10 +603,12 @@ impl Gpt {
         self.adapted_matrices() > 0
     }
 
-    /// Whether the CPU decoder ([`Gpt::engine`]) can run this model: not with routed experts,
-    /// which decode through burn's ops.
+    /// Whether the CPU decoder ([`Gpt::engine`]) can run this model: not with routed experts
+    /// or latent attention, which decode through burn's ops.
     pub fn decodes_on_cpu(&self) -> bool {
-        self.blocks.iter().all(|b| b.moe.is_none())
+        self.blocks
+            .iter()
+            .all(|b| b.moe.is_none() && b.mla.is_none())
     }
 
     /// The routed experts' balance loss of the last training pass, summed over the blocks

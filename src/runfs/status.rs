@@ -118,6 +118,21 @@ pub struct RunStatus {
     /// ([`LIVE_WINDOW`]), else `idle`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub writer: Option<String>,
+    /// What the trained model is: its size, its KV cache per token and its DeepSeek blocks;
+    /// absent in runs of older builds and in eval runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<ModelFacts>,
+}
+
+/// The model a training run trains ([`RunStatus::model`]).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ModelFacts {
+    pub params: usize,
+    /// Bytes of KV cache a token holds over all layers (f32).
+    pub kv_bytes_per_token: usize,
+    /// The block's variations beyond a dense transformer (`moe …`, `mla …`), empty for none.
+    #[serde(default)]
+    pub blocks: Vec<String>,
 }
 
 /// One resume of a run (see [`RunStatus::resumed_at`]).
@@ -258,6 +273,7 @@ mod tests {
             precision: None,
             frozen_base: None,
             writer: None,
+            model: None,
         };
         s.save(d.path()).unwrap();
         let back = RunStatus::load(d.path()).unwrap();
@@ -294,6 +310,7 @@ mod tests {
             precision: None,
             frozen_base: None,
             writer: None,
+            model: None,
         };
         s.save(d.path()).unwrap();
         // The temp file cannot be created (a folder holds its name), as on a full disk.

@@ -74,6 +74,47 @@ pub struct ModelSpec {
     /// `[model.moe]`: a from-scratch model's MLPs as DeepSeekMoE layers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub moe: Option<MoeSpec>,
+    /// `[model.mla]`: a from-scratch model's attention as Multi-head Latent Attention.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mla: Option<MlaSpec>,
+}
+
+/// `[model.mla]`: DeepSeek-V2's Multi-head Latent Attention. Keys and values come up from one
+/// low-rank latent per token (`kv_rank` wide, RMS-normed), and a `rope_dim`-wide key shared by
+/// every head carries the position (decoupled RoPE); queries are `head_dim + rope_dim` per head.
+/// The cache holds only the latent and the shared key: `kv_rank + rope_dim` floats a token and
+/// layer instead of `2 · heads · head_dim`.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MlaSpec {
+    /// Width of the key-value latent; default `2 · head_dim`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_rank: Option<usize>,
+    /// Width of the rotary part of queries and keys (even); default `head_dim / 2`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_dim: Option<usize>,
+}
+
+impl MlaSpec {
+    /// The latent's width for heads of `head_dim`.
+    pub fn kv_rank(&self, head_dim: usize) -> usize {
+        self.kv_rank.unwrap_or(2 * head_dim).max(1)
+    }
+
+    /// The rotary width for heads of `head_dim` (at least 2, even).
+    pub fn rope_dim(&self, head_dim: usize) -> usize {
+        self.rope_dim
+            .unwrap_or((head_dim / 2).max(2) / 2 * 2)
+            .max(2)
+    }
+
+    /// Both widths fixed for heads of `head_dim` (as a checkpoint's config records them).
+    pub fn resolved(&self, head_dim: usize) -> MlaSpec {
+        MlaSpec {
+            kv_rank: Some(self.kv_rank(head_dim)),
+            rope_dim: Some(self.rope_dim(head_dim)),
+        }
+    }
 }
 
 /// `[model.moe]`: DeepSeekMoE. Each block's MLP becomes `shared` always-on experts plus
@@ -204,6 +245,7 @@ impl Default for ModelSpec {
             precision: Precision::F32,
             quantize: Quantize::None,
             moe: None,
+            mla: None,
         }
     }
 }

@@ -195,6 +195,31 @@ fn model(c: &mut Checks<'_>, m: &ModelSpec, base: &[Seg<'_>]) {
     if let Some(moe) = &m.moe {
         moe_keys(c, m, moe, &mk("moe"));
     }
+    if let Some(mla) = &m.mla {
+        let at = mk("mla");
+        let key = |k| {
+            let mut p = at.clone();
+            p.push(Seg::Key(k));
+            p
+        };
+        c.key(
+            m.from.is_none(),
+            &at,
+            "[model.mla] is for models trained from scratch (a pretrained model's attention \
+             stays as it was trained)",
+        );
+        c.value(
+            mla.kv_rank.is_none_or(|v| (1..=MAX_WIDTH).contains(&v)),
+            &key("kv_rank"),
+            format!("kv_rank must be between 1 and {MAX_WIDTH}"),
+        );
+        c.value(
+            mla.rope_dim
+                .is_none_or(|v| (2..=1024).contains(&v) && v.is_multiple_of(2)),
+            &key("rope_dim"),
+            "rope_dim must be even, between 2 and 1024",
+        );
+    }
 }
 
 /// `[model.moe]`'s ranges, at `base`.

@@ -424,6 +424,7 @@ pub fn run(ctx: &mut StageCtx<'_>) -> Result<Outcome> {
     };
     let (mut metrics, mut samples) = open_logs(&ctx.run)?;
     let mut rng = state.rng.restore();
+    ctx.status.model = Some(setup.model_cfg.facts());
     ctx.reporter.message(&format!(
         "{} prompts × {} completions per step, {} steps",
         cfg.prompts, cfg.group_size, cfg.steps

@@ -474,6 +474,7 @@ fn create(
         precision: None,
         frozen_base: None,
         writer: None,
+        model: None,
     };
     Ok(Opened {
         run,

@@ -195,6 +195,7 @@ pub fn train(
     let (mut metrics, mut samples) = open_logs(&ctx.run)?;
     let mut rng = state.rng.restore();
     let cfg = ctx.cfg.clone();
+    ctx.status.model = Some(setup.model_cfg.facts());
     ctx.reporter.message(&format!(
         "{} params, {} steps × {} sequences",
         setup.model_cfg.params(),

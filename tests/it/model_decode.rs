@@ -36,6 +36,39 @@ fn incremental_logits_match_the_full_forward() {
     }
 }
 
+/// DeepSeek's blocks (routed experts, latent attention, both) through the KV cache of burn's
+/// path, which is how they sample: the same logits as the full forward pass.
+#[test]
+fn deepseek_blocks_decode_incrementally_like_the_full_forward() {
+    use stageloop::model::config::{MlaSpec, MoeSpec};
+    let device = Device::flex();
+    let moe = MoeSpec {
+        experts: 4,
+        top_k: 2,
+        shared: 1,
+        expert_mlp: Some(16),
+        bias_rate: 0.001,
+        aux_loss: 0.0,
+    };
+    let mla = MlaSpec {
+        kv_rank: Some(12),
+        rope_dim: Some(4),
+    };
+    for (name, moe, mla) in [
+        ("moe", Some(moe), None),
+        ("mla", None, Some(mla)),
+        ("moe+mla", Some(moe), Some(mla)),
+    ] {
+        let mut c = cfg();
+        c.arch.moe = moe;
+        c.arch.mla = mla;
+        device.seed(11);
+        let model = Gpt::new(&c, &device);
+        assert!(!model.decodes_on_cpu(), "{name}");
+        incremental_matches_full(&model, &device, name);
+    }
+}
+
 fn incremental_matches_full(model: &Gpt, device: &Device, name: &str) {
     let (model, device) = (model, device.clone());
     let seq: Vec<u32> = vec![1, 9, 12, 7, 15, 8, 10, 11, 13, 14];

@@ -1,7 +1,8 @@
-//! DeepSeekMoE from a spec (`[model.moe]`): a tiny model with routed experts pretrains, runs
-//! GRPO and evaluates end to end, logs its experts' loads and balances them, saves its routing
-//! biases, resumes onto the same loss curve, and is refused where it cannot go (HF export, the
-//! quantised CPU decoder, a pretrained base, keys out of range).
+//! DeepSeek's blocks from a spec (`[model.moe]`, `[model.mla]`): a tiny model with routed
+//! experts and latent attention pretrains, runs GRPO and evaluates end to end, logs its
+//! experts' loads and balances them, saves its routing biases, records its KV cache per token,
+//! resumes onto the same loss curve, and is refused where it cannot go (HF export, the
+//! quantised CPU decoder, keys out of range).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -27,6 +28,10 @@ top_k = 2
 shared = 1
 bias_rate = 0.01
 aux_loss = 0.001
+
+[model.mla]
+kv_rank = 12
+rope_dim = 4
 
 [task]
 name = "arith"
@@ -127,6 +132,19 @@ fn moe_model_trains_balances_and_samples_end_to_end() {
     // The config records the resolved experts: mlp 96 over top_k + shared = 3 experts' width.
     let cfg = std::fs::read_to_string(ckpt.join("config.json")).unwrap();
     assert!(cfg.contains("\"expert_mlp\": 32"), "{cfg}");
+
+    // run.json says what the model is: latent 12 + rope 4 floats a token in each of 2 layers.
+    let st = runfs::RunStatus::load(&pre.path).unwrap();
+    let facts = st.model.expect("a training run records its model");
+    assert_eq!(facts.kv_bytes_per_token, 2 * (12 + 4) * 4);
+    assert!(
+        facts.blocks.iter().any(|b| b.starts_with("moe: 6 routed")),
+        "{facts:?}"
+    );
+    assert!(
+        facts.blocks.iter().any(|b| b == "mla: latent 12 + rope 4"),
+        "{facts:?}"
+    );
 
     // GRPO trained and balanced too; the eval sampled through burn's ops.
     let rl = rows(&run_of(d.path(), "rl").path);

@@ -235,12 +235,15 @@ pub fn write_folder(
     cfg: &ModelConfig,
     tok: &TokenizerFiles,
 ) -> Result<Vec<PathBuf>> {
-    anyhow::ensure!(
-        cfg.arch.moe.is_none(),
-        "a DeepSeekMoE model (`[model.moe]`) has no Hugging Face architecture to export to: \
-         transformers' DeepseekV3 couples its experts with MLA attention and a different \
-         layout; its checkpoint's model.safetensors holds every weight under stageloop's names"
-    );
+    if cfg.arch.moe.is_some() || cfg.arch.mla.is_some() {
+        anyhow::bail!(
+            "a model with DeepSeek blocks ([model.moe] DeepSeekMoE, [model.mla] latent \
+             attention) is not exported to Hugging Face format: the only transformers \
+             architecture with sigmoid-routed experts or MLA is DeepseekV3, and stageloop does \
+             not write it; the checkpoint's model.safetensors holds every weight under \
+             stageloop's names"
+        );
+    }
     std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
     let mut written = Vec::new();
     let weights = dir.join("model.safetensors");

@@ -103,6 +103,7 @@ pub fn config(g: &Gguf) -> Result<ModelConfig> {
             rope_scaling: None,
             family: Some(arch.to_string()),
             moe: None,
+            mla: None,
         },
     };
     cfg.check().map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -170,6 +170,7 @@ pub fn parse(v: &Value) -> Result<(ModelConfig, Specials)> {
             rope_scaling,
             family: Some(ty.to_string()),
             moe: None,
+            mla: None,
         },
     };
     cfg.check().map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -68,6 +68,16 @@ fn status_lines(run: &RunView) -> Vec<Line<'static>> {
     if let Some(init) = &s.init {
         info.push(Line::from(format!("init {init}")));
     }
+    if let Some(m) = &s.model {
+        info.push(Line::from(format!(
+            "model {} params · KV cache {} a token",
+            crate::untrusted::display(&human(m.params as f64, "")),
+            crate::untrusted::display(&human(m.kv_bytes_per_token as f64, "B")),
+        )));
+        for b in &m.blocks {
+            info.push(Line::from(format!("  {}", crate::untrusted::display(b))));
+        }
+    }
     let red = Style::default().fg(Color::Red);
     let grey = Style::default().fg(Color::DarkGray);
     for a in &run.alerts {
@@ -85,6 +95,19 @@ fn status_lines(run: &RunView) -> Vec<Line<'static>> {
         }
     }
     info
+}
+
+/// `v` with a k/M/G prefix (`unit` after it).
+fn human(v: f64, unit: &str) -> String {
+    let (div, p) = [(1e9, "G"), (1e6, "M"), (1e3, "k")]
+        .into_iter()
+        .find(|(d, _)| v >= *d)
+        .unwrap_or((1.0, ""));
+    if p.is_empty() {
+        format!("{v:.0} {unit}").trim_end().to_string()
+    } else {
+        format!("{:.1} {p}{unit}", v / div)
+    }
 }
 
 /// The run's and the experiment's notes, and a warning about unreadable metric lines.

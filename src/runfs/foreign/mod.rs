@@ -231,6 +231,7 @@ pub fn status(dir: &Path, tail: &Tail, last_step: u64, metric_names: &[&str]) ->
         precision: None,
         frozen_base: None,
         writer: None,
+        model: None,
     }
 }
 
