@@ -5,7 +5,7 @@ pub use crate::cpu::math::RopeScaling;
 use crate::cpu::math::RopeSpec;
 use crate::cpu::shape::Shape;
 use crate::spec::ModelSpec;
-pub use crate::spec::types::{MlaSpec, MoeSpec};
+pub use crate::spec::types::{MlaSpec, MoeSpec, MtpSpec};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -50,6 +50,9 @@ pub struct Arch {
     /// Multi-head Latent Attention (from-scratch models), its widths resolved.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mla: Option<MlaSpec>,
+    /// Multi-token prediction (from-scratch models): one extra depth.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mtp: Option<MtpSpec>,
 }
 
 impl Default for Arch {
@@ -65,6 +68,7 @@ impl Default for Arch {
             family: None,
             moe: None,
             mla: None,
+            mtp: None,
         }
     }
 }
@@ -98,6 +102,7 @@ impl ModelConfig {
             arch: Arch {
                 moe,
                 mla: spec.mla.map(|m| m.resolved(head_dim)),
+                mtp: spec.mtp,
                 ..Arch::default()
             },
         }
@@ -301,6 +306,9 @@ impl ModelConfig {
                 m.rope_dim(hd)
             ));
         }
+        if let Some(m) = self.arch.mtp {
+            blocks.push(format!("mtp: 1 depth, loss weight {}", m.weight));
+        }
         crate::runfs::status::ModelFacts {
             params: self.params(),
             kv_bytes_per_token: self.kv_bytes_per_token(),
@@ -332,7 +340,26 @@ impl ModelConfig {
     /// of each product), 2× with LoRA (the frozen matrices get no weight gradient; the
     /// adapters' own small products are not counted).
     pub fn train_flops(&self, len: usize, lora: bool) -> f64 {
-        (if lora { 2.0 } else { 3.0 }) * self.forward_flops(len)
+        (if lora { 2.0 } else { 3.0 }) * (self.forward_flops(len) + self.mtp_flops(len))
+    }
+
+    /// FLOPs of the multi-token-prediction depth's forward pass over a sequence of `len`
+    /// tokens (0 without one): its projection, one more block and the head, at `len - 1`
+    /// positions.
+    pub fn mtp_flops(&self, len: usize) -> f64 {
+        if self.arch.mtp.is_none() || len < 2 {
+            return 0.0;
+        }
+        let one_layer = ModelConfig {
+            layers: 1,
+            arch: Arch {
+                mtp: None,
+                ..self.arch.clone()
+            },
+            ..self.clone()
+        };
+        let d = self.d_model as f64;
+        one_layer.forward_flops(len - 1) + 2.0 * 2.0 * d * d * (len - 1) as f64
     }
 
     /// Parameter count (the head counted once when tied).
@@ -356,7 +383,9 @@ impl ModelConfig {
             per_layer += d * moe.experts + moe.experts * 3 * d * moe.width(0) + moe.experts;
         }
         let head = if self.arch.tied { 0 } else { d * self.vocab };
-        self.vocab * d + self.layers * per_layer + d + head
+        // Multi-token prediction: two norms, the projection and one more block.
+        let mtp = self.arch.mtp.map_or(0, |_| 2 * d + 2 * d * d + per_layer);
+        self.vocab * d + self.layers * per_layer + d + head + mtp
     }
 }
 

@@ -15,6 +15,7 @@ pub mod gguf_write;
 pub mod lora;
 pub mod mla;
 pub mod moe;
+pub mod mtp;
 pub mod optim;
 pub mod pretrained;
 pub mod qlora;

@@ -8,6 +8,7 @@ use super::frozen::Frozen;
 use super::fused;
 use super::mla::Mla;
 use super::moe::{Loads, Moe};
+use super::mtp::Mtp;
 use crate::cpu::math::{RopeSpec, rope_table};
 use crate::cpu::shape::Shape;
 use crate::spec::LORA_TARGETS;
@@ -65,6 +66,9 @@ pub struct Gpt {
     norm: RmsNorm,
     /// `None` when tied to the embedding.
     head: Option<Linear>,
+    /// Multi-token prediction: its input projection, and its block.
+    mtp: Option<Mtp>,
+    mtp_block: Option<Block>,
     /// The architecture the blocks were built with.
     #[module(skip)]
     shape: Shape,
@@ -436,6 +440,11 @@ impl Gpt {
                 .collect(),
             norm: rms(s.d_model, s.norm_eps, device),
             head: (!s.tied).then(|| linear(s.d_model, s.vocab, false, device)),
+            mtp: cfg
+                .arch
+                .mtp
+                .map(|m| Mtp::new(s.d_model, &m, s.norm_eps, device)),
+            mtp_block: cfg.arch.mtp.map(|_| Block::new(&s, &cfg.arch, device)),
             shape: s,
         };
         model.map(&mut StableIds(0))
@@ -674,22 +683,61 @@ impl Gpt {
         }
     }
 
-    /// The blocks' output for `tokens`, before the final norm.
+    /// The blocks' output for `tokens`, before the final norm. A training pass of a model with
+    /// multi-token prediction leaves it and the tokens for [`Gpt::mtp_hidden`].
     fn trunk(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
-        let device = tokens.device();
-        let [_, t] = tokens.dims();
-        let mut x = self.embed.forward(tokens);
+        let kept = self.mtp.as_ref().map(|m| (m, tokens.clone()));
+        let x = self.run_blocks(self.embed.forward(tokens), self.blocks.iter());
+        if let Some((mtp, tokens)) = kept.filter(|(m, _)| m.trains()) {
+            mtp.keep(x.clone(), tokens);
+        }
+        x
+    }
+
+    /// `x` through `blocks` over a whole sequence (fused ops on the CPU backend).
+    fn run_blocks<'b>(
+        &self,
+        mut x: Tensor<3>,
+        blocks: impl Iterator<Item = &'b Block>,
+    ) -> Tensor<3> {
+        let device = x.device();
+        let [_, t, _] = x.dims();
         if fused::available(&device) {
-            for block in &self.blocks {
+            for block in blocks {
                 x = block.forward_fused(x, self.shape.rope);
             }
         } else {
             let cs = rope_tables(0, t, self.shape.head_dim, self.shape.rope, &device);
-            for block in &self.blocks {
+            for block in blocks {
                 x = block.forward(x, &cs, None, None);
             }
         }
         x
+    }
+
+    /// The multi-token-prediction depth over the last training pass (taken: once per pass):
+    /// its final hidden states `[b, t - 1, d]`, normed as the head takes them (position `i`
+    /// predicts token `i + 2`), and the loss weight. `None` without the depth, after no
+    /// training pass, or for sequences of one token.
+    pub fn mtp_hidden(&self) -> Option<(Tensor<3>, f64)> {
+        let (mtp, block) = (self.mtp.as_ref()?, self.mtp_block.as_ref()?);
+        let (h, tokens) = mtp.take()?;
+        let [b, t, d] = h.dims();
+        if t < 2 {
+            return None;
+        }
+        let next = self.embed.forward(tokens.slice([0..b, 1..t]));
+        let x = mtp.input(h.slice([0..b, 0..t - 1, 0..d]), next);
+        let x = self.run_blocks(x, std::iter::once(block));
+        Some((norm(&self.norm, x), mtp.weight()))
+    }
+
+    /// Logits from hidden states already normed (what [`Gpt::hidden`] gives).
+    pub fn head_logits(&self, h: Tensor<3>) -> Tensor<3> {
+        match &self.head {
+            Some(head) => dense(head, None, h),
+            None => product(h, self.embed.weight.val().transpose()),
+        }
     }
 
     /// Logits for `tokens` (`[b, t]`) at positions `cache.len..`, reusing and extending the

@@ -77,6 +77,32 @@ pub struct ModelSpec {
     /// `[model.mla]`: a from-scratch model's attention as Multi-head Latent Attention.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mla: Option<MlaSpec>,
+    /// `[model.mtp]`: a from-scratch model's multi-token prediction depth.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtp: Option<MtpSpec>,
+}
+
+/// `[model.mtp]`: DeepSeek-V3's multi-token prediction, one depth: one more block, fed the last
+/// hidden state and the next token's embedding, predicts the token after next; pretraining and
+/// SFT add `weight` times its cross-entropy to the loss.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MtpSpec {
+    /// The loss weight λ (DeepSeek-V3: 0.3, then 0.1).
+    #[serde(default = "mtp_weight")]
+    pub weight: f64,
+}
+
+fn mtp_weight() -> f64 {
+    0.3
+}
+
+impl Default for MtpSpec {
+    fn default() -> Self {
+        MtpSpec {
+            weight: mtp_weight(),
+        }
+    }
 }
 
 /// `[model.mla]`: DeepSeek-V2's Multi-head Latent Attention. Keys and values come up from one
@@ -246,6 +272,7 @@ impl Default for ModelSpec {
             quantize: Quantize::None,
             moe: None,
             mla: None,
+            mtp: None,
         }
     }
 }

@@ -195,6 +195,21 @@ fn model(c: &mut Checks<'_>, m: &ModelSpec, base: &[Seg<'_>]) {
     if let Some(moe) = &m.moe {
         moe_keys(c, m, moe, &mk("moe"));
     }
+    if let Some(mtp) = &m.mtp {
+        let at = mk("mtp");
+        c.key(
+            m.from.is_none(),
+            &at,
+            "[model.mtp] is for models trained from scratch",
+        );
+        let mut w = at.clone();
+        w.push(Seg::Key("weight"));
+        c.value(
+            mtp.weight.is_finite() && (0.0..=10.0).contains(&mtp.weight),
+            &w,
+            "weight must be between 0 and 10",
+        );
+    }
     if let Some(mla) = &m.mla {
         let at = mk("mla");
         let key = |k| {

@@ -277,6 +277,26 @@ pub fn lm_loss(model: &Gpt, batch: &Batch) -> Tensor<1> {
         .div_scalar(batch.tokens.max(1) as f64)
 }
 
+/// The multi-token-prediction depth's loss for `batch`, right after [`lm_loss`] of the same
+/// batch (it reads the hidden states that pass kept): mean negative log-likelihood of each
+/// position's token after next, over the positions whose targets count, and the loss weight.
+/// `None` for a model without the depth.
+pub fn mtp_loss(model: &Gpt, batch: &Batch) -> Option<(Tensor<1>, f64)> {
+    let (h, weight) = model.mtp_hidden()?;
+    let [b, t] = batch.targets.dims();
+    let targets = batch.targets.clone().slice([0..b, 1..t]);
+    let mask = batch.mask.clone().slice([0..b, 1..t]);
+    let count = mask.clone().sum().into_scalar::<f32>().max(1.0) as f64;
+    let fused = crate::model::fused::available(&h.device());
+    let lp = match model.head_matrix().filter(|_| fused) {
+        Some(w) => crate::model::fused::head_logprobs(h, w, targets.float(), 1.0).0,
+        None => log_softmax(model.head_logits(h), 2)
+            .gather(2, targets.unsqueeze_dim::<3>(2))
+            .squeeze_dim::<2>(2),
+    };
+    Some(((lp * mask).sum().neg().div_scalar(count), weight))
+}
+
 /// A model with routed experts after an optimizer step: each block's routing biases nudged
 /// towards an even load (`[model.moe] bias_rate`), and the loads the step's training passes
 /// saw as metrics, each relative to an even split (1 = even): `moe/load_max` and

@@ -104,6 +104,7 @@ pub fn config(g: &Gguf) -> Result<ModelConfig> {
             family: Some(arch.to_string()),
             moe: None,
             mla: None,
+            mtp: None,
         },
     };
     cfg.check().map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -171,6 +171,7 @@ pub fn parse(v: &Value) -> Result<(ModelConfig, Specials)> {
             family: Some(ty.to_string()),
             moe: None,
             mla: None,
+            mtp: None,
         },
     };
     cfg.check().map_err(|e| anyhow::anyhow!("{e}"))?;

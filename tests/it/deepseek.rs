@@ -1,8 +1,9 @@
-//! DeepSeek's blocks from a spec (`[model.moe]`, `[model.mla]`): a tiny model with routed
-//! experts and latent attention pretrains, runs GRPO and evaluates end to end, logs its
-//! experts' loads and balances them, saves its routing biases, records its KV cache per token,
-//! resumes onto the same loss curve, and is refused where it cannot go (HF export, the
-//! quantised CPU decoder, keys out of range).
+//! DeepSeek's blocks from a spec (`[model.moe]`, `[model.mla]`, `[model.mtp]`): a tiny model
+//! with routed experts, latent attention and a multi-token-prediction depth pretrains, runs
+//! GRPO and evaluates end to end, logs its experts' loads and balances them, saves its routing
+//! biases, records its KV cache per token, resumes onto the same loss curve, and is refused
+//! where it cannot go (HF export, the quantised CPU decoder, keys out of range). The MTP
+//! depth reads the next token and nothing after it.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -32,6 +33,9 @@ aux_loss = 0.001
 [model.mla]
 kv_rank = 12
 rope_dim = 4
+
+[model.mtp]
+weight = 0.3
 
 [task]
 name = "arith"
@@ -116,7 +120,11 @@ fn moe_model_trains_balances_and_samples_end_to_end() {
             "step {step}"
         );
         assert!(m["moe/aux_loss"] > 0.0, "step {step}");
+        assert!(m["mtp/loss"] > 0.0, "step {step}");
     }
+    // The MTP depth learns: its loss falls.
+    let mtp = |s: u64| metrics[&s]["mtp/loss"];
+    assert!(mtp(30) < mtp(1) - 0.3, "mtp/loss {} → {}", mtp(1), mtp(30));
     // Balancing narrows the spread between the first steps and the last ones.
     let spread = |s: u64| metrics[&s]["moe/load_max"] - metrics[&s]["moe/load_min"];
     let early: f64 = (1..=5).map(spread).sum();
@@ -240,4 +248,63 @@ fn moe_keys_are_checked_and_name_their_place() {
         e.contains("experiment.toml:15:") && e.contains("groups"),
         "{e}"
     );
+}
+
+/// The MTP depth's position `i` predicts token `i + 2` from the trunk at `i` and token `i + 1`:
+/// changing token `j` changes positions from `j - 1` on and none before.
+#[test]
+fn mtp_depth_reads_the_next_token_and_nothing_later() {
+    use burn::module::Module;
+    use burn::tensor::{Device, Int, Tensor, TensorData};
+    use stageloop::model::config::{Arch, MtpSpec};
+    use stageloop::model::{Gpt, ModelConfig};
+    let c = ModelConfig {
+        vocab: 20,
+        d_model: 32,
+        layers: 2,
+        heads: 4,
+        mlp: 64,
+        ctx: 40,
+        rope_theta: 10_000.0,
+        arch: Arch {
+            mtp: Some(MtpSpec::default()),
+            ..Arch::default()
+        },
+    };
+    let device = Device::flex().autodiff();
+    device.seed(2);
+    let model = Gpt::new(&c, &device);
+    let run = |seq: &[i64]| -> Vec<f32> {
+        let ids =
+            Tensor::<2, Int>::from_data(TensorData::new(seq.to_vec(), [1, seq.len()]), &device);
+        let _ = model.hidden(ids);
+        let (h, weight) = model.mtp_hidden().expect("a training pass ran");
+        assert_eq!(weight, 0.3);
+        assert!(model.mtp_hidden().is_none(), "taken once");
+        assert_eq!(h.dims(), [1, seq.len() - 1, 32]);
+        h.into_data().iter::<f32>().collect()
+    };
+    let a = [1i64, 5, 7, 3, 9, 2, 4, 6];
+    let base = run(&a);
+    let mut b = a;
+    b[5] = 11;
+    let other = run(&b);
+    let row = |v: &[f32], i: usize| v[i * 32..(i + 1) * 32].to_vec();
+    for i in 0..4 {
+        assert_eq!(
+            row(&base, i),
+            row(&other, i),
+            "position {i} must not see token 5"
+        );
+    }
+    assert_ne!(
+        row(&base, 4),
+        row(&other, 4),
+        "position 4 reads token 5 as its next"
+    );
+    // An inference pass keeps nothing.
+    let infer = model.valid();
+    let ids = Tensor::<2, Int>::from_data(TensorData::new(a.to_vec(), [1, 8]), &Device::flex());
+    let _ = infer.hidden(ids);
+    assert!(infer.mtp_hidden().is_none());
 }
