@@ -23,8 +23,11 @@ pub struct Mtp {
     weight: f64,
     /// The last training pass's trunk output `[b, t, d]` and its input tokens.
     #[module(skip)]
-    kept: Arc<Mutex<Option<(Tensor<3>, Tensor<2, Int>)>>>,
+    kept: Arc<Mutex<Option<Kept>>>,
 }
+
+/// A training pass's trunk output `[b, t, d]` and its input tokens `[b, t]`.
+type Kept = (Tensor<3>, Tensor<2, Int>);
 
 impl Mtp {
     pub fn new(d: usize, spec: &MtpSpec, eps: f64, device: &Device) -> Mtp {
@@ -54,7 +57,7 @@ impl Mtp {
     }
 
     /// The kept pass, taken (a second call gives `None`).
-    pub fn take(&self) -> Option<(Tensor<3>, Tensor<2, Int>)> {
+    pub fn take(&self) -> Option<Kept> {
         self.kept.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
