@@ -3,11 +3,13 @@
 //! [`train`] measures the training core (training and sampling throughput of one model shape),
 //! [`decode`] a pretrained model's sampling speed with quantised or f32 weights, [`kernels`]
 //! each product kind against this CPU's peak for its number type, [`objectives`] the GRPO
-//! objectives on given inputs (to set beside TRL's and verl's functions),
+//! objectives on given inputs (to set beside TRL's and verl's functions), [`draft`] sampling
+//! with a multi-token-prediction depth's drafts against without,
 //! [`notebook`] the TUI on a large synthetic workspace. This module sits above both: neither
 //! the core nor the notebook imports it.
 
 pub mod decode;
+pub mod draft;
 pub mod kernels;
 pub mod notebook;
 pub mod objectives;

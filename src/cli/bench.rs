@@ -19,6 +19,28 @@ pub enum Args {
     /// The GRPO objectives (losses, advantages, KL estimators) on cases read as JSON from
     /// stdin, printed as JSON: what `benches/objectives_check.py` compares with TRL and verl.
     Objectives,
+    /// A model with a multi-token-prediction depth: one sequence at a time, plain and with
+    /// the depth's drafts (speculative sampling), tokens/s and how many drafts were kept.
+    Draft(DraftArgs),
+}
+
+/// The flags of `stageloop bench draft`.
+#[derive(Debug, clap::Args)]
+pub struct DraftArgs {
+    /// Run folder or checkpoint of a model with `[model.mtp]`.
+    pub target: std::path::PathBuf,
+    /// Held-out prompts, each sampled once each way.
+    #[arg(long, default_value_t = 8)]
+    pub prompts: usize,
+    /// New tokens per prompt (capped by the context).
+    #[arg(long, default_value_t = 32)]
+    pub new_tokens: usize,
+    /// Sampling temperature (0 = greedy).
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f64,
+    /// Print one JSON line.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// The flags of `stageloop bench kernels`.
@@ -169,6 +191,7 @@ pub fn dispatch(a: Args) -> anyhow::Result<()> {
         Args::Notebook(a) => notebook(a),
         Args::Decode(a) => decode(a),
         Args::Kernels(a) => kernels(a),
+        Args::Draft(a) => draft(a),
         Args::Objectives => {
             use std::io::Read;
             let mut input = String::new();
@@ -177,6 +200,45 @@ pub fn dispatch(a: Args) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn draft(a: DraftArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        (1..=1000).contains(&a.prompts)
+            && (1..=4096).contains(&a.new_tokens)
+            && a.temperature.is_finite()
+            && a.temperature >= 0.0,
+        "--prompts must be 1 to 1000, --new-tokens 1 to 4096, --temperature at least 0"
+    );
+    let r = crate::bench::draft::run(&crate::bench::draft::DraftConfig {
+        target: a.target,
+        prompts: a.prompts,
+        new_tokens: a.new_tokens,
+        temperature: a.temperature,
+    })?;
+    if a.json {
+        outln!("{}", serde_json::to_string(&r)?);
+    } else {
+        outln!(
+            "tokens/s, plain                {:.1}",
+            r.plain_tokens_per_sec
+        );
+        outln!(
+            "tokens/s, MTP drafts           {:.1}",
+            r.draft_tokens_per_sec
+        );
+        outln!(
+            "drafts kept                    {:.1}%",
+            100.0 * r.acceptance
+        );
+        outln!("tokens per main pass           {:.2}", r.tokens_per_pass);
+        outln!(
+            "({} prompts × {} new tokens, one sequence at a time, burn's ops both ways)",
+            r.prompts,
+            r.new_tokens
+        );
+    }
+    Ok(())
 }
 
 fn kernels(a: KernelsArgs) -> anyhow::Result<()> {

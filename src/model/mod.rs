@@ -20,6 +20,7 @@ pub mod optim;
 pub mod pretrained;
 pub mod qlora;
 pub mod sample;
+pub mod speculative;
 pub mod text;
 pub mod tokenizer;
 pub mod transformer;

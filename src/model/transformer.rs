@@ -91,6 +91,19 @@ impl KvCache {
         }
     }
 
+    /// Forget every position from `len` on (a rejected draft's), in every layer.
+    pub fn truncate(&mut self, len: usize) {
+        for layer in self.layers.iter_mut().flatten() {
+            let [b, h, t, d] = layer.0.dims();
+            if t > len {
+                let [_, h1, _, d1] = layer.1.dims();
+                layer.0 = layer.0.clone().slice([0..b, 0..h, 0..len, 0..d]);
+                layer.1 = layer.1.clone().slice([0..b, 0..h1, 0..len, 0..d1]);
+            }
+        }
+        self.len = self.len.min(len);
+    }
+
     /// Keep only the batch rows in `rows` (sequences that are still generating).
     pub fn retain_rows(&mut self, rows: &[usize], device: &Device) {
         let idx = Tensor::<1, Int>::from_data(
@@ -749,13 +762,42 @@ impl Gpt {
         cache: &mut KvCache,
         key_pad: Option<&[Vec<bool>]>,
     ) -> Tensor<3> {
+        self.forward_cached_hidden(tokens, cache, key_pad).0
+    }
+
+    /// [`Gpt::forward_cached`], and the blocks' output (before the final norm) at the new
+    /// positions, `[b, t, d]`: what the multi-token-prediction depth reads.
+    pub fn forward_cached_hidden(
+        &self,
+        tokens: Tensor<2, Int>,
+        cache: &mut KvCache,
+        key_pad: Option<&[Vec<bool>]>,
+    ) -> (Tensor<3>, Tensor<3>) {
         let device = tokens.device();
         let [b, t] = tokens.dims();
         let start = cache.len;
-        let total = start + t;
         let mut x = self.embed.forward(tokens);
         let cs = rope_tables(start, t, self.shape.head_dim, self.shape.rope, &device);
-        // Always an explicit mask here: causal by absolute position, plus padding.
+        let mask = Some(self.cached_mask(b, t, start, key_pad, &device));
+        let layers = cache.layers.iter_mut();
+        for (block, slot) in self.blocks.iter().zip(layers) {
+            x = block.forward(x, &cs, Some(slot), mask.clone());
+        }
+        cache.len = start + t;
+        (self.logits(x.clone()), x)
+    }
+
+    /// `[b, heads, t, start + t]`, true where a key is hidden from a query: causal by absolute
+    /// position, plus the keys `key_pad` marks as padding.
+    fn cached_mask(
+        &self,
+        b: usize,
+        t: usize,
+        start: usize,
+        key_pad: Option<&[Vec<bool>]>,
+        device: &Device,
+    ) -> Tensor<4, Bool> {
+        let total = start + t;
         let mut m = Vec::with_capacity(b * t * total);
         for row in 0..b {
             for qi in 0..t {
@@ -770,17 +812,36 @@ impl Gpt {
                 }
             }
         }
-        let mask = Some(
-            Tensor::<3, Bool>::from_data(TensorData::new(m, [b, t, total]), &device)
-                .unsqueeze_dim::<4>(1)
-                .expand([b, self.shape.heads, t, total]),
-        );
-        let layers = cache.layers.iter_mut();
-        for (block, slot) in self.blocks.iter().zip(layers) {
-            x = block.forward(x, &cs, Some(slot), mask.clone());
-        }
-        cache.len = total;
-        self.logits(x)
+        Tensor::<3, Bool>::from_data(TensorData::new(m, [b, t, total]), device)
+            .unsqueeze_dim::<4>(1)
+            .expand([b, self.shape.heads, t, total])
+    }
+
+    /// Whether the model has a multi-token-prediction depth.
+    pub fn has_mtp(&self) -> bool {
+        self.mtp.is_some()
+    }
+
+    /// The multi-token-prediction depth's logits `[1, t, vocab]` (position `i`: the token after
+    /// next) for `t` new positions of one sequence whose trunk outputs are `h` `[1, t, d]` and
+    /// whose next tokens are `next`, extending `cache` (one layer: the depth's block). `None`
+    /// without the depth.
+    pub fn mtp_logits_cached(
+        &self,
+        h: Tensor<3>,
+        next: Tensor<2, Int>,
+        cache: &mut KvCache,
+    ) -> Option<Tensor<3>> {
+        let (mtp, block) = (self.mtp.as_ref()?, self.mtp_block.as_ref()?);
+        let device = h.device();
+        let [b, t, _] = h.dims();
+        let start = cache.len;
+        let x = mtp.input(h, self.embed.forward(next));
+        let cs = rope_tables(start, t, self.shape.head_dim, self.shape.rope, &device);
+        let mask = Some(self.cached_mask(b, t, start, None, &device));
+        let x = block.forward(x, &cs, Some(&mut cache.layers[0]), mask);
+        cache.len = start + t;
+        Some(self.logits(x))
     }
 
     pub fn layers(&self) -> usize {

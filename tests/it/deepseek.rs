@@ -141,6 +141,48 @@ fn moe_model_trains_balances_and_samples_end_to_end() {
     let cfg = std::fs::read_to_string(ckpt.join("config.json")).unwrap();
     assert!(cfg.contains("\"expert_mlp\": 32"), "{cfg}");
 
+    // Sampling with the MTP depth's drafts is exact: greedy, the same tokens as plain
+    // decoding, whether drafts are kept or not.
+    {
+        use rand::SeedableRng;
+        use stageloop::model::sample::{SampleOptions, Sampler};
+        let device = burn::tensor::Device::flex();
+        let (model, _, _) = stageloop::model::checkpoint::load_model(&ckpt, &device).unwrap();
+        let setup = stageloop::stages::common::Setup::from_checkpoint(&ckpt, None).unwrap();
+        let opts = SampleOptions {
+            temperature: 0.0,
+            max_new_tokens: 12,
+            ignore_eos: true,
+            engine: false,
+            ..Default::default()
+        };
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        let (mut made, mut kept) = (0, 0);
+        for p in setup.task.heldout().iter().take(6) {
+            let ids = setup.prompt_ids(&p.prompt).unwrap();
+            let plain = Sampler::new(&model).generate(
+                std::slice::from_ref(&ids),
+                40,
+                &opts,
+                &mut rng,
+                &device,
+            );
+            let d =
+                stageloop::model::speculative::generate(&model, &ids, 12, &opts, &mut rng, &device)
+                    .unwrap();
+            assert_eq!(d.completion.tokens, plain[0].tokens, "{}", p.prompt);
+            for (a, b) in d.completion.logprobs.iter().zip(&plain[0].logprobs) {
+                assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+            }
+            made += d.drafted;
+            kept += d.accepted;
+        }
+        assert!(
+            kept > 0 && kept < made,
+            "both paths: {kept} of {made} drafts kept"
+        );
+    }
+
     // run.json says what the model is: latent 12 + rope 4 floats a token in each of 2 layers.
     let st = runfs::RunStatus::load(&pre.path).unwrap();
     let facts = st.model.expect("a training run records its model");
