@@ -1,7 +1,7 @@
-//! `stageloop bench draft RUN|CKPT`: single-sequence sampling of a model with a
-//! multi-token-prediction depth, plain and with the depth's drafts
-//! ([`crate::model::speculative`]), on the task's held-out prompts: tokens/s of both on the
-//! same path (burn's ops), how many drafts were kept, tokens per main pass.
+//! `stageloop bench draft RUN|CKPT`: single-sequence sampling on the task's held-out prompts
+//! through burn's ops (the path every architecture has), plain, and for a model with a
+//! multi-token-prediction depth also with the depth's drafts ([`crate::model::speculative`]):
+//! tokens/s of both, how many drafts were kept, tokens per main pass.
 
 use super::median;
 use crate::model::sample::{SampleOptions, Sampler};
@@ -26,11 +26,12 @@ pub struct DraftConfig {
 #[derive(Debug, Clone, Serialize)]
 pub struct DraftReport {
     pub plain_tokens_per_sec: f64,
-    pub draft_tokens_per_sec: f64,
+    /// With drafts (`None`: the model has no MTP depth).
+    pub draft_tokens_per_sec: Option<f64>,
     /// Drafts kept over drafts made.
-    pub acceptance: f64,
-    /// New tokens per main-model pass with drafts (1 without).
-    pub tokens_per_pass: f64,
+    pub acceptance: Option<f64>,
+    /// New tokens per main-model pass with drafts (the prompt's pass counted; 1 without).
+    pub tokens_per_pass: Option<f64>,
     pub prompts: usize,
     pub new_tokens: usize,
 }
@@ -45,11 +46,6 @@ pub fn run(cfg: &DraftConfig) -> Result<DraftReport> {
     let dev = device()?;
     let setup = Setup::from_checkpoint(&dir, None)?;
     let (model, _, _) = checkpoint::load_model(&dir, &dev)?;
-    anyhow::ensure!(
-        model.has_mtp(),
-        "{}: the model has no multi-token-prediction depth ([model.mtp]) to draft with",
-        dir.display()
-    );
     let prompts: Vec<Vec<u32>> = setup
         .task
         .heldout()
@@ -77,6 +73,9 @@ pub fn run(cfg: &DraftConfig) -> Result<DraftReport> {
         let t0 = Instant::now();
         let c = sampler.generate(std::slice::from_ref(p), ctx, &opts, &mut rng, &dev);
         plain.push(c[0].tokens.len() as f64 / t0.elapsed().as_secs_f64());
+        if !model.has_mtp() {
+            continue;
+        }
         let t0 = Instant::now();
         let d = speculative::generate(&model, p, budget, &opts, &mut rng, &dev)?;
         drafted.push(d.completion.tokens.len() as f64 / t0.elapsed().as_secs_f64());
@@ -85,11 +84,12 @@ pub fn run(cfg: &DraftConfig) -> Result<DraftReport> {
         passes += d.passes + 1;
         tokens += d.completion.tokens.len();
     }
+    let mtp = model.has_mtp();
     Ok(DraftReport {
         plain_tokens_per_sec: median(&mut plain),
-        draft_tokens_per_sec: median(&mut drafted),
-        acceptance: kept as f64 / made.max(1) as f64,
-        tokens_per_pass: tokens as f64 / passes.max(1) as f64,
+        draft_tokens_per_sec: mtp.then(|| median(&mut drafted)),
+        acceptance: mtp.then(|| kept as f64 / made.max(1) as f64),
+        tokens_per_pass: mtp.then(|| tokens as f64 / passes.max(1) as f64),
         prompts: prompts.len(),
         new_tokens: budget,
     })

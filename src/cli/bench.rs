@@ -19,15 +19,16 @@ pub enum Args {
     /// The GRPO objectives (losses, advantages, KL estimators) on cases read as JSON from
     /// stdin, printed as JSON: what `benches/objectives_check.py` compares with TRL and verl.
     Objectives,
-    /// A model with a multi-token-prediction depth: one sequence at a time, plain and with
-    /// the depth's drafts (speculative sampling), tokens/s and how many drafts were kept.
+    /// One sequence at a time through burn's ops, plain, and for a model with a
+    /// multi-token-prediction depth with its drafts (speculative sampling): tokens/s and how
+    /// many drafts were kept.
     Draft(DraftArgs),
 }
 
 /// The flags of `stageloop bench draft`.
 #[derive(Debug, clap::Args)]
 pub struct DraftArgs {
-    /// Run folder or checkpoint of a model with `[model.mtp]`.
+    /// Run folder or checkpoint (drafts need `[model.mtp]`).
     pub target: std::path::PathBuf,
     /// Held-out prompts, each sampled once each way.
     #[arg(long, default_value_t = 8)]
@@ -223,17 +224,15 @@ fn draft(a: DraftArgs) -> anyhow::Result<()> {
             "tokens/s, plain                {:.1}",
             r.plain_tokens_per_sec
         );
+        if let (Some(tps), Some(acc), Some(per)) =
+            (r.draft_tokens_per_sec, r.acceptance, r.tokens_per_pass)
+        {
+            outln!("tokens/s, MTP drafts           {tps:.1}");
+            outln!("drafts kept                    {:.1}%", 100.0 * acc);
+            outln!("tokens per main pass           {per:.2}");
+        }
         outln!(
-            "tokens/s, MTP drafts           {:.1}",
-            r.draft_tokens_per_sec
-        );
-        outln!(
-            "drafts kept                    {:.1}%",
-            100.0 * r.acceptance
-        );
-        outln!("tokens per main pass           {:.2}", r.tokens_per_pass);
-        outln!(
-            "({} prompts × {} new tokens, one sequence at a time, burn's ops both ways)",
+            "({} prompts × {} new tokens, one sequence at a time, burn's ops)",
             r.prompts,
             r.new_tokens
         );

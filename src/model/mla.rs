@@ -87,12 +87,12 @@ impl Mla {
             Some(Some((prev, _))) => prev.dims()[2],
             _ => 0,
         };
-        let (cos, sin) = super::transformer::rope_tables(start, t, r, self.rope, &device);
-        let k_r = super::transformer::rotate_pairs(k_r, &cos, &sin);
+        let (cos, sin) = super::rope::rope_tables(start, t, r, self.rope, &device);
+        let k_r = super::rope::rotate_pairs(k_r, &cos, &sin);
         let q_nope = q.clone().slice([0..b, 0..h, 0..t, 0..hd]);
         let q_rope = q.slice([0..b, 0..h, 0..t, hd..hd + r]);
         let q = Tensor::cat(
-            vec![q_nope, super::transformer::rotate_pairs(q_rope, &cos, &sin)],
+            vec![q_nope, super::rope::rotate_pairs(q_rope, &cos, &sin)],
             3,
         );
         let (latent, k_r) = match cache {

@@ -19,6 +19,7 @@ pub mod mtp;
 pub mod optim;
 pub mod pretrained;
 pub mod qlora;
+mod rope;
 pub mod sample;
 pub mod speculative;
 pub mod text;
