@@ -46,6 +46,8 @@ pub struct BenchReport {
     pub params: usize,
     /// Parameters that train (all of them, or the adapters).
     pub trainable_params: usize,
+    /// KV cache a sampled token holds over all layers (f32), as the model's shape says.
+    pub kv_bytes_per_token: usize,
     /// The products' number type as they ran: `bf16` inside [`crate::cpu::gemm::with_bf16`]
     /// on a CPU with AVX512_BF16, else `f32`.
     pub precision: &'static str,
@@ -141,6 +143,7 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
         train_tokens_per_sec: train_tps,
         sample_tokens_per_sec_cache: cache,
         sample_tokens_per_sec_nocache: nocache,
+        kv_bytes_per_token: m.kv_bytes_per_token(),
         precision: if crate::cpu::gemm::bf16_on() {
             "bf16"
         } else {

@@ -129,6 +129,14 @@ pub struct TrainArgs {
     /// Skip the sampling run without a KV cache (minutes at real-model size).
     #[arg(long)]
     pub cache_only: bool,
+    /// DeepSeekMoE MLPs with this many routed experts (top 2 and 1 shared, each `mlp / 3`
+    /// wide), as `[model.moe]`.
+    #[arg(long, value_name = "EXPERTS", conflicts_with = "model")]
+    pub moe: Option<usize>,
+    /// Multi-head Latent Attention with its default widths (latent 2·head_dim, rope
+    /// head_dim / 2), as `[model.mla]`.
+    #[arg(long, conflicts_with = "model")]
+    pub mla: bool,
     /// The products' number type, as `[model] precision`: `bf16` rounds their operands (and
     /// the decoder's weights) to bf16 where the CPU has AVX512_BF16, sums stay f32.
     #[arg(long, value_parser = ["f32", "bf16"], default_value = "f32")]
@@ -330,6 +338,27 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
             arch: Default::default(),
         },
     };
+    let mut model = model;
+    if let Some(experts) = a.moe {
+        anyhow::ensure!(
+            (2..=256).contains(&experts),
+            "--moe must be 2 to 256 experts"
+        );
+        let moe = crate::spec::types::MoeSpec {
+            experts,
+            top_k: 2,
+            shared: 1,
+            expert_mlp: Some((model.mlp / 3).max(1)),
+            bias_rate: 0.001,
+            aux_loss: 0.0,
+        };
+        model.mlp = moe.width(0);
+        model.arch.moe = Some(moe);
+    }
+    if a.mla {
+        let mla = crate::spec::types::MlaSpec::default().resolved(model.head_dim());
+        model.arch.mla = Some(mla);
+    }
     // The shape flags are checked as a spec's [model] is (no zero width, no overflow).
     model
         .check()
@@ -361,6 +390,10 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
         outln!("params                         {}", r.params);
         outln!("trainable params               {}", r.trainable_params);
         outln!("precision                      {}", r.precision);
+        outln!(
+            "KV cache a token               {} bytes",
+            r.kv_bytes_per_token
+        );
         outln!(
             "train tokens/s                 {:.0}",
             r.train_tokens_per_sec

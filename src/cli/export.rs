@@ -90,6 +90,11 @@ fn export_hf(target: &Path, out: Option<PathBuf>) -> anyhow::Result<()> {
                 export::TokenizerFiles::of_pretrained(&c.tok)?
             }
         };
+        if cfg.arch.mtp.is_some() {
+            eprintln!(
+                "note: the multi-token-prediction depth is left out (no transformers model runs one)"
+            );
+        }
         (export::write_folder(&out, &model, &cfg, &files)?, out)
     };
     for f in written {

@@ -218,7 +218,8 @@ fn run_checked(a: &Args) -> anyhow::Result<()> {
                 serde_json::json!({
                     "prompt": a.prompt, "completion": text, "rewards": r.as_map(),
                     "reward": r.accuracy, "finished": c.finished, "tokens": c.tokens.len(),
-                    "token_ids": c.tokens, "prompt_ids": ids, "checkpoint": dir.display().to_string(),
+                    "token_ids": c.tokens, "logprobs": c.logprobs, "prompt_ids": ids,
+                    "checkpoint": dir.display().to_string(),
                 })
             );
         } else {

@@ -59,6 +59,12 @@ impl Mla {
         }
     }
 
+    /// The latent's norm gain `[kv_rank]` and the up-projection `[kv_rank, heads · 2 ·
+    /// head_dim]` (per head its key, then per head its value).
+    pub fn weights(&self) -> (Tensor<1>, Tensor<2>) {
+        (self.kv_norm.gamma.val(), self.up.weight.val())
+    }
+
     /// Attention output `[b, t, heads · head_dim]` from the projection `qkv` `[b, t, width]` of
     /// `t` new tokens. With a cache their latents are appended to the earlier ones and `mask`
     /// (`[b, heads, t, total]`, true = hidden) says what each query sees; without one,
@@ -131,7 +137,10 @@ impl Mla {
             Some(m) => m,
             None => causal(t, total, &device).expand([b, h, t, total]),
         };
-        let weights = softmax(scores.mask_fill(hidden, f32::NEG_INFINITY), 3);
+        // A large finite value, not -inf: a left-padded row's padding queries see only hidden
+        // keys, and an all -inf row would give NaN weights, which the value product would carry
+        // into every real position (0 · NaN).
+        let weights = softmax(scores.mask_fill(hidden, -1e30), 3);
         weights.matmul(v).swap_dims(1, 2).reshape([b, t, h * hd])
     }
 }

@@ -50,6 +50,9 @@ struct Seen {
     aux: Option<Tensor<1>>,
 }
 
+/// A block's routed experts as tensors ([`Moe::weights`]).
+pub type Weights = (Tensor<2>, Tensor<1>, Vec<(Tensor<2>, Tensor<2>)>);
+
 /// One block's routing over the steps since the last balance: each expert's load relative to
 /// a perfectly even split (1.0 each; the loads average 1).
 #[derive(Debug, Clone, PartialEq)]
@@ -187,6 +190,14 @@ impl Moe {
         let bias = self.bias.val().detach() + step;
         self.bias = Param::initialized(self.bias.id, bias).set_require_grad(false);
         Some(Loads(load.iter().map(|&l| l as f64 / mean).collect()))
+    }
+
+    /// The router `[d, experts]`, the balancing biases and each expert's `[d, 2·width]` gate
+    /// and up projection and `[width, d]` down projection.
+    pub fn weights(&self) -> Weights {
+        let experts = self.gate_up.iter().zip(&self.down);
+        let experts = experts.map(|(gu, dn)| (gu.val(), dn.val())).collect();
+        (self.router.val(), self.bias.val(), experts)
     }
 
     /// The balancing biases, as floats.

@@ -624,6 +624,18 @@ impl Gpt {
             .collect()
     }
 
+    /// Each block's DeepSeek parts, for the DeepseekV3 export: its latent attention's weights
+    /// and its routed experts' (`None` where the block has none).
+    pub fn deepseek_parts(&self) -> Vec<DeepseekParts> {
+        self.blocks
+            .iter()
+            .map(|b| DeepseekParts {
+                mla: b.mla.as_ref().map(Mla::weights),
+                moe: b.moe.as_ref().map(Moe::weights),
+            })
+            .collect()
+    }
+
     /// Every block's routing biases (empty rows without MoE).
     pub fn expert_biases(&self) -> Vec<Vec<f32>> {
         let biases = self.blocks.iter().map(|b| b.moe.as_ref().map(Moe::biases));
@@ -894,6 +906,13 @@ impl Gpt {
         }
         model.map(&mut StableIds(0))
     }
+}
+
+/// A block's DeepSeek weights ([`Gpt::deepseek_parts`]): MLA's latent norm and up-projection;
+/// MoE's router, balancing biases and experts' `(gate_up, down)`.
+pub struct DeepseekParts {
+    pub mla: Option<(Tensor<1>, Tensor<2>)>,
+    pub moe: Option<super::moe::Weights>,
 }
 
 /// A norm's gain and epsilon.

@@ -204,19 +204,63 @@ fn moe_model_trains_balances_and_samples_end_to_end() {
     );
     assert!(run_of(d.path(), "ev").path.join("eval.json").is_file());
 
-    // Where a model with routed experts cannot go, said plainly.
+    // With latent attention it exports as transformers' DeepseekV3 (the MTP depth left out,
+    // said); `benches/deepseek_export_check.py` loads such a folder in transformers.
+    let hf = d.path().join("hf");
     let out = Command::new(bin())
         .args(["export"])
         .arg(&pre.path)
         .args(["--format", "hf", "--out"])
-        .arg(d.path().join("hf"))
+        .arg(&hf)
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        !out.status.success() && err.contains("DeepSeekMoE"),
+        out.status.success() && err.contains("multi-token-prediction depth is left out"),
         "{err}"
     );
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(hf.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["architectures"][0], "DeepseekV3ForCausalLM");
+    assert_eq!(
+        (
+            cfg["n_routed_experts"].as_u64(),
+            cfg["first_k_dense_replace"].as_u64()
+        ),
+        (Some(6), Some(0))
+    );
+    assert_eq!(
+        (
+            cfg["kv_lora_rank"].as_u64(),
+            cfg["qk_rope_head_dim"].as_u64()
+        ),
+        (Some(12), Some(4))
+    );
+    let st =
+        stageloop::model::pretrained::safetensors::Tensors::open(&[hf.join("model.safetensors")])
+            .unwrap();
+    // d 32, 2 heads of 16: queries 2·(16 + 4), the latent 12 + the rotary key 4.
+    st.f32("model.layers.0.self_attn.q_proj.weight", &[40, 32])
+        .unwrap();
+    st.f32(
+        "model.layers.0.self_attn.kv_a_proj_with_mqa.weight",
+        &[16, 32],
+    )
+    .unwrap();
+    st.f32("model.layers.0.self_attn.kv_b_proj.weight", &[64, 12])
+        .unwrap();
+    st.f32("model.layers.1.mlp.experts.5.down_proj.weight", &[32, 32])
+        .unwrap();
+    let bias = st
+        .f32("model.layers.1.mlp.gate.e_score_correction_bias", &[6])
+        .unwrap();
+    assert!(bias.iter().any(|&b| b != 0.0));
+    assert!(
+        st.f32("model.layers.2.mlp.gate.weight", &[6, 32]).is_err(),
+        "two layers"
+    );
+
+    // Where a model with routed experts cannot go, said plainly.
     let out = Command::new(bin())
         .args(["sample"])
         .arg(&pre.path)
@@ -349,4 +393,42 @@ fn mtp_depth_reads_the_next_token_and_nothing_later() {
     let ids = Tensor::<2, Int>::from_data(TensorData::new(a.to_vec(), [1, 8]), &Device::flex());
     let _ = infer.hidden(ids);
     assert!(infer.mtp_hidden().is_none());
+}
+
+/// Routed experts without latent attention have no transformers architecture: the export is
+/// refused with the reason, before anything is written.
+#[test]
+fn moe_without_mla_is_not_exported() {
+    use stageloop::model::config::{Arch, MoeSpec};
+    use stageloop::model::pretrained::export;
+    use stageloop::model::{Gpt, ModelConfig};
+    let cfg = ModelConfig {
+        vocab: 20,
+        d_model: 16,
+        layers: 1,
+        heads: 2,
+        mlp: 8,
+        ctx: 16,
+        rope_theta: 10_000.0,
+        arch: Arch {
+            moe: Some(MoeSpec {
+                experts: 4,
+                top_k: 1,
+                shared: 1,
+                expert_mlp: Some(8),
+                bias_rate: 0.001,
+                aux_loss: 0.0,
+            }),
+            ..Arch::default()
+        },
+    };
+    let model = Gpt::new(&cfg, &burn::tensor::Device::flex());
+    let tok = stageloop::model::tokenizer::Tokenizer::new("0123456789+=");
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("hf");
+    let e = export::write_folder(&out, &model, &cfg, &export::TokenizerFiles::of_chars(&tok))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("DeepseekV3") && e.contains("[model.mla]"), "{e}");
+    assert!(!out.exists());
 }

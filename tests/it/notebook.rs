@@ -923,6 +923,49 @@ fn evals_view_groups_seeds_and_shows_pass_at_k_and_compute() {
     insta::assert_snapshot!("evals", screen);
 }
 
+/// Runs of models with different blocks: the compare view lists the model row (blocks and KV
+/// cache per token, from run.json's `model`), and the overview shows it too.
+#[test]
+fn compare_view_and_overview_show_the_model_blocks() {
+    let d = tempfile::tempdir().unwrap();
+    fixture(d.path());
+    let runs = d.path().join("demo").join("runs");
+    let set = |id: &str, model: serde_json::Value| {
+        let path = runs.join(id).join("run.json");
+        let mut v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        v["model"] = model;
+        std::fs::write(&path, v.to_string()).unwrap();
+    };
+    set(
+        "20261130-010000-pre",
+        serde_json::json!({"params": 1054848, "kv_bytes_per_token": 4096, "blocks": []}),
+    );
+    set(
+        "20261130-010100-rl",
+        serde_json::json!({"params": 1046528, "kv_bytes_per_token": 1280,
+            "blocks": ["mla: latent 64 + rope 16"]}),
+    );
+    let mut a = app(d.path());
+    a.on_key(key('j'));
+    a.on_key(key('j')); // rl
+    a.on_key(key(' '));
+    a.on_key(key('j')); // pre, with rl marked
+    a.on_key(key('3'));
+    let overview = render(&a, 140, 30);
+    assert!(
+        overview.contains("model 1.1 M params · KV cache 4.1 kB a token"),
+        "{overview}"
+    );
+    a.on_key(key('6'));
+    let screen = render(&a, 200, 30);
+    assert!(screen.contains("dense · KV 4096 B/token"), "{screen}");
+    assert!(
+        screen.contains("mla: latent 64 + rope 16 · KV 1280 B/token"),
+        "{screen}"
+    );
+}
+
 #[test]
 fn compare_view_shows_only_what_differs_and_last_and_best_values() {
     let d = tempfile::tempdir().unwrap();

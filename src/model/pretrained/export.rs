@@ -228,26 +228,33 @@ impl TokenizerFiles {
     }
 }
 
-/// Write the model as a Hugging Face folder `dir` (created; files written atomically).
+/// Write the model as a Hugging Face folder `dir` (created; files written atomically): a
+/// Llama / Qwen2 / Qwen3 folder, or DeepseekV3 for a model with latent attention. A
+/// multi-token-prediction depth is left out (no transformers model runs one).
 pub fn write_folder(
     dir: &Path,
     model: &Gpt,
     cfg: &ModelConfig,
     tok: &TokenizerFiles,
 ) -> Result<Vec<PathBuf>> {
-    if cfg.arch.moe.is_some() || cfg.arch.mla.is_some() {
+    if cfg.arch.moe.is_some() && cfg.arch.mla.is_none() {
         anyhow::bail!(
-            "a model with DeepSeek blocks ([model.moe] DeepSeekMoE, [model.mla] latent \
-             attention) is not exported to Hugging Face format: the only transformers \
-             architecture with sigmoid-routed experts or MLA is DeepseekV3, and stageloop does \
-             not write it; the checkpoint's model.safetensors holds every weight under \
-             stageloop's names"
+            "a DeepSeekMoE model without latent attention is not exported to Hugging Face \
+             format: transformers' only sigmoid-routed experts are DeepseekV3's, which always \
+             come with MLA ([model.mla]); the checkpoint's model.safetensors holds every \
+             weight under stageloop's names"
         );
     }
+    let deepseek = cfg.arch.mla.is_some();
     std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
     let mut written = Vec::new();
     let weights = dir.join("model.safetensors");
-    safetensors::write(&weights, &hf_tensors(model, cfg), Dtype::F32)?;
+    let tensors = if deepseek {
+        super::export_deepseek::tensors(model, cfg)?
+    } else {
+        hf_tensors(model, cfg)
+    };
+    safetensors::write(&weights, &tensors, Dtype::F32)?;
     written.push(weights);
     let mut tok_cfg = json!({
         "tokenizer_class": "PreTrainedTokenizerFast",
@@ -266,7 +273,12 @@ pub fn write_folder(
     let files = [
         (
             "config.json",
-            hf_config(cfg, tok.bos_id, &tok.eos_ids).to_string(),
+            if deepseek {
+                super::export_deepseek::config(cfg, tok.bos_id, &tok.eos_ids)
+            } else {
+                hf_config(cfg, tok.bos_id, &tok.eos_ids)
+            }
+            .to_string(),
         ),
         ("tokenizer.json", tok.tokenizer_json.clone()),
         ("tokenizer_config.json", tok_cfg.to_string()),

@@ -5,6 +5,7 @@
 //! / Qwen2.5 and Qwen3.
 
 pub mod export;
+pub mod export_deepseek;
 pub mod gguf_engine;
 pub mod gguf_model;
 pub mod hf_config;

@@ -1,5 +1,5 @@
 //! Compare runs: the selected run and the marked ones side by side — only the settings that
-//! differ between them (stage, seed, start checkpoint and each config key), then every metric
+//! differ between them (stage, seed, start checkpoint, the model's blocks and each config key), then every metric
 //! they log at its last step and at its best (highest, or lowest for losses, KL, norms,
 //! lengths and times). The charts view (1) overlays the same runs.
 
@@ -42,6 +42,18 @@ pub fn differing_settings(runs: &[&RunView]) -> Vec<(String, Vec<String>)> {
                 .as_deref()
                 .map(short_init)
                 .unwrap_or_else(|| "-".into()),
+            // The model's blocks and KV cache (training runs' run.json `model`).
+            "model" => s.model.as_ref().map_or_else(
+                || "-".into(),
+                |m| {
+                    let blocks = if m.blocks.is_empty() {
+                        "dense".to_string()
+                    } else {
+                        m.blocks.join("; ")
+                    };
+                    format!("{blocks} · KV {} B/token", m.kv_bytes_per_token)
+                },
+            ),
             _ => s
                 .config
                 .get(key)
@@ -49,7 +61,7 @@ pub fn differing_settings(runs: &[&RunView]) -> Vec<(String, Vec<String>)> {
                 .unwrap_or_else(|| "-".into()),
         }
     };
-    let mut keys: Vec<String> = vec!["stage".into(), "seed".into(), "init".into()];
+    let mut keys: Vec<String> = vec!["stage".into(), "seed".into(), "init".into(), "model".into()];
     let config_keys: BTreeSet<String> = runs
         .iter()
         .filter_map(|r| r.status.as_ref()?.config.as_object())
