@@ -56,7 +56,7 @@ def check(run, name):
     out = tempfile.mkdtemp(prefix="ds-hf-")
     sl("export", run, "--format", "hf", "--out", out)
     cfg = json.load(open(os.path.join(out, "config.json")))
-    model = AutoModelForCausalLM.from_pretrained(out, torch_dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(out)
     worst, same, n = 0.0, 0, 0
     for p in PROMPTS:
