@@ -163,20 +163,24 @@ pub(super) fn pack_panel(b: View<'_>, p: usize, panel: &mut [u16]) {
     }
 }
 
+/// An output pointer shared by the threads of one product, each writing its own panels'
+/// columns (here and in `packed_bf16`).
 #[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
+pub(super) struct SendPtr(pub(super) *mut f32);
 
 impl SendPtr {
     /// The output `i` elements in (a method, so closures capture the whole `SendPtr`).
     ///
     /// # Safety
     /// `i` must lie inside the output.
-    unsafe fn at(self, i: usize) -> *mut f32 {
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    pub(super) unsafe fn at(self, i: usize) -> *mut f32 {
         // SAFETY: the caller's contract.
         unsafe { self.0.add(i) }
     }
 }
-// SAFETY: the pointer is only written at disjoint panels' columns (see matmul).
+// SAFETY: the pointer is only written at disjoint panels' columns (see matmul and
+// `packed_bf16::Panels::matmul`).
 unsafe impl Send for SendPtr {}
 // SAFETY: as above.
 unsafe impl Sync for SendPtr {}

@@ -7,7 +7,7 @@
 //! rate (many sequences are bound by that). Only built where [`super::bf16::available`].
 
 use super::arena::Floats;
-use super::bf16::{self, MR, NR};
+use super::bf16::{self, MR, NR, SendPtr};
 use super::packed::{Order, Threads};
 use super::view::View;
 use rayon::prelude::*;
@@ -166,25 +166,6 @@ impl Panels {
 fn size(k: usize, n: usize) -> usize {
     n.div_ceil(NR) * k.div_ceil(2) * NR * 2
 }
-
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-
-impl SendPtr {
-    /// The output `i` elements in (a method, so closures capture the whole `SendPtr`).
-    ///
-    /// # Safety
-    /// `i` must lie inside the output.
-    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-    unsafe fn at(self, i: usize) -> *mut f32 {
-        // SAFETY: the caller's contract.
-        unsafe { self.0.add(i) }
-    }
-}
-// SAFETY: the pointer is only written at disjoint panels' columns (see Panels::matmul).
-unsafe impl Send for SendPtr {}
-// SAFETY: as above.
-unsafe impl Sync for SendPtr {}
 
 #[cfg(test)]
 mod tests {

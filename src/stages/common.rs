@@ -277,6 +277,28 @@ pub fn lm_loss(model: &Gpt, batch: &Batch) -> Tensor<1> {
         .div_scalar(batch.tokens.max(1) as f64)
 }
 
+/// `loss` (of the pass over `batch` that just ran) plus the terms DeepSeek's blocks add:
+/// DeepSeekMoE's sequence-wise balance loss (`[model.moe] aux_loss`) and the MTP depth's
+/// weighted loss (`[model.mtp]`); and their values as metrics (`moe/aux_loss`, `mtp/loss`).
+pub fn with_block_losses(
+    model: &Gpt,
+    batch: &Batch,
+    loss: Tensor<1>,
+) -> (Tensor<1>, Vec<(&'static str, f64)>) {
+    let value = |t: &Tensor<1>| t.clone().into_scalar::<f32>() as f64;
+    let mut values = Vec::new();
+    let mut loss = loss;
+    if let Some(aux) = model.take_aux_loss() {
+        values.push(("moe/aux_loss", value(&aux)));
+        loss = loss + aux;
+    }
+    if let Some((mtp, weight)) = mtp_loss(model, batch) {
+        values.push(("mtp/loss", value(&mtp)));
+        loss = loss + mtp.mul_scalar(weight);
+    }
+    (loss, values)
+}
+
 /// The multi-token-prediction depth's loss for `batch`, right after [`lm_loss`] of the same
 /// batch (it reads the hidden states that pass kept): mean negative log-likelihood of each
 /// position's token after next, over the positions whose targets count, and the loss weight.

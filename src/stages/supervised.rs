@@ -213,19 +213,7 @@ pub fn train(
         let batch = make_batch(&examples, &device);
         let loss = lm_loss(&model, &batch);
         let loss_val = loss.clone().into_scalar::<f32>() as f64;
-        // DeepSeekMoE's sequence-wise balance loss, when `[model.moe] aux_loss` is on, and
-        // the multi-token-prediction depth's weighted loss (`[model.mtp]`).
-        let aux = model.take_aux_loss();
-        let aux_val = aux.as_ref().map(|a| a.clone().into_scalar::<f32>() as f64);
-        let loss = aux.map_or(loss.clone(), |a| loss + a);
-        let mtp = super::common::mtp_loss(&model, &batch);
-        let mtp_val = mtp
-            .as_ref()
-            .map(|(m, _)| m.clone().into_scalar::<f32>() as f64);
-        let loss = match mtp {
-            Some((m, weight)) => loss + m.mul_scalar(weight),
-            None => loss,
-        };
+        let (loss, block_losses) = super::common::with_block_losses(&model, &batch, loss);
         if !loss_val.is_finite() {
             anyhow::bail!(
                 "loss became {loss_val} at step {}; lower lr",
@@ -257,13 +245,10 @@ pub fn train(
             ("compute/flops", state.flops),
         ];
         if state.step % cfg.log_every == 0 || state.step == cfg.steps {
-            let aux = aux_val.map(|v| ("moe/aux_loss", v));
-            let mtp = mtp_val.map(|v| ("mtp/loss", v));
             let all: Vec<(&str, f64)> = values
                 .iter()
                 .copied()
-                .chain(aux)
-                .chain(mtp)
+                .chain(block_losses.iter().copied())
                 .chain(moe.iter().map(|(k, v)| (k.as_str(), *v)))
                 .collect();
             metrics.write(&metrics_line(state.step, &all))?;

@@ -40,8 +40,18 @@ fn incremental_logits_match_the_full_forward() {
 /// path, which is how they sample: the same logits as the full forward pass.
 #[test]
 fn deepseek_blocks_decode_incrementally_like_the_full_forward() {
-    use stageloop::model::config::{MlaSpec, MoeSpec};
     let device = Device::flex();
+    for (name, c) in deepseek_variants() {
+        device.seed(11);
+        let model = Gpt::new(&c, &device);
+        assert!(!model.decodes_on_cpu(), "{name}");
+        incremental_matches_full(&model, &device, name);
+    }
+}
+
+/// [`cfg`] with routed experts, with latent attention, and with both.
+fn deepseek_variants() -> Vec<(&'static str, ModelConfig)> {
+    use stageloop::model::config::{MlaSpec, MoeSpec};
     let moe = MoeSpec {
         experts: 4,
         top_k: 2,
@@ -54,19 +64,19 @@ fn deepseek_blocks_decode_incrementally_like_the_full_forward() {
         kv_rank: Some(12),
         rope_dim: Some(4),
     };
-    for (name, moe, mla) in [
+    [
         ("moe", Some(moe), None),
         ("mla", None, Some(mla)),
         ("moe+mla", Some(moe), Some(mla)),
-    ] {
+    ]
+    .into_iter()
+    .map(|(name, moe, mla)| {
         let mut c = cfg();
         c.arch.moe = moe;
         c.arch.mla = mla;
-        device.seed(11);
-        let model = Gpt::new(&c, &device);
-        assert!(!model.decodes_on_cpu(), "{name}");
-        incremental_matches_full(&model, &device, name);
-    }
+        (name, c)
+    })
+    .collect()
 }
 
 /// DeepSeek's blocks sample through burn's ops with left-padded batches: each row of a batch
@@ -75,29 +85,9 @@ fn deepseek_blocks_decode_incrementally_like_the_full_forward() {
 /// with and without the KV cache.
 #[test]
 fn deepseek_blocks_sample_padded_batches_like_single_rows() {
-    use stageloop::model::config::{MlaSpec, MoeSpec};
     let device = Device::flex();
-    let moe = MoeSpec {
-        experts: 4,
-        top_k: 2,
-        shared: 1,
-        expert_mlp: Some(16),
-        bias_rate: 0.001,
-        aux_loss: 0.0,
-    };
-    let mla = MlaSpec {
-        kv_rank: Some(12),
-        rope_dim: Some(4),
-    };
     let prompts = vec![vec![1, 9, 12], vec![1, 15, 8, 10, 11, 7], vec![1, 13]];
-    for (name, moe, mla) in [
-        ("moe", Some(moe), None),
-        ("mla", None, Some(mla)),
-        ("moe+mla", Some(moe), Some(mla)),
-    ] {
-        let mut c = cfg();
-        c.arch.moe = moe;
-        c.arch.mla = mla;
+    for (name, c) in deepseek_variants() {
         device.seed(13);
         let model = Gpt::new(&c, &device);
         for use_cache in [true, false] {
