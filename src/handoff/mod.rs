@@ -26,6 +26,55 @@ pub struct Unmapped {
     pub why: String,
 }
 
+impl Unmapped {
+    pub fn new(key: &str, why: &str) -> Unmapped {
+        Unmapped {
+            key: key.to_string(),
+            why: why.to_string(),
+        }
+    }
+}
+
+/// Comment lines for a script's head: each setting `framework` has no equivalent for, or, when
+/// there is none, that every setting carried over (`where_` says where to, may be empty).
+pub fn unmapped_comment(unmapped: &[Unmapped], framework: &str, where_: &str) -> String {
+    if unmapped.is_empty() {
+        return format!("# Every setting of the stage has a {framework} equivalent{where_}.\n");
+    }
+    let mut h = format!("# Settings with no {framework} equivalent (not carried over):\n");
+    for u in unmapped {
+        h += &format!("#   {}: {}\n", u.key, u.why);
+    }
+    h
+}
+
+/// This binary's path, which the handed-over scripts call as `stageloop score`.
+pub fn stageloop_exe() -> String {
+    std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "stageloop".into())
+}
+
+/// The last of an export: its README, its script made executable, and the report.
+pub fn finish(
+    out: &Path,
+    readme: &str,
+    script: &str,
+    mut files: Vec<PathBuf>,
+    unmapped: Vec<Unmapped>,
+    model: PathBuf,
+    launch: Vec<String>,
+) -> Result<Report> {
+    write_to(out, "README.md", readme, &mut files)?;
+    executable(&out.join(script));
+    Ok(Report {
+        files,
+        unmapped,
+        model,
+        launch,
+    })
+}
+
 /// What an export wrote and left out.
 #[derive(Debug)]
 pub struct Report {

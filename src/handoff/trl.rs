@@ -44,14 +44,58 @@ fn hf_targets(m: &[&str]) -> Vec<&'static str> {
 /// a peft `LoraConfig`, its rewards, and the settings TRL has no equivalent for.
 pub fn settings(exp: &Experiment, cfg: &StageConfig) -> Result<(Value, Vec<Unmapped>)> {
     let mut unmapped = Vec::new();
-    let mut skip = |key: &str, why: &str| {
-        unmapped.push(Unmapped {
-            key: key.to_string(),
-            why: why.to_string(),
-        })
+    let mut c = common_args(exp, cfg);
+    let grpo = match cfg.kind {
+        StageKind::Grpo => grpo_args(exp, cfg, &mut c, &mut unmapped)?,
+        StageKind::Sft => {
+            sft_args(exp, cfg, &mut c, &mut unmapped);
+            Grpo::default()
+        }
+        other => bail!(
+            "stage `{}` is a {} stage: --to trl hands over sft and grpo stages",
+            cfg.name,
+            other.as_str()
+        ),
     };
-    let ctx = exp.spec.model.ctx;
-    let mut c = json!({
+    if exp.spec.model.quantize.resolved(None) != Quantize::None {
+        unmapped.push(Unmapped::new(
+            "model.quantize",
+            "QLoRA: on CUDA, load the base in 4 bits with bitsandbytes (BitsAndBytesConfig) in model_init_kwargs; the script loads it in full precision",
+        ));
+    }
+    let lora = match &cfg.lora {
+        Some(l) => {
+            let targets = l.matrices().map_err(anyhow::Error::msg)?;
+            json!({"r": l.rank, "lora_alpha": l.alpha(), "target_modules": hf_targets(&targets), "lora_dropout": 0.0})
+        }
+        None => Value::Null,
+    };
+    let t = &exp.spec.task;
+    let (micro, total) = match cfg.kind {
+        StageKind::Grpo => (cfg.micro_batch, cfg.prompts * cfg.group_size),
+        _ => (0, cfg.batch),
+    };
+    Ok((
+        json!({
+            "trainer": if cfg.kind == StageKind::Grpo { "grpo" } else { "sft" },
+            "config": c,
+            "batch": {"per_step": total, "micro_batch": micro},
+            "lora": lora,
+            "rewards": grpo.rewards,
+            "overlong": grpo.overlong,
+            "vllm": grpo.vllm,
+            "scorer": scorer(t),
+            "scorer_reads_answer": t.name == "dataset",
+            "sample_every": cfg.sample_every,
+            "bf16": exp.spec.model.precision == crate::spec::types::Precision::Bf16,
+        }),
+        unmapped,
+    ))
+}
+
+/// The arguments every trainer takes: schedule, optimizer, logging, seed.
+fn common_args(exp: &Experiment, cfg: &StageConfig) -> Value {
+    json!({
         "max_steps": cfg.steps,
         "learning_rate": cfg.lr,
         "warmup_steps": cfg.warmup,
@@ -66,207 +110,189 @@ pub fn settings(exp: &Experiment, cfg: &StageConfig) -> Result<(Value, Vec<Unmap
         "save_steps": cfg.checkpoint_every,
         "seed": exp.spec.seed,
         "report_to": "none",
-    });
-    let mut rewards = Vec::new();
-    let mut overlong = Value::Null;
-    let mut vllm = json!({});
-    match cfg.kind {
-        StageKind::Grpo => {
-            let max_new = if cfg.max_new_tokens == 0 {
-                ctx
-            } else {
-                cfg.max_new_tokens
-            };
-            let loss = match cfg.loss_type {
-                LossType::Grpo => "grpo",
-                LossType::DrGrpo => "dr_grpo",
-                LossType::Dapo => "dapo",
-                LossType::Cispo => "cispo",
-            };
-            let scale = match cfg.scale_rewards {
-                ScaleRewards::Group => "group",
-                ScaleRewards::Batch => "batch",
-                ScaleRewards::None => "none",
-            };
-            let m = c.as_object_mut().expect("an object");
-            for (k, v) in [
-                ("num_generations", json!(cfg.group_size)),
-                ("max_completion_length", json!(max_new)),
-                ("temperature", json!(cfg.temperature)),
-                ("top_p", json!(cfg.top_p)),
-                ("beta", json!(cfg.beta)),
-                ("epsilon", json!(cfg.epsilon)),
-                ("epsilon_high", json!(cfg.epsilon_high)),
-                ("num_iterations", json!(cfg.num_iterations)),
-                ("loss_type", json!(loss)),
-                ("scale_rewards", json!(scale)),
-                ("mask_truncated_completions", json!(cfg.mask_truncated)),
-            ] {
-                m.insert(k.into(), v);
-            }
-            if cfg.top_k > 0 {
-                m.insert("top_k".into(), json!(cfg.top_k));
-            }
-            let level = serde_json::to_value(cfg.importance_sampling_level)?;
-            m.insert("importance_sampling_level".into(), level);
-            m.insert(
-                "top_entropy_quantile".into(),
-                json!(cfg.top_entropy_quantile),
-            );
-            m.insert("entropy_coef".into(), json!(cfg.entropy_coef));
-            if cfg.kl_estimator != crate::spec::KlEstimator::K3 && cfg.beta > 0.0 {
-                skip(
-                    "kl_estimator",
-                    "TRL's KL term is k3 only; the script uses k3",
-                );
-            }
-            if cfg.adv_estimator != crate::spec::AdvEstimator::Grpo {
-                skip(
-                    "adv_estimator",
-                    "TRL has no pass@k advantage (verl's grpo_passk); the script uses group-relative advantages",
-                );
-            }
-            if cfg.kl_in_reward {
-                skip(
-                    "kl_in_reward",
-                    "TRL adds the KL to the loss only; the script does that with the same beta",
-                );
-            }
-            if cfg.zero_variance_filter {
-                skip(
-                    "zero_variance_filter",
-                    "TRL keeps groups whose rewards are all equal in the loss's normaliser (their advantage is 0)",
-                );
-            }
-            if cfg.dynamic_sampling {
-                skip(
-                    "dynamic_sampling",
-                    "TRL has no dynamic sampling (DAPO's redrawing of groups whose rewards are all equal): such groups get zero advantage there",
-                );
-            }
-            if cfg.sampler_correction != SamplerCorrection::Off {
-                let mode = serde_json::to_value(cfg.sampler_correction)?;
-                vllm = json!({
-                    "vllm_importance_sampling_correction": true,
-                    "vllm_importance_sampling_mode": mode,
-                    "vllm_importance_sampling_cap": cfg.sampler_correction_cap,
-                });
-            }
-            for (name, w) in cfg.reward_weights() {
-                match name {
-                    "accuracy" | "format" | "partial" => {
-                        rewards.push(json!({"name": name, "weight": w}))
-                    }
-                    other => skip(
-                        &format!("rewards.{other}"),
-                        "a built-in reward stageloop score does not compute; write a reward function for it",
-                    ),
-                }
-            }
-            for (name, p) in cfg.reward_programs() {
-                skip(
-                    &format!("rewards.{name}"),
-                    &format!(
-                        "a reward program ({}); call it from a reward function of your own",
-                        p.shown()
-                    ),
-                );
-            }
-            if cfg.overlong_buffer > 0 {
-                // DAPO's soft overlong punishment: TRL's function is the same formula.
-                overlong = json!({"buffer": cfg.overlong_buffer, "penalty": cfg.overlong_penalty, "max": max_new});
-            }
+    })
+}
+
+/// What a GRPO stage adds beside `GRPOConfig`: the weighted rewards, DAPO's overlong
+/// shaping, and the vLLM sampler correction (`{}` when off).
+struct Grpo {
+    rewards: Vec<Value>,
+    overlong: Value,
+    vllm: Value,
+}
+
+impl Default for Grpo {
+    fn default() -> Self {
+        Grpo {
+            rewards: Vec::new(),
+            overlong: Value::Null,
+            vllm: json!({}),
         }
-        StageKind::Sft => {
-            let m = c.as_object_mut().expect("an object");
-            m.insert("max_length".into(), json!(ctx));
-            m.insert("completion_only_loss".into(), json!(true));
-            if cfg.dataset.is_some() {
-                skip(
-                    "dataset",
-                    "data/train.jsonl holds task-generated pairs; convert the stage's dataset file to {prompt, completion} rows and load it instead",
-                );
-            }
-        }
-        other => bail!(
-            "stage `{}` is a {} stage: --to trl hands over sft and grpo stages",
-            cfg.name,
-            other.as_str()
-        ),
     }
-    if exp.spec.model.quantize.resolved(None) != Quantize::None {
-        skip(
-            "model.quantize",
-            "QLoRA: on CUDA, load the base in 4 bits with bitsandbytes (BitsAndBytesConfig) in model_init_kwargs; the script loads it in full precision",
-        );
-    }
-    let lora = match &cfg.lora {
-        Some(l) => {
-            let targets = l.matrices().map_err(anyhow::Error::msg)?;
-            json!({"r": l.rank, "lora_alpha": l.alpha(), "target_modules": hf_targets(&targets), "lora_dropout": 0.0})
-        }
-        None => Value::Null,
-    };
-    let t = &exp.spec.task;
-    let scorer = if t.name == "dataset" {
-        let mut a = vec![
-            "score".to_string(),
-            "--verifier".into(),
-            t.verifier.clone().unwrap_or_else(|| "exact".into()),
-        ];
-        if let Some(p) = &t.pattern {
-            a.extend(["--pattern".to_string(), p.clone()]);
-        }
-        if t.case_sensitive {
-            a.push("--case-sensitive".into());
-        }
-        a
+}
+
+/// A GRPO stage's `GRPOConfig` arguments into `c`, its settings TRL lacks into `unmapped`.
+fn grpo_args(
+    exp: &Experiment,
+    cfg: &StageConfig,
+    c: &mut Value,
+    unmapped: &mut Vec<Unmapped>,
+) -> Result<Grpo> {
+    let max_new = if cfg.max_new_tokens == 0 {
+        exp.spec.model.ctx
     } else {
-        vec!["score".into(), "--task".into(), t.name.clone()]
+        cfg.max_new_tokens
     };
-    let micro = match cfg.kind {
-        StageKind::Grpo => cfg.micro_batch,
-        _ => 0,
+    let loss = match cfg.loss_type {
+        LossType::Grpo => "grpo",
+        LossType::DrGrpo => "dr_grpo",
+        LossType::Dapo => "dapo",
+        LossType::Cispo => "cispo",
     };
-    let total = match cfg.kind {
-        StageKind::Grpo => cfg.prompts * cfg.group_size,
-        _ => cfg.batch,
+    let scale = match cfg.scale_rewards {
+        ScaleRewards::Group => "group",
+        ScaleRewards::Batch => "batch",
+        ScaleRewards::None => "none",
     };
-    Ok((
-        json!({
-            "trainer": if cfg.kind == StageKind::Grpo { "grpo" } else { "sft" },
-            "config": c,
-            "batch": {"per_step": total, "micro_batch": micro},
-            "lora": lora,
-            "rewards": rewards,
-            "overlong": overlong,
-            "vllm": vllm,
-            "scorer": scorer,
-            "scorer_reads_answer": t.name == "dataset",
-            "sample_every": cfg.sample_every,
-            "bf16": exp.spec.model.precision == crate::spec::types::Precision::Bf16,
-        }),
-        unmapped,
-    ))
+    let m = c.as_object_mut().expect("an object");
+    for (k, v) in [
+        ("num_generations", json!(cfg.group_size)),
+        ("max_completion_length", json!(max_new)),
+        ("temperature", json!(cfg.temperature)),
+        ("top_p", json!(cfg.top_p)),
+        ("beta", json!(cfg.beta)),
+        ("epsilon", json!(cfg.epsilon)),
+        ("epsilon_high", json!(cfg.epsilon_high)),
+        ("num_iterations", json!(cfg.num_iterations)),
+        ("loss_type", json!(loss)),
+        ("scale_rewards", json!(scale)),
+        ("mask_truncated_completions", json!(cfg.mask_truncated)),
+        (
+            "importance_sampling_level",
+            serde_json::to_value(cfg.importance_sampling_level)?,
+        ),
+        ("top_entropy_quantile", json!(cfg.top_entropy_quantile)),
+        ("entropy_coef", json!(cfg.entropy_coef)),
+    ] {
+        m.insert(k.into(), v);
+    }
+    if cfg.top_k > 0 {
+        m.insert("top_k".into(), json!(cfg.top_k));
+    }
+    grpo_unmapped(cfg, unmapped);
+    let mut out = Grpo::default();
+    if cfg.sampler_correction != SamplerCorrection::Off {
+        let mode = serde_json::to_value(cfg.sampler_correction)?;
+        out.vllm = json!({
+            "vllm_importance_sampling_correction": true,
+            "vllm_importance_sampling_mode": mode,
+            "vllm_importance_sampling_cap": cfg.sampler_correction_cap,
+        });
+    }
+    for (name, w) in cfg.reward_weights() {
+        match name {
+            "accuracy" | "format" | "partial" => {
+                out.rewards.push(json!({"name": name, "weight": w}))
+            }
+            other => unmapped.push(Unmapped::new(
+                &format!("rewards.{other}"),
+                "a built-in reward stageloop score does not compute; write a reward function for it",
+            )),
+        }
+    }
+    for (name, p) in cfg.reward_programs() {
+        unmapped.push(Unmapped::new(
+            &format!("rewards.{name}"),
+            &format!(
+                "a reward program ({}); call it from a reward function of your own",
+                p.shown()
+            ),
+        ));
+    }
+    if cfg.overlong_buffer > 0 {
+        // DAPO's soft overlong punishment: TRL's function is the same formula.
+        out.overlong =
+            json!({"buffer": cfg.overlong_buffer, "penalty": cfg.overlong_penalty, "max": max_new});
+    }
+    Ok(out)
+}
+
+/// The GRPO settings TRL has no equivalent for, when the stage sets them.
+fn grpo_unmapped(cfg: &StageConfig, unmapped: &mut Vec<Unmapped>) {
+    for (key, on, why) in [
+        (
+            "kl_estimator",
+            cfg.kl_estimator != crate::spec::KlEstimator::K3 && cfg.beta > 0.0,
+            "TRL's KL term is k3 only; the script uses k3",
+        ),
+        (
+            "adv_estimator",
+            cfg.adv_estimator != crate::spec::AdvEstimator::Grpo,
+            "TRL has no pass@k advantage (verl's grpo_passk); the script uses group-relative advantages",
+        ),
+        (
+            "kl_in_reward",
+            cfg.kl_in_reward,
+            "TRL adds the KL to the loss only; the script does that with the same beta",
+        ),
+        (
+            "zero_variance_filter",
+            cfg.zero_variance_filter,
+            "TRL keeps groups whose rewards are all equal in the loss's normaliser (their advantage is 0)",
+        ),
+        (
+            "dynamic_sampling",
+            cfg.dynamic_sampling,
+            "TRL has no dynamic sampling (DAPO's redrawing of groups whose rewards are all equal): such groups get zero advantage there",
+        ),
+    ] {
+        if on {
+            unmapped.push(Unmapped::new(key, why));
+        }
+    }
+}
+
+/// An SFT stage's `SFTConfig` arguments into `c`.
+fn sft_args(exp: &Experiment, cfg: &StageConfig, c: &mut Value, unmapped: &mut Vec<Unmapped>) {
+    let m = c.as_object_mut().expect("an object");
+    m.insert("max_length".into(), json!(exp.spec.model.ctx));
+    m.insert("completion_only_loss".into(), json!(true));
+    if cfg.dataset.is_some() {
+        unmapped.push(Unmapped::new(
+            "dataset",
+            "data/train.jsonl holds task-generated pairs; convert the stage's dataset file to {prompt, completion} rows and load it instead",
+        ));
+    }
+}
+
+/// The `stageloop score` arguments that verify the task's answers.
+fn scorer(t: &crate::spec::TaskSpec) -> Vec<String> {
+    if t.name != "dataset" {
+        return vec!["score".into(), "--task".into(), t.name.clone()];
+    }
+    let mut a = vec![
+        "score".to_string(),
+        "--verifier".into(),
+        t.verifier.clone().unwrap_or_else(|| "exact".into()),
+    ];
+    if let Some(p) = &t.pattern {
+        a.extend(["--pattern".to_string(), p.clone()]);
+    }
+    if t.case_sensitive {
+        a.push("--case-sensitive".into());
+    }
+    a
 }
 
 /// The header comment of `train.py`: what the stage is and what was not carried over.
 fn header(exp: &Experiment, cfg: &StageConfig, unmapped: &[Unmapped]) -> String {
-    let mut h = format!(
-        "# Stage `{}` ({}) of experiment `{}`, handed to TRL by `stageloop export --to trl`.\n",
+    format!(
+        "# Stage `{}` ({}) of experiment `{}`, handed to TRL by `stageloop export --to trl`.\n{}",
         cfg.name,
         cfg.kind.as_str(),
-        exp.name
-    );
-    if unmapped.is_empty() {
-        h += "# Every setting of the stage has a TRL equivalent (stage.json).\n";
-    } else {
-        h += "# Settings with no TRL equivalent (not carried over):\n";
-        for u in unmapped {
-            h += &format!("#   {}: {}\n", u.key, u.why);
-        }
-    }
-    h
+        exp.name,
+        super::unmapped_comment(unmapped, "TRL", " (stage.json)")
+    )
 }
 
 /// Write the folder: `train.py`, `stage.json`, `data/train.jsonl`, the model when it must be
@@ -307,9 +333,7 @@ pub fn export(
         };
         stage["config"]["max_completion_length"] = json!(budget);
     }
-    let exe = std::env::current_exe()
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|_| "stageloop".into());
+    let exe = super::stageloop_exe();
     let s = stage.as_object_mut().expect("an object");
     s.insert("model".into(), json!(model_dir));
     s.insert("stageloop".into(), json!(exe));
@@ -356,12 +380,5 @@ pub fn export(
         l1 = launch[1],
         l2 = launch[2],
     );
-    write("README.md", &readme, &mut files)?;
-    super::executable(&out.join("train.py"));
-    Ok(Report {
-        files,
-        unmapped,
-        model: model_dir,
-        launch,
-    })
+    super::finish(out, &readme, "train.py", files, unmapped, model_dir, launch)
 }

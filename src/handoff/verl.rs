@@ -21,63 +21,95 @@ pub fn overrides(
     cfg: &StageConfig,
     model: &Path,
 ) -> (Vec<String>, Vec<Unmapped>) {
-    let mut o: Vec<String> = Vec::new();
-    let mut unmapped = Vec::new();
-    let mut skip = |key: &str, why: &str| {
-        unmapped.push(Unmapped {
-            key: key.into(),
-            why: why.into(),
-        })
-    };
-    let mut set = |k: &str, v: String| o.push(format!("{k}={v}"));
-    let ctx = exp.spec.model.ctx;
-    let max_new = if cfg.max_new_tokens == 0 {
-        ctx / 2
+    let mut o = Overrides::default();
+    algorithm(&mut o, cfg);
+    actor(&mut o, cfg);
+    rollout_and_data(&mut o, exp, cfg, model);
+    trainer_and_reward(&mut o, exp, cfg);
+    not_carried(&mut o, exp, cfg);
+    (o.list, o.unmapped)
+}
+
+/// Overrides being collected, and the settings left out.
+#[derive(Default)]
+struct Overrides {
+    list: Vec<String>,
+    unmapped: Vec<Unmapped>,
+}
+
+impl Overrides {
+    fn set(&mut self, key: &str, value: impl ToString) {
+        self.list.push(format!("{key}={}", value.to_string()));
+    }
+
+    fn skip(&mut self, key: &str, why: &str) {
+        self.unmapped.push(Unmapped::new(key, why));
+    }
+}
+
+const ACTOR: &str = "actor_rollout_ref.actor";
+const ROLLOUT: &str = "actor_rollout_ref.rollout";
+
+/// The response budget verl is given: the stage's, or half the context for "the rest".
+fn max_new(exp: &Experiment, cfg: &StageConfig) -> usize {
+    if cfg.max_new_tokens == 0 {
+        exp.spec.model.ctx / 2
     } else {
         cfg.max_new_tokens
+    }
+}
+
+/// verl's name for the stage's KL estimator.
+fn kl_name(cfg: &StageConfig) -> &'static str {
+    match cfg.kl_estimator {
+        KlEstimator::K1 => "kl",
+        KlEstimator::K2 => "mse",
+        KlEstimator::K3 => "low_var_kl",
+    }
+}
+
+/// `algorithm.*`: the advantage estimator, its normalisation, the KL in the reward, and
+/// dynamic sampling.
+fn algorithm(o: &mut Overrides, cfg: &StageConfig) {
+    let estimator = match cfg.adv_estimator {
+        AdvEstimator::Grpo => "grpo",
+        AdvEstimator::GrpoPassk => "grpo_passk",
     };
-    let actor = "actor_rollout_ref.actor";
-    let rollout = "actor_rollout_ref.rollout";
-    set(
-        "algorithm.adv_estimator",
-        match cfg.adv_estimator {
-            AdvEstimator::Grpo => "grpo",
-            AdvEstimator::GrpoPassk => "grpo_passk",
-        }
-        .into(),
-    );
+    o.set("algorithm.adv_estimator", estimator);
     match cfg.scale_rewards {
-        ScaleRewards::Group => set("algorithm.norm_adv_by_std_in_grpo", "true".into()),
-        ScaleRewards::None => set("algorithm.norm_adv_by_std_in_grpo", "false".into()),
-        ScaleRewards::Batch => skip(
+        ScaleRewards::Group => o.set("algorithm.norm_adv_by_std_in_grpo", true),
+        ScaleRewards::None => o.set("algorithm.norm_adv_by_std_in_grpo", false),
+        ScaleRewards::Batch => o.skip(
             "scale_rewards",
             "verl scales by the group's std or not at all; the batch's std has no equivalent (group used)",
         ),
     }
-    let kl_name = match cfg.kl_estimator {
-        KlEstimator::K1 => "kl",
-        KlEstimator::K2 => "mse",
-        KlEstimator::K3 => "low_var_kl",
-    };
-    set("algorithm.use_kl_in_reward", cfg.kl_in_reward.to_string());
+    o.set("algorithm.use_kl_in_reward", cfg.kl_in_reward);
     if cfg.kl_in_reward {
-        set("algorithm.kl_penalty", kl_name.into());
-        set("algorithm.kl_ctrl.kl_coef", cfg.beta.to_string());
+        o.set("algorithm.kl_penalty", kl_name(cfg));
+        o.set("algorithm.kl_ctrl.kl_coef", cfg.beta);
     }
+    if cfg.dynamic_sampling {
+        o.set("algorithm.filter_groups.enable", true);
+        o.set("algorithm.filter_groups.metric", "score");
+        o.set("algorithm.filter_groups.max_num_gen_batches", 4);
+    }
+}
+
+/// The actor's loss (KL term, clipping, loss mode and aggregation, entropy), its batches and
+/// its optimizer.
+fn actor(o: &mut Overrides, cfg: &StageConfig) {
     let kl_loss = cfg.beta > 0.0 && !cfg.kl_in_reward;
-    set(&format!("{actor}.use_kl_loss"), kl_loss.to_string());
+    o.set(&format!("{ACTOR}.use_kl_loss"), kl_loss);
     if kl_loss {
-        set(&format!("{actor}.kl_loss_coef"), cfg.beta.to_string());
-        set(&format!("{actor}.kl_loss_type"), kl_name.into());
+        o.set(&format!("{ACTOR}.kl_loss_coef"), cfg.beta);
+        o.set(&format!("{ACTOR}.kl_loss_type"), kl_name(cfg));
     }
-    set(&format!("{actor}.clip_ratio_low"), cfg.epsilon.to_string());
-    set(
-        &format!("{actor}.clip_ratio_high"),
-        cfg.epsilon_high.to_string(),
-    );
+    o.set(&format!("{ACTOR}.clip_ratio_low"), cfg.epsilon);
+    o.set(&format!("{ACTOR}.clip_ratio_high"), cfg.epsilon_high);
     let mode = match (cfg.loss_type, cfg.importance_sampling_level) {
         (LossType::Cispo, _) => {
-            skip(
+            o.skip(
                 "loss_type",
                 "verl's cispo clips the weight on both sides (1 ± clip_ratio); TRL's and stageloop's cap it above only",
             );
@@ -86,91 +118,71 @@ pub fn overrides(
         (_, IsLevel::Sequence) => "gspo",
         _ => "vanilla",
     };
-    set(&format!("{actor}.policy_loss.loss_mode"), mode.into());
+    o.set(&format!("{ACTOR}.policy_loss.loss_mode"), mode);
     let agg = match cfg.loss_type {
         LossType::Grpo => "seq-mean-token-mean",
         LossType::DrGrpo => "seq-mean-token-sum-norm",
         LossType::Dapo | LossType::Cispo => "token-mean",
     };
-    set(&format!("{actor}.loss_agg_mode"), agg.into());
-    set(
-        &format!("{actor}.entropy_coeff"),
-        cfg.entropy_coef.to_string(),
-    );
-    set(
-        &format!("{actor}.ppo_epochs"),
-        cfg.num_iterations.to_string(),
-    );
-    set(
-        &format!("{actor}.ppo_mini_batch_size"),
-        cfg.prompts.to_string(),
-    );
+    o.set(&format!("{ACTOR}.loss_agg_mode"), agg);
+    o.set(&format!("{ACTOR}.entropy_coeff"), cfg.entropy_coef);
+    o.set(&format!("{ACTOR}.ppo_epochs"), cfg.num_iterations);
+    o.set(&format!("{ACTOR}.ppo_mini_batch_size"), cfg.prompts);
     let micro = if cfg.micro_batch > 0 {
         cfg.micro_batch
     } else {
         cfg.prompts * cfg.group_size
     };
-    set(
-        &format!("{actor}.ppo_micro_batch_size_per_gpu"),
-        micro.to_string(),
-    );
-    set(&format!("{actor}.optim.lr"), cfg.lr.to_string());
-    set(
-        &format!("{actor}.optim.lr_warmup_steps"),
-        cfg.warmup.to_string(),
-    );
-    set(&format!("{actor}.optim.lr_scheduler_type"), "cosine".into());
-    set(
-        &format!("{actor}.optim.min_lr_ratio"),
-        cfg.min_lr_ratio.to_string(),
-    );
-    set(
-        &format!("{actor}.optim.weight_decay"),
-        cfg.weight_decay.to_string(),
-    );
-    set(
-        &format!("{actor}.optim.clip_grad"),
-        cfg.grad_clip.to_string(),
-    );
-    set(&format!("{actor}.optim.betas"), "[0.9,0.95]".into());
-    set(&format!("{rollout}.n"), cfg.group_size.to_string());
-    set(
-        &format!("{rollout}.temperature"),
-        cfg.temperature.to_string(),
-    );
-    set(&format!("{rollout}.top_p"), cfg.top_p.to_string());
+    o.set(&format!("{ACTOR}.ppo_micro_batch_size_per_gpu"), micro);
+    let optim = format!("{ACTOR}.optim");
+    o.set(&format!("{optim}.lr"), cfg.lr);
+    o.set(&format!("{optim}.lr_warmup_steps"), cfg.warmup);
+    o.set(&format!("{optim}.lr_scheduler_type"), "cosine");
+    o.set(&format!("{optim}.min_lr_ratio"), cfg.min_lr_ratio);
+    o.set(&format!("{optim}.weight_decay"), cfg.weight_decay);
+    o.set(&format!("{optim}.clip_grad"), cfg.grad_clip);
+    o.set(&format!("{optim}.betas"), "[0.9,0.95]");
+}
+
+/// The rollout's sampling, the model and its LoRA, and the data's sizes and files.
+fn rollout_and_data(o: &mut Overrides, exp: &Experiment, cfg: &StageConfig, model: &Path) {
+    o.set(&format!("{ROLLOUT}.n"), cfg.group_size);
+    o.set(&format!("{ROLLOUT}.temperature"), cfg.temperature);
+    o.set(&format!("{ROLLOUT}.top_p"), cfg.top_p);
     let top_k = if cfg.top_k > 0 { cfg.top_k as i64 } else { -1 };
-    set(&format!("{rollout}.top_k"), top_k.to_string());
-    set("actor_rollout_ref.model.path", model.display().to_string());
+    o.set(&format!("{ROLLOUT}.top_k"), top_k);
+    o.set("actor_rollout_ref.model.path", model.display());
     if let Some(l) = &cfg.lora {
-        set("actor_rollout_ref.model.lora_rank", l.rank.to_string());
-        set("actor_rollout_ref.model.lora_alpha", l.alpha().to_string());
+        o.set("actor_rollout_ref.model.lora_rank", l.rank);
+        o.set("actor_rollout_ref.model.lora_alpha", l.alpha());
     }
-    set("data.train_batch_size", cfg.prompts.to_string());
-    set("data.max_response_length", max_new.to_string());
-    set(
-        "data.max_prompt_length",
-        ctx.saturating_sub(max_new).max(1).to_string(),
-    );
-    set("data.train_files", "data/train.parquet".into());
-    set("data.val_files", "data/train.parquet".into());
-    set("trainer.total_training_steps", cfg.steps.to_string());
-    set("trainer.save_freq", cfg.checkpoint_every.to_string());
-    set("trainer.test_freq", "-1".into());
-    set("trainer.val_before_train", "false".into());
-    set("trainer.logger", "[console,file]".into());
-    set("trainer.project_name", exp.name.clone());
-    set("trainer.experiment_name", cfg.name.clone());
-    set("reward.reward_manager.name", "batch".into());
-    set("reward.custom_reward_function.path", "reward.py".into());
-    set("reward.custom_reward_function.name", "compute_score".into());
-    if cfg.dynamic_sampling {
-        set("algorithm.filter_groups.enable", "true".into());
-        set("algorithm.filter_groups.metric", "score".into());
-        set("algorithm.filter_groups.max_num_gen_batches", "4".into());
-    }
+    let max_new = max_new(exp, cfg);
+    o.set("data.train_batch_size", cfg.prompts);
+    o.set("data.max_response_length", max_new);
+    let prompt = exp.spec.model.ctx.saturating_sub(max_new).max(1);
+    o.set("data.max_prompt_length", prompt);
+    o.set("data.train_files", "data/train.parquet");
+    o.set("data.val_files", "data/train.parquet");
+}
+
+/// The trainer's length, checkpoints, logging and names, and the batch reward function.
+fn trainer_and_reward(o: &mut Overrides, exp: &Experiment, cfg: &StageConfig) {
+    o.set("trainer.total_training_steps", cfg.steps);
+    o.set("trainer.save_freq", cfg.checkpoint_every);
+    o.set("trainer.test_freq", -1);
+    o.set("trainer.val_before_train", false);
+    o.set("trainer.logger", "[console,file]");
+    o.set("trainer.project_name", &exp.name);
+    o.set("trainer.experiment_name", &cfg.name);
+    o.set("reward.reward_manager.name", "batch");
+    o.set("reward.custom_reward_function.path", "reward.py");
+    o.set("reward.custom_reward_function.name", "compute_score");
+}
+
+/// The settings verl's `main_ppo` has no equivalent for, when the stage sets them.
+fn not_carried(o: &mut Overrides, exp: &Experiment, cfg: &StageConfig) {
     if cfg.max_new_tokens == 0 {
-        skip(
+        o.skip(
             "max_new_tokens",
             "0 (the context's rest): verl takes fixed prompt and response lengths; half the context each",
         );
@@ -208,16 +220,15 @@ pub fn overrides(
         ),
     ] {
         if on {
-            skip(key, why);
+            o.skip(key, why);
         }
     }
     for (name, _) in cfg.reward_programs() {
-        skip(
+        o.skip(
             &format!("rewards.{name}"),
             "a reward program: call it from reward.py",
         );
     }
-    (o, unmapped)
 }
 
 /// Write the folder: `run.sh` (the overrides), `reward.py`, `stage.json` (the scorer and the
@@ -262,11 +273,8 @@ pub fn export(
         .collect();
     let (over, unmapped) = overrides(exp, cfg, &model_dir);
     let (trl_stage, _) = super::trl::settings(exp, cfg)?;
-    let exe = std::env::current_exe()
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|_| "stageloop".into());
     let stage = serde_json::json!({
-        "stageloop": exe,
+        "stageloop": super::stageloop_exe(),
         "scorer": trl_stage["scorer"],
         "scorer_reads_answer": trl_stage["scorer_reads_answer"],
         "rewards": trl_stage["rewards"],
@@ -275,18 +283,38 @@ pub fn export(
         "stage_config": cfg.to_json(),
         "unmapped": super::unmapped_json(&unmapped),
     });
-    let mut script = String::from(
-        "#!/usr/bin/env bash\n# Stage `STAGE` handed to verl by `stageloop export --to verl`.\n",
-    )
-    .replace("STAGE", &cfg.name);
-    if unmapped.is_empty() {
-        script += "# Every setting of the stage has a verl equivalent.\n";
-    } else {
-        script += "# Settings with no verl equivalent (not carried over):\n";
-        for u in &unmapped {
-            script += &format!("#   {}: {}\n", u.key, u.why);
-        }
-    }
+    let mut write = |name: &str, text: &str| super::write_to(out, name, text, &mut files);
+    write("stage.json", &serde_json::to_string_pretty(&stage)?)?;
+    write("data/train.jsonl", &(rows.join("\n") + "\n"))?;
+    write("prepare_data.py", PREPARE)?;
+    write("reward.py", REWARD)?;
+    write("run.sh", &run_script(cfg, &unmapped, &over))?;
+    write("overrides.txt", &(over.join("\n") + "\n"))?;
+    let launch = vec![
+        "bash run.sh trainer.n_gpus_per_node=1".to_string(),
+        "bash run.sh trainer.n_gpus_per_node=8".to_string(),
+        "bash run.sh trainer.nnodes=2 trainer.n_gpus_per_node=8   # on a Ray cluster".to_string(),
+    ];
+    let readme = readme(exp, cfg, &launch);
+    super::finish(out, &readme, "run.sh", files, unmapped, model_dir, launch)
+}
+
+/// `prepare_data.py`: verl reads parquet.
+const PREPARE: &str = "\
+# verl reads parquet: data/train.jsonl -> data/train.parquet (pandas, which verl installs).
+import pandas as pd
+
+pd.read_json(\"data/train.jsonl\", lines=True).to_parquet(\"data/train.parquet\")
+";
+
+/// `run.sh`: verl's `main_ppo` with the overrides, its file logger and rollout dumps pointed
+/// into a fresh run folder.
+fn run_script(cfg: &StageConfig, unmapped: &[Unmapped], over: &[String]) -> String {
+    let mut script = format!(
+        "#!/usr/bin/env bash\n# Stage `{}` handed to verl by `stageloop export --to verl`.\n{}",
+        cfg.name,
+        super::unmapped_comment(unmapped, "verl", "")
+    );
     script += r#"set -euo pipefail
 cd "$(dirname "$0")"
 [ -f data/train.parquet ] || python3 prepare_data.py
@@ -298,35 +326,16 @@ exec python3 -m verl.trainer.main_ppo \
 "#
     .replace("STAGE", &cfg.name)
     .as_str();
-    for line in &over {
+    for line in over {
         script += &format!("  '{}' \\\n", line.replace('\'', "'\\''"));
     }
     script += "  \"trainer.rollout_data_dir=$run/rollouts\" \\\n  \"$@\"\n";
-    let prepare = "\
-# verl reads parquet: data/train.jsonl -> data/train.parquet (pandas, which verl installs).
-import pandas as pd
+    script
+}
 
-pd.read_json(\"data/train.jsonl\", lines=True).to_parquet(\"data/train.parquet\")
-";
-    let write = |name: &str, text: &str, files: &mut Vec<std::path::PathBuf>| {
-        super::write_to(out, name, text, files)
-    };
-    write(
-        "stage.json",
-        &serde_json::to_string_pretty(&stage)?,
-        &mut files,
-    )?;
-    write("data/train.jsonl", &(rows.join("\n") + "\n"), &mut files)?;
-    write("prepare_data.py", prepare, &mut files)?;
-    write("reward.py", REWARD, &mut files)?;
-    write("run.sh", &script, &mut files)?;
-    write("overrides.txt", &(over.join("\n") + "\n"), &mut files)?;
-    let launch = vec![
-        "bash run.sh trainer.n_gpus_per_node=1".to_string(),
-        "bash run.sh trainer.n_gpus_per_node=8".to_string(),
-        "bash run.sh trainer.nnodes=2 trainer.n_gpus_per_node=8   # on a Ray cluster".to_string(),
-    ];
-    let readme = format!(
+/// The folder's README: what it is and the launch lines.
+fn readme(exp: &Experiment, cfg: &StageConfig, launch: &[String]) -> String {
+    format!(
         "# `{stage}` of `{exp}`, for verl\n\n\
          Written by `stageloop export {dir} --stage {stage} --to verl`. `run.sh` runs verl's\n\
          `main_ppo` with the stage's settings as Hydra overrides (also in `overrides.txt`);\n\
@@ -341,13 +350,5 @@ pd.read_json(\"data/train.jsonl\", lines=True).to_parquet(\"data/train.parquet\"
         l0 = launch[0],
         l1 = launch[1],
         l2 = launch[2],
-    );
-    write("README.md", &readme, &mut files)?;
-    super::executable(&out.join("run.sh"));
-    Ok(Report {
-        files,
-        unmapped,
-        model: model_dir,
-        launch,
-    })
+    )
 }
