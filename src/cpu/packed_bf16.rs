@@ -14,7 +14,8 @@ use rayon::prelude::*;
 use std::sync::Arc;
 
 /// A `[k, n]` matrix in bf16 column panels of [`NR`], the inner dimension in pairs (the last
-/// pair and the last panel's missing columns zero-padded).
+/// pair and the last panel's missing columns zero-padded). A clone shares the values.
+#[derive(Clone)]
 pub struct Panels {
     k: usize,
     n: usize,

@@ -6,7 +6,8 @@ use super::gguf_write::Store;
 use super::transformer::{BlockWeights, Gpt, HeldBase, NormWeights};
 use crate::cpu::decoder::{Embedding, Engine, LayerExtras, Matrix, Weights};
 use crate::cpu::gemm::{View, matmul};
-use crate::cpu::packed::Order;
+use crate::cpu::packed::{Order, Packed};
+use crate::cpu::packed_bf16::Panels;
 use crate::cpu::quant::{Kind, QMatrix};
 use burn::backend::flex::FlexTensor;
 use burn::tensor::Tensor;
@@ -136,6 +137,8 @@ impl Gpt {
             anyhow::ensure!(s != Store::F32, "F32 is not a block format");
         }
         let kind = store.map(Store::kind);
+        // Float bases and the head as bf16 panels in a bf16 run without a block format.
+        let bf16 = kind.is_none() && crate::cpu::gemm::bf16_on();
         let w = self.weights_without_blocks();
         let quantized = |values: &[f32], k: usize, n: usize, transposed: bool| {
             super::frozen::quantize(values, k, n, transposed, kind.expect("a block format"))
@@ -148,14 +151,21 @@ impl Gpt {
             extras.push(layer_extras);
             for (base, factors) in self.held_layer(l) {
                 let base = match (base, kind) {
-                    (HeldBase::Blocks(f), None) => Matrix::Blocks((*f.0).clone()),
+                    (HeldBase::Blocks(f), None) => match f.0.bf16_panels() {
+                        // A bf16 run's training products keep the base as bf16 panels.
+                        Some(p) => Matrix::Bf16(p.forward.clone()),
+                        None => Matrix::Blocks((*f.0).clone()),
+                    },
                     (HeldBase::Blocks(f), Some(_)) => {
                         // `[n, k]` rows, one per output.
                         Matrix::Blocks(quantized(&f.0.dequantized(), f.0.rows(), f.0.cols(), true)?)
                     }
                     (HeldBase::Floats(t), None) => {
                         let [k, n] = t.dims();
-                        Matrix::Floats(crate::cpu::packed::Packed::new(&f32s(*t), k, n))
+                        match bf16 {
+                            true => Matrix::Bf16(Panels::new(&f32s(*t), k, n)),
+                            false => Matrix::Floats(Packed::new(&f32s(*t), k, n)),
+                        }
                     }
                     (HeldBase::Floats(t), Some(_)) => {
                         let [k, n] = t.dims();
@@ -167,8 +177,8 @@ impl Gpt {
                         let ([k, r], [_, n]) = (a.dims(), b.dims());
                         Matrix::Adapted {
                             base: Box::new(base),
-                            a: crate::cpu::packed::Packed::new(&f32s(a), k, r),
-                            b: crate::cpu::packed::Packed::new(&f32s(b), r, n),
+                            a: Packed::new(&f32s(a), k, r),
+                            b: Packed::new(&f32s(b), r, n),
                         }
                     }
                     None => base,
@@ -195,17 +205,23 @@ impl Gpt {
                 (Embedding::Blocks(embed), Matrix::Blocks(head))
             }
             None => {
-                let head = if self.tied() {
+                let (values, (k, n, order)) = if self.tied() {
                     let [v, d] = w.embed.dims();
-                    crate::cpu::packed::Packed::from_transpose(&f32s(w.embed.clone()), d, v)
+                    (f32s(w.embed.clone()), (d, v, Order::Columns))
                 } else {
                     let [k, n] = w.head.dims();
-                    crate::cpu::packed::Packed::new(&f32s(w.head), k, n)
+                    (f32s(w.head), (k, n, Order::Rows))
                 };
-                (
-                    Embedding::Floats(Box::new(F32s::of(w.embed))),
-                    Matrix::Floats(head),
-                )
+                let head = match (bf16, order) {
+                    (true, _) => {
+                        Matrix::Bf16(Panels::new_all(&[(k, n, order)], |_| &values[..]).remove(0))
+                    }
+                    (false, Order::Columns) => {
+                        Matrix::Floats(Packed::from_transpose(&values, k, n))
+                    }
+                    (false, Order::Rows) => Matrix::Floats(Packed::new(&values, k, n)),
+                };
+                (Embedding::Floats(Box::new(F32s::of(w.embed))), head)
             }
         };
         matrices.push(head);
@@ -225,12 +241,21 @@ impl Gpt {
     /// embedding, which the decoder also reads in place). A QLoRA model's frozen blocks are
     /// dequantised and their adapters merged as each is packed: sampling many rows reads
     /// packed floats faster than it would dequantise blocks at every step, and the copy lives
-    /// only as long as the decoder (see `sample::release_buffers`).
+    /// only as long as the decoder (see `sample::release_buffers`). In a bf16 run a QLoRA
+    /// model instead reads the bf16 panels its training products keep, adapters beside them.
     pub fn engine(&self, ctx: usize) -> Engine {
         assert!(
             self.decodes_on_cpu(),
             "the CPU decoder has no routed experts (callers check decodes_on_cpu)"
         );
+        if self.has_frozen() && crate::cpu::gemm::bf16_on() {
+            // A bf16 run's QLoRA model samples from the bf16 panels its training products
+            // keep (`QMatrix::bf16_panels`), the adapters beside them: nothing to dequantise
+            // or pack again at each rollout.
+            return self
+                .engine_adapted(ctx, None)
+                .expect("no block format asked for, so nothing is quantised");
+        }
         let w = self.weights_without_blocks();
         // Per block matrix: its frozen blocks and adapter factors `(r, sA, B)`, if frozen.
         let frozen: Vec<_> = (0..w.blocks.len())

@@ -27,7 +27,7 @@ pub mod tokenizer;
 pub mod transformer;
 
 pub use config::ModelConfig;
-pub use transformer::{Gpt, KvCache};
+pub use transformer::{Gpt, KvCache, Prefix};
 
 use burn::tensor::Device;
 

@@ -121,6 +121,38 @@ impl KvCache {
     }
 }
 
+/// Prompts that several training rows continue, each run once ([`Gpt::hidden_after`]).
+#[derive(Debug, Clone)]
+pub struct Prefix {
+    /// `[prompts, t]`: every prompt of one length.
+    pub tokens: Tensor<2, Int>,
+    /// For each continuing row, the prompt it continues.
+    pub rows: Vec<usize>,
+}
+
+impl Prefix {
+    /// The same prefix on `device`.
+    pub fn to_device(&self, device: &Device) -> Prefix {
+        Prefix {
+            tokens: Tensor::from_data(self.tokens.to_data(), device),
+            rows: self.rows.clone(),
+        }
+    }
+}
+
+/// What every block of [`Gpt::hidden_after`] shares: the sizes, the two RoPE tables, the
+/// continuing rows' mask over prompt and own keys, and their prompts as an index.
+struct Shared {
+    prompts: usize,
+    prompt_len: usize,
+    rows: usize,
+    len: usize,
+    rope_prompt: (Tensor<4>, Tensor<4>),
+    rope_rows: (Tensor<4>, Tensor<4>),
+    mask: Tensor<4, Bool>,
+    index: Tensor<1, Int>,
+}
+
 /// `x · W + b` for `x` of shape `[b, t, d_in]`, as one `[b·t, d_in] × [d_in, d_out]` matmul:
 /// one large GEMM instead of `b` small batched ones (measured: faster, and large enough for the
 /// backend to use every core); the fused op on the CPU backend. A LoRA-adapted `W` is applied as
@@ -382,6 +414,54 @@ impl Block {
         };
         let a = fused::causal_attention(qkv, self.heads, rope);
         self.mlp(x + self.dense(1, a))
+    }
+
+    /// [`Block::forward`] for [`Gpt::hidden_after`]: `x` `[1, n, d]` holds the prompts' rows
+    /// (`prompts · prompt_len` positions) and then the continuing rows' (`rows · len`). They
+    /// share every product; the prompts attend causally to themselves, each continuing row to
+    /// its prompt's keys (gathered, so their gradients add up) and causally to its own.
+    fn forward_shared(&self, x: Tensor<3>, s: &Shared) -> Tensor<3> {
+        let [_, n, _] = x.dims();
+        let p = s.prompts * s.prompt_len;
+        let (q, k, v) = self.project(x.clone());
+        // `[1, n, h, hd]` into the prompts' `[prompts, h, prompt_len, hd]` and the rows'
+        // `[rows, h, len, hd]`.
+        let split = |x: Tensor<4>| {
+            let [_, _, h, hd] = x.dims();
+            let prompt = x.clone().slice([0..1, 0..p, 0..h, 0..hd]);
+            let rows = x.slice([0..1, p..n, 0..h, 0..hd]);
+            (
+                prompt
+                    .reshape([s.prompts, s.prompt_len, h, hd])
+                    .swap_dims(1, 2),
+                rows.reshape([s.rows, s.len, h, hd]).swap_dims(1, 2),
+            )
+        };
+        let ((qp, qs), (kp, ks), (vp, vs)) = (split(q), split(k), split(v));
+        let (pc, ps) = &s.rope_prompt;
+        let (rc, rs) = &s.rope_rows;
+        let (qp, kp) = (rotate_pairs(qp, pc, ps), rotate_pairs(kp, pc, ps));
+        let (qs, ks) = (rotate_pairs(qs, rc, rs), rotate_pairs(ks, rc, rs));
+        let groups = self.heads / self.kv_heads;
+        let heads = |x: Tensor<4>| repeat_heads::<4, 5>(x, 1, groups);
+        let qd = self.heads * self.head_dim;
+        let causal = AttentionModuleOptions {
+            is_causal: true,
+            ..Default::default()
+        };
+        let kr = Tensor::cat(vec![kp.clone().select(0, s.index.clone()), ks], 2);
+        let vr = Tensor::cat(vec![vp.clone().select(0, s.index.clone()), vs], 2);
+        let ap = attention(qp, heads(kp), heads(vp), None, None, causal);
+        let mask = Some(s.mask.clone());
+        let ar = attention(qs, heads(kr), heads(vr), mask, None, Default::default());
+        let a = Tensor::cat(
+            vec![
+                ap.swap_dims(1, 2).reshape([p, qd]),
+                ar.swap_dims(1, 2).reshape([s.rows * s.len, qd]),
+            ],
+            0,
+        );
+        self.mlp(x + self.dense(1, a.reshape([1, n, qd])))
     }
 
     /// The MLP half with its residual.
@@ -668,6 +748,47 @@ impl Gpt {
     /// The final hidden states `[b, t, d]` (after the last norm): what the head multiplies.
     pub fn hidden(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
         norm(&self.norm, self.trunk(tokens))
+    }
+
+    /// Whether [`Gpt::hidden_after`] can run this model: blocks of plain attention and a dense
+    /// MLP (MLA caches a latent, MoE's balance loss and MTP's depth read whole sequences).
+    pub fn shares_prefixes(&self) -> bool {
+        self.mtp.is_none()
+            && self
+                .blocks
+                .iter()
+                .all(|b| b.mla.is_none() && b.moe.is_none())
+    }
+
+    /// The final hidden states `[b, t, d]` (as [`Gpt::hidden`] gives them) of `tokens`, row
+    /// `r` continuing prompt `prefix.rows[r]`: each row's values are those of the whole
+    /// sequence (its prompt, then its tokens) at the tokens' positions, but each prompt runs
+    /// once for all the rows that continue it, in the same products as the rows.
+    pub fn hidden_after(&self, prefix: &Prefix, tokens: Tensor<2, Int>) -> Tensor<3> {
+        let device = tokens.device();
+        let [prompts, prompt_len] = prefix.tokens.dims();
+        let [rows, len] = tokens.dims();
+        let (d, hd, rope) = (self.shape.d_model, self.shape.head_dim, self.shape.rope);
+        let index = prefix.rows.iter().map(|&r| r as i64).collect::<Vec<_>>();
+        let shared = Shared {
+            prompts,
+            prompt_len,
+            rows,
+            len,
+            rope_prompt: rope_tables(0, prompt_len, hd, rope, &device),
+            rope_rows: rope_tables(prompt_len, len, hd, rope, &device),
+            mask: self.cached_mask(rows, len, prompt_len, None, &device),
+            index: Tensor::from_data(TensorData::new(index, [rows]), &device),
+        };
+        let p = prompts * prompt_len;
+        let xp = self.embed.forward(prefix.tokens.clone()).reshape([1, p, d]);
+        let xr = self.embed.forward(tokens).reshape([1, rows * len, d]);
+        let mut x = Tensor::cat(vec![xp, xr], 1);
+        for block in &self.blocks {
+            x = block.forward_shared(x, &shared);
+        }
+        let x = x.slice([0..1, p..p + rows * len, 0..d]);
+        norm(&self.norm, x.reshape([rows, len, d]))
     }
 
     /// The output head as a `[d, vocab]` weight, when it is one plain matrix (tied: the

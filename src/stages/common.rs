@@ -4,7 +4,7 @@
 
 use crate::model::text::{self, Text};
 use crate::model::tokenizer::{PAD, Tokenizer};
-use crate::model::{Gpt, ModelConfig};
+use crate::model::{Gpt, ModelConfig, Prefix};
 use crate::runfs::jsonl::JsonlWriter;
 use crate::spec::{Experiment, ModelSpec, StageConfig, TaskSpec};
 use crate::tasks::TaskSet;
@@ -231,20 +231,41 @@ pub fn target_logprobs_with(
     temperature: f64,
     entropy: bool,
 ) -> (Tensor<2>, Option<Tensor<2>>) {
+    continuation_logprobs(model, None, inputs, targets, temperature, entropy)
+}
+
+/// [`target_logprobs_with`] for rows that continue the prompts of `prefix` (each prompt run
+/// once, see [`Gpt::hidden_after`]); `inputs` and `targets` are then the rows after their
+/// prompts. Without a prefix, the whole rows.
+pub fn continuation_logprobs(
+    model: &Gpt,
+    prefix: Option<&Prefix>,
+    inputs: Tensor<2, Int>,
+    targets: Tensor<2, Int>,
+    temperature: f64,
+    entropy: bool,
+) -> (Tensor<2>, Option<Tensor<2>>) {
     let scale = if temperature > 0.0 && temperature != 1.0 {
         1.0 / temperature
     } else {
         1.0
     };
     let fused = crate::model::fused::available(&inputs.device());
+    let hidden = |inputs| match prefix {
+        Some(p) => model.hidden_after(p, inputs),
+        None => model.hidden(inputs),
+    };
     if let Some(w) = model.head_matrix().filter(|_| fused) {
         // The head and the log-softmax in chunks of rows: no `[b, t, vocab]` tensor at all,
         // the entropy from the same pass.
-        let h = model.hidden(inputs);
-        let (picked, ent) = crate::model::fused::head_logprobs(h, w, targets.float(), scale);
+        let (picked, ent) =
+            crate::model::fused::head_logprobs(hidden(inputs), w, targets.float(), scale);
         return (picked, entropy.then_some(ent));
     }
-    let mut logits = model.forward(inputs);
+    let mut logits = match prefix {
+        Some(_) => model.head_logits(hidden(inputs)),
+        None => model.forward(inputs),
+    };
     if fused {
         // One pass over the logits for the targets' log-probabilities (and their gradient);
         // the entropy, when wanted, from the whole log-softmax.

@@ -6,8 +6,8 @@
 //! advantage; every TRL-named metric (README, "Run folders") is logged each step.
 
 use super::common::{
-    Setup, clip_grad_norm, lr_at, metrics_line, open_logs, sampling_flops, target_logprobs,
-    target_logprobs_with,
+    Setup, clip_grad_norm, continuation_logprobs, lr_at, metrics_line, open_logs, sampling_flops,
+    target_logprobs,
 };
 use super::context::{Outcome, StageCtx};
 pub use super::grpo_math::LossConfig;
@@ -17,7 +17,7 @@ use super::supervised;
 use crate::model::checkpoint::{self, RngState};
 use crate::model::sample::{Completion, generate};
 use crate::model::tokenizer::PAD;
-use crate::model::{self, Gpt};
+use crate::model::{self, Gpt, Prefix};
 use crate::runfs::jsonl::JsonlWriter;
 use crate::runfs::records::Sample;
 use crate::spec::{AdvEstimator, IsLevel, KlEstimator, LossType, SamplerCorrection, StageConfig};
@@ -142,6 +142,36 @@ pub fn micro_batches(lens: &[usize], max_rows: usize) -> Vec<Vec<usize>> {
     out
 }
 
+/// Row indices in micro-batches for an update that runs each prompt once: every micro-batch's
+/// rows continue prompts of one length, and a prompt's rows stay together where they fit. Rows
+/// keep their order within a prompt length (`completion_rows` gives a group's rows together);
+/// at most `max_rows` rows each (0: no limit but the tokens'), and no more than
+/// [`MICRO_BATCH_TOKENS`] tokens of padded rows after their prompts.
+pub fn prompt_batches(prompt_lens: &[usize], lens: &[usize], max_rows: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..lens.len()).collect();
+    order.sort_by_key(|&i| prompt_lens[i]);
+    let mut out: Vec<Vec<usize>> = Vec::new();
+    let (mut cur, mut longest): (Vec<usize>, usize) = (Vec::new(), 0);
+    for i in order {
+        let after = lens[i].saturating_sub(prompt_lens[i]);
+        let other_prompt = cur
+            .first()
+            .is_some_and(|&c| prompt_lens[c] != prompt_lens[i]);
+        let full = max_rows > 0 && cur.len() == max_rows;
+        let tokens = (cur.len() + 1) * longest.max(after);
+        if !cur.is_empty() && (other_prompt || full || tokens > MICRO_BATCH_TOKENS) {
+            out.push(std::mem::take(&mut cur));
+            longest = 0;
+        }
+        cur.push(i);
+        longest = longest.max(after);
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
 /// The GRPO loss as tensors (the host specification is `grpo_math::reference_loss`), normalised
 /// by the whole batch's sizes `norm` (`Norm::of(&mask)` when the batch is one piece).
 pub fn grpo_loss(x: LossInputs, c: &LossConfig, norm: Norm) -> (Tensor<1>, LossStats) {
@@ -227,6 +257,8 @@ pub fn grpo_loss(x: LossInputs, c: &LossConfig, norm: Norm) -> (Tensor<1>, LossS
 
 /// One micro-batch of the rollout batch, ready for the loss.
 struct Part {
+    /// The prompts, run once, when the rows below are only what follows them.
+    prefix: Option<Prefix>,
     inputs: Tensor<2, Int>,
     targets: Tensor<2, Int>,
     mask: Tensor<2>,
@@ -270,9 +302,12 @@ struct RolloutBatch {
 }
 
 /// Right-padded training rows for the rollouts: inputs, targets, the completion mask and the
-/// sampler's log-probabilities of the completion targets.
+/// sampler's log-probabilities of the completion targets. The first `skip` positions of every
+/// row are left out (a shared prompt's, which then runs on its own: all of it but its last
+/// token, whose target is the first completion token).
 fn rollout_batch(
     rows: &[(&[u32], &Completion)],
+    skip: usize,
     mask_truncated: bool,
     device: &Device,
 ) -> RolloutBatch {
@@ -287,7 +322,12 @@ fn rollout_batch(
             (s, p.len(), *c)
         })
         .collect();
-    let t = seqs.iter().map(|s| s.0.len() - 1).max().unwrap_or(1).max(1);
+    let t = seqs
+        .iter()
+        .map(|s| s.0.len() - 1 - skip)
+        .max()
+        .unwrap_or(1)
+        .max(1);
     let n = seqs.len();
     let (mut inp, mut tgt, mut msk) = (Vec::new(), Vec::new(), Vec::new());
     let mut sampler_logp = Vec::new();
@@ -295,13 +335,14 @@ fn rollout_batch(
     for (row, (s, plen, c)) in seqs.iter().enumerate() {
         let keep = !mask_truncated || c.finished;
         for j in 0..t {
-            if j + 1 < s.len() {
-                inp.push(s[j] as i64);
-                tgt.push(s[j + 1] as i64);
-                let completion = j + 1 >= *plen;
+            let at = skip + j;
+            if at + 1 < s.len() {
+                inp.push(s[at] as i64);
+                tgt.push(s[at + 1] as i64);
+                let completion = at + 1 >= *plen;
                 if let Some(lp) = c
                     .logprobs
-                    .get((j + 1).wrapping_sub(*plen))
+                    .get((at + 1).wrapping_sub(*plen))
                     .filter(|_| completion)
                 {
                     sampler_logp.push((row * t + j, *lp));
@@ -759,8 +800,9 @@ impl Grpo<'_> {
         let mut entropy = 0.0;
         let top_entropy = self.cfg.top_entropy_quantile < 1.0;
         let want_bonus = self.cfg.entropy_coef > 0.0;
-        let (logp, h) = target_logprobs_with(
+        let (logp, h) = continuation_logprobs(
             model,
+            part.prefix.as_ref(),
             part.inputs.clone(),
             part.targets.clone(),
             self.cfg.temperature,
@@ -891,7 +933,7 @@ impl Grpo<'_> {
         let lens: Vec<usize> = rows.iter().map(|(p, c)| p.len() + c.tokens.len()).collect();
         for idx in micro_batches(&lens, self.cfg.micro_batch) {
             let sub: Vec<(&[u32], &Completion)> = idx.iter().map(|&i| rows[i]).collect();
-            let b = rollout_batch(&sub, self.cfg.mask_truncated, &self.infer);
+            let b = rollout_batch(&sub, 0, self.cfg.mask_truncated, &self.infer);
             let t = b.inputs.dims()[1];
             let lp = target_logprobs(reference, b.inputs, b.targets, self.cfg.temperature);
             let (lp, mask) = (host_f32(lp), host_f32(b.mask));
@@ -907,24 +949,34 @@ impl Grpo<'_> {
         (kl, sum / tokens.max(1) as f64)
     }
 
-    /// The groups' completions as micro-batches of similar length, with their advantages and
-    /// the log-probabilities under the models that are not trained (reference, and the
-    /// sampling policy when `num_iterations > 1`), computed on the inference device.
+    /// The groups' completions as micro-batches, with their advantages and the
+    /// log-probabilities under the models that are not trained (reference, and the sampling
+    /// policy when `num_iterations > 1`), computed on the inference device. Where the model
+    /// allows it, each micro-batch runs its prompts once ([`prompt_batches`]); otherwise rows of
+    /// similar length go together ([`micro_batches`]).
     fn micro_batches(&self, policy: &Gpt, groups: &[&Group], adv: &[f64]) -> Vec<Part> {
         let (infer, device) = (&self.infer, &self.device);
         let rows = completion_rows(groups.iter().copied());
         let lens: Vec<usize> = rows.iter().map(|(p, c)| p.len() + c.tokens.len()).collect();
-        micro_batches(&lens, self.cfg.micro_batch)
+        let prompt_lens: Vec<usize> = rows.iter().map(|(p, _)| p.len()).collect();
+        let shared = policy.shares_prefixes() && prompt_lens.iter().all(|&l| l >= 2);
+        let batches = match shared {
+            true => prompt_batches(&prompt_lens, &lens, self.cfg.micro_batch),
+            false => micro_batches(&lens, self.cfg.micro_batch),
+        };
+        batches
             .into_iter()
             .map(|idx| {
                 let sub: Vec<(&[u32], &Completion)> = idx.iter().map(|&i| rows[i]).collect();
+                let prefix = shared.then(|| prompts_of(&sub, device));
+                let skip = prefix.as_ref().map_or(0, |p| p.tokens.dims()[1]);
                 let RolloutBatch {
                     inputs,
                     targets,
                     mask,
                     count,
                     sampler_logp,
-                } = rollout_batch(&sub, self.cfg.mask_truncated, device);
+                } = rollout_batch(&sub, skip, self.cfg.mask_truncated, device);
                 let adv_t: Tensor<2> = Tensor::from_data(
                     TensorData::new(
                         idx.iter().map(|&i| adv[i] as f32).collect::<Vec<_>>(),
@@ -933,11 +985,13 @@ impl Grpo<'_> {
                     device,
                 );
                 let frozen = |m: &Gpt| {
-                    let lp = target_logprobs(
+                    let (lp, _) = continuation_logprobs(
                         m,
+                        prefix.as_ref().map(|p| p.to_device(infer)).as_ref(),
                         Tensor::from_data(inputs.to_data(), infer),
                         Tensor::from_data(targets.to_data(), infer),
                         self.cfg.temperature,
+                        false,
                     );
                     Tensor::<2>::from_data(lp.into_data(), device)
                 };
@@ -948,6 +1002,7 @@ impl Grpo<'_> {
                         .filter(|_| !self.cfg.kl_in_reward)
                         .map(frozen),
                     old_logp: (self.cfg.num_iterations > 1).then(|| frozen(policy)),
+                    prefix,
                     inputs,
                     targets,
                     mask,
@@ -957,6 +1012,32 @@ impl Grpo<'_> {
                 }
             })
             .collect()
+    }
+}
+
+/// The distinct prompts of `rows` (all of one length) without their last token, as a
+/// [`Prefix`] the rows continue.
+fn prompts_of(rows: &[(&[u32], &Completion)], device: &Device) -> Prefix {
+    let mut prompts: Vec<&[u32]> = Vec::new();
+    let mut of_row = Vec::with_capacity(rows.len());
+    for (p, _) in rows {
+        let at = match prompts.iter().position(|q| q == p) {
+            Some(at) => at,
+            None => {
+                prompts.push(p);
+                prompts.len() - 1
+            }
+        };
+        of_row.push(at);
+    }
+    let t = prompts[0].len() - 1;
+    let ids: Vec<i64> = prompts
+        .iter()
+        .flat_map(|p| p[..t].iter().map(|&x| x as i64))
+        .collect();
+    Prefix {
+        tokens: Tensor::from_data(TensorData::new(ids, [prompts.len(), t]), device),
+        rows: of_row,
     }
 }
 

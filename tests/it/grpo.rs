@@ -10,7 +10,9 @@ use stageloop::model::{Gpt, ModelConfig};
 use stageloop::runfs::{self, metrics::parse_metric_line};
 use stageloop::spec::{IsLevel, KlEstimator, LossType, SamplerCorrection};
 use stageloop::stages::common::target_logprobs;
-use stageloop::stages::grpo::{LossConfig, LossInputs, Norm, grpo_loss, micro_batches};
+use stageloop::stages::grpo::{
+    LossConfig, LossInputs, Norm, grpo_loss, micro_batches, prompt_batches,
+};
 use stageloop::stages::grpo_math::{TokenRow, high_entropy_mask, reference_loss, sampler_weights};
 
 use crate::common;
@@ -157,6 +159,35 @@ fn micro_batches_group_similar_lengths_within_the_token_budget() {
         micro_batches(&[12, 9, 15, 11], 3),
         vec![vec![1, 3, 0], vec![2]]
     );
+}
+
+#[test]
+fn prompt_batches_hold_one_prompt_length_and_keep_groups_together() {
+    // Three groups of four rows: prompts of 40, 42 and 40 tokens; whole lengths after them.
+    let prompt_lens: Vec<usize> = [40, 42, 40].iter().flat_map(|&p| [p; 4]).collect();
+    let lens: Vec<usize> = (0..12).map(|i| prompt_lens[i] + 5 + i % 3).collect();
+    let parts = prompt_batches(&prompt_lens, &lens, 0);
+    // The two 40-token groups share a part, in row order; the 42-token group has its own.
+    assert_eq!(
+        parts,
+        vec![vec![0, 1, 2, 3, 8, 9, 10, 11], vec![4, 5, 6, 7]]
+    );
+    // A row limit cuts inside a prompt length, never mixing lengths.
+    let parts = prompt_batches(&prompt_lens, &lens, 3);
+    assert_eq!(
+        parts,
+        vec![
+            vec![0, 1, 2],
+            vec![3, 8, 9],
+            vec![10, 11],
+            vec![4, 5, 6],
+            vec![7]
+        ]
+    );
+    // The token budget counts the padded rows after the prompts: 100 rows of 50 tokens after
+    // a 10-token prompt are 5,000 tokens, so two parts.
+    let parts = prompt_batches(&[10; 100], &[60; 100], 0);
+    assert_eq!(parts.iter().map(Vec::len).collect::<Vec<_>>(), vec![81, 19]);
 }
 
 #[test]

@@ -494,3 +494,141 @@ fn chunked_head_logprobs_match_whole_logits_in_values_and_gradients() {
         );
     }
 }
+
+/// Rows that continue shared prompts ([`Gpt::hidden_after`], each prompt run once) against the
+/// same rows whole (prompt then continuation, right-padded): the continuation's
+/// log-probabilities and entropies, and every parameter's gradient through them (the prompts'
+/// positions get theirs summed over the rows that read them), for every architecture
+/// variation, with rows of several prompts and lengths in one batch.
+#[test]
+fn shared_prompts_give_the_whole_rows_values_and_gradients() {
+    use stageloop::model::Prefix;
+    use stageloop::stages::common::continuation_logprobs;
+    let device = Device::flex().autodiff();
+    let ids = |v: Vec<i64>, r: usize, t: usize| {
+        Tensor::<2, Int>::from_data(TensorData::new(v, [r, t]), &device)
+    };
+    let prompts: [Vec<i64>; 2] = [vec![1, 5, 9, 3, 7, 11], vec![1, 4, 4, 8, 2, 6]];
+    // (prompt, continuation): lengths 3 to 6, rows of both prompts interleaved.
+    let rows: Vec<(usize, Vec<i64>)> = vec![
+        (0, vec![12, 13, 14, 15]),
+        (1, vec![16, 3, 5]),
+        (0, vec![17, 18, 2, 9, 10, 19]),
+        (0, vec![6, 6, 6]),
+        (1, vec![7, 8, 9, 10, 11]),
+    ];
+    let n = rows.len();
+    let plen = prompts[0].len();
+    let cmax = rows.iter().map(|(_, c)| c.len()).max().unwrap();
+    for (name, c) in arch_variants(cfg()) {
+        device.seed(5);
+        let model = Gpt::new(&c, &device);
+        // Whole rows: inputs are the sequence but its last token, targets shifted by one.
+        let t = plen + cmax - 1;
+        let (mut wi, mut wt) = (Vec::new(), Vec::new());
+        // The continuation after the prompt's last token: the rows [prompt end, c..] → c.
+        let (mut si, mut st) = (Vec::new(), Vec::new());
+        for (p, cont) in &rows {
+            let seq: Vec<i64> = prompts[*p].iter().chain(cont).copied().collect();
+            for j in 0..t {
+                wi.push(
+                    seq.get(j)
+                        .copied()
+                        .filter(|_| j + 1 < seq.len())
+                        .unwrap_or(0),
+                );
+                wt.push(seq.get(j + 1).copied().unwrap_or(0));
+            }
+            for j in 0..cmax {
+                si.push(
+                    seq.get(plen - 1 + j)
+                        .copied()
+                        .filter(|_| j < cont.len())
+                        .unwrap_or(0),
+                );
+                st.push(cont.get(j).copied().unwrap_or(0));
+            }
+        }
+        let weight = |r: usize, j: usize| {
+            let real = j < rows[r].1.len();
+            if real {
+                ((r * 7 + j * 3) % 5) as f32 * 0.2 - 0.4
+            } else {
+                0.0
+            }
+        };
+        let prefix = Prefix {
+            tokens: ids(
+                prompts
+                    .iter()
+                    .flat_map(|p| p[..plen - 1].to_vec())
+                    .collect(),
+                2,
+                plen - 1,
+            ),
+            rows: rows.iter().map(|(p, _)| *p).collect(),
+        };
+        // Per row, the continuation's (log-probability, entropy) in order, and the loss's
+        // gradients.
+        let run = |shared: bool| {
+            let (lp, ent, offset, t) = if shared {
+                let (lp, ent) = continuation_logprobs(
+                    &model,
+                    Some(&prefix),
+                    ids(si.clone(), n, cmax),
+                    ids(st.clone(), n, cmax),
+                    0.8,
+                    true,
+                );
+                (lp, ent.unwrap(), 0, cmax)
+            } else {
+                let (lp, ent) = continuation_logprobs(
+                    &model,
+                    None,
+                    ids(wi.clone(), n, t),
+                    ids(wt.clone(), n, t),
+                    0.8,
+                    true,
+                );
+                (lp, ent.unwrap(), plen - 1, t)
+            };
+            let w: Vec<f32> = (0..n)
+                .flat_map(|r| (0..t).map(move |j| (r, j)))
+                .map(|(r, j)| j.checked_sub(offset).map_or(0.0, |j| weight(r, j)))
+                .collect();
+            let w = Tensor::<2>::from_data(TensorData::new(w, [n, t]), &device);
+            let loss = (lp.clone() * w.clone()).sum() - (ent.clone() * w).sum().mul_scalar(0.1);
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            let (lp, ent): (Vec<f32>, Vec<f32>) = (
+                lp.into_data().iter::<f32>().collect(),
+                ent.into_data().iter::<f32>().collect(),
+            );
+            let pick = |v: &[f32]| -> Vec<f32> {
+                (0..n)
+                    .flat_map(|r| (0..rows[r].1.len()).map(move |j| (r, j)))
+                    .map(|(r, j)| v[r * t + offset + j])
+                    .collect()
+            };
+            (pick(&lp), pick(&ent), flat_grads(&model, &grads))
+        };
+        let (lp_s, ent_s, grads_s) = run(true);
+        let (lp_w, ent_w, grads_w) = run(false);
+        let worst = |a: &[f32], b: &[f32]| {
+            a.iter()
+                .zip(b)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max)
+        };
+        assert!(
+            worst(&lp_s, &lp_w) < 1e-4,
+            "{name}: log-probabilities differ"
+        );
+        assert!(worst(&ent_s, &ent_w) < 1e-4, "{name}: entropies differ");
+        assert!(grads_s.iter().any(|&g| g != 0.0), "{name}: no gradient");
+        let worst = worst_relative(&grads_s, &grads_w);
+        assert!(
+            worst < 1e-3,
+            "{name}: worst relative gradient difference {worst}"
+        );
+    }
+}

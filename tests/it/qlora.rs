@@ -141,6 +141,42 @@ fn a_quantised_base_computes_what_its_dequantised_weights_compute() {
             d < 0.02 * scale,
             "{name}: blocks and adapters {d} from the model"
         );
+        // In a bf16 run the frozen products and the decoder read bf16 panels of the blocks,
+        // packed once and kept (`QMatrix::bf16_panels`): close to the blocks' function.
+        if stageloop::cpu::bf16::available() {
+            use stageloop::cpu::gemm::with_bf16;
+            let (_, (loss_b, grads_b, got)) = with_bf16(true, || {
+                let (l, g, _) = loss_and_grads(&q, &device);
+                let engine = q.engine(cfg.ctx);
+                let mut cache = engine.cache(2);
+                let got = engine.forward(&mut cache, &[(0, &seq[..6]), (1, &seq[6..])], true);
+                (l, g, got)
+            });
+            assert!(
+                (loss_b - loss_c).abs() <= 1e-2 * loss_c.abs().max(1.0) && loss_b != loss_c,
+                "{name}: bf16 loss {loss_b} vs {loss_c}"
+            );
+            // bf16 rounds every product's operands: the gradients as a whole stay close (a
+            // few of the smallest components can differ by more in relative terms).
+            let norm = |v: &mut dyn Iterator<Item = f32>| v.map(|x| x * x).sum::<f32>().sqrt();
+            let apart = norm(&mut grads_b.iter().zip(&grads_c).map(|(a, b)| a - b));
+            let rel = apart / norm(&mut grads_c.iter().copied());
+            assert!(rel < 0.02, "{name}: bf16 adapter gradients {rel} apart");
+            let d = got
+                .iter()
+                .zip(&logits_c)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(d < 0.03 * scale, "{name}: bf16 decoder {d} from the model");
+            let frozen = q.frozen_layer(0)[0].clone().expect("qkv is frozen").0;
+            let (_, (p1, p2)) =
+                with_bf16(true, || (frozen.0.bf16_panels(), frozen.0.bf16_panels()));
+            assert!(std::sync::Arc::ptr_eq(&p1.unwrap(), &p2.unwrap()));
+            assert!(
+                frozen.0.bf16_panels().is_none(),
+                "f32 products outside bf16"
+            );
+        }
         // A plain LoRA model quantised to Q8_0 at load, its adapters apart in f32: close to
         // its f32 function (the base's rounding only).
         let q8 = adapted

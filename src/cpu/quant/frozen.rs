@@ -2,12 +2,26 @@
 //! quantised base (QLoRA): the forward `x · Wᵀ` and the backward `dy · W`, where `W` is the
 //! [`QMatrix`] (one row of blocks per output). A slab of weight rows at a time is dequantised
 //! (on every core) into a small float buffer and multiplied by the training products
-//! ([`crate::cpu::gemm::matmul`], so bf16 operands where the stage asks for them); the float
-//! copy is never more than a slab of the matrix.
+//! ([`crate::cpu::gemm::matmul`]); the float copy is never more than a slab of the matrix.
+//!
+//! Where the stage's products are bf16 ([`crate::cpu::gemm::with_bf16`]) the matrix is instead
+//! packed once as bf16 panels for both products and kept ([`Bf16Panels`]): a frozen matrix
+//! never changes, and dequantising and packing it again at every product cost more than the
+//! panels' memory (docs/PERF.md). The decoder of a bf16 run samples from the same panels.
 
 use super::QMatrix;
-use crate::cpu::gemm::{View, matmul};
+use crate::cpu::gemm::{View, bf16_on, matmul};
+use crate::cpu::packed::{Order, Threads};
+use crate::cpu::packed_bf16::Panels;
 use rayon::prelude::*;
+use std::sync::Arc;
+
+/// A frozen matrix `W` (`[n, k]`, a row per output) as bf16 panels: `Wᵀ` `[k, n]` for the
+/// forward product `x · Wᵀ`, and `W` `[n, k]` for the backward one `dy · W`.
+pub struct Bf16Panels {
+    pub forward: Panels,
+    pub backward: Panels,
+}
 
 /// Floats of one dequantised slab (a few hundred weight rows: 1 MiB).
 const SLAB_FLOATS: usize = 1 << 18;
@@ -38,10 +52,34 @@ impl QMatrix {
         out
     }
 
+    /// The matrix as bf16 panels for both products, packed on the first call and kept; `None`
+    /// unless this thread's products are bf16 ([`bf16_on`]).
+    pub fn bf16_panels(&self) -> Option<Arc<Bf16Panels>> {
+        if !bf16_on() {
+            return None;
+        }
+        let pack = || {
+            let (k, n) = (self.rows(), self.cols());
+            let shapes = [(k, n, Order::Columns), (n, k, Order::Rows)];
+            let w = self.dequantized();
+            let [forward, backward]: [Panels; 2] = Panels::new_all(&shapes, |_| &w[..])
+                .try_into()
+                .unwrap_or_else(|_| unreachable!("two shapes give two panels"));
+            Arc::new(Bf16Panels { forward, backward })
+        };
+        Some(Arc::clone(self.bf16.get_or_init(pack)))
+    }
+
     /// `a · selfᵀ` for `a` row-major `[m, k]`: row-major `[m, n]`.
     pub fn forward_rows(&self, a: &[f32], m: usize) -> Vec<f32> {
         let (k, n) = (self.rows(), self.cols());
         assert!(a.len() >= m * k, "forward_rows: a too small");
+        if let Some(p) = self.bf16_panels() {
+            let mut out = vec![0.0f32; m * n];
+            p.forward
+                .matmul(&mut out, &a[..m * k], m, false, Threads::Rayon);
+            return out;
+        }
         let mut out = vec![0.0f32; m * n];
         let mut buf = Vec::new();
         let step = self.slab_rows();
@@ -61,6 +99,12 @@ impl QMatrix {
     pub fn backward_rows(&self, dy: &[f32], m: usize) -> Vec<f32> {
         let (k, n) = (self.rows(), self.cols());
         assert!(dy.len() >= m * n, "backward_rows: dy too small");
+        if let Some(p) = self.bf16_panels() {
+            let mut out = vec![0.0f32; m * k];
+            p.backward
+                .matmul(&mut out, &dy[..m * n], m, false, Threads::Rayon);
+            return out;
+        }
         let mut out: Option<Vec<f32>> = None;
         let mut buf = Vec::new();
         let step = self.slab_rows();
@@ -91,6 +135,7 @@ impl QMatrix {
 mod tests {
     use super::super::{Kind, dequantize};
     use super::*;
+    use crate::cpu::gemm::with_bf16;
     use std::sync::Arc;
 
     /// A matrix of `n` rows of `k` random-ish weights in `kind`'s blocks (via ggml's own
@@ -131,23 +176,41 @@ mod tests {
             let dy: Vec<f32> = (0..m * n)
                 .map(|i| ((i * 13 % 11) as f32 - 5.0) / 5.0)
                 .collect();
-            let fwd = q.forward_rows(&a, m);
-            let bwd = q.backward_rows(&dy, m);
-            let close =
-                |got: f32, want: f64| (got as f64 - want).abs() <= 1e-4 * want.abs().max(1.0);
-            for i in 0..m {
-                for j in 0..n {
-                    let want = (0..k)
-                        .map(|t| a[i * k + t] as f64 * w[j * k + t] as f64)
-                        .sum();
-                    assert!(close(fwd[i * n + j], want), "{kind:?} fwd {i},{j}");
-                }
-                for t in 0..k {
-                    let want = (0..n)
-                        .map(|j| dy[i * n + j] as f64 * w[j * k + t] as f64)
-                        .sum();
-                    assert!(close(bwd[i * k + t], want), "{kind:?} bwd {i},{t}");
-                }
+            check(&q, &w, &a, &dy, (m, k, n), &|x| x as f64);
+            // bf16 products: the panels kept, the operands rounded to bf16.
+            if crate::cpu::bf16::available() {
+                let round = |x: f32| half::bf16::from_f32(x).to_f32() as f64;
+                with_bf16(true, || check(&q, &w, &a, &dy, (m, k, n), &round));
+                assert!(q.bf16.get().is_some(), "the panels are kept");
+            }
+        }
+    }
+
+    /// Both products of `q` (exact values `w`, `[n, k]`) against the f64 definition over
+    /// operands passed through `round`.
+    fn check(
+        q: &QMatrix,
+        w: &[f32],
+        a: &[f32],
+        dy: &[f32],
+        (m, k, n): (usize, usize, usize),
+        round: &dyn Fn(f32) -> f64,
+    ) {
+        let fwd = q.forward_rows(a, m);
+        let bwd = q.backward_rows(dy, m);
+        let close = |got: f32, want: f64| (got as f64 - want).abs() <= 1e-4 * want.abs().max(1.0);
+        for i in 0..m {
+            for j in 0..n {
+                let want = (0..k)
+                    .map(|t| round(a[i * k + t]) * round(w[j * k + t]))
+                    .sum();
+                assert!(close(fwd[i * n + j], want), "fwd {i},{j}");
+            }
+            for t in 0..k {
+                let want = (0..n)
+                    .map(|j| round(dy[i * n + j]) * round(w[j * k + t]))
+                    .sum();
+                assert!(close(bwd[i * k + t], want), "bwd {i},{t}");
             }
         }
     }

@@ -75,6 +75,9 @@ pub struct QMatrix {
     n: usize,
     bytes: Arc<dyn AsRef<[u8]> + Send + Sync>,
     parts: Vec<Part>,
+    /// The matrix as bf16 panels for training's products, once a bf16 product asked for them
+    /// ([`QMatrix::bf16_panels`]).
+    pub(super) bf16: std::sync::OnceLock<Arc<super::frozen::Bf16Panels>>,
 }
 
 /// Consecutive outputs of one type: the byte offset of each one's row.
@@ -107,7 +110,13 @@ impl QMatrix {
             .into_iter()
             .map(|(kind, rows)| Part { kind, rows })
             .collect();
-        QMatrix { k, n, bytes, parts }
+        QMatrix {
+            k,
+            n,
+            bytes,
+            parts,
+            bf16: Default::default(),
+        }
     }
 
     /// Inputs (the length of a row of the left operand).
