@@ -27,14 +27,16 @@ fn main() {
     }
 }
 
-/// Keep freed blocks of up to 32 MB in the heap for reuse. burn allocates and frees tensors of a
-/// few megabytes at every op; by default glibc returns such blocks to the kernel and each new one
-/// costs page faults and zeroing (a visible share of a training step; docs/PERF.md).
+/// Keep freed blocks of up to 32 MB in the heap for reuse, and grow the heap 64 MB past each
+/// request. burn allocates and frees tensors of a few megabytes at every op; by default glibc
+/// returns such blocks to the kernel and each new one costs page faults and zeroing (a visible
+/// share of a training step; docs/PERF.md).
 fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator tuning; called before any other thread exists.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
+        libc::mallopt(libc::M_TOP_PAD, 64 << 20);
     }
 }

@@ -499,9 +499,19 @@ fn chunked_head_logprobs_match_whole_logits_in_values_and_gradients() {
 /// same rows whole (prompt then continuation, right-padded): the continuation's
 /// log-probabilities and entropies, and every parameter's gradient through them (the prompts'
 /// positions get theirs summed over the rows that read them), for every architecture
-/// variation, with rows of several prompts and lengths in one batch.
+/// variation, with rows of several prompts and lengths in one batch, through the fused ops and
+/// the composite ones.
 #[test]
 fn shared_prompts_give_the_whole_rows_values_and_gradients() {
+    let _switch = FUSED_SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+    for on in [true, false] {
+        fused::set_enabled(on);
+        shared_prompts_match_whole_rows();
+    }
+    fused::set_enabled(true);
+}
+
+fn shared_prompts_match_whole_rows() {
     use stageloop::model::Prefix;
     use stageloop::stages::common::continuation_logprobs;
     let device = Device::flex().autodiff();
