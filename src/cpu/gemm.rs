@@ -102,6 +102,53 @@ pub fn matmul(a: View<'_>, b: View<'_>) -> Vec<f32> {
     gemm_into(a, b, parallelism)
 }
 
+/// `dst += a · b` for `dst` row-major `[a.rows, b.cols]` (in f32: a LoRA update's low-rank
+/// product added into its base product's output). Panics if the sizes differ or a view reaches
+/// outside its data.
+pub fn matmul_add(dst: &mut [f32], a: View<'_>, b: View<'_>) {
+    assert_eq!(a.cols, b.rows, "matmul_add: inner sizes differ");
+    assert!(
+        a.in_bounds() && b.in_bounds() && dst.len() >= a.rows * b.cols,
+        "matmul_add: view outside its data"
+    );
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    if k == 0 || m == 0 || n == 0 {
+        return;
+    }
+    let parallelism = if m.saturating_mul(n).saturating_mul(k) >= PARALLEL_OPS {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
+    let stride = |s: usize| isize::try_from(s).expect("matmul_add: stride fits isize");
+    // SAFETY: dst holds m·n initialised elements, read and written row-major (column stride
+    // 1, row stride n); every element of a and b the strides name lies inside their data
+    // (asserted above), and neither aliases dst (a `&mut` borrow).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            stride(n),
+            true,
+            a.data.as_ptr(),
+            stride(a.col_stride),
+            stride(a.row_stride),
+            b.data.as_ptr(),
+            stride(b.col_stride),
+            stride(b.row_stride),
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    }
+}
+
 /// `a · b` by `gemm` into fresh memory (`k > 0`, shapes and bounds checked by the caller).
 fn gemm_into(a: View<'_>, b: View<'_>, parallelism: gemm::Parallelism) -> Vec<f32> {
     let (m, k, n) = (a.rows, a.cols, b.cols);
@@ -208,6 +255,17 @@ mod tests {
             let bt: Vec<f32> = (0..n * k).map(|x| b[(x % k) * n + x / k]).collect();
             let (vat, vbt) = (View::new(&at, k, m).t(), View::new(&bt, n, k).t());
             assert!(close(&matmul(vat, vbt)), "transposed {m}×{k}×{n}");
+            // Added into what is there: `dst + a · b`, through a transposed `b` too.
+            let before: Vec<f32> = (0..m * n).map(|i| (i % 5) as f32 - 2.0).collect();
+            let mut dst = before.clone();
+            matmul_add(&mut dst, va, vbt);
+            let added = want.iter().zip(&before).zip(&dst);
+            assert!(
+                added
+                    .into_iter()
+                    .all(|((w, b), d)| (w + b - d).abs() <= 1e-4 * (w + b).abs().max(1.0)),
+                "added {m}×{k}×{n}"
+            );
         }
     }
 

@@ -13,7 +13,7 @@
 use super::flex::contiguous;
 use super::frozen::Frozen;
 use crate::cpu::attention;
-use crate::cpu::gemm::{View, matmul};
+use crate::cpu::gemm::{View, matmul, matmul_add};
 use crate::cpu::math::RopeSpec;
 use crate::cpu::rows::{
     rms_backward, rms_forward, swiglu_backward, swiglu_forward, target_logprob_backward,
@@ -48,6 +48,17 @@ pub trait FusedOps: burn::backend::Backend {
     /// [`FusedOps::linear`] with a frozen weight of quantised blocks (QLoRA's base): `[.., n]`
     /// from `x` `[.., k]`; the gradient flows to `x` only.
     fn frozen_linear(x: FloatTensor<Self>, w: Frozen) -> FloatTensor<Self>;
+    /// A LoRA-adapted frozen layer in one op: `x · W + (x · s·A) · B` for `x` `[.., k]`, the
+    /// frozen `W` (`[k, n]` as blocks), `a` `[k, r]` and `b` `[r, n]`; gradients flow to `x`,
+    /// `a` and `b`. The low-rank product is added into the base product's output, and the
+    /// input gradient's two parts into one buffer, instead of as separate ops' tensors.
+    fn frozen_lora(
+        x: FloatTensor<Self>,
+        w: Frozen,
+        a: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+        scale: f32,
+    ) -> FloatTensor<Self>;
     /// The log-probability of each target under `softmax(scale · logits)` over the last axis:
     /// `[b, t]` from logits `[b, t, v]` and target ids `[b, t]` (as floats), without the
     /// `[b, t, v]` log-softmax tensor.
@@ -120,6 +131,17 @@ pub fn frozen_linear(x: Tensor<3>, w: &Frozen) -> Tensor<3> {
     Tensor::from_dispatch(<Dispatch as FusedOps>::frozen_linear(
         x.into_dispatch(),
         w.clone(),
+    ))
+}
+
+/// [`FusedOps::frozen_lora`] on tensors.
+pub fn frozen_lora(x: Tensor<3>, w: &Frozen, a: Tensor<2>, b: Tensor<2>, scale: f64) -> Tensor<3> {
+    Tensor::from_dispatch(<Dispatch as FusedOps>::frozen_lora(
+        x.into_dispatch(),
+        w.clone(),
+        a.into_dispatch(),
+        b.into_dispatch(),
+        scale as f32,
     ))
 }
 
@@ -258,6 +280,24 @@ fn frozen_linear_flex(x: &FlexTensor, w: &Frozen) -> FlexTensor {
     tensor(w.0.forward_rows(rows.data, rows.rows), shape)
 }
 
+/// [`FusedOps::frozen_lora`]'s result, and `s · x · A` `[m, r]` (its backward pass's input).
+fn frozen_lora_flex(
+    x: &FlexTensor,
+    w: &Frozen,
+    a: &FlexTensor,
+    b: &FlexTensor,
+    scale: f32,
+) -> (FlexTensor, Vec<f32>) {
+    let mut shape = dims(x);
+    let rows = rows_of(x);
+    let mut xa = matmul(rows, weight(a));
+    xa.iter_mut().for_each(|v| *v *= scale);
+    let mut y = w.0.forward_rows(rows.data, rows.rows);
+    matmul_add(&mut y, View::new(&xa, rows.rows, weight(a).cols), weight(b));
+    *shape.last_mut().expect("frozen_lora: scalar input") = w.0.cols();
+    (tensor(y, shape), xa)
+}
+
 /// SwiGLU then the product with `w`, as `[b, t, d]`.
 fn swiglu_down_flex(gu: FlexTensor, w: FlexTensor) -> FlexTensor {
     linear_flex(&swiglu_flex(gu), &contiguous(w))
@@ -314,6 +354,16 @@ impl FusedOps for Flex {
 
     fn frozen_linear(x: FlexTensor, w: Frozen) -> FlexTensor {
         frozen_linear_flex(&contiguous(x), &w)
+    }
+
+    fn frozen_lora(
+        x: FlexTensor,
+        w: Frozen,
+        a: FlexTensor,
+        b: FlexTensor,
+        scale: f32,
+    ) -> FlexTensor {
+        frozen_lora_flex(&contiguous(x), &w, &matrix(a), &matrix(b), scale).0
     }
 
     fn swiglu_down(gate_up: FlexTensor, w: FlexTensor) -> FlexTensor {
@@ -462,6 +512,38 @@ impl Backward<Flex, 1> for FrozenLinearBackward {
 }
 
 #[derive(Debug)]
+struct FrozenLoraBackward;
+
+impl Backward<Flex, 3> for FrozenLoraBackward {
+    /// The contiguous input, the frozen weight, `a`, `b`, `s · x · A` and `s`.
+    type State = (FlexTensor, Frozen, FlexTensor, FlexTensor, Vec<f32>, f32);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_a, node_b] = ops.parents;
+        let dy = contiguous(grads.consume::<Flex>(&ops.node));
+        let (x, w, a, b, xa, scale) = ops.state;
+        let dy = rows_of(&dy);
+        let (m, r) = (dy.rows, weight(&a).cols);
+        if let Some(node) = node_b {
+            let db = matmul(View::new(&xa, m, r).t(), dy);
+            grads.register::<Flex>(node.id, tensor(db, dims(&b)));
+        }
+        // The gradient of `x · A`'s output: `s · dy · Bᵀ`.
+        let mut g = matmul(dy, weight(&b).t());
+        g.iter_mut().for_each(|v| *v *= scale);
+        let g = View::new(&g, m, r);
+        if let Some(node) = node_a {
+            grads.register::<Flex>(node.id, tensor(matmul(rows_of(&x).t(), g), dims(&a)));
+        }
+        if let Some(node) = node_x {
+            let mut dx = w.0.backward_rows(dy.data, m);
+            matmul_add(&mut dx, g, weight(&a).t());
+            grads.register::<Flex>(node.id, tensor(dx, dims(&x)));
+        }
+    }
+}
+
+#[derive(Debug)]
 struct TargetLogprobsBackward;
 
 impl Backward<Flex, 1> for TargetLogprobsBackward {
@@ -594,6 +676,34 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
             OpsKind::UnTracked(prep) => {
                 prep.finish(frozen_linear_flex(&contiguous(x.into_primitive()), &w))
             }
+        }
+    }
+
+    fn frozen_lora(
+        x: FloatTensor<Self>,
+        w: Frozen,
+        a: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+        scale: f32,
+    ) -> FloatTensor<Self> {
+        match FrozenLoraBackward
+            .prepare::<C>([x.node(), a.node(), b.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let x = contiguous(x.into_primitive());
+                let (a, b) = (matrix(a.into_primitive()), matrix(b.into_primitive()));
+                let (y, xa) = frozen_lora_flex(&x, &w, &a, &b, scale);
+                prep.finish((x, w, a, b, xa, scale), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(<Flex as FusedOps>::frozen_lora(
+                x.into_primitive(),
+                w,
+                a.into_primitive(),
+                b.into_primitive(),
+                scale,
+            )),
         }
     }
 

@@ -170,8 +170,12 @@ fn dense(layer: &Linear, frozen: Option<&Frozen>, x: Tensor<3>) -> Tensor<3> {
         }
         None => product(x, layer.weight.base()),
     };
-    let y = match layer.weight.adapter() {
-        Some(ad) => {
+    let y = match (layer.weight.adapter(), frozen) {
+        // QLoRA's adapted layer as one op on the CPU backend.
+        (Some(ad), Some(f)) if fused::available(&x.device()) => {
+            fused::frozen_lora(x, f, ad.a.val(), ad.b.val(), ad.scale)
+        }
+        (Some(ad), _) => {
             // The scale on the small `A` rather than on the `[b·t, d_out]` product: the same
             // sum, one pass over a large tensor fewer each way.
             let low = product(
@@ -180,7 +184,7 @@ fn dense(layer: &Linear, frozen: Option<&Frozen>, x: Tensor<3>) -> Tensor<3> {
             );
             base(x) + low
         }
-        None => base(x),
+        (None, _) => base(x),
     };
     match &layer.bias {
         Some(b) => y + b.val().unsqueeze::<3>(),
