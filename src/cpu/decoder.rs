@@ -170,6 +170,8 @@ pub struct Cache {
     row_v: usize,
     /// Positions a row has room for.
     ctx: usize,
+    /// Layers in a row (each its keys, then each its values).
+    layers: usize,
 }
 
 impl Cache {
@@ -184,15 +186,27 @@ impl Cache {
     }
 
     /// Make row `to` hold what row `from` holds (a prompt shared by several rows is prefilled
-    /// once and copied).
+    /// once and copied). Only the filled positions of each layer are copied: the rest of a
+    /// row's room is memory nobody has touched yet, and copying it would fault it all in.
     pub fn copy_row(&mut self, from: usize, to: usize) {
         if from == to {
             return;
         }
-        for (buf, n) in [(&mut self.k, self.row_k), (&mut self.v, self.row_v)] {
-            buf.copy_within(from * n..(from + 1) * n, to * n);
+        let len = self.lens[from];
+        let layers = self.layers.max(1);
+        let (layer_k, layer_v) = (self.row_k / layers, self.row_v / layers);
+        let kvd = layer_v / self.ctx.max(1);
+        // Keys lie in whole blocks of positions, values position by position.
+        let used_k = (len.div_ceil(KEY_BLOCK) * KEY_BLOCK * kvd).min(layer_k);
+        let used_v = (len * kvd).min(layer_v);
+        for l in 0..layers {
+            let (k0, v0) = (l * layer_k, l * layer_v);
+            let (fk, tk) = (from * self.row_k + k0, to * self.row_k + k0);
+            self.k.copy_within(fk..fk + used_k, tk);
+            let (fv, tv) = (from * self.row_v + v0, to * self.row_v + v0);
+            self.v.copy_within(fv..fv + used_v, tv);
         }
-        self.lens[to] = self.lens[from];
+        self.lens[to] = len;
     }
 
     /// Each row's part, for the rows to be fed.
@@ -583,6 +597,7 @@ impl Engine {
             row_k,
             row_v,
             ctx,
+            layers,
         }
     }
 

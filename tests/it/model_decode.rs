@@ -295,13 +295,17 @@ fn engine_samples_the_same_tokens_and_logprobs_as_the_reference() {
     let device = Device::flex();
     device.seed(5);
     let model = Gpt::new(&cfg(), &device);
-    // Repeated prompts (as in GRPO groups): the engine prefills each once and copies it; the
-    // runs reuse the engine's KV-cache buffers, dirty from the run before.
+    // Repeated prompts (as in GRPO groups): the engine prefills each once and copies it (one
+    // longer than a block of cached keys, 32 positions); the runs reuse the engine's KV-cache
+    // buffers, dirty from the run before.
+    let long: Vec<u32> = (0..34).map(|i| 1 + (i * 7 % 15) as u32).collect();
     let prompts = vec![
         vec![1, 9, 12],
+        long.clone(),
         vec![1, 15, 8, 10, 11, 7],
         vec![1, 9, 12],
         vec![1, 13],
+        long,
         vec![1, 4, 4, 4],
         vec![1, 13],
         vec![1, 9, 12],
@@ -336,7 +340,7 @@ fn engine_samples_the_same_tokens_and_logprobs_as_the_reference() {
     };
     let (mut a, mut b) = (ChaCha8Rng::seed_from_u64(3), ChaCha8Rng::seed_from_u64(3));
     let mut held = Sampler::new(&model);
-    for ctx in [40, 40, 32] {
+    for ctx in [40, 40, 36] {
         let want = generate(&model, &prompts, ctx, &opts, &mut a, &device);
         let got = held.generate(&prompts, ctx, &opts, &mut b, &device);
         assert_eq!(want, got, "ctx {ctx}");
