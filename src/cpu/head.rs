@@ -6,8 +6,85 @@
 
 use super::gemm::{View, matmul};
 use super::math::exp;
+use super::packed::{Order, Threads};
+use super::packed_bf16::Panels;
 use super::rows::{target_logprob_backward, target_logprob_forward};
 use rayon::prelude::*;
+use std::borrow::Cow;
+
+/// The head's `[d, v]` weight as its products read it.
+#[derive(Clone, Copy)]
+pub enum Weight<'a> {
+    /// A matrix view, packed by each product ([`matmul`]).
+    View(View<'a>),
+    /// bf16 panels of the weight and of its transpose, packed once ([`Bf16Head`]).
+    Panels(&'a Bf16Head),
+}
+
+/// A head weight `[d, v]` and its transpose as bf16 panels: a bf16 run's head products read
+/// these instead of packing 28M values (SmolLM2's tied head) at each of a micro-batch's three
+/// head products.
+pub struct Bf16Head {
+    w: Panels,
+    wt: Panels,
+}
+
+impl Bf16Head {
+    /// Pack `w` (`[d, v]`) both ways. Panics if the CPU lacks AVX512_BF16.
+    pub fn new(w: View<'_>) -> Bf16Head {
+        let (d, v) = (w.rows, w.cols);
+        // The values row-major `[d, v]` (`Rows`) or `[v, d]` (a tied head's embedding, read
+        // transposed: `Columns`); anything else copied row-major first.
+        let (values, order): (Cow<'_, [f32]>, Order) = if w.col_stride == 1 && w.row_stride == v {
+            (Cow::Borrowed(&w.data[..d * v]), Order::Rows)
+        } else if w.row_stride == 1 && w.col_stride == d {
+            (Cow::Borrowed(&w.data[..d * v]), Order::Columns)
+        } else {
+            let rows = (0..d).flat_map(|i| (0..v).map(move |j| (i, j)));
+            let copy = rows.map(|(i, j)| w.data[i * w.row_stride + j * w.col_stride]);
+            (Cow::Owned(copy.collect()), Order::Rows)
+        };
+        let other = match order {
+            Order::Rows => Order::Columns,
+            Order::Columns => Order::Rows,
+        };
+        let shapes = [(d, v, order), (v, d, other)];
+        let [w, wt]: [Panels; 2] = Panels::new_all(&shapes, |_| &values[..])
+            .try_into()
+            .unwrap_or_else(|_| unreachable!("two shapes give two panels"));
+        Bf16Head { w, wt }
+    }
+}
+
+impl Weight<'_> {
+    /// `(d, v)`.
+    fn dims(&self) -> (usize, usize) {
+        match self {
+            Weight::View(w) => (w.rows, w.cols),
+            Weight::Panels(p) => (p.w.rows(), p.w.cols()),
+        }
+    }
+
+    /// `a · w`, or `a · wᵀ` when `transposed`.
+    fn times(&self, a: View<'_>, transposed: bool) -> Vec<f32> {
+        match self {
+            Weight::View(w) => matmul(a, if transposed { w.t() } else { *w }),
+            Weight::Panels(p) => {
+                let panels = if transposed { &p.wt } else { &p.w };
+                let (m, k) = (a.rows, a.cols);
+                let rows: Cow<'_, [f32]> = if a.col_stride == 1 && a.row_stride == k {
+                    Cow::Borrowed(&a.data[..m * k])
+                } else {
+                    let at = |i: usize, j: usize| a.data[i * a.row_stride + j * a.col_stride];
+                    Cow::Owned((0..m * k).map(|x| at(x / k, x % k)).collect())
+                };
+                let mut out = vec![0.0f32; m * panels.cols()];
+                panels.matmul(&mut out, &rows, m, false, Threads::Rayon);
+                out
+            }
+        }
+    }
+}
 
 /// Rows of logits alive at once (100 MB of them at 49,152 tokens).
 pub const CHUNK_ROWS: usize = 512;
@@ -21,9 +98,9 @@ pub struct HeadOut {
 }
 
 /// Each row of `h` (`[rows, d]`) through the head `w` (`[d, v]`), reduced to [`HeadOut`].
-pub fn forward(h: View<'_>, w: View<'_>, targets: &[u32], s: f32) -> HeadOut {
+pub fn forward(h: View<'_>, w: Weight<'_>, targets: &[u32], s: f32) -> HeadOut {
     assert_eq!(h.rows, targets.len(), "a target per row");
-    let v = w.cols;
+    let v = w.dims().1;
     let mut out = HeadOut {
         logp: Vec::with_capacity(h.rows),
         lse: Vec::with_capacity(h.rows),
@@ -31,7 +108,7 @@ pub fn forward(h: View<'_>, w: View<'_>, targets: &[u32], s: f32) -> HeadOut {
     };
     for r0 in (0..h.rows).step_by(CHUNK_ROWS) {
         let r1 = (r0 + CHUNK_ROWS).min(h.rows);
-        let logits = matmul(rows(h, r0, r1), w);
+        let logits = w.times(rows(h, r0, r1), false);
         let (lp, lse) = target_logprob_forward(&logits, &targets[r0..r1], v, s);
         let ent: Vec<f32> = logits
             .par_chunks(v)
@@ -53,20 +130,20 @@ pub fn backward(
     dy: &[f32],
     dent: Option<&[f32]>,
     h: View<'_>,
-    w: View<'_>,
+    w: Weight<'_>,
     targets: &[u32],
     lse: &[f32],
     s: f32,
     want_w: bool,
 ) -> (Vec<f32>, Option<Vec<f32>>) {
     let dent = dent.filter(|g| g.iter().any(|&x| x != 0.0));
-    let (d, v) = (w.rows, w.cols);
+    let (d, v) = w.dims();
     let mut dh = Vec::with_capacity(h.rows * d);
     let mut dw: Option<Vec<f32>> = None;
     for r0 in (0..h.rows).step_by(CHUNK_ROWS) {
         let r1 = (r0 + CHUNK_ROWS).min(h.rows);
         let hc = rows(h, r0, r1);
-        let logits = matmul(hc, w);
+        let logits = w.times(hc, false);
         let mut dl =
             target_logprob_backward(&dy[r0..r1], &logits, &targets[r0..r1], &lse[r0..r1], v, s);
         if let Some(g) = dent {
@@ -78,7 +155,7 @@ pub fn backward(
         }
         drop(logits);
         let dl = View::new(&dl, r1 - r0, v);
-        dh.extend(matmul(dl, w.t()));
+        dh.extend(w.times(dl, true));
         if want_w {
             let part = matmul(hc.t(), dl);
             match &mut dw {
@@ -155,8 +232,34 @@ mod tests {
         let dent: Vec<f32> = (0..n).map(|i| (i % 2) as f32 * val(i, 29)).collect();
         let s = 1.25;
         let hv = View::new(&h, n, d);
-        let out = forward(hv, w, &targets, s);
-        let (dh, dw) = backward(&dy, Some(&dent), hv, w, &targets, &out.lse, s, true);
+        let out = forward(hv, Weight::View(w), &targets, s);
+        let (dh, dw) = backward(
+            &dy,
+            Some(&dent),
+            hv,
+            Weight::View(w),
+            &targets,
+            &out.lse,
+            s,
+            true,
+        );
+        // The same through bf16 panels of the weight: within bf16's rounding of the above.
+        if crate::cpu::bf16::available() {
+            let packed = Bf16Head::new(w);
+            let p = Weight::Panels(&packed);
+            let out_b = forward(hv, p, &targets, s);
+            let (dh_b, _) = backward(&dy, Some(&dent), hv, p, &targets, &out_b.lse, s, false);
+            let apart = |a: &[f32], b: &[f32]| {
+                a.iter()
+                    .zip(b)
+                    .map(|(x, y)| (x - y).abs())
+                    .fold(0f32, f32::max)
+            };
+            assert!(apart(&out_b.logp, &out.logp) < 2e-2, "bf16 logp");
+            assert!(apart(&out_b.entropy, &out.entropy) < 2e-2, "bf16 entropy");
+            assert!(apart(&dh_b, &dh) < 2e-2, "bf16 dh");
+            assert!(apart(&out_b.logp, &out.logp) > 0.0, "bf16 rounds");
+        }
         let dw = dw.unwrap();
         let mut want_dw = vec![0f64; d * v];
         for r in 0..n {

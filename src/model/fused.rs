@@ -14,6 +14,7 @@ use super::flex::contiguous;
 use super::frozen::Frozen;
 use crate::cpu::attention;
 use crate::cpu::gemm::{View, matmul, matmul_add};
+use crate::cpu::head::{Bf16Head, Weight as HeadWeight};
 use crate::cpu::math::RopeSpec;
 use crate::cpu::rows::{
     rms_backward, rms_forward, swiglu_backward, swiglu_forward, target_logprob_backward,
@@ -27,6 +28,8 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::backend::{Dispatch, Flex, backend_extension, tensor::FloatTensor};
 use burn::tensor::{Device, Tensor, TensorData};
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 #[backend_extension(Flex, Autodiff)]
@@ -250,6 +253,47 @@ fn matrix(w: FlexTensor) -> FlexTensor {
     if plain { w } else { w.to_contiguous() }
 }
 
+thread_local! {
+    /// bf16 panels of the head weight this thread's bf16 products read last, and that weight.
+    /// Holding the tensor keeps its memory from becoming another tensor's, and flex writes in
+    /// place only into a tensor nothing else holds: the same address and layout is the same
+    /// values. A frozen head (LoRA) is packed once per stage; a trained one once per step.
+    static HEAD_PANELS: RefCell<Option<(FlexTensor, Rc<Bf16Head>)>> = const { RefCell::new(None) };
+}
+
+/// The head weight `w`'s bf16 panels when this thread's products are bf16 (from
+/// [`HEAD_PANELS`], packed and kept when `w` is not the weight kept there).
+fn head_panels(w: &FlexTensor) -> Option<Rc<Bf16Head>> {
+    if !crate::cpu::gemm::bf16_on() {
+        return None;
+    }
+    let key = |t: &FlexTensor| {
+        let data = t.storage::<f32>().as_ptr();
+        (data, t.layout().start_offset(), t.layout().as_2d_strides())
+    };
+    HEAD_PANELS.with(|cell| {
+        let mut kept = cell.borrow_mut();
+        if let Some((t, p)) = kept.as_ref()
+            && key(t) == key(w)
+        {
+            return Some(Rc::clone(p));
+        }
+        // Drop the old panels before packing the new ones.
+        *kept = None;
+        let p = Rc::new(Bf16Head::new(weight(w)));
+        *kept = Some((w.clone(), Rc::clone(&p)));
+        Some(p)
+    })
+}
+
+/// The head weight as [`crate::cpu::head`] reads it: its bf16 panels, or the matrix view.
+fn head_weight<'a>(w: &'a FlexTensor, packed: &'a Option<Rc<Bf16Head>>) -> HeadWeight<'a> {
+    match packed {
+        Some(p) => HeadWeight::Panels(p),
+        None => HeadWeight::View(weight(w)),
+    }
+}
+
 /// A `[k, n]` weight (see [`matrix`]) as a matrix view.
 fn weight(w: &FlexTensor) -> View<'_> {
     let Some((k, n, rs, cs)) = w.layout().as_2d_strides() else {
@@ -328,7 +372,8 @@ fn head_logprobs_flex(
     scale: f32,
 ) -> (FlexTensor, Vec<f32>) {
     let mut shape = dims(h);
-    let out = crate::cpu::head::forward(rows_of(h), weight(w), targets, scale);
+    let packed = head_panels(w);
+    let out = crate::cpu::head::forward(rows_of(h), head_weight(w, &packed), targets, scale);
     let both: Vec<f32> = out
         .logp
         .iter()
@@ -577,11 +622,12 @@ impl Backward<Flex, 2> for HeadLogprobsBackward {
         // Channel 0 the log-probabilities', channel 1 the entropies' (an entropy bonus).
         let dy_logp: Vec<f32> = slice(&dy).iter().step_by(2).copied().collect();
         let dy_ent: Vec<f32> = slice(&dy).iter().skip(1).step_by(2).copied().collect();
+        let packed = head_panels(&w);
         let (dh, dw) = crate::cpu::head::backward(
             &dy_logp,
             Some(&dy_ent),
             rows_of(&h),
-            weight(&w),
+            head_weight(&w, &packed),
             &targets,
             &lse,
             scale,

@@ -642,3 +642,40 @@ fn shared_prompts_match_whole_rows() {
         );
     }
 }
+
+/// In a bf16 run the head's products read bf16 panels kept between calls: a second weight (a
+/// trained head after its step) gets its own panels, never the first one's, and each result
+/// stays within bf16's rounding of the f32 one.
+#[test]
+fn bf16_head_panels_follow_the_weight() {
+    use stageloop::cpu::gemm::with_bf16;
+    if !stageloop::cpu::bf16::available() {
+        return;
+    }
+    let device = Device::flex();
+    let (d, v) = (16, 40);
+    let h = Tensor::<3>::random([2, 5, d], Distribution::Normal(0.0, 1.0), &device);
+    let targets: Vec<f32> = (0..10).map(|i| (i * 7 % v) as f32).collect();
+    let targets = Tensor::<2>::from_data(TensorData::new(targets, [2, 5]), &device);
+    let w1 = Tensor::<2>::random([v, d], Distribution::Normal(0.0, 1.0), &device).transpose();
+    let w2 = w1.clone().mul_scalar(-0.5).add_scalar(0.1);
+    let logp = |w: &Tensor<2>| -> Vec<f32> {
+        let (lp, _) = fused::head_logprobs(h.clone(), w.clone(), targets.clone(), 1.0);
+        lp.into_data().iter::<f32>().collect()
+    };
+    let (f1, f2) = (logp(&w1), logp(&w2));
+    let (_, (b1, b2, b1_again)) = with_bf16(true, || (logp(&w1), logp(&w2), logp(&w1)));
+    let apart = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max)
+    };
+    assert!(
+        apart(&b1, &f1) < 0.05 && apart(&b1, &f1) > 0.0,
+        "first weight"
+    );
+    assert!(apart(&b2, &f2) < 0.05, "second weight: {}", apart(&b2, &f2));
+    assert!(apart(&f1, &f2) > 0.5, "the weights differ");
+    assert_eq!(b1, b1_again, "the first weight packed again");
+}
