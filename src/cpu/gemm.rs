@@ -120,26 +120,55 @@ pub fn matmul_add(dst: &mut [f32], a: View<'_>, b: View<'_>) {
     } else {
         gemm::Parallelism::None
     };
-    let stride = |s: usize| isize::try_from(s).expect("matmul_add: stride fits isize");
-    // SAFETY: dst holds m·n initialised elements, read and written row-major (column stride
-    // 1, row stride n); every element of a and b the strides name lies inside their data
-    // (asserted above), and neither aliases dst (a `&mut` borrow).
+    // SAFETY: dst holds m·n initialised elements (a `&mut` borrow, so aliasing neither a nor
+    // b); the views stay inside their data (asserted above).
+    unsafe { gemm_raw(dst.as_mut_ptr(), true, a, b, parallelism) }
+}
+
+/// `a · b` by `gemm` into fresh memory (`k > 0`, shapes and bounds checked by the caller).
+fn gemm_into(a: View<'_>, b: View<'_>, parallelism: gemm::Parallelism) -> Vec<f32> {
+    let (m, n) = (a.rows, b.cols);
+    let fill = |out: &mut [Uninit]| {
+        // SAFETY: out holds m·n elements; with `read` false gemm only writes them (every one,
+        // k > 0) and never reads them; the views stay inside their data (asserted by the
+        // caller), and neither aliases out.
+        unsafe { gemm_raw(out.as_mut_ptr().cast::<f32>(), false, a, b, parallelism) }
+    };
+    // SAFETY: `fill` writes every one of the m·n outputs (k > 0, see above).
+    unsafe { written(m * n, fill) }
+}
+
+/// `dst = a · b`, or `dst += a · b` when `read`, by `gemm`; `dst` row-major `[a.rows, b.cols]`.
+///
+/// # Safety
+/// `dst` must point at `a.rows · b.cols` writable floats, initialised when `read`, aliasing
+/// neither view's data; every element the views' strides name must lie inside their data.
+unsafe fn gemm_raw(
+    dst: *mut f32,
+    read: bool,
+    a: View<'_>,
+    b: View<'_>,
+    parallelism: gemm::Parallelism,
+) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    let stride = |s: usize| isize::try_from(s).expect("matmul: stride fits isize");
+    // SAFETY: the caller's contract.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst,
             1,
             stride(n),
-            true,
+            read,
             a.data.as_ptr(),
             stride(a.col_stride),
             stride(a.row_stride),
             b.data.as_ptr(),
             stride(b.col_stride),
             stride(b.row_stride),
-            1.0,
+            if read { 1.0 } else { 0.0 },
             1.0,
             false,
             false,
@@ -147,43 +176,6 @@ pub fn matmul_add(dst: &mut [f32], a: View<'_>, b: View<'_>) {
             parallelism,
         )
     }
-}
-
-/// `a · b` by `gemm` into fresh memory (`k > 0`, shapes and bounds checked by the caller).
-fn gemm_into(a: View<'_>, b: View<'_>, parallelism: gemm::Parallelism) -> Vec<f32> {
-    let (m, k, n) = (a.rows, a.cols, b.cols);
-    let stride = |s: usize| isize::try_from(s).expect("matmul: stride fits isize");
-    let fill = |out: &mut [Uninit]| {
-        // SAFETY: out holds m·n elements, written row-major (column stride 1, row stride n);
-        // with read_dst false gemm only writes dst (every element, k > 0) and never reads it.
-        // Every element of a and b the strides name lies inside their data (asserted above),
-        // and neither aliases out.
-        unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
-                out.as_mut_ptr().cast::<f32>(),
-                1,
-                stride(n),
-                false,
-                a.data.as_ptr(),
-                stride(a.col_stride),
-                stride(a.row_stride),
-                b.data.as_ptr(),
-                stride(b.col_stride),
-                stride(b.row_stride),
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                parallelism,
-            )
-        }
-    };
-    // SAFETY: `fill` writes every one of the m·n outputs (k > 0, see above).
-    unsafe { written(m * n, fill) }
 }
 
 #[cfg(test)]
