@@ -44,14 +44,7 @@ impl Bf16Head {
             let copy = rows.map(|(i, j)| w.data[i * w.row_stride + j * w.col_stride]);
             (Cow::Owned(copy.collect()), Order::Rows)
         };
-        let other = match order {
-            Order::Rows => Order::Columns,
-            Order::Columns => Order::Rows,
-        };
-        let shapes = [(d, v, order), (v, d, other)];
-        let [w, wt]: [Panels; 2] = Panels::new_all(&shapes, |_| &values[..])
-            .try_into()
-            .unwrap_or_else(|_| unreachable!("two shapes give two panels"));
+        let [w, wt] = Panels::with_transpose(d, v, order, &values);
         Bf16Head { w, wt }
     }
 }

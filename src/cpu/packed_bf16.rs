@@ -88,6 +88,18 @@ impl Panels {
             .collect()
     }
 
+    /// A `[k, n]` matrix (values in `order`) and its transpose `[n, k]`, packed into one
+    /// buffer: `[matrix, transpose]`.
+    pub fn with_transpose(k: usize, n: usize, order: Order, values: &[f32]) -> [Panels; 2] {
+        let other = match order {
+            Order::Rows => Order::Columns,
+            Order::Columns => Order::Rows,
+        };
+        Panels::new_all(&[(k, n, order), (n, k, other)], |_| values)
+            .try_into()
+            .unwrap_or_else(|_| unreachable!("two shapes give two panels"))
+    }
+
     /// Pack one row-major `[k, n]` matrix.
     pub fn new(w: &[f32], k: usize, n: usize) -> Panels {
         Panels::new_all(&[(k, n, Order::Rows)], |_| w)

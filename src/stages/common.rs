@@ -262,10 +262,8 @@ pub fn continuation_logprobs(
             crate::model::fused::head_logprobs(hidden(inputs), w, targets.float(), scale);
         return (picked, entropy.then_some(ent));
     }
-    let mut logits = match prefix {
-        Some(_) => model.head_logits(hidden(inputs)),
-        None => model.forward(inputs),
-    };
+    // `forward`'s logits: the head over the final (normed) hidden states.
+    let mut logits = model.head_logits(hidden(inputs));
     if fused {
         // One pass over the logits for the targets' log-probabilities (and their gradient);
         // the entropy, when wanted, from the whole log-softmax.

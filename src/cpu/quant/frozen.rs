@@ -59,12 +59,10 @@ impl QMatrix {
             return None;
         }
         let pack = || {
-            let (k, n) = (self.rows(), self.cols());
-            let shapes = [(k, n, Order::Columns), (n, k, Order::Rows)];
+            // `[n, k]` rows: `Wᵀ` for the forward product, and its transpose `W`.
             let w = self.dequantized();
-            let [forward, backward]: [Panels; 2] = Panels::new_all(&shapes, |_| &w[..])
-                .try_into()
-                .unwrap_or_else(|_| unreachable!("two shapes give two panels"));
+            let [forward, backward] =
+                Panels::with_transpose(self.rows(), self.cols(), Order::Columns, &w);
             Arc::new(Bf16Panels { forward, backward })
         };
         Some(Arc::clone(self.bf16.get_or_init(pack)))
